@@ -1,0 +1,108 @@
+"""Resumable training state without pickle: safetensors for tensors, JSON for the rest.
+
+A checkpoint directory ``checkpoint-<step>/`` holds the trained modules in diffusers ``save_pretrained`` format
+(one subfolder each), ``optimizer.safetensors`` + ``optimizer.json``, ``rng-<rank>.safetensors`` and
+``trainer_state.json``. It is written under a temporary name and renamed when complete, so a directory named
+``checkpoint-<step>`` is always whole.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
+
+
+def optimizer_to_safe(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    """Split an optimizer state dict into tensors ``state.<param>.<key>`` and JSON-able metadata."""
+    state = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for index, values in state["state"].items():
+        for key, value in values.items():
+            if torch.is_tensor(value):
+                tensors[f"state.{index}.{key}"] = value.detach().cpu().contiguous()
+            else:
+                scalars[f"{index}.{key}"] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def optimizer_from_safe(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    """Load the output of ``optimizer_to_safe`` back into ``optimizer``."""
+    state: dict[int, dict] = {}
+    for name, value in tensors.items():
+        _, index, key = name.split(".", 2)
+        state.setdefault(int(index), {})[key] = value
+    for name, value in meta["scalars"].items():
+        index, key = name.split(".", 1)
+        state.setdefault(int(index), {})[key] = value
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def save_rng(path: Path, generator: torch.Generator) -> None:
+    """Save the noise generator's and torch's global RNG states (uint8 tensors)."""
+    save_file({"generator": generator.get_state(), "torch": torch.get_rng_state()}, path)
+
+
+def load_rng(path: Path, generator: torch.Generator) -> None:
+    """Restore what ``save_rng`` wrote."""
+    states = load_file(path)
+    generator.set_state(states["generator"])
+    torch.set_rng_state(states["torch"])
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """Complete checkpoint directories of a run, oldest first."""
+    run_dir = Path(run_dir)
+    found = [p for p in run_dir.glob("checkpoint-*") if p.is_dir() and CHECKPOINT_PATTERN.match(p.name)]
+    return sorted(found, key=lambda p: int(CHECKPOINT_PATTERN.match(p.name).group(1)))
+
+
+def resolve_resume(run_dir: Path, resume: str | None) -> Path | None:
+    """``None`` -> None; ``latest`` -> newest checkpoint (None when the run has none); else that checkpoint path."""
+    if resume is None:
+        return None
+    if resume == "latest":
+        checkpoints = list_checkpoints(run_dir)
+        return checkpoints[-1] if checkpoints else None
+    path = Path(resume)
+    if not (path / "trainer_state.json").exists():
+        raise ValueError(f"--resume {resume!r} is not a checkpoint directory (no trainer_state.json); "
+                         f"use 'latest' or a path like {Path(run_dir) / 'checkpoint-100'}")
+    return path
+
+
+def prune_checkpoints(run_dir: Path, keep: int) -> None:
+    """Delete all but the ``keep`` newest checkpoints (keep <= 0 keeps all)."""
+    if keep > 0:
+        for old in list_checkpoints(run_dir)[:-keep]:
+            shutil.rmtree(old)
+
+
+def temporary_checkpoint_dir(run_dir: Path, step: int) -> Path:
+    """A fresh temporary directory for checkpoint ``step`` (renamed by ``finalize_checkpoint``)."""
+    tmp = Path(run_dir) / f".checkpoint-{step}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def finalize_checkpoint(tmp: Path, step: int) -> Path:
+    """Atomically publish a finished temporary checkpoint directory as ``checkpoint-<step>``."""
+    final = tmp.parent / f"checkpoint-{step}"
+    if final.exists():
+        shutil.rmtree(final)
+    tmp.rename(final)
+    return final
+
+
+def write_json(path: Path, payload: dict) -> None:
+    """Write JSON via a temporary file + rename (never half-written)."""
+    tmp = Path(path).with_suffix(".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True))
+    tmp.replace(path)

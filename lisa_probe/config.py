@@ -1,0 +1,68 @@
+"""Dataclass configs <-> command line <-> ``config.yaml`` (safe YAML only).
+
+Every field of a config dataclass becomes a ``--kebab-case`` option with the field's type and default; the whole
+config is written to the run directory with the code version so that the run can be rebuilt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from pathlib import Path
+
+import yaml
+
+from lisa_probe.provenance import code_version
+
+
+def _field_type(field: dataclasses.Field, hints: dict) -> tuple[type, bool]:
+    """(scalar type, optional?) of a dataclass field annotated like ``int``, ``str | None``."""
+    hint = hints[field.name]
+    args = typing.get_args(hint)
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        scalar = next(a for a in args if a is not type(None))
+        return scalar, True
+    return hint, False
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected a boolean (true/false), got {text!r}")
+
+
+def add_dataclass_arguments(parser: argparse.ArgumentParser, cls) -> None:
+    """Add one ``--field-name`` option per field of dataclass ``cls`` (help text from ``metadata['help']``)."""
+    hints = typing.get_type_hints(cls)
+    for field in dataclasses.fields(cls):
+        scalar, optional = _field_type(field, hints)
+        convert = _parse_bool if scalar is bool else scalar
+
+        def parse(text, convert=convert, optional=optional):
+            return None if optional and text.lower() == "none" else convert(text)
+
+        default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
+        parser.add_argument(f"--{field.name.replace('_', '-')}", dest=field.name, type=parse, default=default,
+                            choices=field.metadata.get("choices"), metavar=scalar.__name__.upper(),
+                            help=f"{field.metadata.get('help', '')} (default: {default})")
+
+
+def config_from_args(cls, namespace: argparse.Namespace):
+    """Build dataclass ``cls`` from the parsed namespace (its ``__post_init__`` validates)."""
+    return cls(**{f.name: getattr(namespace, f.name) for f in dataclasses.fields(cls)})
+
+
+def write_config(path: Path, config, kind: str) -> None:
+    """Write ``config.yaml``: ``kind``, ``code_version`` and every config field."""
+    payload = {"kind": kind, "code_version": code_version(), "config": dataclasses.asdict(config)}
+    Path(path).write_text(yaml.safe_dump(payload, sort_keys=False))
+
+
+def read_config(path: Path) -> dict:
+    """Read a ``config.yaml`` written by ``write_config`` (safe_load)."""
+    return yaml.safe_load(Path(path).read_text())

@@ -1,0 +1,60 @@
+"""A resumable, sharded stream of batch indices: batch k of the run is the same whatever was interrupted.
+
+Indices come from per-epoch permutations seeded by (seed, epoch); global micro-batch ``k`` covers positions
+``[k * B_global, (k + 1) * B_global)`` of that endless stream and process ``rank`` takes every ``world``-th index of
+it. Resuming at micro-batch ``k`` therefore skips exactly the batches already seen, without replaying them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
+
+
+class ResumableBatchSampler(Sampler[list[int]]):
+    """Yields this process's index lists for global micro-batches ``start, start + 1, ...`` (endless).
+
+    Args:
+        dataset_size: number of samples N.
+        batch_size: per-process micro-batch size b (the global micro-batch is b * world_size).
+        seed: seed of the per-epoch permutations.
+        rank, world_size: this process and the number of processes.
+        start: first global micro-batch to yield (the number already consumed).
+    """
+
+    def __init__(self, dataset_size: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1,
+                 start: int = 0):
+        if dataset_size < 1 or batch_size < 1:
+            raise ValueError(f"need a non-empty dataset and batch size, got {dataset_size} and {batch_size}")
+        self.dataset_size, self.batch_size, self.seed = dataset_size, batch_size, seed
+        self.rank, self.world_size, self.start = rank, world_size, start
+
+    def _permutation(self, epoch: int) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        return torch.randperm(self.dataset_size, generator=generator)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        global_batch = self.batch_size * self.world_size
+        position = self.start * global_batch
+        epoch, offset = divmod(position, self.dataset_size)
+        permutation = self._permutation(epoch)
+        while True:
+            indices = []
+            while len(indices) < global_batch:
+                take = min(global_batch - len(indices), self.dataset_size - offset)
+                indices += permutation[offset:offset + take].tolist()
+                offset += take
+                if offset == self.dataset_size:
+                    epoch, offset = epoch + 1, 0
+                    permutation = self._permutation(epoch)
+            yield indices[self.rank::self.world_size]
+
+
+def batch_loader(dataset: Dataset, batch_size: int, seed: int, rank: int = 0, world_size: int = 1,
+                 start: int = 0, num_workers: int = 0) -> DataLoader:
+    """An endless DataLoader over ``dataset`` following ``ResumableBatchSampler``."""
+    sampler = ResumableBatchSampler(len(dataset), batch_size, seed, rank, world_size, start)
+    return DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers, collate_fn=default_collate,
+                      persistent_workers=num_workers > 0)

@@ -1,0 +1,288 @@
+"""The training loop shared by main-net pretraining and side-net training, on accelerate.
+
+Gradient accumulation, autocast with fp32 trainable weights, gradient clipping, AdamW with linear warm-up, seeded
+noise from a saved generator, periodic atomic checkpoints with retention, exact resume (the batches already seen
+are skipped, RNG restored), ``metrics.csv`` + TensorBoard, a progress bar, and a stop on a non-finite loss.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from safetensors.torch import load_file, save_file
+from torch import nn
+from tqdm.auto import tqdm
+
+from lisa_probe.checkpointing import (
+    finalize_checkpoint,
+    load_rng,
+    optimizer_from_safe,
+    optimizer_to_safe,
+    prune_checkpoints,
+    resolve_resume,
+    save_rng,
+    temporary_checkpoint_dir,
+    write_json,
+)
+from lisa_probe.data_stream import batch_loader
+
+MIXED_PRECISION = ("no", "bf16", "fp16")
+# Config fields that may differ between an interrupted run and its resumption.
+RESUMABLE_CHANGES = ("steps", "resume", "checkpoint_every", "keep_checkpoints", "eval_every", "log_every",
+                     "num_workers", "eval_samples", "name", "out_dir")
+
+
+def _help(text: str, **extra) -> dict:
+    return {"help": text, **extra}
+
+
+@dataclass
+class LoopConfig:
+    """Optimisation and bookkeeping settings shared by ``pretrain`` and ``train``."""
+
+    steps: int = field(default=1000, metadata=_help("optimizer steps"))
+    batch_size: int = field(default=16, metadata=_help("micro-batch size per process"))
+    grad_accum: int = field(default=1, metadata=_help("gradient accumulation micro-batches per step"))
+    lr: float = field(default=1e-4, metadata=_help("AdamW learning rate"))
+    lr_warmup_steps: int = field(default=0, metadata=_help("linear warm-up steps"))
+    weight_decay: float = field(default=1e-2, metadata=_help("AdamW weight decay"))
+    max_grad_norm: float = field(default=1.0, metadata=_help("gradient clipping norm"))
+    mixed_precision: str = field(default="no", metadata=_help("autocast precision", choices=MIXED_PRECISION))
+    seed: int = field(default=0, metadata=_help("seed of data order, noise and initialisation"))
+    checkpoint_every: int = field(default=500, metadata=_help("steps between checkpoints (0: only at the end)"))
+    keep_checkpoints: int = field(default=2, metadata=_help("checkpoints kept (0: all)"))
+    eval_every: int = field(default=250, metadata=_help("steps between evaluations (0: only at the end)"))
+    log_every: int = field(default=10, metadata=_help("steps between metrics.csv rows"))
+    num_workers: int = field(default=0, metadata=_help("DataLoader worker processes"))
+    resume: str | None = field(default=None, metadata=_help("'latest' or a checkpoint directory to resume from"))
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "grad_accum"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.mixed_precision not in MIXED_PRECISION:
+            raise ValueError(f"unknown mixed_precision {self.mixed_precision!r}; allowed: {', '.join(MIXED_PRECISION)}")
+
+
+class Objective(nn.Module):
+    """What the engine trains: ``draw`` makes the random inputs of a batch, ``forward`` returns losses.
+
+    ``forward(**inputs, step=...)`` must return a dict with a scalar ``loss`` and other scalar logs.
+    """
+
+    def modules_to_save(self) -> dict[str, nn.Module]:
+        raise NotImplementedError
+
+    def draw(self, batch: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Raised when a loss is NaN or inf; nothing is saved for that step."""
+
+
+def _check_resume_config(state: dict, config: dict, checkpoint: Path) -> None:
+    saved = state["config"]
+    differing = sorted(k for k in set(saved) | set(config)
+                       if k not in RESUMABLE_CHANGES and saved.get(k) != config.get(k))
+    if differing:
+        details = "; ".join(f"{k}: checkpoint {saved.get(k)!r} vs now {config.get(k)!r}" for k in differing)
+        raise ValueError(f"cannot resume from {checkpoint}: it was made with another config ({details})")
+
+
+class MetricsLog:
+    """``metrics.csv`` (one row per logged step, columns fixed by the first row) plus TensorBoard scalars."""
+
+    def __init__(self, run_dir: Path, start_step: int, enabled: bool):
+        self.path = run_dir / "metrics.csv"
+        self.enabled = enabled
+        self.writer = None
+        if enabled:
+            self._truncate_after(start_step)
+            from torch.utils.tensorboard import SummaryWriter
+            self.writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=start_step + 1)
+
+    def _truncate_after(self, step: int) -> None:
+        if not self.path.exists():
+            return
+        with open(self.path, newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        kept = [row for row in rows if int(row["step"]) <= step]
+        if rows:
+            self._write(rows[0].keys(), kept, mode="w")
+
+    def _write(self, columns, rows, mode: str) -> None:
+        new = mode == "w" or not self.path.exists()
+        with open(self.path, mode if not new else "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(columns))
+            if new:
+                writer.writeheader()
+            writer.writerows(rows)
+
+    def log(self, step: int, values: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        self._write(["step", *values], [{"step": step, **values}], mode="a")
+        for key, value in values.items():
+            self.writer.add_scalar(key, value, step)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def save_checkpoint(accelerator: Accelerator, run_dir: Path, objective: Objective, optimizer, generator,
+                    state: dict) -> Path | None:
+    """Write ``checkpoint-<step>`` atomically: modules, optimizer, per-rank RNG, trainer state."""
+    step = state["step"]
+    tmp = run_dir / f".checkpoint-{step}.tmp"
+    if accelerator.is_main_process:
+        temporary_checkpoint_dir(run_dir, step)
+        for name, module in objective.modules_to_save().items():
+            module.save_pretrained(tmp / name)
+        tensors, meta = optimizer_to_safe(optimizer)
+        save_file(tensors, tmp / "optimizer.safetensors")
+        write_json(tmp / "optimizer.json", meta)
+    accelerator.wait_for_everyone()
+    save_rng(tmp / f"rng-{accelerator.process_index}.safetensors", generator)
+    accelerator.wait_for_everyone()
+    final = None
+    if accelerator.is_main_process:
+        write_json(tmp / "trainer_state.json", state)
+        final = finalize_checkpoint(tmp, step)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def load_checkpoint(checkpoint: Path, objective: Objective, optimizer, generator, rank: int) -> dict:
+    """Restore modules, optimizer and this rank's RNG from ``checkpoint``; returns the trainer state."""
+    for name, module in objective.modules_to_save().items():
+        module.load_state_dict(load_file(checkpoint / name / "diffusion_pytorch_model.safetensors"))
+    optimizer_from_safe(optimizer, load_file(checkpoint / "optimizer.safetensors"),
+                        json.loads((checkpoint / "optimizer.json").read_text()))
+    rng_file = checkpoint / f"rng-{rank}.safetensors"
+    if not rng_file.exists():
+        raise ValueError(f"{checkpoint} has no RNG state for process {rank}: resume with the same number of processes")
+    load_rng(rng_file, generator)
+    return json.loads((checkpoint / "trainer_state.json").read_text())
+
+
+def export_modules(accelerator: Accelerator, run_dir: Path, objective: Objective) -> None:
+    """Save the final modules at the top of the run directory (diffusers format, written then renamed)."""
+    if not accelerator.is_main_process:
+        return
+    for name, module in objective.modules_to_save().items():
+        tmp = run_dir / f".{name}.tmp"
+        module.save_pretrained(tmp)
+        final = run_dir / name
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.rename(final)
+
+
+def fit(run_dir: Path, objective: Objective, dataset, config: LoopConfig,
+        evaluate: Callable[[int], dict[str, float]] | None = None) -> dict:
+    """Train ``objective`` on ``dataset`` under ``config``; returns the final trainer state.
+
+    ``evaluate(step)`` runs on the main process every ``eval_every`` steps and at the end; its metrics go to
+    ``eval.csv`` and TensorBoard.
+    """
+    run_dir = Path(run_dir)
+    accelerator = Accelerator(mixed_precision=config.mixed_precision, gradient_accumulation_steps=config.grad_accum)
+    config_dict = dataclasses.asdict(config)
+    params = [p for p in objective.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    generator = torch.Generator().manual_seed(config.seed * 1_000_003 + accelerator.process_index)
+    state = {"step": 0, "micro_batches": 0, "config": config_dict, "world_size": accelerator.num_processes}
+    checkpoint = resolve_resume(run_dir, config.resume)
+    if checkpoint is not None:
+        saved = load_checkpoint(checkpoint, objective, optimizer, generator, accelerator.process_index)
+        _check_resume_config(saved, config_dict, checkpoint)
+        if saved["world_size"] != accelerator.num_processes:
+            raise ValueError(f"{checkpoint} was made with {saved['world_size']} processes, now "
+                             f"{accelerator.num_processes}: resume with the same number")
+        state.update(step=saved["step"], micro_batches=saved["micro_batches"])
+    model, optimizer = accelerator.prepare(objective, optimizer)
+    loader = batch_loader(dataset, config.batch_size, config.seed, accelerator.process_index,
+                          accelerator.num_processes, start=state["micro_batches"], num_workers=config.num_workers)
+    metrics = MetricsLog(run_dir, state["step"], accelerator.is_main_process)
+    progress = tqdm(total=config.steps, initial=state["step"], desc=run_dir.name,
+                    disable=not accelerator.is_main_process, dynamic_ncols=True)
+    sums: dict[str, float] = {}
+    started = time.perf_counter()
+    batches = iter(loader)
+    model.train()
+    while state["step"] < config.steps:
+        batch = next(batches)
+        state["micro_batches"] += 1
+        with accelerator.accumulate(model):
+            inputs = objective.draw(batch, generator)
+            outputs = model(**{k: v.to(accelerator.device) for k, v in inputs.items()}, step=state["step"])
+            loss = outputs["loss"]
+            if not torch.isfinite(loss):
+                raise NonFiniteLossError(f"non-finite loss {loss.item()} at step {state['step'] + 1}; stopping "
+                                         f"without saving (last good checkpoint kept in {run_dir})")
+            accelerator.backward(loss)
+            for key, value in outputs.items():
+                sums[key] = sums.get(key, 0.0) + float(value) / config.grad_accum
+            if accelerator.sync_gradients:
+                sums["grad_norm"] = float(accelerator.clip_grad_norm_(params, config.max_grad_norm))
+            lr = config.lr * min(1.0, (state["step"] + 1) / max(1, config.lr_warmup_steps))
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        if not accelerator.sync_gradients:
+            continue
+        state["step"] += 1
+        step = state["step"]
+        progress.update(1)
+        progress.set_postfix(loss=f"{sums['loss']:.4f}")
+        if step % config.log_every == 0 or step == config.steps:
+            metrics.log(step, {**sums, "lr": lr, "seconds": time.perf_counter() - started})
+        sums = {}
+        if evaluate is not None and (step == config.steps or (config.eval_every and step % config.eval_every == 0)):
+            if accelerator.is_main_process:
+                objective.eval()
+                results = evaluate(step)
+                objective.train()
+                eval_log_rows(run_dir, step, results, metrics)
+            accelerator.wait_for_everyone()
+        if step == config.steps or (config.checkpoint_every and step % config.checkpoint_every == 0):
+            save_checkpoint(accelerator, run_dir, objective, optimizer, generator, dict(state))
+            if accelerator.is_main_process:
+                prune_checkpoints(run_dir, config.keep_checkpoints)
+    progress.close()
+    metrics.close()
+    export_modules(accelerator, run_dir, objective)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return state
+
+
+def eval_log_rows(run_dir: Path, step: int, results: dict[str, float], metrics: MetricsLog) -> None:
+    """Append evaluation results to ``eval.csv`` (long form: step, metric, value) and TensorBoard."""
+    path = run_dir / "eval.csv"
+    rows = []
+    if path.exists():
+        with open(path, newline="") as handle:
+            rows = [row for row in csv.DictReader(handle) if int(row["step"]) < step]
+    new_rows = [{"step": step, "metric": key, "value": value} for key, value in results.items()
+                if isinstance(value, (int, float)) and math.isfinite(value)]
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["step", "metric", "value"])
+        writer.writeheader()
+        writer.writerows(rows + new_rows)
+    if metrics.writer is not None:
+        for row in new_rows:
+            metrics.writer.add_scalar(f"eval/{row['metric']}", float(row["value"]), step)

@@ -1,0 +1,163 @@
+"""Build, save and load main nets, side nets and dual branches.
+
+A main-net directory uses the diffusers pipeline layout, so a local Stable Diffusion / SD3 checkpoint works as is:
+``unet/`` or ``transformer/`` (``save_pretrained`` format), ``scheduler/scheduler_config.json`` (prediction type and
+schedule), optional ``vae/`` (latent-space training) and optional ``null_context.safetensors`` (a fixed text context:
+``context`` (1, L, D) and, for SD3, ``pooled`` (1, P); zeros when absent).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import torch
+from diffusers import (
+    AutoencoderKL,
+    ControlNetModel,
+    SD3ControlNetModel,
+    SD3Transformer2DModel,
+    UNet2DConditionModel,
+)
+from safetensors.torch import load_file, save_file
+
+from lisa_probe.models.dit import DiTDualBranch, dit_forward
+from lisa_probe.models.dual_branch import DualBranch
+from lisa_probe.models.presets import FAMILIES, PRESETS, dit_config, side_layers, unet_config
+from lisa_probe.models.unet import UNetDualBranch, unet_forward
+from lisa_probe.parameterization import PREDICTION_TYPES, Parameterization
+
+MAIN_SUBFOLDER = {"unet": "unet", "dit": "transformer"}
+MAIN_CLASS = {"unet": UNet2DConditionModel, "dit": SD3Transformer2DModel}
+SIDE_CLASS = {"unet": ControlNetModel, "dit": SD3ControlNetModel}
+MAIN_FORWARD = {"unet": unet_forward, "dit": dit_forward}
+NULL_CONTEXT_FILE = "null_context.safetensors"
+LATENT_DOWNSAMPLE_CHANNELS = (16, 32, 96, 256)
+
+
+def check_choice(kind: str, value, allowed) -> None:
+    """Raise ValueError naming ``value`` and the allowed choices when ``value`` is not one of them."""
+    if value not in allowed:
+        raise ValueError(f"unknown {kind} {value!r}; allowed: {', '.join(map(str, allowed))}")
+
+
+def default_prediction_type(family: str) -> str:
+    """eps for the UNet, flow for the DiT."""
+    return "flow" if family == "dit" else "eps"
+
+
+def build_main(family: str, preset: str, resolution: int, channels: int = 3, seed: int = 0) -> torch.nn.Module:
+    """A randomly initialised main net (seeded) from a built-in preset."""
+    check_choice("backbone", family, FAMILIES)
+    check_choice("preset", preset, PRESETS)
+    torch.manual_seed(seed)
+    if family == "unet":
+        return UNet2DConditionModel(**unet_config(preset, resolution, channels))
+    return SD3Transformer2DModel(**dit_config(preset, resolution, channels))
+
+
+def build_side(main: torch.nn.Module, family: str, cond_channels: int, latent: bool = False,
+               seed: int = 0) -> torch.nn.Module:
+    """A side net initialised from the main net (ControlNetModel.from_unet / SD3ControlNetModel.from_transformer).
+
+    For the UNet, ``latent=False`` keeps the condition at the sample's resolution; ``latent=True`` uses diffusers'
+    default conditioning embedding (x8 downsampling, condition at pixel resolution). For SD3, the ControlNet gets
+    half the transformer's layers and is built from a deep copy (``from_transformer`` edits the config in place).
+    """
+    torch.manual_seed(seed)
+    if family == "unet":
+        return ControlNetModel.from_unet(
+            main, conditioning_channels=cond_channels,
+            conditioning_embedding_out_channels=LATENT_DOWNSAMPLE_CHANNELS if latent else (16,))
+    return SD3ControlNetModel.from_transformer(
+        copy.deepcopy(main), num_layers=side_layers(main.config.num_layers), num_extra_conditioning_channels=0)
+
+
+def null_context_for(main: torch.nn.Module, family: str, path: Path | None = None) -> dict[str, torch.Tensor]:
+    """The fixed null context: loaded from ``path/null_context.safetensors`` if present, else zeros."""
+    if path is not None and (path / NULL_CONTEXT_FILE).exists():
+        return load_file(path / NULL_CONTEXT_FILE)
+    if family == "unet":
+        return {"context": torch.zeros(1, 1, main.config.cross_attention_dim)}
+    return {"context": torch.zeros(1, 1, main.config.joint_attention_dim),
+            "pooled": torch.zeros(1, main.config.pooled_projection_dim)}
+
+
+def make_dual_branch(family: str, main, side, parameterization: Parameterization,
+                     null_context: dict[str, torch.Tensor], vae: AutoencoderKL | None = None) -> DualBranch:
+    """Wrap (main, side) into the family's DualBranch."""
+    check_choice("backbone", family, FAMILIES)
+    if family == "unet":
+        if parameterization.prediction_type == "flow":
+            raise ValueError("the unet backbone supports prediction types eps and v, not flow")
+        model = UNetDualBranch(main, side, parameterization, null_context["context"])
+    else:
+        if parameterization.prediction_type != "flow":
+            raise ValueError(f"the dit backbone uses flow matching, not {parameterization.prediction_type!r}")
+        model = DiTDualBranch(main, side, parameterization, null_context["context"], null_context["pooled"])
+    model.vae = vae.requires_grad_(False).eval() if vae is not None else None
+    return model
+
+
+# ----- main-net directories --------------------------------------------------------------------------------------
+def save_main(path: Path, family: str, main, parameterization: Parameterization) -> None:
+    """Write a main net in the diffusers layout (``unet/`` or ``transformer/`` + ``scheduler/``)."""
+    path = Path(path)
+    main.save_pretrained(path / MAIN_SUBFOLDER[family])
+    parameterization.to_scheduler().save_pretrained(path / "scheduler")
+
+
+def detect_family(path: Path) -> str:
+    """``unet`` or ``dit`` from a main-net directory's layout; a clear error if it is not one."""
+    path = Path(path)
+    for family, sub in MAIN_SUBFOLDER.items():
+        if (path / sub / "config.json").exists():
+            return family
+    raise ValueError(f"{path} is not a diffusers main-net directory: expected unet/config.json or "
+                     f"transformer/config.json (a pipeline layout such as Stable Diffusion or SD3, or a "
+                     f"`python -m lisa_probe.pretrain` output)")
+
+
+def load_main(path: Path, prediction_type: str | None = None):
+    """Load (family, main net, parameterisation, null context, vae or None) from a main-net directory."""
+    path = Path(path)
+    family = detect_family(path)
+    main = MAIN_CLASS[family].from_pretrained(path / MAIN_SUBFOLDER[family])
+    scheduler_file = path / "scheduler" / "scheduler_config.json"
+    if scheduler_file.exists():
+        parameterization = Parameterization.from_scheduler_config(json.loads(scheduler_file.read_text()))
+    else:
+        parameterization = Parameterization(default_prediction_type(family))
+    if prediction_type is not None and prediction_type != parameterization.prediction_type:
+        check_choice("prediction type", prediction_type, PREDICTION_TYPES)
+        raise ValueError(f"main net at {path} was trained for {parameterization.prediction_type!r}, "
+                         f"not {prediction_type!r}")
+    vae = AutoencoderKL.from_pretrained(path / "vae") if (path / "vae" / "config.json").exists() else None
+    return family, main, parameterization, null_context_for(main, family, path), vae
+
+
+def save_null_context(path: Path, null_context: dict[str, torch.Tensor]) -> None:
+    """Store a fixed context beside a main net (e.g. a precomputed empty-prompt embedding)."""
+    save_file({k: v.contiguous() for k, v in null_context.items()}, Path(path) / NULL_CONTEXT_FILE)
+
+
+def load_side(path: Path, family: str) -> torch.nn.Module:
+    """Load a side net saved with ``save_pretrained`` (plain diffusers ControlNet / SD3ControlNet)."""
+    return SIDE_CLASS[family].from_pretrained(path)
+
+
+def check_side_matches(family: str, main, side) -> None:
+    """Raise a clear error when a side net was not built for this main net."""
+    if family == "unet":
+        keys = ("block_out_channels", "in_channels", "layers_per_block", "cross_attention_dim")
+    else:
+        keys = ("in_channels", "num_attention_heads", "attention_head_dim", "patch_size", "joint_attention_dim")
+    mismatched = [k for k in keys if tuple(_as_tuple(main.config[k])) != tuple(_as_tuple(side.config[k]))]
+    if mismatched:
+        details = ", ".join(f"{k}: main {main.config[k]} vs side {side.config[k]}" for k in mismatched)
+        raise ValueError(f"side net does not match the main net ({details})")
+
+
+def _as_tuple(value) -> tuple:
+    return tuple(value) if isinstance(value, (list, tuple)) else (value,)

@@ -1,0 +1,104 @@
+"""``dit`` family: diffusers SD3Transformer2DModel main net + SD3ControlNetModel side net (flow matching).
+
+The SD3 ControlNet adds its residuals inside the transformer blocks, so nothing is shared between ``pred_full`` and
+``pred_main``: the main-alone prediction is a second (no-grad) transformer pass.
+"""
+
+from __future__ import annotations
+
+import torch
+from diffusers import SD3ControlNetModel, SD3Transformer2DModel
+
+from lisa_probe.hooks import capture_modules
+from lisa_probe.models.dual_branch import DualBranch, DualOutput, Site
+
+
+def dit_forward(main: SD3Transformer2DModel, x_t: torch.Tensor, timesteps: torch.Tensor,
+                context: dict[str, torch.Tensor], residuals: list[torch.Tensor] | None = None) -> torch.Tensor:
+    """diffusers' own SD3 transformer forward (B, C, H, W) with the null context and optional block residuals."""
+    batch = x_t.shape[0]
+    return main(x_t, encoder_hidden_states=context["context"].expand(batch, -1, -1),
+                pooled_projections=context["pooled"].expand(batch, -1), timestep=timesteps,
+                block_controlnet_hidden_states=residuals, return_dict=False)[0]
+
+
+class DiTDualBranch(DualBranch):
+    """SD3Transformer2DModel + SD3ControlNetModel. Sites ``block.0 … block.K`` (the ControlNet zero-linears).
+
+    The control image is fed through the ControlNet's ``pos_embed_input`` patch embedding, which expects the
+    transformer's input channels (+ extra conditioning channels): a condition with fewer channels is repeated
+    along channels to fit (a 1-channel edge map becomes 3 identical channels for a pixel-space RGB model).
+    """
+
+    family = "dit"
+
+    def __init__(self, main: SD3Transformer2DModel, side: SD3ControlNetModel, parameterization, null_context,
+                 null_pooled):
+        if side.config.num_layers >= main.config.num_layers:
+            raise ValueError(f"the SD3 ControlNet must have fewer layers than the transformer "
+                             f"({side.config.num_layers} >= {main.config.num_layers})")
+        super().__init__(main, side, parameterization, null_context, null_pooled)
+
+    @property
+    def cond_channels(self) -> int:
+        """Channels the side net's control embedding expects."""
+        return self.side.config.in_channels + self.side.config.extra_conditioning_channels
+
+    def _fit_cond(self, cond: torch.Tensor) -> torch.Tensor:
+        """Repeat a (B, Cc, H, W) condition along channels to (B, cond_channels, H, W).
+
+        With a VAE (latent SD3), the condition is an image: repeated to RGB, mapped to [-1, 1] and VAE-encoded,
+        as diffusers' SD3 ControlNet pipeline does with its control image.
+        """
+        if self.vae is not None:
+            return self.encode_images(cond.repeat(1, 3 // cond.shape[1], 1, 1) * 2 - 1)
+        want = self.cond_channels
+        if cond.shape[1] == want:
+            return cond
+        if want % cond.shape[1]:
+            raise ValueError(f"condition has {cond.shape[1]} channels; the SD3 ControlNet expects {want} "
+                             f"(or a divisor of it)")
+        return cond.repeat(1, want // cond.shape[1], 1, 1)
+
+    # ----- sites -------------------------------------------------------------------------------------------------
+    def _grid(self) -> tuple[int, int]:
+        size = self.main.config.sample_size
+        return size // self.main.config.patch_size, size // self.main.config.patch_size
+
+    def _tokens_to_map(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Tokens (B, h*w, D) -> (B, D, h, w) on the patch grid."""
+        height, width = self._grid()
+        return tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], height, width)
+
+    def _discover_sites(self) -> list[Site]:
+        paths = {f"block.{i}": f"controlnet_blocks.{i}" for i in range(len(self.side.controlnet_blocks))}
+        size = self.main.config.sample_size
+        x = torch.zeros(1, self.main.config.in_channels, size, size)
+        modules = {name: self.side.get_submodule(path) for name, path in paths.items()}
+        with torch.no_grad(), capture_modules(modules, ("feature", "residual"), detach=True) as records:
+            self._side_residuals(x, torch.ones(1), torch.zeros(1, self.cond_channels, size, size))
+        height, width = self._grid()
+        return [Site(name, paths[name], tuple(rec["feature"].shape[1:]), tuple(rec["residual"].shape[1:]),
+                     (rec["feature"].shape[-1], height, width)) for name, rec in records.items()]
+
+    def context(self, batch_size: int) -> dict[str, torch.Tensor]:
+        """Null text tokens (B, L, joint_attention_dim) and pooled projection (B, pooled_projection_dim)."""
+        return {"context": self.null_context.expand(batch_size, -1, -1),
+                "pooled": self.null_pooled.expand(batch_size, -1)}
+
+    # ----- forward pieces ----------------------------------------------------------------------------------------
+    def _side_residuals(self, x_t, timesteps, cond):
+        context = self.context(x_t.shape[0])
+        return list(self.side(x_t, controlnet_cond=self._fit_cond(cond), encoder_hidden_states=context["context"],
+                              pooled_projections=context["pooled"], timestep=timesteps, return_dict=False)[0])
+
+    def _main_forward(self, x_t, timesteps, residuals):
+        return dit_forward(self.main, x_t, timesteps, self.context(1), residuals)
+
+    def _split_forward(self, x_t, timesteps, residuals, main_rows) -> DualOutput:
+        pred_full = self._main_forward(x_t, timesteps, residuals)
+        pred_main = None
+        if main_rows:
+            with torch.no_grad():
+                pred_main = self._main_forward(x_t[:main_rows], timesteps[:main_rows], None)
+        return DualOutput(pred_full, pred_main)

@@ -1,0 +1,176 @@
+"""The dual-branch object: a frozen main net plus a trainable side net, their sites and gated forward.
+
+A *site* is one injection point of the side net: the zero-conv (UNet ControlNet) or zero-linear (SD3 ControlNet)
+whose input is the side feature ``h`` and whose output is the residual added to the main net.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from lisa_probe.parameterization import Parameterization
+
+
+@dataclass(frozen=True)
+class Site:
+    """One injection site.
+
+    Attributes:
+        name: stable short name (``down.3``, ``mid``, ``block.1``).
+        module_path: dotted path of the zero module inside the side net (for hooks).
+        feature_shape: per-sample shape of the feature entering the zero module, (C, h, w) or (N, D) for tokens.
+        residual_shape: per-sample shape of the residual leaving it.
+        map_shape: (C, h, w) the feature takes as a spatial map (tokens are folded back onto their patch grid).
+    """
+
+    name: str
+    module_path: str
+    feature_shape: tuple[int, ...]
+    residual_shape: tuple[int, ...]
+    map_shape: tuple[int, int, int]
+
+
+@dataclass
+class DualOutput:
+    """Predictions of one dual-branch call, in the parameterisation's units.
+
+    Attributes:
+        pred_full: (B, C, H, W) main net with (gated) side residuals.
+        pred_main: (R, C, H, W) main net alone for the first R rows of the batch (no grad), or None.
+    """
+
+    pred_full: torch.Tensor
+    pred_main: torch.Tensor | None
+
+
+def gate_residuals(residuals: list[torch.Tensor], gates: torch.Tensor | None) -> list[torch.Tensor]:
+    """Scale residual k (B, ...) by ``gates[..., k]``; gates are (S,) or (B, S), None means all ones."""
+    if gates is None:
+        return residuals
+    if gates.shape[-1] != len(residuals):
+        raise ValueError(f"gates have {gates.shape[-1]} entries, the model has {len(residuals)} sites")
+    scaled = []
+    for k, residual in enumerate(residuals):
+        gate = gates[..., k].to(residual.dtype)
+        scaled.append(residual * gate.reshape(-1, *([1] * (residual.ndim - 1))) if gate.ndim else residual * gate)
+    return scaled
+
+
+class DualBranch(nn.Module):
+    """Frozen main net + trainable side net for one backbone family.
+
+    Subclasses implement ``_side_residuals``, ``_main_forward`` and ``_split_forward``; this class owns the common
+    API. Inputs everywhere: ``x_t`` (B, C, H, W) in model space, ``timesteps`` (B,), ``cond`` (B, Cc, Hc, Wc).
+    """
+
+    family: str = ""
+
+    def __init__(self, main: nn.Module, side: nn.Module, parameterization: Parameterization,
+                 null_context: torch.Tensor, null_pooled: torch.Tensor | None = None):
+        super().__init__()
+        self.main = main
+        self.side = side
+        self.parameterization = parameterization
+        self.main.requires_grad_(False)
+        self.main.eval()
+        self.vae: nn.Module | None = None
+        self.register_buffer("null_context", null_context, persistent=False)
+        self.register_buffer("null_pooled", null_pooled, persistent=False)
+        self.sites: list[Site] = self._discover_sites()
+
+    # ----- sites -------------------------------------------------------------------------------------------------
+    @property
+    def site_names(self) -> list[str]:
+        """Site names in injection order."""
+        return [site.name for site in self.sites]
+
+    def site(self, name: str) -> Site:
+        """The site called ``name``; a ValueError lists the valid names otherwise."""
+        for site in self.sites:
+            if site.name == name:
+                return site
+        raise ValueError(f"unknown site {name!r}; valid sites: {', '.join(self.site_names)}")
+
+    def default_lisa_site(self) -> str:
+        """A middle site of the side net (the reference uses a middle down block)."""
+        return self.sites[(len(self.sites) - 1) // 2].name
+
+    def site_module(self, name: str) -> nn.Module:
+        """The zero module of site ``name`` inside the side net."""
+        return self.side.get_submodule(self.site(name).module_path)
+
+    def feature_to_map(self, name: str, feature: torch.Tensor) -> torch.Tensor:
+        """Feature (B, *feature_shape) as a spatial map (B, C, h, w)."""
+        return feature.reshape(feature.shape[0], *self.site(name).map_shape) if feature.ndim == 4 else \
+            self._tokens_to_map(feature)
+
+    def _tokens_to_map(self, tokens: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    # ----- model space (pixels, or VAE latents when the main net came with a ``vae/``) --------------------------
+    @torch.no_grad()
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """Images (B, 3, H, W) in [-1, 1] -> model-space samples (identity in pixel space, scaled VAE latents)."""
+        if self.vae is None:
+            return images
+        latents = self.vae.encode(images.to(self.vae.dtype)).latent_dist.mode()
+        shift = self.vae.config.get("shift_factor") or 0.0
+        return (latents - shift) * self.vae.config.scaling_factor
+
+    @torch.no_grad()
+    def decode_samples(self, samples: torch.Tensor) -> torch.Tensor:
+        """Model-space samples -> images (B, 3, H, W) clamped to [-1, 1]."""
+        if self.vae is not None:
+            shift = self.vae.config.get("shift_factor") or 0.0
+            samples = self.vae.decode(samples / self.vae.config.scaling_factor + shift).sample
+        return samples.clamp(-1, 1)
+
+    def _discover_sites(self) -> list[Site]:
+        raise NotImplementedError
+
+    # ----- forward -----------------------------------------------------------------------------------------------
+    def train(self, mode: bool = True):
+        """Train mode for the side net only; the main net always stays in eval mode."""
+        super().train(mode)
+        self.main.eval()
+        return self
+
+    def context(self, batch_size: int) -> dict[str, torch.Tensor]:
+        """Fixed null conditioning inputs of the main net for a batch."""
+        raise NotImplementedError
+
+    def side_residuals(self, x_t: torch.Tensor, timesteps: torch.Tensor, cond: torch.Tensor) -> list[torch.Tensor]:
+        """Residuals of all sites, in site order: (B, *residual_shape) each."""
+        return self._side_residuals(x_t, timesteps, cond)
+
+    def forward(self, x_t: torch.Tensor, timesteps: torch.Tensor, cond: torch.Tensor,
+                gates: torch.Tensor | None = None, main_rows: int = 0) -> DualOutput:
+        """``pred_full`` with residuals scaled by ``gates`` and ``pred_main`` for the first ``main_rows`` rows.
+
+        ``main_rows = 0`` skips the main-alone prediction; computation is shared between both where the
+        architecture allows (the UNet's down path). ``pred_main`` is computed without gradients.
+        """
+        residuals = gate_residuals(self._side_residuals(x_t, timesteps, cond), gates)
+        return self._split_forward(x_t, timesteps, residuals, main_rows)
+
+    def predict_main(self, x_t: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """Main net alone (B, C, H, W) through the library's own forward (no residuals)."""
+        return self._main_forward(x_t, timesteps, None)
+
+    def predict_full_reference(self, x_t: torch.Tensor, timesteps: torch.Tensor, cond: torch.Tensor,
+                               gates: torch.Tensor | None = None) -> torch.Tensor:
+        """pred_full through diffusers' own main-net forward (no sharing): the reference for tests and benchmarks."""
+        residuals = gate_residuals(self._side_residuals(x_t, timesteps, cond), gates)
+        return self._main_forward(x_t, timesteps, residuals)
+
+    def _side_residuals(self, x_t, timesteps, cond) -> list[torch.Tensor]:
+        raise NotImplementedError
+
+    def _main_forward(self, x_t, timesteps, residuals) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _split_forward(self, x_t, timesteps, residuals, main_rows) -> DualOutput:
+        raise NotImplementedError

@@ -1,0 +1,152 @@
+"""One place for the forward processes and prediction conversions of eps, v and flow parameterisations.
+
+Notation (DESIGN.md): ``x_t = alpha_t x0 + sigma_t eps`` for eps/v on a DDPM schedule, ``x_t = (1 - t) x0 + t eps``
+for rectified flow (SD3). Training targets: eps, ``v = alpha_t eps - sigma_t x0``, ``u = eps - x0``.
+
+Timesteps are what the network is fed: integers in ``[0, num_train_timesteps)`` for eps/v, floats
+``1000 * t`` with ``t in (0, 1]`` for flow (as diffusers' FlowMatchEulerDiscreteScheduler feeds SD3).
+All tensors here are (B, C, H, W) (any trailing shape works); per-sample coefficients broadcast from (B,).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from diffusers import DDIMScheduler, DDPMScheduler, FlowMatchEulerDiscreteScheduler
+
+PREDICTION_TYPES = ("eps", "v", "flow")
+FLOW_TIMESTEP_SCALE = 1000.0
+
+
+def _expand(coef: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Reshape per-sample coefficients (B,) to broadcast against ``like`` (B, ...)."""
+    return coef.to(device=like.device, dtype=like.dtype).reshape(-1, *([1] * (like.ndim - 1)))
+
+
+@dataclass
+class Parameterization:
+    """Noising, targets and prediction conversions for one prediction type.
+
+    Args:
+        prediction_type: ``"eps"``, ``"v"`` or ``"flow"``.
+        num_train_timesteps: length of the discrete schedule (eps/v) or of the timestep grid (flow).
+        beta_schedule: diffusers beta schedule name for eps/v (ignored for flow).
+    """
+
+    prediction_type: str = "eps"
+    num_train_timesteps: int = 1000
+    beta_schedule: str = "squaredcos_cap_v2"
+    beta_start: float = 0.0001
+    beta_end: float = 0.02
+
+    def __post_init__(self) -> None:
+        if self.prediction_type not in PREDICTION_TYPES:
+            raise ValueError(f"unknown prediction_type {self.prediction_type!r}; allowed: {', '.join(PREDICTION_TYPES)}")
+        if self.prediction_type != "flow":
+            self.alphas_cumprod = (1.0 - self._ddpm().betas.to(torch.float64)).cumprod(0)
+
+    def _ddpm(self) -> DDPMScheduler:
+        return DDPMScheduler(num_train_timesteps=self.num_train_timesteps, beta_schedule=self.beta_schedule,
+                             beta_start=self.beta_start, beta_end=self.beta_end,
+                             prediction_type="epsilon" if self.prediction_type == "eps" else "v_prediction")
+
+    def to_scheduler(self):
+        """The diffusers training scheduler describing this parameterisation (saved beside a main net)."""
+        if self.prediction_type == "flow":
+            return FlowMatchEulerDiscreteScheduler(num_train_timesteps=self.num_train_timesteps, shift=1.0)
+        return self._ddpm()
+
+    @classmethod
+    def from_scheduler_config(cls, config: dict) -> "Parameterization":
+        """Rebuild from a diffusers scheduler config (``scheduler/scheduler_config.json``)."""
+        if config.get("_class_name", "").startswith("FlowMatch"):
+            return cls("flow", config.get("num_train_timesteps", 1000))
+        kinds = {"epsilon": "eps", "v_prediction": "v"}
+        prediction = config.get("prediction_type", "epsilon")
+        if prediction not in kinds:
+            raise ValueError(f"unsupported scheduler prediction_type {prediction!r}; allowed: {', '.join(kinds)}")
+        return cls(kinds[prediction], config.get("num_train_timesteps", 1000), config.get("beta_schedule", "linear"),
+                   config.get("beta_start", 0.0001), config.get("beta_end", 0.02))
+
+    # ----- schedule -------------------------------------------------------------------------------------------
+    def sample_timesteps(self, batch_size: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Draw training timesteps (B,): uniform integers for eps/v, uniform ``1000 * t`` on the grid for flow."""
+        steps = torch.randint(0, self.num_train_timesteps, (batch_size,), generator=generator)
+        if self.prediction_type == "flow":
+            return (steps + 1).to(torch.float32) * (FLOW_TIMESTEP_SCALE / self.num_train_timesteps)
+        return steps
+
+    def evenly_spaced_timesteps(self, n: int) -> torch.Tensor:
+        """``n`` timesteps evenly spread over the schedule, from low to high noise (n,)."""
+        if n < 1:
+            raise ValueError(f"number of timesteps must be >= 1, got {n}")
+        fractions = (torch.arange(n, dtype=torch.float64) + 0.5) / n
+        if self.prediction_type == "flow":
+            return (fractions * FLOW_TIMESTEP_SCALE).to(torch.float32)
+        return (fractions * self.num_train_timesteps).floor().long()
+
+    def alpha_sigma(self, timesteps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Signal and noise scales (B,), float64: ``x_t = alpha x0 + sigma eps`` for every parameterisation."""
+        if self.prediction_type == "flow":
+            t = timesteps.to(torch.float64) / FLOW_TIMESTEP_SCALE
+            return 1.0 - t, t
+        alpha_bar = self.alphas_cumprod[timesteps.long().cpu()].to(timesteps.device)
+        return alpha_bar.sqrt(), (1.0 - alpha_bar).sqrt()
+
+    def noise_level(self, timesteps: torch.Tensor) -> torch.Tensor:
+        """sigma_t (B,) as float32."""
+        return self.alpha_sigma(timesteps)[1].to(torch.float32)
+
+    # ----- forward process and targets --------------------------------------------------------------------
+    def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """x_t (B, ...) = alpha_t x0 + sigma_t eps."""
+        alpha, sigma = self.alpha_sigma(timesteps)
+        return _expand(alpha, x0) * x0 + _expand(sigma, x0) * noise
+
+    def target(self, x0: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """Training target y (B, ...): eps, v = alpha eps - sigma x0, or u = eps - x0."""
+        if self.prediction_type == "eps":
+            return noise
+        if self.prediction_type == "flow":
+            return noise - x0
+        alpha, sigma = self.alpha_sigma(timesteps)
+        return _expand(alpha, x0) * noise - _expand(sigma, x0) * x0
+
+    # ----- conversions ---------------------------------------------------------------------------------------
+    def pred_to_eps(self, pred: torch.Tensor, x_t: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """eps-hat (B, ...) from a prediction: identity, alpha v + sigma x_t, or x_t + (1 - t) u."""
+        if self.prediction_type == "eps":
+            return pred
+        alpha, sigma = self.alpha_sigma(timesteps)
+        if self.prediction_type == "flow":
+            return x_t + _expand(alpha, x_t) * pred
+        return _expand(alpha, x_t) * pred + _expand(sigma, x_t) * x_t
+
+    def pred_to_score(self, pred: torch.Tensor, x_t: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """Score grad log p_t(x_t) (B, ...) = -eps-hat / sigma_t."""
+        _, sigma = self.alpha_sigma(timesteps)
+        return -self.pred_to_eps(pred, x_t, timesteps) / _expand(sigma, x_t)
+
+    def delta_to_score_scale(self, timesteps: torch.Tensor) -> torch.Tensor:
+        """Factor k_t (B,) with ``pred_full - pred_main = k_t * likelihood score``.
+
+        -sigma for eps, -sigma/alpha for v, -t/(1-t) for flow (DESIGN.md table).
+        """
+        alpha, sigma = self.alpha_sigma(timesteps)
+        if self.prediction_type == "eps":
+            return -sigma
+        return -sigma / alpha
+
+    # ----- sampling ---------------------------------------------------------------------------------------------
+    def make_sampler(self, clip_sample: bool = True):
+        """A fresh diffusers scheduler for sampling: DDIM for eps/v (x0 clipped to [-1, 1] in pixel space),
+        flow-match Euler for flow."""
+        if self.prediction_type == "flow":
+            return FlowMatchEulerDiscreteScheduler(num_train_timesteps=self.num_train_timesteps, shift=1.0)
+        return DDIMScheduler.from_config(
+            self._ddpm().config,
+            clip_sample=clip_sample,
+            set_alpha_to_one=True,
+            timestep_spacing="trailing",
+        )

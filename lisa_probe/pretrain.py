@@ -1,0 +1,141 @@
+"""``python -m lisa_probe.pretrain``: train a main net unconditionally on a built-in dataset.
+
+The run directory is itself a diffusers-layout main-net directory (``unet/`` or ``transformer/`` + ``scheduler/``)
+that ``python -m lisa_probe.train --main <dir>`` and diffusers' own ``from_pretrained`` load. It also holds
+``config.yaml``, checkpoints, ``metrics.csv``, ``eval.csv`` and ``samples/step-<N>.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from lisa_probe.config import add_dataclass_arguments, config_from_args, write_config
+from lisa_probe.data import DATASET_NAMES, build_dataset
+from lisa_probe.engine import LoopConfig, Objective, fit
+from lisa_probe.grids import save_grid, to_uint8
+from lisa_probe.models.build import MAIN_FORWARD, build_main, check_choice, default_prediction_type, null_context_for
+from lisa_probe.models.presets import FAMILIES, PRESETS
+from lisa_probe.parameterization import PREDICTION_TYPES, Parameterization
+from lisa_probe.sampling import fixed_noise, sample
+
+
+@dataclass
+class PretrainConfig(LoopConfig):
+    """Main-net pretraining settings (defaults: the demo's main net, <= 10 minutes on 2 CPU cores)."""
+
+    backbone: str = field(default="unet", metadata={"help": "main-net family", "choices": FAMILIES})
+    preset: str = field(default="small", metadata={"help": "built-in size", "choices": PRESETS})
+    prediction_type: str | None = field(default=None, metadata={"help": "eps | v | flow (default: eps for unet, "
+                                                                         "flow for dit)"})
+    dataset: str = field(default="shapes", metadata={"help": "training data", "choices": DATASET_NAMES})
+    resolution: int = field(default=32, metadata={"help": "image size in pixels"})
+    name: str | None = field(default=None, metadata={"help": "run name (default: main-<backbone>-<type>-<data>)"})
+    out_dir: str = field(default="runs", metadata={"help": "parent of run directories"})
+    eval_samples: int = field(default=256, metadata={"help": "generated images per evaluation"})
+    sample_steps: int = field(default=25, metadata={"help": "sampler steps at evaluation"})
+    lr: float = field(default=1e-3, metadata={"help": "AdamW learning rate"})
+    steps: int = field(default=1500, metadata={"help": "optimizer steps"})
+    batch_size: int = field(default=32, metadata={"help": "micro-batch size per process"})
+    lr_warmup_steps: int = field(default=50, metadata={"help": "linear warm-up steps"})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_choice("backbone", self.backbone, FAMILIES)
+        check_choice("preset", self.preset, PRESETS)
+        check_choice("dataset", self.dataset, DATASET_NAMES)
+        if self.prediction_type is None:
+            self.prediction_type = default_prediction_type(self.backbone)
+        check_choice("prediction type", self.prediction_type, PREDICTION_TYPES)
+        if self.name is None:
+            self.name = f"main-{self.backbone}-{self.prediction_type}-{self.dataset}{self.resolution}"
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out_dir) / self.name
+
+
+class MainNetObjective(Objective):
+    """Unconditional denoising loss of a main net: ``MSE(main(x_t, t), y)``."""
+
+    def __init__(self, family: str, main: torch.nn.Module, parameterization: Parameterization):
+        super().__init__()
+        self.family, self.main, self.parameterization = family, main, parameterization
+        for name, value in null_context_for(main, family).items():
+            self.register_buffer(f"null_{name}", value, persistent=False)
+
+    def context(self) -> dict[str, torch.Tensor]:
+        """The fixed null context tensors, on the module's device."""
+        return {name[5:]: value for name, value in self.named_buffers() if name.startswith("null_")}
+
+    def modules_to_save(self) -> dict[str, torch.nn.Module]:
+        return {"unet" if self.family == "unet" else "transformer": self.main}
+
+    def draw(self, batch: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        x0 = batch["image"]
+        return {"x0": x0, "noise": torch.randn(x0.shape, generator=generator),
+                "timesteps": self.parameterization.sample_timesteps(x0.shape[0], generator)}
+
+    def predict(self, x_t: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """Main-net prediction (B, C, H, W)."""
+        return MAIN_FORWARD[self.family](self.main, x_t, timesteps, self.context())
+
+    def forward(self, x0, noise, timesteps, step):
+        x_t = self.parameterization.add_noise(x0, noise, timesteps)
+        target = self.parameterization.target(x0, noise, timesteps)
+        loss = F.mse_loss(self.predict(x_t, timesteps).float(), target.float())
+        return {"loss": loss}
+
+
+def make_quality_evaluation(objective: MainNetObjective, config: PretrainConfig, run_dir: Path):
+    """An ``evaluate(step)`` closure: samples a fixed-noise batch, saves a grid, returns quality numbers."""
+    from lisa_probe.evaluation import Evaluator
+
+    evaluator = Evaluator.for_dataset(
+        build_dataset(config.dataset, split="train", resolution=config.resolution, seed=config.seed),
+        cache_dir=Path(config.out_dir) / "cache")
+    shape = (config.eval_samples, objective.main.config.in_channels, config.resolution, config.resolution)
+
+    def evaluate(step: int) -> dict[str, float]:
+        images = sample(objective.predict, objective.parameterization, fixed_noise(shape, config.seed + 1),
+                        config.sample_steps).clamp(-1, 1)
+        save_grid([("samples", to_uint8(images[:16]))], run_dir / "samples" / f"step-{step}.png")
+        return evaluator.quality(images)
+
+    return evaluate
+
+
+def pretrain(config: PretrainConfig) -> Path:
+    """Run pretraining; returns the run directory (a diffusers main-net directory)."""
+    run_dir = config.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_config(run_dir / "config.yaml", config, kind="pretrain")
+    parameterization = Parameterization(config.prediction_type)
+    main = build_main(config.backbone, config.preset, config.resolution, seed=config.seed)
+    objective = MainNetObjective(config.backbone, main, parameterization)
+    dataset = build_dataset(config.dataset, split="train", resolution=config.resolution, seed=config.seed)
+    fit(run_dir, objective, dataset, config, evaluate=make_quality_evaluation(objective, config, run_dir))
+    parameterization.to_scheduler().save_pretrained(run_dir / "scheduler")
+    return run_dir
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m lisa_probe.pretrain", description=__doc__.splitlines()[0])
+    add_dataclass_arguments(parser, PretrainConfig)
+    args = parser.parse_args(argv)
+    try:
+        config = config_from_args(PretrainConfig, args)
+    except ValueError as error:
+        parser.error(str(error))
+    print(f"main net written to {pretrain(config)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+

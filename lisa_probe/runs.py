@@ -1,0 +1,71 @@
+"""Run directories: the default main net, rebuilding a DualBranch from a config, loading a trained run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lisa_probe.config import read_config
+from lisa_probe.data import build_dataset
+from lisa_probe.lisa import LisaDecoder
+from lisa_probe.models import DualBranch, build_side, check_side_matches, load_main, load_side, make_dual_branch
+from lisa_probe.pretrain import PretrainConfig, pretrain
+
+DEFAULT_MAIN_NAME = PretrainConfig().name
+
+
+def ensure_default_main(out_dir: Path) -> Path:
+    """The default main net under ``out_dir``: pretrained (or its interrupted pretraining resumed) if missing."""
+    path = Path(out_dir) / DEFAULT_MAIN_NAME
+    if not (path / "scheduler" / "scheduler_config.json").exists():
+        print(f"default main net not found at {path}: pretraining it first")
+        pretrain(PretrainConfig(out_dir=str(out_dir), resume="latest"))
+    return path
+
+
+def vae_scale(vae) -> int:
+    """Pixels per latent cell of a VAE (1 without one)."""
+    return 1 if vae is None else 2 ** (len(vae.config.block_out_channels) - 1)
+
+
+def build_dual_branch(config, side_path: Path | None = None) -> tuple[DualBranch, dict]:
+    """DualBranch for a train config (main from ``config.main``; side from ``side_path``, ``config.side`` or a
+    copy of the main net) and the dataset keyword arguments matching it (resolution, condition, seed, root)."""
+    family, main, parameterization, null_context, vae = load_main(Path(config.main))
+    resolution = main.config.sample_size * vae_scale(vae)
+    dataset_kwargs = {"resolution": resolution, "condition": config.condition, "seed": config.seed}
+    if config.data_root is not None:
+        dataset_kwargs["root"] = config.data_root
+    side_source = side_path or config.side
+    if side_source is not None:
+        side = load_side(Path(side_source), family)
+        check_side_matches(family, main, side)
+    else:
+        cond_channels = build_dataset(config.dataset, split="val", **dataset_kwargs).cond_channels
+        side = build_side(main, family, cond_channels, latent=vae is not None, seed=config.seed)
+    return make_dual_branch(family, main, side, parameterization, null_context, vae), dataset_kwargs
+
+
+def run_dir_of(checkpoint: Path) -> Path:
+    """The run directory of a run or of one of its ``checkpoint-N`` directories."""
+    checkpoint = Path(checkpoint)
+    for candidate in (checkpoint, checkpoint.parent):
+        if (candidate / "config.yaml").exists():
+            return candidate
+    raise ValueError(f"{checkpoint} is not a lisa_probe run or checkpoint directory (no config.yaml beside it)")
+
+
+def load_run(checkpoint: Path):
+    """(train config, DualBranch with the trained side net, LISA decoder or None, dataset kwargs) of a run."""
+    from lisa_probe.train import TrainConfig
+
+    checkpoint = Path(checkpoint)
+    payload = read_config(run_dir_of(checkpoint) / "config.yaml")
+    if payload.get("kind") != "train":
+        raise ValueError(f"{checkpoint} is a {payload.get('kind')!r} run, not a side-net training run")
+    config = TrainConfig(**payload["config"])
+    if not (checkpoint / "controlnet" / "config.json").exists():
+        raise ValueError(f"{checkpoint} has no controlnet/ (is the run finished? pass a checkpoint-N directory)")
+    model, dataset_kwargs = build_dual_branch(config, side_path=checkpoint / "controlnet")
+    decoder_dir = checkpoint / "lisa_decoder"
+    decoder = LisaDecoder.from_pretrained(decoder_dir) if (decoder_dir / "config.json").exists() else None
+    return config, model.eval(), decoder, dataset_kwargs

@@ -1,0 +1,110 @@
+"""Periodic evaluation of a side net during training and the run summary (convergence step).
+
+A fixed validation set (the first ``eval_samples`` of the val split), fixed starting noise and a fixed sampler, so
+that evaluations at different steps and in different runs are comparable.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import torch
+from torch.utils.data import default_collate
+
+from lisa_probe.data import build_dataset
+from lisa_probe.evaluation import CONTROL_METRIC, Evaluator
+from lisa_probe.grids import save_grid, to_uint8
+from lisa_probe.provenance import code_version
+from lisa_probe.sampling import fixed_noise, sample
+
+GRID_COLUMNS = 8
+
+
+class ControlEvaluation:
+    """``evaluate(step) -> metrics``: control fidelity, factor read-back and quality of controlled samples.
+
+    The main net alone is sampled once from the same noise (``main_alone/<metric>``) as the reference point.
+    """
+
+    def __init__(self, model, config, dataset_kwargs: dict, run_dir: Path):
+        self.model, self.config, self.run_dir = model, config, Path(run_dir)
+        dataset = build_dataset(config.dataset, split="val", **dataset_kwargs)
+        self.control_metric = CONTROL_METRIC[dataset.condition]
+        batch = default_collate([dataset[i] for i in range(min(config.eval_samples, len(dataset)))])
+        self.cond, self.factors = batch["cond"], batch["factors"]
+        train_set = build_dataset(config.dataset, split="train", **dataset_kwargs)
+        self.evaluator = Evaluator.for_dataset(train_set, cache_dir=Path(config.out_dir) / "cache")
+        image_shape = (self.model.main.config.in_channels, self.model.main.config.sample_size,
+                       self.model.main.config.sample_size)
+        self.noise = fixed_noise((len(self.cond), *image_shape), config.seed + 12345)
+        self.main_alone: torch.Tensor | None = None
+
+    def _sample(self, predict) -> torch.Tensor:
+        device = next(self.model.side.parameters()).device
+        samples = sample(predict, self.model.parameterization, self.noise.to(device), self.config.sample_steps,
+                         clip_sample=self.model.vae is None)
+        return self.model.decode_samples(samples).cpu()
+
+    def __call__(self, step: int) -> dict[str, float]:
+        device = next(self.model.side.parameters()).device
+        cond = self.cond.to(device)
+        results = {}
+        if self.main_alone is None:
+            self.main_alone = self._sample(self.model.predict_main)
+            main_metrics = self.evaluator.evaluate(self.main_alone, self.cond, self.factors)
+            results.update({f"main_alone/{k}": v for k, v in main_metrics.items()})
+        controlled = self._sample(lambda x, t: self.model(x, t, cond[: x.shape[0]]).pred_full)
+        results.update(self.evaluator.evaluate(controlled, self.cond, self.factors))
+        n = GRID_COLUMNS
+        save_grid([("condition", to_uint8(self.cond[:n], (0.0, 1.0))), ("main alone", to_uint8(self.main_alone[:n])),
+                   ("controlled", to_uint8(controlled[:n]))], self.run_dir / "samples" / f"step-{step}.png")
+        return results
+
+
+def read_eval(run_dir: Path) -> dict[int, dict[str, float]]:
+    """``eval.csv`` as {step: {metric: value}}."""
+    table: dict[int, dict[str, float]] = {}
+    path = Path(run_dir) / "eval.csv"
+    if path.exists():
+        with open(path, newline="") as handle:
+            for row in csv.DictReader(handle):
+                table.setdefault(int(row["step"]), {})[row["metric"]] = float(row["value"])
+    return table
+
+
+def convergence_step(evaluations: dict[int, dict[str, float]], metric: str, threshold: float) -> int | None:
+    """First evaluated step whose ``metric`` reaches ``threshold`` (None if never)."""
+    for step in sorted(evaluations):
+        if evaluations[step].get(metric, float("-inf")) >= threshold:
+            return step
+    return None
+
+
+def mean_step_seconds(run_dir: Path) -> float | None:
+    """Mean wall time per optimizer step from ``metrics.csv``'s cumulative ``seconds`` column."""
+    path = Path(run_dir) / "metrics.csv"
+    if not path.exists():
+        return None
+    with open(path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    if len(rows) < 2:
+        return None
+    first, last = rows[0], rows[-1]
+    steps = int(last["step"]) - int(first["step"])
+    return (float(last["seconds"]) - float(first["seconds"])) / steps if steps > 0 else None
+
+
+def write_summary(run_dir: Path, config, state: dict, metric: str) -> dict:
+    """Write ``summary.json``: final metrics, convergence step of control ``metric``, time per step."""
+    evaluations = read_eval(run_dir)
+    summary = {
+        "run": Path(run_dir).name, "code_version": code_version(), "steps": state["step"],
+        "control_metric": metric, "convergence_threshold": config.convergence_threshold,
+        "convergence_step": convergence_step(evaluations, metric, config.convergence_threshold),
+        "seconds_per_step": mean_step_seconds(run_dir),
+        "final": evaluations[max(evaluations)] if evaluations else {},
+    }
+    (Path(run_dir) / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary

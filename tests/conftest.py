@@ -1,0 +1,33 @@
+"""Shared tiny models for the tests (built from diffusers configs, never downloaded)."""
+
+import pytest
+import torch
+
+from lisa_probe.models import build_main, build_side, make_dual_branch
+from lisa_probe.models.build import null_context_for
+from lisa_probe.parameterization import Parameterization
+
+BACKBONES = [("unet", "eps"), ("unet", "v"), ("dit", "flow")]
+
+
+def tiny_dual_branch(family: str, prediction_type: str, resolution: int = 16, perturb: bool = True):
+    """A tiny DualBranch; ``perturb`` makes the zero-initialised side outputs non-zero so residuals matter."""
+    main = build_main(family, "tiny", resolution, seed=0)
+    side = build_side(main, family, cond_channels=1, seed=0)
+    if perturb:
+        generator = torch.Generator().manual_seed(1)
+        with torch.no_grad():
+            for parameter in side.parameters():
+                parameter.add_(0.05 * torch.randn(parameter.shape, generator=generator))
+    return make_dual_branch(family, main, side, Parameterization(prediction_type), null_context_for(main, family))
+
+
+@pytest.fixture(params=BACKBONES, ids=lambda b: "-".join(b))
+def dual_branch(request):
+    return tiny_dual_branch(*request.param)
+
+
+@pytest.fixture(autouse=True)
+def _cache_dir(tmp_path_factory, monkeypatch):
+    """Share the read-back network cache between the tests of one session."""
+    monkeypatch.setenv("LISA_PROBE_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))

@@ -1,0 +1,137 @@
+"""DualBranch: sites, gates, shared vs separate forward, local diffusers directories."""
+
+import pytest
+import torch
+from diffusers import ControlNetModel, SD3Transformer2DModel, UNet2DConditionModel
+
+from lisa_probe.hooks import capture
+from lisa_probe.models import build_main, build_side, check_side_matches, detect_family, load_main, save_main
+from lisa_probe.models.build import null_context_for
+from lisa_probe.parameterization import Parameterization
+from tests.conftest import tiny_dual_branch
+
+
+def inputs(model, batch=3, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    size = model.main.config.sample_size
+    x = torch.randn(batch, model.main.config.in_channels, size, size, generator=generator)
+    timesteps = model.parameterization.sample_timesteps(batch, generator)
+    cond = torch.rand(batch, 1, size, size, generator=generator)
+    return x, timesteps, cond
+
+
+def test_sites_have_names_shapes_and_hookable_modules(dual_branch):
+    names = dual_branch.site_names
+    prefix = "down." if dual_branch.family == "unet" else "block."
+    assert names[0] == f"{prefix}0" and len(names) >= 2
+    x, t, c = inputs(dual_branch)
+    with capture(dual_branch, names, what=("feature", "residual")) as records:
+        dual_branch(x, t, c)
+    for site in dual_branch.sites:
+        assert tuple(records[site.name]["feature"].shape[1:]) == site.feature_shape
+        assert tuple(records[site.name]["residual"].shape[1:]) == site.residual_shape
+        feature_map = dual_branch.feature_to_map(site.name, records[site.name]["feature"])
+        assert tuple(feature_map.shape[1:]) == site.map_shape
+
+
+def test_unknown_site_lists_valid_ones(dual_branch):
+    with pytest.raises(ValueError, match="valid sites: .*" + dual_branch.site_names[-1]):
+        dual_branch.site("nope.3")
+
+
+def test_zero_gates_reproduce_main_alone(dual_branch):
+    x, t, c = inputs(dual_branch)
+    closed = dual_branch(x, t, c, gates=torch.zeros(len(dual_branch.sites))).pred_full
+    torch.testing.assert_close(closed, dual_branch.predict_main(x, t), rtol=0, atol=0)
+    opened = dual_branch(x, t, c).pred_full
+    assert (opened - closed).abs().max() > 1e-3  # the side net does change the prediction
+
+
+def test_shared_call_matches_separate_calls(dual_branch):
+    x, t, c = inputs(dual_branch)
+    out = dual_branch(x, t, c, main_rows=2)
+    reference_full = dual_branch.predict_full_reference(x, t, c)
+    torch.testing.assert_close(out.pred_full, reference_full, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out.pred_main, dual_branch.predict_main(x[:2], t[:2]), rtol=1e-5, atol=1e-6)
+    assert not out.pred_main.requires_grad
+
+
+def test_per_sample_gates_and_gradients_through_gates(dual_branch):
+    x, t, c = inputs(dual_branch)
+    gates = torch.ones(3, len(dual_branch.sites))
+    gates[1] = 0
+    gates.requires_grad_(True)
+    pred = dual_branch(x, t, c, gates=gates).pred_full
+    torch.testing.assert_close(pred[1], dual_branch.predict_main(x, t)[1], rtol=0, atol=0)
+    pred.sum().backward()
+    assert gates.grad.abs().sum() > 0
+
+
+def test_gradients_reach_side_net_only():
+    model = tiny_dual_branch("unet", "eps")
+    x, t, c = inputs(model)
+    model(x, t, c).pred_full.square().mean().backward()
+    assert all(p.grad is None for p in model.main.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.side.parameters())
+
+
+@pytest.mark.parametrize("family,kind,main_class", [("unet", "v", UNet2DConditionModel),
+                                                    ("dit", "flow", SD3Transformer2DModel)])
+def test_local_diffusers_directory_round_trip(tmp_path, family, kind, main_class):
+    main = build_main(family, "tiny", 16, seed=3)
+    save_main(tmp_path, family, main, Parameterization(kind))
+    assert detect_family(tmp_path) == family
+    loaded_family, loaded, parameterization, null_context, vae = load_main(tmp_path)
+    assert (loaded_family, parameterization.prediction_type, vae) == (family, kind, None)
+    reloaded = main_class.from_pretrained(tmp_path / ("unet" if family == "unet" else "transformer"))
+    for a, b in zip(main.parameters(), reloaded.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="not 'eps'" if kind != "eps" else "not"):
+        load_main(tmp_path, prediction_type="eps")
+
+
+def test_not_a_diffusers_directory(tmp_path):
+    with pytest.raises(ValueError, match="not a diffusers main-net directory"):
+        detect_family(tmp_path)
+
+
+def test_latent_unet_with_vae(tmp_path):
+    """A Stable-Diffusion-like layout (unet/ + vae/ + scheduler/) trains in latent space, condition in pixels."""
+    from diffusers import AutoencoderKL
+
+    main = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(8, 16),
+                                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), layers_per_block=1,
+                                norm_num_groups=8, cross_attention_dim=8, attention_head_dim=8)
+    save_main(tmp_path, "unet", main, Parameterization("eps"))
+    AutoencoderKL(block_out_channels=(8, 8, 8, 8), down_block_types=("DownEncoderBlock2D",) * 4,
+                  up_block_types=("UpDecoderBlock2D",) * 4, latent_channels=4,
+                  norm_num_groups=8).save_pretrained(tmp_path / "vae")
+    family, main, parameterization, null_context, vae = load_main(tmp_path)
+    from lisa_probe.models import make_dual_branch
+    side = build_side(main, family, cond_channels=1, latent=True)
+    model = make_dual_branch(family, main, side, parameterization, null_context, vae)
+    images = torch.rand(2, 3, 64, 64) * 2 - 1
+    latents = model.encode_images(images)
+    assert latents.shape == (2, 4, 8, 8)
+    out = model(latents, torch.tensor([10, 500]), torch.rand(2, 1, 64, 64), main_rows=2)
+    assert out.pred_full.shape == (2, 4, 8, 8)
+    assert model.decode_samples(latents).shape == (2, 3, 64, 64)
+
+
+def test_side_net_must_match_main_net():
+    main = build_main("unet", "tiny", 16)
+    other = build_main("unet", "small", 16)
+    side = build_side(other, "unet", 1)
+    assert isinstance(side, ControlNetModel)
+    with pytest.raises(ValueError, match="does not match the main net.*block_out_channels"):
+        check_side_matches("unet", main, side)
+    check_side_matches("unet", main, build_side(main, "unet", 1))
+
+
+def test_dit_side_net_built_from_a_copy():
+    main = build_main("dit", "tiny", 16)
+    layers = main.config.num_layers
+    side = build_side(main, "dit", 1)
+    assert main.config.num_layers == layers and side.config.num_layers < layers
+    assert null_context_for(main, "dit")["pooled"].shape == (1, main.config.pooled_projection_dim)
