@@ -1,0 +1,239 @@
+"""A directory of user images, with conditions from a matching directory or from a named extractor.
+
+Images of any size and mode (RGB, RGBA / LA / transparent palette composited on white, grey, palette) are read with
+PIL, resized so that the shorter side equals ``resolution`` and centre-cropped; condition images likewise, their
+transparency composited on black. Files are assigned to splits by a hash of their file name (80 / 10 / 10 % by
+default), so adding files never moves existing ones between splits. The split's images (and conditions from
+``cond_dir``) are decoded once, at construction, and kept as uint8 arrays.
+
+Optional factors come from a CSV file with a ``file`` column (file name with or without extension) and one column
+per factor. A column is categorical when it is not numeric, or holds integers with at most ``MAX_CATEGORIES``
+distinct values: its values are then coded 0..K-1 in sorted order (``factor_levels`` keeps the original values);
+other numeric columns are continuous. Whether the condition carries a factor is unknown, so every factor is
+``carried=False`` unless it is named in ``carried_factors``."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+from lisa_probe.data import SPLITS, FactorSpec, check_choice, check_index, check_resolution, make_sample
+from lisa_probe.data.conditions import get_extractor
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+COND_MODES = ("L", "RGB")
+MAX_CATEGORIES = 20
+DEFAULT_COND_DIR_LABEL = "custom"
+
+
+def list_images(directory: Path) -> list[Path]:
+    """Image files (by extension) directly inside ``directory``, sorted by name."""
+    return sorted(p for p in Path(directory).iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+def split_of(file_name: str, fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)) -> str:
+    """The split of a file, from a SHA-1 hash of its name: stable when other files are added or removed."""
+    position = int(hashlib.sha1(file_name.encode("utf-8")).hexdigest()[:8], 16) / 2**32
+    cumulative = np.cumsum(fractions) / np.sum(fractions)
+    return SPLITS[min(int(np.searchsorted(cumulative, position, side="right")), len(SPLITS) - 1)]
+
+
+def _flatten_alpha(image: Image.Image, background: tuple[int, int, int]) -> Image.Image:
+    """RGB version of ``image``, with any transparency composited over ``background``."""
+    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        base = Image.new("RGBA", rgba.size, background + (255,))
+        return Image.alpha_composite(base, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def load_image(path: Path, resolution: int, mode: str = "RGB", background: tuple[int, int, int] = (255, 255, 255),
+               resample: Image.Resampling = Image.Resampling.BICUBIC) -> np.ndarray:
+    """Read ``path``, flatten transparency, resize the shorter side to ``resolution`` and centre-crop.
+
+    Returns:
+        uint8 array (H, W, C) with H = W = ``resolution`` and C = 3 for ``mode="RGB"``, 1 for ``mode="L"``.
+    """
+    with Image.open(path) as image:
+        flat = _flatten_alpha(image, background).convert(mode)
+    fitted = ImageOps.fit(flat, (resolution, resolution), method=resample, centering=(0.5, 0.5))
+    return np.asarray(fitted, dtype=np.uint8).reshape(resolution, resolution, -1)
+
+
+def _parse_number(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def _column_spec(name: str, cells: list[str], carried: bool) -> tuple[FactorSpec, list | None]:
+    """Infer the spec of one CSV column; returns it with the sorted levels of a categorical column (else None)."""
+    numbers = [_parse_number(cell) for cell in cells]
+    if any(number is None for number in numbers):
+        levels = sorted(set(cells))
+    elif all(number.is_integer() for number in numbers) and len(set(numbers)) <= MAX_CATEGORIES:
+        levels = sorted({int(number) for number in numbers})
+    else:
+        return FactorSpec(name, "continuous", carried, None, "from the factors CSV"), None
+    return FactorSpec(name, "categorical", carried, len(levels), f"from the factors CSV, levels {levels}"), levels
+
+
+def read_factors_csv(path: Path, carried_factors=()) -> tuple[dict, dict, dict]:
+    """Read a factors CSV.
+
+    Returns:
+        ``(rows, specs, levels)``: file name -> {factor: int | float}, factor -> FactorSpec, and categorical
+        factor -> list of original values (code i stands for ``levels[factor][i]``).
+    """
+    with open(path, newline="") as handle:
+        table = list(csv.DictReader(handle))
+    if not table or "file" not in table[0]:
+        raise ValueError(f"factors CSV {path} needs a 'file' column and at least one row")
+    columns = [c for c in table[0] if c != "file"]
+    for factor in carried_factors:
+        check_choice(f"carried factor (columns of {path})", factor, columns)
+    for row_number, row in enumerate(table, start=2):
+        missing = [c for c in columns if not (row[c] or "").strip()]
+        if missing:
+            raise ValueError(f"factors CSV {path}, line {row_number}: empty value for {missing}")
+    specs, levels = {}, {}
+    for column in columns:
+        spec, column_levels = _column_spec(column, [row[column].strip() for row in table], column in carried_factors)
+        specs[column] = spec
+        if column_levels is not None:
+            levels[column] = column_levels
+    rows = {row["file"]: {c: _encode(row[c].strip(), levels.get(c)) for c in columns} for row in table}
+    return rows, specs, levels
+
+
+def _encode(cell: str, levels: list | None) -> int | float:
+    if levels is None:
+        return float(cell)
+    return levels.index(cell if isinstance(levels[0], str) else int(float(cell)))
+
+
+class FolderDataset(torch.utils.data.Dataset):
+    """Images from a user directory; see the module docstring.
+
+    Items: ``{"image": (3, H, W) in [-1, 1], "cond": (C, H, W) in [0, 1], "factors": dict (empty without a CSV),
+    "id": "folder/<split>/<file name>"}``; C = 1 for extractors and ``cond_mode="L"``, 3 for ``cond_mode="RGB"``.
+
+    Args:
+        split, resolution, size: as in :func:`lisa_probe.data.build_dataset`; ``size`` keeps the split's first files.
+        condition: with ``cond_dir``, a free label for the condition kind (default ``"custom"``); without it, the name
+            of an extractor in :data:`lisa_probe.data.conditions.EXTRACTORS` (default ``"canny"``).
+        seed: accepted for a uniform interface; nothing here is random.
+        root: directory of the images (not searched recursively).
+        cond_dir: directory of condition images with the same file stems (any image extension).
+        cond_mode: ``"L"`` (one channel) or ``"RGB"`` for conditions read from ``cond_dir``.
+        factors_csv: CSV with a ``file`` column and factor columns.
+        carried_factors: CSV columns the condition carries.
+        skip_bad: skip (with a warning) unreadable images or images without a condition / CSV row, instead of
+            raising an error naming the file.
+        split_fractions: train / val / test fractions of the hash partition.
+    """
+
+    name = "folder"
+
+    def __init__(self, split: str = "train", resolution: int = 32, condition: str | None = None, seed: int = 0,
+                 size: int | None = None, *, root: str | Path, cond_dir: str | Path | None = None,
+                 cond_mode: str = "L", factors_csv: str | Path | None = None, carried_factors=(),
+                 skip_bad: bool = False, split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)):
+        check_choice("split", split, SPLITS)
+        check_choice("cond_mode", cond_mode, COND_MODES)
+        self.split, self.seed = split, int(seed)
+        self.resolution = check_resolution(resolution)
+        self.root = Path(root)
+        self.skip_bad = skip_bad
+        if cond_dir is None:
+            self.condition = "canny" if condition is None else condition
+            self._extract = get_extractor(self.condition)
+            self.cond_channels = 1
+        else:
+            self.condition = DEFAULT_COND_DIR_LABEL if condition is None else condition
+            self._extract = None
+            self.cond_channels = 1 if cond_mode == "L" else 3
+        self.factor_specs, self.factor_levels, csv_rows = {}, {}, None
+        if factors_csv is not None:
+            csv_rows, self.factor_specs, self.factor_levels = read_factors_csv(Path(factors_csv), carried_factors)
+        elif carried_factors:
+            raise ValueError("carried_factors needs a factors_csv")
+        cond_files = self._index_cond_dir(Path(cond_dir)) if cond_dir is not None else None
+        self.files, self.factors, images, conds = [], [], [], []
+        for path in self._split_files(split_fractions, size):
+            if size is not None and len(self.files) >= size:
+                break
+            loaded = self._load_one(path, cond_files, csv_rows, cond_mode)
+            if loaded is not None:
+                self.files.append(path)
+                images.append(loaded[0])
+                conds.append(loaded[1])
+                self.factors.append(loaded[2])
+        empty = np.zeros((0, self.resolution, self.resolution, 3), np.uint8)
+        self.images = np.stack(images) if images else empty
+        self.conds = None if cond_dir is None else (np.stack(conds) if conds else empty[..., :self.cond_channels])
+
+    def _split_files(self, split_fractions: tuple[float, float, float], size: int | None) -> list[Path]:
+        """The image files of this split, in name order; ``ValueError`` for an empty root or a negative size."""
+        if size is not None and size < 0:
+            raise ValueError(f"size must be >= 0, got {size!r}")
+        files = list_images(self.root)
+        if not files:
+            raise ValueError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) in {self.root}")
+        return [f for f in files if split_of(f.name, split_fractions) == self.split]
+
+    @staticmethod
+    def _index_cond_dir(cond_dir: Path) -> dict[str, Path]:
+        """Condition files by stem; ``ValueError`` if a stem appears with two extensions."""
+        by_stem = {}
+        for path in list_images(cond_dir):
+            if path.stem in by_stem:
+                raise ValueError(f"ambiguous condition files for stem {path.stem!r}: {by_stem[path.stem]}, {path}")
+            by_stem[path.stem] = path
+        return by_stem
+
+    def _load_one(self, path: Path, cond_files: dict | None, csv_rows: dict | None, cond_mode: str):
+        """(image (H, W, 3) uint8, condition (H, W, C) uint8 or None, factors) for ``path``, or None if skipped."""
+        try:
+            factors = {}
+            if csv_rows is not None:
+                row = csv_rows.get(path.name, csv_rows.get(path.stem))
+                if row is None:
+                    raise ValueError(f"image {path} has no row in the factors CSV")
+                factors = dict(row)
+            cond = None
+            if cond_files is not None:
+                if path.stem not in cond_files:
+                    raise ValueError(f"image {path} has no condition file with stem {path.stem!r}")
+                cond = self._read(cond_files[path.stem], cond_mode, (0, 0, 0), Image.Resampling.BILINEAR)
+            return self._read(path, "RGB", (255, 255, 255), Image.Resampling.BICUBIC), cond, factors
+        except (OSError, ValueError) as error:
+            if not self.skip_bad:
+                raise
+            warnings.warn(f"skipping {path}: {error}", stacklevel=3)
+            return None
+
+    def _read(self, path: Path, mode: str, background: tuple, resample) -> np.ndarray:
+        try:
+            return load_image(path, self.resolution, mode, background, resample)
+        except (OSError, ValueError, Image.DecompressionBombError) as error:
+            raise OSError(f"cannot read image file {path}: {error}") from error
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> dict:
+        index = check_index(index, len(self.files))
+        image = self.images[index].astype(np.float32) / 255.0
+        cond = self._extract(image) if self.conds is None else self.conds[index].astype(np.float32) / 255.0
+        return make_sample(image, cond, dict(self.factors[index]), f"folder/{self.split}/{self.files[index].name}")
+
+
+__all__ = ["FolderDataset", "list_images", "load_image", "read_factors_csv", "split_of"]
