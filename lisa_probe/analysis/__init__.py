@@ -1,0 +1,6 @@
+"""Pure analysis functions: numpy arrays (or streamed chunks) in, long-form pandas tables out.
+
+Modules: ``tables`` (the shared long-table helper), ``alignment`` (decoder alignment, ridge readouts, CKA),
+``probes`` (linear probes with control tasks), ``disentanglement`` (DCI, MIG, SAP), ``embedding`` (UMAP),
+``decomposition`` (per-site gate attributions) and ``plots`` (seaborn figures from those tables).
+"""

@@ -1,0 +1,313 @@
+"""How well side-branch features align with the likelihood score.
+
+* ``decoder_alignment``: a LISA decoder's output against a score estimate (cosine, relative error, R²).
+* ``ridge_readout`` / ``spatial_ridge_readout``: cross-validated R² of a linear readout of the score from
+  features, grouped by sample so that no sample straddles train and test.
+* ``linear_cka``: linear centred kernel alignment (Kornblith et al. 2019), optionally debiased.
+* ``shuffled_pairs``: the reference point every ``*_table`` reports beside the real pairing.
+* ``RidgeSufficientStats``: the ridge readout from per-fold sufficient statistics accumulated chunk by
+  chunk, for feature stores larger than memory; ``ridge_readout`` is this with a single chunk.
+"""
+
+import zlib
+from collections.abc import Callable, Iterator, Mapping
+from functools import cache
+
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.model_selection import GroupKFold
+from torch.nn.functional import interpolate
+
+from lisa_probe.analysis.tables import long_table
+
+DEFAULT_ALPHAS = np.logspace(-3, 3, 7)
+EPS = 1e-12
+
+
+def _rows(a: np.ndarray) -> np.ndarray:
+    """(N, ...) -> (N, P) float64, one flattened row per sample."""
+    a = np.asarray(a, dtype=np.float64)
+    return a.reshape(len(a), -1)
+
+
+def decoder_alignment(decoded: np.ndarray, estimate: np.ndarray) -> dict[str, float]:
+    """Compare a decoder's output with a score estimate, both (N, ...) (flattened per row).
+
+    Returns:
+        ``cosine``: mean over rows of the cosine between the rows;
+        ``rel_error``: mean over rows of ||decoded − estimate|| / ||estimate||;
+        ``r2``: 1 − SSE / SST over all elements, SST around the mean of all elements of ``estimate``.
+    """
+    d, e = _rows(decoded), _rows(estimate)
+    if d.shape != e.shape:
+        raise ValueError(f"decoded {d.shape} and estimate {e.shape} differ")
+    d_norm, e_norm = np.linalg.norm(d, axis=1), np.linalg.norm(e, axis=1)
+    cosine = np.sum(d * e, axis=1) / np.maximum(d_norm * e_norm, EPS)
+    rel_error = np.linalg.norm(d - e, axis=1) / np.maximum(e_norm, EPS)
+    r2 = 1.0 - np.sum((d - e) ** 2) / np.sum((e - e.mean()) ** 2)
+    return {"cosine": float(cosine.mean()), "rel_error": float(rel_error.mean()), "r2": float(r2)}
+
+
+def fold_ids(groups: np.ndarray, n_splits: int = 5, by: str = "balanced") -> np.ndarray:
+    """Assign every row to a cross-validation fold so that all rows of a group share one fold.
+
+    Args:
+        groups: (N,) sample ids.
+        n_splits: number of folds.
+        by: ``"balanced"`` (sklearn ``GroupKFold``: folds of near-equal size, needs all ids up front) or
+            ``"hash"`` (CRC32 of ``str(id)`` modulo ``n_splits``: known from a row alone, so a stream can be
+            split in one pass; folds may be unequal or empty when there are few groups).
+
+    Returns:
+        (N,) int64 fold index in ``[0, n_splits)``.
+    """
+    groups = np.asarray(groups)
+    if by == "balanced":
+        folds = np.empty(len(groups), dtype=np.int64)
+        for k, (_, test) in enumerate(GroupKFold(n_splits).split(np.zeros((len(groups), 1)), groups=groups)):
+            folds[test] = k
+        return folds
+    if by == "hash":
+        unique, inverse = np.unique(groups, return_inverse=True)
+        hashed = np.array([zlib.crc32(str(g).encode()) % n_splits for g in unique], dtype=np.int64)
+        return hashed[inverse.reshape(-1)]
+    raise ValueError(f"by must be 'balanced' or 'hash', got {by!r}")
+
+
+class RidgeSufficientStats:
+    """Per-fold sufficient statistics of a multi-output ridge readout Y ≈ X W + b, filled chunk by chunk.
+
+    Holds, for each fold k: row count, Σx, Σy, XᵀX, XᵀY and Σ‖y‖² (float64, after subtracting the first
+    chunk's means for numerical stability), so memory is O(n_splits · D · (D + K)) whatever the number of
+    rows. ``cv_r2`` then runs the same nested grouped cross-validation as ``ridge_readout``.
+    """
+
+    def __init__(self, n_features: int, n_targets: int, n_splits: int = 5):
+        if n_splits < 3:
+            raise ValueError("nested cross-validation needs n_splits >= 3")
+        d, k = n_features, n_targets
+        self.n = np.zeros(n_splits)
+        self.sx, self.sy = np.zeros((n_splits, d)), np.zeros((n_splits, k))
+        self.sxx, self.sxy = np.zeros((n_splits, d, d)), np.zeros((n_splits, d, k))
+        self.syy = np.zeros(n_splits)
+        self.shift: tuple[np.ndarray, np.ndarray] | None = None
+
+    def update(self, X: np.ndarray, Y: np.ndarray, folds: np.ndarray) -> None:
+        """Add a chunk: X (n, D) features, Y (n, K) or (n,) targets, folds (n,) ints from ``fold_ids``."""
+        X, Y, folds = _rows(X), _rows(Y), np.asarray(folds)
+        if not (len(X) == len(Y) == len(folds)):
+            raise ValueError("X, Y and folds must have the same number of rows")
+        if len(folds) == 0:
+            return
+        if folds.min() < 0 or folds.max() >= len(self.n):
+            raise ValueError(f"fold ids must lie in [0, {len(self.n)})")
+        if self.shift is None:
+            self.shift = (X.mean(axis=0), Y.mean(axis=0))
+        X, Y = X - self.shift[0], Y - self.shift[1]
+        for k in np.unique(folds):
+            x, y = X[folds == k], Y[folds == k]
+            self.n[k] += len(x)
+            self.sx[k] += x.sum(axis=0)
+            self.sy[k] += y.sum(axis=0)
+            self.sxx[k] += x.T @ x
+            self.sxy[k] += x.T @ y
+            self.syy[k] += np.sum(y * y)
+
+    def cv_r2(self, alphas: np.ndarray = DEFAULT_ALPHAS) -> float:
+        """Out-of-fold R² = 1 − Σ SSE / SST, summed over all targets (variance-weighted).
+
+        For each test fold the ridge is fit on the other folds, with features standardised on those
+        folds and ``alpha`` chosen by an inner cross-validation over the same remaining folds (minimum
+        pooled squared error). SST is taken around the mean of all rows.
+        """
+        if (self.n == 0).any():
+            raise ValueError(f"empty folds: {np.flatnonzero(self.n == 0).tolist()}")
+        every = frozenset(range(len(self.n)))
+        path = cache(self._ridge_path)
+        sse = 0.0
+        for k in every:
+            inner = [sum(self._sse(j, *path(every - {k, j})(a)) for j in every - {k}) for a in alphas]
+            sse += self._sse(k, *path(every - {k})(alphas[int(np.argmin(inner))]))
+        n, sy, syy = self.n.sum(), self.sy.sum(axis=0), self.syy.sum()
+        sst = syy - sy @ sy / n
+        return float(1.0 - sse / sst) if sst > 0 else float("nan")
+
+    def _ridge_path(self, train: frozenset[int]) -> Callable[[float], tuple[np.ndarray, np.ndarray]]:
+        """Fit on the folds in ``train``; return ``alpha -> (W (D, K), b (K,))`` from one eigendecomposition."""
+        idx = sorted(train)
+        n = self.n[idx].sum()
+        mx, my = self.sx[idx].sum(axis=0) / n, self.sy[idx].sum(axis=0) / n
+        cxx = self.sxx[idx].sum(axis=0) - n * np.outer(mx, mx)
+        cxy = self.sxy[idx].sum(axis=0) - n * np.outer(mx, my)
+        scale = np.sqrt(np.clip(np.diag(cxx), 0, None) / n)
+        scale[scale < EPS] = 1.0
+        evals, evecs = np.linalg.eigh(cxx / np.outer(scale, scale))
+        projected = evecs.T @ (cxy / scale[:, None])
+
+        def coef(alpha: float) -> tuple[np.ndarray, np.ndarray]:
+            w = evecs @ (projected / (evals + alpha)[:, None]) / scale[:, None]
+            return w, my - mx @ w
+
+        return coef
+
+    def _sse(self, k: int, w: np.ndarray, b: np.ndarray) -> float:
+        """Σ‖y − x W − b‖² over the rows of fold k, from that fold's statistics."""
+        return float(
+            self.syy[k]
+            - 2 * np.sum(self.sxy[k] * w)
+            - 2 * b @ self.sy[k]
+            + np.sum((self.sxx[k] @ w) * w)
+            + 2 * (self.sx[k] @ w) @ b
+            + self.n[k] * b @ b
+        )
+
+
+def ridge_readout(
+    X: np.ndarray, Y: np.ndarray, groups: np.ndarray, alphas: np.ndarray = DEFAULT_ALPHAS, n_splits: int = 5
+) -> float:
+    """Grouped cross-validated R² of a ridge readout of Y (N, K) or (N,) from X (N, D).
+
+    Folds come from ``fold_ids(groups, n_splits)`` (sklearn ``GroupKFold``); see
+    ``RidgeSufficientStats.cv_r2`` for the fit, the inner choice of ``alpha`` and the R².
+    """
+    width = [int(np.prod(np.shape(a)[1:])) for a in (X, Y)]
+    stats = RidgeSufficientStats(*width, n_splits)
+    stats.update(X, Y, fold_ids(groups, n_splits))
+    return stats.cv_r2(alphas)
+
+
+def resample_to(S: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resample score maps S (N, C, Hs, Ws) to (N, C, *size): area averaging when shrinking, nearest when growing."""
+    if tuple(S.shape[-2:]) == tuple(size):
+        return np.asarray(S, dtype=np.float64)
+    shrink = S.shape[-2] >= size[0] and S.shape[-1] >= size[1]
+    maps = torch.as_tensor(np.asarray(S, dtype=np.float64))
+    out = interpolate(maps, size=tuple(size), mode="area" if shrink else "nearest")
+    return out.numpy()
+
+
+def _positions_as_rows(A: np.ndarray) -> np.ndarray:
+    """(n, C, H, W) -> (n·H·W, C): every spatial position becomes a row."""
+    return np.moveaxis(A, 1, -1).reshape(-1, A.shape[1])
+
+
+def spatial_ridge_readout(
+    F: np.ndarray,
+    S: np.ndarray,
+    groups: np.ndarray,
+    alphas: np.ndarray = DEFAULT_ALPHAS,
+    n_splits: int = 5,
+    chunk: int = 256,
+) -> float:
+    """Grouped cross-validated R² of one linear map, shared by all positions, from features to score.
+
+    Args:
+        F: (N, C, H, W) feature maps.
+        S: (N, Cs, Hs, Ws) score maps, resampled to (H, W) with ``resample_to``.
+        groups: (N,) sample ids; all positions of a row share its group (and fold).
+        chunk: samples per chunk fed to ``RidgeSufficientStats`` (bounds memory).
+
+    Returns:
+        R² over all positions and score channels (see ``RidgeSufficientStats.cv_r2``).
+    """
+    folds = fold_ids(groups, n_splits)
+    stats = RidgeSufficientStats(F.shape[1], S.shape[1], n_splits)
+    positions = F.shape[-2] * F.shape[-1]
+    for start in range(0, len(F), chunk):
+        part = slice(start, start + chunk)
+        stats.update(
+            _positions_as_rows(F[part]),
+            _positions_as_rows(resample_to(S[part], F.shape[-2:])),
+            np.repeat(folds[part], positions),
+        )
+    return stats.cv_r2(alphas)
+
+
+def linear_cka(X: np.ndarray, Y: np.ndarray, debiased: bool = False) -> float:
+    """Linear CKA between X (N, D) and Y (N, K) (Kornblith et al. 2019, feature-space form).
+
+    ‖XcᵀYc‖²_F / (‖XcᵀXc‖_F ‖YcᵀYc‖_F) with column-centred Xc, Yc; ``debiased`` replaces each HSIC by the
+    unbiased estimator of Song et al. (2012) (needs N > 3). Invariant to orthogonal transforms and isotropic
+    scaling of either side; ≈ 0 for independent X, Y (exactly in expectation when debiased).
+    """
+    x, y = _rows(X), _rows(Y)
+    x, y = x - x.mean(axis=0), y - y.mean(axis=0)
+
+    def hsic(a: np.ndarray, b: np.ndarray) -> float:
+        value = np.linalg.norm(a.T @ b) ** 2
+        if not debiased:
+            return value
+        n = len(a)
+        rows_a, rows_b = np.sum(a * a, axis=1), np.sum(b * b, axis=1)
+        return value - n / (n - 2) * rows_a @ rows_b + rows_a.sum() * rows_b.sum() / ((n - 1) * (n - 2))
+
+    return float(hsic(x, y) / np.sqrt(hsic(x, x) * hsic(y, y)))
+
+
+def shuffled_pairs(Y: np.ndarray, seed: int = 0) -> np.ndarray:
+    """Y (N, ...) with its rows permuted across samples: the no-alignment reference point."""
+    return np.asarray(Y)[np.random.default_rng(seed).permutation(len(Y))]
+
+
+def _controlled_rows(
+    measure: Callable[[np.ndarray, np.ndarray], Mapping[str, float]],
+    a: np.ndarray,
+    b: np.ndarray,
+    method: str,
+    seed: int,
+) -> Iterator[dict]:
+    """Rows of ``measure(a, b)`` with ``control="none"`` and of ``measure(a, shuffled_pairs(b))``."""
+    for control, paired in (("none", b), ("shuffled_pairs", shuffled_pairs(b, seed))):
+        for metric, value in measure(a, paired).items():
+            yield {"method": method, "control": control, "metric": metric, "value": value}
+
+
+def decoder_alignment_table(decoded: np.ndarray, estimate: np.ndarray, seed: int = 0, **ids) -> pd.DataFrame:
+    """``decoder_alignment`` as a long table: method ``decoder``, metrics ``cosine, rel_error, r2``, both controls."""
+    return long_table(_controlled_rows(decoder_alignment, decoded, estimate, "decoder", seed), **ids)
+
+
+def readout_table(
+    X: np.ndarray,
+    Y: np.ndarray,
+    groups: np.ndarray,
+    alphas: np.ndarray = DEFAULT_ALPHAS,
+    n_splits: int = 5,
+    debiased: bool = False,
+    seed: int = 0,
+    **ids,
+) -> pd.DataFrame:
+    """Ridge readout and linear CKA of Y (N, K) from pooled features X (N, D), real and shuffled pairs.
+
+    Returns:
+        long table, method ``ridge`` (metric ``r2``) and ``cka`` (metric ``cka`` or ``cka_debiased``),
+        column ``control`` in {``none``, ``shuffled_pairs``}.
+    """
+    cka_name = "cka_debiased" if debiased else "cka"
+    rows = [
+        *_controlled_rows(lambda x, y: {"r2": ridge_readout(x, y, groups, alphas, n_splits)}, X, Y, "ridge", seed),
+        *_controlled_rows(lambda x, y: {cka_name: linear_cka(x, y, debiased)}, X, Y, "cka", seed),
+    ]
+    return long_table(rows, **ids)
+
+
+def spatial_readout_table(
+    F: np.ndarray,
+    S: np.ndarray,
+    groups: np.ndarray,
+    alphas: np.ndarray = DEFAULT_ALPHAS,
+    n_splits: int = 5,
+    seed: int = 0,
+    **ids,
+) -> pd.DataFrame:
+    """``spatial_ridge_readout`` of S (N, Cs, Hs, Ws) from F (N, C, H, W) as a long table.
+
+    Returns:
+        long table, method ``spatial_ridge``, metric ``r2``, column ``control`` in {``none``, ``shuffled_pairs``}
+        (the shuffle permutes whole score maps across samples).
+    """
+    def measure(f: np.ndarray, s: np.ndarray) -> dict[str, float]:
+        return {"r2": spatial_ridge_readout(f, s, groups, alphas, n_splits)}
+
+    return long_table(_controlled_rows(measure, F, S, "spatial_ridge", seed), **ids)

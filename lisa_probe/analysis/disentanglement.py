@@ -1,0 +1,290 @@
+"""Disentanglement metrics of codes w.r.t. generating factors, after disentanglement_lib.
+
+disentanglement_lib stores codes as (num_codes, num_points); here everything follows sklearn: codes (N, D),
+factors (N, F) with one ``kind`` per factor (``"categorical"`` or ``"continuous"``, default categorical).
+Train/test splits are grouped by sample id so that no sample straddles them.
+
+* DCI (Eastwood & Williams 2018): importance matrix (D, F) from per-factor gradient boosting
+  (``importance="gbt"``, as disentanglement_lib) or an L1 linear model (``importance="lasso"``, fast);
+  disentanglement and completeness from its normalised entropies, informativeness = held-out accuracy
+  (categorical) or R² (continuous).
+* MIG (Chen et al. 2018): codes discretised into ``n_bins`` histogram bins; gap between the two codes with
+  the highest mutual information with a factor, divided by the factor's entropy.
+* SAP (Kumar et al. 2018): per (code, factor) score — squared correlation (continuous) or held-out
+  accuracy of a 1-D ``LinearSVC(C=0.01, class_weight="balanced")`` (categorical); gap between the top two codes.
+"""
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import scipy.stats
+from sklearn.decomposition import PCA
+from sklearn.ensemble import GradientBoostingClassifier, GradientBoostingRegressor
+from sklearn.linear_model import LassoCV, LogisticRegression
+from sklearn.metrics import mutual_info_score
+from sklearn.model_selection import GroupShuffleSplit
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.svm import LinearSVC
+
+from lisa_probe.analysis.tables import iter_factors, long_table
+
+IMPORTANCE_MODELS = {
+    ("gbt", "categorical"): lambda seed: GradientBoostingClassifier(random_state=seed),
+    ("gbt", "continuous"): lambda seed: GradientBoostingRegressor(random_state=seed),
+    ("lasso", "categorical"): lambda seed: make_pipeline(
+        StandardScaler(), LogisticRegression(l1_ratio=1.0, C=0.1, solver="saga", max_iter=2000, random_state=seed)
+    ),
+    ("lasso", "continuous"): lambda seed: make_pipeline(StandardScaler(), LassoCV(cv=5, random_state=seed)),
+}
+
+
+def reduce_features(X: np.ndarray, n_components: int, seed: int = 0) -> np.ndarray:
+    """PCA of X (N, D) to (N, min(n_components, N, D)) components, e.g. before DCI on wide feature maps."""
+    k = min(n_components, *np.shape(X))
+    return PCA(n_components=k, random_state=seed).fit_transform(np.asarray(X, dtype=np.float64))
+
+
+def _kinds(kinds: Sequence[str] | None, n_factors: int) -> list[str]:
+    """Per-factor kinds, all categorical by default."""
+    kinds = ["categorical"] * n_factors if kinds is None else list(kinds)
+    if len(kinds) != n_factors:
+        raise ValueError(f"{len(kinds)} kinds for {n_factors} factors")
+    return kinds
+
+
+def _columns(a: np.ndarray) -> np.ndarray:
+    """(N,) or (N, F) -> (N, F)."""
+    a = np.asarray(a)
+    return a.reshape(len(a), -1)
+
+
+def _split(groups: np.ndarray, test_size: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Grouped train/test row indices."""
+    splitter = GroupShuffleSplit(n_splits=1, test_size=test_size, random_state=seed)
+    return next(splitter.split(np.zeros((len(groups), 1)), groups=groups))
+
+
+def histogram_discretize(a: np.ndarray, n_bins: int = 20) -> np.ndarray:
+    """Discretise every column of a (N, D) into ``n_bins`` equal-width bins (disentanglement_lib's rule)."""
+    a = _columns(a).astype(np.float64)
+    return np.stack([np.digitize(col, np.histogram(col, n_bins)[1][:-1]) for col in a.T], axis=1)
+
+
+def _discrete_factors(factors: np.ndarray, kinds: list[str], n_bins: int) -> np.ndarray:
+    """Categorical factors as label indices, continuous ones histogram-discretised; (N, F) ints."""
+    columns = [
+        np.unique(y, return_inverse=True)[1].reshape(-1) if kind == "categorical" else histogram_discretize(y, n_bins)[:, 0]
+        for y, kind in zip(factors.T, kinds)
+    ]
+    return np.stack(columns, axis=1)
+
+
+def mig_per_factor(
+    codes: np.ndarray, factors: np.ndarray, kinds: Sequence[str] | None = None, n_bins: int = 20
+) -> np.ndarray:
+    """Mutual information gap per factor.
+
+    Args:
+        codes: (N, D) with D >= 2.
+        factors: (N, F).
+        kinds: per-factor kind; continuous factors are discretised like the codes.
+        n_bins: histogram bins for the codes.
+
+    Returns:
+        (F,) (MI(top code) − MI(second code)) / H(factor), in [0, 1]; NaN for a constant factor.
+    """
+    codes, factors = _columns(codes), _columns(factors)
+    if codes.shape[1] < 2:
+        raise ValueError("MIG needs at least two codes")
+    c, y = histogram_discretize(codes, n_bins), _discrete_factors(factors, _kinds(kinds, factors.shape[1]), n_bins)
+    mi = np.array([[mutual_info_score(y_j, c_i) for y_j in y.T] for c_i in c.T])
+    entropy = np.array([mutual_info_score(y_j, y_j) for y_j in y.T])
+    top = np.sort(mi, axis=0)[::-1]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return (top[0] - top[1]) / entropy
+
+
+def mig(codes: np.ndarray, factors: np.ndarray, kinds: Sequence[str] | None = None, n_bins: int = 20) -> float:
+    """Mean over factors of ``mig_per_factor``."""
+    return float(np.mean(mig_per_factor(codes, factors, kinds, n_bins)))
+
+
+def _sap_score(code: np.ndarray, y: np.ndarray, kind: str, train: np.ndarray, test: np.ndarray) -> float:
+    """SAP score of one code (N,) for one factor (N,)."""
+    if kind == "continuous":
+        cov = np.cov(code, y, ddof=1)
+        return float(cov[0, 1] ** 2 / (cov[0, 0] * cov[1, 1])) if cov[0, 0] > 1e-12 else 0.0
+    svm = LinearSVC(C=0.01, class_weight="balanced").fit(code[train, None], y[train])
+    return float(np.mean(svm.predict(code[test, None]) == y[test]))
+
+
+def sap_per_factor(
+    codes: np.ndarray,
+    factors: np.ndarray,
+    groups: np.ndarray,
+    kinds: Sequence[str] | None = None,
+    test_size: float = 0.3,
+    seed: int = 0,
+) -> np.ndarray:
+    """SAP gap per factor: score of the best code minus that of the second best.
+
+    Args:
+        codes: (N, D) with D >= 2; factors: (N, F); groups: (N,) sample ids for the grouped train/test split
+        (used by categorical factors; continuous scores use all rows).
+
+    Returns:
+        (F,) gaps in [0, 1].
+    """
+    codes, factors = _columns(codes).astype(np.float64), _columns(factors)
+    if codes.shape[1] < 2:
+        raise ValueError("SAP needs at least two codes")
+    train, test = _split(np.asarray(groups), test_size, seed)
+    kinds = _kinds(kinds, factors.shape[1])
+    scores = np.array(
+        [[_sap_score(code, y, kind, train, test) for y, kind in zip(factors.T, kinds)] for code in codes.T]
+    )
+    top = np.sort(scores, axis=0)[::-1]
+    return top[0] - top[1]
+
+
+def sap(
+    codes: np.ndarray,
+    factors: np.ndarray,
+    groups: np.ndarray,
+    kinds: Sequence[str] | None = None,
+    test_size: float = 0.3,
+    seed: int = 0,
+) -> float:
+    """Mean over factors of ``sap_per_factor``."""
+    return float(np.mean(sap_per_factor(codes, factors, groups, kinds, test_size, seed)))
+
+
+def _one_minus_entropy_per_row(importance: np.ndarray) -> np.ndarray:
+    """1 − H(row / row sum) / log(number of columns), for every row of a (R, C) non-negative matrix."""
+    return 1.0 - scipy.stats.entropy(importance.T + 1e-11, base=importance.shape[1])
+
+
+def _weighted_row_score(importance: np.ndarray) -> float:
+    """Rows' ``1 − normalised entropy`` weighted by their share of the total importance (uniform if all zero)."""
+    weights = importance if importance.sum() > 0 else np.ones_like(importance)
+    return float(np.sum(_one_minus_entropy_per_row(importance) * weights.sum(axis=1) / weights.sum()))
+
+
+def dci_disentanglement(importance: np.ndarray) -> float:
+    """DCI disentanglement of an importance matrix (D codes, F factors), F >= 2: does each code serve one factor."""
+    return _weighted_row_score(np.asarray(importance, dtype=np.float64))
+
+
+def dci_completeness(importance: np.ndarray) -> float:
+    """DCI completeness of an importance matrix (D codes, F factors), D >= 2: is each factor held by one code."""
+    return _weighted_row_score(np.asarray(importance, dtype=np.float64).T)
+
+
+@dataclass
+class DCIResult:
+    """DCI scores; ``importance`` is (D, F), the per-factor arrays are (F,)."""
+
+    disentanglement: float
+    completeness: float
+    informativeness: float
+    importance: np.ndarray
+    completeness_per_factor: np.ndarray
+    informativeness_per_factor: np.ndarray
+
+
+def _feature_importance(model) -> np.ndarray:
+    """Non-negative importance per input of a fitted tree ensemble or (pipeline ending in a) linear model."""
+    estimator = model[-1] if hasattr(model, "steps") else model
+    if hasattr(estimator, "feature_importances_"):
+        return np.abs(estimator.feature_importances_)
+    return np.abs(np.atleast_2d(estimator.coef_)).mean(axis=0)
+
+
+def dci(
+    codes: np.ndarray,
+    factors: np.ndarray,
+    groups: np.ndarray,
+    kinds: Sequence[str] | None = None,
+    importance: str = "gbt",
+    test_size: float = 0.3,
+    seed: int = 0,
+) -> DCIResult:
+    """DCI of codes (N, D) w.r.t. factors (N, F), one model per factor fit on a grouped train split.
+
+    Args:
+        groups: (N,) sample ids for the train/test split.
+        kinds: per-factor kind: classifier + accuracy (categorical) or regressor + R² (continuous).
+        importance: ``"gbt"`` (gradient boosting feature importances, as disentanglement_lib; slow on wide
+            codes — see ``reduce_features``) or ``"lasso"`` (|coefficients| of an L1 logistic regression /
+            ``LassoCV`` on standardised codes).
+
+    Returns:
+        ``DCIResult``; ``informativeness`` is the mean of the per-factor held-out scores.
+    """
+    codes, factors = _columns(codes).astype(np.float64), _columns(factors)
+    train, test = _split(np.asarray(groups), test_size, seed)
+    kinds = _kinds(kinds, factors.shape[1])
+    matrix, scores = np.zeros((codes.shape[1], factors.shape[1])), np.zeros(factors.shape[1])
+    for j, (y, kind) in enumerate(zip(factors.T, kinds)):
+        if (importance, kind) not in IMPORTANCE_MODELS:
+            raise ValueError(f"importance must be 'gbt' or 'lasso', got {importance!r}")
+        model = IMPORTANCE_MODELS[importance, kind](seed).fit(codes[train], y[train])
+        matrix[:, j] = _feature_importance(model)
+        scores[j] = model.score(codes[test], y[test])
+    return DCIResult(
+        disentanglement=dci_disentanglement(matrix),
+        completeness=dci_completeness(matrix),
+        informativeness=float(scores.mean()),
+        importance=matrix,
+        completeness_per_factor=_one_minus_entropy_per_row(matrix.T),
+        informativeness_per_factor=scores,
+    )
+
+
+def disentanglement_table(
+    codes: np.ndarray,
+    factors: Mapping[str, tuple],
+    groups: np.ndarray,
+    importance: str = "gbt",
+    n_bins: int = 20,
+    test_size: float = 0.3,
+    seed: int = 0,
+    **ids,
+) -> pd.DataFrame:
+    """DCI, MIG and SAP of codes (N, D) for ``factors = {name: (y (N,), kind, carried)}`` as a long table.
+
+    Returns:
+        long table with columns ``[*ids, method, factor, kind, carried, metric, value]``. Per-factor rows
+        (method ``dci`` metrics ``completeness, informativeness``; ``mig`` metric ``mig``; ``sap`` metric
+        ``sap``) carry the factor's name, kind and carried flag; aggregate rows have ``factor="all"``, empty
+        kind/carried and add ``dci``/``disentanglement``.
+    """
+    names, ys, kinds, carried = zip(*iter_factors(factors))
+    y = np.column_stack(ys)
+    result = dci(codes, y, groups, kinds, importance, test_size, seed)
+    per_factor = {
+        ("dci", "completeness"): result.completeness_per_factor,
+        ("dci", "informativeness"): result.informativeness_per_factor,
+        ("mig", "mig"): mig_per_factor(codes, y, kinds, n_bins),
+        ("sap", "sap"): sap_per_factor(codes, y, groups, kinds, test_size, seed),
+    }
+    aggregate = {
+        ("dci", "disentanglement"): result.disentanglement,
+        ("dci", "completeness"): result.completeness,
+        ("dci", "informativeness"): result.informativeness,
+        ("mig", "mig"): float(np.mean(per_factor["mig", "mig"])),
+        ("sap", "sap"): float(np.mean(per_factor["sap", "sap"])),
+    }
+    rows = [
+        {"method": method, "factor": name, "kind": kind, "carried": flag, "metric": metric, "value": values[j]}
+        for (method, metric), values in per_factor.items()
+        for j, (name, kind, flag) in enumerate(zip(names, kinds, carried))
+    ]
+    rows += [
+        {"method": method, "factor": "all", "kind": None, "carried": None, "metric": metric, "value": value}
+        for (method, metric), value in aggregate.items()
+    ]
+    return long_table(rows, **ids)

@@ -1,0 +1,293 @@
+"""Write a feature store: crash-safe, resumable, row-ordered; plus sharding helpers and shard merging.
+
+Storage choices (see DESIGN.md, "Feature store"):
+
+* Every dataset is created up front with its final row count ``n_rows`` (the extraction knows it:
+  n_samples × n_timesteps × n_draws), so a resumed write never reshapes anything and the reader can check each
+  dataset's length against ``n_rows``.
+* All datasets are chunked along rows with the same ``chunk_rows``, chosen so that the widest dataset's chunk is
+  ~1 MiB, and compressed with ``none`` | ``lzf`` | ``gzip`` (default lzf; ``bench/bench_store.py`` measures them).
+* The file is written at ``<path>.partial`` and renamed to ``path`` by ``close()`` once all rows are written
+  (root attr ``complete`` = True).
+* Crash safety: rows are buffered and written one whole chunk at a time, so no chunk is ever rewritten (rewriting
+  a compressed chunk moves it, and a kill before the next flush then leaves the file's chunk index pointing at
+  reused space: killed-and-resumed test writes broke that way in 22 of 30 tries). Freed file space is never reused
+  (``fs_strategy="none"``), which costs nothing when chunks are written once. After each write the data is
+  flushed, then the root attr ``rows_done`` is committed and flushed, so ``rows_done`` never counts rows whose
+  data is not on disk; it advances by whole chunks, and a resumed writer rewrites the rows after it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import h5py
+import numpy as np
+
+from lisa_probe.store import schema
+from lisa_probe.store.reader import FeatureStore
+from lisa_probe.store.schema import Field
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
+CHUNK_BYTES = 1 << 20
+
+
+def partial_path(path: str | os.PathLike) -> Path:
+    """``<path>.partial``: where an unfinished store lives."""
+    path = Path(path)
+    return path.with_name(path.name + ".partial")
+
+
+def shard_path(path: str | os.PathLike, rank: int, world_size: int) -> Path:
+    """``<dir>/<stem>.shard-<rank>-of-<world_size>.h5`` for process ``rank`` of a multi-process extraction."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.shard-{rank}-of-{world_size}.h5")
+
+
+def shard_range(n_items: int, rank: int, world_size: int) -> range:
+    """Contiguous, balanced slice of ``range(n_items)`` for ``rank``; concatenating ranks 0..world_size-1 in order
+    gives ``range(n_items)``, so merged shards have the row order of a single-process extraction."""
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} outside 0..{world_size - 1}")
+    return range(n_items * rank // world_size, n_items * (rank + 1) // world_size)
+
+
+def rows_per_chunk(fields: Mapping[str, Field], n_rows: int, chunk_bytes: int = CHUNK_BYTES) -> int:
+    """Rows per HDF5 chunk, the same for every dataset: the widest dataset's chunk is at most ``chunk_bytes``
+    (at least 1 row, at most ``n_rows``)."""
+    return max(1, min(n_rows, chunk_bytes // max(fld.row_nbytes for fld in fields.values())))
+
+
+def _compression_kwargs(compression: str) -> dict[str, Any]:
+    """h5py ``create_dataset`` keywords for a compression name."""
+    if compression not in schema.COMPRESSIONS:
+        raise ValueError(f"compression must be one of {schema.COMPRESSIONS}, got {compression!r}")
+    return {} if compression == "none" else {"compression": compression}
+
+
+def _as_rows(fld: Field, name: str, values: Any, n: int) -> np.ndarray:
+    """Convert one batch entry to an array of shape ``(n, *fld.shape)`` in the field's dtype (same-kind casts only:
+    float32 -> float16 is fine, float -> int is refused; strings are utf-8 encoded for fixed-bytes fields)."""
+    if fld.dtype == schema.STRING:
+        array = np.asarray(values, dtype=object)
+    elif fld.is_string:
+        array = np.char.encode(np.asarray(values, dtype=str), "utf-8")
+        if array.dtype.itemsize > np.dtype(fld.dtype).itemsize:
+            raise ValueError(f"{name}: a value needs {array.dtype.itemsize} bytes, the field holds {fld.dtype}")
+        array = array.astype(fld.dtype)
+    else:
+        array = np.asarray(values).astype(fld.dtype, casting="same_kind", copy=False)
+    if array.shape != (n, *fld.shape):
+        raise ValueError(f"{name}: batch shape {array.shape}, expected {(n, *fld.shape)}")
+    return array
+
+
+class FeatureStoreWriter:
+    """Context manager writing a schema-1 feature store of ``n_rows`` rows, in order, batch by batch.
+
+    ``layout``: ``{dataset name: (row_shape, dtype[, dataset attrs])}`` or ``schema.make_layout(...)``;
+    ``attrs``: root attrs (``schema.REQUIRED_ATTRS``; ``config``/``extract_args`` as dicts or JSON strings);
+    ``shard``: ``(rank, world_size)`` when this file is one shard of a multi-process extraction;
+    ``chunk_bytes``: target bytes of the widest dataset's chunk (a resumed file keeps its chunking).
+
+    A final ``path`` that exists raises FileExistsError unless ``overwrite`` (it is replaced only on a successful
+    ``close()``). An existing ``<path>.partial`` is continued with ``resume`` (attrs and layout must match;
+    ``rows_done`` says where to restart), discarded with ``overwrite``, else FileExistsError. ``resume`` without a
+    partial file starts afresh.
+
+    Attributes: ``rows_done`` (rows on disk and committed), ``next_row`` (the ``start_row`` the next
+    ``write_rows`` must use; rows in between are buffered), ``chunk_rows``, ``path``, ``partial_path``.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        layout: Mapping[str, Field | Sequence[Any]],
+        n_rows: int,
+        attrs: Mapping[str, Any],
+        compression: str = "lzf",
+        overwrite: bool = False,
+        resume: bool = False,
+        shard: tuple[int, int] | None = None,
+        chunk_bytes: int = CHUNK_BYTES,
+    ) -> None:
+        if n_rows < 1:
+            raise ValueError(f"n_rows must be >= 1, got {n_rows}")
+        self.path = Path(path)
+        self.partial_path = partial_path(self.path)
+        self.fields = schema.validate_layout(layout)
+        self.n_rows = int(n_rows)
+        create_kwargs = _compression_kwargs(compression)
+        self._root_attrs = self._build_root_attrs(attrs, shard)
+        if self.path.exists() and not overwrite:
+            raise FileExistsError(f"feature store {self.path} already exists; pass --overwrite to replace it")
+        if self.partial_path.exists() and resume:
+            self._file = self._reopen()
+        elif self.partial_path.exists() and not overwrite:
+            raise FileExistsError(f"unfinished feature store {self.partial_path} exists (an interrupted extraction); "
+                                  "pass --resume to continue it or --overwrite to start over")
+        else:
+            self._file = self._create(rows_per_chunk(self.fields, self.n_rows, chunk_bytes), create_kwargs)
+        self.chunk_rows: int = self._file["meta/t"].chunks[0]
+        self._rows_done = int(self._file.attrs["rows_done"])
+        self._pending: list[dict[str, np.ndarray]] = []  # accepted rows [rows_done, next_row), not yet written
+        self.next_row = self._rows_done
+
+    def _build_root_attrs(self, attrs: Mapping[str, Any], shard: tuple[int, int] | None) -> dict[str, Any]:
+        """All root attrs except the progress ones (``rows_done``, ``complete``)."""
+        root = {"schema_version": schema.SCHEMA_VERSION, **schema.user_attrs(attrs), "n_rows": self.n_rows,
+                "layout": schema.layout_to_json(self.fields)}
+        if shard is not None:
+            rank, world_size = shard
+            if not 0 <= rank < world_size:
+                raise ValueError(f"shard rank {rank} outside 0..{world_size - 1}")
+            root.update(shard_rank=int(rank), shard_world_size=int(world_size))
+        return root
+
+    def _create(self, chunk_rows: int, kwargs: dict[str, Any]) -> h5py.File:
+        """Create ``<path>.partial`` with every dataset allocated for ``n_rows`` rows, chunked by ``chunk_rows``
+        (``kwargs``: compression keywords for ``create_dataset``)."""
+        self.partial_path.parent.mkdir(parents=True, exist_ok=True)
+        h5 = h5py.File(self.partial_path, "w", fs_strategy="none")
+        h5.attrs.update(self._root_attrs)
+        h5.attrs.update(rows_done=0, complete=False)
+        for name, fld in self.fields.items():
+            dset = h5.create_dataset(name, shape=(self.n_rows, *fld.shape), dtype=fld.h5_dtype,
+                                     chunks=(chunk_rows, *fld.shape), **kwargs)
+            dset.attrs.update(fld.attrs)
+        h5.flush()
+        return h5
+
+    def _reopen(self) -> h5py.File:
+        """Open ``<path>.partial`` for resuming; check it is readable and was started with the same attrs/layout."""
+        try:
+            h5 = h5py.File(self.partial_path, "r+")
+        except OSError as err:
+            raise RuntimeError(f"cannot open the unfinished feature store {self.partial_path} to resume it (the "
+                               f"interrupted run may have left it corrupt: {err}); pass --overwrite to start "
+                               "over") from err
+        try:
+            self._check_resumable(h5)
+        except Exception:
+            h5.close()
+            raise
+        return h5
+
+    def _check_resumable(self, h5: h5py.File) -> None:
+        """Raise ValueError naming the first root attr (and config key) that differs from this writer's."""
+        stored = {key: value for key, value in h5.attrs.items() if key not in ("rows_done", "complete")}
+        for key in {**self._root_attrs, **stored}:
+            found, expected = stored.get(key), self._root_attrs.get(key)
+            if found != expected:
+                is_json = key in schema.JSON_ATTRS and found and expected
+                keys = schema.json_diff_keys(found, expected) if is_json else []
+                detail = f" (keys {keys})" if keys else f": file has {str(found)[:200]!r}, now {str(expected)[:200]!r}"
+                raise ValueError(f"cannot resume {self.partial_path}: attr {key!r} differs{detail}; "
+                                 "pass --overwrite to start over")
+        for name, fld in self.fields.items():
+            if name not in h5 or h5[name].shape != (self.n_rows, *fld.shape):
+                raise RuntimeError(f"unfinished feature store {self.partial_path} is corrupt (dataset {name} missing "
+                                   "or misshaped); pass --overwrite to start over")
+
+    @property
+    def rows_done(self) -> int:
+        """Rows committed (on disk, counted in the file's ``rows_done``); a resumed writer restarts here."""
+        return self._rows_done
+
+    def write_rows(self, start_row: int, batch: Mapping[str, Any]) -> None:
+        """Accept rows ``[start_row, start_row + n)`` of every dataset; write and commit all complete chunks.
+
+        ``batch``: ``{dataset name: array (n, *row_shape)}`` with exactly the layout's names (strings as a
+        sequence of str). ``start_row`` must equal ``next_row`` (rows are written in order). Rows are buffered
+        until they fill whole chunks (``chunk_rows``; the last chunk when ``n_rows`` is reached), so every chunk is
+        written once; ``rows_done`` then advances by whole chunks.
+        """
+        if start_row != self.next_row:
+            raise ValueError(f"rows must be written in order: next row is {self.next_row}, got {start_row}")
+        if set(batch) != set(self.fields):
+            raise ValueError(f"batch names differ from the layout: missing {sorted(set(self.fields) - set(batch))}, "
+                             f"unexpected {sorted(set(batch) - set(self.fields))}")
+        n = len(batch["meta/t"])
+        if start_row + n > self.n_rows:
+            raise ValueError(f"rows {start_row}..{start_row + n} exceed the store's {self.n_rows} rows")
+        self._pending.append({name: _as_rows(fld, name, batch[name], n) for name, fld in self.fields.items()})
+        self.next_row += n
+        stop = self.n_rows if self.next_row == self.n_rows else self.next_row // self.chunk_rows * self.chunk_rows
+        if stop > self._rows_done:
+            self._write_pending(stop)
+
+    def _write_pending(self, stop: int) -> None:
+        """Write buffered rows ``[rows_done, stop)``, flush, then commit ``rows_done = stop``; keep the rest."""
+        pending = {name: np.concatenate([part[name] for part in self._pending]) for name in self.fields}
+        count = stop - self._rows_done
+        for name, array in pending.items():
+            self._file[name][self._rows_done:stop] = array[:count]
+        self._file.flush()
+        self._commit(stop)
+        rest = {name: array[count:] for name, array in pending.items()}
+        self._pending = [rest] if stop < self.next_row else []
+
+    def _commit(self, rows_done: int) -> None:
+        """Record progress; called only after the rows' data is flushed."""
+        self._file.attrs["rows_done"] = rows_done
+        self._file.flush()
+        self._rows_done = rows_done
+
+    def close(self) -> Path:
+        """Mark the store complete and move it to ``path``; returns ``path``.
+
+        Raises RuntimeError (keeping ``<path>.partial`` for ``resume``) when fewer than ``n_rows`` rows were written.
+        """
+        if self._file is None:
+            return self.path
+        rows_done = self.rows_done
+        if rows_done < self.n_rows:
+            self._abandon()
+            raise RuntimeError(f"only {rows_done}/{self.n_rows} rows written; the unfinished store stays at "
+                               f"{self.partial_path} (continue it with --resume)")
+        self._file.attrs["complete"] = True
+        self._abandon()
+        os.replace(self.partial_path, self.path)
+        return self.path
+
+    def _abandon(self) -> None:
+        """Close the HDF5 file, leaving ``<path>.partial`` in place."""
+        self._file.close()
+        self._file = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        if exc_type is None:
+            self.close()
+        elif self._file is not None:
+            self._abandon()
+
+
+def merge_shards(
+    paths: Sequence[str | os.PathLike],
+    out: str | os.PathLike,
+    compression: str | None = None,
+    overwrite: bool = False,
+    chunk_rows: int | None = None,
+) -> Path:
+    """Concatenate complete shards (rows in rank order) into one store at ``out``; returns ``out``.
+
+    Shards must share every attr except ``shard_rank``/``shard_world_size`` (and ``n_rows``) and cover ranks
+    0..world_size-1. Streams ``chunk_rows`` rows at a time (default: ~16 MiB of rows), so memory stays bounded.
+    ``compression`` defaults to the shards'.
+    """
+    source = FeatureStore(paths)
+    attrs = {key: value for key, value in source.attrs.items() if key not in schema.BOOKKEEPING_ATTRS}
+    with FeatureStoreWriter(out, source.layout, source.n_rows, attrs, compression=compression or source.compression,
+                            overwrite=overwrite) as writer:
+        for chunk in source.iter_chunks(list(source.layout), chunk_rows=chunk_rows):
+            writer.write_rows(int(chunk["rows"][0]), {name: chunk[name] for name in source.layout})
+    source.close()
+    return Path(out)

@@ -1,0 +1,130 @@
+"""Sanity cases copied from disentanglement_lib's dci_test.py, mig_test.py and sap_score_test.py."""
+
+import numpy as np
+import pytest
+
+from lisa_probe.analysis.disentanglement import (
+    dci,
+    dci_completeness,
+    dci_disentanglement,
+    disentanglement_table,
+    histogram_discretize,
+    mig,
+    mig_per_factor,
+    reduce_features,
+    sap,
+)
+
+ONE_OF_TWO = 1 - np.log(2) / np.log(10)
+DIAGONAL = np.diag(5.0 * np.ones(5))
+IMPORTANCE_CASES = {  # name: (importance matrix (codes, factors), disentanglement, completeness)
+    "diagonal": (DIAGONAL, 1.0, 1.0),
+    "diagonal_empty_codes": (np.array([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]]), 1.0, 1.0),
+    "zero": (np.zeros((10, 10)), 0.0, 0.0),
+    "redundant_codes": (np.vstack([DIAGONAL, DIAGONAL]), 1.0, ONE_OF_TWO),
+    "missed_factors": (DIAGONAL[:2, :], 1.0, 1.0),
+    "one_code_two_factors": (np.hstack([DIAGONAL, DIAGONAL]), ONE_OF_TWO, 1.0),
+}
+
+
+@pytest.mark.parametrize("case", IMPORTANCE_CASES)
+def test_dci_scores_of_analytic_importance_matrices(case):
+    importance, disentanglement, completeness = IMPORTANCE_CASES[case]
+    np.testing.assert_allclose(dci_disentanglement(importance), disentanglement, atol=1e-7)
+    np.testing.assert_allclose(dci_completeness(importance), completeness, atol=1e-7)
+
+
+@pytest.fixture
+def identity():
+    """IdentityObservationsData analogue: 3 discrete factors with 4 values each, codes = factors."""
+    factors = np.random.default_rng(0).integers(0, 4, size=(600, 3))
+    return factors.astype(np.float64), factors, np.arange(600)
+
+
+def test_dci_identity_permuted_and_duplicated_codes(identity):
+    codes, factors, groups = identity
+    good = dci(codes, factors, groups)
+    assert 0.9 <= good.disentanglement <= 1.0 and 0.9 <= good.completeness <= 1.0
+    assert good.informativeness > 0.95 and good.importance.shape == (3, 3)
+
+    rng = np.random.default_rng(1)  # every row's code permuted at random: equal importance everywhere
+    bad = dci(np.array([rng.permutation(row) for row in codes]), factors, groups)
+    assert 0.0 <= bad.disentanglement <= 0.2 and 0.0 <= bad.completeness <= 0.2
+
+    duplicated = dci(np.hstack([codes, codes]), factors, groups)
+    assert 0.9 <= duplicated.disentanglement <= 1.0
+    assert duplicated.completeness == pytest.approx(1 - np.log(2) / np.log(6), abs=0.1)
+
+
+def test_dci_lasso_importance(identity):
+    codes, factors, groups = identity
+    good = dci(codes + 0.01 * np.random.default_rng(2).normal(size=codes.shape), factors, groups, importance="lasso")
+    assert good.disentanglement > 0.9 and good.completeness > 0.9 and good.informativeness > 0.95
+    continuous = dci(codes, codes, groups, kinds=["continuous"] * 3, importance="lasso")
+    assert continuous.disentanglement > 0.9 and continuous.informativeness > 0.99
+    with pytest.raises(ValueError, match="importance"):
+        dci(codes, factors, groups, importance="forest")
+
+
+def test_mig(identity):
+    codes, factors, _ = identity
+    assert 0.9 <= mig(codes, factors) <= 1.0
+    assert 0.9 <= mig(codes[:, [2, 0, 1]], factors) <= 1.0  # permuting codes keeps MIG
+    assert 0.0 <= mig(np.zeros_like(codes), factors) <= 0.2
+    assert 0.0 <= mig(np.hstack([codes, codes]), factors) <= 0.1
+
+
+def test_mig_matches_contingency_table():
+    rng = np.random.default_rng(3)
+    factors = rng.integers(0, 3, size=(500, 2))
+    codes = np.c_[factors[:, 0] + 0.3 * rng.normal(size=500), rng.normal(size=500), factors[:, 1] * 1.0]
+
+    def mutual_info(a, b):
+        joint = np.zeros((a.max() + 1, b.max() + 1))
+        np.add.at(joint, (a, b), 1)
+        joint /= joint.sum()
+        outer = joint.sum(1, keepdims=True) * joint.sum(0, keepdims=True)
+        nz = joint > 0
+        return np.sum(joint[nz] * np.log(joint[nz] / outer[nz]))
+
+    binned = histogram_discretize(codes, 20)
+    expected = []
+    for y in factors.T:
+        mi = sorted((mutual_info(c, y) for c in binned.T), reverse=True)
+        expected.append((mi[0] - mi[1]) / mutual_info(y, y))
+    np.testing.assert_allclose(mig_per_factor(codes, factors), expected, rtol=1e-10)
+
+
+def test_sap(identity):
+    codes, factors, groups = identity
+    continuous = ["continuous"] * 3
+    assert 0.9 <= sap(codes, factors, groups, continuous) <= 1.0
+    assert 0.0 <= sap(np.zeros_like(codes), factors, groups, continuous) <= 0.2
+    assert 0.0 <= sap(np.hstack([codes, codes]), factors, groups, continuous) <= 0.2
+    assert 0.0 <= sap(np.zeros_like(codes), factors, groups) <= 0.2
+    binary = factors % 2
+    assert sap(binary.astype(float), binary, groups) > 0.4  # 1-D SVM: 1.0 for the matching code, ~0.5 for others
+
+
+def test_reduce_features():
+    rng = np.random.default_rng(4)
+    X = rng.normal(size=(100, 3)) @ rng.normal(size=(3, 20))
+    Z = reduce_features(X, 5, seed=0)
+    assert Z.shape == (100, 5)
+    assert np.allclose(Z[:, 3:], 0, atol=1e-8)  # rank 3
+    assert reduce_features(X[:4], 10).shape == (4, 4)
+
+
+def test_disentanglement_table(identity):
+    codes, factors, groups = identity
+    named = {
+        "shape": (factors[:, 0], "categorical", True),
+        "size": (factors[:, 1] + 0.1, "continuous", True),
+        "colour": (factors[:, 2], "categorical", False),
+    }
+    table = disentanglement_table(codes, named, groups, importance="lasso", run="lisa", t_bin=0)
+    assert list(table.columns) == ["run", "t_bin", "method", "factor", "kind", "carried", "metric", "value"]
+    assert len(table) == 4 * 3 + 5
+    aggregate = table[table.factor == "all"].set_index("metric")["value"]
+    assert aggregate["disentanglement"] > 0.9 and aggregate["mig"] > 0.9
+    assert table[table.factor != "all"]["carried"].tolist() == [True, True, False] * 4
