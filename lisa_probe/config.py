@@ -47,9 +47,10 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls) -> None:
             return None if optional and text.lower() == "none" else convert(text)
 
         default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
+        flag = {"nargs": "?", "const": True} if scalar is bool else {}  # a bare --flag means true
         parser.add_argument(f"--{field.name.replace('_', '-')}", dest=field.name, type=parse, default=default,
                             choices=field.metadata.get("choices"), metavar=scalar.__name__.upper(),
-                            help=f"{field.metadata.get('help', '')} (default: {default})")
+                            help=f"{field.metadata.get('help', '')} (default: {default})", **flag)
 
 
 def config_from_args(cls, namespace: argparse.Namespace):

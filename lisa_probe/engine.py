@@ -11,6 +11,7 @@ import csv
 import dataclasses
 import json
 import math
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -199,6 +200,9 @@ def fit(run_dir: Path, objective: Objective, dataset, config: LoopConfig,
     """
     run_dir = Path(run_dir)
     accelerator = Accelerator(mixed_precision=config.mixed_precision, gradient_accumulation_steps=config.grad_accum)
+    if accelerator.device.type == "cpu" and accelerator.num_processes > 1:
+        # several CPU processes on one machine: share the cores instead of oversubscribing them
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // accelerator.num_processes))
     config_dict = dataclasses.asdict(config)
     params = [p for p in objective.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
@@ -234,7 +238,7 @@ def fit(run_dir: Path, objective: Objective, dataset, config: LoopConfig,
                                          f"without saving (last good checkpoint kept in {run_dir})")
             accelerator.backward(loss)
             for key, value in outputs.items():
-                sums[key] = sums.get(key, 0.0) + float(value) / config.grad_accum
+                sums[key] = sums.get(key, 0.0) + float(value.detach()) / config.grad_accum
             if accelerator.sync_gradients:
                 sums["grad_norm"] = float(accelerator.clip_grad_norm_(params, config.max_grad_norm))
             lr = config.lr * min(1.0, (state["step"] + 1) / max(1, config.lr_warmup_steps))

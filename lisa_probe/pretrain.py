@@ -95,10 +95,11 @@ class MainNetObjective(Objective):
 def make_quality_evaluation(objective: MainNetObjective, config: PretrainConfig, run_dir: Path):
     """An ``evaluate(step)`` closure: samples a fixed-noise batch, saves a grid, returns quality numbers."""
     from lisa_probe.evaluation import Evaluator
+    from lisa_probe.validation import cache_dir
 
     evaluator = Evaluator.for_dataset(
         build_dataset(config.dataset, split="train", resolution=config.resolution, seed=config.seed),
-        cache_dir=Path(config.out_dir) / "cache")
+        cache_dir=cache_dir(config.out_dir))
     shape = (config.eval_samples, objective.main.config.in_channels, config.resolution, config.resolution)
 
     def evaluate(step: int) -> dict[str, float]:

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from lisa_probe.config import add_dataclass_arguments, config_from_args, write_config
 from lisa_probe.data import DATASET_NAMES, build_dataset
+from lisa_probe.evaluation import CONTROL_METRIC
 from lisa_probe.engine import LoopConfig, Objective, fit
 from lisa_probe.hooks import capture
 from lisa_probe.lisa import DISTANCES, SCHEDULES, LisaDecoder, lisa_distance, lisa_rows, lisa_target, lisa_weight
@@ -53,7 +54,8 @@ class TrainConfig(LoopConfig):
     lisa_fraction: float = field(default=1.0, metadata=_opt("fraction of each batch that gets the LISA term"))
     name: str | None = field(default=None, metadata=_opt("run name (default: derived from the settings)"))
     out_dir: str = field(default="runs", metadata=_opt("parent of run directories"))
-    eval_samples: int = field(default=64, metadata=_opt("validation conditions sampled per evaluation"))
+    eval_samples: int = field(default=64, metadata=_opt("validation conditions sampled per evaluation (0: no "
+                                                        "evaluation)"))
     sample_steps: int = field(default=20, metadata=_opt("sampler steps at evaluation"))
     convergence_threshold: float = field(default=0.5, metadata=_opt("control fidelity that counts as converged"))
     steps: int = field(default=600, metadata=_opt("optimizer steps"))
@@ -115,7 +117,7 @@ class SideNetObjective(Objective):
         lisa = lisa_distance(decoded, aux_target, self.config.lisa_distance)
         weight = lisa_weight(step, self.config.lisa_weight, self.config.lisa_schedule, self.config.lisa_end_step)
         return {"loss": diffusion + weight * lisa, "diffusion_loss": diffusion.detach(), "lisa_loss": lisa.detach(),
-                "lisa_target_norm": aux_target.float().pow(2).mean(), "lisa_weight": torch.tensor(weight)}
+                "lisa_target_norm": aux_target.float().pow(2).mean().detach(), "lisa_weight": torch.tensor(weight, dtype=torch.float64)}
 
 
 def build_decoder(model: DualBranch, site: str, seed: int) -> LisaDecoder:
@@ -140,9 +142,9 @@ def train(config: TrainConfig) -> Path:
     write_config(run_dir / "config.yaml", config, kind="train")
     objective = SideNetObjective(model, decoder, config, site)
     dataset = build_dataset(config.dataset, split="train", **dataset_kwargs)
-    evaluation = ControlEvaluation(model, config, dataset_kwargs, run_dir)
+    evaluation = ControlEvaluation(model, config, dataset_kwargs, run_dir) if config.eval_samples > 0 else None
     state = fit(run_dir, objective, dataset, config, evaluate=evaluation)
-    write_summary(run_dir, config, state, evaluation.control_metric)
+    write_summary(run_dir, config, state, CONTROL_METRIC[dataset.condition])
     return run_dir
 
 

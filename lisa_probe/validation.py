@@ -8,18 +8,24 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
 
 import torch
 from torch.utils.data import default_collate
 
 from lisa_probe.data import build_dataset
-from lisa_probe.evaluation import CONTROL_METRIC, Evaluator
+from lisa_probe.evaluation import Evaluator
 from lisa_probe.grids import save_grid, to_uint8
 from lisa_probe.provenance import code_version
 from lisa_probe.sampling import fixed_noise, sample
 
 GRID_COLUMNS = 8
+
+
+def cache_dir(out_dir: str | Path) -> Path:
+    """Where read-back networks are cached: ``$LISA_PROBE_CACHE`` or ``<out_dir>/cache``."""
+    return Path(os.environ.get("LISA_PROBE_CACHE") or Path(out_dir) / "cache")
 
 
 class ControlEvaluation:
@@ -31,11 +37,10 @@ class ControlEvaluation:
     def __init__(self, model, config, dataset_kwargs: dict, run_dir: Path):
         self.model, self.config, self.run_dir = model, config, Path(run_dir)
         dataset = build_dataset(config.dataset, split="val", **dataset_kwargs)
-        self.control_metric = CONTROL_METRIC[dataset.condition]
         batch = default_collate([dataset[i] for i in range(min(config.eval_samples, len(dataset)))])
         self.cond, self.factors = batch["cond"], batch["factors"]
         train_set = build_dataset(config.dataset, split="train", **dataset_kwargs)
-        self.evaluator = Evaluator.for_dataset(train_set, cache_dir=Path(config.out_dir) / "cache")
+        self.evaluator = Evaluator.for_dataset(train_set, cache_dir=cache_dir(config.out_dir))
         image_shape = (self.model.main.config.in_channels, self.model.main.config.sample_size,
                        self.model.main.config.sample_size)
         self.noise = fixed_noise((len(self.cond), *image_shape), config.seed + 12345)

@@ -7,6 +7,9 @@ from lisa_probe.models import build_main, build_side, make_dual_branch
 from lisa_probe.models.build import null_context_for
 from lisa_probe.parameterization import Parameterization
 
+# Tiny models run fastest on one thread, and OpenMP barriers thrash when the other core is busy.
+torch.set_num_threads(1)
+
 BACKBONES = [("unet", "eps"), ("unet", "v"), ("dit", "flow")]
 
 

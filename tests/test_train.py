@@ -1,0 +1,157 @@
+"""Side-net training: the three backbones, baseline vs LISA, exact resume, zero inference cost, bad input."""
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from diffusers import ControlNetModel, SD3ControlNetModel
+from safetensors.torch import load_file
+
+from lisa_probe.engine import NonFiniteLossError
+from lisa_probe.models import build_main, save_main
+from lisa_probe.parameterization import Parameterization
+from lisa_probe.runs import load_run
+from lisa_probe.train import SideNetObjective, TrainConfig, train
+
+
+def make_main(root: Path, family: str, kind: str, seed: int = 0, preset: str = "tiny") -> str:
+    path = root / f"main-{family}-{kind}-{seed}-{preset}"
+    if not path.exists():
+        save_main(path, family, build_main(family, preset, 16, seed=seed), Parameterization(kind))
+    return str(path)
+
+
+def tiny_config(tmp_path: Path, family="unet", kind="eps", **overrides) -> TrainConfig:
+    settings = dict(main=make_main(tmp_path, family, kind), out_dir=str(tmp_path / "runs"), steps=3, batch_size=4,
+                    eval_samples=0, checkpoint_every=0, log_every=1, lr=1e-3)
+    settings.update(overrides)
+    return TrainConfig(**settings)
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    with open(run_dir / "metrics.csv", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def side_weights(path: Path) -> dict[str, torch.Tensor]:
+    return load_file(path / "diffusion_pytorch_model.safetensors")
+
+
+@pytest.mark.parametrize("family,kind", [("unet", "eps"), ("unet", "v"), ("dit", "flow")])
+def test_lisa_run_writes_a_plain_diffusers_side_net(tmp_path, family, kind):
+    run_dir = train(tiny_config(tmp_path, family, kind, name="lisa"))
+    rows = read_metrics(run_dir)
+    assert [int(r["step"]) for r in rows] == [1, 2, 3]
+    assert all(float(r["lisa_loss"]) > 0 and float(r["lisa_target_norm"]) > 0 for r in rows)
+    # the first LISA loss equals the target norm: the decoder's output layer starts at zero
+    assert float(rows[0]["lisa_loss"]) == pytest.approx(float(rows[0]["lisa_target_norm"]), rel=1e-5)
+    assert (run_dir / "lisa_decoder" / "diffusion_pytorch_model.safetensors").exists()
+    side_class = ControlNetModel if family == "unet" else SD3ControlNetModel
+    side = side_class.from_pretrained(run_dir / "controlnet")  # diffusers alone, no lisa_probe code
+    assert isinstance(side, side_class)
+    assert json.loads((run_dir / "summary.json").read_text())["steps"] == 3
+
+
+def test_baseline_builds_no_decoder_and_samples_at_the_same_cost(tmp_path):
+    lisa_dir = train(tiny_config(tmp_path, name="lisa"))
+    base_dir = train(tiny_config(tmp_path, name="base", lisa_weight=0.0))
+    assert not (base_dir / "lisa_decoder").exists()
+    assert "lisa_loss" not in read_metrics(base_dir)[0]
+    # same architecture, same parameter count: sampling costs the same; the decoder is not needed to sample
+    lisa_side, base_side = (ControlNetModel.from_pretrained(d / "controlnet") for d in (lisa_dir, base_dir))
+    ignore = {"_name_or_path"}
+    assert {k: v for k, v in lisa_side.config.items() if k not in ignore} == \
+        {k: v for k, v in base_side.config.items() if k not in ignore}
+    assert sum(p.numel() for p in lisa_side.parameters()) == sum(p.numel() for p in base_side.parameters())
+    _, model, decoder, _ = load_run(lisa_dir)
+    assert decoder is not None
+    unet = model.main
+    x, t, c = torch.randn(2, 3, 16, 16), torch.tensor([10, 700]), torch.rand(2, 1, 16, 16)
+    down, mid = lisa_side(x, t, encoder_hidden_states=torch.zeros(2, 1, unet.config.cross_attention_dim),
+                          controlnet_cond=c, return_dict=False)
+    plain = unet(x, t, encoder_hidden_states=torch.zeros(2, 1, unet.config.cross_attention_dim),
+                 down_block_additional_residuals=down, mid_block_additional_residual=mid).sample
+    torch.testing.assert_close(model(x, t, c).pred_full, plain, rtol=1e-5, atol=1e-6)
+
+
+def test_resume_continues_exactly(tmp_path):
+    common = dict(grad_accum=2, checkpoint_every=2, lisa_fraction=0.5)
+    straight = train(tiny_config(tmp_path, name="straight", steps=4, **common))
+    interrupted = train(tiny_config(tmp_path, name="resumed", steps=2, **common))
+    resumed = train(tiny_config(tmp_path, name="resumed", steps=4, resume="latest", **common))
+    assert resumed == interrupted
+    for name in ("controlnet", "lisa_decoder"):
+        a, b = side_weights(straight / name), side_weights(resumed / name)
+        assert a.keys() == b.keys()
+        for key in a:
+            torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
+    assert [r["loss"] for r in read_metrics(straight)] == [r["loss"] for r in read_metrics(resumed)]
+
+
+def test_resume_from_another_config_is_refused(tmp_path):
+    train(tiny_config(tmp_path, name="run", steps=2))
+    with pytest.raises(ValueError, match="another config.*lisa_weight"):
+        train(tiny_config(tmp_path, name="run", steps=4, lisa_weight=0.5, resume="latest"))
+
+
+def test_non_finite_loss_stops_naming_the_step(tmp_path, monkeypatch):
+    original = SideNetObjective.forward
+
+    def poisoned(self, *args, step, **kwargs):
+        out = original(self, *args, step=step, **kwargs)
+        if step == 1:
+            out["loss"] = out["loss"] * float("nan")
+        return out
+
+    monkeypatch.setattr(SideNetObjective, "forward", poisoned)
+    with pytest.raises(NonFiniteLossError, match="at step 2"):
+        train(tiny_config(tmp_path, name="nan", steps=3, checkpoint_every=1))
+    run_dir = tmp_path / "runs" / "nan"
+    assert sorted(p.name for p in run_dir.glob("checkpoint-*")) == ["checkpoint-1"]
+    assert not list(run_dir.glob(".checkpoint-*"))
+
+
+def test_bad_input_errors(tmp_path):
+    with pytest.raises(ValueError, match="unknown site 'down.99'; valid sites: down.0"):
+        train(tiny_config(tmp_path, lisa_site="down.99"))
+    with pytest.raises(ValueError, match="lisa-weight must be >= 0"):
+        tiny_config(tmp_path, lisa_weight=-1.0)
+    with pytest.raises(ValueError, match="batch fraction"):
+        tiny_config(tmp_path, lisa_fraction=0.0)
+    with pytest.raises(ValueError, match="needs a positive end step"):
+        tiny_config(tmp_path, lisa_schedule="cutoff")
+    other_main = make_main(tmp_path, "unet", "eps", preset="small")
+    other_run = train(tiny_config(tmp_path, name="other", main=other_main, steps=1, lisa_weight=0.0))
+    with pytest.raises(ValueError, match="does not match the main net"):
+        train(tiny_config(tmp_path, name="mismatch", side=str(other_run / "controlnet")))
+
+
+def test_every_site_and_distance_and_schedule(tmp_path):
+    config = tiny_config(tmp_path, name="cos", lisa_site="mid", lisa_distance="cosine", lisa_schedule="cutoff",
+                         lisa_end_step=2)
+    rows = read_metrics(train(config))
+    assert [float(r["lisa_weight"]) for r in rows] == [0.2, 0.2, 0.0]
+    assert all(0 <= float(r["lisa_loss"]) <= 2 for r in rows)
+
+
+def test_two_cpu_processes_with_accelerate(tmp_path):
+    """``accelerate launch --num_processes 2 --cpu -m lisa_probe.train`` trains one side net, checkpoints per rank."""
+    import os
+    import subprocess
+    import sys
+
+    main = make_main(tmp_path, "unet", "eps")
+    out = tmp_path / "runs"
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--cpu",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               "-m", "lisa_probe.train", "--main", main, "--out-dir", str(out), "--name", "ddp", "--steps", "2",
+               "--batch-size", "2", "--eval-samples", "0", "--checkpoint-every", "0"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    checkpoint = out / "ddp" / "checkpoint-2"
+    assert {p.name for p in checkpoint.glob("rng-*.safetensors")} == {"rng-0.safetensors", "rng-1.safetensors"}
+    assert json.loads((checkpoint / "trainer_state.json").read_text())["world_size"] == 2
+    ControlNetModel.from_pretrained(out / "ddp" / "controlnet")
