@@ -43,6 +43,11 @@ RESUMABLE_CHANGES = ("steps", "resume", "checkpoint_every", "keep_checkpoints", 
                      "num_workers", "eval_samples", "name", "out_dir")
 
 
+def cpu_only() -> bool:
+    """True on a machine without CUDA: accelerate then runs several launched processes as MULTI_CPU (gloo)."""
+    return not torch.cuda.is_available()
+
+
 def _help(text: str, **extra) -> dict:
     return {"help": text, **extra}
 
@@ -199,7 +204,8 @@ def fit(run_dir: Path, objective: Objective, dataset, config: LoopConfig,
     ``eval.csv`` and TensorBoard.
     """
     run_dir = Path(run_dir)
-    accelerator = Accelerator(mixed_precision=config.mixed_precision, gradient_accumulation_steps=config.grad_accum)
+    accelerator = Accelerator(mixed_precision=config.mixed_precision, gradient_accumulation_steps=config.grad_accum,
+                              cpu=cpu_only())
     if accelerator.device.type == "cpu" and accelerator.num_processes > 1:
         # several CPU processes on one machine: share the cores instead of oversubscribing them
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // accelerator.num_processes))

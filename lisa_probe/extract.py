@@ -2,28 +2,37 @@
 
 Dumps hooked side-branch features and predictions to an HDF5 feature store (schema in ``lisa_probe.store``): one
 row per (sample, timestep, noise draw), rows ordered sample-major, then timestep, then draw. Noise of a row is
-drawn from a generator seeded by (seed, row), so a resumed or sharded extraction writes exactly the same values.
+drawn from a generator seeded by (seed, row), and rows are computed in fixed batches (rows ``[k * batch_size,
+(k + 1) * batch_size)``) whatever the resume point or the number of processes, so a resumed or sharded extraction
+writes exactly the same bytes as an uninterrupted single-process one.
 A side net not trained by lisa_probe is probed with ``--controlnet DIR --main DIR`` instead of ``--ckpt``.
-Under ``accelerate launch`` each process writes a shard of the samples; process 0 merges them at the end.
+Under ``accelerate launch`` (or ``torchrun``) each process writes a shard of whole batches; process 0 merges them at
+the end. On CPU-only machines launch several processes with ``accelerate launch --multi_gpu --num_processes N``
+(accelerate's ``--cpu`` starts a single process unless given an MPI hostfile).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from accelerate import PartialState
+from accelerate.utils import parse_flag_from_env
 from torch.utils.data import default_collate
 from tqdm.auto import tqdm
 
 from lisa_probe.config import add_dataclass_arguments, config_from_args
 from lisa_probe.data import DATASET_NAMES, build_dataset
+from lisa_probe.engine import cpu_only
 from lisa_probe.hooks import capture
 from lisa_probe.models import DualBranch
+from lisa_probe.parameterization import FLOW_TIMESTEP_SCALE
 from lisa_probe.provenance import code_version, file_digest
 from lisa_probe.store import FeatureStoreWriter, make_layout, merge_shards, shard_path, shard_range
 from lisa_probe.store.schema import COMPRESSIONS
@@ -47,7 +56,8 @@ class ExtractConfig:
     condition: str | None = field(default=None, metadata=_opt("condition for --controlnet (default: dataset's)"))
     data_root: str | None = field(default=None, metadata=_opt("image directory of the folder dataset"))
     sites: str = field(default="all", metadata=_opt("comma-separated site names, or 'all'"))
-    timesteps: str = field(default="8", metadata=_opt("a number of evenly spaced timesteps, or a comma list"))
+    timesteps: str = field(default="8", metadata=_opt("a number of evenly spaced timesteps, or a comma list of "
+                                                      "timesteps as fed to the model ('500,' for one)"))
     samples: int = field(default=256, metadata=_opt("number of samples"))
     draws: int = field(default=1, metadata=_opt("noise draws per (sample, timestep)"))
     split: str = field(default="val", metadata=_opt("data split", choices=SPLITS))
@@ -55,7 +65,7 @@ class ExtractConfig:
     seed: int = field(default=0, metadata=_opt("noise seed"))
     residuals: bool = field(default=False, metadata=_opt("also store the residual leaving each site"))
     decompose: bool = field(default=False, metadata=_opt("also store the prediction with only one site's gate "
-                                                         "open, per site"))
+                                                         "open, per extracted site"))
     feature_dtype: str = field(default="float16", metadata=_opt("feature dtype", choices=("float16", "float32")))
     compression: str = field(default="lzf", metadata=_opt("HDF5 compression", choices=COMPRESSIONS))
     resume: bool = field(default=False, metadata=_opt("continue an interrupted extraction"))
@@ -185,7 +195,7 @@ class Extractor:
 
 def extract(config: ExtractConfig) -> Path:
     """Run the extraction (this process's shard under accelerate); returns the final store path."""
-    state = PartialState()
+    state = PartialState(cpu=cpu_only())
     model, decoder, dataset_kwargs, run_config, side_dir = load_model(config)
     lisa_site = None
     if decoder is not None:

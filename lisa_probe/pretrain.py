@@ -106,7 +106,7 @@ def make_quality_evaluation(objective: MainNetObjective, config: PretrainConfig,
         images = sample(objective.predict, objective.parameterization, fixed_noise(shape, config.seed + 1),
                         config.sample_steps).clamp(-1, 1)
         save_grid([("samples", to_uint8(images[:16]))], run_dir / "samples" / f"step-{step}.png")
-        return evaluator.quality(images)
+        return evaluator.frechet(images)
 
     return evaluate
 

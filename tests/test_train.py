@@ -137,14 +137,15 @@ def test_every_site_and_distance_and_schedule(tmp_path):
 
 
 def test_two_cpu_processes_with_accelerate(tmp_path):
-    """``accelerate launch --num_processes 2 --cpu -m lisa_probe.train`` trains one side net, checkpoints per rank."""
+    """``accelerate launch --multi_gpu --num_processes 2 -m lisa_probe.train`` on a CPU-only machine runs two
+    gloo processes (accelerate's ``--cpu`` alone multiplies processes only through MPI)."""
     import os
     import subprocess
     import sys
 
     main = make_main(tmp_path, "unet", "eps")
     out = tmp_path / "runs"
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--cpu",
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                "-m", "lisa_probe.train", "--main", main, "--out-dir", str(out), "--name", "ddp", "--steps", "2",
                "--batch-size", "2", "--eval-samples", "0", "--checkpoint-every", "0"]

@@ -1,0 +1,128 @@
+"""One object that scores generated images against a dataset: control fidelity, factor read-back and FD."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from lisa_probe.evaluation.fidelity import check_batch, control_fidelity
+from lisa_probe.evaluation.frechet import disjoint_subsets, fd_real_real, frechet_distance
+from lisa_probe.evaluation.readback import (
+    CachedReadback,
+    ReadbackConfig,
+    build_split,
+    carried_heads,
+    dataset_identity,
+    embed,
+    load_or_train_readback,
+    load_samples,
+    readback_scores,
+)
+
+# Condition kind -> name of the headline control-fidelity metric.
+CONTROL_METRIC = {"edges": "edge_f1", "mask": "mask_iou", "distance": "mask_iou", "stroke": "mask_iou",
+                  "canny": "edge_f1", "otsu_mask": "mask_iou"}
+IMAGE_RANGE_SLACK = 1.5  # images with values beyond ±this are rejected as not being in [-1, 1]
+
+
+def reference_features(readback: CachedReadback, dataset, n_reference: int, progress: bool = True) -> np.ndarray:
+    """Read-back features (n, D) float64 of the first ``n_reference`` val-split images (fewer if the split is
+    smaller), cached beside the net as ``reference-val-<n_reference>.safetensors``."""
+    path = readback.path / f"reference-val-{n_reference}.safetensors"
+    if path.exists() and not readback.trained:
+        return load_file(path)["features"].double().numpy()
+    images, _ = load_samples(build_split(dataset_identity(dataset), "val", n_reference), "reference samples", progress)
+    features = embed(readback.net, images)
+    staging = path.with_name(f"{path.name}.tmp")
+    save_file({"features": torch.from_numpy(features).float()}, staging)
+    staging.replace(path)
+    return features
+
+
+class Evaluator:
+    """Scores batches of generated images for one dataset (identity, condition, resolution).
+
+    Build with :meth:`for_dataset`. Metrics (see :meth:`evaluate`): control fidelity (``edge_f1``, ``mask_iou``),
+    ``readback/<factor>`` (accuracy for categorical, MAE for continuous carried factors) and the Fréchet distance
+    in read-back feature space, ``fd``, beside ``fd_real_real``, the same statistic between two real sets.
+    """
+
+    def __init__(self, condition: str, resolution: int, cond_channels: int, readback: CachedReadback | None,
+                 reference: np.ndarray | None, tol: float = 1.0, seed: int = 0):
+        self.condition, self.resolution, self.cond_channels = condition, resolution, cond_channels
+        self.readback, self.reference, self.tol, self.seed = readback, reference, tol, seed
+
+    @classmethod
+    def for_dataset(cls, dataset, cache_dir: str | Path, device: str | torch.device = "cpu", n_reference: int = 1000,
+                    config: ReadbackConfig | None = None, tol: float = 1.0, progress: bool = True) -> Evaluator:
+        """Evaluator for ``dataset``: trains (or loads from ``cache_dir``) its read-back net and the features of
+        ``n_reference`` real val-split images. Without carried factors there is no read-back net, and ``fd`` /
+        ``fd_real_real`` are NaN. ``config`` defaults to ``ReadbackConfig()``."""
+        readback = reference = None
+        if carried_heads(dataset.factor_specs):
+            readback = load_or_train_readback(dataset, cache_dir, config, device, progress)
+            reference = reference_features(readback, dataset, n_reference, progress)
+        else:
+            warnings.warn(f"dataset {dataset.name!r} has no carried factors: no read-back scores and no FD",
+                          stacklevel=2)
+        return cls(dataset.condition, int(dataset.resolution), int(dataset.cond_channels), readback, reference, tol)
+
+    @property
+    def readback_heldout(self) -> dict[str, float]:
+        """Held-out scores of the read-back net on real val images (``<factor>/accuracy`` …; empty without one)."""
+        return {} if self.readback is None else dict(self.readback.heldout)
+
+    @property
+    def control_metric(self) -> str:
+        """Name of the headline control-fidelity metric for this dataset's condition kind."""
+        return CONTROL_METRIC[self.condition]
+
+    def check_inputs(self, images: torch.Tensor, cond: torch.Tensor) -> None:
+        """Raise ValueError unless images is (N, 3, R, R) in [-1, 1] and cond (N, C, R, R) for this dataset."""
+        check_batch(images, cond)
+        expected = (3, self.resolution, self.resolution)
+        if tuple(images.shape[1:]) != expected:
+            raise ValueError(f"images must have shape (N, {', '.join(map(str, expected))}) for this dataset, "
+                             f"got {tuple(images.shape)}")
+        if cond.shape[1] != self.cond_channels:
+            raise ValueError(f"cond must have shape (N, {self.cond_channels}, {self.resolution}, {self.resolution}) "
+                             f"for this dataset, got {tuple(cond.shape)}")
+        if float(abs(images).max()) > IMAGE_RANGE_SLACK:
+            raise ValueError(f"images must be in [-1, 1], got values up to {float(abs(images).max()):.3g}")
+
+    def control_fidelity(self, images: torch.Tensor, cond: torch.Tensor) -> dict[str, float]:
+        """Mean ``edge_f1`` and ``mask_iou`` of images (N, 3, H, W) in [-1, 1] vs conditions (N, C, H, W)."""
+        self.check_inputs(images, cond)
+        return control_fidelity(images, cond, self.condition, self.tol)
+
+    def frechet(self, images: torch.Tensor) -> dict[str, float]:
+        """``fd`` of images (N, 3, H, W) vs N real val images, and ``fd_real_real`` of N other real val images vs
+        the same N (so both share sample size and reference set); NaN without a read-back net."""
+        if self.readback is None:
+            return {"fd": float("nan"), "fd_real_real": float("nan")}
+        n = len(images)
+        if n < 2 or 2 * n > len(self.reference):
+            raise ValueError(f"FD needs 2 <= N <= {len(self.reference) // 2} (half the {len(self.reference)} real "
+                             f"reference images); got a batch of N = {n}: raise n_reference or split the batch")
+        first, _ = disjoint_subsets(len(self.reference), n, self.seed)
+        return {"fd": frechet_distance(embed(self.readback.net, torch.as_tensor(images)), self.reference[first]),
+                "fd_real_real": fd_real_real(self.reference, n, self.seed)}
+
+    def evaluate(self, images: torch.Tensor, cond: torch.Tensor, factors: dict[str, torch.Tensor]) -> dict[str, float]:
+        """All metrics of a generated batch as a flat dict of floats.
+
+        images: (N, 3, H, W) in [-1, 1]; cond: (N, C, H, W) in [0, 1], the conditions they were generated from;
+        factors: {name: (N,)} the factors of those conditions (at least the carried ones).
+        Returns ``edge_f1``, ``mask_iou``, ``readback/<factor>`` per carried factor, ``fd``, ``fd_real_real``.
+        """
+        images, cond = torch.as_tensor(images), torch.as_tensor(cond)
+        metrics = self.control_fidelity(images, cond)
+        if self.readback is not None:
+            scores = readback_scores(self.readback.net, images, factors)
+            metrics.update({f"readback/{name}": value for name, value in scores.items()})
+        metrics.update(self.frechet(images))
+        return metrics
