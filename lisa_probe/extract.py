@@ -108,45 +108,65 @@ def load_model(config: ExtractConfig):
 
 
 def parse_timesteps(text: str, model: DualBranch) -> torch.Tensor:
-    """'8' -> 8 evenly spaced timesteps; '100,500,900' -> those (validated against the schedule)."""
+    """'8' -> 8 evenly spaced timesteps; '100,500,900' (or '500,') -> those, validated against the schedule:
+    integers in [0, num_train_timesteps) for eps/v, values in [0, 1000] for flow. Returns (n_t,)."""
     parameterization = model.parameterization
+    flow = parameterization.prediction_type == "flow"
     if "," not in text:
-        return parameterization.evenly_spaced_timesteps(int(text))
-    values = [float(v) for v in text.split(",")]
-    limit = 1000.0 if parameterization.prediction_type == "flow" else parameterization.num_train_timesteps - 1
-    bad = [v for v in values if not 0 <= v <= limit]
-    if bad:
-        raise ValueError(f"timesteps {bad} outside the schedule [0, {limit:g}]")
-    dtype = torch.float32 if parameterization.prediction_type == "flow" else torch.long
-    return torch.tensor(values).to(dtype)
+        count = int(text)
+        if not flow and count > parameterization.num_train_timesteps:
+            raise ValueError(f"{count} timesteps exceed the schedule's {parameterization.num_train_timesteps}")
+        return parameterization.evenly_spaced_timesteps(count)
+    values = [float(v) for v in text.split(",") if v.strip()]
+    limit = FLOW_TIMESTEP_SCALE if flow else parameterization.num_train_timesteps - 1
+    bad = [v for v in values if not 0 <= v <= limit or not (flow or v.is_integer())]
+    if bad or not values:
+        kind = "values" if flow else "integers"
+        raise ValueError(f"timesteps {bad or text!r} outside the schedule: {kind} in [0, {limit:g}]")
+    return torch.tensor(values).to(torch.float32 if flow else torch.long)
 
 
 def parse_sites(text: str, model: DualBranch) -> list[str]:
-    """'all' or a comma list of site names (an unknown name lists the valid ones)."""
+    """'all' or a comma list of site names, in the given order without repeats (an unknown name lists the valid
+    ones)."""
     if text == "all":
         return model.site_names
-    names = [name.strip() for name in text.split(",") if name.strip()]
+    names = list(dict.fromkeys(name.strip() for name in text.split(",") if name.strip()))
+    if not names:
+        raise ValueError(f"no site named in --sites {text!r}; valid sites: {', '.join(model.site_names)}")
     for name in names:
         model.site(name)
     return names
 
 
 def row_noise(shape: tuple[int, ...], seed: int, rows: range) -> torch.Tensor:
-    """Noise (len(rows), *shape), each row from its own generator seeded by (seed, row)."""
+    """Noise (len(rows), *shape) on the CPU, each row from its own generator seeded by (seed, row)."""
     return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(seed * 1_000_003 + row))
                         for row in rows])
 
 
+def _numpy(tensor: torch.Tensor) -> np.ndarray:
+    """A float tensor (any device) as a float32 numpy array of the same shape."""
+    return tensor.detach().float().cpu().numpy()
+
+
 class Extractor:
-    """Computes the store's row blocks for a model, a dataset and a timestep grid."""
+    """Computes the store's row blocks for a model, a dataset and a timestep grid (on the model's device)."""
 
     def __init__(self, model: DualBranch, decoder, dataset, sites: list[str], timesteps: torch.Tensor,
                  config: ExtractConfig):
         self.model, self.decoder, self.dataset, self.sites = model, decoder, dataset, sites
         self.timesteps, self.config = timesteps, config
         self.per_sample = len(timesteps) * config.draws
+        self.device = next(model.parameters()).device
+
+    @property
+    def n_rows(self) -> int:
+        """Rows of the whole extraction: samples x timesteps x draws."""
+        return self.config.samples * self.per_sample
 
     def layout(self, lisa_site: str | None) -> dict:
+        """The store layout: meta, factors (with ``carried``), features of the chosen sites, scores and options."""
         specs = self.dataset.factor_specs
         size = self.model.main.config.sample_size
         score_shape = (self.model.main.config.out_channels, size, size)
@@ -155,85 +175,138 @@ class Extractor:
                            residual_shapes={s: self.model.site(s).residual_shape for s in self.sites}
                            if self.config.residuals else None,
                            decoded=lisa_site is not None,
-                           decompose_sites=self.model.site_names if self.config.decompose else (),
+                           decompose_sites=self.sites if self.config.decompose else (),
                            feature_dtype=self.config.feature_dtype)
 
     @torch.no_grad()
     def rows(self, rows: range, lisa_site: str | None) -> dict[str, np.ndarray]:
-        """All datasets for a contiguous block of rows."""
+        """All datasets for a contiguous block of rows: ``{name: (len(rows), *row_shape)}``."""
         samples = [row // self.per_sample for row in rows]
         steps = torch.stack([self.timesteps[(row // self.config.draws) % len(self.timesteps)] for row in rows])
         batch = default_collate([self.dataset[i] for i in samples])
         model, parameterization = self.model, self.model.parameterization
-        x0 = model.encode_images(batch["image"])
-        noise = row_noise(tuple(x0.shape[1:]), self.config.seed, rows)
-        x_t = parameterization.add_noise(x0, noise, steps)
+        x0 = model.encode_images(batch["image"].to(self.device))
+        noise = row_noise(tuple(x0.shape[1:]), self.config.seed, rows).to(self.device)
+        model_steps, cond = steps.to(self.device), batch["cond"].to(self.device)
+        x_t = parameterization.add_noise(x0, noise, model_steps)
         hooked = sorted(set(self.sites) | ({lisa_site} if lisa_site else set()))
         with capture(model, hooked, what=("feature", "residual"), detach=True) as records:
-            out = model(x_t, steps, batch["cond"], main_rows=len(rows))
+            out = model(x_t, model_steps, cond, main_rows=len(rows))
         block = {"meta/sample_id": np.array(batch["id"], dtype=object), "meta/t": steps.float().numpy(),
                  "meta/noise_level": parameterization.noise_level(steps).numpy(),
                  "meta/draw": np.array([row % self.config.draws for row in rows], dtype=np.int32),
-                 "scores/target": parameterization.target(x0, noise, steps).float().numpy(),
-                 "scores/main": out.pred_main.float().numpy(), "scores/full": out.pred_full.float().numpy()}
+                 "scores/target": _numpy(parameterization.target(x0, noise, model_steps)),
+                 "scores/main": _numpy(out.pred_main), "scores/full": _numpy(out.pred_full)}
         for name, values in batch["factors"].items():
             block[f"meta/factors/{name}"] = values.numpy()
         for site in self.sites:
-            block[f"features/{site}"] = records[site]["feature"].float().numpy()
+            block[f"features/{site}"] = _numpy(records[site]["feature"])
             if self.config.residuals:
-                block[f"residuals/{site}"] = records[site]["residual"].float().numpy()
+                block[f"residuals/{site}"] = _numpy(records[site]["residual"])
         if lisa_site is not None:
             feature = model.feature_to_map(lisa_site, records[lisa_site]["feature"])
-            block["scores/decoded"] = self.decoder(feature, steps).float().numpy()
+            block["scores/decoded"] = _numpy(self.decoder(feature, model_steps))
         if self.config.decompose:
-            for k, site in enumerate(model.site_names):
-                gates = torch.zeros(len(model.sites))
-                gates[k] = 1
-                block[f"decompose/{site}"] = model(x_t, steps, batch["cond"], gates=gates).pred_full.float().numpy()
+            block.update(self.decompose(x_t, model_steps, cond))
         return block
+
+    def decompose(self, x_t: torch.Tensor, steps: torch.Tensor, cond: torch.Tensor) -> dict[str, np.ndarray]:
+        """``{"decompose/<site>": (B, C, H, W)}``: pred_full with only that site's gate open, per extracted site."""
+        block = {}
+        for site in self.sites:
+            gates = torch.zeros(len(self.model.sites), device=self.device)
+            gates[self.model.site_names.index(site)] = 1
+            block[f"decompose/{site}"] = _numpy(self.model(x_t, steps, cond, gates=gates).pred_full)
+        return block
+
+
+def process_state() -> PartialState:
+    """accelerate's process state. CPU processes (``--cpu``, or no CUDA) form a gloo group when launched as
+    several (torchrun / ``accelerate launch --multi_gpu`` / mpirun); plain ``PartialState()`` would leave each
+    CPU process thinking it is alone."""
+    return PartialState(cpu=cpu_only() or parse_flag_from_env("ACCELERATE_USE_CPU"))
+
+
+def shard_rows(n_rows: int, batch_size: int, rank: int, world_size: int) -> range:
+    """Rows of process ``rank``: a contiguous run of whole batches of the single-process extraction (the last one may
+    be short), so every row is computed in the same batch whatever the number of processes."""
+    batches = shard_range(math.ceil(n_rows / batch_size), rank, world_size)
+    rows = range(batches.start * batch_size, min(batches.stop * batch_size, n_rows))
+    if not rows:
+        raise ValueError(f"{n_rows} rows make {math.ceil(n_rows / batch_size)} batches of {batch_size}, fewer than "
+                         f"the {world_size} processes; lower --batch-size or use fewer processes")
+    return rows
+
+
+def pending_batches(rows: range, done: int, batch_size: int) -> Iterator[tuple[range, int]]:
+    """``(batch, skip)`` for the batches of ``rows`` not yet written: batches are aligned to multiples of
+    ``batch_size`` (``rows.start`` is one), ``done`` rows of ``rows`` are on disk, and the first ``skip`` rows of a
+    batch are among them (they are recomputed so that the batch is the same as in an uninterrupted run)."""
+    first = rows.start + done
+    for start in range(first - done % batch_size, rows.stop, batch_size):
+        yield range(start, min(start + batch_size, rows.stop)), max(0, first - start)
+
+
+def write_rows(writer: FeatureStoreWriter, extractor: Extractor, rows: range, lisa_site: str | None,
+               progress: tqdm) -> None:
+    """Compute and write this process's ``rows`` from ``writer.rows_done`` on, one batch in memory at a time."""
+    for batch, skip in pending_batches(rows, writer.rows_done, extractor.config.batch_size):
+        block = extractor.rows(batch, lisa_site)
+        writer.write_rows(batch.start + skip - rows.start, {name: values[skip:] for name, values in block.items()})
+        progress.update(len(batch) - skip)
+
+
+def store_attrs(config: ExtractConfig, model: DualBranch, run_config: dict, side_dir: Path,
+                lisa_site: str | None) -> dict:
+    """Root attrs of the store: run config, checkpoint path and hash, code version, parameterisation, extract args
+    (``resume``/``overwrite`` blanked so a resumed extraction matches the interrupted one) and the LISA site."""
+    return {"config": run_config, "checkpoint": str(side_dir.resolve()), "checkpoint_hash": file_digest(side_dir),
+            "code_version": code_version(), "parameterization": model.parameterization.prediction_type,
+            "extract_args": asdict(config) | {"resume": False, "overwrite": False}, "lisa_site": lisa_site or ""}
 
 
 def extract(config: ExtractConfig) -> Path:
     """Run the extraction (this process's shard under accelerate); returns the final store path."""
-    state = PartialState(cpu=cpu_only())
+    state = process_state()
+    out = Path(config.out)
+    if out.exists() and not config.overwrite:
+        raise FileExistsError(f"feature store {out} already exists; pass --overwrite to replace it")
     model, decoder, dataset_kwargs, run_config, side_dir = load_model(config)
-    lisa_site = None
-    if decoder is not None:
-        lisa_site = run_config.get("lisa_site") or model.default_lisa_site()
+    model = model.to(state.device)
+    decoder = decoder.to(state.device).eval() if decoder is not None else None
+    lisa_site = (run_config.get("lisa_site") or model.default_lisa_site()) if decoder is not None else None
     dataset = build_dataset(run_config["dataset"], split=config.split, **dataset_kwargs)
     if config.samples > len(dataset):
         raise ValueError(f"--samples {config.samples} exceeds the {config.split} split's {len(dataset)} samples")
     extractor = Extractor(model, decoder, dataset, parse_sites(config.sites, model),
                           parse_timesteps(config.timesteps, model), config)
-    sample_range = shard_range(config.samples, state.process_index, state.num_processes)
-    row_range = range(sample_range.start * extractor.per_sample, sample_range.stop * extractor.per_sample)
-    out = Path(config.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if out.exists() and not config.overwrite:
-        raise FileExistsError(f"feature store {out} already exists; pass --overwrite to replace it")
-    attrs = {"config": run_config, "checkpoint": str(side_dir), "checkpoint_hash": file_digest(side_dir),
-             "code_version": code_version(), "parameterization": model.parameterization.prediction_type,
-             "extract_args": asdict(config) | {"resume": False, "overwrite": False}, "lisa_site": lisa_site or ""}
+    rows = shard_rows(extractor.n_rows, config.batch_size, state.process_index, state.num_processes)
     sharded = state.num_processes > 1
     target = shard_path(out, state.process_index, state.num_processes) if sharded else out
-    writer = FeatureStoreWriter(target, extractor.layout(lisa_site), len(row_range), attrs,
-                                compression=config.compression, overwrite=config.overwrite, resume=config.resume,
-                                shard=(state.process_index, state.num_processes) if sharded else None)
-    with writer, tqdm(total=len(row_range), initial=writer.rows_done, unit="row", desc=out.name,
-                      disable=not state.is_local_main_process) as progress:
-        for start in range(writer.rows_done, len(row_range), config.batch_size):
-            local = range(start, min(start + config.batch_size, len(row_range)))
-            block = extractor.rows(range(row_range.start + local.start, row_range.start + local.stop), lisa_site)
-            writer.write_rows(start, block)
-            progress.update(len(local))
+    if not (sharded and config.resume and target.exists()):  # a finished shard of an interrupted run is kept
+        writer = FeatureStoreWriter(target, extractor.layout(lisa_site), len(rows),
+                                    store_attrs(config, model, run_config, side_dir, lisa_site),
+                                    compression=config.compression, overwrite=config.overwrite,
+                                    resume=config.resume, shard=(state.process_index, state.num_processes)
+                                    if sharded else None)
+        with writer, tqdm(total=len(rows), initial=writer.rows_done, unit="row", desc=out.name,
+                          disable=not state.is_local_main_process) as progress:
+            write_rows(writer, extractor, rows, lisa_site, progress)
+    if sharded:
+        merge(out, state, overwrite=config.overwrite or config.resume)
+    return out
+
+
+def merge(out: Path, state: PartialState, overwrite: bool) -> None:
+    """Once every process has finished its shard, process 0 merges them into ``out`` and deletes them
+    (``overwrite`` also discards the unfinished output of an interrupted merge)."""
     state.wait_for_everyone()
-    if sharded and state.is_main_process:
+    if state.is_main_process:
         shards = [shard_path(out, rank, state.num_processes) for rank in range(state.num_processes)]
-        merge_shards(shards, out, overwrite=config.overwrite)
+        merge_shards(shards, out, overwrite=overwrite)
         for shard in shards:
             shard.unlink()
     state.wait_for_everyone()
-    return out
 
 
 def main(argv: list[str] | None = None) -> int:

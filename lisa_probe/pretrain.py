@@ -40,8 +40,9 @@ class PretrainConfig(LoopConfig):
     eval_samples: int = field(default=256, metadata={"help": "generated images per evaluation"})
     sample_steps: int = field(default=25, metadata={"help": "sampler steps at evaluation"})
     lr: float = field(default=1e-3, metadata={"help": "AdamW learning rate"})
-    steps: int = field(default=1500, metadata={"help": "optimizer steps"})
-    batch_size: int = field(default=32, metadata={"help": "micro-batch size per process"})
+    steps: int = field(default=1200, metadata={"help": "optimizer steps"})
+    batch_size: int = field(default=16, metadata={"help": "micro-batch size per process"})
+    eval_every: int = field(default=600, metadata={"help": "steps between evaluations (0: only at the end)"})
     lr_warmup_steps: int = field(default=50, metadata={"help": "linear warm-up steps"})
 
     def __post_init__(self) -> None:
@@ -52,6 +53,9 @@ class PretrainConfig(LoopConfig):
         if self.prediction_type is None:
             self.prediction_type = default_prediction_type(self.backbone)
         check_choice("prediction type", self.prediction_type, PREDICTION_TYPES)
+        if (self.backbone == "dit") != (self.prediction_type == "flow"):
+            raise ValueError(f"prediction type {self.prediction_type!r} does not fit backbone {self.backbone!r}: "
+                             f"dit uses flow, unet uses eps or v")
         if self.name is None:
             self.name = f"main-{self.backbone}-{self.prediction_type}-{self.dataset}{self.resolution}"
 

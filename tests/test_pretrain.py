@@ -1,0 +1,40 @@
+"""Main-net pretraining: diffusers layout, sample grid, quality numbers, bad input."""
+
+import csv
+
+import pytest
+from diffusers import SD3Transformer2DModel, UNet2DConditionModel
+
+from lisa_probe.models import load_main
+from lisa_probe.pretrain import PretrainConfig, main, pretrain
+
+
+@pytest.mark.parametrize("backbone,main_class", [("unet", UNet2DConditionModel), ("dit", SD3Transformer2DModel)])
+def test_pretrain_writes_a_diffusers_main_net_with_grid_and_quality(tmp_path, backbone, main_class):
+    config = PretrainConfig(backbone=backbone, preset="tiny", resolution=16, steps=2, batch_size=4,
+                            eval_samples=8, sample_steps=2, out_dir=str(tmp_path), log_every=1)
+    run_dir = pretrain(config)
+    assert run_dir.name == f"main-{backbone}-{'eps' if backbone == 'unet' else 'flow'}-shapes16"
+    main_class.from_pretrained(run_dir / ("unet" if backbone == "unet" else "transformer"))
+    family, _, parameterization, _, _ = load_main(run_dir)
+    assert family == backbone and parameterization.prediction_type == config.prediction_type
+    assert (run_dir / "samples" / "step-2.png").exists()
+    with open(run_dir / "eval.csv", newline="") as handle:
+        metrics = {row["metric"]: float(row["value"]) for row in csv.DictReader(handle)}
+    assert metrics["fd"] > 0 and metrics["fd_real_real"] > 0
+
+
+@pytest.mark.parametrize("argv,message", [(["--dataset", "imagenet"], "imagenet"), (["--backbone", "vit"], "vit"),
+                                          (["--preset", "huge"], "huge"),
+                                          (["--backbone", "dit", "--prediction-type", "eps"], "flow")])
+def test_bad_input_names_what_is_allowed(argv, message, capsys, tmp_path):
+    with pytest.raises(SystemExit):
+        main([*argv, "--out-dir", str(tmp_path)])
+    assert message in capsys.readouterr().err
+
+
+def test_train_refuses_a_path_that_is_not_a_main_net(tmp_path):
+    from lisa_probe.train import main as train_main
+
+    with pytest.raises(ValueError, match="not a diffusers main-net directory"):
+        train_main(["--main", str(tmp_path), "--out-dir", str(tmp_path / "runs")])
