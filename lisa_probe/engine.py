@@ -92,6 +92,9 @@ class Objective(nn.Module):
     def draw(self, batch: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
+    def after_step(self, step: int) -> None:
+        """Called after every optimizer step (e.g. to update an EMA); nothing by default."""
+
 
 class NonFiniteLossError(FloatingPointError):
     """Raised when a loss is NaN or inf; nothing is saved for that step."""
@@ -256,6 +259,7 @@ def fit(run_dir: Path, objective: Objective, dataset, config: LoopConfig,
             continue
         state["step"] += 1
         step = state["step"]
+        objective.after_step(step)
         progress.update(1)
         progress.set_postfix(loss=f"{sums['loss']:.4f}")
         if step % config.log_every == 0 or step == config.steps:

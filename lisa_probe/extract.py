@@ -242,6 +242,8 @@ def pending_batches(rows: range, done: int, batch_size: int) -> Iterator[tuple[r
     """``(batch, skip)`` for the batches of ``rows`` not yet written: batches are aligned to multiples of
     ``batch_size`` (``rows.start`` is one), ``done`` rows of ``rows`` are on disk, and the first ``skip`` rows of a
     batch are among them (they are recomputed so that the batch is the same as in an uninterrupted run)."""
+    if done >= len(rows):
+        return
     first = rows.start + done
     for start in range(first - done % batch_size, rows.stop, batch_size):
         yield range(start, min(start + batch_size, rows.stop)), max(0, first - start)

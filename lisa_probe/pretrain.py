@@ -8,6 +8,7 @@ that ``python -m lisa_probe.train --main <dir>`` and diffusers' own ``from_pretr
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +44,7 @@ class PretrainConfig(LoopConfig):
     steps: int = field(default=1200, metadata={"help": "optimizer steps"})
     batch_size: int = field(default=16, metadata={"help": "micro-batch size per process"})
     eval_every: int = field(default=600, metadata={"help": "steps between evaluations (0: only at the end)"})
+    ema_decay: float = field(default=0.999, metadata={"help": "decay of the weight EMA saved as the main net"})
     lr_warmup_steps: int = field(default=50, metadata={"help": "linear warm-up steps"})
 
     def __post_init__(self) -> None:
@@ -67,9 +69,12 @@ class PretrainConfig(LoopConfig):
 class MainNetObjective(Objective):
     """Unconditional denoising loss of a main net: ``MSE(main(x_t, t), y)``."""
 
-    def __init__(self, family: str, main: torch.nn.Module, parameterization: Parameterization):
+    def __init__(self, family: str, main: torch.nn.Module, parameterization: Parameterization,
+                 ema_decay: float = 0.999):
         super().__init__()
         self.family, self.main, self.parameterization = family, main, parameterization
+        self.ema_decay = ema_decay
+        self.ema = copy.deepcopy(main).requires_grad_(False).eval()
         for name, value in null_context_for(main, family).items():
             self.register_buffer(f"null_{name}", value, persistent=False)
 
@@ -78,21 +83,30 @@ class MainNetObjective(Objective):
         return {name[5:]: value for name, value in self.named_buffers() if name.startswith("null_")}
 
     def modules_to_save(self) -> dict[str, torch.nn.Module]:
-        return {"unet" if self.family == "unet" else "transformer": self.main}
+        """The EMA weights are the main net (``unet/`` or ``transformer/``); the raw weights resume training."""
+        name = "unet" if self.family == "unet" else "transformer"
+        return {name: self.ema, f"{name}_raw": self.main}
+
+    @torch.no_grad()
+    def after_step(self, step: int) -> None:
+        """EMA update with the usual warm-up: decay min(ema_decay, (1 + step) / (10 + step))."""
+        decay = min(self.ema_decay, (1 + step) / (10 + step))
+        for ema, raw in zip(self.ema.parameters(), self.main.parameters()):
+            ema.lerp_(raw.detach(), 1 - decay)
 
     def draw(self, batch: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
         x0 = batch["image"]
         return {"x0": x0, "noise": torch.randn(x0.shape, generator=generator),
                 "timesteps": self.parameterization.sample_timesteps(x0.shape[0], generator)}
 
-    def predict(self, x_t: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        """Main-net prediction (B, C, H, W)."""
-        return MAIN_FORWARD[self.family](self.main, x_t, timesteps, self.context())
+    def predict(self, x_t: torch.Tensor, timesteps: torch.Tensor, ema: bool = True) -> torch.Tensor:
+        """Main-net prediction (B, C, H, W), with the EMA weights unless ``ema=False``."""
+        return MAIN_FORWARD[self.family](self.ema if ema else self.main, x_t, timesteps, self.context())
 
     def forward(self, x0, noise, timesteps, step):
         x_t = self.parameterization.add_noise(x0, noise, timesteps)
         target = self.parameterization.target(x0, noise, timesteps)
-        loss = F.mse_loss(self.predict(x_t, timesteps).float(), target.float())
+        loss = F.mse_loss(self.predict(x_t, timesteps, ema=False).float(), target.float())
         return {"loss": loss}
 
 
@@ -122,7 +136,7 @@ def pretrain(config: PretrainConfig) -> Path:
     write_config(run_dir / "config.yaml", config, kind="pretrain")
     parameterization = Parameterization(config.prediction_type)
     main = build_main(config.backbone, config.preset, config.resolution, seed=config.seed)
-    objective = MainNetObjective(config.backbone, main, parameterization)
+    objective = MainNetObjective(config.backbone, main, parameterization, config.ema_decay)
     dataset = build_dataset(config.dataset, split="train", resolution=config.resolution, seed=config.seed)
     fit(run_dir, objective, dataset, config, evaluate=make_quality_evaluation(objective, config, run_dir))
     parameterization.to_scheduler().save_pretrained(run_dir / "scheduler")

@@ -1,0 +1,234 @@
+"""``python -m lisa_probe.study experiments/<study>.yaml [--quick]``: baseline vs LISA, several seeds, end to end.
+
+A study file (YAML, read with ``safe_load``) names settings (a main net to pretrain + side-net training options),
+the arms (option overrides: ``baseline`` = ``lisa_weight: 0``), the seeds, an optional sweep on one setting, and what
+to extract. The study pretrains each main net once, trains every (setting, arm, seed), extracts features at an early
+checkpoint and at the end, runs the analysis, and writes ``experiments/results/<study>/``: ``runs.csv`` (one row per
+run), ``convergence.csv`` (per setting and arm: mean convergence step with a bootstrap 95% CI over seeds, and the
+baseline/LISA ratio), ``final.csv``, figures and a README with the headline numbers. Finished runs are skipped, so
+an interrupted study continues where it stopped. ``--quick`` applies the file's ``quick`` overrides.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from lisa_probe.extract import ExtractConfig, extract
+from lisa_probe.pretrain import PretrainConfig, pretrain
+from lisa_probe.provenance import code_version
+from lisa_probe.train import TrainConfig, train
+from lisa_probe.validation import read_eval
+
+STUDY_KEYS = ("name", "settings", "arms", "seeds", "sweep", "extract", "quick", "out_dir", "results_dir")
+
+
+def load_study(path: Path, quick: bool = False) -> dict:
+    """Read and validate a study file; with ``quick`` its ``quick`` section overrides the rest."""
+    study = yaml.safe_load(Path(path).read_text())
+    unknown = set(study) - set(STUDY_KEYS)
+    if unknown:
+        raise ValueError(f"unknown study keys {sorted(unknown)} in {path}; allowed: {', '.join(STUDY_KEYS)}")
+    for key in ("name", "settings", "arms", "seeds"):
+        if key not in study:
+            raise ValueError(f"study file {path} lacks {key!r}")
+    if quick:
+        overrides = study.get("quick", {})
+        if "settings" in overrides:
+            study["settings"] = {name: study["settings"][name] for name in overrides["settings"]}
+        study["seeds"] = overrides.get("seeds", study["seeds"])
+        for name, setting in study["settings"].items():
+            setting["pretrain"] = {**setting["pretrain"], **overrides.get("pretrain", {})}
+            setting["train"] = {**setting["train"], **overrides.get("train", {})}
+        study["extract"] = {**study.get("extract", {}), **overrides.get("extract", {})}
+        study["sweep"] = overrides.get("sweep", study.get("sweep"))
+        study["name"] = f"{study['name']}-quick"
+    return study
+
+
+def planned_runs(study: dict) -> list[dict]:
+    """Every (setting, arm, seed) run plus the sweep runs, as {setting, arm, seed, overrides}."""
+    runs = [{"setting": setting, "arm": arm, "seed": seed, "overrides": dict(overrides)}
+            for setting in study["settings"] for arm, overrides in study["arms"].items() for seed in study["seeds"]]
+    sweep = study.get("sweep")
+    if sweep:
+        for option, values in sweep["values"].items():
+            for value in values:
+                runs.append({"setting": sweep["setting"], "arm": f"sweep-{option}={value}", "seed": sweep["seed"],
+                             "overrides": {**sweep.get("base", {}), option: value}})
+    return runs
+
+
+def run_one(study: dict, plan: dict, out_dir: Path) -> Path:
+    """Pretrain (once per setting) and train one planned run; skipped when its summary exists."""
+    setting = study["settings"][plan["setting"]]
+    pretrain_options = {"out_dir": str(out_dir), "name": f"main-{plan['setting']}", **setting["pretrain"]}
+    main_dir = out_dir / pretrain_options["name"]
+    if not (main_dir / "scheduler" / "scheduler_config.json").exists():
+        pretrain(PretrainConfig(**pretrain_options, resume="latest"))
+    name = f"{plan['setting']}-{plan['arm']}-s{plan['seed']}"
+    run_dir = out_dir / name
+    if (run_dir / "summary.json").exists():
+        return run_dir
+    options = {**setting["train"], **plan["overrides"], "main": str(main_dir), "out_dir": str(out_dir),
+               "name": name, "seed": plan["seed"], "keep_checkpoints": 0, "resume": "latest"}
+    return train(TrainConfig(**options))
+
+
+def extract_run(run_dir: Path, study: dict, features_dir: Path) -> list[Path]:
+    """Feature stores of a run at its earliest checkpoint and at the end."""
+    from lisa_probe.checkpointing import list_checkpoints
+
+    settings = study.get("extract", {})
+    stores = []
+    checkpoints = list_checkpoints(run_dir)
+    for label, source in (("early", checkpoints[0] if checkpoints else None), ("final", run_dir)):
+        out = features_dir / f"{run_dir.name}-{label}.h5"
+        if source is not None and not out.exists():
+            extract(ExtractConfig(out=str(out), ckpt=str(source), samples=settings.get("samples", 128),
+                                  timesteps=str(settings.get("timesteps", 6)), batch_size=settings.get("batch_size", 32),
+                                  resume=True))
+        if out.exists():
+            stores.append(out)
+    return stores
+
+
+def run_table(out_dir: Path, plans: list[dict]) -> pd.DataFrame:
+    """One row per finished run: setting, arm, seed, convergence step, final metrics, seconds per step."""
+    rows = []
+    for plan in plans:
+        run_dir = out_dir / f"{plan['setting']}-{plan['arm']}-s{plan['seed']}"
+        summary_path = run_dir / "summary.json"
+        if not summary_path.exists():
+            continue
+        summary = json.loads(summary_path.read_text())
+        rows.append({"setting": plan["setting"], "arm": plan["arm"], "seed": plan["seed"], "run": run_dir.name,
+                     "control_metric": summary["control_metric"], "convergence_step": summary["convergence_step"],
+                     "steps": summary["steps"], "seconds_per_step": summary["seconds_per_step"],
+                     **{f"final/{k}": v for k, v in summary["final"].items()}})
+    return pd.DataFrame(rows)
+
+
+def bootstrap_ci(values: np.ndarray, seed: int = 0, n: int = 2000) -> tuple[float, float]:
+    """95% percentile bootstrap interval of the mean of ``values`` (n,)."""
+    if len(values) < 2:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    means = rng.choice(values, size=(n, len(values)), replace=True).mean(axis=1)
+    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def convergence_table(runs: pd.DataFrame, steps_if_never: dict[str, int]) -> pd.DataFrame:
+    """Per (setting, arm): mean convergence step (a run that never converged counts as its total steps, flagged),
+    bootstrap CI, number converged, and the baseline / arm ratio of mean steps."""
+    rows = []
+    for (setting, arm), group in runs.groupby(["setting", "arm"]):
+        steps = group["convergence_step"].astype(float).fillna(steps_if_never[setting]).to_numpy()
+        low, high = bootstrap_ci(steps)
+        rows.append({"setting": setting, "arm": arm, "n_runs": len(group),
+                     "n_converged": int(group["convergence_step"].notna().sum()), "mean_step": steps.mean(),
+                     "ci_low": low, "ci_high": high})
+    table = pd.DataFrame(rows)
+    baseline = table[table["arm"] == "baseline"].set_index("setting")["mean_step"]
+    table["speedup_vs_baseline"] = [baseline.get(s, np.nan) / m if m else np.nan
+                                    for s, m in zip(table["setting"], table["mean_step"])]
+    return table
+
+
+def training_curves(out_dir: Path, runs: pd.DataFrame) -> pd.DataFrame:
+    """Long table (run, setting, arm, seed, step, metric, value) of every run's evaluations."""
+    rows = []
+    for record in runs.itertuples():
+        for step, metrics in read_eval(out_dir / record.run).items():
+            rows += [{"run": record.run, "setting": record.setting, "arm": record.arm, "seed": record.seed,
+                      "step": step, "metric": metric, "value": value} for metric, value in metrics.items()]
+    return pd.DataFrame(rows)
+
+
+def plot_curves(curves: pd.DataFrame, runs: pd.DataFrame, path: Path) -> None:
+    """Control fidelity vs step, one panel per setting, mean and 95% CI over seeds per arm."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import seaborn as sns
+
+    metric_of = dict(zip(runs["setting"], runs["control_metric"]))
+    data = curves[[metric_of.get(s) == m for s, m in zip(curves["setting"], curves["metric"])]]
+    if data.empty:
+        return
+    grid = sns.relplot(data=data, x="step", y="value", hue="arm", col="setting", kind="line",
+                       errorbar=("ci", 95), facet_kws={"sharex": False}, height=3)
+    grid.set_ylabels("control fidelity")
+    grid.savefig(path, dpi=120)
+
+
+def write_readme(results: Path, study: dict, runs: pd.DataFrame, convergence: pd.DataFrame, seconds: float,
+                 command: str) -> None:
+    """A short README with the headline tables (the interpretation is added by hand after reading them)."""
+    final_cols = ["setting", "arm"] + [c for c in runs.columns if c.startswith("final/") and "main_alone" not in c]
+    final = runs[final_cols].groupby(["setting", "arm"]).mean(numeric_only=True).reset_index()
+    timing = runs.groupby(["setting", "arm"])["seconds_per_step"].mean().reset_index()
+    text = [f"# Study `{study['name']}`", "",
+            f"Reproduce: `{command}` (code {code_version()}, {seconds / 60:.0f} min on this machine).", "",
+            "## Convergence (first evaluation where control fidelity reaches the threshold)", "",
+            convergence.to_markdown(index=False, floatfmt=".3g"), "",
+            "## Final metrics (mean over seeds)", "", final.to_markdown(index=False, floatfmt=".3g"), "",
+            "## Training time per step", "", timing.to_markdown(index=False, floatfmt=".3g"), "",
+            "![control fidelity vs step](curves.png)", ""]
+    (results / "README.md").write_text("\n".join(text))
+
+
+def run_study(path: Path, quick: bool = False, analyze: bool = True) -> Path:
+    """Run (or continue) a study; returns its results directory."""
+    started = time.perf_counter()
+    study = load_study(path, quick)
+    out_dir = Path(study.get("out_dir", "runs")) / study["name"]
+    results = Path(study.get("results_dir", "experiments/results")) / study["name"]
+    features_dir = out_dir / "features"
+    for directory in (out_dir, results, features_dir):
+        directory.mkdir(parents=True, exist_ok=True)
+    (results / "study.yaml").write_text(yaml.safe_dump(study, sort_keys=False))
+    plans = planned_runs(study)
+    stores: dict[str, list[Path]] = {}
+    for plan in plans:
+        run_dir = run_one(study, plan, out_dir)
+        if analyze and not plan["arm"].startswith("sweep"):
+            stores.setdefault(plan["setting"], []).extend(extract_run(run_dir, study, features_dir))
+    runs = run_table(out_dir, plans)
+    runs.to_csv(results / "runs.csv", index=False)
+    steps = {name: study["settings"][name]["train"].get("steps", TrainConfig.steps) for name in study["settings"]}
+    convergence = convergence_table(runs, steps)
+    convergence.to_csv(results / "convergence.csv", index=False)
+    curves = training_curves(out_dir, runs)
+    curves.to_csv(results / "curves.csv", index=False)
+    plot_curves(curves, runs, results / "curves.png")
+    if analyze:
+        from lisa_probe.analyze import main as analyze_main
+
+        for setting, paths in stores.items():
+            analyze_main([*map(str, paths), "--out", str(results / f"analysis-{setting}"), "--overwrite"])
+    command = f"python -m lisa_probe.study {path}" + (" --quick" if quick else "")
+    write_readme(results, study, runs, convergence, time.perf_counter() - started, command)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m lisa_probe.study", description=__doc__.splitlines()[0])
+    parser.add_argument("study", type=Path, help="study file, e.g. experiments/lisa_claims.yaml")
+    parser.add_argument("--quick", action="store_true", help="apply the file's quick overrides (one seed, few steps)")
+    parser.add_argument("--no-analysis", action="store_true", help="train and summarise only")
+    args = parser.parse_args(argv)
+    print(f"results in {run_study(args.study, args.quick, not args.no_analysis)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+

@@ -1,0 +1,466 @@
+"""``python -m lisa_probe.extract``: row content recomputed by hand, options, overwrite/partial rules, streaming,
+interrupted (in-process and SIGKILL) extractions resumed, two processes merged, a LISA-trained run."""
+
+from __future__ import annotations
+
+import os
+import re
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+import lisa_probe.extract as extract_module
+from lisa_probe.data import build_dataset
+from lisa_probe.extract import (
+    ExtractConfig,
+    Extractor,
+    ForeignRun,
+    extract,
+    main,
+    parse_sites,
+    parse_timesteps,
+    pending_batches,
+    row_noise,
+    shard_rows,
+)
+from lisa_probe.hooks import capture
+from lisa_probe.models import build_main, build_side, load_main, load_side, make_dual_branch, save_main
+from lisa_probe.parameterization import Parameterization
+from lisa_probe.provenance import code_version, file_digest
+from lisa_probe.store import SCHEMA_VERSION, FeatureStore, FeatureStoreWriter, partial_path, shard_path
+
+REPO = Path(__file__).resolve().parents[1]
+FAMILIES = {"unet": "eps", "dit": "flow"}
+BASE = {"samples": 6, "timesteps": "3", "draws": 2, "batch_size": 5}  # 36 rows, 8 batches
+# slow enough to kill (batch 3, ~30 rows/s here) and with 32-row chunks (float32 (8, 32, 32) features), so an
+# interrupted run has committed rows and a resumed one restarts inside a batch (32 % 3 != 0)
+RESUMABLE = {"samples": 20, "timesteps": "3", "draws": 2, "batch_size": 3, "feature_dtype": "float32",
+             "residuals": True}
+
+
+def make_nets(root: Path, family: str, resolution: int) -> tuple[str, str]:
+    """A tiny main net and a side net with perturbed (non-zero) zero modules, saved as diffusers directories."""
+    main_net = build_main(family, "tiny", resolution, seed=0)
+    save_main(root / "main", family, main_net, Parameterization(FAMILIES[family]))
+    side = build_side(main_net, family, cond_channels=1, seed=0)
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for parameter in side.parameters():
+            parameter.add_(0.05 * torch.randn(parameter.shape, generator=generator))
+    side.save_pretrained(root / "side")
+    return str(root / "main"), str(root / "side")
+
+
+@pytest.fixture(scope="module")
+def nets(tmp_path_factory) -> dict[str, tuple[str, str]]:
+    """``{"unet": (main dir, side dir), "dit": …, "unet32": …}`` (16 px, and a 32 px UNet for the resume tests)."""
+    root = tmp_path_factory.mktemp("nets")
+    built = {family: make_nets(root / family, family, 16) for family in FAMILIES}
+    built["unet32"] = make_nets(root / "unet32", "unet", 32)
+    return built
+
+
+def config_for(nets, family: str, out: Path, **options) -> ExtractConfig:
+    main_dir, side_dir = nets[family]
+    return ExtractConfig(out=str(out), controlnet=side_dir, main=main_dir, **{**BASE, **options})
+
+
+def cli_args(nets, family: str, out: Path, **options) -> list[str]:
+    """Command-line arguments equivalent to ``config_for(nets, family, out, **options)``."""
+    main_dir, side_dir = nets[family]
+    args = ["--out", str(out), "--controlnet", side_dir, "--main", main_dir]
+    for key, value in {**BASE, **options}.items():
+        args += [f"--{key.replace('_', '-')}", str(value).lower() if isinstance(value, bool) else str(value)]
+    return args
+
+
+@pytest.fixture(scope="module")
+def stores(nets, tmp_path_factory) -> dict[str, Path]:
+    """One extraction per family with residuals and decompositions of all sites."""
+    root = tmp_path_factory.mktemp("stores")
+    return {family: extract(config_for(nets, family, root / f"{family}.h5", residuals=True, decompose=True))
+            for family in FAMILIES}
+
+
+@pytest.fixture(scope="module")
+def reference_store(nets, tmp_path_factory) -> Path:
+    """An uninterrupted single-process extraction with the RESUMABLE settings."""
+    return extract(config_for(nets, "unet32", tmp_path_factory.mktemp("ref") / "ref.h5", **RESUMABLE))
+
+
+def load_dual_branch(nets, family: str):
+    """The dual branch rebuilt from the saved directories without lisa_probe.extract."""
+    main_dir, side_dir = nets[family]
+    family, main_net, parameterization, null_context, vae = load_main(Path(main_dir))
+    return make_dual_branch(family, main_net, load_side(Path(side_dir), family), parameterization, null_context,
+                            vae).eval()
+
+
+def assert_stores_equal(left: Path, right: Path) -> None:
+    """Same datasets with exactly the same values, dtypes and attrs."""
+    with h5py.File(left, "r") as a, h5py.File(right, "r") as b:
+        names = []
+        a.visititems(lambda name, obj: names.append(name) if isinstance(obj, h5py.Dataset) else None)
+        other = []
+        b.visititems(lambda name, obj: other.append(name) if isinstance(obj, h5py.Dataset) else None)
+        assert sorted(names) == sorted(other)
+        for name in names:
+            assert a[name].dtype == b[name].dtype, name
+            assert np.array_equal(a[name][()], b[name][()]), name
+            assert dict(a[name].attrs) == dict(b[name].attrs), name
+
+
+# ----------------------------------------------------------------------------------------------------- row content
+@pytest.mark.parametrize("family", FAMILIES)
+def test_rows_match_a_hand_recomputation(nets, stores, family):
+    """Rows are sample-major, then timestep, then draw; every dataset equals a hand-made forward of that row."""
+    store = FeatureStore(stores[family])
+    model = load_dual_branch(nets, family)
+    parameterization = model.parameterization
+    dataset = build_dataset("shapes", split="val", resolution=16, seed=0)
+    timesteps = parameterization.evenly_spaced_timesteps(3)
+    assert store.n_rows == 6 * 3 * 2
+    assert np.array_equal(store.timesteps, np.sort(timesteps.float().numpy()))
+    sites = model.site_names
+    for row in (0, 7, 20, 35):
+        sample, step, draw = dataset[row // 6], timesteps[(row // 2) % 3][None], row % 2
+        x0 = sample["image"][None]
+        noise = row_noise(tuple(x0.shape[1:]), 0, range(row, row + 1))
+        x_t = parameterization.add_noise(x0, noise, step)
+        cond = sample["cond"][None]
+        with torch.no_grad(), capture(model, sites, what=("feature", "residual"), detach=True) as records:
+            full = model.predict_full_reference(x_t, step, cond)
+            main_alone = model.predict_main(x_t, step)
+        got = {name: store.read(name, [row])[0] for name in store.layout}
+        assert got["meta/sample_id"] == sample["id"]
+        assert got["meta/t"] == np.float32(step.item()) and got["meta/draw"] == draw
+        assert got["meta/noise_level"] == parameterization.noise_level(step).item()
+        for name, value in sample["factors"].items():
+            assert got[f"meta/factors/{name}"] == np.asarray(value, dtype=store.layout[f"meta/factors/{name}"].dtype)
+        np.testing.assert_array_equal(got["scores/target"], parameterization.target(x0, noise, step)[0].numpy())
+        np.testing.assert_allclose(got["scores/main"], main_alone[0].numpy(), atol=1e-4)
+        np.testing.assert_allclose(got["scores/full"], full[0].numpy(), atol=1e-4)
+        for site in sites:
+            assert store.layout[f"features/{site}"].dtype == "float16"
+            np.testing.assert_allclose(got[f"features/{site}"], records[site]["feature"][0].numpy(), rtol=2e-3,
+                                       atol=2e-3)
+            np.testing.assert_allclose(got[f"residuals/{site}"], records[site]["residual"][0].numpy(), rtol=2e-3,
+                                       atol=2e-3)
+        # both likelihood estimates, in score units, from the store alone (noise level + parameterisation)
+        sigma = got["meta/noise_level"].astype(np.float64)
+        scale = -sigma if family == "unet" else -sigma / (1 - sigma)
+        assert scale == pytest.approx(parameterization.delta_to_score_scale(step).item(), rel=1e-6)
+        model_based = (got["scores/full"] - got["scores/main"]) / scale
+        oracle = (got["scores/target"] - got["scores/main"]) / scale
+        by_hand = parameterization.pred_to_score(full, x_t, step) - parameterization.pred_to_score(main_alone, x_t, step)
+        np.testing.assert_allclose(model_based, by_hand[0].numpy(), rtol=1e-3, atol=1e-3 / abs(scale))
+        assert np.abs(model_based).max() > 0 and np.isfinite(oracle).all()
+
+
+def test_factor_datasets_carry_their_specs(stores):
+    store = FeatureStore(stores["unet"])
+    assert store.factors["kind"] == {"kind": "categorical", "carried": True}
+    assert store.factors["hue"] == {"kind": "continuous", "carried": False}
+    with h5py.File(stores["unet"], "r") as h5:
+        assert h5["meta/factors/texture"].attrs["carried"] == np.False_
+        assert h5["meta/factors/size"].attrs["kind"] == "continuous"
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_decompose_opens_one_gate_per_site(nets, stores, family):
+    store = FeatureStore(stores[family])
+    model = load_dual_branch(nets, family)
+    dataset = build_dataset("shapes", split="val", resolution=16, seed=0)
+    row = 13
+    sample, step = dataset[row // 6], model.parameterization.evenly_spaced_timesteps(3)[(row // 2) % 3][None]
+    x0 = sample["image"][None]
+    x_t = model.parameterization.add_noise(x0, row_noise(tuple(x0.shape[1:]), 0, range(row, row + 1)), step)
+    assert [name.split("/", 1)[1] for name in store.layout if name.startswith("decompose/")] == model.site_names
+    for k, site in enumerate(model.site_names):
+        gates = torch.zeros(len(model.sites))
+        gates[k] = 1
+        with torch.no_grad():
+            expected = model.predict_full_reference(x_t, step, sample["cond"][None], gates=gates)
+        np.testing.assert_allclose(store.read(f"decompose/{site}", [row])[0], expected[0].numpy(), atol=1e-4)
+    assert not np.allclose(store.read(f"decompose/{model.site_names[0]}", [row]), store.read("scores/main", [row]))
+
+
+def test_sites_subset_with_a_timestep_list(nets, tmp_path):
+    out = extract(config_for(nets, "unet", tmp_path / "f.h5", sites="mid,down.1,mid", timesteps="10,990",
+                             decompose=True, residuals=True))
+    store = FeatureStore(out)
+    assert store.sites == ["mid", "down.1"]
+    assert sorted(name for name in store.layout if name.startswith(("decompose/", "residuals/"))) == \
+        ["decompose/down.1", "decompose/mid", "residuals/down.1", "residuals/mid"]
+    assert store.timesteps.tolist() == [10.0, 990.0]
+    assert store.read("meta/t", [0, 1, 2, 4]).tolist() == [10.0, 10.0, 990.0, 10.0]
+
+
+# ----------------------------------------------------------------------------------------------------- options
+def test_parse_timesteps():
+    eps_model = type("M", (), {"parameterization": Parameterization("eps")})()
+    flow_model = type("M", (), {"parameterization": Parameterization("flow")})()
+    assert parse_timesteps("4", eps_model).tolist() == [125, 375, 625, 875]
+    assert parse_timesteps("2", flow_model).tolist() == [250.0, 750.0]
+    assert parse_timesteps("0,500,999", eps_model).dtype == torch.long
+    assert parse_timesteps("500,", eps_model).tolist() == [500]
+    assert parse_timesteps("2.5,1000", flow_model).tolist() == [2.5, 1000.0]
+    for text, model in (("0,1000", eps_model), ("12.5,20", eps_model), ("-1,5", flow_model),
+                        ("5,1000.5", flow_model), (",", eps_model)):
+        with pytest.raises(ValueError, match="outside the schedule"):
+            parse_timesteps(text, model)
+    with pytest.raises(ValueError, match="exceed the schedule"):
+        parse_timesteps("1001", eps_model)
+    with pytest.raises(ValueError, match=">= 1"):
+        parse_timesteps("0", eps_model)
+
+
+def test_parse_sites_and_unknown_site_lists_valid_ones(nets, tmp_path):
+    model = load_dual_branch(nets, "unet")
+    assert parse_sites("all", model) == ["down.0", "down.1", "down.2", "down.3", "mid"]
+    assert parse_sites(" mid , down.0,mid", model) == ["mid", "down.0"]
+    with pytest.raises(ValueError, match=r"unknown site 'down\.9'; valid sites: down\.0, down\.1, .*mid"):
+        extract(config_for(nets, "unet", tmp_path / "f.h5", sites="mid,down.9"))
+    with pytest.raises(ValueError, match="no site named"):
+        parse_sites(",", model)
+    assert not any(tmp_path.iterdir())
+
+
+def test_samples_beyond_the_split_and_bad_config(nets, tmp_path):
+    with pytest.raises(ValueError, match="--samples 1001 exceeds the val split's 1000 samples"):
+        extract(config_for(nets, "dit", tmp_path / "f.h5", samples=1001))
+    assert not any(tmp_path.iterdir())
+    with pytest.raises(ValueError, match="either --ckpt"):
+        ExtractConfig(out="f.h5")
+    with pytest.raises(ValueError, match="--batch-size must be >= 1"):
+        config_for(nets, "unet", tmp_path / "f.h5", batch_size=0)
+
+
+def test_cli_reports_config_errors(capsys):
+    with pytest.raises(SystemExit):
+        main(["--out", "x.h5", "--controlnet", "side"])
+    assert "--controlnet needs --main" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------------------- attrs
+def test_root_attrs_record_the_provenance(nets, stores):
+    main_dir, side_dir = nets["dit"]
+    store = FeatureStore(stores["dit"])
+    attrs = store.attrs
+    assert attrs["schema_version"] == SCHEMA_VERSION
+    assert attrs["config"] == asdict(ForeignRun(main_dir, side_dir, "shapes", None, None))
+    assert attrs["checkpoint"] == str(Path(side_dir).resolve())
+    assert attrs["checkpoint_hash"] == file_digest(side_dir)
+    assert attrs["code_version"] == code_version()
+    assert attrs["parameterization"] == "flow"
+    expected = asdict(config_for(nets, "dit", stores["dit"], residuals=True, decompose=True))
+    assert attrs["extract_args"] == expected
+    assert attrs["lisa_site"] == ""
+
+
+# ----------------------------------------------------------------------------------------------------- overwrite
+def test_refuses_to_overwrite_and_streams_batch_by_batch(nets, tmp_path, monkeypatch):
+    """Nothing is at the final path while running; each forward and each write holds at most one batch."""
+    out = tmp_path / "f.h5"
+    calls, writes = [], []
+    original_rows, original_write = Extractor.rows, FeatureStoreWriter.write_rows
+
+    def spy_rows(self, rows, lisa_site):
+        assert not out.exists() and partial_path(out).exists()
+        calls.append(rows)
+        return original_rows(self, rows, lisa_site)
+
+    def spy_write(self, start_row, batch):
+        writes.append(len(batch["meta/t"]))
+        return original_write(self, start_row, batch)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Extractor, "rows", spy_rows)
+        patch.setattr(FeatureStoreWriter, "write_rows", spy_write)
+        extract(config_for(nets, "unet", out, batch_size=4))
+    assert [(r.start, r.stop) for r in calls] == [(s, min(s + 4, 36)) for s in range(0, 36, 4)]
+    assert max(writes) == 4 and sum(writes) == 36
+    assert not partial_path(out).exists()
+    before = out.read_bytes()
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        extract(config_for(nets, "unet", out, timesteps="2"))
+    assert out.read_bytes() == before
+    extract(config_for(nets, "unet", out, timesteps="2", overwrite=True))
+    assert FeatureStore(out).n_rows == 24
+
+
+def test_batch_plans():
+    assert shard_rows(36, 5, 0, 1) == range(36)
+    assert [shard_rows(36, 5, rank, 2) for rank in (0, 1)] == [range(20), range(20, 36)]
+    assert [shard_rows(10, 4, rank, 3) for rank in (0, 1, 2)] == [range(4), range(4, 8), range(8, 10)]
+    with pytest.raises(ValueError, match="fewer than the 3 processes"):
+        shard_rows(8, 4, 0, 3)
+    assert list(pending_batches(range(20, 36), 0, 5)) == [(range(20, 25), 0), (range(25, 30), 0),
+                                                          (range(30, 35), 0), (range(35, 36), 0)]
+    assert list(pending_batches(range(10), 7, 3)) == [(range(6, 9), 1), (range(9, 10), 0)]
+    assert list(pending_batches(range(10), 10, 3)) == []
+    assert list(pending_batches(range(6, 12), 0, 3)) == [(range(6, 9), 0), (range(9, 12), 0)]
+
+
+# ----------------------------------------------------------------------------------------------------- resume
+class Interrupted(Exception):
+    """Stands for a crash in the middle of an extraction."""
+
+
+def test_interrupted_in_process_then_resumed_equals_uninterrupted(nets, reference_store, tmp_path, monkeypatch):
+    out = tmp_path / "f.h5"
+    original = Extractor.rows
+    calls = []
+
+    def failing_rows(self, rows, lisa_site):
+        calls.append(rows)
+        if len(calls) == 16:  # rows 45..47: one 32-row chunk committed
+            raise Interrupted
+        return original(self, rows, lisa_site)
+
+    monkeypatch.setattr(Extractor, "rows", failing_rows)
+    with pytest.raises(Interrupted):
+        extract(config_for(nets, "unet32", out, **RESUMABLE))
+    with h5py.File(partial_path(out), "r") as h5:
+        assert h5.attrs["rows_done"] == 32 and not h5.attrs["complete"]
+    with pytest.raises(FileExistsError, match="--resume"):
+        extract(config_for(nets, "unet32", out, **RESUMABLE))
+    calls.clear()
+    extract(config_for(nets, "unet32", out, resume=True, **RESUMABLE))
+    assert calls[0] == range(30, 33)  # the batch holding row 32 is recomputed whole, as in the uninterrupted run
+    assert_stores_equal(out, reference_store)
+
+
+def read_progress_until(process: subprocess.Popen, rows: int, timeout: float) -> str:
+    """Read the child's stderr until its progress bar shows ``rows`` rows done (or it ends); returns the text."""
+    text, deadline = "", time.monotonic() + timeout
+    with selectors.DefaultSelector() as selector:
+        selector.register(process.stderr, selectors.EVENT_READ)
+        while time.monotonic() < deadline:
+            if not selector.select(timeout=1):
+                continue
+            chunk = os.read(process.stderr.fileno(), 1 << 16).decode(errors="replace")
+            text += chunk
+            if not chunk or max(map(int, re.findall(r"(\d+)/\d+ \[", text)), default=0) >= rows:
+                break
+    return text
+
+
+def test_killed_extraction_resumes_to_the_same_store(nets, reference_store, tmp_path):
+    """SIGKILL the CLI part way, resume it with --resume: every dataset equals the uninterrupted extraction."""
+    out = tmp_path / "f.h5"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "lisa_probe.extract", *cli_args(nets, "unet32", out, **RESUMABLE)]
+    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        text = read_progress_until(process, 40, timeout=120)
+        process.send_signal(signal.SIGKILL)
+    finally:
+        process.kill()
+        process.wait()
+    assert process.returncode == -signal.SIGKILL, text[-2000:]
+    assert not out.exists()
+    with h5py.File(partial_path(out), "r") as h5:
+        assert 32 <= h5.attrs["rows_done"] < 120
+    main([*cli_args(nets, "unet32", out, **RESUMABLE), "--resume"])
+    assert not partial_path(out).exists()
+    assert_stores_equal(out, reference_store)
+
+
+# ----------------------------------------------------------------------------------------------------- processes
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_two_processes_merge_into_the_single_process_store(nets, stores, tmp_path):
+    """Two gloo CPU processes (``accelerate launch --multi_gpu``; accelerate's ``--cpu`` would start only one)
+    write shards of whole batches; process 0 merges them into the store one process writes."""
+    out = tmp_path / "f.h5"
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
+               str(free_port()), "-m", "lisa_probe.extract",
+               *cli_args(nets, "unet", out, residuals=True, decompose=True)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, check=False, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.h5"]
+    assert not shard_path(out, 0, 2).exists()
+    single = FeatureStore(stores["unet"])
+    merged = FeatureStore(out)
+    assert {**merged.attrs, "extract_args": None} == {**single.attrs, "extract_args": None}
+    assert merged.attrs["extract_args"] == {**single.attrs["extract_args"], "out": str(out)}
+    with h5py.File(out, "r") as h5, h5py.File(stores["unet"], "r") as reference:
+        for name in single.layout:
+            assert np.array_equal(h5[name][()], reference[name][()]), name
+
+
+def test_resume_keeps_finished_shards(nets, stores, tmp_path, monkeypatch):
+    """Rank 1 finished before rank 0 was killed: --resume keeps its shard, rank 0 finishes and merges."""
+
+    class Rank:
+        num_processes, is_local_main_process, device = 2, False, torch.device("cpu")
+        process_index, is_main_process = 1, False
+
+        def wait_for_everyone(self):
+            pass
+
+    out = tmp_path / "f.h5"
+    monkeypatch.setattr(extract_module, "process_state", Rank)
+    extract(config_for(nets, "dit", out, residuals=True, decompose=True))
+    finished = shard_path(out, 1, 2)
+    stamp = finished.stat().st_mtime_ns
+    extract(config_for(nets, "dit", out, residuals=True, decompose=True, resume=True))
+    assert finished.stat().st_mtime_ns == stamp and not out.exists()
+    Rank.process_index, Rank.is_main_process = 0, True
+    extract(config_for(nets, "dit", out, residuals=True, decompose=True, resume=True))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.h5"]
+    merged, single = FeatureStore(out), FeatureStore(stores["dit"])
+    for name in single.layout:
+        assert np.array_equal(merged.read(name), single.read(name)), name
+
+
+# ----------------------------------------------------------------------------------------------------- LISA run
+def test_lisa_run_stores_decoded_scores(nets, tmp_path):
+    train_module = pytest.importorskip("lisa_probe.train", exc_type=ImportError,
+                                       reason="lisa_probe.train is not importable yet")
+    from lisa_probe.config import read_config
+    from lisa_probe.lisa import LisaDecoder
+
+    config = train_module.TrainConfig(main=nets["unet"][0], out_dir=str(tmp_path / "runs"), steps=2, batch_size=4,
+                                      eval_samples=0, checkpoint_every=0)
+    run_dir = train_module.train(config)
+    out = extract(ExtractConfig(out=str(tmp_path / "f.h5"), ckpt=str(run_dir), samples=2, timesteps="2", draws=1,
+                                batch_size=4))
+    store = FeatureStore(out)
+    attrs = store.attrs
+    assert attrs["config"] == read_config(run_dir / "config.yaml")["config"]
+    assert attrs["checkpoint"] == str((run_dir / "controlnet").resolve())
+    assert attrs["checkpoint_hash"] == file_digest(run_dir / "controlnet")
+    model = load_dual_branch({"unet": (nets["unet"][0], str(run_dir / "controlnet"))}, "unet")
+    site = attrs["lisa_site"]
+    assert site == model.default_lisa_site()
+    decoder = LisaDecoder.from_pretrained(run_dir / "lisa_decoder").eval()
+    run_config = attrs["config"]
+    dataset = build_dataset(run_config["dataset"], split="val", resolution=16, condition=run_config["condition"],
+                            seed=run_config["seed"])
+    sample, step = dataset[0], torch.tensor([250])
+    x0 = sample["image"][None]
+    x_t = model.parameterization.add_noise(x0, row_noise(tuple(x0.shape[1:]), 0, range(1)), step)
+    with torch.no_grad(), capture(model, [site]) as records:
+        model.predict_full_reference(x_t, step, sample["cond"][None])
+        decoded = decoder(model.feature_to_map(site, records[site]["feature"]), step)
+    assert store.layout["scores/decoded"].shape == store.layout["scores/target"].shape
+    np.testing.assert_allclose(store.read("scores/decoded", [0])[0], decoded[0].numpy(), atol=1e-4)
+

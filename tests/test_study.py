@@ -1,0 +1,57 @@
+"""The study runner end to end on tiny settings (the --quick path with tiny models)."""
+
+import pandas as pd
+import yaml
+
+from lisa_probe.study import bootstrap_ci, convergence_table, load_study, run_study
+
+TINY_STUDY = {
+    "name": "tiny",
+    "settings": {
+        "unet": {"pretrain": {"backbone": "unet", "preset": "tiny", "resolution": 16, "steps": 2, "batch_size": 4,
+                              "eval_samples": 8, "sample_steps": 2},
+                 "train": {"steps": 4, "batch_size": 4, "eval_every": 2, "checkpoint_every": 2, "eval_samples": 8,
+                           "sample_steps": 2, "convergence_threshold": 0.0}},
+    },
+    "arms": {"baseline": {"lisa_weight": 0.0}, "lisa": {"lisa_weight": 0.2}},
+    "seeds": [0, 1],
+    "extract": {"samples": 4, "timesteps": 2, "batch_size": 4},
+    "quick": {"seeds": [0], "train": {"steps": 2}},
+}
+
+
+def write_study(tmp_path, **changes):
+    study = {**TINY_STUDY, "out_dir": str(tmp_path / "runs"), "results_dir": str(tmp_path / "results"), **changes}
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(study))
+    return path
+
+
+def test_quick_overrides(tmp_path):
+    study = load_study(write_study(tmp_path), quick=True)
+    assert study["seeds"] == [0] and study["settings"]["unet"]["train"]["steps"] == 2
+    assert study["name"] == "tiny-quick"
+
+
+def test_study_trains_every_arm_and_seed_and_summarises(tmp_path):
+    results = run_study(write_study(tmp_path), analyze=False)
+    runs = pd.read_csv(results / "runs.csv")
+    assert sorted(zip(runs["arm"], runs["seed"])) == [("baseline", 0), ("baseline", 1), ("lisa", 0), ("lisa", 1)]
+    convergence = pd.read_csv(results / "convergence.csv")
+    assert set(convergence["arm"]) == {"baseline", "lisa"}
+    assert (convergence["mean_step"] == 2).all()  # threshold 0: converged at the first evaluation
+    assert "Convergence" in (results / "README.md").read_text()
+    # an interrupted/finished study continues: nothing is retrained
+    stamp = (tmp_path / "runs" / "tiny" / "unet-lisa-s0" / "summary.json").stat().st_mtime
+    run_study(write_study(tmp_path), analyze=False)
+    assert (tmp_path / "runs" / "tiny" / "unet-lisa-s0" / "summary.json").stat().st_mtime == stamp
+
+
+def test_bootstrap_and_never_converged_runs():
+    low, high = bootstrap_ci(pd.Series([10.0, 20.0, 30.0]).to_numpy())
+    assert 10 <= low <= 20 <= high <= 30
+    runs = pd.DataFrame({"setting": ["s"] * 4, "arm": ["baseline", "baseline", "lisa", "lisa"],
+                         "convergence_step": [100, None, 50, 50]})
+    table = convergence_table(runs, {"s": 300}).set_index("arm")
+    assert table.loc["baseline", "mean_step"] == 200 and table.loc["baseline", "n_converged"] == 1
+    assert table.loc["lisa", "speedup_vs_baseline"] == 4
