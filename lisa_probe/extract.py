@@ -312,6 +312,7 @@ def merge(out: Path, state: PartialState, overwrite: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point; returns the exit status."""
     parser = argparse.ArgumentParser(prog="python -m lisa_probe.extract", description=__doc__.splitlines()[0])
     add_dataclass_arguments(parser, ExtractConfig)
     args = parser.parse_args(argv)
