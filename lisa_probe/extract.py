@@ -67,7 +67,8 @@ class ExtractConfig:
     decompose: bool = field(default=False, metadata=_opt("also store the prediction with only one site's gate "
                                                          "open, per extracted site"))
     feature_dtype: str = field(default="float16", metadata=_opt("feature dtype", choices=("float16", "float32")))
-    compression: str = field(default="lzf", metadata=_opt("HDF5 compression", choices=COMPRESSIONS))
+    compression: str = field(default="none", metadata=_opt("HDF5 compression (none: dense float16 features do not "
+                                                            "compress; see bench/bench_extract.py)", choices=COMPRESSIONS))
     resume: bool = field(default=False, metadata=_opt("continue an interrupted extraction"))
     overwrite: bool = field(default=False, metadata=_opt("replace an existing output"))
 
@@ -145,9 +146,10 @@ def row_noise(shape: tuple[int, ...], seed: int, rows: range) -> torch.Tensor:
                         for row in rows])
 
 
-def _numpy(tensor: torch.Tensor) -> np.ndarray:
-    """A float tensor (any device) as a float32 numpy array of the same shape."""
-    return tensor.detach().float().cpu().numpy()
+def _numpy(tensor: torch.Tensor, dtype: str = "float32") -> np.ndarray:
+    """A float tensor (any device) as a numpy array of the same shape in ``dtype`` (cast by torch: numpy's float32 ->
+    float16 cast is ~3x slower than writing the rows uncompressed)."""
+    return tensor.detach().to(getattr(torch, dtype)).cpu().numpy()
 
 
 class Extractor:
@@ -199,10 +201,11 @@ class Extractor:
                  "scores/main": _numpy(out.pred_main), "scores/full": _numpy(out.pred_full)}
         for name, values in batch["factors"].items():
             block[f"meta/factors/{name}"] = values.numpy()
+        dtype = self.config.feature_dtype
         for site in self.sites:
-            block[f"features/{site}"] = _numpy(records[site]["feature"])
+            block[f"features/{site}"] = _numpy(records[site]["feature"], dtype)
             if self.config.residuals:
-                block[f"residuals/{site}"] = _numpy(records[site]["residual"])
+                block[f"residuals/{site}"] = _numpy(records[site]["residual"], dtype)
         if lisa_site is not None:
             feature = model.feature_to_map(lisa_site, records[lisa_site]["feature"])
             block["scores/decoded"] = _numpy(self.decoder(feature, model_steps))
