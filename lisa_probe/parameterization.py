@@ -58,7 +58,7 @@ class Parameterization:
         return self._ddpm()
 
     @classmethod
-    def from_scheduler_config(cls, config: dict) -> "Parameterization":
+    def from_scheduler_config(cls, config: dict) -> Parameterization:
         """Rebuild from a diffusers scheduler config (``scheduler/scheduler_config.json``)."""
         if config.get("_class_name", "").startswith("FlowMatch"):
             return cls("flow", config.get("num_train_timesteps", 1000))

@@ -22,8 +22,8 @@ import torch.nn.functional as F
 
 from lisa_probe.config import add_dataclass_arguments, config_from_args, write_config
 from lisa_probe.data import DATASET_NAMES, build_dataset
-from lisa_probe.evaluation import CONTROL_METRIC
 from lisa_probe.engine import LoopConfig, Objective, fit
+from lisa_probe.evaluation import CONTROL_METRIC
 from lisa_probe.hooks import capture
 from lisa_probe.lisa import DISTANCES, SCHEDULES, LisaDecoder, lisa_distance, lisa_rows, lisa_target, lisa_weight
 from lisa_probe.models import DualBranch

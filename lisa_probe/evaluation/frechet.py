@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import scipy.linalg
 import torch
@@ -32,7 +34,9 @@ def frechet_distance_from_stats(mu1: np.ndarray, cov1: np.ndarray, mu2: np.ndarr
     Numerical fix as in pytorch-fid: when the product's square root is not finite, ``eps`` is added to both
     diagonals; a complex result with a negligible imaginary diagonal is replaced by its real part.
     """
-    covmean = scipy.linalg.sqrtm(cov1 @ cov2)
+    with warnings.catch_warnings():  # singular products are expected (N < D, identical features) and handled below
+        warnings.simplefilter("ignore", scipy.linalg.LinAlgWarning)
+        covmean = scipy.linalg.sqrtm(cov1 @ cov2)
     if not np.isfinite(covmean).all():
         offset = np.eye(cov1.shape[0]) * eps
         covmean = scipy.linalg.sqrtm((cov1 + offset) @ (cov2 + offset))

@@ -262,7 +262,7 @@ def load_or_train_readback(dataset, cache_dir: str | Path, config: ReadbackConfi
         raise ValueError(f"dataset {identity['name']!r} has no carried factors: nothing for a read-back net to learn")
     path = Path(cache_dir) / f"readback-{cache_key(identity, config)}"
     meta = _read_meta(path)
-    if meta and meta["dataset"] == identity and meta["config"] == dataclasses.asdict(config):
+    if meta and meta.get("dataset") == identity and meta.get("config") == dataclasses.asdict(config):
         return CachedReadback(_load(path, meta).to(device), meta["heldout"], path, trained=False)
     start = time.perf_counter()
     images, factors = load_samples(build_split(identity, "train", config.n_train), "train samples", progress)

@@ -2,6 +2,8 @@ import numpy as np
 import pytest
 import torch
 
+from lisa_probe.data import build_dataset
+from lisa_probe.data.shapes import render
 from lisa_probe.evaluation.fidelity import (
     canny_edges,
     control_fidelity,
@@ -108,3 +110,36 @@ def test_bad_inputs_raise():
         control_fidelity(images, torch.zeros(3, 1, 16, 16), "mask")
     with pytest.raises(ValueError, match="unknown condition kind"):
         control_fidelity(images, cond, "depth")
+
+
+def _rendered_batch(resolution: int, condition: str, shift: int = 0, n: int = 16):
+    """Images re-rendered by ``shapes.render`` from the factors of n val samples (optionally shifted right by
+    ``shift`` px), with the conditions of those samples."""
+    dataset = build_dataset("shapes", split="val", resolution=resolution, condition=condition, size=n)
+    samples = [dataset[i] for i in range(n)]
+    images = [render({**s["factors"], "size": max(s["factors"]["size"], 0.5)}, resolution) for s in samples]
+    image = torch.from_numpy(np.stack([r["image"].transpose(2, 0, 1) for r in images]) * 2 - 1)
+    cond = torch.from_numpy(np.stack([r[condition][None] for r in images]))
+    return torch.roll(image, shift, dims=3), cond
+
+
+@pytest.mark.parametrize("condition", ["mask", "edges", "distance"])
+def test_shapes_perfect_rendering_shifted_and_blank(condition):
+    images, cond = _rendered_batch(32, condition)
+    perfect = control_fidelity(images, cond, condition)
+    assert perfect["edge_f1"] > 0.95
+    assert perfect["mask_iou"] > (0.65 if condition == "edges" else 0.9)  # edges: the drawn outline counts as inside
+    shifted, _ = _rendered_batch(32, condition, shift=1)
+    tolerant = control_fidelity(shifted, cond, condition, tol=1)["edge_f1"]
+    assert tolerant > 0.75  # edges: the image's boundary is up to ~1.5 px from a 1-px outline shifted by 1 px
+    assert control_fidelity(shifted, cond, condition, tol=0)["edge_f1"] < tolerant - 0.3
+    assert control_fidelity(torch.zeros_like(images), cond, condition) == {"edge_f1": 0.0, "mask_iou": 0.0}
+
+
+def test_digits_stroke_perfect_and_mismatched():
+    dataset = build_dataset("digits", split="val", resolution=32, condition="stroke", size=32)
+    batch = torch.utils.data.default_collate([dataset[i] for i in range(32)])
+    matched = control_fidelity(batch["image"], batch["cond"], "stroke")
+    mismatched = control_fidelity(batch["image"].roll(1, dims=0), batch["cond"], "stroke")
+    assert matched["edge_f1"] > 0.95 and matched["mask_iou"] > 0.85
+    assert mismatched["mask_iou"] < matched["mask_iou"] - 0.3

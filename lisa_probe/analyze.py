@@ -1,0 +1,736 @@
+"""``python -m lisa_probe.analyze features/a.h5 [features/b.h5 ...] --out reports/<name>/``: dissect feature stores.
+
+Every store is one *run* (labelled by its file stem, or ``--labels``; ``--random-reference`` adds a store of an
+untrained side net as ``random-init``). Per run, site and timestep bin it measures
+
+* **alignment** of the side features with the two likelihood-score estimates in prediction units, ``model`` =
+  ``full − main`` and ``oracle`` = ``target − main``: the LISA decoder's output against each estimate (when the store
+  has ``scores/decoded``), a ridge read-out and linear CKA of mean-pooled features against the estimate on a
+  ``READOUT_GRID``² grid, and a spatial ridge read-out (one map shared by all positions) — each beside its shuffled-
+  pairs reference; a randomly initialised side net is the other reference;
+* **disentanglement**: linear probes with control tasks for every factor, carried vs not-carried summary, DCI / MIG /
+  SAP on PCA-reduced pooled features, and a 2-D embedding (UMAP, or PCA with ``--no-umap``) of one site;
+* **per-site decomposition** of the score: add-one-in from the store's ``decompose/<site>`` rows, and with
+  ``--attribution-samples K`` leave-one-out / add-one-in / integrated gradients / Shapley of the reloaded model
+  (``lisa_probe.attribution``) at the inputs of K of the store's samples;
+* **training curves** from the run directory's ``eval.csv`` and ``summary.json``.
+
+Outputs in ``--out``: ``alignment.csv``, ``probes.csv``, ``carried_summary.csv``, ``disentanglement.csv``,
+``embedding.csv``, ``decomposition.csv``, ``training.csv`` (long form), ``figures/*.png`` and ``report.md``.
+
+Memory: one streamed pass per store reads ~16 MiB of rows at a time. It fills accumulators whose size does not
+depend on the number of rows (the spatial read-out's ``RidgeSufficientStats`` and the decoder alignment's sums, per
+site, bin, estimate and control) and per-row summaries about 100x smaller than the rows (pooled features, the coarse
+estimates, the add-one-in projections); the in-memory analyses run on those summaries. ``--max-rows`` caps the rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shlex
+import shutil
+import sys
+from collections import defaultdict
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from itertools import product
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from matplotlib import pyplot as plt
+from matplotlib.figure import Figure
+from tqdm.auto import tqdm
+
+from lisa_probe.analysis.alignment import (
+    EPS,
+    RidgeSufficientStats,
+    fold_ids,
+    readout_table,
+    resample_to,
+)
+from lisa_probe.analysis.disentanglement import disentanglement_table, reduce_features
+from lisa_probe.analysis.embedding import embedding_table, umap_embed
+from lisa_probe.analysis.plots import (
+    plot_alignment_vs_t,
+    plot_decomposition_bars,
+    plot_decomposition_heatmap,
+    plot_probe_selectivity,
+    plot_training_curves,
+    plot_umap_grid,
+)
+from lisa_probe.analysis.probes import carried_summary, probe_table
+from lisa_probe.analysis.tables import long_table
+from lisa_probe.provenance import code_version, file_digest
+from lisa_probe.store import FeatureStore
+from lisa_probe.store.reader import ITER_BYTES
+
+ESTIMATES = ("model", "oracle")
+CONTROLS = ("none", "shuffled_pairs")
+READOUT_GRID = 4
+MIN_CHUNK_ROWS = 64  # rows per streamed chunk at least, so that the shuffled pairs mix several samples
+RANDOM_LABEL = "random-init"
+TABLES = ("alignment", "probes", "carried_summary", "disentanglement", "embedding", "decomposition", "training")
+ALIGNMENT_FIGURES = (("decoder", "cosine"), ("ridge", "r2"), ("spatial_ridge", "r2"), ("cka", "cka"))
+DISENTANGLEMENT_FIGURES = (("dci", "disentanglement"), ("mig", "mig"), ("sap", "sap"))
+DECOMPOSITION_COLUMNS = ["run", "source", "objective", "t", "t_bin", "method", "example", "site", "metric", "value"]
+
+
+@dataclass
+class AnalyzeOptions:
+    """What to analyse; the command line's options (see ``main``)."""
+
+    sites: list[str] | None = None  # None: every site of each store
+    max_rows: int | None = None  # at most this many rows per store (whole samples, drawn with ``seed``)
+    t_bins: int | None = None  # merge the timestep grid into this many contiguous bins (None: one per timestep)
+    umap: bool = True  # False: a 2-D PCA instead of UMAP (no numba JIT)
+    embedding_site: str | None = None  # default: the LISA site, else the middle site
+    attribution_samples: int = 0  # K samples for the model-based decomposition (0: none)
+    dci_importance: str = "gbt"
+    pca_components: int = 10
+    n_splits: int = 5
+    chunk_rows: int | None = None  # rows per streamed chunk (default: ~16 MiB of rows)
+    seed: int = 0
+
+
+# --------------------------------------------------------------------------------------------------- runs
+@dataclass
+class Run:
+    """One store under analysis: its selected rows (``rows``, increasing) and their ``meta`` (N rows: sample_id, t,
+    noise_level, draw, one column per factor, ``t_bin`` and cross-validation ``fold``)."""
+
+    label: str
+    store: FeatureStore
+    sites: list[str]
+    rows: np.ndarray
+    meta: pd.DataFrame
+    bin_t: np.ndarray  # (n_bins,) mean timestep of each bin
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def lisa_site(self) -> str | None:
+        """The decoder's site when the store has ``scores/decoded``, else None."""
+        return (self.store.attrs.get("lisa_site") or None) if "scores/decoded" in self.store.layout else None
+
+    @property
+    def groups(self) -> np.ndarray:
+        """(N,) sample ids."""
+        return self.meta["sample_id"].to_numpy()
+
+    def bins(self) -> Iterator[tuple[int, float, np.ndarray]]:
+        """``(t_bin, mean timestep, (N,) row mask)`` per timestep bin."""
+        for b, t in enumerate(self.bin_t):
+            yield b, float(t), (self.meta["t_bin"] == b).to_numpy()
+
+    def factors(self, mask: np.ndarray | slice = slice(None)) -> dict[str, tuple]:
+        """``{name: (y (n,), kind, carried)}`` over the rows in ``mask``, leaving out factors constant there."""
+        factors = {}
+        for name, spec in self.store.factors.items():
+            y = self.meta[name].to_numpy()[mask]
+            if len(np.unique(y)) > 1:
+                factors[name] = (y, spec["kind"], spec["carried"])
+        return factors
+
+
+def time_bins(t: np.ndarray, n_bins: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Split the sorted unique timesteps of t (N,) into ``n_bins`` contiguous groups (None: one per timestep).
+
+    Returns:
+        (N,) int64 bin of every row, (n_bins,) mean timestep of every bin.
+    """
+    grid = np.unique(t)
+    groups = np.array_split(np.arange(len(grid)), min(n_bins or len(grid), len(grid)))
+    bin_of = np.concatenate([np.full(len(g), b) for b, g in enumerate(groups)])
+    return bin_of[np.searchsorted(grid, t)], np.array([grid[g].mean() for g in groups])
+
+
+def select_rows(sample_ids: np.ndarray, max_rows: int | None, min_samples: int, seed: int) -> np.ndarray:
+    """Increasing row indices of a random subset of whole samples with at most ``max_rows`` rows (None: all rows)."""
+    if max_rows is None or max_rows >= len(sample_ids):
+        return np.arange(len(sample_ids))
+    unique = pd.unique(sample_ids)
+    keep = int(max_rows // (len(sample_ids) / len(unique)))
+    if keep < min_samples:
+        raise ValueError(f"--max-rows {max_rows} keeps {keep} samples; cross-validation needs at least {min_samples}")
+    chosen = np.random.default_rng(seed).choice(unique, keep, replace=False)
+    return np.flatnonzero(np.isin(sample_ids, chosen))
+
+
+def open_run(path: str | Path, label: str, options: AnalyzeOptions) -> Run:
+    """Open a store and select its rows; ValueError for a file that is not a feature store or an unknown site."""
+    store = FeatureStore(path)
+    sites = options.sites or store.sites
+    unknown = [site for site in sites if site not in store.sites]
+    if unknown:
+        raise ValueError(f"unknown site(s) {unknown} in {path}; valid sites: {', '.join(store.sites)}")
+    if options.embedding_site not in (None, *sites):
+        raise ValueError(f"--embedding-site {options.embedding_site!r} is not among the analysed sites of {path}: "
+                         f"{', '.join(sites)}")
+    meta = store.meta()
+    rows = select_rows(meta["sample_id"].to_numpy(), options.max_rows, options.n_splits, options.seed)
+    meta = meta.iloc[rows].reset_index(drop=True)
+    t_bin, bin_t = time_bins(meta["t"].to_numpy(), options.t_bins)
+    meta = meta.assign(t_bin=t_bin, fold=fold_ids(meta["sample_id"].to_numpy(), options.n_splits))
+    return Run(label, store, list(sites), rows, meta, bin_t)
+
+
+# --------------------------------------------------------------------------------------------------- streaming
+class DecoderAlignmentSums:
+    """``decoder_alignment`` over rows fed chunk by chunk: sums of per-row cosines and relative errors, the squared
+    error and the first two moments of the estimate's elements; ``metrics()`` equals ``decoder_alignment`` of all
+    rows at once."""
+
+    def __init__(self) -> None:
+        self.rows = self.elements = 0
+        self.cosine = self.rel_error = self.sse = self.total = self.squares = 0.0
+
+    def update(self, decoded: np.ndarray, estimate: np.ndarray) -> None:
+        """Add rows: decoded and estimate (n, ...) of the same shape."""
+        d = decoded.reshape(len(decoded), -1).astype(np.float64)
+        e = estimate.reshape(len(estimate), -1).astype(np.float64)
+        d_norm, e_norm = np.linalg.norm(d, axis=1), np.linalg.norm(e, axis=1)
+        self.rows += len(d)
+        self.elements += e.size
+        self.cosine += float(np.sum(np.sum(d * e, axis=1) / np.maximum(d_norm * e_norm, EPS)))
+        self.rel_error += float(np.sum(np.linalg.norm(d - e, axis=1) / np.maximum(e_norm, EPS)))
+        self.sse += float(np.sum((d - e) ** 2))
+        self.total += float(e.sum())
+        self.squares += float(np.sum(e * e))
+
+    def metrics(self) -> dict[str, float]:
+        """``{"cosine", "rel_error", "r2"}`` as ``decoder_alignment`` defines them."""
+        sst = self.squares - self.total**2 / self.elements
+        return {"cosine": self.cosine / self.rows, "rel_error": self.rel_error / self.rows, "r2": 1.0 - self.sse / sst}
+
+
+@dataclass
+class Streamed:
+    """What one pass over a run's rows leaves: per-row summaries in the order of ``Run.rows`` and accumulators.
+
+    Attributes:
+        pooled: ``{site: (N, C)}`` mean-pooled features (tokens: mean over tokens).
+        coarse: ``{estimate: (N, Cs·g·g)}`` score estimate area-averaged to the ``READOUT_GRID`` (g) grid.
+        effect: (N,) ‖full − main‖, the side branch's whole contribution.
+        add_one_in: ``{site: (N,)}`` ``(decompose/<site> − main) · u`` with u the unit direction of ``full − main``.
+        spatial: ``{(site, t_bin, estimate, control): RidgeSufficientStats}`` of the spatial read-out.
+        decoder: ``{(t_bin, estimate, control): DecoderAlignmentSums}`` (empty without ``scores/decoded``).
+    """
+
+    pooled: dict[str, np.ndarray]
+    coarse: dict[str, np.ndarray]
+    effect: np.ndarray
+    add_one_in: dict[str, np.ndarray]
+    spatial: dict[tuple, RidgeSufficientStats]
+    decoder: dict[tuple, DecoderAlignmentSums]
+
+
+def feature_maps(block: np.ndarray) -> np.ndarray | None:
+    """Feature rows as float32 maps (k, C, H, W); tokens (k, N, D) fold onto their √N × √N patch grid (row-major, as
+    ``DualBranch.feature_to_map``) -> (k, D, √N, √N); None when N is not a square."""
+    if block.ndim == 4:
+        return block.astype(np.float32)
+    side = math.isqrt(block.shape[1])
+    if side * side != block.shape[1]:
+        return None
+    return np.swapaxes(block, 1, 2).reshape(len(block), block.shape[2], side, side).astype(np.float32)
+
+
+def pooled_rows(block: np.ndarray) -> np.ndarray:
+    """(k, C, H, W) -> (k, C) spatial mean; tokens (k, N, D) -> (k, D) token mean; float32."""
+    return block.astype(np.float32).mean(axis=(2, 3) if block.ndim == 4 else 1)
+
+
+def _positions(maps: np.ndarray) -> np.ndarray:
+    """(n, C, H, W) -> (n·H·W, C): every spatial position becomes a row."""
+    return np.moveaxis(maps, 1, -1).reshape(-1, maps.shape[1])
+
+
+def shuffle_within(bins: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """(k,) row permutation that moves rows only within their bin: row i is paired with row ``perm[i]``."""
+    perm = np.arange(len(bins))
+    for b in np.unique(bins):
+        rows = np.flatnonzero(bins == b)
+        perm[rows] = rng.permutation(rows)
+    return perm
+
+
+def _pairings(values: np.ndarray, shuffled: np.ndarray) -> dict[str, np.ndarray]:
+    """``{control: (k, ...)}``: the rows as they are and shuffled within their bins."""
+    return {"none": values, "shuffled_pairs": values[shuffled]}
+
+
+def update_spatial(stats: dict, site: str, maps: np.ndarray, estimates: Mapping[str, np.ndarray], folds: np.ndarray,
+                   bins: np.ndarray, shuffled: np.ndarray, n_splits: int) -> None:
+    """Add a chunk to the spatial read-out statistics of ``site``: features maps (k, C, H, W) against every estimate
+    (k, Cs, Hs, Ws) resampled to (H, W), per bin and control."""
+    targets = {name: _pairings(resample_to(values, maps.shape[-2:]), shuffled) for name, values in estimates.items()}
+    for b in np.unique(bins):
+        rows = bins == b
+        x, f = _positions(maps[rows]), np.repeat(folds[rows], maps.shape[-2] * maps.shape[-1])
+        for (estimate, controls), control in product(targets.items(), CONTROLS):
+            key = (site, int(b), estimate, control)
+            if key not in stats:
+                stats[key] = RidgeSufficientStats(maps.shape[1], controls[control].shape[1], n_splits)
+            stats[key].update(x, _positions(controls[control][rows]), f)
+
+
+def update_decoder(sums: dict, decoded: np.ndarray, estimates: Mapping[str, np.ndarray], bins: np.ndarray,
+                   shuffled: np.ndarray) -> None:
+    """Add a chunk of decoder outputs (k, C, H, W) against every estimate, per bin and control."""
+    for (estimate, values), b in product(estimates.items(), np.unique(bins)):
+        rows = bins == b
+        for control, paired in _pairings(values, shuffled).items():
+            sums.setdefault((int(b), estimate, control), DecoderAlignmentSums()).update(decoded[rows], paired[rows])
+
+
+def stream_names(run: Run) -> list[str]:
+    """Datasets the streamed pass reads: the sites' features, the scores and the sites' ``decompose`` rows."""
+    names = [f"features/{site}" for site in run.sites] + ["scores/target", "scores/main", "scores/full"]
+    names += ["scores/decoded"] if run.lisa_site else []
+    return names + [f"decompose/{site}" for site in run.sites if f"decompose/{site}" in run.store.layout]
+
+
+def stream_run(run: Run, options: AnalyzeOptions) -> Streamed:
+    """One pass over the run's rows, a chunk at a time (see the module docstring for what it keeps)."""
+    names = stream_names(run)
+    row_bytes = sum(run.store.layout[name].row_nbytes for name in names)
+    chunk_rows = options.chunk_rows or max(MIN_CHUNK_ROWS, ITER_BYTES // row_bytes)
+    parts, spatial, decoder = defaultdict(list), {}, {}
+    rng = np.random.default_rng(options.seed)
+    start = 0
+    with tqdm(total=len(run.rows), unit="row", desc=f"{run.label}: stream") as progress:
+        for chunk in run.store.iter_chunks(names, run.rows, chunk_rows):
+            meta = run.meta.iloc[start:start + len(chunk["rows"])]
+            start += len(meta)
+            bins, folds = meta["t_bin"].to_numpy(), meta["fold"].to_numpy()
+            shuffled = shuffle_within(bins, rng)
+            main = chunk["scores/main"]
+            estimates = {"model": chunk["scores/full"] - main, "oracle": chunk["scores/target"] - main}
+            for name, values in estimates.items():
+                coarse = resample_to(values, (READOUT_GRID, READOUT_GRID))
+                parts[f"coarse/{name}"].append(coarse.reshape(len(meta), -1).astype(np.float32))
+            for site in run.sites:
+                block = chunk[f"features/{site}"]
+                parts[f"pooled/{site}"].append(pooled_rows(block))
+                maps = feature_maps(block)
+                if maps is not None:
+                    update_spatial(spatial, site, maps, estimates, folds, bins, shuffled, options.n_splits)
+            if run.lisa_site:
+                update_decoder(decoder, chunk["scores/decoded"], estimates, bins, shuffled)
+            delta = estimates["model"].reshape(len(meta), -1).astype(np.float64)
+            norm = np.linalg.norm(delta, axis=1)
+            parts["effect"].append(norm)
+            for name in names:
+                if name.startswith("decompose/"):
+                    alone = (chunk[name] - main).reshape(len(meta), -1)
+                    parts[f"add_one_in/{name.split('/', 1)[1]}"].append(np.sum(alone * delta, axis=1) / np.maximum(norm, EPS))
+            progress.update(len(meta))
+    summaries = {key: np.concatenate(values) for key, values in parts.items()}
+
+    def group(prefix: str) -> dict[str, np.ndarray]:
+        return {key.split("/", 1)[1]: values for key, values in summaries.items() if key.startswith(prefix + "/")}
+
+    return Streamed(group("pooled"), group("coarse"), summaries["effect"], group("add_one_in"), spatial, decoder)
+
+
+# --------------------------------------------------------------------------------------------------- tables
+def _ids(run: Run, site: str | None, b: int, t: float, estimate: str) -> dict:
+    return {"run": run.label, "site": site, "t": t, "t_bin": b, "estimate": estimate}
+
+
+def alignment_table(run: Run, streamed: Streamed, options: AnalyzeOptions) -> pd.DataFrame:
+    """Long table ``[run, site, t, t_bin, estimate, method, control, metric, value]``: methods ``ridge`` and ``cka``
+    (pooled features vs the coarse estimate, ``readout_table``), ``spatial_ridge`` and ``decoder`` (streamed)."""
+    tables = []
+    for (b, t, rows), estimate in product(run.bins(), ESTIMATES):
+        for site in run.sites:
+            tables.append(readout_table(streamed.pooled[site][rows], streamed.coarse[estimate][rows],
+                                        run.groups[rows], n_splits=options.n_splits, seed=options.seed,
+                                        **_ids(run, site, b, t, estimate)))
+            if (site, b, estimate, "none") in streamed.spatial:
+                measured = [{"method": "spatial_ridge", "control": control, "metric": "r2",
+                             "value": streamed.spatial[site, b, estimate, control].cv_r2()} for control in CONTROLS]
+                tables.append(long_table(measured, **_ids(run, site, b, t, estimate)))
+        if streamed.decoder:
+            measured = [{"method": "decoder", "control": control, "metric": metric, "value": value}
+                        for control in CONTROLS
+                        for metric, value in streamed.decoder[b, estimate, control].metrics().items()]
+            tables.append(long_table(measured, **_ids(run, run.lisa_site, b, t, estimate)))
+    return pd.concat(tables, ignore_index=True)
+
+
+def disentanglement_tables(run: Run, streamed: Streamed, options: AnalyzeOptions) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``(probe_table, disentanglement_table)`` rows of every site and timestep bin, on pooled features (DCI / MIG /
+    SAP after PCA to ``pca_components``)."""
+    probes, codes_tables = [], []
+    combos = list(product(run.sites, run.bins()))
+    for site, (b, t, rows) in tqdm(combos, desc=f"{run.label}: probes, DCI", unit="site·bin"):
+        ids = {"run": run.label, "site": site, "t": t, "t_bin": b}
+        X, factors, groups = streamed.pooled[site][rows], run.factors(rows), run.groups[rows]
+        probes.append(probe_table(X, factors, groups, options.n_splits, options.seed, **ids))
+        codes = reduce_features(X, options.pca_components, options.seed)
+        codes_tables.append(disentanglement_table(codes, factors, groups, options.dci_importance, seed=options.seed,
+                                                  **ids))
+    return pd.concat(probes, ignore_index=True), pd.concat(codes_tables, ignore_index=True)
+
+
+def embedding_site(run: Run, options: AnalyzeOptions) -> str:
+    """The site to embed: ``--embedding-site``, else the LISA site, else the middle one of the analysed sites."""
+    if options.embedding_site is not None:
+        return options.embedding_site
+    return run.lisa_site if run.lisa_site in run.sites else run.sites[(len(run.sites) - 1) // 2]
+
+
+def embed(run: Run, streamed: Streamed, options: AnalyzeOptions) -> tuple[pd.DataFrame, Figure]:
+    """2-D embedding (UMAP, or PCA) of one site's pooled features over all rows, scored per factor and by timestep
+    (``embedding_table``; the timestep row has no ``carried``) and plotted coloured by each factor and by t."""
+    site = embedding_site(run, options)
+    X = streamed.pooled[site]
+    method = "umap" if options.umap else "pca"
+    E = umap_embed(X, seed=options.seed) if options.umap else reduce_features(X, 2, options.seed)
+    factors = {**run.factors(), "timestep": (run.meta["t_bin"].to_numpy(), "categorical", False)}
+    table = embedding_table(E, factors, run.groups, n_splits=options.n_splits, method=method, run=run.label, site=site)
+    table["carried"] = table["carried"].astype(object).where(table["factor"] != "timestep", None)
+    labels = {name: y for name, (y, _, _) in factors.items() if name != "timestep"} | {"t": run.meta["t"].to_numpy()}
+    figure = plot_umap_grid(E, labels)
+    figure.suptitle(f"{run.label}: {method} of {site}", y=1.02)
+    return table, figure
+
+
+def _per_row(run: Run, method: str, site: str, metric: str, values: np.ndarray) -> pd.DataFrame:
+    """Store-based decomposition rows of one (method, site, metric), one per analysed row."""
+    return pd.DataFrame({"run": run.label, "source": "store", "objective": "likelihood_projection",
+                         "t": run.meta["t"].astype(float), "t_bin": run.meta["t_bin"], "method": method,
+                         "example": run.rows, "site": site, "metric": metric, "value": values})
+
+
+def store_decomposition(run: Run, streamed: Streamed) -> pd.DataFrame:
+    """``decompose/<site>`` rows as add-one-in attributions of ``likelihood_projection`` (``source="store"``), with the
+    whole effect ‖full − main‖ as method ``all_sites``; ``example`` is the store row."""
+    frames = [_per_row(run, "all_sites", "all", "effect", streamed.effect)]
+    frames += [_per_row(run, "add_one_in", site, "attribution", values) for site, values in streamed.add_one_in.items()]
+    return pd.concat(frames, ignore_index=True)
+
+
+def checkpoint_dirs(run: Run) -> list[Path]:
+    """Where the run's files may be: the directory holding the store's ``checkpoint`` (``<dir>/controlnet``) and its
+    parent (for ``checkpoint-N`` directories)."""
+    holder = Path(run.store.attrs["checkpoint"]).parent
+    return [holder, holder.parent]
+
+
+def rebuild_inputs(run: Run, model, config, dataset_kwargs: dict, index: np.ndarray):
+    """The model inputs of store rows ``run.rows[index]`` as the extraction built them: sample ``row // (n_rows /
+    samples)`` of its split, noise ``row_noise(seed, row)`` and the row's timestep.
+
+    Returns:
+        x_t (n, C, H, W), timesteps (n,) (long for eps/v, float for flow), cond (n, Cc, Hc, Wc).
+    """
+    from lisa_probe.data import build_dataset
+    from lisa_probe.extract import row_noise
+
+    args = run.store.attrs["extract_args"]
+    dataset = build_dataset(config.dataset, split=args["split"], **dataset_kwargs)
+    rows = run.rows[index]
+    samples = [dataset[int(row // (run.store.n_rows // args["samples"]))] for row in rows]
+    stored = run.meta["sample_id"].to_numpy()[index]
+    if [sample["id"] for sample in samples] != list(stored):
+        raise ValueError(f"the {args['split']} split no longer yields the store's samples (e.g. {stored[0]!r})")
+    x0 = model.encode_images(torch.stack([sample["image"] for sample in samples]))
+    noise = row_noise(tuple(x0.shape[1:]), args["seed"], [int(row) for row in rows])
+    dtype = torch.float32 if model.parameterization.prediction_type == "flow" else torch.long
+    steps = torch.as_tensor(run.meta["t"].to_numpy()[index]).to(dtype)
+    return model.parameterization.add_noise(x0, noise, steps), steps, torch.stack([s["cond"] for s in samples])
+
+
+def model_decomposition(run: Run, options: AnalyzeOptions) -> pd.DataFrame | None:
+    """``attribution_table`` (``source="model"``) of the reloaded run at all rows of ``attribution_samples`` random
+    samples; None, with a note, when the store's checkpoint is not a loadable lisa_probe run."""
+    from lisa_probe.attribution import attribution_table
+    from lisa_probe.runs import load_run
+
+    checkpoint = Path(run.store.attrs["checkpoint"])
+    try:
+        config, model, decoder, dataset_kwargs = load_run(checkpoint.parent)
+    except (ValueError, OSError, TypeError) as error:
+        run.notes.append(f"model-based decomposition skipped: {checkpoint} is not a loadable lisa_probe run ({error})")
+        return None
+    if file_digest(checkpoint) != run.store.attrs.get("checkpoint_hash"):
+        run.notes.append(f"{checkpoint} changed since the extraction (hash differs): model-based attributions use "
+                         "the current side net")
+    samples = pd.unique(run.groups)
+    chosen = np.random.default_rng(options.seed).choice(samples, min(options.attribution_samples, len(samples)),
+                                                        replace=False)
+    index = np.flatnonzero(np.isin(run.groups, chosen))
+    x_t, steps, cond = rebuild_inputs(run, model, config, dataset_kwargs, index)
+    model.requires_grad_(False)
+    decoder = decoder.eval() if decoder is not None else None
+    table = attribution_table(model, x_t, steps, cond, decoder, run.lisa_site, t_bins=run.meta["t_bin"].to_numpy()[index],
+                              seed=options.seed, run=run.label, source="model")
+    return table.assign(example=run.rows[index][table["example"]])
+
+
+def training_table(run: Run) -> pd.DataFrame | None:
+    """``eval.csv`` of the run directory as ``[run, step, metric, value]`` plus ``summary.json``'s
+    ``convergence_step`` and ``seconds_per_step`` (``step`` empty); None, with a note, when there is no ``eval.csv``."""
+    run_dir = next((d for d in checkpoint_dirs(run) if (d / "eval.csv").exists()), None)
+    if run_dir is None:
+        run.notes.append(f"no training curves: no eval.csv beside {run.store.attrs['checkpoint']}")
+        return None
+    table = pd.read_csv(run_dir / "eval.csv").assign(run=run.label)[["run", "step", "metric", "value"]]
+    summary_path = run_dir / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    extra = [{"run": run.label, "step": np.nan, "metric": key, "value": summary[key]}
+             for key in ("convergence_step", "seconds_per_step") if summary.get(key) is not None]
+    return pd.concat([table, pd.DataFrame(extra, columns=table.columns)], ignore_index=True)
+
+
+# --------------------------------------------------------------------------------------------------- figures
+class Figures:
+    """Saves figures under ``<out>/figures`` and remembers them by report section."""
+
+    def __init__(self, out: Path) -> None:
+        self.out, self.sections = out, defaultdict(list)
+        (out / "figures").mkdir(parents=True, exist_ok=True)
+
+    def save(self, section: str, name: str, figure: Figure, caption: str) -> None:
+        path = Path("figures") / f"{name}.png"
+        figure.savefig(self.out / path, dpi=90, bbox_inches="tight")
+        plt.close(figure)
+        self.sections[section].append((caption, path.as_posix()))
+
+
+def _has(table: pd.DataFrame, **equal) -> pd.DataFrame:
+    mask = np.logical_and.reduce([table[column] == value for column, value in equal.items()])
+    return table[mask]
+
+
+def alignment_figures(figures: Figures, table: pd.DataFrame) -> None:
+    for (method, metric), estimate in product(ALIGNMENT_FIGURES, ESTIMATES):
+        data = _has(table, method=method, metric=metric, estimate=estimate)
+        if len(data):
+            figures.save("alignment", f"alignment_{method}_{metric}_{estimate}",
+                         plot_alignment_vs_t(data, metric, method, x="t"),
+                         f"{method} {metric} against the {estimate} estimate (dashed: shuffled pairs)")
+
+
+def disentanglement_figures(figures: Figures, probes: pd.DataFrame, codes: pd.DataFrame) -> None:
+    figures.save("probes", "probe_selectivity", plot_probe_selectivity(probes, col="site"),
+                 "probe selectivity (task − control) of carried vs not-carried factors, per site")
+    overall = codes[codes["factor"] == "all"]
+    for method, metric in DISENTANGLEMENT_FIGURES:
+        figures.save("disentanglement", f"disentanglement_{method}_{metric}",
+                     plot_alignment_vs_t(overall, metric, method, x="t"), f"{method} {metric} (all factors)")
+
+
+def decomposition_figures(figures: Figures, table: pd.DataFrame) -> None:
+    for (source, objective, method), data in table.groupby(["source", "objective", "method"], sort=False):
+        if method == "all_sites":
+            continue
+        name = f"decomposition_{source}_{objective}_{method}"
+        caption = f"{method} attributions of {objective} ({source}-based), site × timestep bin"
+        figures.save("decomposition", name, plot_decomposition_heatmap(data, method), caption)
+        if method == "integrated_gradients":
+            figures.save("decomposition", name + "_bars", plot_decomposition_bars(data, method), caption + ", stacked")
+
+
+def training_figure(figures: Figures, table: pd.DataFrame) -> None:
+    curves = table[table["step"].notna()]
+    steps = table[table["metric"] == "convergence_step"].set_index("run")["value"].to_dict()
+    figures.save("training", "training_curves", plot_training_curves(curves, steps),
+                 "evaluation metrics during training (dashed: convergence step)")
+
+
+# --------------------------------------------------------------------------------------------------- report
+def _markdown(table: pd.DataFrame) -> str:
+    return table.to_markdown(floatfmt=".3f") if len(table) else "_(no rows)_"
+
+
+def headline(table: pd.DataFrame, index: Sequence[str]) -> str:
+    """Mean ``value`` over everything but ``index``, one column per run (runs side by side)."""
+    if table.empty:
+        return "_(no rows)_"
+    runs = list(pd.unique(table["run"]))
+    pivot = table.groupby([*index, "run"], dropna=False, sort=False)["value"].mean().unstack("run")
+    return _markdown(pivot[runs])
+
+
+def provenance(runs: Sequence[Run]) -> str:
+    """Markdown table of every run's store, rows, sites, parameterisation, checkpoint, hash and code version, then
+    the configs."""
+    rows = []
+    for run in runs:
+        attrs = run.store.attrs
+        rows.append({"run": run.label, "store": str(run.store.paths[0]), "rows": f"{len(run.rows)}/{run.store.n_rows}",
+                     "samples": run.meta["sample_id"].nunique(), "timesteps": ", ".join(f"{t:g}" for t in
+                                                                                        np.unique(run.meta["t"])),
+                     "sites": ", ".join(run.sites), "parameterization": attrs["parameterization"],
+                     "LISA site": run.lisa_site or "-", "checkpoint": attrs["checkpoint"],
+                     "checkpoint hash": str(attrs["checkpoint_hash"])[:12], "code version": attrs["code_version"]})
+    configs = "\n\n".join(f"**{run.label}**\n\n```json\n{json.dumps(run.store.attrs['config'], indent=1)}\n```"
+                          for run in runs)
+    return (pd.DataFrame(rows).to_markdown(index=False)
+            + f"\n\n<details><summary>run configs</summary>\n\n{configs}\n\n</details>\n")
+
+
+def _figure_lines(figures: Figures, section: str) -> str:
+    return "\n\n".join(f"![{caption}]({path})\n*{caption}*" for caption, path in figures.sections[section])
+
+
+def embedding_grid(figures: Figures) -> str:
+    """The per-run embedding figures side by side (one table row)."""
+    shots = figures.sections["embedding"]
+    if not shots:
+        return ""
+    header = "| " + " | ".join(caption for caption, _ in shots) + " |\n|" + " --- |" * len(shots)
+    return header + "\n| " + " | ".join(f"![{caption}]({path})" for caption, path in shots) + " |"
+
+
+def write_report(out: Path, runs: Sequence[Run], tables: Mapping[str, pd.DataFrame], figures: Figures,
+                 command: str) -> Path:
+    """``report.md``: provenance, notes, then every section's headline tables (runs side by side) and figures."""
+    alignment, probes = tables["alignment"], tables["probes"]
+    codes, decomposition, training = tables["disentanglement"], tables["decomposition"], tables["training"]
+    notes = [f"- **{run.label}**: {note}" for run in runs for note in run.notes]
+    sections = [
+        f"# lisa_probe analysis: {' vs '.join(run.label for run in runs)}",
+        f"`{command}` (code version {code_version()})",
+        "## Runs\n\n" + provenance(runs),
+        "## Notes\n\n" + "\n".join(notes) if notes else "",
+        "## Alignment with the likelihood score\n\nEstimates in prediction units: `model` = full − main, `oracle` = "
+        "target − main. `ridge` / `cka`: mean-pooled features vs the estimate on a "
+        f"{READOUT_GRID}×{READOUT_GRID} grid; `spatial_ridge`: one linear map shared by all positions; `decoder`: the "
+        "LISA decoder's output. `shuffled_pairs` pairs features with another sample's estimate. Mean over timestep "
+        "bins:\n\n" + headline(alignment, ["method", "metric", "estimate", "site", "control"]),
+        _figure_lines(figures, "alignment"),
+        "## Disentanglement\n\n### Probes\n\nMean selectivity (task − control task) over factors and timestep bins:\n\n"
+        + headline(tables["carried_summary"].query("metric == 'selectivity'"), ["site", "contrast"])
+        + "\n\nPer factor (mean over timestep bins):\n\n" + headline(probes, ["factor", "carried", "metric"]),
+        _figure_lines(figures, "probes"),
+        "### DCI, MIG, SAP\n\nOn PCA-reduced pooled features, all factors, mean over timestep bins:\n\n"
+        + headline(codes[codes["factor"] == "all"], ["method", "metric", "site"]),
+        _figure_lines(figures, "disentanglement"),
+        "### Embedding\n\n" + headline(tables["embedding"], ["site", "method", "factor", "metric"]),
+        embedding_grid(figures),
+        "## Per-site decomposition of the likelihood score\n\nMean attribution (prediction units) over examples and "
+        "timestep bins; `all_sites` is the whole effect f(all open) − f(all closed):\n\n"
+        + headline(decomposition, ["source", "objective", "method", "site", "metric"]),
+        _figure_lines(figures, "decomposition"),
+        "## Training\n\n" + (headline(training[training["step"].isna()], ["metric"]) if len(training) else
+                             "_(no eval.csv in the runs' directories)_"),
+        _figure_lines(figures, "training"),
+    ]
+    path = out / "report.md"
+    path.write_text("\n\n".join(section for section in sections if section) + "\n")
+    return path
+
+
+# --------------------------------------------------------------------------------------------------- driver
+def prepare_out(out: Path, overwrite: bool) -> None:
+    """Refuse a non-empty ``out`` without ``overwrite``; with it, delete a previous report's files there."""
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise FileExistsError(f"--out {out} exists and is not empty; pass --overwrite to replace the report in it")
+        shutil.rmtree(out / "figures", ignore_errors=True)
+        for name in (*(f"{table}.csv" for table in TABLES), "report.md"):
+            (out / name).unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def analyze_run(run: Run, options: AnalyzeOptions, figures: Figures) -> dict[str, pd.DataFrame | None]:
+    """All tables of one run (the embedding figure is saved on the way)."""
+    streamed = stream_run(run, options)
+    probes, codes = disentanglement_tables(run, streamed, options)
+    embedding, figure = embed(run, streamed, options)
+    figures.save("embedding", f"embedding_{run.label}", figure, run.label)
+    decomposition = [store_decomposition(run, streamed)] if streamed.add_one_in else []
+    if options.attribution_samples > 0:
+        decomposition.append(model_decomposition(run, options))
+    decomposition = [table for table in decomposition if table is not None]
+    return {"alignment": alignment_table(run, streamed, options), "probes": probes, "disentanglement": codes,
+            "embedding": embedding, "training": training_table(run),
+            "decomposition": pd.concat(decomposition, ignore_index=True) if decomposition else None}
+
+
+def analyze(runs: Sequence[Run], out: Path, options: AnalyzeOptions, command: str = "") -> Path:
+    """Analyse opened runs into ``out`` (prepared by ``prepare_out``); returns the report's path."""
+    figures = Figures(out)
+    per_run = [analyze_run(run, options, figures) for run in runs]
+    empty = {"decomposition": pd.DataFrame(columns=DECOMPOSITION_COLUMNS),
+             "training": pd.DataFrame(columns=["run", "step", "metric", "value"])}
+    tables = {}
+    for name in TABLES:
+        parts = [tables_of_run[name] for tables_of_run in per_run if tables_of_run.get(name) is not None]
+        tables[name] = pd.concat(parts, ignore_index=True) if parts else empty.get(name)
+    tables["carried_summary"] = carried_summary(tables["probes"])
+    for name in TABLES:
+        tables[name].to_csv(out / f"{name}.csv", index=False)
+    alignment_figures(figures, tables["alignment"])
+    disentanglement_figures(figures, tables["probes"], tables["disentanglement"])
+    if len(tables["decomposition"]):
+        decomposition_figures(figures, tables["decomposition"])
+    if len(tables["training"]):
+        training_figure(figures, tables["training"])
+    return write_report(out, runs, tables, figures, command)
+
+
+def run_labels(stores: Sequence[str], labels: str | None, random_reference: str | None) -> list[tuple[str, str]]:
+    """``[(path, label)]``: labels from ``--labels`` or the file stems, plus the random reference."""
+    names = [Path(path).stem for path in stores] if labels is None else [s.strip() for s in labels.split(",")]
+    if len(names) != len(stores):
+        raise ValueError(f"--labels names {len(names)} runs for {len(stores)} stores")
+    pairs = list(zip(stores, names)) + ([(random_reference, RANDOM_LABEL)] if random_reference else [])
+    labels_seen = [label for _, label in pairs]
+    if len(set(labels_seen)) != len(labels_seen):
+        raise ValueError(f"run labels must be unique, got {labels_seen}; name them with --labels")
+    return pairs
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m lisa_probe.analyze", description=__doc__.splitlines()[0])
+    p.add_argument("stores", nargs="+", help="feature stores (.h5) written by lisa_probe.extract")
+    p.add_argument("--out", required=True, help="report directory (e.g. reports/<name>/)")
+    p.add_argument("--labels", help="comma-separated run labels (default: the stores' file stems)")
+    p.add_argument("--random-reference", help=f"store of an untrained side net, analysed as {RANDOM_LABEL!r}")
+    p.add_argument("--sites", help="comma-separated sites (default: every site of each store)")
+    p.add_argument("--max-rows", type=int, help="at most this many rows per store (whole samples)")
+    p.add_argument("--t-bins", type=int, help="merge the timestep grid into this many bins (default: one per t)")
+    p.add_argument("--no-umap", dest="umap", action="store_false", help="embed with PCA instead of UMAP")
+    p.add_argument("--embedding-site", help="site to embed (default: the LISA site, else the middle site)")
+    p.add_argument("--attribution-samples", type=int, default=0,
+                   help="samples for the model-based decomposition (default 0: none)")
+    p.add_argument("--dci-importance", choices=("gbt", "lasso"), default="gbt", help="DCI importance model")
+    p.add_argument("--pca-components", type=int, default=10, help="PCA components before DCI/MIG/SAP")
+    p.add_argument("--n-splits", type=int, default=5, help="cross-validation folds")
+    p.add_argument("--chunk-rows", type=int, help="rows per streamed chunk (default: ~16 MiB of rows)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true", help="replace the report in a non-empty --out")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point; returns the exit status."""
+    cli = parser()
+    args = cli.parse_args(argv)
+    options = AnalyzeOptions(
+        sites=[s.strip() for s in args.sites.split(",") if s.strip()] if args.sites else None,
+        max_rows=args.max_rows, t_bins=args.t_bins, umap=args.umap, embedding_site=args.embedding_site,
+        attribution_samples=args.attribution_samples, dci_importance=args.dci_importance,
+        pca_components=args.pca_components, n_splits=args.n_splits, chunk_rows=args.chunk_rows, seed=args.seed)
+    out = Path(args.out)
+    try:
+        runs = [open_run(path, label, options)
+                for path, label in run_labels(args.stores, args.labels, args.random_reference)]
+        prepare_out(out, args.overwrite)
+    except (ValueError, FileExistsError) as error:
+        cli.error(str(error))
+    command = shlex.join(["python", "-m", "lisa_probe.analyze", *(sys.argv[1:] if argv is None else argv)])
+    print(f"report written to {analyze(runs, out, options, command)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,125 @@
+"""Per-site decomposition of a DualBranch's likelihood score at given inputs.
+
+The side branch's contribution in prediction units is ``Δ(g) = pred_full(g) − pred_main`` for per-site gates ``g``
+(B, S) (all ones: the normal model, all zeros: the main net alone). Each *score objective* projects ``Δ(g)`` of
+example i on a fixed unit direction ``u_i`` (flattened over C, H, W) and returns (B,) values, differentiable in the
+gates; ``lisa_probe.analysis.decomposition`` then splits ``f(1) − f(0)`` over the sites:
+
+* ``likelihood_projection``: ``u_i = Δ_i(1) / ‖Δ_i(1)‖``, the direction of the model's own likelihood-score estimate,
+  so ``f(1) = ‖Δ_i(1)‖`` and ``f(0) = 0``;
+* ``lisa_alignment`` (with a LISA decoder): ``u_i = D(h_i, t_i) / ‖D(h_i, t_i)‖``, the decoder's output at its hooked
+  site (the feature ``h`` does not depend on the gates), so ``f(1)`` is how far the side branch moves the prediction
+  along what the decoder reads from ``h``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+
+import numpy as np
+import pandas as pd
+import torch
+
+from lisa_probe.analysis.decomposition import METHODS, decomposition_table
+from lisa_probe.hooks import capture
+from lisa_probe.models import DualBranch
+
+Objective = Callable[[torch.Tensor], torch.Tensor]
+EPS = 1e-12
+
+
+def _unit_rows(values: torch.Tensor) -> torch.Tensor:
+    """(B, ...) -> (B, P) rows scaled to unit norm (zero rows stay zero)."""
+    rows = values.flatten(1)
+    return rows / rows.norm(dim=1, keepdim=True).clamp_min(EPS)
+
+
+def _projection(model: DualBranch, x_t: torch.Tensor, timesteps: torch.Tensor, cond: torch.Tensor,
+                pred_main: torch.Tensor, direction: torch.Tensor) -> Objective:
+    """``gates (B, S) -> (B,)``: ``(pred_full(gates) − pred_main) · direction`` per example (flattened)."""
+    device = x_t.device
+
+    def objective(gates: torch.Tensor) -> torch.Tensor:
+        pred_full = model(x_t, timesteps, cond, gates=gates.to(device)).pred_full
+        return ((pred_full - pred_main).flatten(1) * direction).sum(dim=1)
+
+    return objective
+
+
+def score_objectives(model: DualBranch, x_t: torch.Tensor, timesteps: torch.Tensor, cond: torch.Tensor,
+                     decoder: torch.nn.Module | None = None, lisa_site: str | None = None) -> dict[str, Objective]:
+    """Score objectives of ``model`` at fixed inputs, for ``lisa_probe.analysis.decomposition``.
+
+    Args:
+        x_t: (B, C, H, W) noisy samples in model space; timesteps: (B,) as fed to the model; cond: (B, Cc, Hc, Wc).
+        decoder: a LISA decoder ``D(feature map, timesteps)``; adds ``lisa_alignment``.
+        lisa_site: the decoder's hooked site (default: ``model.default_lisa_site()``).
+
+    Returns:
+        ``{"likelihood_projection": f, ["lisa_alignment": f]}``, each ``f(gates (B, S)) -> (B,)``; ``pred_main`` and
+        the directions are computed once here (all gates open), so only ``pred_full(gates)`` is recomputed per call.
+    """
+    site = lisa_site or model.default_lisa_site()
+    hook = capture(model, [site], detach=True) if decoder is not None else nullcontext({})
+    with torch.no_grad(), hook as records:
+        out = model(x_t, timesteps, cond, main_rows=len(x_t))
+    directions = {"likelihood_projection": _unit_rows(out.pred_full - out.pred_main)}
+    if decoder is not None:
+        with torch.no_grad():
+            decoded = decoder(model.feature_to_map(site, records[site]["feature"]), timesteps)
+        directions["lisa_alignment"] = _unit_rows(decoded)
+    return {name: _projection(model, x_t, timesteps, cond, out.pred_main, direction)
+            for name, direction in directions.items()}
+
+
+def rank_bins(values: np.ndarray) -> np.ndarray:
+    """(B,) values -> (B,) int64 rank of each value among the sorted unique values (the default ``t_bin``)."""
+    return np.unique(np.asarray(values), return_inverse=True)[1].reshape(-1)
+
+
+def attribution_table(
+    model: DualBranch,
+    x_t: torch.Tensor,
+    timesteps: torch.Tensor,
+    cond: torch.Tensor,
+    decoder: torch.nn.Module | None = None,
+    lisa_site: str | None = None,
+    methods: Sequence[str] = METHODS,
+    t_bins: np.ndarray | None = None,
+    batch_size: int = 32,
+    n_steps: int = 32,
+    n_samples: int = 25,
+    seed: int = 0,
+    **ids,
+) -> pd.DataFrame:
+    """Decompose every ``score_objectives`` objective over ``model.site_names`` at the given inputs.
+
+    Rows are processed in batches of ``batch_size`` (any mix of timesteps: the model takes per-row timesteps), each
+    through ``decomposition_table`` (methods ``leave_one_out``, ``add_one_in``, ``integrated_gradients``,
+    ``shapley_sampling``; ``n_steps`` IG steps, ``n_samples`` Shapley permutations with ``seed``).
+
+    Args:
+        x_t, timesteps, cond: as for ``score_objectives``, B rows in all.
+        t_bins: (B,) bin label of each row (default: ``rank_bins(timesteps)``).
+        **ids: constant identifying columns (``run=...``).
+
+    Returns:
+        long table ``[*ids, objective, t, t_bin, method, example, site, metric, value]`` (``decomposition_table``'s
+        rows), ``example`` being the row index in the inputs and ``t`` its timestep.
+    """
+    steps = timesteps.detach().cpu().double().numpy()
+    t_bins = rank_bins(steps) if t_bins is None else np.asarray(t_bins)
+    tables = []
+    for start in range(0, len(x_t), batch_size):
+        part = slice(start, start + batch_size)
+        objectives = score_objectives(model, x_t[part], timesteps[part], cond[part], decoder, lisa_site)
+        for name, objective in objectives.items():
+            table = decomposition_table(objective, model.site_names, len(x_t[part]), methods, n_steps, n_samples,
+                                        seed, **ids)
+            table.insert(len(ids), "objective", name)
+            tables.append(table.assign(example=table["example"] + start))
+    table = pd.concat(tables, ignore_index=True)
+    table.insert(len(ids) + 1, "t", steps[table["example"]])
+    table.insert(len(ids) + 2, "t_bin", t_bins[table["example"]])
+    return table
