@@ -9,14 +9,13 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from lisa_probe.evaluation.fidelity import check_batch, control_fidelity
+from lisa_probe.evaluation.fidelity import CONDITION_KINDS, check_batch, control_fidelity
 from lisa_probe.evaluation.frechet import disjoint_subsets, fd_real_real, frechet_distance
 from lisa_probe.evaluation.readback import (
     CachedReadback,
     ReadbackConfig,
     build_split,
     carried_heads,
-    dataset_identity,
     embed,
     load_or_train_readback,
     load_samples,
@@ -29,13 +28,13 @@ CONTROL_METRIC = {"edges": "edge_f1", "mask": "mask_iou", "distance": "mask_iou"
 IMAGE_RANGE_SLACK = 1.5  # images with values beyond ±this are rejected as not being in [-1, 1]
 
 
-def reference_features(readback: CachedReadback, dataset, n_reference: int, progress: bool = True) -> np.ndarray:
+def reference_features(readback: CachedReadback, n_reference: int, progress: bool = True) -> np.ndarray:
     """Read-back features (n, D) float64 of the first ``n_reference`` val-split images (fewer if the split is
     smaller), cached beside the net as ``reference-val-<n_reference>.safetensors``."""
     path = readback.path / f"reference-val-{n_reference}.safetensors"
     if path.exists() and not readback.trained:
         return load_file(path)["features"].double().numpy()
-    images, _ = load_samples(build_split(dataset_identity(dataset), "val", n_reference), "reference samples", progress)
+    images, _ = load_samples(build_split(readback.identity, "val", n_reference), "reference samples", progress)
     features = embed(readback.net, images)
     staging = path.with_name(f"{path.name}.tmp")
     save_file({"features": torch.from_numpy(features).float()}, staging)
@@ -58,14 +57,16 @@ class Evaluator:
 
     @classmethod
     def for_dataset(cls, dataset, cache_dir: str | Path, device: str | torch.device = "cpu", n_reference: int = 1000,
-                    config: ReadbackConfig | None = None, tol: float = 1.0, progress: bool = True) -> Evaluator:
+                    config: ReadbackConfig | None = None, tol: float = 1.0, progress: bool = True,
+                    dataset_kwargs: dict | None = None) -> Evaluator:
         """Evaluator for ``dataset``: trains (or loads from ``cache_dir``) its read-back net and the features of
         ``n_reference`` real val-split images. Without carried factors there is no read-back net, and ``fd`` /
-        ``fd_real_real`` are NaN. ``config`` defaults to ``ReadbackConfig()``."""
+        ``fd_real_real`` are NaN. ``config`` defaults to ``ReadbackConfig()``; ``dataset_kwargs`` are the extra
+        ``build_dataset`` options needed to rebuild the dataset's splits (see ``readback.dataset_identity``)."""
         readback = reference = None
         if carried_heads(dataset.factor_specs):
-            readback = load_or_train_readback(dataset, cache_dir, config, device, progress)
-            reference = reference_features(readback, dataset, n_reference, progress)
+            readback = load_or_train_readback(dataset, cache_dir, config, device, progress, dataset_kwargs)
+            reference = reference_features(readback, n_reference, progress)
         else:
             warnings.warn(f"dataset {dataset.name!r} has no carried factors: no read-back scores and no FD",
                           stacklevel=2)
@@ -77,9 +78,9 @@ class Evaluator:
         return {} if self.readback is None else dict(self.readback.heldout)
 
     @property
-    def control_metric(self) -> str:
-        """Name of the headline control-fidelity metric for this dataset's condition kind."""
-        return CONTROL_METRIC[self.condition]
+    def control_metric(self) -> str | None:
+        """Name of the headline control-fidelity metric for this dataset's condition kind (None if it has none)."""
+        return CONTROL_METRIC.get(self.condition)
 
     def check_inputs(self, images: torch.Tensor, cond: torch.Tensor) -> None:
         """Raise ValueError unless images is (N, 3, R, R) in [-1, 1] and cond (N, C, R, R) for this dataset."""
@@ -95,8 +96,11 @@ class Evaluator:
             raise ValueError(f"images must be in [-1, 1], got values up to {float(abs(images).max()):.3g}")
 
     def control_fidelity(self, images: torch.Tensor, cond: torch.Tensor) -> dict[str, float]:
-        """Mean ``edge_f1`` and ``mask_iou`` of images (N, 3, H, W) in [-1, 1] vs conditions (N, C, H, W)."""
+        """Mean ``edge_f1`` and ``mask_iou`` of images (N, 3, H, W) in [-1, 1] vs conditions (N, C, H, W); both NaN
+        for condition kinds the fidelity module does not know (e.g. a folder's custom conditions)."""
         self.check_inputs(images, cond)
+        if self.condition not in CONDITION_KINDS:
+            return {"edge_f1": float("nan"), "mask_iou": float("nan")}
         return control_fidelity(images, cond, self.condition, self.tol)
 
     def frechet(self, images: torch.Tensor) -> dict[str, float]:

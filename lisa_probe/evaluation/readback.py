@@ -109,20 +109,26 @@ class ReadbackNet(nn.Module):
 
 @dataclass
 class CachedReadback:
-    """A read-back net with its held-out scores, cache directory and whether this call trained it."""
+    """A read-back net with its held-out scores, dataset identity, cache directory and whether this call trained
+    it."""
 
     net: ReadbackNet
     heldout: dict[str, float]
+    identity: dict
     path: Path
     trained: bool
 
 
-def dataset_identity(dataset) -> dict:
-    """What determines a dataset's samples: name, resolution, condition, seed (and root for folders)."""
+def dataset_identity(dataset, dataset_kwargs: dict | None = None) -> dict:
+    """What determines a dataset's samples: name, resolution, condition, seed and the extra ``build_dataset``
+    keyword arguments (a folder's ``root`` is taken from the dataset; options it does not keep, such as
+    ``factors_csv`` or ``carried_factors``, must be passed in ``dataset_kwargs``). JSON-ready."""
+    kwargs = {"root": str(Path(dataset.root).resolve())} if getattr(dataset, "root", None) is not None else {}
+    kwargs.update(dataset_kwargs or {})
     identity = {"name": dataset.name, "resolution": int(dataset.resolution), "condition": dataset.condition,
                 "seed": int(dataset.seed)}
-    if getattr(dataset, "root", None) is not None:
-        identity["root"] = str(Path(dataset.root).resolve())
+    if kwargs:
+        identity["kwargs"] = json.loads(json.dumps(kwargs, sort_keys=True, default=str))
     return identity
 
 
@@ -141,9 +147,8 @@ def carried_heads(factor_specs: dict) -> dict[str, int | None]:
 
 def build_split(identity: dict, split: str, size: int):
     """Rebuild a split of the dataset described by ``identity``, with at most ``size`` samples."""
-    kwargs = {"root": identity["root"]} if "root" in identity else {}
     args = dict(name=identity["name"], split=split, resolution=identity["resolution"],
-                condition=identity["condition"], seed=identity["seed"], **kwargs)
+                condition=identity["condition"], seed=identity["seed"], **identity.get("kwargs", {}))
     return build_dataset(**args, size=min(size, len(build_dataset(**args))))
 
 
@@ -248,7 +253,8 @@ def _save(path: Path, net: ReadbackNet, meta: dict) -> None:
 
 
 def load_or_train_readback(dataset, cache_dir: str | Path, config: ReadbackConfig | None = None,
-                           device: str | torch.device = "cpu", progress: bool = True) -> CachedReadback:
+                           device: str | torch.device = "cpu", progress: bool = True,
+                           dataset_kwargs: dict | None = None) -> CachedReadback:
     """The read-back net for ``dataset``'s identity (see :func:`dataset_identity`), from cache or trained.
 
     Trains on the first ``config.n_train`` train-split samples, scores on the first ``config.n_val`` val-split
@@ -256,16 +262,20 @@ def load_or_train_readback(dataset, cache_dir: str | Path, config: ReadbackConfi
     record the same identity and settings is retrained and overwritten. ``config`` defaults to ``ReadbackConfig()``.
     """
     config = ReadbackConfig() if config is None else config
-    identity = dataset_identity(dataset)
+    identity = dataset_identity(dataset, dataset_kwargs)
     heads = carried_heads(dataset.factor_specs)
     if not heads:
         raise ValueError(f"dataset {identity['name']!r} has no carried factors: nothing for a read-back net to learn")
     path = Path(cache_dir) / f"readback-{cache_key(identity, config)}"
     meta = _read_meta(path)
     if meta and meta.get("dataset") == identity and meta.get("config") == dataclasses.asdict(config):
-        return CachedReadback(_load(path, meta).to(device), meta["heldout"], path, trained=False)
+        return CachedReadback(_load(path, meta).to(device), meta["heldout"], identity, path, trained=False)
     start = time.perf_counter()
-    images, factors = load_samples(build_split(identity, "train", config.n_train), "train samples", progress)
+    train_split = build_split(identity, "train", config.n_train)
+    if carried_heads(train_split.factor_specs) != heads:
+        raise ValueError(f"the train split rebuilt from {identity} does not carry the factors {heads} of the given "
+                         "dataset: pass the build_dataset options it was made with as dataset_kwargs")
+    images, factors = load_samples(train_split, "train samples", progress)
     net = train_readback(images, factors, heads, config, device, progress)
     train_seconds = time.perf_counter() - start
     val_images, val_factors = load_samples(build_split(identity, "val", config.n_val), "val samples", progress)
@@ -274,7 +284,7 @@ def load_or_train_readback(dataset, cache_dir: str | Path, config: ReadbackConfi
             "train_seconds": round(train_seconds, 2), "n_train": len(images), "n_val": len(val_images),
             "code_version": code_version(), "format": CACHE_FORMAT}
     _save(path, net, meta)
-    return CachedReadback(net.to(device), heldout, path, trained=True)
+    return CachedReadback(net.to(device), heldout, identity, path, trained=True)
 
 
 def embed(net: ReadbackNet, images: torch.Tensor, batch_size: int = 256) -> np.ndarray:

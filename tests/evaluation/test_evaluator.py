@@ -59,6 +59,11 @@ def test_control_metric_covers_dataset_conditions(setup):
     assert evaluator.control_metric == "mask_iou"
     assert {"edges": "edge_f1", "mask": "mask_iou", "distance": "mask_iou", "stroke": "mask_iou",
             "canny": "edge_f1"}.items() <= CONTROL_METRIC.items()
+    custom = Evaluator("custom", 16, 1, None, None)
+    assert custom.control_metric is None
+    metrics = custom.evaluate(torch.zeros(4, 3, 16, 16), torch.zeros(4, 1, 16, 16), {})
+    assert set(metrics) == {"edge_f1", "mask_iou", "fd", "fd_real_real"}
+    assert all(np.isnan(value) for value in metrics.values())
 
 
 def test_bad_inputs_raise_naming_shapes(setup):

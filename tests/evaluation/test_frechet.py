@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+import scipy.linalg
 import torch
 
 from lisa_probe.evaluation.frechet import (
@@ -11,14 +12,15 @@ from lisa_probe.evaluation.frechet import (
 )
 
 
-def _reference_fd(x: np.ndarray, y: np.ndarray) -> float:
-    """Float64 reference via symmetric eigendecompositions: tr (C1 C2)^½ = tr (C1^½ C2 C1^½)^½."""
+def _reference_fd(x: np.ndarray, y: np.ndarray, eps: float = 1e-6) -> float:
+    """The usual float64 FID formula: scipy.linalg.sqrtm of the product, eps fix, real part (as pytorch-fid)."""
     mu1, mu2 = x.mean(0), y.mean(0)
     c1, c2 = np.cov(x, rowvar=False), np.cov(y, rowvar=False)
-    w, v = np.linalg.eigh(c1)
-    root1 = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
-    inner = np.linalg.eigvalsh(root1 @ c2 @ root1)
-    return float(((mu1 - mu2) ** 2).sum() + np.trace(c1) + np.trace(c2) - 2 * np.sqrt(np.clip(inner, 0, None)).sum())
+    covmean = scipy.linalg.sqrtm(c1 @ c2)
+    if not np.isfinite(covmean).all():
+        offset = np.eye(len(c1)) * eps
+        covmean = scipy.linalg.sqrtm((c1 + offset) @ (c2 + offset))
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(c1) + np.trace(c2) - 2 * np.trace(covmean.real))
 
 
 def test_closed_form_diagonal_gaussians():

@@ -1,10 +1,13 @@
 import dataclasses
 import json
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from lisa_probe.data import build_dataset
+from lisa_probe.data.shapes import draw_factors, render
 from lisa_probe.evaluation.readback import (
     ReadbackConfig,
     cache_key,
@@ -99,3 +102,22 @@ def test_no_carried_factors_is_an_error(tmp_path):
     dataset.factor_specs = {name: spec for name, spec in dataset.factor_specs.items() if not spec.carried}
     with pytest.raises(ValueError, match="no carried factors"):
         load_or_train_readback(dataset, tmp_path, TINY, progress=False)
+
+
+def test_folder_dataset_needs_and_records_its_build_options(tmp_path):
+    root = tmp_path / "images"
+    root.mkdir()
+    lines = ["file,kind"]
+    for index in range(40):
+        factors = draw_factors(0, "train", index)
+        Image.fromarray((render(factors, 16)["image"] * 255).astype(np.uint8)).save(root / f"{index:03d}.png")
+        lines.append(f"{index:03d}.png,{factors['kind']}")
+    (tmp_path / "factors.csv").write_text("\n".join(lines) + "\n")
+    options = {"factors_csv": tmp_path / "factors.csv", "carried_factors": ["kind"]}
+    dataset = build_dataset("folder", split="val", resolution=16, root=root, **options)
+    with pytest.raises(ValueError, match="dataset_kwargs"):
+        load_or_train_readback(dataset, tmp_path / "cache", TINY, progress=False)
+    cached = load_or_train_readback(dataset, tmp_path / "cache", TINY, progress=False, dataset_kwargs=options)
+    assert cached.identity["kwargs"] == {"root": str(root.resolve()), "factors_csv": str(tmp_path / "factors.csv"),
+                                         "carried_factors": ["kind"]}
+    assert set(cached.heldout) == {"kind/accuracy", "kind/chance"}
