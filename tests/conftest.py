@@ -1,7 +1,11 @@
 """Shared tiny models for the tests (built from diffusers configs, never downloaded)."""
 
+from dataclasses import dataclass
+
 import pytest
 import torch
+
+import lisa_probe.evaluation.readback as readback_module
 
 from lisa_probe.models import build_main, build_side, make_dual_branch
 from lisa_probe.models.build import null_context_for
@@ -34,3 +38,18 @@ def dual_branch(request):
 def _cache_dir(tmp_path_factory, monkeypatch):
     """Share the read-back network cache between the tests of one session."""
     monkeypatch.setenv("LISA_PROBE_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+@dataclass(frozen=True)
+class SmallReadbackConfig(readback_module.ReadbackConfig):
+    """A small read-back training budget for tests (the default trains ~1000 steps); tests of the read-back net
+    itself pass their settings explicitly."""
+
+    n_train: int = 1000
+    n_val: int = 200
+    epochs: int = 2
+
+
+@pytest.fixture(autouse=True)
+def _small_readback(monkeypatch):
+    monkeypatch.setattr(readback_module, "ReadbackConfig", SmallReadbackConfig)

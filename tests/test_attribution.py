@@ -1,4 +1,4 @@
-"""Per-site score decomposition of a tiny real DualBranch: IG completeness, add-one-in by hand, the decoder objective."""
+"""Per-site score decomposition of a tiny real DualBranch: IG completeness, add-one-in by hand, decoder objective."""
 
 import numpy as np
 import pytest

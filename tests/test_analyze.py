@@ -1,0 +1,257 @@
+"""``python -m lisa_probe.analyze``: known answers on a synthetic store, streamed = in-memory statistics, and the
+command end to end on stores extracted from tiny trained runs (a LISA run, a baseline, an untrained side net)."""
+
+import json
+import re
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from lisa_probe.analysis.alignment import decoder_alignment, resample_to, spatial_ridge_readout
+from lisa_probe.analyze import (
+    TABLES,
+    AnalyzeOptions,
+    DecoderAlignmentSums,
+    alignment_table,
+    disentanglement_tables,
+    embed,
+    main,
+    open_run,
+    select_rows,
+    store_decomposition,
+    stream_run,
+    time_bins,
+)
+from lisa_probe.extract import ExtractConfig, extract
+from lisa_probe.models import build_main, build_side, save_main
+from lisa_probe.parameterization import Parameterization
+from lisa_probe.store import FeatureStore, FeatureStoreWriter, make_layout
+
+N_SAMPLES, TIMESTEPS, SCORE = 100, (100.0, 700.0), (1, 8, 8)
+DECOMPOSE = {"spatial": 0.25, "pooled": 0.75}  # decompose/<site> = main + share · (full − main)
+FAST = AnalyzeOptions(umap=False, dci_importance="lasso", pca_components=4)
+
+
+def synthetic_rows(rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Rows (sample-major, then timestep) whose features encode the model estimate Δ = full − main and a factor:
+    ``spatial`` (3, 8, 8) = [Δ, 0.5 − Δ, noise]; ``pooled`` (16, 1, 1) = Δ area-averaged to 4×4; ``factor`` (4, 2, 2)
+    carries ``encoded`` in channel 0; ``random`` is in no feature; the oracle is Δ plus noise, the decoder Δ plus a
+    little noise."""
+    n = N_SAMPLES * len(TIMESTEPS)
+    sample = np.repeat(np.arange(N_SAMPLES), len(TIMESTEPS))
+    encoded, random = rng.integers(0, 3, N_SAMPLES)[sample], rng.integers(0, 3, N_SAMPLES)[sample]
+    main, delta = rng.normal(size=(n, *SCORE)), rng.normal(size=(n, *SCORE))
+    noise = rng.normal(size=(n, 1, 8, 8))
+    factor = rng.normal(scale=0.1, size=(n, 4, 2, 2))
+    factor[:, 0] += 2.0 * encoded[:, None, None]
+    rows = {
+        "meta/sample_id": [f"s{i:03d}" for i in sample], "meta/t": np.tile(TIMESTEPS, N_SAMPLES),
+        "meta/noise_level": np.ones(n), "meta/draw": np.zeros(n, dtype=np.int32), "meta/factors/encoded": encoded,
+        "meta/factors/random": random, "features/spatial": np.concatenate([delta, 0.5 - delta, noise], axis=1),
+        "features/pooled": resample_to(delta, (4, 4)).reshape(n, 16, 1, 1), "features/factor": factor,
+        "scores/main": main, "scores/full": main + delta, "scores/target": main + delta + rng.normal(size=(n, *SCORE)),
+        "scores/decoded": delta + 0.05 * rng.normal(size=(n, *SCORE)),
+    }
+    rows.update({f"decompose/{site}": main + share * delta for site, share in DECOMPOSE.items()})
+    return rows
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory) -> Path:
+    """A store written directly with known answers, in chunks of 64 rows."""
+    path = tmp_path_factory.mktemp("synthetic") / "synthetic.h5"
+    layout = make_layout({"spatial": (3, 8, 8), "pooled": (16, 1, 1), "factor": (4, 2, 2)}, SCORE,
+                         {"encoded": {"kind": "categorical", "carried": True},
+                          "random": {"kind": "categorical", "carried": False}},
+                         decoded=True, decompose_sites=list(DECOMPOSE), feature_dtype="float32")
+    attrs = {"config": {"name": "synthetic"}, "checkpoint": str(path.parent / "run" / "controlnet"),
+             "checkpoint_hash": "none", "code_version": "test", "parameterization": "eps", "extract_args": {},
+             "lisa_site": "spatial"}
+    rows = synthetic_rows(np.random.default_rng(0))
+    with FeatureStoreWriter(path, layout, len(rows["meta/t"]), attrs, chunk_bytes=64 * 3 * 64 * 4) as writer:
+        writer.write_rows(0, rows)
+    return path
+
+
+@pytest.fixture(scope="module")
+def analysed(synthetic):
+    """(run, streamed, alignment table) of the synthetic store, streamed in chunks of 50 rows."""
+    options = replace(FAST, chunk_rows=50)
+    run = open_run(synthetic, "synthetic", options)
+    streamed = stream_run(run, options)
+    return run, streamed, alignment_table(run, streamed, options)
+
+
+def values(table: pd.DataFrame, **equal) -> np.ndarray:
+    mask = np.logical_and.reduce([table[column] == value for column, value in equal.items()])
+    return table.loc[mask, "value"].to_numpy()
+
+
+def test_readouts_of_features_that_encode_the_score(analysed):
+    _, _, table = analysed
+    bins = len(TIMESTEPS)
+    spatial = dict(method="spatial_ridge", site="spatial", metric="r2")
+    assert (values(table, **spatial, estimate="model", control="none") > 0.99).sum() == bins
+    assert (values(table, **spatial, estimate="model", control="shuffled_pairs") < 0.1).all()
+    oracle = values(table, **spatial, estimate="oracle", control="none")
+    assert (oracle < 0.9).all() and (oracle > 0.2).all()  # Δ explains half of the oracle's variance
+    pooled = dict(method="ridge", site="pooled", metric="r2", estimate="model")
+    assert (values(table, **pooled, control="none") > 0.99).sum() == bins
+    assert (values(table, **pooled, control="shuffled_pairs") < 0.1).all()
+    assert (values(table, method="cka", site="pooled", estimate="model", control="none") > 0.99).all()
+    decoder = dict(method="decoder", metric="cosine", estimate="model")
+    assert (values(table, **decoder, control="none") > 0.99).all()
+    assert (np.abs(values(table, **decoder, control="shuffled_pairs")) < 0.2).all()
+    assert set(table.loc[table["method"] == "decoder", "site"]) == {"spatial"}
+    assert list(table.columns) == ["run", "site", "t", "t_bin", "estimate", "method", "control", "metric", "value"]
+    np.testing.assert_array_equal(np.unique(table["t"]), TIMESTEPS)
+
+
+def test_streamed_statistics_equal_the_in_memory_functions(synthetic):
+    options = replace(FAST, chunk_rows=30, t_bins=1, sites=["spatial"])
+    run = open_run(synthetic, "one-bin", options)
+    table = alignment_table(run, stream_run(run, options), options)
+    store = FeatureStore(synthetic)
+    delta = store.read("scores/full") - store.read("scores/main")
+    expected = spatial_ridge_readout(store.read("features/spatial"), delta, store.read("meta/sample_id"))
+    streamed = values(table, method="spatial_ridge", estimate="model", control="none")
+    np.testing.assert_allclose(streamed, [expected], rtol=1e-6)
+    decoded = store.read("scores/decoded")
+    sums = DecoderAlignmentSums()
+    for part in np.array_split(np.arange(len(delta)), 3):
+        sums.update(decoded[part], delta[part])
+    for metric, value in decoder_alignment(decoded, delta).items():
+        assert sums.metrics()[metric] == pytest.approx(value, rel=1e-9)
+        assert values(table, method="decoder", metric=metric, estimate="model", control="none")[0] == \
+            pytest.approx(value, rel=1e-9)
+
+
+def test_probes_find_the_encoded_factor_only(analysed):
+    run, streamed, _ = analysed
+    probes, codes = disentanglement_tables(replace(run, sites=["factor"]), streamed, FAST)
+    selectivity = probes[probes["metric"] == "selectivity"]
+    assert (values(selectivity, site="factor", factor="encoded") > 0.5).all()
+    assert (np.abs(values(selectivity, site="factor", factor="random")) < 0.2).all()
+    assert {"dci", "mig", "sap"} <= set(codes["method"])
+    assert set(codes["t_bin"]) == {0, 1}
+
+
+def test_store_decomposition_projects_each_site_on_the_score(analysed):
+    run, streamed, _ = analysed
+    table = store_decomposition(run, streamed)
+    effect = values(table, method="all_sites", metric="effect")
+    for site, share in DECOMPOSE.items():
+        np.testing.assert_allclose(values(table, method="add_one_in", site=site), share * effect, rtol=1e-5)
+    assert (effect > 0).all()
+    assert list(table["example"][:4]) == [0, 1, 2, 3]
+
+
+def test_time_bins_and_row_selection():
+    bins, bin_t = time_bins(np.array([3.0, 1.0, 4.0, 2.0, 1.0]), 2)
+    np.testing.assert_array_equal(bins, [1, 0, 1, 0, 0])
+    np.testing.assert_allclose(bin_t, [1.5, 3.5])
+    np.testing.assert_array_equal(time_bins(np.array([5.0, 1.0]), None)[0], [1, 0])
+    ids = np.repeat([f"s{i}" for i in range(10)], 3)
+    rows = select_rows(ids, 16, 5, seed=0)
+    assert len(rows) == 15 and all((ids[rows] == s).sum() == 3 for s in np.unique(ids[rows]))
+    np.testing.assert_array_equal(select_rows(ids, None, 5, 0), np.arange(30))
+    with pytest.raises(ValueError, match="cross-validation needs at least 5"):
+        select_rows(ids, 10, 5, 0)
+
+
+# ------------------------------------------------------------------------------------------ end to end
+def train_run(main_dir: Path, root: Path, lisa_weight: float) -> Path:
+    """A 2-step side-net run with a made-up eval.csv and convergence step."""
+    from lisa_probe.train import TrainConfig, train
+
+    run_dir = train(TrainConfig(main=str(main_dir), out_dir=str(root / "runs"), steps=2, batch_size=4,
+                                eval_samples=0, checkpoint_every=0, lisa_weight=lisa_weight))
+    steps = [1, 2]
+    pd.DataFrame({"step": steps * 2, "metric": ["edge_f1"] * 2 + ["fid"] * 2,
+                  "value": [0.2, 0.6 + lisa_weight, 9.0, 7.0]}).to_csv(run_dir / "eval.csv", index=False)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    (run_dir / "summary.json").write_text(json.dumps({**summary, "convergence_step": 2}))
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory) -> dict[str, Path]:
+    """Extracted stores of a LISA run, a baseline run (both lisa_probe runs) and an untrained side net."""
+    root = tmp_path_factory.mktemp("e2e")
+    main_net = build_main("unet", "tiny", 16, seed=0)
+    save_main(root / "main", "unet", main_net, Parameterization("eps"))
+    build_side(main_net, "unet", cond_channels=1, seed=0).save_pretrained(root / "random-side")
+    common = dict(samples=10, timesteps="2", batch_size=20, decompose=True)
+    paths = {label: extract(ExtractConfig(out=str(root / f"{label}.h5"), ckpt=str(train_run(root / "main", root, w)),
+                                          **common))
+             for label, w in (("lisa", 0.2), ("baseline", 0.0))}
+    paths["random"] = extract(ExtractConfig(out=str(root / "random.h5"), controlnet=str(root / "random-side"),
+                                            main=str(root / "main"), **common))
+    return paths
+
+
+def test_cli_writes_every_table_figure_and_the_report(stores, tmp_path):
+    out = tmp_path / "report"
+    main([str(stores["lisa"]), str(stores["baseline"]), "--random-reference", str(stores["random"]),
+          "--out", str(out), "--sites", "mid", "--t-bins", "1", "--no-umap", "--dci-importance", "lasso",
+          "--pca-components", "4", "--attribution-samples", "2", "--ig-steps", "8", "--shapley-samples", "4"])
+    tables = {name: pd.read_csv(out / f"{name}.csv") for name in TABLES}
+    for name, table in tables.items():
+        assert len(table), name
+        assert {"run", "value"} <= set(table.columns), name
+    assert set(tables["alignment"]["run"]) == {"lisa", "baseline", "random-init"}
+    assert set(tables["training"]["run"]) == {"lisa", "baseline"}
+    report = (out / "report.md").read_text()
+    linked = set(re.findall(r"\]\((figures/[^)]+\.png)\)", report))
+    on_disk = {path.relative_to(out).as_posix() for path in (out / "figures").glob("*.png")}
+    assert linked == on_disk and len(on_disk) >= 15
+    assert {"figures/embedding_lisa.png", "figures/training_curves.png",
+            "figures/decomposition_model_lisa_alignment_integrated_gradients.png"} <= on_disk
+    for text in ("lisa vs baseline vs random-init", FeatureStore(stores["lisa"]).attrs["checkpoint_hash"][:12],
+                 "model-based decomposition skipped", "the model estimate is zero on every row", "| lisa ", "0.1.0"):
+        assert text in report
+    # the reloaded model at the rebuilt inputs reproduces the store's own add-one-in numbers on the same rows
+    decomposition = tables["decomposition"].query("method == 'add_one_in' and objective == 'likelihood_projection'")
+    by_source = {source: rows.set_index(["run", "example", "site"])["value"]
+                 for source, rows in decomposition.groupby("source")}
+    assert len(by_source["model"]) == 2 * 2 * 2 * 5  # 2 runs × 2 samples × 2 timesteps × 5 sites
+    shared = by_source["model"].index.intersection(by_source["store"].index)
+    assert len(shared) == 2 * 2 * 2  # the store decomposes the analysed site (mid) only
+    np.testing.assert_allclose(by_source["model"][shared], by_source["store"][shared], rtol=1e-3, atol=1e-7)
+    model_runs = tables["decomposition"].query("source == 'model'")
+    assert set(model_runs.loc[model_runs["run"] == "lisa", "objective"]) == {"likelihood_projection", "lisa_alignment"}
+
+
+def test_cli_errors_are_clear(synthetic, tmp_path, capsys):
+    fake = tmp_path / "fake.h5"
+    fake.write_text("not hdf5")
+    cases = [([str(fake)], "not a lisa_probe feature store"),
+             ([str(synthetic), "--sites", "spatial,nope"], "valid sites: spatial, pooled, factor"),
+             ([str(synthetic), str(synthetic)], "run labels must be unique")]
+    for args, message in cases:
+        with pytest.raises(SystemExit) as error:
+            main([*args, "--out", str(tmp_path / "report")])
+        assert error.value.code == 2 and message in capsys.readouterr().err
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "notes.txt").write_text("mine")
+    with pytest.raises(SystemExit):
+        main([str(synthetic), "--out", str(busy)])
+    assert "--overwrite" in capsys.readouterr().err and (busy / "notes.txt").exists()
+
+
+def test_umap_embedding_is_scored_per_factor_and_timestep(analysed):
+    """The one UMAP fit (numba JIT, ~20 s), which must leave torch's thread count as it was."""
+    run, streamed, _ = analysed
+    threads = torch.get_num_threads()
+    table, figure = embed(run, streamed, AnalyzeOptions(embedding_site="factor"))
+    assert torch.get_num_threads() == threads
+    assert set(table["method"]) == {"umap"} and set(table["site"]) == {"factor"}
+    accuracy = table[(table["metric"] == "knn_accuracy")].set_index("factor")["value"]
+    assert accuracy["encoded"] > 0.9 and accuracy["random"] < 0.6
+    assert table.loc[table["factor"] == "timestep", "carried"].isna().all()
+    assert len(figure.axes) == 3  # encoded, random, t
