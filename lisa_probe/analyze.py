@@ -34,7 +34,7 @@ import shutil
 import sys
 from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from itertools import product
 from pathlib import Path
 
@@ -43,6 +43,7 @@ import pandas as pd
 import torch
 from matplotlib import pyplot as plt
 from matplotlib.figure import Figure
+from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
 from lisa_probe.analysis.alignment import (
@@ -74,9 +75,17 @@ READOUT_GRID = 4
 MIN_CHUNK_ROWS = 64  # rows per streamed chunk at least, so that the shuffled pairs mix several samples
 RANDOM_LABEL = "random-init"
 TABLES = ("alignment", "probes", "carried_summary", "disentanglement", "embedding", "decomposition", "training")
-ALIGNMENT_FIGURES = (("decoder", "cosine"), ("ridge", "r2"), ("spatial_ridge", "r2"), ("cka", "cka"))
+ALIGNMENT_FIGURES = (("decoder", "cosine"), ("ridge", "r2"), ("spatial_ridge", "r2"), ("cka", "cka_debiased"))
 DISENTANGLEMENT_FIGURES = (("dci", "disentanglement"), ("mig", "mig"), ("sap", "sap"))
-DECOMPOSITION_COLUMNS = ["run", "source", "objective", "t", "t_bin", "method", "example", "site", "metric", "value"]
+FIGURED_METHOD = {"store": "add_one_in", "model": "integrated_gradients"}
+FACTOR_COLUMNS = ["method", "factor", "kind", "carried"]
+EMPTY_COLUMNS = {  # columns of a table no run has rows for
+    "probes": ["run", "site", "t", "t_bin", *FACTOR_COLUMNS, "score", "metric", "value"],
+    "disentanglement": ["run", "site", "t", "t_bin", *FACTOR_COLUMNS, "metric", "value"],
+    "embedding": ["run", "site", *FACTOR_COLUMNS, "metric", "value"],
+    "decomposition": ["run", "source", "objective", "t", "t_bin", "method", "example", "site", "metric", "value"],
+    "training": ["run", "step", "metric", "value"],
+}
 
 
 @dataclass
@@ -89,6 +98,8 @@ class AnalyzeOptions:
     umap: bool = True  # False: a 2-D PCA instead of UMAP (no numba JIT)
     embedding_site: str | None = None  # default: the LISA site, else the middle site
     attribution_samples: int = 0  # K samples for the model-based decomposition (0: none)
+    ig_steps: int = 32  # integrated-gradients steps of the model-based decomposition
+    shapley_samples: int = 25  # Shapley-sampling permutations of the model-based decomposition
     dci_importance: str = "gbt"
     pca_components: int = 10
     n_splits: int = 5
@@ -293,6 +304,25 @@ def stream_names(run: Run) -> list[str]:
     return names + [f"decompose/{site}" for site in run.sites if f"decompose/{site}" in run.store.layout]
 
 
+def row_summaries(chunk: Mapping[str, np.ndarray], sites: Sequence[str],
+                  estimates: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The per-row summaries of a chunk (k rows): ``pooled/<site>`` (k, C), ``coarse/<estimate>`` (k, Cs·g·g),
+    ``effect`` (k,) and ``add_one_in/<site>`` (k,) for the chunk's ``decompose/<site>`` datasets."""
+    k = len(chunk["rows"])
+    summaries = {f"pooled/{site}": pooled_rows(chunk[f"features/{site}"]) for site in sites}
+    for name, values in estimates.items():
+        coarse = resample_to(values, (READOUT_GRID, READOUT_GRID))
+        summaries[f"coarse/{name}"] = coarse.reshape(k, -1).astype(np.float32)
+    delta = estimates["model"].reshape(k, -1).astype(np.float64)
+    summaries["effect"] = np.linalg.norm(delta, axis=1)
+    direction = delta / np.maximum(summaries["effect"], EPS)[:, None]
+    for name in chunk:
+        if name.startswith("decompose/"):
+            alone = (chunk[name] - chunk["scores/main"]).reshape(k, -1)
+            summaries[f"add_one_in/{name.split('/', 1)[1]}"] = np.sum(alone * direction, axis=1)
+    return summaries
+
+
 def stream_run(run: Run, options: AnalyzeOptions) -> Streamed:
     """One pass over the run's rows, a chunk at a time (see the module docstring for what it keeps)."""
     names = stream_names(run)
@@ -309,24 +339,14 @@ def stream_run(run: Run, options: AnalyzeOptions) -> Streamed:
             shuffled = shuffle_within(bins, rng)
             main = chunk["scores/main"]
             estimates = {"model": chunk["scores/full"] - main, "oracle": chunk["scores/target"] - main}
-            for name, values in estimates.items():
-                coarse = resample_to(values, (READOUT_GRID, READOUT_GRID))
-                parts[f"coarse/{name}"].append(coarse.reshape(len(meta), -1).astype(np.float32))
+            for key, values in row_summaries(chunk, run.sites, estimates).items():
+                parts[key].append(values)
             for site in run.sites:
-                block = chunk[f"features/{site}"]
-                parts[f"pooled/{site}"].append(pooled_rows(block))
-                maps = feature_maps(block)
+                maps = feature_maps(chunk[f"features/{site}"])
                 if maps is not None:
                     update_spatial(spatial, site, maps, estimates, folds, bins, shuffled, options.n_splits)
             if run.lisa_site:
                 update_decoder(decoder, chunk["scores/decoded"], estimates, bins, shuffled)
-            delta = estimates["model"].reshape(len(meta), -1).astype(np.float64)
-            norm = np.linalg.norm(delta, axis=1)
-            parts["effect"].append(norm)
-            for name in names:
-                if name.startswith("decompose/"):
-                    alone = (chunk[name] - main).reshape(len(meta), -1)
-                    parts[f"add_one_in/{name.split('/', 1)[1]}"].append(np.sum(alone * delta, axis=1) / np.maximum(norm, EPS))
             progress.update(len(meta))
     summaries = {key: np.concatenate(values) for key, values in parts.items()}
 
@@ -343,13 +363,19 @@ def _ids(run: Run, site: str | None, b: int, t: float, estimate: str) -> dict:
 
 def alignment_table(run: Run, streamed: Streamed, options: AnalyzeOptions) -> pd.DataFrame:
     """Long table ``[run, site, t, t_bin, estimate, method, control, metric, value]``: methods ``ridge`` and ``cka``
-    (pooled features vs the coarse estimate, ``readout_table``), ``spatial_ridge`` and ``decoder`` (streamed)."""
+    (debiased: few samples per bin; pooled features vs the coarse estimate, ``readout_table``), ``spatial_ridge`` and
+    ``decoder`` (streamed).
+    An estimate that is zero on every row (an untrained side net adds nothing: full = main) is left out, with a note.
+    """
+    estimates = [estimate for estimate in ESTIMATES if np.any(streamed.coarse[estimate])]
+    run.notes += [f"the {estimate} estimate is zero on every row: no alignment with it"
+                  for estimate in ESTIMATES if estimate not in estimates]
     tables = []
-    for (b, t, rows), estimate in product(run.bins(), ESTIMATES):
+    for (b, t, rows), estimate in product(run.bins(), estimates):
         for site in run.sites:
             tables.append(readout_table(streamed.pooled[site][rows], streamed.coarse[estimate][rows],
-                                        run.groups[rows], n_splits=options.n_splits, seed=options.seed,
-                                        **_ids(run, site, b, t, estimate)))
+                                        run.groups[rows], n_splits=options.n_splits, debiased=True,
+                                        seed=options.seed, **_ids(run, site, b, t, estimate)))
             if (site, b, estimate, "none") in streamed.spatial:
                 measured = [{"method": "spatial_ridge", "control": control, "metric": "r2",
                              "value": streamed.spatial[site, b, estimate, control].cv_r2()} for control in CONTROLS]
@@ -384,17 +410,28 @@ def embedding_site(run: Run, options: AnalyzeOptions) -> str:
     return run.lisa_site if run.lisa_site in run.sites else run.sites[(len(run.sites) - 1) // 2]
 
 
-def embed(run: Run, streamed: Streamed, options: AnalyzeOptions) -> tuple[pd.DataFrame, Figure]:
-    """2-D embedding (UMAP, or PCA) of one site's pooled features over all rows, scored per factor and by timestep
-    (``embedding_table``; the timestep row has no ``carried``) and plotted coloured by each factor and by t."""
+def embed(run: Run, streamed: Streamed, options: AnalyzeOptions) -> tuple[pd.DataFrame | None, Figure]:
+    """2-D embedding (UMAP, or PCA) of one site's pooled features over all rows, scored per factor and, with several
+    timestep bins, by bin (``embedding_table``; the timestep rows have no ``carried``; None with neither), plotted
+    coloured by each factor and by t."""
     site = embedding_site(run, options)
     X = streamed.pooled[site]
     method = "umap" if options.umap else "pca"
-    E = umap_embed(X, seed=options.seed) if options.umap else reduce_features(X, 2, options.seed)
-    factors = {**run.factors(), "timestep": (run.meta["t_bin"].to_numpy(), "categorical", False)}
-    table = embedding_table(E, factors, run.groups, n_splits=options.n_splits, method=method, run=run.label, site=site)
-    table["carried"] = table["carried"].astype(object).where(table["factor"] != "timestep", None)
-    labels = {name: y for name, (y, _, _) in factors.items() if name != "timestep"} | {"t": run.meta["t"].to_numpy()}
+    if options.umap:
+        threads = torch.get_num_threads()
+        E = umap_embed(X, seed=options.seed)
+        torch.set_num_threads(threads)  # numba's OpenMP layer resets the shared thread count (100x slower torch)
+    else:
+        E = reduce_features(X, 2, options.seed)
+    factors = run.factors()
+    labels = {name: y for name, (y, _, _) in factors.items()} | {"t": run.meta["t"].to_numpy()}
+    if len(run.bin_t) > 1:
+        factors["timestep"] = (run.meta["t_bin"].to_numpy(), "categorical", False)
+    table = None
+    if factors:
+        table = embedding_table(E, factors, run.groups, n_splits=options.n_splits, method=method, run=run.label,
+                                site=site)
+        table["carried"] = table["carried"].astype(object).where(table["factor"] != "timestep", None)
     figure = plot_umap_grid(E, labels)
     figure.suptitle(f"{run.label}: {method} of {site}", y=1.02)
     return table, figure
@@ -411,7 +448,8 @@ def store_decomposition(run: Run, streamed: Streamed) -> pd.DataFrame:
     """``decompose/<site>`` rows as add-one-in attributions of ``likelihood_projection`` (``source="store"``), with the
     whole effect ‖full − main‖ as method ``all_sites``; ``example`` is the store row."""
     frames = [_per_row(run, "all_sites", "all", "effect", streamed.effect)]
-    frames += [_per_row(run, "add_one_in", site, "attribution", values) for site, values in streamed.add_one_in.items()]
+    frames += [_per_row(run, "add_one_in", site, "attribution", values)
+               for site, values in streamed.add_one_in.items()]
     return pd.concat(frames, ignore_index=True)
 
 
@@ -435,7 +473,8 @@ def rebuild_inputs(run: Run, model, config, dataset_kwargs: dict, index: np.ndar
     args = run.store.attrs["extract_args"]
     dataset = build_dataset(config.dataset, split=args["split"], **dataset_kwargs)
     rows = run.rows[index]
-    samples = [dataset[int(row // (run.store.n_rows // args["samples"]))] for row in rows]
+    rows_per_sample = run.store.n_rows // args["samples"]
+    samples = [dataset[int(row // rows_per_sample)] for row in rows]
     stored = run.meta["sample_id"].to_numpy()[index]
     if [sample["id"] for sample in samples] != list(stored):
         raise ValueError(f"the {args['split']} split no longer yields the store's samples (e.g. {stored[0]!r})")
@@ -448,34 +487,37 @@ def rebuild_inputs(run: Run, model, config, dataset_kwargs: dict, index: np.ndar
 
 def model_decomposition(run: Run, options: AnalyzeOptions) -> pd.DataFrame | None:
     """``attribution_table`` (``source="model"``) of the reloaded run at all rows of ``attribution_samples`` random
-    samples; None, with a note, when the store's checkpoint is not a loadable lisa_probe run."""
+    samples; None, with a note, when the store's checkpoint is not a loadable lisa_probe run (or its data changed)."""
     from lisa_probe.attribution import attribution_table
     from lisa_probe.runs import load_run
 
     checkpoint = Path(run.store.attrs["checkpoint"])
-    try:
-        config, model, decoder, dataset_kwargs = load_run(checkpoint.parent)
-    except (ValueError, OSError, TypeError) as error:
-        run.notes.append(f"model-based decomposition skipped: {checkpoint} is not a loadable lisa_probe run ({error})")
-        return None
-    if file_digest(checkpoint) != run.store.attrs.get("checkpoint_hash"):
-        run.notes.append(f"{checkpoint} changed since the extraction (hash differs): model-based attributions use "
-                         "the current side net")
     samples = pd.unique(run.groups)
     chosen = np.random.default_rng(options.seed).choice(samples, min(options.attribution_samples, len(samples)),
                                                         replace=False)
     index = np.flatnonzero(np.isin(run.groups, chosen))
-    x_t, steps, cond = rebuild_inputs(run, model, config, dataset_kwargs, index)
+    try:
+        config, model, decoder, dataset_kwargs = load_run(checkpoint.parent)
+        x_t, steps, cond = rebuild_inputs(run, model, config, dataset_kwargs, index)
+    except (ValueError, OSError, TypeError) as error:
+        run.notes.append(f"model-based decomposition skipped: cannot rebuild the model and inputs from {checkpoint} "
+                         f"({error})")
+        return None
+    if file_digest(checkpoint) != run.store.attrs.get("checkpoint_hash"):
+        run.notes.append(f"{checkpoint} changed since the extraction (hash differs): model-based attributions use "
+                         "the current side net")
     model.requires_grad_(False)
     decoder = decoder.eval() if decoder is not None else None
-    table = attribution_table(model, x_t, steps, cond, decoder, run.lisa_site, t_bins=run.meta["t_bin"].to_numpy()[index],
-                              seed=options.seed, run=run.label, source="model")
+    bins = run.meta["t_bin"].to_numpy()[index]
+    table = attribution_table(model, x_t, steps, cond, decoder, run.lisa_site, t_bins=bins, n_steps=options.ig_steps,
+                              n_samples=options.shapley_samples, seed=options.seed, run=run.label, source="model")
     return table.assign(example=run.rows[index][table["example"]])
 
 
 def training_table(run: Run) -> pd.DataFrame | None:
     """``eval.csv`` of the run directory as ``[run, step, metric, value]`` plus ``summary.json``'s
-    ``convergence_step`` and ``seconds_per_step`` (``step`` empty); None, with a note, when there is no ``eval.csv``."""
+    ``convergence_step`` and ``seconds_per_step`` (``step`` empty); None, with a note, when there is no
+    ``eval.csv``."""
     run_dir = next((d for d in checkpoint_dirs(run) if (d / "eval.csv").exists()), None)
     if run_dir is None:
         run.notes.append(f"no training curves: no eval.csv beside {run.store.attrs['checkpoint']}")
@@ -497,6 +539,7 @@ class Figures:
         (out / "figures").mkdir(parents=True, exist_ok=True)
 
     def save(self, section: str, name: str, figure: Figure, caption: str) -> None:
+        """Write ``figures/<name>.png``, close the figure and list it under ``section`` with ``caption``."""
         path = Path("figures") / f"{name}.png"
         figure.savefig(self.out / path, dpi=90, bbox_inches="tight")
         plt.close(figure)
@@ -504,11 +547,13 @@ class Figures:
 
 
 def _has(table: pd.DataFrame, **equal) -> pd.DataFrame:
+    """Rows where every named column equals the given value (possibly none)."""
     mask = np.logical_and.reduce([table[column] == value for column, value in equal.items()])
     return table[mask]
 
 
 def alignment_figures(figures: Figures, table: pd.DataFrame) -> None:
+    """Per method (decoder cosine, pooled and spatial ridge R², CKA) and estimate: the value against t per site."""
     for (method, metric), estimate in product(ALIGNMENT_FIGURES, ESTIMATES):
         data = _has(table, method=method, metric=metric, estimate=estimate)
         if len(data):
@@ -518,6 +563,7 @@ def alignment_figures(figures: Figures, table: pd.DataFrame) -> None:
 
 
 def disentanglement_figures(figures: Figures, probes: pd.DataFrame, codes: pd.DataFrame) -> None:
+    """Probe selectivity of carried vs not-carried factors per site; DCI disentanglement, MIG and SAP against t."""
     figures.save("probes", "probe_selectivity", plot_probe_selectivity(probes, col="site"),
                  "probe selectivity (task − control) of carried vs not-carried factors, per site")
     overall = codes[codes["factor"] == "all"]
@@ -527,17 +573,25 @@ def disentanglement_figures(figures: Figures, probes: pd.DataFrame, codes: pd.Da
 
 
 def decomposition_figures(figures: Figures, table: pd.DataFrame) -> None:
-    for (source, objective, method), data in table.groupby(["source", "objective", "method"], sort=False):
-        if method == "all_sites":
-            continue
+    """Heatmap (and stacked bars) of the headline method of each source and objective: the store's add-one-in, the
+    model's integrated gradients (the other methods are in the tables)."""
+    for (source, objective), data in table.groupby(["source", "objective"], sort=False):
+        method = FIGURED_METHOD[source]
         name = f"decomposition_{source}_{objective}_{method}"
-        caption = f"{method} attributions of {objective} ({source}-based), site × timestep bin"
-        figures.save("decomposition", name, plot_decomposition_heatmap(data, method), caption)
-        if method == "integrated_gradients":
-            figures.save("decomposition", name + "_bars", plot_decomposition_bars(data, method), caption + ", stacked")
+        caption = f"{method} attributions of {objective} ({source}-based)"
+        figures.save("decomposition", name, plot_decomposition_heatmap(data, method), caption + ", site × t bin")
+        figures.save("decomposition", name + "_bars", plot_decomposition_bars(data, method), caption + ", stacked")
+
+
+def training_summary(table: pd.DataFrame) -> pd.DataFrame:
+    """Per run: each metric's last evaluation (``final <metric>``) and the ``summary.json`` rows."""
+    curves = table[table["step"].notna()].sort_values("step")
+    final = curves.groupby(["run", "metric"], sort=False).tail(1)
+    return pd.concat([final.assign(metric="final " + final["metric"]), table[table["step"].isna()]])
 
 
 def training_figure(figures: Figures, table: pd.DataFrame) -> None:
+    """The evaluation curves with each run's convergence step."""
     curves = table[table["step"].notna()]
     steps = table[table["metric"] == "convergence_step"].set_index("run")["value"].to_dict()
     figures.save("training", "training_curves", plot_training_curves(curves, steps),
@@ -545,17 +599,13 @@ def training_figure(figures: Figures, table: pd.DataFrame) -> None:
 
 
 # --------------------------------------------------------------------------------------------------- report
-def _markdown(table: pd.DataFrame) -> str:
-    return table.to_markdown(floatfmt=".3f") if len(table) else "_(no rows)_"
-
-
-def headline(table: pd.DataFrame, index: Sequence[str]) -> str:
-    """Mean ``value`` over everything but ``index``, one column per run (runs side by side)."""
+def headline(table: pd.DataFrame, index: Sequence[str], runs: Sequence[str]) -> str:
+    """Markdown table of the mean ``value`` over everything but ``index``, one column per run (in ``runs`` order)."""
     if table.empty:
         return "_(no rows)_"
-    runs = list(pd.unique(table["run"]))
     pivot = table.groupby([*index, "run"], dropna=False, sort=False)["value"].mean().unstack("run")
-    return _markdown(pivot[runs])
+    pivot = pivot.reindex(columns=[run for run in runs if run in pivot.columns]).reset_index()
+    return pivot.to_markdown(index=False, floatfmt=".3f")
 
 
 def provenance(runs: Sequence[Run]) -> str:
@@ -577,6 +627,7 @@ def provenance(runs: Sequence[Run]) -> str:
 
 
 def _figure_lines(figures: Figures, section: str) -> str:
+    """The section's figures as markdown images with captions."""
     return "\n\n".join(f"![{caption}]({path})\n*{caption}*" for caption, path in figures.sections[section])
 
 
@@ -594,6 +645,7 @@ def write_report(out: Path, runs: Sequence[Run], tables: Mapping[str, pd.DataFra
     """``report.md``: provenance, notes, then every section's headline tables (runs side by side) and figures."""
     alignment, probes = tables["alignment"], tables["probes"]
     codes, decomposition, training = tables["disentanglement"], tables["decomposition"], tables["training"]
+    labels = [run.label for run in runs]
     notes = [f"- **{run.label}**: {note}" for run in runs for note in run.notes]
     sections = [
         f"# lisa_probe analysis: {' vs '.join(run.label for run in runs)}",
@@ -601,26 +653,28 @@ def write_report(out: Path, runs: Sequence[Run], tables: Mapping[str, pd.DataFra
         "## Runs\n\n" + provenance(runs),
         "## Notes\n\n" + "\n".join(notes) if notes else "",
         "## Alignment with the likelihood score\n\nEstimates in prediction units: `model` = full − main, `oracle` = "
-        "target − main. `ridge` / `cka`: mean-pooled features vs the estimate on a "
+        "target − main. `ridge` / `cka` (debiased): mean-pooled features vs the estimate on a "
         f"{READOUT_GRID}×{READOUT_GRID} grid; `spatial_ridge`: one linear map shared by all positions; `decoder`: the "
         "LISA decoder's output. `shuffled_pairs` pairs features with another sample's estimate. Mean over timestep "
-        "bins:\n\n" + headline(alignment, ["method", "metric", "estimate", "site", "control"]),
+        "bins:\n\n" + headline(alignment, ["method", "metric", "estimate", "site", "control"], labels),
         _figure_lines(figures, "alignment"),
-        "## Disentanglement\n\n### Probes\n\nMean selectivity (task − control task) over factors and timestep bins:\n\n"
-        + headline(tables["carried_summary"].query("metric == 'selectivity'"), ["site", "contrast"])
-        + "\n\nPer factor (mean over timestep bins):\n\n" + headline(probes, ["factor", "carried", "metric"]),
+        "## Disentanglement\n\n### Probes\n\nMean selectivity (task − control task) over factors and timestep "
+        "bins:\n\n"
+        + headline(tables["carried_summary"].query("metric == 'selectivity'"), ["site", "contrast"], labels)
+        + "\n\nPer factor (mean over sites and timestep bins):\n\n"
+        + headline(probes, ["factor", "carried", "metric"], labels),
         _figure_lines(figures, "probes"),
         "### DCI, MIG, SAP\n\nOn PCA-reduced pooled features, all factors, mean over timestep bins:\n\n"
-        + headline(codes[codes["factor"] == "all"], ["method", "metric", "site"]),
+        + headline(codes[codes["factor"] == "all"], ["method", "metric", "site"], labels),
         _figure_lines(figures, "disentanglement"),
-        "### Embedding\n\n" + headline(tables["embedding"], ["site", "method", "factor", "metric"]),
+        "### Embedding\n\n" + headline(tables["embedding"], ["site", "method", "factor", "metric"], labels),
         embedding_grid(figures),
         "## Per-site decomposition of the likelihood score\n\nMean attribution (prediction units) over examples and "
         "timestep bins; `all_sites` is the whole effect f(all open) − f(all closed):\n\n"
-        + headline(decomposition, ["source", "objective", "method", "site", "metric"]),
+        + headline(decomposition, ["source", "objective", "method", "site", "metric"], labels),
         _figure_lines(figures, "decomposition"),
-        "## Training\n\n" + (headline(training[training["step"].isna()], ["metric"]) if len(training) else
-                             "_(no eval.csv in the runs' directories)_"),
+        "## Training\n\nLast evaluation and `summary.json`:\n\n"
+        + headline(training_summary(training), ["metric"], labels),
         _figure_lines(figures, "training"),
     ]
     path = out / "report.md"
@@ -643,7 +697,11 @@ def prepare_out(out: Path, overwrite: bool) -> None:
 def analyze_run(run: Run, options: AnalyzeOptions, figures: Figures) -> dict[str, pd.DataFrame | None]:
     """All tables of one run (the embedding figure is saved on the way)."""
     streamed = stream_run(run, options)
-    probes, codes = disentanglement_tables(run, streamed, options)
+    probes = codes = None
+    if run.factors():
+        probes, codes = disentanglement_tables(run, streamed, options)
+    else:
+        run.notes.append("the store has no (varying) generating factors: no probes, DCI, MIG or SAP")
     embedding, figure = embed(run, streamed, options)
     figures.save("embedding", f"embedding_{run.label}", figure, run.label)
     decomposition = [store_decomposition(run, streamed)] if streamed.add_one_in else []
@@ -655,31 +713,41 @@ def analyze_run(run: Run, options: AnalyzeOptions, figures: Figures) -> dict[str
             "decomposition": pd.concat(decomposition, ignore_index=True) if decomposition else None}
 
 
-def analyze(runs: Sequence[Run], out: Path, options: AnalyzeOptions, command: str = "") -> Path:
-    """Analyse opened runs into ``out`` (prepared by ``prepare_out``); returns the report's path."""
-    figures = Figures(out)
+def run_tables(runs: Sequence[Run], options: AnalyzeOptions, figures: Figures) -> dict[str, pd.DataFrame]:
+    """Every table of ``TABLES``, the runs' rows concatenated (a run without rows for a table adds none)."""
     per_run = [analyze_run(run, options, figures) for run in runs]
-    empty = {"decomposition": pd.DataFrame(columns=DECOMPOSITION_COLUMNS),
-             "training": pd.DataFrame(columns=["run", "step", "metric", "value"])}
     tables = {}
-    for name in TABLES:
-        parts = [tables_of_run[name] for tables_of_run in per_run if tables_of_run.get(name) is not None]
-        tables[name] = pd.concat(parts, ignore_index=True) if parts else empty.get(name)
-    tables["carried_summary"] = carried_summary(tables["probes"])
-    for name in TABLES:
-        tables[name].to_csv(out / f"{name}.csv", index=False)
-    alignment_figures(figures, tables["alignment"])
-    disentanglement_figures(figures, tables["probes"], tables["disentanglement"])
-    if len(tables["decomposition"]):
-        decomposition_figures(figures, tables["decomposition"])
-    if len(tables["training"]):
-        training_figure(figures, tables["training"])
-    return write_report(out, runs, tables, figures, command)
+    for name in per_run[0]:
+        parts = [tables_of_run[name] for tables_of_run in per_run if tables_of_run[name] is not None]
+        tables[name] = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=EMPTY_COLUMNS[name])
+    return {**tables, "carried_summary": carried_summary(tables["probes"])}
+
+
+def analyze(runs: Sequence[Run], out: Path, options: AnalyzeOptions, command: str = "") -> Path:
+    """Analyse opened runs into ``out`` (prepared by ``prepare_out``): CSV tables, figures, report; returns the
+    report's path.
+
+    BLAS runs on one thread: the matrices here are small (features up to ~10³ wide), where threads cost more than
+    they give, and on a busy 2-core machine they thrash (a 64×64 ``eigh``: 0.4 ms on one thread, 46 ms on two).
+    """
+    with threadpool_limits(limits=1, user_api="blas"):
+        figures = Figures(out)
+        tables = run_tables(runs, options, figures)
+        for name in TABLES:
+            tables[name].to_csv(out / f"{name}.csv", index=False)
+        alignment_figures(figures, tables["alignment"])
+        if len(tables["probes"]):
+            disentanglement_figures(figures, tables["probes"], tables["disentanglement"])
+        if len(tables["decomposition"]):
+            decomposition_figures(figures, tables["decomposition"])
+        if len(tables["training"]):
+            training_figure(figures, tables["training"])
+        return write_report(out, runs, tables, figures, command)
 
 
 def run_labels(stores: Sequence[str], labels: str | None, random_reference: str | None) -> list[tuple[str, str]]:
     """``[(path, label)]``: labels from ``--labels`` or the file stems, plus the random reference."""
-    names = [Path(path).stem for path in stores] if labels is None else [s.strip() for s in labels.split(",")]
+    names = [Path(path).stem for path in stores] if labels is None else comma_list(labels)
     if len(names) != len(stores):
         raise ValueError(f"--labels names {len(names)} runs for {len(stores)} stores")
     pairs = list(zip(stores, names)) + ([(random_reference, RANDOM_LABEL)] if random_reference else [])
@@ -689,25 +757,37 @@ def run_labels(stores: Sequence[str], labels: str | None, random_reference: str 
     return pairs
 
 
+def comma_list(text: str) -> list[str]:
+    """'a, b,c' -> ['a', 'b', 'c']."""
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
 def parser() -> argparse.ArgumentParser:
+    """The command line: the stores, ``--out`` and friends, and one option per ``AnalyzeOptions`` field."""
+    default = AnalyzeOptions()
     p = argparse.ArgumentParser(prog="python -m lisa_probe.analyze", description=__doc__.splitlines()[0])
     p.add_argument("stores", nargs="+", help="feature stores (.h5) written by lisa_probe.extract")
     p.add_argument("--out", required=True, help="report directory (e.g. reports/<name>/)")
     p.add_argument("--labels", help="comma-separated run labels (default: the stores' file stems)")
     p.add_argument("--random-reference", help=f"store of an untrained side net, analysed as {RANDOM_LABEL!r}")
-    p.add_argument("--sites", help="comma-separated sites (default: every site of each store)")
+    p.add_argument("--overwrite", action="store_true", help="replace the report in a non-empty --out")
+    p.add_argument("--sites", type=comma_list, help="comma-separated sites (default: every site of each store)")
     p.add_argument("--max-rows", type=int, help="at most this many rows per store (whole samples)")
     p.add_argument("--t-bins", type=int, help="merge the timestep grid into this many bins (default: one per t)")
     p.add_argument("--no-umap", dest="umap", action="store_false", help="embed with PCA instead of UMAP")
     p.add_argument("--embedding-site", help="site to embed (default: the LISA site, else the middle site)")
-    p.add_argument("--attribution-samples", type=int, default=0,
-                   help="samples for the model-based decomposition (default 0: none)")
-    p.add_argument("--dci-importance", choices=("gbt", "lasso"), default="gbt", help="DCI importance model")
-    p.add_argument("--pca-components", type=int, default=10, help="PCA components before DCI/MIG/SAP")
-    p.add_argument("--n-splits", type=int, default=5, help="cross-validation folds")
+    p.add_argument("--attribution-samples", type=int, default=default.attribution_samples,
+                   help="samples for the model-based decomposition (default: %(default)s)")
+    p.add_argument("--ig-steps", type=int, default=default.ig_steps, help="integrated-gradients steps (%(default)s)")
+    p.add_argument("--shapley-samples", type=int, default=default.shapley_samples,
+                   help="Shapley-sampling permutations (%(default)s)")
+    p.add_argument("--dci-importance", choices=("gbt", "lasso"), default=default.dci_importance,
+                   help="DCI importance model (%(default)s)")
+    p.add_argument("--pca-components", type=int, default=default.pca_components,
+                   help="PCA components before DCI/MIG/SAP (%(default)s)")
+    p.add_argument("--n-splits", type=int, default=default.n_splits, help="cross-validation folds (%(default)s)")
     p.add_argument("--chunk-rows", type=int, help="rows per streamed chunk (default: ~16 MiB of rows)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--overwrite", action="store_true", help="replace the report in a non-empty --out")
+    p.add_argument("--seed", type=int, default=default.seed, help="seed of subsets, shuffles and fits (%(default)s)")
     return p
 
 
@@ -715,11 +795,7 @@ def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; returns the exit status."""
     cli = parser()
     args = cli.parse_args(argv)
-    options = AnalyzeOptions(
-        sites=[s.strip() for s in args.sites.split(",") if s.strip()] if args.sites else None,
-        max_rows=args.max_rows, t_bins=args.t_bins, umap=args.umap, embedding_site=args.embedding_site,
-        attribution_samples=args.attribution_samples, dci_importance=args.dci_importance,
-        pca_components=args.pca_components, n_splits=args.n_splits, chunk_rows=args.chunk_rows, seed=args.seed)
+    options = AnalyzeOptions(**{option.name: getattr(args, option.name) for option in fields(AnalyzeOptions)})
     out = Path(args.out)
     try:
         runs = [open_run(path, label, options)

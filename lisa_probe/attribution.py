@@ -20,6 +20,7 @@ from contextlib import nullcontext
 import numpy as np
 import pandas as pd
 import torch
+from tqdm.auto import tqdm
 
 from lisa_probe.analysis.decomposition import METHODS, decomposition_table
 from lisa_probe.hooks import capture
@@ -111,7 +112,7 @@ def attribution_table(
     steps = timesteps.detach().cpu().double().numpy()
     t_bins = rank_bins(steps) if t_bins is None else np.asarray(t_bins)
     tables = []
-    for start in range(0, len(x_t), batch_size):
+    for start in tqdm(range(0, len(x_t), batch_size), desc="attribution", unit="batch"):
         part = slice(start, start + batch_size)
         objectives = score_objectives(model, x_t[part], timesteps[part], cond[part], decoder, lisa_site)
         for name, objective in objectives.items():

@@ -122,12 +122,17 @@ class SideNetObjective(Objective):
 
 
 def build_decoder(model: DualBranch, site: str, seed: int) -> LisaDecoder:
-    """A LISA decoder from ``site``'s feature map to the prediction's shape."""
+    """A LISA decoder from ``site``'s feature map to the prediction's shape.
+
+    Channels halve per stage down to ``min(64, C / 4)``: 64 as in the reference for SD-sized features (C >= 256),
+    narrower for the small built-in presets, where 64-channel convolutions at full resolution would cost more than
+    the side net itself.
+    """
     channels, height, _ = model.site(site).map_shape
     out_size = model.main.config.sample_size
     torch.manual_seed(seed)
     return LisaDecoder(in_channels=channels, in_size=height, out_channels=model.main.config.out_channels,
-                       out_size=out_size)
+                       out_size=out_size, min_channels=min(64, max(8, channels // 4)))
 
 
 def train(config: TrainConfig) -> Path:
