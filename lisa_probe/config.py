@@ -58,6 +58,17 @@ def config_from_args(cls, namespace: argparse.Namespace):
     return cls(**{f.name: getattr(namespace, f.name) for f in dataclasses.fields(cls)})
 
 
+def parse_config(cls, argv: list[str] | None, prog: str, description: str):
+    """Parse ``argv`` into dataclass ``cls``; a validation error exits with the usage and the message."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    add_dataclass_arguments(parser, cls)
+    args = parser.parse_args(argv)
+    try:
+        return config_from_args(cls, args)
+    except ValueError as error:
+        parser.error(str(error))
+
+
 def write_config(path: Path, config, kind: str) -> None:
     """Write ``config.yaml``: ``kind``, ``code_version`` and every config field."""
     payload = {"kind": kind, "code_version": code_version(), "config": dataclasses.asdict(config)}

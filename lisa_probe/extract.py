@@ -13,7 +13,6 @@ the end. On CPU-only machines launch several processes with ``accelerate launch 
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 from collections.abc import Iterator
@@ -27,7 +26,7 @@ from accelerate.utils import parse_flag_from_env
 from torch.utils.data import default_collate
 from tqdm.auto import tqdm
 
-from lisa_probe.config import add_dataclass_arguments, config_from_args
+from lisa_probe.config import parse_config
 from lisa_probe.data import DATASET_NAMES, build_dataset
 from lisa_probe.engine import cpu_only
 from lisa_probe.hooks import capture
@@ -316,13 +315,7 @@ def merge(out: Path, state: PartialState, overwrite: bool) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; returns the exit status."""
-    parser = argparse.ArgumentParser(prog="python -m lisa_probe.extract", description=__doc__.splitlines()[0])
-    add_dataclass_arguments(parser, ExtractConfig)
-    args = parser.parse_args(argv)
-    try:
-        config = config_from_args(ExtractConfig, args)
-    except ValueError as error:
-        parser.error(str(error))
+    config = parse_config(ExtractConfig, argv, "python -m lisa_probe.extract", __doc__.splitlines()[0])
     print(f"features written to {extract(config)}")
     return 0
 

@@ -7,7 +7,6 @@ that ``python -m lisa_probe.train --main <dir>`` and diffusers' own ``from_pretr
 
 from __future__ import annotations
 
-import argparse
 import copy
 import sys
 from dataclasses import dataclass, field
@@ -16,7 +15,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from lisa_probe.config import add_dataclass_arguments, config_from_args, write_config
+from lisa_probe.config import parse_config, write_config
 from lisa_probe.data import DATASET_NAMES, build_dataset
 from lisa_probe.engine import LoopConfig, Objective, fit
 from lisa_probe.grids import save_grid, to_uint8
@@ -144,13 +143,7 @@ def pretrain(config: PretrainConfig) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lisa_probe.pretrain", description=__doc__.splitlines()[0])
-    add_dataclass_arguments(parser, PretrainConfig)
-    args = parser.parse_args(argv)
-    try:
-        config = config_from_args(PretrainConfig, args)
-    except ValueError as error:
-        parser.error(str(error))
+    config = parse_config(PretrainConfig, argv, "python -m lisa_probe.pretrain", __doc__.splitlines()[0])
     print(f"main net written to {pretrain(config)}")
     return 0
 

@@ -10,7 +10,6 @@ except that it builds no decoder and adds no LISA term.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from contextlib import nullcontext
@@ -20,7 +19,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from lisa_probe.config import add_dataclass_arguments, config_from_args, write_config
+from lisa_probe.config import parse_config, write_config
 from lisa_probe.data import DATASET_NAMES, build_dataset
 from lisa_probe.engine import LoopConfig, Objective, fit
 from lisa_probe.evaluation import CONTROL_METRIC
@@ -155,13 +154,7 @@ def train(config: TrainConfig) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lisa_probe.train", description=__doc__.splitlines()[0])
-    add_dataclass_arguments(parser, TrainConfig)
-    args = parser.parse_args(argv)
-    try:
-        config = config_from_args(TrainConfig, args)
-    except ValueError as error:
-        parser.error(str(error))
+    config = parse_config(TrainConfig, argv, "python -m lisa_probe.train", __doc__.splitlines()[0])
     run_dir = train(config)
     summary = json.loads((run_dir / "summary.json").read_text())
     print(f"side net written to {run_dir}")

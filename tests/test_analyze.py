@@ -16,11 +16,14 @@ from lisa_probe.analyze import (
     TABLES,
     AnalyzeOptions,
     DecoderAlignmentSums,
+    Figures,
     alignment_table,
     disentanglement_tables,
     embed,
     main,
     open_run,
+    prepare_out,
+    run_tables,
     select_rows,
     store_decomposition,
     stream_run,
@@ -60,21 +63,26 @@ def synthetic_rows(rng: np.random.Generator) -> dict[str, np.ndarray]:
     return rows
 
 
-@pytest.fixture(scope="module")
-def synthetic(tmp_path_factory) -> Path:
-    """A store written directly with known answers, in chunks of 64 rows."""
-    path = tmp_path_factory.mktemp("synthetic") / "synthetic.h5"
+def write_synthetic(path: Path, with_factors: bool = True) -> Path:
+    """The synthetic rows as a store, written in chunks of 64 rows (``with_factors=False``: without its factors)."""
+    factors = {"encoded": {"kind": "categorical", "carried": True},
+               "random": {"kind": "categorical", "carried": False}}
     layout = make_layout({"spatial": (3, 8, 8), "pooled": (16, 1, 1), "factor": (4, 2, 2)}, SCORE,
-                         {"encoded": {"kind": "categorical", "carried": True},
-                          "random": {"kind": "categorical", "carried": False}},
-                         decoded=True, decompose_sites=list(DECOMPOSE), feature_dtype="float32")
+                         factors if with_factors else {}, decoded=True, decompose_sites=list(DECOMPOSE),
+                         feature_dtype="float32")
     attrs = {"config": {"name": "synthetic"}, "checkpoint": str(path.parent / "run" / "controlnet"),
              "checkpoint_hash": "none", "code_version": "test", "parameterization": "eps", "extract_args": {},
              "lisa_site": "spatial"}
-    rows = synthetic_rows(np.random.default_rng(0))
+    rows = {name: values for name, values in synthetic_rows(np.random.default_rng(0)).items() if name in layout}
     with FeatureStoreWriter(path, layout, len(rows["meta/t"]), attrs, chunk_bytes=64 * 3 * 64 * 4) as writer:
         writer.write_rows(0, rows)
     return path
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory) -> Path:
+    """A store written directly with known answers."""
+    return write_synthetic(tmp_path_factory.mktemp("synthetic") / "synthetic.h5")
 
 
 @pytest.fixture(scope="module")
@@ -148,6 +156,26 @@ def test_store_decomposition_projects_each_site_on_the_score(analysed):
         np.testing.assert_allclose(values(table, method="add_one_in", site=site), share * effect, rtol=1e-5)
     assert (effect > 0).all()
     assert list(table["example"][:4]) == [0, 1, 2, 3]
+
+
+def test_a_store_without_factors_gets_alignment_and_decomposition_only(tmp_path):
+    run = open_run(write_synthetic(tmp_path / "plain.h5", with_factors=False), "plain", replace(FAST, t_bins=1))
+    tables = run_tables([run], FAST, Figures(tmp_path / "report"))
+    assert tables["probes"].empty and tables["embedding"].empty and tables["carried_summary"].empty
+    assert len(tables["alignment"]) and len(tables["decomposition"])
+    assert "no (varying) generating factors" in run.notes[0]
+    assert (tmp_path / "report" / "figures" / "embedding_plain.png").exists()
+
+
+def test_overwrite_replaces_only_a_previous_report(tmp_path):
+    out = tmp_path / "report"
+    (out / "figures").mkdir(parents=True)
+    for name in ("figures/old.png", "alignment.csv", "report.md", "mine.txt"):
+        (out / name).write_text("x")
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        prepare_out(out, overwrite=False)
+    prepare_out(out, overwrite=True)
+    assert sorted(path.name for path in out.rglob("*")) == ["mine.txt"]
 
 
 def test_time_bins_and_row_selection():
