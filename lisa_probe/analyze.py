@@ -418,9 +418,7 @@ def embed(run: Run, streamed: Streamed, options: AnalyzeOptions) -> tuple[pd.Dat
     X = streamed.pooled[site]
     method = "umap" if options.umap else "pca"
     if options.umap:
-        threads = torch.get_num_threads()
         E = umap_embed(X, seed=options.seed)
-        torch.set_num_threads(threads)  # numba's OpenMP layer resets the shared thread count (100x slower torch)
     else:
         E = reduce_features(X, 2, options.seed)
     factors = run.factors()

@@ -19,13 +19,22 @@ from lisa_probe.analysis.tables import iter_factors, long_table
 def umap_embed(
     X: np.ndarray, n_neighbors: int = 15, min_dist: float = 0.1, n_components: int = 2, seed: int = 0
 ) -> np.ndarray:
-    """UMAP of X (N, D) to (N, n_components) with ``random_state=seed``."""
+    """UMAP of X (N, D) to (N, n_components) with ``random_state=seed``.
+
+    numba's OpenMP layer resets the thread count it shares with torch; it is restored afterwards (otherwise later
+    torch work in the process can run ~100x slower and round differently).
+    """
+    import torch
     import umap  # deferred: importing umap loads numba (seconds)
 
+    threads = torch.get_num_threads()
     reducer = umap.UMAP(n_neighbors=n_neighbors, min_dist=min_dist, n_components=n_components, random_state=seed)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="n_jobs value .* overridden", category=UserWarning)
-        return reducer.fit_transform(np.asarray(X, dtype=np.float32))
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="n_jobs value .* overridden", category=UserWarning)
+            return reducer.fit_transform(np.asarray(X, dtype=np.float32))
+    finally:
+        torch.set_num_threads(threads)
 
 
 def embedding_scores(
