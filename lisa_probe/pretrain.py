@@ -16,10 +16,10 @@ import torch
 import torch.nn.functional as F
 
 from lisa_probe.config import parse_config, write_config
-from lisa_probe.data import DATASET_NAMES, build_dataset
+from lisa_probe.data import DATASET_NAMES, build_dataset, check_choice
 from lisa_probe.engine import LoopConfig, Objective, fit
 from lisa_probe.grids import save_grid, to_uint8
-from lisa_probe.models.build import MAIN_FORWARD, build_main, check_choice, default_prediction_type, null_context_for
+from lisa_probe.models.build import MAIN_FORWARD, build_main, default_prediction_type, null_context_for
 from lisa_probe.models.presets import FAMILIES, PRESETS
 from lisa_probe.parameterization import PREDICTION_TYPES, Parameterization
 from lisa_probe.sampling import fixed_noise, sample

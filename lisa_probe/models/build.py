@@ -22,6 +22,7 @@ from diffusers import (
 )
 from safetensors.torch import load_file, save_file
 
+from lisa_probe.data import check_choice
 from lisa_probe.models.dit import DiTDualBranch, dit_forward
 from lisa_probe.models.dual_branch import DualBranch
 from lisa_probe.models.presets import FAMILIES, PRESETS, dit_config, side_layers, unet_config
@@ -34,12 +35,6 @@ SIDE_CLASS = {"unet": ControlNetModel, "dit": SD3ControlNetModel}
 MAIN_FORWARD = {"unet": unet_forward, "dit": dit_forward}
 NULL_CONTEXT_FILE = "null_context.safetensors"
 LATENT_DOWNSAMPLE_CHANNELS = (16, 32, 96, 256)
-
-
-def check_choice(kind: str, value, allowed) -> None:
-    """Raise ValueError naming ``value`` and the allowed choices when ``value`` is not one of them."""
-    if value not in allowed:
-        raise ValueError(f"unknown {kind} {value!r}; allowed: {', '.join(map(str, allowed))}")
 
 
 def default_prediction_type(family: str) -> str:
