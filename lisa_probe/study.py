@@ -185,10 +185,12 @@ def write_readme(results: Path, study: dict, runs: pd.DataFrame, convergence: pd
     (results / "README.md").write_text("\n".join(text))
 
 
-def run_study(path: Path, quick: bool = False, analyze: bool = True) -> Path:
-    """Run (or continue) a study; returns its results directory."""
+def run_study(path: Path, quick: bool = False, analyze: bool = True, seeds: list[int] | None = None) -> Path:
+    """Run (or continue) a study, optionally with other ``seeds``; returns its results directory."""
     started = time.perf_counter()
     study = load_study(path, quick)
+    if seeds:
+        study["seeds"] = seeds
     out_dir = Path(study.get("out_dir", "runs")) / study["name"]
     results = Path(study.get("results_dir", "experiments/results")) / study["name"]
     features_dir = out_dir / "features"
@@ -214,7 +216,8 @@ def run_study(path: Path, quick: bool = False, analyze: bool = True) -> Path:
 
         for setting, paths in stores.items():
             analyze_main([*map(str, paths), "--out", str(results / f"analysis-{setting}"), "--overwrite"])
-    command = f"python -m lisa_probe.study {path}" + (" --quick" if quick else "")
+    command = f"python -m lisa_probe.study {path}" + (" --quick" if quick else "") + \
+        (f" --seeds {','.join(map(str, seeds))}" if seeds else "")
     write_readme(results, study, runs, convergence, time.perf_counter() - started, command)
     return results
 
@@ -224,8 +227,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("study", type=Path, help="study file, e.g. experiments/lisa_claims.yaml")
     parser.add_argument("--quick", action="store_true", help="apply the file's quick overrides (one seed, few steps)")
     parser.add_argument("--no-analysis", action="store_true", help="train and summarise only")
+    parser.add_argument("--seeds", type=lambda text: [int(v) for v in text.split(",")],
+                        help="comma-separated seeds replacing the file's (finished runs are reused)")
     args = parser.parse_args(argv)
-    print(f"results in {run_study(args.study, args.quick, not args.no_analysis)}")
+    print(f"results in {run_study(args.study, args.quick, not args.no_analysis, args.seeds)}")
     return 0
 
 
