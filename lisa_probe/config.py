@@ -17,6 +17,11 @@ import yaml
 from lisa_probe.provenance import code_version
 
 
+def option(text: str, **extra) -> dict:
+    """Dataclass field metadata: the ``--help`` text plus extras such as ``choices``."""
+    return {"help": text, **extra}
+
+
 def _field_type(field: dataclasses.Field, hints: dict) -> tuple[type, bool]:
     """(scalar type, optional?) of a dataclass field annotated like ``int``, ``str | None``."""
     hint = hints[field.name]

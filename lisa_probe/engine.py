@@ -35,6 +35,7 @@ from lisa_probe.checkpointing import (
     temporary_checkpoint_dir,
     write_json,
 )
+from lisa_probe.config import option
 from lisa_probe.data_stream import batch_loader
 
 MIXED_PRECISION = ("no", "bf16", "fp16")
@@ -48,29 +49,26 @@ def cpu_only() -> bool:
     return not torch.cuda.is_available()
 
 
-def _help(text: str, **extra) -> dict:
-    return {"help": text, **extra}
-
 
 @dataclass
 class LoopConfig:
     """Optimisation and bookkeeping settings shared by ``pretrain`` and ``train``."""
 
-    steps: int = field(default=1000, metadata=_help("optimizer steps"))
-    batch_size: int = field(default=16, metadata=_help("micro-batch size per process"))
-    grad_accum: int = field(default=1, metadata=_help("gradient accumulation micro-batches per step"))
-    lr: float = field(default=1e-4, metadata=_help("AdamW learning rate"))
-    lr_warmup_steps: int = field(default=0, metadata=_help("linear warm-up steps"))
-    weight_decay: float = field(default=1e-2, metadata=_help("AdamW weight decay"))
-    max_grad_norm: float = field(default=1.0, metadata=_help("gradient clipping norm"))
-    mixed_precision: str = field(default="no", metadata=_help("autocast precision", choices=MIXED_PRECISION))
-    seed: int = field(default=0, metadata=_help("seed of data order, noise and initialisation"))
-    checkpoint_every: int = field(default=500, metadata=_help("steps between checkpoints (0: only at the end)"))
-    keep_checkpoints: int = field(default=2, metadata=_help("checkpoints kept (0: all)"))
-    eval_every: int = field(default=250, metadata=_help("steps between evaluations (0: only at the end)"))
-    log_every: int = field(default=10, metadata=_help("steps between metrics.csv rows"))
-    num_workers: int = field(default=0, metadata=_help("DataLoader worker processes"))
-    resume: str | None = field(default=None, metadata=_help("'latest' or a checkpoint directory to resume from"))
+    steps: int = field(default=1000, metadata=option("optimizer steps"))
+    batch_size: int = field(default=16, metadata=option("micro-batch size per process"))
+    grad_accum: int = field(default=1, metadata=option("gradient accumulation micro-batches per step"))
+    lr: float = field(default=1e-4, metadata=option("AdamW learning rate"))
+    lr_warmup_steps: int = field(default=0, metadata=option("linear warm-up steps"))
+    weight_decay: float = field(default=1e-2, metadata=option("AdamW weight decay"))
+    max_grad_norm: float = field(default=1.0, metadata=option("gradient clipping norm"))
+    mixed_precision: str = field(default="no", metadata=option("autocast precision", choices=MIXED_PRECISION))
+    seed: int = field(default=0, metadata=option("seed of data order, noise and initialisation"))
+    checkpoint_every: int = field(default=500, metadata=option("steps between checkpoints (0: only at the end)"))
+    keep_checkpoints: int = field(default=2, metadata=option("checkpoints kept (0: all)"))
+    eval_every: int = field(default=250, metadata=option("steps between evaluations (0: only at the end)"))
+    log_every: int = field(default=10, metadata=option("steps between metrics.csv rows"))
+    num_workers: int = field(default=0, metadata=option("DataLoader worker processes"))
+    resume: str | None = field(default=None, metadata=option("'latest' or a checkpoint directory to resume from"))
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "grad_accum"):

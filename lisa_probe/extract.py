@@ -26,7 +26,7 @@ from accelerate.utils import parse_flag_from_env
 from torch.utils.data import default_collate
 from tqdm.auto import tqdm
 
-from lisa_probe.config import parse_config
+from lisa_probe.config import option, parse_config
 from lisa_probe.data import DATASET_NAMES, build_dataset
 from lisa_probe.engine import cpu_only
 from lisa_probe.hooks import capture
@@ -39,37 +39,34 @@ from lisa_probe.store.schema import COMPRESSIONS
 SPLITS = ("train", "val", "test")
 
 
-def _opt(text: str, **extra) -> dict:
-    return {"help": text, **extra}
-
 
 @dataclass
 class ExtractConfig:
     """What to extract and where."""
 
-    out: str = field(default="", metadata=_opt("output .h5 path"))
-    ckpt: str | None = field(default=None, metadata=_opt("lisa_probe run or checkpoint directory"))
-    controlnet: str | None = field(default=None, metadata=_opt("a plain diffusers side-net directory (with --main)"))
-    main: str | None = field(default=None, metadata=_opt("main-net directory for --controlnet"))
-    dataset: str = field(default="shapes", metadata=_opt("dataset for --controlnet", choices=DATASET_NAMES))
-    condition: str | None = field(default=None, metadata=_opt("condition for --controlnet (default: dataset's)"))
-    data_root: str | None = field(default=None, metadata=_opt("image directory of the folder dataset"))
-    sites: str = field(default="all", metadata=_opt("comma-separated site names, or 'all'"))
-    timesteps: str = field(default="8", metadata=_opt("a number of evenly spaced timesteps, or a comma list of "
+    out: str = field(default="", metadata=option("output .h5 path"))
+    ckpt: str | None = field(default=None, metadata=option("lisa_probe run or checkpoint directory"))
+    controlnet: str | None = field(default=None, metadata=option("a plain diffusers side-net directory (with --main)"))
+    main: str | None = field(default=None, metadata=option("main-net directory for --controlnet"))
+    dataset: str = field(default="shapes", metadata=option("dataset for --controlnet", choices=DATASET_NAMES))
+    condition: str | None = field(default=None, metadata=option("condition for --controlnet (default: dataset's)"))
+    data_root: str | None = field(default=None, metadata=option("image directory of the folder dataset"))
+    sites: str = field(default="all", metadata=option("comma-separated site names, or 'all'"))
+    timesteps: str = field(default="8", metadata=option("a number of evenly spaced timesteps, or a comma list of "
                                                       "timesteps as fed to the model ('500,' for one)"))
-    samples: int = field(default=256, metadata=_opt("number of samples"))
-    draws: int = field(default=1, metadata=_opt("noise draws per (sample, timestep)"))
-    split: str = field(default="val", metadata=_opt("data split", choices=SPLITS))
-    batch_size: int = field(default=32, metadata=_opt("rows per forward pass"))
-    seed: int = field(default=0, metadata=_opt("noise seed"))
-    residuals: bool = field(default=False, metadata=_opt("also store the residual leaving each site"))
-    decompose: bool = field(default=False, metadata=_opt("also store the prediction with only one site's gate "
+    samples: int = field(default=256, metadata=option("number of samples"))
+    draws: int = field(default=1, metadata=option("noise draws per (sample, timestep)"))
+    split: str = field(default="val", metadata=option("data split", choices=SPLITS))
+    batch_size: int = field(default=32, metadata=option("rows per forward pass"))
+    seed: int = field(default=0, metadata=option("noise seed"))
+    residuals: bool = field(default=False, metadata=option("also store the residual leaving each site"))
+    decompose: bool = field(default=False, metadata=option("also store the prediction with only one site's gate "
                                                          "open, per extracted site"))
-    feature_dtype: str = field(default="float16", metadata=_opt("feature dtype", choices=("float16", "float32")))
-    compression: str = field(default="none", metadata=_opt("HDF5 compression (none: dense float16 features do not "
+    feature_dtype: str = field(default="float16", metadata=option("feature dtype", choices=("float16", "float32")))
+    compression: str = field(default="none", metadata=option("HDF5 compression (none: dense float16 features do not "
                                                             "compress; see bench/bench_extract.py)", choices=COMPRESSIONS))
-    resume: bool = field(default=False, metadata=_opt("continue an interrupted extraction"))
-    overwrite: bool = field(default=False, metadata=_opt("replace an existing output"))
+    resume: bool = field(default=False, metadata=option("continue an interrupted extraction"))
+    overwrite: bool = field(default=False, metadata=option("replace an existing output"))
 
     def __post_init__(self) -> None:
         if not self.out:

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from lisa_probe.config import parse_config, write_config
+from lisa_probe.config import option, parse_config, write_config
 from lisa_probe.data import DATASET_NAMES, build_dataset
 from lisa_probe.engine import LoopConfig, Objective, fit
 from lisa_probe.evaluation import CONTROL_METRIC
@@ -30,38 +30,34 @@ from lisa_probe.runs import DEFAULT_MAIN_NAME, build_dual_branch, ensure_default
 from lisa_probe.validation import ControlEvaluation, write_summary
 
 
-def _opt(text: str, **extra) -> dict:
-    return {"help": text, **extra}
-
-
 @dataclass
 class TrainConfig(LoopConfig):
     """Side-net training settings. Defaults are the embedded demo (LISA on, ~6 minutes on 2 CPU cores)."""
 
-    main: str | None = field(default=None, metadata=_opt(
+    main: str | None = field(default=None, metadata=option(
         f"main-net directory (diffusers layout); default: <out-dir>/{DEFAULT_MAIN_NAME}, pretrained if missing"))
-    side: str | None = field(default=None, metadata=_opt("initialise the side net from this diffusers directory "
+    side: str | None = field(default=None, metadata=option("initialise the side net from this diffusers directory "
                                                          "instead of copying the main net"))
-    dataset: str = field(default="shapes", metadata=_opt("training data", choices=DATASET_NAMES))
-    condition: str | None = field(default=None, metadata=_opt("condition kind (default: the dataset's)"))
-    data_root: str | None = field(default=None, metadata=_opt("image directory for the folder dataset"))
-    lisa_weight: float = field(default=0.2, metadata=_opt("LISA lambda; 0 trains the baseline (no decoder)"))
-    lisa_site: str | None = field(default=None, metadata=_opt("hooked site (default: a middle one)"))
-    lisa_schedule: str = field(default="constant", metadata=_opt("lambda schedule", choices=SCHEDULES))
-    lisa_end_step: int | None = field(default=None, metadata=_opt("end step of the linear_decay/cutoff schedule"))
-    lisa_distance: str = field(default="mse", metadata=_opt("LISA distance", choices=DISTANCES))
-    lisa_fraction: float = field(default=1.0, metadata=_opt("fraction of each batch that gets the LISA term"))
-    name: str | None = field(default=None, metadata=_opt("run name (default: derived from the settings)"))
-    out_dir: str = field(default="runs", metadata=_opt("parent of run directories"))
-    eval_samples: int = field(default=64, metadata=_opt("validation conditions sampled per evaluation (0: no "
+    dataset: str = field(default="shapes", metadata=option("training data", choices=DATASET_NAMES))
+    condition: str | None = field(default=None, metadata=option("condition kind (default: the dataset's)"))
+    data_root: str | None = field(default=None, metadata=option("image directory for the folder dataset"))
+    lisa_weight: float = field(default=0.2, metadata=option("LISA lambda; 0 trains the baseline (no decoder)"))
+    lisa_site: str | None = field(default=None, metadata=option("hooked site (default: a middle one)"))
+    lisa_schedule: str = field(default="constant", metadata=option("lambda schedule", choices=SCHEDULES))
+    lisa_end_step: int | None = field(default=None, metadata=option("end step of the linear_decay/cutoff schedule"))
+    lisa_distance: str = field(default="mse", metadata=option("LISA distance", choices=DISTANCES))
+    lisa_fraction: float = field(default=1.0, metadata=option("fraction of each batch that gets the LISA term"))
+    name: str | None = field(default=None, metadata=option("run name (default: derived from the settings)"))
+    out_dir: str = field(default="runs", metadata=option("parent of run directories"))
+    eval_samples: int = field(default=64, metadata=option("validation conditions sampled per evaluation (0: no "
                                                         "evaluation)"))
-    sample_steps: int = field(default=20, metadata=_opt("sampler steps at evaluation"))
-    convergence_threshold: float = field(default=0.5, metadata=_opt("control fidelity that counts as converged"))
-    steps: int = field(default=600, metadata=_opt("optimizer steps"))
-    lr: float = field(default=1e-3, metadata=_opt("AdamW learning rate (the reference uses 1e-5 for SD-scale "
+    sample_steps: int = field(default=20, metadata=option("sampler steps at evaluation"))
+    convergence_threshold: float = field(default=0.5, metadata=option("control fidelity that counts as converged"))
+    steps: int = field(default=600, metadata=option("optimizer steps"))
+    lr: float = field(default=1e-3, metadata=option("AdamW learning rate (the reference uses 1e-5 for SD-scale "
                                                   "models; 1e-3 suits the small built-in presets)"))
-    eval_every: int = field(default=100, metadata=_opt("steps between evaluations (0: only at the end)"))
-    checkpoint_every: int = field(default=200, metadata=_opt("steps between checkpoints (0: only at the end)"))
+    eval_every: int = field(default=100, metadata=option("steps between evaluations (0: only at the end)"))
+    checkpoint_every: int = field(default=200, metadata=option("steps between checkpoints (0: only at the end)"))
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -6,7 +6,6 @@ import pytest
 import torch
 
 import lisa_probe.evaluation.readback as readback_module
-
 from lisa_probe.models import build_main, build_side, make_dual_branch
 from lisa_probe.models.build import null_context_for
 from lisa_probe.parameterization import Parameterization

@@ -142,10 +142,6 @@ class DualBranch(nn.Module):
         """Fixed null conditioning inputs of the main net for a batch."""
         raise NotImplementedError
 
-    def side_residuals(self, x_t: torch.Tensor, timesteps: torch.Tensor, cond: torch.Tensor) -> list[torch.Tensor]:
-        """Residuals of all sites, in site order: (B, *residual_shape) each."""
-        return self._side_residuals(x_t, timesteps, cond)
-
     def forward(self, x_t: torch.Tensor, timesteps: torch.Tensor, cond: torch.Tensor,
                 gates: torch.Tensor | None = None, main_rows: int = 0) -> DualOutput:
         """``pred_full`` with residuals scaled by ``gates`` and ``pred_main`` for the first ``main_rows`` rows.

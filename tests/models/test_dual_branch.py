@@ -90,6 +90,18 @@ def test_local_diffusers_directory_round_trip(tmp_path, family, kind, main_class
         load_main(tmp_path, prediction_type="eps")
 
 
+def test_null_context_stored_beside_the_main_net(tmp_path):
+    """A precomputed prompt embedding saved with save_null_context replaces the zero context."""
+    from lisa_probe.models.build import save_null_context
+
+    main = build_main("unet", "tiny", 16)
+    save_main(tmp_path, "unet", main, Parameterization("eps"))
+    assert torch.count_nonzero(load_main(tmp_path)[3]["context"]) == 0
+    embedding = torch.randn(1, 3, main.config.cross_attention_dim)
+    save_null_context(tmp_path, {"context": embedding})
+    torch.testing.assert_close(load_main(tmp_path)[3]["context"], embedding, rtol=0, atol=0)
+
+
 def test_not_a_diffusers_directory(tmp_path):
     with pytest.raises(ValueError, match="not a diffusers main-net directory"):
         detect_family(tmp_path)
