@@ -54,9 +54,11 @@ def load_study(path: Path, quick: bool = False) -> dict:
 
 
 def planned_runs(study: dict) -> list[dict]:
-    """Every (setting, arm, seed) run plus the sweep runs, as {setting, arm, seed, overrides}."""
+    """Every (setting, arm, seed) run plus the sweep runs, as {setting, arm, seed, overrides}.
+
+    Seeds are the outer loop, so a study stopped part-way has every setting and arm at the seeds it reached."""
     runs = [{"setting": setting, "arm": arm, "seed": seed, "overrides": dict(overrides)}
-            for setting in study["settings"] for arm, overrides in study["arms"].items() for seed in study["seeds"]]
+            for seed in study["seeds"] for setting in study["settings"] for arm, overrides in study["arms"].items()]
     sweep = study.get("sweep")
     if sweep:
         for option, values in sweep["values"].items():

@@ -55,3 +55,11 @@ def test_bootstrap_and_never_converged_runs():
     table = convergence_table(runs, {"s": 300}).set_index("arm")
     assert table.loc["baseline", "mean_step"] == 200 and table.loc["baseline", "n_converged"] == 1
     assert table.loc["lisa", "speedup_vs_baseline"] == 4
+
+
+def test_planned_runs_put_seeds_outermost(tmp_path):
+    from lisa_probe.study import planned_runs
+
+    study = load_study(write_study(tmp_path))
+    plans = planned_runs(study)
+    assert [(p["seed"], p["arm"]) for p in plans] == [(0, "baseline"), (0, "lisa"), (1, "baseline"), (1, "lisa")]
