@@ -94,6 +94,20 @@ class Parameterization:
         alpha_bar = self.alphas_cumprod[timesteps.long().cpu()].to(timesteps.device)
         return alpha_bar.sqrt(), (1.0 - alpha_bar).sqrt()
 
+    def min_snr_weight(self, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:
+        """Min-SNR-gamma loss weights (B,) float32 (Hang et al. 2023, as in diffusers' training scripts).
+
+        They turn the plain MSE on this parameterisation's target into ``min(SNR, gamma) * |x0_hat - x0|^2`` up to
+        a constant: ``min(SNR, gamma) / SNR`` for eps, ``min(SNR, gamma) / (SNR + 1)`` for v, with
+        ``SNR = alpha^2 / sigma^2``. Flow matching has no such weighting here (ValueError).
+        """
+        if self.prediction_type == "flow":
+            raise ValueError("min-SNR weighting is defined for eps and v prediction only, not for flow")
+        alpha, sigma = self.alpha_sigma(timesteps)
+        snr = alpha**2 / sigma**2
+        clipped = snr.clamp(max=gamma)
+        return (clipped / snr if self.prediction_type == "eps" else clipped / (snr + 1)).to(torch.float32)
+
     def noise_level(self, timesteps: torch.Tensor) -> torch.Tensor:
         """sigma_t (B,) as float32."""
         return self.alpha_sigma(timesteps)[1].to(torch.float32)

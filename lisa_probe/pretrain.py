@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from lisa_probe.config import parse_config, write_config
 from lisa_probe.data import DATASET_NAMES, build_dataset, check_choice
@@ -44,6 +43,8 @@ class PretrainConfig(LoopConfig):
     batch_size: int = field(default=16, metadata={"help": "micro-batch size per process"})
     eval_every: int = field(default=600, metadata={"help": "steps between evaluations (0: only at the end)"})
     ema_decay: float = field(default=0.999, metadata={"help": "decay of the weight EMA saved as the main net"})
+    min_snr_gamma: float | None = field(default=None, metadata={
+        "help": "min-SNR-gamma loss weighting (default: 5 for eps and v, off for flow; 0 turns it off)"})
     lr_warmup_steps: int = field(default=50, metadata={"help": "linear warm-up steps"})
 
     def __post_init__(self) -> None:
@@ -57,6 +58,11 @@ class PretrainConfig(LoopConfig):
         if (self.backbone == "dit") != (self.prediction_type == "flow"):
             raise ValueError(f"prediction type {self.prediction_type!r} does not fit backbone {self.backbone!r}: "
                              f"dit uses flow, unet uses eps or v")
+        if self.min_snr_gamma is None:
+            self.min_snr_gamma = 0.0 if self.prediction_type == "flow" else 5.0
+        if self.min_snr_gamma < 0 or (self.min_snr_gamma > 0 and self.prediction_type == "flow"):
+            raise ValueError(f"min_snr_gamma={self.min_snr_gamma} is not allowed for {self.prediction_type!r}: "
+                             "use a value > 0 for eps or v, 0 (off) for any prediction type")
         if self.name is None:
             self.name = f"main-{self.backbone}-{self.prediction_type}-{self.dataset}{self.resolution}"
 
@@ -66,13 +72,16 @@ class PretrainConfig(LoopConfig):
 
 
 class MainNetObjective(Objective):
-    """Unconditional denoising loss of a main net: ``MSE(main(x_t, t), y)``."""
+    """Unconditional denoising loss of a main net: ``mean_b w_b |main(x_t, t)_b - y_b|^2``.
+
+    ``w`` are min-SNR-gamma weights (``min_snr_gamma > 0``) or ones.
+    """
 
     def __init__(self, family: str, main: torch.nn.Module, parameterization: Parameterization,
-                 ema_decay: float = 0.999):
+                 ema_decay: float = 0.999, min_snr_gamma: float = 0.0):
         super().__init__()
         self.family, self.main, self.parameterization = family, main, parameterization
-        self.ema_decay = ema_decay
+        self.ema_decay, self.min_snr_gamma = ema_decay, min_snr_gamma
         self.ema = copy.deepcopy(main).requires_grad_(False).eval()
         for name, value in null_context_for(main, family).items():
             self.register_buffer(f"null_{name}", value, persistent=False)
@@ -105,8 +114,10 @@ class MainNetObjective(Objective):
     def forward(self, x0, noise, timesteps, step):
         x_t = self.parameterization.add_noise(x0, noise, timesteps)
         target = self.parameterization.target(x0, noise, timesteps)
-        loss = F.mse_loss(self.predict(x_t, timesteps, ema=False).float(), target.float())
-        return {"loss": loss}
+        per_sample = (self.predict(x_t, timesteps, ema=False).float() - target.float()).pow(2).flatten(1).mean(1)
+        if self.min_snr_gamma > 0:
+            per_sample = per_sample * self.parameterization.min_snr_weight(timesteps, self.min_snr_gamma)
+        return {"loss": per_sample.mean()}
 
 
 def make_quality_evaluation(objective: MainNetObjective, config: PretrainConfig, run_dir: Path):
@@ -120,8 +131,9 @@ def make_quality_evaluation(objective: MainNetObjective, config: PretrainConfig,
     shape = (config.eval_samples, objective.main.config.in_channels, config.resolution, config.resolution)
 
     def evaluate(step: int) -> dict[str, float]:
-        images = sample(objective.predict, objective.parameterization, fixed_noise(shape, config.seed + 1),
-                        config.sample_steps).clamp(-1, 1)
+        device = next(objective.main.parameters()).device
+        images = sample(objective.predict, objective.parameterization, fixed_noise(shape, config.seed + 1).to(device),
+                        config.sample_steps).clamp(-1, 1).cpu()
         save_grid([("samples", to_uint8(images[:16]))], run_dir / "samples" / f"step-{step}.png")
         return evaluator.frechet(images)
 
@@ -135,7 +147,7 @@ def pretrain(config: PretrainConfig) -> Path:
     write_config(run_dir / "config.yaml", config, kind="pretrain")
     parameterization = Parameterization(config.prediction_type)
     main = build_main(config.backbone, config.preset, config.resolution, seed=config.seed)
-    objective = MainNetObjective(config.backbone, main, parameterization, config.ema_decay)
+    objective = MainNetObjective(config.backbone, main, parameterization, config.ema_decay, config.min_snr_gamma)
     dataset = build_dataset(config.dataset, split="train", resolution=config.resolution, seed=config.seed)
     fit(run_dir, objective, dataset, config, evaluate=make_quality_evaluation(objective, config, run_dir))
     parameterization.to_scheduler().save_pretrained(run_dir / "scheduler")

@@ -95,3 +95,27 @@ def test_timestep_sampling_ranges():
     flow = Parameterization("flow").sample_timesteps(1000, generator)
     assert flow.min() > 0 and flow.max() <= 1000
     assert Parameterization("eps").evenly_spaced_timesteps(4).tolist() == [125, 375, 625, 875]
+
+
+@pytest.mark.parametrize("kind", ["eps", "v"])
+def test_min_snr_weight_turns_the_loss_into_clipped_snr_times_x0_error(kind, batch):
+    """w(t) |pred - y|^2 == min(SNR, gamma) |x0_hat - x0|^2 with x0_hat = (x_t - sigma eps_hat) / alpha (float64)."""
+    x0, noise = batch
+    p, gamma = Parameterization(kind), 5.0
+    timesteps = torch.tensor([0, 10, 300, 900, 999])
+    alpha, sigma = closed_form_alpha_sigma(kind, timesteps)
+    a, s = alpha.view(-1, 1, 1, 1), sigma.view(-1, 1, 1, 1)
+    x_t, y = p.add_noise(x0, noise, timesteps), p.target(x0, noise, timesteps)
+    pred = y + 0.1 * torch.randn(y.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    x0_hat = (x_t - s * p.pred_to_eps(pred, x_t, timesteps)) / a
+    snr = alpha**2 / sigma**2
+    weighted = p.min_snr_weight(timesteps, gamma).double() * (pred - y).pow(2).flatten(1).mean(1)
+    expected = snr.clamp(max=gamma) * (x0_hat - x0).pow(2).flatten(1).mean(1)
+    torch.testing.assert_close(weighted, expected, rtol=1e-5, atol=1e-12)
+    weights = p.min_snr_weight(timesteps, gamma)
+    assert (weights <= 1).all() and weights[0] < 1e-3  # nearly clean steps (SNR >> gamma) are down-weighted
+
+
+def test_min_snr_weight_refuses_flow():
+    with pytest.raises(ValueError, match="eps and v"):
+        Parameterization("flow").min_snr_weight(torch.tensor([500.0]), 5.0)

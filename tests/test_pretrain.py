@@ -26,7 +26,9 @@ def test_pretrain_writes_a_diffusers_main_net_with_grid_and_quality(tmp_path, ba
 
 @pytest.mark.parametrize("argv,message", [(["--dataset", "imagenet"], "imagenet"), (["--backbone", "vit"], "vit"),
                                           (["--preset", "huge"], "huge"),
-                                          (["--backbone", "dit", "--prediction-type", "eps"], "flow")])
+                                          (["--backbone", "dit", "--prediction-type", "eps"], "flow"),
+                                          (["--backbone", "dit", "--min-snr-gamma", "5"], "flow"),
+                                          (["--min-snr-gamma", "-1"], "-1")])
 def test_bad_input_names_what_is_allowed(argv, message, capsys, tmp_path):
     with pytest.raises(SystemExit):
         main([*argv, "--out-dir", str(tmp_path)])
@@ -38,3 +40,24 @@ def test_train_refuses_a_path_that_is_not_a_main_net(tmp_path):
 
     with pytest.raises(ValueError, match="not a diffusers main-net directory"):
         train_main(["--main", str(tmp_path), "--out-dir", str(tmp_path / "runs")])
+
+
+def test_min_snr_default_and_weighted_loss():
+    import torch
+
+    from lisa_probe.models import build_main
+    from lisa_probe.parameterization import Parameterization
+    from lisa_probe.pretrain import MainNetObjective
+
+    assert PretrainConfig().min_snr_gamma == 5.0 and PretrainConfig(backbone="dit").min_snr_gamma == 0.0
+    main_net = build_main("unet", "tiny", 16, seed=0)
+    p = Parameterization("eps")
+    x0, noise = torch.randn(3, 3, 16, 16), torch.randn(3, 3, 16, 16)
+    timesteps = torch.tensor([5, 400, 990])
+    plain = MainNetObjective("unet", main_net, p)(x0, noise, timesteps, step=0)["loss"]
+    weighted = MainNetObjective("unet", main_net, p, min_snr_gamma=5.0)(x0, noise, timesteps, step=0)["loss"]
+    with torch.no_grad():
+        per_sample = (MainNetObjective("unet", main_net, p).predict(p.add_noise(x0, noise, timesteps), timesteps,
+                                                                     ema=False) - noise).pow(2).flatten(1).mean(1)
+    torch.testing.assert_close(plain, per_sample.mean())
+    torch.testing.assert_close(weighted, (per_sample * p.min_snr_weight(timesteps, 5.0)).mean())
