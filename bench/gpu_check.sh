@@ -3,12 +3,13 @@
 # (bench_train.py on cuda at two batch sizes), then bf16 end-to-end runs on the GPU for the UNet (v-prediction) and
 # the DiT (flow): pretrain -> train with LISA -> extract.
 #
-#     bash bench/gpu_check.sh [OUT_DIR]        (default runs/gpu-check)
+#     bash bench/gpu_check.sh [OUT_DIR] [--no-bench]       (default runs/gpu-check; --no-bench: end-to-end runs only)
 set -euo pipefail
 out=${1:-runs/gpu-check}
+batches=$([ "${2:-}" = --no-bench ] && echo "" || echo "16 64")
 mkdir -p "$out"
 python -c "import torch; print(torch.__version__, torch.cuda.get_device_name(0))" | tee "$out/device.txt"
-for batch in 16 64; do
+for batch in $batches; do
   python bench/bench_train.py --device cuda --batch-size "$batch" --repeats 20 --warmup 5 | tee "$out/bench_train_b$batch.md"
 done
 for backbone in unet dit; do

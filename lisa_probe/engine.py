@@ -50,6 +50,18 @@ def cpu_only() -> bool:
 
 
 
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def learning_rate(step: int, config: LoopConfig) -> float:
+    """Learning rate of optimizer step ``step`` (0-based): linear warm-up, then constant or cosine decay to 0."""
+    warmup = min(1.0, (step + 1) / max(1, config.lr_warmup_steps))
+    if config.lr_schedule == "constant" or step < config.lr_warmup_steps:
+        return config.lr * warmup
+    progress = (step - config.lr_warmup_steps) / max(1, config.steps - config.lr_warmup_steps)
+    return config.lr * 0.5 * (1 + math.cos(math.pi * progress))
+
+
 @dataclass
 class LoopConfig:
     """Optimisation and bookkeeping settings shared by ``pretrain`` and ``train``."""
@@ -59,6 +71,8 @@ class LoopConfig:
     grad_accum: int = field(default=1, metadata=option("gradient accumulation micro-batches per step"))
     lr: float = field(default=1e-4, metadata=option("AdamW learning rate"))
     lr_warmup_steps: int = field(default=0, metadata=option("linear warm-up steps"))
+    lr_schedule: str = field(default="constant", metadata=option("learning rate after warm-up: constant, or cosine "
+                                                                 "decay towards 0 over the run", choices=LR_SCHEDULES))
     weight_decay: float = field(default=1e-2, metadata=option("AdamW weight decay"))
     max_grad_norm: float = field(default=1.0, metadata=option("gradient clipping norm"))
     mixed_precision: str = field(default="no", metadata=option("autocast precision", choices=MIXED_PRECISION))
@@ -76,6 +90,8 @@ class LoopConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.mixed_precision not in MIXED_PRECISION:
             raise ValueError(f"unknown mixed_precision {self.mixed_precision!r}; allowed: {', '.join(MIXED_PRECISION)}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"unknown lr_schedule {self.lr_schedule!r}; allowed: {', '.join(LR_SCHEDULES)}")
 
 
 class Objective(nn.Module):
@@ -248,7 +264,7 @@ def fit(run_dir: Path, objective: Objective, dataset, config: LoopConfig,
                 sums[key] = sums.get(key, 0.0) + float(value.detach()) / config.grad_accum
             if accelerator.sync_gradients:
                 sums["grad_norm"] = float(accelerator.clip_grad_norm_(params, config.max_grad_norm))
-            lr = config.lr * min(1.0, (state["step"] + 1) / max(1, config.lr_warmup_steps))
+            lr = learning_rate(state["step"], config)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             optimizer.step()

@@ -1,0 +1,28 @@
+"""The training loop's pieces that stand alone: the learning-rate schedule."""
+
+import math
+
+import pytest
+
+from lisa_probe.engine import LoopConfig, learning_rate
+
+
+def test_warmup_then_constant():
+    config = LoopConfig(lr=1e-3, lr_warmup_steps=4, steps=10)
+    assert [learning_rate(s, config) for s in range(5)] == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3])
+    assert learning_rate(9, config) == pytest.approx(1e-3)
+
+
+def test_cosine_decays_to_zero_after_warmup():
+    config = LoopConfig(lr=1e-3, lr_warmup_steps=2, steps=12, lr_schedule="cosine")
+    assert learning_rate(0, config) == pytest.approx(5e-4)
+    assert learning_rate(2, config) == pytest.approx(1e-3)  # first step after warm-up: full rate
+    assert learning_rate(7, config) == pytest.approx(1e-3 * 0.5 * (1 + math.cos(math.pi * 5 / 10)))  # half way
+    assert learning_rate(12, config) == pytest.approx(0.0, abs=1e-12)
+    rates = [learning_rate(s, config) for s in range(2, 13)]
+    assert all(a > b for a, b in zip(rates, rates[1:]))
+
+
+def test_unknown_schedule_names_allowed():
+    with pytest.raises(ValueError, match="cosine"):
+        LoopConfig(lr_schedule="step")
