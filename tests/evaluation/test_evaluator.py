@@ -80,9 +80,16 @@ def test_bad_inputs_raise_naming_shapes(setup):
         evaluator.evaluate((images + 1) * 127.5, cond, factors)
     with pytest.raises(ValueError, match="lacks"):
         evaluator.evaluate(images, cond, {"x": factors["x"]})
-    big = _batch(n=N_REFERENCE // 2 + 1)
-    with pytest.raises(ValueError, match=r"FD needs 2 <= N <= 100"):
-        evaluator.evaluate(big["image"], big["cond"], big["factors"])
+    with pytest.raises(ValueError, match=r"FD needs at least 2 images"):
+        evaluator.frechet(images[:1])
+
+
+def test_fd_of_a_batch_larger_than_half_the_reference_uses_its_first_images(setup):
+    _, _, evaluator = setup
+    big = _batch(n=N_REFERENCE // 2 + 3)["image"]
+    with pytest.warns(UserWarning, match=rf"first {N_REFERENCE // 2} of {N_REFERENCE // 2 + 3} images"):
+        capped = evaluator.frechet(big)
+    assert capped == evaluator.frechet(big[: N_REFERENCE // 2])
 
 
 def test_dataset_without_carried_factors_has_no_fd(tmp_path):
