@@ -144,6 +144,24 @@ def convergence_table(runs: pd.DataFrame, steps_if_never: dict[str, int]) -> pd.
     return table
 
 
+def curve_area_table(curves: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
+    """Per (setting, arm): control fidelity averaged over a run's evaluations (the area under its training curve
+    divided by its length; threshold-free, higher = faster), mean over seeds with a bootstrap CI, and the arm's
+    difference to the baseline's mean."""
+    metric_of = dict(zip(runs["setting"], runs["control_metric"]))
+    data = curves[[metric_of.get(s) == m for s, m in zip(curves["setting"], curves["metric"])]]
+    per_run = data.groupby(["setting", "arm", "seed"])["value"].mean().reset_index()
+    rows = []
+    for (setting, arm), group in per_run.groupby(["setting", "arm"]):
+        low, high = bootstrap_ci(group["value"].to_numpy())
+        rows.append({"setting": setting, "arm": arm, "n_runs": len(group), "mean_fidelity": group["value"].mean(),
+                     "ci_low": low, "ci_high": high})
+    table = pd.DataFrame(rows)
+    baseline = table[table["arm"] == "baseline"].set_index("setting")["mean_fidelity"]
+    table["minus_baseline"] = [m - baseline.get(s, np.nan) for s, m in zip(table["setting"], table["mean_fidelity"])]
+    return table
+
+
 def training_curves(out_dir: Path, runs: pd.DataFrame) -> pd.DataFrame:
     """Long table (run, setting, arm, seed, step, metric, value) of every run's evaluations."""
     rows = []
@@ -171,8 +189,8 @@ def plot_curves(curves: pd.DataFrame, runs: pd.DataFrame, path: Path) -> None:
     grid.savefig(path, dpi=120)
 
 
-def write_readme(results: Path, study: dict, runs: pd.DataFrame, convergence: pd.DataFrame, seconds: float,
-                 command: str) -> None:
+def write_readme(results: Path, study: dict, runs: pd.DataFrame, convergence: pd.DataFrame, areas: pd.DataFrame,
+                 seconds: float, command: str) -> None:
     """A short README with the headline tables (the interpretation is added by hand after reading them)."""
     final_cols = ["setting", "arm"] + [c for c in runs.columns if c.startswith("final/") and "main_alone" not in c]
     final = runs[final_cols].groupby(["setting", "arm"]).mean(numeric_only=True).reset_index()
@@ -181,6 +199,8 @@ def write_readme(results: Path, study: dict, runs: pd.DataFrame, convergence: pd
             f"Reproduce: `{command}` (code {code_version()}, {seconds / 60:.0f} min on this machine).", "",
             "## Convergence (first evaluation where control fidelity reaches the threshold)", "",
             convergence.to_markdown(index=False, floatfmt=".3g"), "",
+            "## Control fidelity averaged over the training curve (threshold-free)", "",
+            areas.to_markdown(index=False, floatfmt=".3g"), "",
             "## Final metrics (mean over seeds)", "", final.to_markdown(index=False, floatfmt=".3g"), "",
             "## Training time per step", "", timing.to_markdown(index=False, floatfmt=".3g"), "",
             "![control fidelity vs step](curves.png)", ""]
@@ -213,6 +233,8 @@ def run_study(path: Path, quick: bool = False, analyze: bool = True, seeds: list
     curves = training_curves(out_dir, runs)
     curves.to_csv(results / "curves.csv", index=False)
     plot_curves(curves, runs, results / "curves.png")
+    areas = curve_area_table(curves, runs)
+    areas.to_csv(results / "curve_area.csv", index=False)
     if analyze:
         from lisa_probe.analyze import main as analyze_main
 
@@ -220,7 +242,7 @@ def run_study(path: Path, quick: bool = False, analyze: bool = True, seeds: list
             analyze_main([*map(str, paths), "--out", str(results / f"analysis-{setting}"), "--overwrite"])
     command = f"python -m lisa_probe.study {path}" + (" --quick" if quick else "") + \
         (f" --seeds {','.join(map(str, seeds))}" if seeds else "")
-    write_readme(results, study, runs, convergence, time.perf_counter() - started, command)
+    write_readme(results, study, runs, convergence, areas, time.perf_counter() - started, command)
     return results
 
 

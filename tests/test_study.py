@@ -1,9 +1,10 @@
 """The study runner end to end on tiny settings (the --quick path with tiny models)."""
 
 import pandas as pd
+import pytest
 import yaml
 
-from lisa_probe.study import bootstrap_ci, convergence_table, load_study, run_study
+from lisa_probe.study import bootstrap_ci, convergence_table, curve_area_table, load_study, run_study
 
 TINY_STUDY = {
     "name": "tiny",
@@ -41,6 +42,7 @@ def test_study_trains_every_arm_and_seed_and_summarises(tmp_path):
     assert set(convergence["arm"]) == {"baseline", "lisa"}
     assert (convergence["mean_step"] == 2).all()  # threshold 0: converged at the first evaluation
     assert "Convergence" in (results / "README.md").read_text()
+    assert set(pd.read_csv(results / "curve_area.csv")["arm"]) == {"baseline", "lisa"}
     # an interrupted/finished study continues: nothing is retrained
     stamp = (tmp_path / "runs" / "tiny" / "unet-lisa-s0" / "summary.json").stat().st_mtime
     run_study(write_study(tmp_path), analyze=False)
@@ -63,3 +65,15 @@ def test_planned_runs_put_seeds_outermost(tmp_path):
     study = load_study(write_study(tmp_path))
     plans = planned_runs(study)
     assert [(p["seed"], p["arm"]) for p in plans] == [(0, "baseline"), (0, "lisa"), (1, "baseline"), (1, "lisa")]
+
+
+def test_curve_area_is_the_mean_fidelity_over_evaluations():
+    runs = pd.DataFrame({"setting": ["s", "s"], "arm": ["baseline", "lisa"], "seed": [0, 0],
+                         "control_metric": ["edge_f1", "edge_f1"]})
+    curves = pd.DataFrame({"setting": ["s"] * 6, "arm": ["baseline"] * 3 + ["lisa"] * 3, "seed": [0] * 6,
+                           "step": [10, 20, 10, 10, 20, 10], "metric": ["edge_f1"] * 2 + ["fd"] + ["edge_f1"] * 2 + ["fd"],
+                           "value": [0.2, 0.4, 99.0, 0.4, 0.8, 99.0]})
+    table = curve_area_table(curves, runs).set_index("arm")
+    assert table.loc["baseline", "mean_fidelity"] == pytest.approx(0.3)
+    assert table.loc["lisa", "mean_fidelity"] == pytest.approx(0.6)
+    assert abs(table.loc["lisa", "minus_baseline"] - 0.3) < 1e-12
