@@ -1,7 +1,7 @@
 """``unet`` family: diffusers UNet2DConditionModel main net + ControlNetModel side net (eps or v prediction).
 
-ControlNet residuals only enter the UNet's skip connections and the mid-block output, so the down path is run once
-and shared between ``pred_full`` and ``pred_main`` (``_split_forward``).
+ControlNet residuals only enter the UNet's skip connections and the mid-block output, so the down path and the mid
+block are run once and shared between ``pred_full`` and ``pred_main`` (``_split_forward``).
 """
 
 from __future__ import annotations
@@ -84,16 +84,18 @@ class UNetDualBranch(DualBranch):
             skips += res
         return sample, skips, emb, context
 
+    def _mid_block(self, sample, emb, context) -> torch.Tensor:
+        """The main net's mid block (no residual: ControlNet adds its mid residual after it)."""
+        unet = self.main
+        if getattr(unet.mid_block, "has_cross_attention", False):
+            return unet.mid_block(sample, emb, encoder_hidden_states=context)
+        return unet.mid_block(sample, emb) if unet.mid_block is not None else sample
+
     def _up_path(self, sample, skips, emb, context, residuals) -> torch.Tensor:
-        """Mid block and up path, adding ControlNet residuals (down..., mid) when given; (B, C, H, W)."""
+        """Up path from the mid block's output, adding ControlNet residuals (down..., mid) when given; (B, C, H, W)."""
         unet = self.main
         if residuals is not None:
             skips = tuple(skip + res for skip, res in zip(skips, residuals[:-1]))
-        if getattr(unet.mid_block, "has_cross_attention", False):
-            sample = unet.mid_block(sample, emb, encoder_hidden_states=context)
-        elif unet.mid_block is not None:
-            sample = unet.mid_block(sample, emb)
-        if residuals is not None:
             sample = sample + residuals[-1]
         upsample_factor = 2 ** unet.num_upsamplers
         forward_upsample_size = any(dim % upsample_factor for dim in sample.shape[-2:])
@@ -111,10 +113,11 @@ class UNetDualBranch(DualBranch):
 
     def _split_forward(self, x_t, timesteps, residuals, main_rows) -> DualOutput:
         sample, skips, emb, context = self._down_path(x_t, timesteps)
-        pred_full = self._up_path(sample, skips, emb, context, residuals)
+        mid = self._mid_block(sample, emb, context)  # no residual enters before it: shared too
+        pred_full = self._up_path(mid, skips, emb, context, residuals)
         pred_main = None
         if main_rows:
             rows = slice(0, main_rows)
             with torch.no_grad():
-                pred_main = self._up_path(sample[rows], tuple(s[rows] for s in skips), emb[rows], context[rows], None)
+                pred_main = self._up_path(mid[rows], tuple(s[rows] for s in skips), emb[rows], context[rows], None)
         return DualOutput(pred_full, pred_main)
