@@ -1,7 +1,8 @@
 """``dit`` family: diffusers SD3Transformer2DModel main net + SD3ControlNetModel side net (flow matching).
 
-The SD3 ControlNet adds its residuals inside the transformer blocks, so nothing is shared between ``pred_full`` and
-``pred_main``: the main-alone prediction is a second (no-grad) transformer pass.
+The SD3 ControlNet adds its residuals after the transformer blocks, the first one after block 0: the embeddings and
+block 0 are run once and shared between ``pred_full`` and ``pred_main`` (``_split_forward``); the other blocks run
+twice (the main-alone pass without gradients).
 """
 
 from __future__ import annotations
@@ -95,10 +96,35 @@ class DiTDualBranch(DualBranch):
     def _main_forward(self, x_t, timesteps, residuals):
         return dit_forward(self.main, x_t, timesteps, self.context(1), residuals)
 
+    def _shared_prefix(self, x_t, timesteps):
+        """Token states after block 0, which no residual enters: image (B, N, D), text (B, L, D), temb (B, D)."""
+        main, context = self.main, self.context(x_t.shape[0])
+        image = main.pos_embed(x_t).contiguous()
+        temb = main.time_text_embed(timesteps, context["pooled"])
+        text, image = main.transformer_blocks[0](hidden_states=image, encoder_hidden_states=main.context_embedder(
+            context["context"]), temb=temb)
+        return image, text, temb
+
+    def _rest(self, image, text, temb, residuals) -> torch.Tensor:
+        """Residual of block 0 (if any), blocks 1.., output projection and unpatchify: (B, C, H, W), as diffusers."""
+        main = self.main
+        blocks = main.transformer_blocks
+        for index, block in enumerate(blocks):
+            if index:
+                text, image = block(hidden_states=image, encoder_hidden_states=text, temb=temb)
+            if residuals is not None and block.context_pre_only is False:
+                image = image + residuals[int(index / (len(blocks) / len(residuals)))]
+        image = main.proj_out(main.norm_out(image, temb))
+        patch, channels = main.config.patch_size, main.out_channels
+        height, width = self._grid()
+        image = image.reshape(image.shape[0], height, width, patch, patch, channels)
+        return torch.einsum("nhwpqc->nchpwq", image).reshape(image.shape[0], channels, height * patch, width * patch)
+
     def _split_forward(self, x_t, timesteps, residuals, main_rows) -> DualOutput:
-        pred_full = self._main_forward(x_t, timesteps, residuals)
+        image, text, temb = self._shared_prefix(x_t, timesteps)
+        pred_full = self._rest(image, text, temb, residuals)
         pred_main = None
         if main_rows:
             with torch.no_grad():
-                pred_main = self._main_forward(x_t[:main_rows], timesteps[:main_rows], None)
+                pred_main = self._rest(image[:main_rows], text[:main_rows], temb[:main_rows], None)
         return DualOutput(pred_full, pred_main)
