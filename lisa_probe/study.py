@@ -144,12 +144,17 @@ def convergence_table(runs: pd.DataFrame, steps_if_never: dict[str, int]) -> pd.
     return table
 
 
+def control_curves(curves: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
+    """The rows of ``curves`` (long form) that hold each setting's control-fidelity metric."""
+    metric_of = dict(zip(runs["setting"], runs["control_metric"]))
+    return curves[[metric_of.get(s) == m for s, m in zip(curves["setting"], curves["metric"])]]
+
+
 def curve_area_table(curves: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
     """Per (setting, arm): control fidelity averaged over a run's evaluations (the area under its training curve
     divided by its length; threshold-free, higher = faster), mean over seeds with a bootstrap CI, and the arm's
     difference to the baseline's mean."""
-    metric_of = dict(zip(runs["setting"], runs["control_metric"]))
-    data = curves[[metric_of.get(s) == m for s, m in zip(curves["setting"], curves["metric"])]]
+    data = control_curves(curves, runs)
     per_run = data.groupby(["setting", "arm", "seed"])["value"].mean().reset_index()
     rows = []
     for (setting, arm), group in per_run.groupby(["setting", "arm"]):
@@ -179,8 +184,7 @@ def plot_curves(curves: pd.DataFrame, runs: pd.DataFrame, path: Path) -> None:
     matplotlib.use("Agg")
     import seaborn as sns
 
-    metric_of = dict(zip(runs["setting"], runs["control_metric"]))
-    data = curves[[metric_of.get(s) == m for s, m in zip(curves["setting"], curves["metric"])]]
+    data = control_curves(curves, runs)
     if data.empty:
         return
     grid = sns.relplot(data=data, x="step", y="value", hue="arm", col="setting", kind="line",
