@@ -8,6 +8,8 @@ warm-up) so that machine noise hits them alike:
 * ``baseline``: side net trained with the diffusion loss only (``--lisa-weight 0``);
 * ``lisa``: our LISA step (UNet: down path shared between pred_full and pred_main), whole batch in the LISA term;
 * ``lisa-half``: our LISA step with ``--lisa-fraction 0.5``;
+* ``lisa-batched``, ``lisa-batched-half``: the same with ``--lisa-main-pass batched`` (pred_main's rows appended to
+  pred_full's batch: fewer kernel launches, more FLOPs and activation memory);
 * ``reference``: LISA as the reference code does it: a separate full no-grad main-net forward.
 
 Peak memory: each arm is also run alone in a child process and its peak resident memory (CPU) or peak CUDA memory
@@ -32,9 +34,10 @@ from lisa_probe.lisa import lisa_distance, lisa_target
 from lisa_probe.models import build_main, build_side, make_dual_branch
 from lisa_probe.models.build import default_prediction_type, null_context_for
 from lisa_probe.parameterization import Parameterization
+from lisa_probe.provenance import code_version
 from lisa_probe.train import SideNetObjective, TrainConfig, build_decoder
 
-ARMS = ("baseline", "lisa", "lisa-half", "reference")
+ARMS = ("baseline", "lisa", "lisa-half", "lisa-batched", "lisa-batched-half", "reference")
 
 
 class ReferenceObjective(SideNetObjective):
@@ -57,7 +60,8 @@ def make_arm(arm: str, family: str, preset: str, resolution: int, device: str):
     model = make_dual_branch(family, main, build_side(main, family, 1, seed=0),
                              Parameterization(default_prediction_type(family)), null_context_for(main, family))
     weight = 0.0 if arm == "baseline" else 0.2
-    config = TrainConfig(main="unused", lisa_weight=weight, lisa_fraction=0.5 if arm == "lisa-half" else 1.0)
+    config = TrainConfig(main="unused", lisa_weight=weight, lisa_fraction=0.5 if arm.endswith("-half") else 1.0,
+                         lisa_main_pass="batched" if arm.startswith("lisa-batched") else "separate")
     site = model.default_lisa_site()
     decoder = build_decoder(model, site, 0) if weight else None
     objective = (ReferenceObjective if arm == "reference" else SideNetObjective)(model, decoder, config, site)
@@ -133,7 +137,7 @@ def main() -> None:
         print(json.dumps({"peak": peak}))
         return
     print(f"device={args.device} batch={args.batch_size} resolution={args.resolution} "
-          f"threads={torch.get_num_threads()}")
+          f"threads={torch.get_num_threads()} torch={torch.__version__} code={code_version()}")
     print("| backbone | preset | arm | s/step | time ratio vs baseline | peak memory ratio vs baseline |")
     print("|---|---|---|---|---|---|")
     for family in args.families.split(","):

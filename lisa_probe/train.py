@@ -20,12 +20,13 @@ import torch
 import torch.nn.functional as F
 
 from lisa_probe.config import option, parse_config, write_config
-from lisa_probe.data import DATASET_NAMES, build_dataset
+from lisa_probe.data import DATASET_NAMES, build_dataset, check_choice
 from lisa_probe.engine import LoopConfig, Objective, fit
 from lisa_probe.evaluation import CONTROL_METRIC
 from lisa_probe.hooks import capture
 from lisa_probe.lisa import DISTANCES, SCHEDULES, LisaDecoder, lisa_distance, lisa_rows, lisa_target, lisa_weight
 from lisa_probe.models import DualBranch
+from lisa_probe.models.dual_branch import MAIN_PASSES
 from lisa_probe.runs import DEFAULT_MAIN_NAME, build_dual_branch, ensure_default_main
 from lisa_probe.validation import ControlEvaluation, write_summary
 
@@ -47,6 +48,10 @@ class TrainConfig(LoopConfig):
     lisa_end_step: int | None = field(default=None, metadata=option("end step of the linear_decay/cutoff schedule"))
     lisa_distance: str = field(default="mse", metadata=option("LISA distance", choices=DISTANCES))
     lisa_fraction: float = field(default=1.0, metadata=option("fraction of each batch that gets the LISA term"))
+    lisa_main_pass: str = field(default="separate", metadata=option(
+        "how pred_main's unshared part runs: separate (a no-grad pass, fewest FLOPs: CPUs, large models) or batched "
+        "(appended to pred_full's batch, fewest kernel launches: small models on GPUs; more activation memory)",
+        choices=MAIN_PASSES))
     name: str | None = field(default=None, metadata=option("run name (default: derived from the settings)"))
     out_dir: str = field(default="runs", metadata=option("parent of run directories"))
     eval_samples: int = field(default=64, metadata=option("validation conditions sampled per evaluation (0: no "
@@ -64,6 +69,7 @@ class TrainConfig(LoopConfig):
         if self.lisa_weight < 0:
             raise ValueError(f"--lisa-weight must be >= 0 (0 = baseline), got {self.lisa_weight}")
         lisa_rows(1, self.lisa_fraction)
+        check_choice("LISA main pass", self.lisa_main_pass, MAIN_PASSES)
         lisa_weight(0, self.lisa_weight, self.lisa_schedule, self.lisa_end_step)
         if self.name is None:
             arm = f"lisa{self.lisa_weight:g}" if self.lisa_weight > 0 else "baseline"
@@ -103,7 +109,7 @@ class SideNetObjective(Objective):
         rows = lisa_rows(x0.shape[0], self.config.lisa_fraction) if self.decoder is not None else 0
         hook = capture(self.model, [self.site]) if rows else nullcontext({})
         with hook as records:
-            out = self.model(x_t, timesteps, cond, main_rows=rows)
+            out = self.model(x_t, timesteps, cond, main_rows=rows, main_pass=self.config.lisa_main_pass)
         diffusion = F.mse_loss(out.pred_full.float(), target.float())
         if not rows:
             return {"loss": diffusion, "diffusion_loss": diffusion.detach()}

@@ -4,6 +4,7 @@ import csv
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from diffusers import ControlNetModel, SD3ControlNetModel
@@ -90,6 +91,15 @@ def test_resume_continues_exactly(tmp_path):
     assert [r["loss"] for r in read_metrics(straight)] == [r["loss"] for r in read_metrics(resumed)]
 
 
+def test_batched_main_pass_trains_like_the_separate_one(tmp_path):
+    common = dict(lisa_fraction=0.5)
+    runs = {main_pass: train(tiny_config(tmp_path, name=main_pass, lisa_main_pass=main_pass, **common))
+            for main_pass in ("separate", "batched")}
+    losses = {main_pass: [float(r["lisa_loss"]) for r in read_metrics(run)] for main_pass, run in runs.items()}
+    assert len(losses["separate"]) == 3 and losses["separate"][0] > 0
+    np.testing.assert_allclose(losses["batched"], losses["separate"], rtol=1e-4)
+
+
 def test_resume_from_another_config_is_refused(tmp_path):
     train(tiny_config(tmp_path, name="run", steps=2))
     with pytest.raises(ValueError, match="another config.*lisa_weight"):
@@ -120,6 +130,8 @@ def test_bad_input_errors(tmp_path):
         tiny_config(tmp_path, lisa_weight=-1.0)
     with pytest.raises(ValueError, match="batch fraction"):
         tiny_config(tmp_path, lisa_fraction=0.0)
+    with pytest.raises(ValueError, match="unknown LISA main pass 'fused'"):
+        tiny_config(tmp_path, lisa_main_pass="fused")
     with pytest.raises(ValueError, match="needs a positive end step"):
         tiny_config(tmp_path, lisa_schedule="cutoff")
     other_main = make_main(tmp_path, "unet", "eps", preset="small")

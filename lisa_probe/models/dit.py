@@ -1,8 +1,8 @@
 """``dit`` family: diffusers SD3Transformer2DModel main net + SD3ControlNetModel side net (flow matching).
 
 The SD3 ControlNet adds its residuals after the transformer blocks, the first one after block 0: the embeddings and
-block 0 are run once and shared between ``pred_full`` and ``pred_main`` (``_split_forward``); the other blocks run
-twice (the main-alone pass without gradients).
+block 0 are run once and shared between ``pred_full`` and ``pred_main`` (``_shared_prefix``); the other blocks
+(``_rest``) run for both.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import torch
 from diffusers import SD3ControlNetModel, SD3Transformer2DModel
 
 from lisa_probe.hooks import capture_modules
-from lisa_probe.models.dual_branch import DualBranch, DualOutput, Site
+from lisa_probe.models.dual_branch import DualBranch, Site
 
 
 def dit_forward(main: SD3Transformer2DModel, x_t: torch.Tensor, timesteps: torch.Tensor,
@@ -105,9 +105,9 @@ class DiTDualBranch(DualBranch):
             context["context"]), temb=temb)
         return image, text, temb
 
-    def _rest(self, image, text, temb, residuals) -> torch.Tensor:
+    def _rest(self, state, residuals) -> torch.Tensor:
         """Residual of block 0 (if any), blocks 1.., output projection and unpatchify: (B, C, H, W), as diffusers."""
-        main = self.main
+        main, (image, text, temb) = self.main, state
         blocks = main.transformer_blocks
         for index, block in enumerate(blocks):
             if index:
@@ -119,12 +119,3 @@ class DiTDualBranch(DualBranch):
         height, width = self._grid()
         image = image.reshape(image.shape[0], height, width, patch, patch, channels)
         return torch.einsum("nhwpqc->nchpwq", image).reshape(image.shape[0], channels, height * patch, width * patch)
-
-    def _split_forward(self, x_t, timesteps, residuals, main_rows) -> DualOutput:
-        image, text, temb = self._shared_prefix(x_t, timesteps)
-        pred_full = self._rest(image, text, temb, residuals)
-        pred_main = None
-        if main_rows:
-            with torch.no_grad():
-                pred_main = self._rest(image[:main_rows], text[:main_rows], temb[:main_rows], None)
-        return DualOutput(pred_full, pred_main)

@@ -6,6 +6,7 @@ whose input is the side feature ``h`` and whose output is the residual added to 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -46,6 +47,16 @@ class DualOutput:
     pred_main: torch.Tensor | None
 
 
+MAIN_PASSES = ("separate", "batched")
+
+
+def map_tensors(function: Callable[[torch.Tensor], torch.Tensor], state):
+    """Apply ``function`` to every tensor of a (nested) tuple of tensors, keeping its structure."""
+    if isinstance(state, torch.Tensor):
+        return function(state)
+    return tuple(map_tensors(function, item) for item in state)
+
+
 def gate_residuals(residuals: list[torch.Tensor], gates: torch.Tensor | None) -> list[torch.Tensor]:
     """Scale residual k (B, ...) by ``gates[..., k]``; gates are (S,) or (B, S), None means all ones."""
     if gates is None:
@@ -62,8 +73,8 @@ def gate_residuals(residuals: list[torch.Tensor], gates: torch.Tensor | None) ->
 class DualBranch(nn.Module):
     """Frozen main net + trainable side net for one backbone family.
 
-    Subclasses implement ``_side_residuals``, ``_main_forward`` and ``_split_forward``; this class owns the common
-    API. Inputs everywhere: ``x_t`` (B, C, H, W) in model space, ``timesteps`` (B,), ``cond`` (B, Cc, Hc, Wc).
+    Subclasses implement ``_side_residuals``, ``_main_forward``, ``_shared_prefix`` and ``_rest``; this class owns
+    the common API. Inputs everywhere: ``x_t`` (B, C, H, W) in model space, ``timesteps`` (B,), ``cond`` (B, Cc, Hc, Wc).
     """
 
     family: str = ""
@@ -143,14 +154,32 @@ class DualBranch(nn.Module):
         raise NotImplementedError
 
     def forward(self, x_t: torch.Tensor, timesteps: torch.Tensor, cond: torch.Tensor,
-                gates: torch.Tensor | None = None, main_rows: int = 0) -> DualOutput:
+                gates: torch.Tensor | None = None, main_rows: int = 0, main_pass: str = "separate") -> DualOutput:
         """``pred_full`` with residuals scaled by ``gates`` and ``pred_main`` for the first ``main_rows`` rows.
 
-        ``main_rows = 0`` skips the main-alone prediction; computation is shared between both where the
-        architecture allows (the UNet's down path). ``pred_main`` is computed without gradients.
+        ``main_rows = 0`` skips the main-alone prediction. The part of the main net that no residual enters (the
+        UNet's down path and mid block, the DiT's embeddings and block 0) runs once for both; the rest runs
+        ``main_pass="separate"``: a second time, without gradients, on the ``main_rows`` rows (fewest FLOPs), or
+        ``"batched"``: once, on the batch with those rows appended with zero residuals (fewest kernel launches:
+        faster where small models are launch-bound, as on GPUs; costs activation memory for the extra rows).
+        ``pred_main`` never carries gradients.
         """
+        if main_pass not in MAIN_PASSES:
+            raise ValueError(f"unknown main pass {main_pass!r}; allowed: {', '.join(MAIN_PASSES)}")
         residuals = gate_residuals(self._side_residuals(x_t, timesteps, cond), gates)
-        return self._split_forward(x_t, timesteps, residuals, main_rows)
+        state = self._shared_prefix(x_t, timesteps)
+        if not main_rows:
+            return DualOutput(self._rest(state, residuals), None)
+        if main_pass == "batched":
+            extended = map_tensors(lambda tensor: torch.cat([tensor, tensor[:main_rows]]), state)
+            padded = [torch.cat([residual, residual.new_zeros(main_rows, *residual.shape[1:])])
+                      for residual in residuals]
+            both = self._rest(extended, padded)
+            return DualOutput(both[: len(x_t)], both[len(x_t):].detach())
+        pred_full = self._rest(state, residuals)
+        with torch.no_grad():
+            pred_main = self._rest(map_tensors(lambda tensor: tensor[:main_rows], state), None)
+        return DualOutput(pred_full, pred_main)
 
     def predict_main(self, x_t: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """Main net alone (B, C, H, W) through the library's own forward (no residuals)."""
@@ -168,5 +197,10 @@ class DualBranch(nn.Module):
     def _main_forward(self, x_t, timesteps, residuals) -> torch.Tensor:
         raise NotImplementedError
 
-    def _split_forward(self, x_t, timesteps, residuals, main_rows) -> DualOutput:
+    def _shared_prefix(self, x_t: torch.Tensor, timesteps: torch.Tensor) -> tuple:
+        """The main net up to the first point a residual enters: a (nested) tuple of (B, ...) tensors."""
+        raise NotImplementedError
+
+    def _rest(self, state: tuple, residuals: list[torch.Tensor] | None) -> torch.Tensor:
+        """The main net from ``_shared_prefix``'s state to the prediction (B, C, H, W), adding the residuals."""
         raise NotImplementedError

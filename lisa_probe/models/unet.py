@@ -1,7 +1,8 @@
 """``unet`` family: diffusers UNet2DConditionModel main net + ControlNetModel side net (eps or v prediction).
 
 ControlNet residuals only enter the UNet's skip connections and the mid-block output, so the down path and the mid
-block are run once and shared between ``pred_full`` and ``pred_main`` (``_split_forward``).
+block are run once and shared between ``pred_full`` and ``pred_main`` (``_shared_prefix``; the up path is
+``_rest``).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import torch
 from diffusers import ControlNetModel, UNet2DConditionModel
 
 from lisa_probe.hooks import capture_modules
-from lisa_probe.models.dual_branch import DualBranch, DualOutput, Site
+from lisa_probe.models.dual_branch import DualBranch, Site
 
 UNSUPPORTED_UNET_OPTIONS = ("class_embed_type", "addition_embed_type", "encoder_hid_dim_type")
 
@@ -111,13 +112,10 @@ class UNetDualBranch(DualBranch):
             sample = unet.conv_act(unet.conv_norm_out(sample))
         return unet.conv_out(sample)
 
-    def _split_forward(self, x_t, timesteps, residuals, main_rows) -> DualOutput:
+    def _shared_prefix(self, x_t, timesteps):
+        """Down path and mid block (no residual enters before the mid block's output): (mid, skips, emb, context)."""
         sample, skips, emb, context = self._down_path(x_t, timesteps)
-        mid = self._mid_block(sample, emb, context)  # no residual enters before it: shared too
-        pred_full = self._up_path(mid, skips, emb, context, residuals)
-        pred_main = None
-        if main_rows:
-            rows = slice(0, main_rows)
-            with torch.no_grad():
-                pred_main = self._up_path(mid[rows], tuple(s[rows] for s in skips), emb[rows], context[rows], None)
-        return DualOutput(pred_full, pred_main)
+        return self._mid_block(sample, emb, context), skips, emb, context
+
+    def _rest(self, state, residuals):
+        return self._up_path(*state, residuals)

@@ -47,13 +47,31 @@ def test_zero_gates_reproduce_main_alone(dual_branch):
     assert (opened - closed).abs().max() > 1e-3  # the side net does change the prediction
 
 
-def test_shared_call_matches_separate_calls(dual_branch):
+@pytest.mark.parametrize("main_pass", ["separate", "batched"])
+def test_shared_call_matches_separate_calls(dual_branch, main_pass):
     x, t, c = inputs(dual_branch)
-    out = dual_branch(x, t, c, main_rows=2)
+    out = dual_branch(x, t, c, main_rows=2, main_pass=main_pass)
     reference_full = dual_branch.predict_full_reference(x, t, c)
     torch.testing.assert_close(out.pred_full, reference_full, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(out.pred_main, dual_branch.predict_main(x[:2], t[:2]), rtol=1e-5, atol=1e-6)
     assert not out.pred_main.requires_grad
+
+
+def test_batched_main_pass_gives_the_separate_pass_gradients(dual_branch):
+    x, t, c = inputs(dual_branch)
+    grads = {}
+    for main_pass in ("separate", "batched"):
+        dual_branch.side.zero_grad(set_to_none=True)
+        out = dual_branch(x, t, c, main_rows=2, main_pass=main_pass)
+        (out.pred_full.square().mean() + out.pred_main.sum()).backward()  # pred_main is detached: adds no gradient
+        grads[main_pass] = torch.cat([p.grad.flatten() for p in dual_branch.side.parameters() if p.grad is not None])
+    assert grads["separate"].abs().sum() > 0
+    torch.testing.assert_close(grads["batched"], grads["separate"], rtol=1e-4, atol=1e-7)
+
+
+def test_unknown_main_pass_lists_allowed_ones(dual_branch):
+    with pytest.raises(ValueError, match="'fused'.*separate, batched"):
+        dual_branch(*inputs(dual_branch), main_rows=1, main_pass="fused")
 
 
 def test_per_sample_gates_and_gradients_through_gates(dual_branch):
