@@ -74,6 +74,17 @@ def parse_config(cls, argv: list[str] | None, prog: str, description: str):
         parser.error(str(error))
 
 
+def config_defaults(cls) -> dict:
+    """The declared defaults of a config dataclass's fields (before ``__post_init__`` fills derived ones)."""
+    defaults = {}
+    for item in dataclasses.fields(cls):
+        if item.default is not dataclasses.MISSING:
+            defaults[item.name] = item.default
+        elif item.default_factory is not dataclasses.MISSING:
+            defaults[item.name] = item.default_factory()
+    return defaults
+
+
 def write_config(path: Path, config, kind: str) -> None:
     """Write ``config.yaml``: ``kind``, ``code_version`` and every config field."""
     payload = {"kind": kind, "code_version": code_version(), "config": dataclasses.asdict(config)}

@@ -35,7 +35,7 @@ from lisa_probe.checkpointing import (
     temporary_checkpoint_dir,
     write_json,
 )
-from lisa_probe.config import option
+from lisa_probe.config import config_defaults, option
 from lisa_probe.data_stream import batch_loader
 
 MIXED_PRECISION = ("no", "bf16", "fp16")
@@ -114,8 +114,10 @@ class NonFiniteLossError(FloatingPointError):
     """Raised when a loss is NaN or inf; nothing is saved for that step."""
 
 
-def _check_resume_config(state: dict, config: dict, checkpoint: Path) -> None:
-    saved = state["config"]
+def _check_resume_config(state: dict, config: dict, checkpoint: Path, defaults: dict) -> None:
+    """Refuse a resume whose settings differ from the checkpoint's, except ``RESUMABLE_CHANGES`` and options the
+    checkpoint predates (missing from its config) that are now at their ``defaults``: those reproduce the old run."""
+    saved = {**{k: v for k, v in defaults.items() if k in config}, **state["config"]}
     differing = sorted(k for k in set(saved) | set(config)
                        if k not in RESUMABLE_CHANGES and saved.get(k) != config.get(k))
     if differing:
@@ -234,7 +236,7 @@ def fit(run_dir: Path, objective: Objective, dataset, config: LoopConfig,
     checkpoint = resolve_resume(run_dir, config.resume)
     if checkpoint is not None:
         saved = load_checkpoint(checkpoint, objective, optimizer, generator, accelerator.process_index)
-        _check_resume_config(saved, config_dict, checkpoint)
+        _check_resume_config(saved, config_dict, checkpoint, config_defaults(type(config)))
         if saved["world_size"] != accelerator.num_processes:
             raise ValueError(f"{checkpoint} was made with {saved['world_size']} processes, now "
                              f"{accelerator.num_processes}: resume with the same number")

@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from lisa_probe.config import add_dataclass_arguments, config_from_args, read_config, write_config
+from lisa_probe.config import add_dataclass_arguments, config_defaults, config_from_args, read_config, write_config
 
 
 @dataclass
@@ -14,6 +14,7 @@ class Example:
     name: str | None = None
     flag: bool = False
     mode: str = field(default="a", metadata={"choices": ("a", "b")})
+    sizes: list = field(default_factory=lambda: [1, 2])
 
 
 def parse(argv):
@@ -39,3 +40,7 @@ def test_yaml_round_trip_with_code_version(tmp_path):
     write_config(tmp_path / "config.yaml", Example(steps=9), kind="demo")
     payload = read_config(tmp_path / "config.yaml")
     assert payload["kind"] == "demo" and payload["config"]["steps"] == 9 and payload["code_version"]
+
+
+def test_config_defaults_are_the_declared_ones():
+    assert config_defaults(Example) == {"steps": 3, "name": None, "flag": False, "mode": "a", "sizes": [1, 2]}

@@ -106,6 +106,19 @@ def test_resume_from_another_config_is_refused(tmp_path):
         train(tiny_config(tmp_path, name="run", steps=4, lisa_weight=0.5, resume="latest"))
 
 
+def test_resume_from_a_checkpoint_that_predates_an_option(tmp_path):
+    """An option added after the checkpoint was written resumes at its default and refuses any other value."""
+    run_dir = train(tiny_config(tmp_path, name="run", steps=2, checkpoint_every=2))
+    state_file = run_dir / "checkpoint-2" / "trainer_state.json"
+    state = json.loads(state_file.read_text())
+    del state["config"]["lisa_main_pass"]
+    state_file.write_text(json.dumps(state))
+    with pytest.raises(ValueError, match="another config.*lisa_main_pass: checkpoint 'separate' vs now 'batched'"):
+        train(tiny_config(tmp_path, name="run", steps=3, lisa_main_pass="batched", resume="latest"))
+    assert train(tiny_config(tmp_path, name="run", steps=3, resume="latest")) == run_dir
+    assert [int(r["step"]) for r in read_metrics(run_dir)] == [1, 2, 3]
+
+
 def test_non_finite_loss_stops_naming_the_step(tmp_path, monkeypatch):
     original = SideNetObjective.forward
 
