@@ -12,6 +12,10 @@ warm-up) so that machine noise hits them alike:
   pred_full's batch: fewer kernel launches, more FLOPs and activation memory);
 * ``reference``: LISA as the reference code does it: a separate full no-grad main-net forward.
 
+One more row, ``unshared-main-alone``, times only the part of the main net that the separate pass runs a second time
+for ``pred_main`` (UNet: the up path; DiT: blocks 1..N and the output), without gradients on the whole batch, in the
+same round-robin: the floor of the separate pass's extra cost.
+
 Peak memory: each arm is also run alone in a child process and its peak resident memory (CPU) or peak CUDA memory
 is reported as a ratio to the baseline's.
 """
@@ -38,6 +42,7 @@ from lisa_probe.provenance import code_version
 from lisa_probe.train import SideNetObjective, TrainConfig, build_decoder
 
 ARMS = ("baseline", "lisa", "lisa-half", "lisa-batched", "lisa-batched-half", "reference")
+UNSHARED = "unshared-main-alone"
 
 
 class ReferenceObjective(SideNetObjective):
@@ -85,18 +90,35 @@ def train_step(objective, optimizer, batch, generator, device) -> None:
         torch.cuda.synchronize()
 
 
+@torch.no_grad()
+def time_unshared_main(objective, batch, generator, device) -> float:
+    """Seconds of the main net's unshared part alone (``DualBranch._rest`` without residuals, no grad)."""
+    model = objective.model
+    inputs = {k: v.to(device) for k, v in objective.draw(batch, generator).items()}
+    state = model._shared_prefix(model.parameterization.add_noise(inputs["x0"], inputs["noise"], inputs["timesteps"]),
+                                 inputs["timesteps"])
+    start = time.perf_counter()
+    model._rest(state, None)
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
 def time_arms(family, preset, resolution, batch_size, repeats, warmup, device) -> dict[str, float]:
-    """Median seconds per training step for every arm, timed round-robin."""
+    """Median seconds per training step for every arm (and of the unshared main part alone), timed round-robin."""
     arms = {arm: make_arm(arm, family, preset, resolution, device) for arm in ARMS}
     batch = make_batch(batch_size, resolution)
     generator = torch.Generator().manual_seed(0)
-    times: dict[str, list[float]] = {arm: [] for arm in ARMS}
+    times: dict[str, list[float]] = {arm: [] for arm in (*ARMS, UNSHARED)}
     for i in range(warmup + repeats):
         for arm, (objective, optimizer) in arms.items():
             start = time.perf_counter()
             train_step(objective, optimizer, batch, generator, device)
             if i >= warmup:
                 times[arm].append(time.perf_counter() - start)
+        unshared = time_unshared_main(arms["lisa"][0], batch, generator, device)
+        if i >= warmup:
+            times[UNSHARED].append(unshared)
     return {arm: statistics.median(values) for arm, values in times.items()}
 
 
@@ -149,6 +171,8 @@ def main() -> None:
             for arm in ARMS:
                 print(f"| {family} | {preset} | {arm} | {seconds[arm]:.3f} | "
                       f"{seconds[arm] / seconds['baseline']:.2f} | {memory[arm] / memory['baseline']:.2f} |")
+            print(f"| {family} | {preset} | {UNSHARED} | {seconds[UNSHARED]:.3f} | "
+                  f"{seconds[UNSHARED] / seconds['baseline']:.2f} | — |")
             sys.stdout.flush()
 
 

@@ -49,7 +49,6 @@ def cpu_only() -> bool:
     return not torch.cuda.is_available()
 
 
-
 LR_SCHEDULES = ("constant", "cosine")
 
 

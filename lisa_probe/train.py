@@ -25,8 +25,7 @@ from lisa_probe.engine import LoopConfig, Objective, fit
 from lisa_probe.evaluation import CONTROL_METRIC
 from lisa_probe.hooks import capture
 from lisa_probe.lisa import DISTANCES, SCHEDULES, LisaDecoder, lisa_distance, lisa_rows, lisa_target, lisa_weight
-from lisa_probe.models import DualBranch
-from lisa_probe.models.dual_branch import MAIN_PASSES
+from lisa_probe.models import MAIN_PASSES, DualBranch
 from lisa_probe.runs import DEFAULT_MAIN_NAME, build_dual_branch, ensure_default_main
 from lisa_probe.validation import ControlEvaluation, write_summary
 
