@@ -14,7 +14,7 @@ def test_pretrain_writes_a_diffusers_main_net_with_grid_and_quality(tmp_path, ba
     config = PretrainConfig(backbone=backbone, preset="tiny", resolution=16, steps=2, batch_size=4,
                             eval_samples=8, sample_steps=2, out_dir=str(tmp_path), log_every=1)
     run_dir = pretrain(config)
-    assert run_dir.name == f"main-{backbone}-{'eps' if backbone == 'unet' else 'flow'}-shapes16"
+    assert run_dir.name == f"main-{backbone}-{'v' if backbone == 'unet' else 'flow'}-shapes16"
     main_class.from_pretrained(run_dir / ("unet" if backbone == "unet" else "transformer"))
     family, _, parameterization, _, _ = load_main(run_dir)
     assert family == backbone and parameterization.prediction_type == config.prediction_type
