@@ -38,7 +38,8 @@ LATENT_DOWNSAMPLE_CHANNELS = (16, 32, 96, 256)
 
 
 def default_prediction_type(family: str) -> str:
-    """eps for the UNet, flow for the DiT."""
+    """The prediction type a main-net directory without ``scheduler/`` implies: diffusers' epsilon for a UNet, flow
+    for an SD3 transformer. (What pretraining trains by default is ``pretrain.DEFAULT_PREDICTION_TYPE``.)"""
     return "flow" if family == "dit" else "eps"
 
 
