@@ -124,7 +124,8 @@ class MainNetObjective(Objective):
 
 
 def make_quality_evaluation(objective: MainNetObjective, config: PretrainConfig, run_dir: Path):
-    """An ``evaluate(step)`` closure: samples a fixed-noise batch, saves a grid, returns quality numbers."""
+    """An ``evaluate(step)`` closure: samples a fixed-noise batch, saves a grid, returns quality numbers (``fd`` and,
+    for datasets that draw silhouettes, ``shape_fit_iou`` / ``shape_fit_f1``, each beside its real-image value)."""
     from lisa_probe.evaluation import Evaluator
     from lisa_probe.validation import cache_dir
 
@@ -138,7 +139,7 @@ def make_quality_evaluation(objective: MainNetObjective, config: PretrainConfig,
         images = sample(objective.predict, objective.parameterization, fixed_noise(shape, config.seed + 1).to(device),
                         config.sample_steps).clamp(-1, 1).cpu()
         save_grid([("samples", to_uint8(images[:16]))], run_dir / "samples" / f"step-{step}.png")
-        return evaluator.frechet(images)
+        return {**evaluator.frechet(images), **evaluator.shape_fit(images)}
 
     return evaluate
 

@@ -221,6 +221,12 @@ def render(factors: dict, resolution: int) -> dict:
     return {key: value.astype(np.float32) for key, value in {"image": image_from_sdf(sdf, factors), **maps}.items()}
 
 
+def silhouette(factors: dict, resolution: int) -> np.ndarray:
+    """The shape's silhouette (H, W) bool (pixel coverage > 0.5) from its geometric factors alone (``kind``,
+    ``x``, ``y``, ``size``, ``rotation``): what the evaluators fit to generated images."""
+    return mask_from_sdf(signed_distance(factors, check_resolution(resolution)), factors) > 0.5
+
+
 class ShapesDataset(torch.utils.data.Dataset):
     """Procedural shapes, generated on the fly; see the module docstring for factors and conditions.
 
@@ -231,6 +237,7 @@ class ShapesDataset(torch.utils.data.Dataset):
     name = "shapes"
     factor_specs = FACTOR_SPECS
     cond_channels = 1
+    silhouette = staticmethod(silhouette)
 
     def __init__(self, split: str = "train", resolution: int = 32, condition: str | None = None, seed: int = 0,
                  size: int | None = None):

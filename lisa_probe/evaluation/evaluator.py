@@ -21,6 +21,7 @@ from lisa_probe.evaluation.readback import (
     load_samples,
     readback_scores,
 )
+from lisa_probe.evaluation.shapefit import Silhouette, shape_fit_per_sample
 
 # Condition kind -> name of the headline control-fidelity metric.
 CONTROL_METRIC = {"edges": "edge_f1", "mask": "mask_iou", "distance": "mask_iou", "stroke": "mask_iou",
@@ -47,13 +48,17 @@ class Evaluator:
 
     Build with :meth:`for_dataset`. Metrics (see :meth:`evaluate`): control fidelity (``edge_f1``, ``mask_iou``),
     ``readback/<factor>`` (accuracy for categorical, MAE for continuous carried factors) and the Fréchet distance
-    in read-back feature space, ``fd``, beside ``fd_real_real``, the same statistic between two real sets.
+    in read-back feature space, ``fd``, beside ``fd_real_real``, the same statistic between two real sets. For
+    unconditional samples of a dataset that draws silhouettes, :meth:`shape_fit` says whether each image shows a
+    clean, nameable shape.
     """
 
     def __init__(self, condition: str, resolution: int, cond_channels: int, readback: CachedReadback | None,
-                 reference: np.ndarray | None, tol: float = 1.0, seed: int = 0):
+                 reference: np.ndarray | None, tol: float = 1.0, seed: int = 0, silhouette: Silhouette | None = None):
         self.condition, self.resolution, self.cond_channels = condition, resolution, cond_channels
         self.readback, self.reference, self.tol, self.seed = readback, reference, tol, seed
+        self.silhouette = silhouette
+        self._real_shape_fit: dict[int, dict[str, float]] = {}
 
     @classmethod
     def for_dataset(cls, dataset, cache_dir: str | Path, device: str | torch.device = "cpu", n_reference: int = 1000,
@@ -70,7 +75,8 @@ class Evaluator:
         else:
             warnings.warn(f"dataset {dataset.name!r} has no carried factors: no read-back scores and no FD",
                           stacklevel=2)
-        return cls(dataset.condition, int(dataset.resolution), int(dataset.cond_channels), readback, reference, tol)
+        return cls(dataset.condition, int(dataset.resolution), int(dataset.cond_channels), readback, reference, tol,
+                   silhouette=getattr(dataset, "silhouette", None))
 
     @property
     def readback_heldout(self) -> dict[str, float]:
@@ -124,6 +130,24 @@ class Evaluator:
         first, _ = disjoint_subsets(len(self.reference), n, self.seed)
         return {"fd": frechet_distance(embed(self.readback.net, torch.as_tensor(images)), self.reference[first]),
                 "fd_real_real": fd_real_real(self.reference, n, self.seed)}
+
+    def shape_fit(self, images: torch.Tensor) -> dict[str, float]:
+        """Mean shape fit (module ``shapefit``) of unconditional samples (N, 3, H, W) in [-1, 1], the read-back
+        net naming each image's kind, position and size: ``shape_fit_iou`` and ``shape_fit_f1``, beside
+        ``shape_fit_iou_real`` and ``shape_fit_f1_real`` of the first N real val images scored the same way.
+        Empty for a dataset without silhouettes or without a read-back net.
+        """
+        if self.silhouette is None or self.readback is None:
+            return {}
+        n = len(images)
+        if n not in self._real_shape_fit:
+            real, _ = load_samples(build_split(self.readback.identity, "val", n), "shape-fit reference", False)
+            self._real_shape_fit[n] = {f"{name}_real": value for name, value in self._mean_shape_fit(real).items()}
+        return {**self._mean_shape_fit(torch.as_tensor(images)), **self._real_shape_fit[n]}
+
+    def _mean_shape_fit(self, images: torch.Tensor) -> dict[str, float]:
+        per_sample = shape_fit_per_sample(images, self.readback.net.predict(images), self.silhouette, tol=self.tol)
+        return {name: float(values.mean()) for name, values in per_sample.items()}
 
     def evaluate(self, images: torch.Tensor, cond: torch.Tensor, factors: dict[str, torch.Tensor]) -> dict[str, float]:
         """All metrics of a generated batch as a flat dict of floats.

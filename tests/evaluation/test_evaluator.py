@@ -43,6 +43,19 @@ def test_evaluate_real_and_blank_batches(setup):
         batch["image"], batch["cond"], "mask")
 
 
+def test_shape_fit_of_real_and_blank_batches(setup):
+    _, _, evaluator = setup
+    images = _batch(split="val", n=16)["image"]
+    real = evaluator.shape_fit(images)
+    assert set(real) == {"shape_fit_iou", "shape_fit_f1", "shape_fit_iou_real", "shape_fit_f1_real"}
+    # the batch is the first 16 val images, which are also the real baseline
+    assert real["shape_fit_iou"] == real["shape_fit_iou_real"] and real["shape_fit_f1"] == real["shape_fit_f1_real"]
+    assert real["shape_fit_iou"] > 0.5 and real["shape_fit_f1"] > 0.7
+    blank = evaluator.shape_fit(torch.zeros_like(images))
+    assert blank["shape_fit_iou"] == 0.0 and blank["shape_fit_f1"] == 0.0
+    assert blank["shape_fit_iou_real"] == real["shape_fit_iou_real"]
+
+
 def test_heldout_and_cached_reference(setup):
     cache_dir, dataset, evaluator = setup
     assert evaluator.readback_heldout["kind/accuracy"] > evaluator.readback_heldout["kind/chance"]
@@ -60,7 +73,7 @@ def test_control_metric_covers_dataset_conditions(setup):
     assert {"edges": "edge_f1", "mask": "mask_iou", "distance": "mask_iou", "stroke": "mask_iou",
             "canny": "edge_f1"}.items() <= CONTROL_METRIC.items()
     custom = Evaluator("custom", 16, 1, None, None)
-    assert custom.control_metric is None
+    assert custom.control_metric is None and custom.shape_fit(torch.zeros(4, 3, 16, 16)) == {}
     metrics = custom.evaluate(torch.zeros(4, 3, 16, 16), torch.zeros(4, 1, 16, 16), {})
     assert set(metrics) == {"edge_f1", "mask_iou", "fd", "fd_real_real"}
     assert all(np.isnan(value) for value in metrics.values())
