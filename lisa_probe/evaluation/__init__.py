@@ -1,8 +1,9 @@
-"""Evaluation of generated images: control fidelity, factor read-back and Fréchet distance.
+"""Evaluation of generated images: control fidelity, factor read-back, Fréchet distance and shape fit.
 
 ``Evaluator.for_dataset(ds, cache_dir)`` bundles them for one dataset; the modules hold the pieces:
 :mod:`~lisa_probe.evaluation.fidelity` (edge F1 / mask IoU from images and conditions alone),
-:mod:`~lisa_probe.evaluation.readback` (the cached read-back CNN) and :mod:`~lisa_probe.evaluation.frechet`.
+:mod:`~lisa_probe.evaluation.readback` (the cached read-back CNN), :mod:`~lisa_probe.evaluation.frechet` and
+:mod:`~lisa_probe.evaluation.shapefit` (does an unconditional sample show a clean, nameable shape?).
 """
 
 from lisa_probe.evaluation.evaluator import CONTROL_METRIC, Evaluator
