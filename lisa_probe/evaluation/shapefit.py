@@ -5,9 +5,9 @@ For datasets that can draw a silhouette from their factors (``shapes``), each im
 (:func:`~lisa_probe.evaluation.fidelity.foreground_mask`) and compared with the silhouette of the kind, position and
 size given for it (by the read-back net, for unconditional samples), at the best of ``n_rotations`` rotations
 (chosen by IoU): the mask IoU and the boundary F1 (1 px tolerance) of that best fit. Real 32 px shapes score 0.93 /
-1.00 with their true factors (256 val images) and about 0.85 / 0.99 with the read-back net's estimates (its position and size
-errors cost IoU); blobs at the right place and size score visibly lower (a disc against the square of equal area:
-IoU 0.83, boundary F1 below 0.8).
+1.00 with their true factors (256 val images) and about 0.85 / 0.99 with the read-back net's estimates (its position
+and size errors cost IoU); blobs at the right place and size score visibly lower (a disc against the square of equal
+area: IoU 0.83, boundary F1 below 0.8).
 """
 
 from __future__ import annotations
