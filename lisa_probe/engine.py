@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
 from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
@@ -47,6 +47,12 @@ RESUMABLE_CHANGES = ("steps", "resume", "checkpoint_every", "keep_checkpoints", 
 def cpu_only() -> bool:
     """True on a machine without CUDA: accelerate then runs several launched processes as MULTI_CPU (gloo)."""
     return not torch.cuda.is_available()
+
+
+def is_main_process() -> bool:
+    """True on the one process that writes run-level files (config, summary, scheduler): rank 0 under
+    ``accelerate launch``, always True in a single process. Initialises accelerate's process state as ``fit`` will."""
+    return PartialState(cpu=cpu_only()).is_main_process
 
 
 LR_SCHEDULES = ("constant", "cosine")

@@ -16,7 +16,7 @@ import torch
 
 from lisa_probe.config import parse_config, write_config
 from lisa_probe.data import DATASET_NAMES, build_dataset, check_choice
-from lisa_probe.engine import LoopConfig, Objective, fit
+from lisa_probe.engine import LoopConfig, Objective, fit, is_main_process
 from lisa_probe.grids import save_grid, to_uint8
 from lisa_probe.models.build import MAIN_FORWARD, build_main, null_context_for
 from lisa_probe.models.presets import FAMILIES, PRESETS
@@ -39,7 +39,8 @@ class PretrainConfig(LoopConfig):
     resolution: int = field(default=32, metadata={"help": "image size in pixels"})
     name: str | None = field(default=None, metadata={"help": "run name (default: main-<backbone>-<type>-<data>)"})
     out_dir: str = field(default="runs", metadata={"help": "parent of run directories"})
-    eval_samples: int = field(default=256, metadata={"help": "generated images per evaluation"})
+    eval_samples: int = field(default=256, metadata={"help": "generated images per evaluation (0: no "
+                                                                           "evaluation)"})
     sample_steps: int = field(default=25, metadata={"help": "sampler steps at evaluation"})
     lr: float = field(default=1e-3, metadata={"help": "AdamW learning rate"})
     steps: int = field(default=1200, metadata={"help": "optimizer steps"})
@@ -66,6 +67,8 @@ class PretrainConfig(LoopConfig):
         if self.min_snr_gamma < 0 or (self.min_snr_gamma > 0 and self.prediction_type == "flow"):
             raise ValueError(f"min_snr_gamma={self.min_snr_gamma} is not allowed for {self.prediction_type!r}: "
                              "use a value > 0 for eps or v, 0 (off) for any prediction type")
+        if self.eval_samples < 0:
+            raise ValueError(f"eval_samples={self.eval_samples} is not allowed: use 0 (no evaluation) or more")
         if self.name is None:
             self.name = f"main-{self.backbone}-{self.prediction_type}-{self.dataset}{self.resolution}"
 
@@ -148,19 +151,24 @@ def pretrain(config: PretrainConfig) -> Path:
     """Run pretraining; returns the run directory (a diffusers main-net directory)."""
     run_dir = config.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_config(run_dir / "config.yaml", config, kind="pretrain")
+    if is_main_process():
+        write_config(run_dir / "config.yaml", config, kind="pretrain")
     parameterization = Parameterization(config.prediction_type)
     main = build_main(config.backbone, config.preset, config.resolution, seed=config.seed)
     objective = MainNetObjective(config.backbone, main, parameterization, config.ema_decay, config.min_snr_gamma)
     dataset = build_dataset(config.dataset, split="train", resolution=config.resolution, seed=config.seed)
-    fit(run_dir, objective, dataset, config, evaluate=make_quality_evaluation(objective, config, run_dir))
-    parameterization.to_scheduler().save_pretrained(run_dir / "scheduler")
+    evaluation = make_quality_evaluation(objective, config, run_dir) if config.eval_samples > 0 else None
+    fit(run_dir, objective, dataset, config, evaluate=evaluation)
+    if is_main_process():
+        parameterization.to_scheduler().save_pretrained(run_dir / "scheduler")
     return run_dir
 
 
 def main(argv: list[str] | None = None) -> int:
     config = parse_config(PretrainConfig, argv, "python -m lisa_probe.pretrain", __doc__.splitlines()[0])
-    print(f"main net written to {pretrain(config)}")
+    run_dir = pretrain(config)
+    if is_main_process():
+        print(f"main net written to {run_dir}")
     return 0
 
 

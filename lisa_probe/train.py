@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from lisa_probe.config import option, parse_config, write_config
 from lisa_probe.data import DATASET_NAMES, build_dataset, check_choice
-from lisa_probe.engine import LoopConfig, Objective, fit
+from lisa_probe.engine import LoopConfig, Objective, fit, is_main_process
 from lisa_probe.evaluation import CONTROL_METRIC
 from lisa_probe.hooks import capture
 from lisa_probe.lisa import DISTANCES, SCHEDULES, LisaDecoder, lisa_distance, lisa_rows, lisa_target, lisa_weight
@@ -145,18 +145,22 @@ def train(config: TrainConfig) -> Path:
     site = config.lisa_site or model.default_lisa_site()
     model.site(site)
     decoder = build_decoder(model, site, config.seed) if config.lisa_weight > 0 else None
-    write_config(run_dir / "config.yaml", config, kind="train")
+    if is_main_process():
+        write_config(run_dir / "config.yaml", config, kind="train")
     objective = SideNetObjective(model, decoder, config, site)
     dataset = build_dataset(config.dataset, split="train", **dataset_kwargs)
     evaluation = ControlEvaluation(model, config, dataset_kwargs, run_dir) if config.eval_samples > 0 else None
     state = fit(run_dir, objective, dataset, config, evaluate=evaluation)
-    write_summary(run_dir, config, state, CONTROL_METRIC[dataset.condition])
+    if is_main_process():
+        write_summary(run_dir, config, state, CONTROL_METRIC[dataset.condition])
     return run_dir
 
 
 def main(argv: list[str] | None = None) -> int:
     config = parse_config(TrainConfig, argv, "python -m lisa_probe.train", __doc__.splitlines()[0])
     run_dir = train(config)
+    if not is_main_process():
+        return 0
     summary = json.loads((run_dir / "summary.json").read_text())
     print(f"side net written to {run_dir}")
     print(json.dumps(summary["final"], indent=2))

@@ -7,13 +7,13 @@ that evaluations at different steps and in different runs are comparable.
 from __future__ import annotations
 
 import csv
-import json
 import os
 from pathlib import Path
 
 import torch
 from torch.utils.data import default_collate
 
+from lisa_probe.checkpointing import write_json
 from lisa_probe.data import build_dataset
 from lisa_probe.evaluation import Evaluator
 from lisa_probe.grids import save_grid, to_uint8
@@ -111,5 +111,5 @@ def write_summary(run_dir: Path, config, state: dict, metric: str) -> dict:
         "seconds_per_step": mean_step_seconds(run_dir),
         "final": evaluations[max(evaluations)] if evaluations else {},
     }
-    (Path(run_dir) / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_json(Path(run_dir) / "summary.json", summary)
     return summary

@@ -1,6 +1,11 @@
 """Shared tiny models for the tests (built from diffusers configs, never downloaded)."""
 
+import os
+import socket
+import subprocess
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,6 +18,7 @@ from lisa_probe.parameterization import Parameterization
 # Tiny models run fastest on one thread, and OpenMP barriers thrash when the other core is busy.
 torch.set_num_threads(1)
 
+REPO = Path(__file__).resolve().parents[1]
 BACKBONES = [("unet", "eps"), ("unet", "v"), ("dit", "flow")]
 
 
@@ -52,3 +58,18 @@ class SmallReadbackConfig(readback_module.ReadbackConfig):
 @pytest.fixture(autouse=True)
 def _small_readback(monkeypatch):
     monkeypatch.setattr(readback_module, "ReadbackConfig", SmallReadbackConfig)
+
+
+def launch_two_cpu_processes(module: str, args: list[str]) -> subprocess.CompletedProcess:
+    """``accelerate launch --multi_gpu --num_processes 2 -m <module> <args>`` on a free port, one thread each.
+
+    On a CPU-only machine this runs two gloo processes (accelerate's ``--cpu`` alone multiplies processes only
+    through MPI)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               "--main_process_port", str(port), "-m", module, *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(command, check=False, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)

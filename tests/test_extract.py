@@ -7,7 +7,6 @@ import os
 import re
 import selectors
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -38,8 +37,8 @@ from lisa_probe.models import build_main, build_side, load_main, load_side, make
 from lisa_probe.parameterization import Parameterization
 from lisa_probe.provenance import code_version, file_digest
 from lisa_probe.store import SCHEMA_VERSION, FeatureStore, FeatureStoreWriter, partial_path, shard_path
+from tests.conftest import REPO, launch_two_cpu_processes
 
-REPO = Path(__file__).resolve().parents[1]
 FAMILIES = {"unet": "eps", "dit": "flow"}
 BASE = {"samples": 6, "timesteps": "3", "draws": 2, "batch_size": 5}  # 36 rows, 8 batches
 # slow enough to kill (batch 3, ~30 rows/s here) and with 32-row chunks (float32 (8, 32, 32) features), so an
@@ -380,22 +379,12 @@ def test_killed_extraction_resumes_to_the_same_store(nets, reference_store, tmp_
 
 
 # ----------------------------------------------------------------------------------------------------- processes
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_two_processes_merge_into_the_single_process_store(nets, stores, tmp_path):
     """Two gloo CPU processes (``accelerate launch --multi_gpu``; accelerate's ``--cpu`` would start only one)
     write shards of whole batches; process 0 merges them into the store one process writes."""
     out = tmp_path / "f.h5"
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
-               str(free_port()), "-m", "lisa_probe.extract",
-               *cli_args(nets, "unet", out, residuals=True, decompose=True)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, check=False, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    result = launch_two_cpu_processes("lisa_probe.extract", cli_args(nets, "unet", out, residuals=True,
+                                                                      decompose=True))
     assert result.returncode == 0, result.stderr[-3000:]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f.h5"]
     assert not shard_path(out, 0, 2).exists()

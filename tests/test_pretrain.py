@@ -5,8 +5,10 @@ import csv
 import pytest
 from diffusers import SD3Transformer2DModel, UNet2DConditionModel
 
+from lisa_probe.config import read_config
 from lisa_probe.models import load_main
 from lisa_probe.pretrain import PretrainConfig, main, pretrain
+from tests.conftest import launch_two_cpu_processes
 
 
 @pytest.mark.parametrize("backbone,main_class", [("unet", UNet2DConditionModel), ("dit", SD3Transformer2DModel)])
@@ -30,7 +32,7 @@ def test_pretrain_writes_a_diffusers_main_net_with_grid_and_quality(tmp_path, ba
                                           (["--preset", "huge"], "huge"),
                                           (["--backbone", "dit", "--prediction-type", "eps"], "flow"),
                                           (["--backbone", "dit", "--min-snr-gamma", "5"], "flow"),
-                                          (["--min-snr-gamma", "-1"], "-1")])
+                                          (["--min-snr-gamma", "-1"], "-1"), (["--eval-samples", "-1"], "-1")])
 def test_bad_input_names_what_is_allowed(argv, message, capsys, tmp_path):
     with pytest.raises(SystemExit):
         main([*argv, "--out-dir", str(tmp_path)])
@@ -63,3 +65,17 @@ def test_min_snr_default_and_weighted_loss():
                                                                      ema=False) - noise).pow(2).flatten(1).mean(1)
     torch.testing.assert_close(plain, per_sample.mean())
     torch.testing.assert_close(weighted, (per_sample * p.min_snr_weight(timesteps, 5.0)).mean())
+
+
+def test_two_cpu_processes_with_accelerate(tmp_path):
+    """Two gloo CPU processes pretrain one main net (the path ``lisa_probe.train`` takes under ``accelerate launch``
+    when the default main net is missing); rank 0 alone writes config, scheduler and report."""
+    result = launch_two_cpu_processes("lisa_probe.pretrain", [
+        "--preset", "tiny", "--resolution", "16", "--steps", "2", "--batch-size", "2", "--eval-samples", "0",
+        "--out-dir", str(tmp_path), "--name", "ddp"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("main net written to") == 1
+    assert read_config(tmp_path / "ddp" / "config.yaml")["config"]["steps"] == 2
+    family, _, parameterization, _, _ = load_main(tmp_path / "ddp")
+    assert family == "unet" and parameterization.prediction_type == "v"
+    assert not (tmp_path / "ddp" / "eval.csv").exists()  # --eval-samples 0: no evaluation

@@ -10,11 +10,13 @@ import torch
 from diffusers import ControlNetModel, SD3ControlNetModel
 from safetensors.torch import load_file
 
+from lisa_probe.config import read_config
 from lisa_probe.engine import NonFiniteLossError
 from lisa_probe.models import build_main, save_main
 from lisa_probe.parameterization import Parameterization
 from lisa_probe.runs import load_run
 from lisa_probe.train import SideNetObjective, TrainConfig, train
+from tests.conftest import launch_two_cpu_processes
 
 
 def make_main(root: Path, family: str, kind: str, seed: int = 0, preset: str = "tiny") -> str:
@@ -162,21 +164,17 @@ def test_every_site_and_distance_and_schedule(tmp_path):
 
 
 def test_two_cpu_processes_with_accelerate(tmp_path):
-    """``accelerate launch --multi_gpu --num_processes 2 -m lisa_probe.train`` on a CPU-only machine runs two
-    gloo processes (accelerate's ``--cpu`` alone multiplies processes only through MPI)."""
-    import os
-    import subprocess
-    import sys
-
+    """Two gloo CPU processes (``accelerate launch --multi_gpu``) train one side net; rank 0 alone writes the
+    run-level files."""
     main = make_main(tmp_path, "unet", "eps")
     out = tmp_path / "runs"
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               "-m", "lisa_probe.train", "--main", main, "--out-dir", str(out), "--name", "ddp", "--steps", "2",
-               "--batch-size", "2", "--eval-samples", "0", "--checkpoint-every", "0"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    result = launch_two_cpu_processes("lisa_probe.train", [
+        "--main", main, "--out-dir", str(out), "--name", "ddp", "--steps", "2", "--batch-size", "2",
+        "--eval-samples", "0", "--checkpoint-every", "0"])
     assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("side net written to") == 1  # run-level files and report from rank 0 only
+    assert json.loads((out / "ddp" / "summary.json").read_text())["steps"] == 2
+    assert read_config(out / "ddp" / "config.yaml")["config"]["steps"] == 2
     checkpoint = out / "ddp" / "checkpoint-2"
     assert {p.name for p in checkpoint.glob("rng-*.safetensors")} == {"rng-0.safetensors", "rng-1.safetensors"}
     assert json.loads((checkpoint / "trainer_state.json").read_text())["world_size"] == 2
