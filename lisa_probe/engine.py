@@ -85,14 +85,19 @@ class LoopConfig:
     checkpoint_every: int = field(default=500, metadata=option("steps between checkpoints (0: only at the end)"))
     keep_checkpoints: int = field(default=2, metadata=option("checkpoints kept (0: all)"))
     eval_every: int = field(default=250, metadata=option("steps between evaluations (0: only at the end)"))
+    eval_samples: int = field(default=64, metadata=option("samples per evaluation (0: no evaluation)"))
     log_every: int = field(default=10, metadata=option("steps between metrics.csv rows"))
     num_workers: int = field(default=0, metadata=option("DataLoader worker processes"))
     resume: str | None = field(default=None, metadata=option("'latest' or a checkpoint directory to resume from"))
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "grad_accum"):
+        for name in ("steps", "batch_size", "grad_accum", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("checkpoint_every", "keep_checkpoints", "eval_every", "eval_samples", "num_workers",
+                     "lr_warmup_steps"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.mixed_precision not in MIXED_PRECISION:
             raise ValueError(f"unknown mixed_precision {self.mixed_precision!r}; allowed: {', '.join(MIXED_PRECISION)}")
         if self.lr_schedule not in LR_SCHEDULES:

@@ -67,8 +67,6 @@ class PretrainConfig(LoopConfig):
         if self.min_snr_gamma < 0 or (self.min_snr_gamma > 0 and self.prediction_type == "flow"):
             raise ValueError(f"min_snr_gamma={self.min_snr_gamma} is not allowed for {self.prediction_type!r}: "
                              "use a value > 0 for eps or v, 0 (off) for any prediction type")
-        if self.eval_samples < 0:
-            raise ValueError(f"eval_samples={self.eval_samples} is not allowed: use 0 (no evaluation) or more")
         if self.name is None:
             self.name = f"main-{self.backbone}-{self.prediction_type}-{self.dataset}{self.resolution}"
 

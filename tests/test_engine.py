@@ -26,3 +26,11 @@ def test_cosine_decays_to_zero_after_warmup():
 def test_unknown_schedule_names_allowed():
     with pytest.raises(ValueError, match="cosine"):
         LoopConfig(lr_schedule="step")
+
+
+@pytest.mark.parametrize("field_name,value,bound", [("steps", 0, ">= 1"), ("log_every", 0, ">= 1"),
+                                                    ("checkpoint_every", -1, ">= 0"), ("eval_every", -5, ">= 0"),
+                                                    ("eval_samples", -1, ">= 0"), ("keep_checkpoints", -2, ">= 0")])
+def test_out_of_range_counts_name_the_value_and_the_bound(field_name, value, bound):
+    with pytest.raises(ValueError, match=f"{field_name} must be {bound}, got {value}"):
+        LoopConfig(**{field_name: value})
