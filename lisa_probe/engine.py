@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator, PartialState
+from accelerate.utils import parse_flag_from_env
 from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
@@ -45,14 +46,22 @@ RESUMABLE_CHANGES = ("steps", "resume", "checkpoint_every", "keep_checkpoints", 
 
 
 def cpu_only() -> bool:
-    """True on a machine without CUDA: accelerate then runs several launched processes as MULTI_CPU (gloo)."""
-    return not torch.cuda.is_available()
+    """True on a machine without CUDA or under ``accelerate launch --cpu``: several launched processes then run as
+    accelerate's MULTI_CPU (gloo)."""
+    return not torch.cuda.is_available() or parse_flag_from_env("ACCELERATE_USE_CPU")
+
+
+def process_state() -> PartialState:
+    """accelerate's process state, initialised as ``fit``'s Accelerator will be. CPU processes form a gloo group
+    when launched as several (torchrun / ``accelerate launch --multi_gpu`` / mpirun); plain ``PartialState()`` would
+    leave each CPU process thinking it is alone."""
+    return PartialState(cpu=cpu_only())
 
 
 def is_main_process() -> bool:
     """True on the one process that writes run-level files (config, summary, scheduler): rank 0 under
-    ``accelerate launch``, always True in a single process. Initialises accelerate's process state as ``fit`` will."""
-    return PartialState(cpu=cpu_only()).is_main_process
+    ``accelerate launch``, always True in a single process."""
+    return process_state().is_main_process
 
 
 LR_SCHEDULES = ("constant", "cosine")

@@ -22,13 +22,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from accelerate import PartialState
-from accelerate.utils import parse_flag_from_env
 from torch.utils.data import default_collate
 from tqdm.auto import tqdm
 
 from lisa_probe.config import option, parse_config
 from lisa_probe.data import DATASET_NAMES, build_dataset
-from lisa_probe.engine import cpu_only
+from lisa_probe.engine import process_state
 from lisa_probe.hooks import capture
 from lisa_probe.models import DualBranch
 from lisa_probe.parameterization import FLOW_TIMESTEP_SCALE
@@ -217,13 +216,6 @@ class Extractor:
             gates[self.model.site_names.index(site)] = 1
             block[f"decompose/{site}"] = _numpy(self.model(x_t, steps, cond, gates=gates).pred_full)
         return block
-
-
-def process_state() -> PartialState:
-    """accelerate's process state. CPU processes (``--cpu``, or no CUDA) form a gloo group when launched as
-    several (torchrun / ``accelerate launch --multi_gpu`` / mpirun); plain ``PartialState()`` would leave each
-    CPU process thinking it is alone."""
-    return PartialState(cpu=cpu_only() or parse_flag_from_env("ACCELERATE_USE_CPU"))
 
 
 def shard_rows(n_rows: int, batch_size: int, rank: int, world_size: int) -> range:

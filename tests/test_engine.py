@@ -1,10 +1,11 @@
-"""The training loop's pieces that stand alone: the learning-rate schedule."""
+"""The training loop's pieces that stand alone: learning-rate schedule, config checks, device choice."""
 
 import math
 
 import pytest
+import torch
 
-from lisa_probe.engine import LoopConfig, learning_rate
+from lisa_probe.engine import LoopConfig, cpu_only, learning_rate
 
 
 def test_warmup_then_constant():
@@ -34,3 +35,16 @@ def test_unknown_schedule_names_allowed():
 def test_out_of_range_counts_name_the_value_and_the_bound(field_name, value, bound):
     with pytest.raises(ValueError, match=f"{field_name} must be {bound}, got {value}"):
         LoopConfig(**{field_name: value})
+
+
+def test_cpu_only_without_cuda_or_under_accelerate_launch_cpu(monkeypatch):
+    """``fit``'s Accelerator and the process state that decides who writes run files must agree on the device: a
+    mismatch makes accelerate refuse the second initialisation."""
+    monkeypatch.delenv("ACCELERATE_USE_CPU", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert not cpu_only()
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "true")  # what `accelerate launch --cpu` sets
+    assert cpu_only()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.delenv("ACCELERATE_USE_CPU")
+    assert cpu_only()
