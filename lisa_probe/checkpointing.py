@@ -8,13 +8,14 @@ A checkpoint directory ``checkpoint-<step>/`` holds the trained modules in diffu
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from lisa_probe.files import replace_dir
 
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
 
@@ -93,16 +94,7 @@ def temporary_checkpoint_dir(run_dir: Path, step: int) -> Path:
 
 
 def finalize_checkpoint(tmp: Path, step: int) -> Path:
-    """Atomically publish a finished temporary checkpoint directory as ``checkpoint-<step>``."""
+    """Publish a finished temporary checkpoint directory as ``checkpoint-<step>``."""
     final = tmp.parent / f"checkpoint-{step}"
-    if final.exists():
-        shutil.rmtree(final)
-    tmp.rename(final)
+    replace_dir(tmp, final)
     return final
-
-
-def write_json(path: Path, payload: dict) -> None:
-    """Write JSON via a temporary file + rename (never half-written)."""
-    tmp = Path(path).with_suffix(".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True))
-    tmp.replace(path)

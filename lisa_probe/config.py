@@ -14,6 +14,7 @@ from pathlib import Path
 
 import yaml
 
+from lisa_probe.files import write_text_atomic
 from lisa_probe.provenance import code_version
 
 
@@ -88,7 +89,7 @@ def config_defaults(cls) -> dict:
 def write_config(path: Path, config, kind: str) -> None:
     """Write ``config.yaml``: ``kind``, ``code_version`` and every config field."""
     payload = {"kind": kind, "code_version": code_version(), "config": dataclasses.asdict(config)}
-    Path(path).write_text(yaml.safe_dump(payload, sort_keys=False))
+    write_text_atomic(path, yaml.safe_dump(payload, sort_keys=False))
 
 
 def read_config(path: Path) -> dict:

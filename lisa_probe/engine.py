@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator, PartialState
+from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import parse_flag_from_env
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -34,10 +35,10 @@ from lisa_probe.checkpointing import (
     resolve_resume,
     save_rng,
     temporary_checkpoint_dir,
-    write_json,
 )
 from lisa_probe.config import config_defaults, option
 from lisa_probe.data_stream import batch_loader
+from lisa_probe.files import replace_dir, write_csv_atomic, write_json
 
 MIXED_PRECISION = ("no", "bf16", "fp16")
 # Config fields that may differ between an interrupted run and its resumption.
@@ -142,6 +143,9 @@ def _check_resume_config(state: dict, config: dict, checkpoint: Path, defaults: 
     if differing:
         details = "; ".join(f"{k}: checkpoint {saved.get(k)!r} vs now {config.get(k)!r}" for k in differing)
         raise ValueError(f"cannot resume from {checkpoint}: it was made with another config ({details})")
+    if config.get("lr_schedule") == "cosine" and saved.get("steps") != config.get("steps"):
+        raise ValueError(f"cannot resume from {checkpoint} with steps={config.get('steps')}: its cosine learning-rate "
+                         f"decay is laid out over steps={saved.get('steps')} (a constant schedule may change steps)")
 
 
 class MetricsLog:
@@ -161,13 +165,13 @@ class MetricsLog:
             return
         with open(self.path, newline="") as handle:
             rows = list(csv.DictReader(handle))
-        kept = [row for row in rows if int(row["step"]) <= step]
         if rows:
-            self._write(rows[0].keys(), kept, mode="w")
+            write_csv_atomic(self.path, rows[0].keys(), [row for row in rows if int(row["step"]) <= step])
 
-    def _write(self, columns, rows, mode: str) -> None:
-        new = mode == "w" or not self.path.exists()
-        with open(self.path, mode if not new else "w", newline="") as handle:
+    def _write(self, columns, rows) -> None:
+        """Append ``rows`` (the header first when the file is new)."""
+        new = not self.path.exists()
+        with open(self.path, "w" if new else "a", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=list(columns))
             if new:
                 writer.writeheader()
@@ -176,7 +180,7 @@ class MetricsLog:
     def log(self, step: int, values: dict[str, float]) -> None:
         if not self.enabled:
             return
-        self._write(["step", *values], [{"step": step, **values}], mode="a")
+        self._write(["step", *values], [{"step": step, **values}])
         for key, value in values.items():
             self.writer.add_scalar(key, value, step)
 
@@ -227,11 +231,9 @@ def export_modules(accelerator: Accelerator, run_dir: Path, objective: Objective
         return
     for name, module in objective.modules_to_save().items():
         tmp = run_dir / f".{name}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
         module.save_pretrained(tmp)
-        final = run_dir / name
-        if final.exists():
-            shutil.rmtree(final)
-        tmp.rename(final)
+        replace_dir(tmp, run_dir / name)
 
 
 def fit(run_dir: Path, objective: Objective, dataset, config: LoopConfig,
@@ -251,7 +253,8 @@ def fit(run_dir: Path, objective: Objective, dataset, config: LoopConfig,
     params = [p for p in objective.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     generator = torch.Generator().manual_seed(config.seed * 1_000_003 + accelerator.process_index)
-    state = {"step": 0, "micro_batches": 0, "config": config_dict, "world_size": accelerator.num_processes}
+    state = {"step": 0, "micro_batches": 0, "train_seconds": 0.0, "config": config_dict,
+             "world_size": accelerator.num_processes}
     checkpoint = resolve_resume(run_dir, config.resume)
     if checkpoint is not None:
         saved = load_checkpoint(checkpoint, objective, optimizer, generator, accelerator.process_index)
@@ -259,7 +262,9 @@ def fit(run_dir: Path, objective: Objective, dataset, config: LoopConfig,
         if saved["world_size"] != accelerator.num_processes:
             raise ValueError(f"{checkpoint} was made with {saved['world_size']} processes, now "
                              f"{accelerator.num_processes}: resume with the same number")
-        state.update(step=saved["step"], micro_batches=saved["micro_batches"])
+        state.update(step=saved["step"], micro_batches=saved["micro_batches"],
+                     train_seconds=saved.get("train_seconds", 0.0))
+        load_grad_scaler(accelerator, saved)
     model, optimizer = accelerator.prepare(objective, optimizer)
     loader = batch_loader(dataset, config.batch_size, config.seed, accelerator.process_index,
                           accelerator.num_processes, start=state["micro_batches"], num_workers=config.num_workers)
@@ -267,19 +272,20 @@ def fit(run_dir: Path, objective: Objective, dataset, config: LoopConfig,
     progress = tqdm(total=config.steps, initial=state["step"], desc=run_dir.name,
                     disable=not accelerator.is_main_process, dynamic_ncols=True)
     sums: dict[str, float] = {}
-    started = time.perf_counter()
     batches = iter(loader)
     model.train()
     while state["step"] < config.steps:
+        started = time.perf_counter()
         batch = next(batches)
         state["micro_batches"] += 1
         with accelerator.accumulate(model):
             inputs = objective.draw(batch, generator)
             outputs = model(**{k: v.to(accelerator.device) for k, v in inputs.items()}, step=state["step"])
             loss = outputs["loss"]
-            if not torch.isfinite(loss):
-                raise NonFiniteLossError(f"non-finite loss {loss.item()} at step {state['step'] + 1}; stopping "
-                                         f"without saving (last good checkpoint kept in {run_dir})")
+            if not all_finite(accelerator, loss):
+                raise NonFiniteLossError(f"non-finite loss {loss.item()} at step {state['step'] + 1} (this process "
+                                         f"or another); stopping without saving (last good checkpoint kept in "
+                                         f"{run_dir})")
             accelerator.backward(loss)
             for key, value in outputs.items():
                 sums[key] = sums.get(key, 0.0) + float(value.detach()) / config.grad_accum
@@ -290,6 +296,7 @@ def fit(run_dir: Path, objective: Objective, dataset, config: LoopConfig,
                 group["lr"] = lr
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+        state["train_seconds"] += time.perf_counter() - started
         if not accelerator.sync_gradients:
             continue
         state["step"] += 1
@@ -298,7 +305,7 @@ def fit(run_dir: Path, objective: Objective, dataset, config: LoopConfig,
         progress.update(1)
         progress.set_postfix(loss=f"{sums['loss']:.4f}")
         if step % config.log_every == 0 or step == config.steps:
-            metrics.log(step, {**sums, "lr": lr, "seconds": time.perf_counter() - started})
+            metrics.log(step, {**sums, "lr": lr, "seconds": state["train_seconds"]})
         sums = {}
         if evaluate is not None and (step == config.steps or (config.eval_every and step % config.eval_every == 0)):
             if accelerator.is_main_process:
@@ -308,15 +315,48 @@ def fit(run_dir: Path, objective: Objective, dataset, config: LoopConfig,
                 eval_log_rows(run_dir, step, results, metrics)
             accelerator.wait_for_everyone()
         if step == config.steps or (config.checkpoint_every and step % config.checkpoint_every == 0):
-            save_checkpoint(accelerator, run_dir, objective, optimizer, generator, dict(state))
+            save_checkpoint(accelerator, run_dir, objective, optimizer, generator, with_grad_scaler(accelerator, state))
             if accelerator.is_main_process:
                 prune_checkpoints(run_dir, config.keep_checkpoints)
     progress.close()
     metrics.close()
     export_modules(accelerator, run_dir, objective)
     accelerator.wait_for_everyone()
-    accelerator.end_training()
+    # Free this run's accelerate settings (mixed precision, accumulation) so that a later fit in the same process
+    # (the default main net's pretraining before a side net, a study, a notebook) may use others; the process group
+    # stays up for it and ``end_processes`` takes it down at exit. (accelerate's ``end_training`` would destroy it.)
+    AcceleratorState._reset_state()
+    GradientState._reset_state()
     return state
+
+
+def with_grad_scaler(accelerator: Accelerator, state: dict) -> dict:
+    """A copy of the trainer ``state`` with fp16's gradient-scaler state (scale, growth tracker: plain numbers) when
+    the run has a scaler, so that a resumed run scales its first steps as the uninterrupted one."""
+    if accelerator.scaler is None:
+        return dict(state)
+    return {**state, "grad_scaler": accelerator.scaler.state_dict()}
+
+
+def load_grad_scaler(accelerator: Accelerator, saved: dict) -> None:
+    """Restore the gradient scaler saved by ``with_grad_scaler`` (nothing to do without one)."""
+    if accelerator.scaler is not None and "grad_scaler" in saved:
+        accelerator.scaler.load_state_dict(saved["grad_scaler"])
+
+
+def all_finite(accelerator: Accelerator, loss: torch.Tensor) -> bool:
+    """Whether ``loss`` is finite on every process (a collective: all stop together instead of the others waiting
+    in the next gradient all-reduce for the one that stopped)."""
+    bad = torch.tensor([0.0 if torch.isfinite(loss) else 1.0], device=loss.device)
+    if accelerator.num_processes > 1:
+        bad = accelerator.reduce(bad, reduction="sum")
+    return bool(bad.item() == 0)
+
+
+def end_processes() -> None:
+    """Take down the process group of a launched run (the CLIs call it last; nothing to do in one process)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 def eval_log_rows(run_dir: Path, step: int, results: dict[str, float], metrics: MetricsLog) -> None:
@@ -328,10 +368,8 @@ def eval_log_rows(run_dir: Path, step: int, results: dict[str, float], metrics: 
             rows = [row for row in csv.DictReader(handle) if int(row["step"]) < step]
     new_rows = [{"step": step, "metric": key, "value": value} for key, value in results.items()
                 if isinstance(value, (int, float)) and math.isfinite(value)]
-    with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["step", "metric", "value"])
-        writer.writeheader()
-        writer.writerows(rows + new_rows)
+    write_csv_atomic(path, ["step", "metric", "value"], rows + new_rows)
     if metrics.writer is not None:
         for row in new_rows:
             metrics.writer.add_scalar(f"eval/{row['metric']}", float(row["value"]), step)
+

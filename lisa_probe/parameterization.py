@@ -62,6 +62,10 @@ class Parameterization:
         """Rebuild from a diffusers scheduler config (``scheduler/scheduler_config.json``)."""
         if config.get("_class_name", "").startswith("FlowMatch"):
             return cls("flow", config.get("num_train_timesteps", 1000))
+        for option in ("rescale_betas_zero_snr", "trained_betas"):
+            if config.get(option):
+                raise ValueError(f"scheduler option {option}={config[option]!r} is not supported: lisa_probe builds the "
+                                 "noise schedule from beta_schedule, beta_start and beta_end only")
         kinds = {"epsilon": "eps", "v_prediction": "v"}
         prediction = config.get("prediction_type", "epsilon")
         if prediction not in kinds:

@@ -16,7 +16,7 @@ import torch
 
 from lisa_probe.config import parse_config, write_config
 from lisa_probe.data import DATASET_NAMES, build_dataset, check_choice
-from lisa_probe.engine import LoopConfig, Objective, fit, is_main_process
+from lisa_probe.engine import LoopConfig, Objective, end_processes, fit, is_main_process, process_state
 from lisa_probe.grids import save_grid, to_uint8
 from lisa_probe.models.build import MAIN_FORWARD, build_main, null_context_for
 from lisa_probe.models.presets import FAMILIES, PRESETS
@@ -159,6 +159,7 @@ def pretrain(config: PretrainConfig) -> Path:
     fit(run_dir, objective, dataset, config, evaluate=evaluation)
     if is_main_process():
         parameterization.to_scheduler().save_pretrained(run_dir / "scheduler")
+    process_state().wait_for_everyone()  # the other processes may load this main net next (lisa_probe.train)
     return run_dir
 
 
@@ -167,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     run_dir = pretrain(config)
     if is_main_process():
         print(f"main net written to {run_dir}")
+    end_processes()
     return 0
 
 

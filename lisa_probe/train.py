@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from lisa_probe.config import option, parse_config, write_config
 from lisa_probe.data import DATASET_NAMES, build_dataset, check_choice
-from lisa_probe.engine import LoopConfig, Objective, fit, is_main_process
+from lisa_probe.engine import LoopConfig, Objective, end_processes, fit, is_main_process
 from lisa_probe.evaluation import CONTROL_METRIC
 from lisa_probe.hooks import capture
 from lisa_probe.lisa import DISTANCES, SCHEDULES, LisaDecoder, lisa_distance, lisa_rows, lisa_target, lisa_weight
@@ -159,11 +159,11 @@ def train(config: TrainConfig) -> Path:
 def main(argv: list[str] | None = None) -> int:
     config = parse_config(TrainConfig, argv, "python -m lisa_probe.train", __doc__.splitlines()[0])
     run_dir = train(config)
-    if not is_main_process():
-        return 0
-    summary = json.loads((run_dir / "summary.json").read_text())
-    print(f"side net written to {run_dir}")
-    print(json.dumps(summary["final"], indent=2))
+    if is_main_process():
+        summary = json.loads((run_dir / "summary.json").read_text())
+        print(f"side net written to {run_dir}")
+        print(json.dumps(summary["final"], indent=2))
+    end_processes()
     return 0
 
 

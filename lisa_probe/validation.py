@@ -13,9 +13,9 @@ from pathlib import Path
 import torch
 from torch.utils.data import default_collate
 
-from lisa_probe.checkpointing import write_json
 from lisa_probe.data import build_dataset
 from lisa_probe.evaluation import Evaluator
+from lisa_probe.files import write_json
 from lisa_probe.grids import save_grid, to_uint8
 from lisa_probe.provenance import code_version
 from lisa_probe.sampling import fixed_noise, sample
@@ -88,7 +88,8 @@ def convergence_step(evaluations: dict[int, dict[str, float]], metric: str, thre
 
 
 def mean_step_seconds(run_dir: Path) -> float | None:
-    """Mean wall time per optimizer step from ``metrics.csv``'s cumulative ``seconds`` column."""
+    """Mean wall time per optimizer step from ``metrics.csv``'s ``seconds`` column (the training steps' own time,
+    cumulative across resumes; evaluations and checkpoints excluded)."""
     path = Path(run_dir) / "metrics.csv"
     if not path.exists():
         return None

@@ -60,8 +60,9 @@ def _small_readback(monkeypatch):
     monkeypatch.setattr(readback_module, "ReadbackConfig", SmallReadbackConfig)
 
 
-def launch_two_cpu_processes(module: str, args: list[str]) -> subprocess.CompletedProcess:
-    """``accelerate launch --multi_gpu --num_processes 2 -m <module> <args>`` on a free port, one thread each.
+def launch_two_cpu_processes(target: str, args: list[str]) -> subprocess.CompletedProcess:
+    """``accelerate launch --multi_gpu --num_processes 2 [-m] <target> <args>`` on a free port, one thread each;
+    ``target`` is a module name, or the path of a script when it ends in ``.py``.
 
     On a CPU-only machine this runs two gloo processes (accelerate's ``--cpu`` alone multiplies processes only
     through MPI)."""
@@ -70,6 +71,6 @@ def launch_two_cpu_processes(module: str, args: list[str]) -> subprocess.Complet
         port = sock.getsockname()[1]
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               "--main_process_port", str(port), "-m", module, *args]
+               "--main_process_port", str(port), *([target] if target.endswith(".py") else ["-m", target]), *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run(command, check=False, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)

@@ -1,11 +1,22 @@
-"""The training loop's pieces that stand alone: learning-rate schedule, config checks, device choice."""
+"""The training loop's pieces that stand alone: learning-rate schedule, config checks, device choice, resume
+checks, the fp16 scaler's state, the finite-loss check."""
 
+import json
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
 
-from lisa_probe.engine import LoopConfig, cpu_only, learning_rate
+from lisa_probe.engine import (
+    LoopConfig,
+    _check_resume_config,
+    all_finite,
+    cpu_only,
+    learning_rate,
+    load_grad_scaler,
+    with_grad_scaler,
+)
 
 
 def test_warmup_then_constant():
@@ -48,3 +59,35 @@ def test_cpu_only_without_cuda_or_under_accelerate_launch_cpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.delenv("ACCELERATE_USE_CPU")
     assert cpu_only()
+
+
+def test_cosine_schedule_refuses_a_new_length_on_resume(tmp_path):
+    saved = {"config": {"steps": 100, "lr_schedule": "cosine"}}
+    with pytest.raises(ValueError, match="steps=200: its cosine .* over steps=100"):
+        _check_resume_config(saved, {"steps": 200, "lr_schedule": "cosine"}, tmp_path, {})
+    _check_resume_config(saved, {"steps": 100, "lr_schedule": "cosine"}, tmp_path, {})
+    constant = {"config": {"steps": 100, "lr_schedule": "constant"}}
+    _check_resume_config(constant, {"steps": 200, "lr_schedule": "constant"}, tmp_path, {})
+
+
+def test_grad_scaler_state_travels_in_the_trainer_state_json():
+    """fp16 runs (GPU) keep the scaler's backed-off scale across a resume; a scaler on the CPU stands in here."""
+    running = SimpleNamespace(scaler=torch.amp.GradScaler("cpu", init_scale=1024.0))
+    running.scaler.scale(torch.ones(1))
+    running.scaler.update(new_scale=128.0)
+    state = {"step": 7, "micro_batches": 7}
+    saved = json.loads(json.dumps(with_grad_scaler(running, state)))
+    assert state == {"step": 7, "micro_batches": 7}  # a copy
+    resumed = SimpleNamespace(scaler=torch.amp.GradScaler("cpu", init_scale=1024.0))
+    load_grad_scaler(resumed, saved)
+    assert resumed.scaler.get_scale() == 128.0
+    without = SimpleNamespace(scaler=None)
+    assert with_grad_scaler(without, state) == state
+    load_grad_scaler(without, saved)  # nothing to restore into
+
+
+def test_all_finite_in_one_process():
+    one = SimpleNamespace(num_processes=1)
+    assert all_finite(one, torch.tensor(0.5))
+    assert not all_finite(one, torch.tensor(float("nan")))
+    assert not all_finite(one, torch.tensor(float("inf")))

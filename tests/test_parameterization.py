@@ -83,6 +83,13 @@ def test_scheduler_config_round_trip():
         assert Parameterization.from_scheduler_config(saved).prediction_type == kind
 
 
+@pytest.mark.parametrize("option,value", [("rescale_betas_zero_snr", True), ("trained_betas", [0.1, 0.2])])
+def test_scheduler_options_we_do_not_model_are_refused(option, value):
+    saved = {**json.loads(Parameterization("v").to_scheduler().to_json_string()), option: value}
+    with pytest.raises(ValueError, match=f"{option}=.* not supported"):
+        Parameterization.from_scheduler_config(saved)
+
+
 def test_bad_prediction_type_names_allowed():
     with pytest.raises(ValueError, match="'x0'.*eps, v, flow"):
         Parameterization("x0")

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ from lisa_probe.config import read_config
 from lisa_probe.engine import NonFiniteLossError
 from lisa_probe.models import build_main, save_main
 from lisa_probe.parameterization import Parameterization
+from lisa_probe.pretrain import PretrainConfig, pretrain
 from lisa_probe.runs import load_run
 from lisa_probe.train import SideNetObjective, TrainConfig, train
 from tests.conftest import launch_two_cpu_processes
@@ -91,6 +93,8 @@ def test_resume_continues_exactly(tmp_path):
         for key in a:
             torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
     assert [r["loss"] for r in read_metrics(straight)] == [r["loss"] for r in read_metrics(resumed)]
+    seconds = [float(r["seconds"]) for r in read_metrics(resumed)]  # training time carries on across the resume
+    assert all(0 < a < b for a, b in zip(seconds, seconds[1:]))
 
 
 def test_batched_main_pass_trains_like_the_separate_one(tmp_path):
@@ -179,3 +183,57 @@ def test_two_cpu_processes_with_accelerate(tmp_path):
     assert {p.name for p in checkpoint.glob("rng-*.safetensors")} == {"rng-0.safetensors", "rng-1.safetensors"}
     assert json.loads((checkpoint / "trainer_state.json").read_text())["world_size"] == 2
     ControlNetModel.from_pretrained(out / "ddp" / "controlnet")
+
+
+def test_pretraining_then_bf16_training_in_one_process(tmp_path):
+    """A second loop in the same process (the default main net's pretraining, then the side net) may change the
+    mixed precision: accelerate's per-run state does not outlive ``fit``."""
+    main_dir = pretrain(PretrainConfig(preset="tiny", resolution=16, steps=2, batch_size=2, eval_samples=0,
+                                       out_dir=str(tmp_path), name="main"))
+    run_dir = train(tiny_config(tmp_path, main=str(main_dir), name="bf16", mixed_precision="bf16", steps=2))
+    rows = read_metrics(run_dir)
+    assert [int(r["step"]) for r in rows] == [1, 2] and all(math.isfinite(float(r["loss"])) for r in rows)
+
+
+TWO_PROCESS_SCRIPT = """
+import sys
+from pathlib import Path
+
+from lisa_probe.engine import NonFiniteLossError, process_state
+from lisa_probe.pretrain import PretrainConfig, pretrain
+from lisa_probe.train import SideNetObjective, TrainConfig, train
+
+out = Path(sys.argv[1])
+main = pretrain(PretrainConfig(backbone="dit", preset="tiny", resolution=16, steps=2, batch_size=2, eval_samples=0,
+                               out_dir=str(out), name="main"))
+common = dict(main=str(main), out_dir=str(out), steps=2, batch_size=2, eval_samples=0, checkpoint_every=0)
+train(TrainConfig(name="ddp", **common))
+forward = SideNetObjective.forward
+
+
+def nan_on_rank_1(self, *args, **kwargs):
+    outputs = forward(self, *args, **kwargs)
+    if process_state().process_index == 1:
+        outputs["loss"] = outputs["loss"] * float("nan")
+    return outputs
+
+
+SideNetObjective.forward = nan_on_rank_1
+try:
+    train(TrainConfig(name="nan", **common))
+except NonFiniteLossError as error:
+    print(f"rank {process_state().process_index} stopped: {error}")
+"""
+
+
+def test_two_processes_pretrain_then_train_a_dit_and_stop_together_on_nan(tmp_path):
+    """Under ``accelerate launch``: pretraining then training in one process (the path of the default main net),
+    DDP over the SD3 ControlNet (no parameter without a gradient), and a NaN on one rank stops both."""
+    script = tmp_path / "two_fits.py"
+    script.write_text(TWO_PROCESS_SCRIPT)
+    result = launch_two_cpu_processes(str(script), [str(tmp_path / "out")])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((tmp_path / "out" / "ddp" / "summary.json").read_text())["steps"] == 2
+    SD3ControlNetModel.from_pretrained(tmp_path / "out" / "ddp" / "controlnet")
+    assert sorted(line.split(" stopped")[0] for line in result.stdout.splitlines() if " stopped: " in line) == \
+        ["rank 0", "rank 1"]

@@ -23,6 +23,18 @@ def dit_forward(main: SD3Transformer2DModel, x_t: torch.Tensor, timesteps: torch
                 block_controlnet_hidden_states=residuals, return_dict=False)[0]
 
 
+def freeze_unused_context_output(side: SD3ControlNetModel) -> None:
+    """Freeze the last ControlNet block's text-stream output (``attn.to_add_out``, ``ff_context``).
+
+    Only the image tokens of each block become a residual, so the text tokens the last block writes feed nothing:
+    those weights never get a gradient (the training step is unchanged by freezing them), and under DDP accelerate
+    would wait for their gradients forever."""
+    last = side.transformer_blocks[-1]
+    for unused in (getattr(last.attn, "to_add_out", None), getattr(last, "ff_context", None)):
+        if unused is not None:
+            unused.requires_grad_(False)
+
+
 class DiTDualBranch(DualBranch):
     """SD3Transformer2DModel + SD3ControlNetModel. Sites ``block.0 … block.K`` (the ControlNet zero-linears).
 
@@ -39,6 +51,7 @@ class DiTDualBranch(DualBranch):
             raise ValueError(f"the SD3 ControlNet must have fewer layers than the transformer "
                              f"({side.config.num_layers} >= {main.config.num_layers})")
         super().__init__(main, side, parameterization, null_context, null_pooled)
+        freeze_unused_context_output(side)
 
     @property
     def cond_channels(self) -> int:

@@ -124,10 +124,11 @@ class DualBranch(nn.Module):
     # ----- model space (pixels, or VAE latents when the main net came with a ``vae/``) --------------------------
     @torch.no_grad()
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
-        """Images (B, 3, H, W) in [-1, 1] -> model-space samples (identity in pixel space, scaled VAE latents)."""
+        """Images (B, 3, H, W) in [-1, 1] -> model-space samples (identity in pixel space; scaled VAE latents, on the
+        VAE's device, whatever device the images come from)."""
         if self.vae is None:
             return images
-        latents = self.vae.encode(images.to(self.vae.dtype)).latent_dist.mode()
+        latents = self.vae.encode(images.to(device=self.vae.device, dtype=self.vae.dtype)).latent_dist.mode()
         shift = self.vae.config.get("shift_factor") or 0.0
         return (latents - shift) * self.vae.config.scaling_factor
 

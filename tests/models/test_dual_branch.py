@@ -93,6 +93,22 @@ def test_gradients_reach_side_net_only():
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.side.parameters())
 
 
+def test_every_trainable_side_parameter_gets_a_gradient(dual_branch):
+    """DDP (``accelerate launch``) waits for a gradient of every trainable parameter: none may be left out. The SD3
+    ControlNet's last block writes text tokens nothing reads; those weights are frozen."""
+    x, t, c = inputs(dual_branch)
+    dual_branch(x, t, c).pred_full.square().mean().backward()
+    trainable = {name: p for name, p in dual_branch.side.named_parameters() if p.requires_grad}
+    assert trainable and [name for name, p in trainable.items() if p.grad is None] == []
+    frozen = [name for name, p in dual_branch.side.named_parameters() if not p.requires_grad]
+    if dual_branch.family == "dit":
+        last = len(dual_branch.side.transformer_blocks) - 1
+        assert frozen and all(name.startswith((f"transformer_blocks.{last}.attn.to_add_out",
+                                               f"transformer_blocks.{last}.ff_context")) for name in frozen)
+    else:
+        assert frozen == []
+
+
 @pytest.mark.parametrize("family,kind,main_class", [("unet", "v", UNet2DConditionModel),
                                                     ("dit", "flow", SD3Transformer2DModel)])
 def test_local_diffusers_directory_round_trip(tmp_path, family, kind, main_class):

@@ -1,0 +1,46 @@
+"""Files that an interruption never leaves half-written."""
+
+import csv
+from pathlib import Path
+
+import pytest
+
+from lisa_probe.files import replace_dir, write_csv_atomic, write_json, write_text_atomic
+
+
+def test_atomic_writes_leave_only_the_file(tmp_path):
+    write_text_atomic(tmp_path / "a.yaml", "x: 1\n")
+    write_json(tmp_path / "b.json", {"z": 1, "a": [1, 2]})
+    write_csv_atomic(tmp_path / "c.csv", ["step", "value"], [{"step": 1, "value": 0.5}])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.yaml", "b.json", "c.csv"]
+    assert (tmp_path / "a.yaml").read_text() == "x: 1\n"
+    with open(tmp_path / "c.csv", newline="") as handle:
+        assert list(csv.DictReader(handle)) == [{"step": "1", "value": "0.5"}]
+
+
+def test_a_failed_write_keeps_the_old_content(tmp_path, monkeypatch):
+    target = tmp_path / "summary.json"
+    write_json(target, {"steps": 1})
+    original = Path.write_text
+
+    def half_then_interrupted(self, text):
+        if not self.name.endswith(".tmp"):
+            return original(self, text)
+        original(self, text[: len(text) // 2])  # half the text reaches the disk, then the run is stopped
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Path, "write_text", half_then_interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        write_json(target, {"steps": 2, "final": {"edge_f1": 0.7}})
+    assert target.read_text() == '{\n  "steps": 1\n}'
+
+
+def test_replace_dir_swaps_whole_directories(tmp_path):
+    final, new = tmp_path / "controlnet", tmp_path / ".controlnet.tmp"
+    final.mkdir()
+    (final / "old.txt").write_text("old")
+    new.mkdir()
+    (new / "new.txt").write_text("new")
+    replace_dir(new, final)
+    assert [p.name for p in final.iterdir()] == ["new.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["controlnet"]
