@@ -7,9 +7,12 @@ untrained side net as ``random-init``). Per run, site and timestep bin it measur
   ``full − main`` and ``oracle`` = ``target − main``: the LISA decoder's output against each estimate (when the store
   has ``scores/decoded``), a ridge read-out and linear CKA of mean-pooled features against the estimate on a
   ``READOUT_GRID``² grid, and a spatial ridge read-out (one map shared by all positions) — each beside its shuffled-
-  pairs reference; a randomly initialised side net is the other reference;
-* **disentanglement**: linear probes with control tasks for every factor, carried vs not-carried summary, DCI / MIG /
-  SAP on PCA-reduced pooled features, and a 2-D embedding (UMAP, or PCA with ``--no-umap``) of one site;
+  pairs reference (features paired with another row's estimate in the same timestep bin; in the streamed spatial
+  read-out and decoder alignment always another sample's, ``shuffle_within``); a randomly initialised side net is
+  the other reference;
+* **disentanglement**: linear probes for every factor beside a control task (a chance baseline, see
+  ``lisa_probe.analysis.probes``), carried vs not-carried summary, DCI / MIG / SAP on pooled features reduced by a PCA
+  fitted on DCI's and SAP's training rows, and a 2-D embedding (UMAP, or PCA with ``--no-umap``) of one site;
 * **per-site decomposition** of the score: add-one-in from the store's ``decompose/<site>`` rows, and with
   ``--attribution-samples K`` leave-one-out / add-one-in / integrated gradients / Shapley of the reloaded model
   (``lisa_probe.attribution``) at the inputs of K of the store's samples;
@@ -18,10 +21,11 @@ untrained side net as ``random-init``). Per run, site and timestep bin it measur
 Outputs in ``--out``: ``alignment.csv``, ``probes.csv``, ``carried_summary.csv``, ``disentanglement.csv``,
 ``embedding.csv``, ``decomposition.csv``, ``training.csv`` (long form), ``figures/*.png`` and ``report.md``.
 
-Memory: one streamed pass per store reads ~16 MiB of rows at a time. It fills accumulators whose size does not
-depend on the number of rows (the spatial read-out's ``RidgeSufficientStats`` and the decoder alignment's sums, per
-site, bin, estimate and control) and per-row summaries about 100x smaller than the rows (pooled features, the coarse
-estimates, the add-one-in projections); the in-memory analyses run on those summaries. ``--max-rows`` caps the rows.
+Memory: one streamed pass per store reads ~16 MiB of rows at a time (``--chunk-rows``), in whole samples, at least
+``MIN_CHUNK_SAMPLES`` per chunk. It fills accumulators whose size does not depend on the number of rows (the spatial
+read-out's ``RidgeSufficientStats`` and the decoder alignment's sums, per site, bin, estimate and control) and per-row
+summaries about 100x smaller than the rows (pooled features, the coarse estimates, the add-one-in projections); the
+in-memory analyses run on those summaries. ``--max-rows`` caps the rows.
 """
 
 from __future__ import annotations
@@ -50,6 +54,8 @@ from lisa_probe.analysis.alignment import (
     EPS,
     RidgeSufficientStats,
     fold_ids,
+    grand_mean_r2,
+    other_sample_pairing,
     readout_table,
     resample_to,
 )
@@ -72,7 +78,7 @@ from lisa_probe.store.reader import ITER_BYTES
 ESTIMATES = ("model", "oracle")
 CONTROLS = ("none", "shuffled_pairs")
 READOUT_GRID = 4
-MIN_CHUNK_ROWS = 64  # rows per streamed chunk at least, so that the shuffled pairs mix several samples
+MIN_CHUNK_SAMPLES = 2  # whole samples per streamed chunk at least: the shuffled pairs need another sample per row
 RANDOM_LABEL = "random-init"
 TABLES = ("alignment", "probes", "carried_summary", "disentanglement", "embedding", "decomposition", "training")
 ALIGNMENT_FIGURES = (("decoder", "cosine"), ("ridge", "r2"), ("spatial_ridge", "r2"), ("cka", "cka_debiased"))
@@ -103,7 +109,7 @@ class AnalyzeOptions:
     dci_importance: str = "gbt"
     pca_components: int = 10
     n_splits: int = 5
-    chunk_rows: int | None = None  # rows per streamed chunk (default: ~16 MiB of rows)
+    chunk_rows: int | None = None  # rows per streamed chunk, in whole samples (default: ~16 MiB of rows)
     seed: int = 0
 
 
@@ -191,8 +197,8 @@ def open_run(path: str | Path, label: str, options: AnalyzeOptions) -> Run:
 # --------------------------------------------------------------------------------------------------- streaming
 class DecoderAlignmentSums:
     """``decoder_alignment`` over rows fed chunk by chunk: sums of per-row cosines and relative errors, the squared
-    error and the first two moments of the estimate's elements; ``metrics()`` equals ``decoder_alignment`` of all
-    rows at once."""
+    error and the first two moments of the estimate's elements (so the R²'s SST is around the grand mean of all
+    elements); ``metrics()`` equals ``decoder_alignment`` of all rows at once."""
 
     def __init__(self) -> None:
         self.rows = self.elements = 0
@@ -212,9 +218,11 @@ class DecoderAlignmentSums:
         self.squares += float(np.sum(e * e))
 
     def metrics(self) -> dict[str, float]:
-        """``{"cosine", "rel_error", "r2"}`` as ``decoder_alignment`` defines them."""
+        """``{"cosine", "rel_error", "r2"}`` as ``decoder_alignment`` defines them (``r2`` NaN for a constant
+        estimate)."""
         sst = self.squares - self.total**2 / self.elements
-        return {"cosine": self.cosine / self.rows, "rel_error": self.rel_error / self.rows, "r2": 1.0 - self.sse / sst}
+        return {"cosine": self.cosine / self.rows, "rel_error": self.rel_error / self.rows,
+                "r2": grand_mean_r2(self.sse, sst, self.squares)}
 
 
 @dataclass
@@ -259,17 +267,49 @@ def _positions(maps: np.ndarray) -> np.ndarray:
     return np.moveaxis(maps, 1, -1).reshape(-1, maps.shape[1])
 
 
-def shuffle_within(bins: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """(k,) row permutation that moves rows only within their bin: row i is paired with row ``perm[i]``."""
+def shuffle_within(bins: np.ndarray, samples: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """(k,) row permutation that pairs every row with a row of another sample in the same bin
+    (``other_sample_pairing`` per bin): row i is paired with row ``perm[i]``.
+
+    Args:
+        bins: (k,) timestep bin of every row.
+        samples: (k,) sample id of every row.
+
+    Raises:
+        ValueError: a sample holds more than half of a bin's rows (stream whole samples, several per chunk).
+    """
     perm = np.arange(len(bins))
     for b in np.unique(bins):
         rows = np.flatnonzero(bins == b)
-        perm[rows] = rng.permutation(rows)
+        try:
+            perm[rows] = rows[other_sample_pairing(samples[rows], rng)]
+        except ValueError as error:
+            raise ValueError(f"t_bin {int(b)} of this chunk: {error}") from error
     return perm
 
 
+def sample_chunks(samples: np.ndarray, chunk_rows: int) -> list[slice]:
+    """Split rows (N,) whose equal sample ids are consecutive into consecutive chunks of whole samples: as many
+    samples as fit in ``chunk_rows`` rows, but at least ``MIN_CHUNK_SAMPLES`` (a shorter remainder joins the last
+    chunk), so that ``shuffle_within`` finds another sample for every row.
+
+    Returns:
+        slices of the rows, in order, covering all N rows.
+    """
+    starts = np.flatnonzero(np.r_[True, samples[1:] != samples[:-1]])
+    ends = np.r_[starts[1:], len(samples)]
+    bounds, first = [0], 0  # chunk starts; index of the current chunk's first sample
+    for k in range(1, len(starts)):
+        if ends[k] - bounds[-1] > chunk_rows and k - first >= MIN_CHUNK_SAMPLES:
+            bounds.append(int(starts[k]))
+            first = k
+    if len(bounds) > 1 and len(starts) - first < MIN_CHUNK_SAMPLES:
+        bounds.pop()
+    return [slice(start, stop) for start, stop in zip(bounds, [*bounds[1:], len(samples)])]
+
+
 def _pairings(values: np.ndarray, shuffled: np.ndarray) -> dict[str, np.ndarray]:
-    """``{control: (k, ...)}``: the rows as they are and shuffled within their bins."""
+    """``{control: (k, ...)}``: the rows as they are and paired as ``shuffled`` says (``shuffle_within``)."""
     return {"none": values, "shuffled_pairs": values[shuffled]}
 
 
@@ -323,20 +363,25 @@ def row_summaries(chunk: Mapping[str, np.ndarray], sites: Sequence[str],
     return summaries
 
 
+def stream_chunks(run: Run, names: Sequence[str], chunk_rows: int) -> Iterator[tuple[pd.DataFrame, dict]]:
+    """``(meta rows (k,), {"rows": (k,), name: (k, *row_shape)})`` per chunk of whole samples (``sample_chunks``)."""
+    for part in sample_chunks(run.groups, chunk_rows):
+        rows = run.rows[part]
+        yield run.meta.iloc[part], {"rows": rows, **{name: run.store.read(name, rows) for name in names}}
+
+
 def stream_run(run: Run, options: AnalyzeOptions) -> Streamed:
-    """One pass over the run's rows, a chunk at a time (see the module docstring for what it keeps)."""
+    """One pass over the run's rows, a chunk of whole samples at a time (see the module docstring for what it
+    keeps)."""
     names = stream_names(run)
     row_bytes = sum(run.store.layout[name].row_nbytes for name in names)
-    chunk_rows = options.chunk_rows or max(MIN_CHUNK_ROWS, ITER_BYTES // row_bytes)
+    chunk_rows = options.chunk_rows or ITER_BYTES // row_bytes
     parts, spatial, decoder = defaultdict(list), {}, {}
     rng = np.random.default_rng(options.seed)
-    start = 0
     with tqdm(total=len(run.rows), unit="row", desc=f"{run.label}: stream") as progress:
-        for chunk in run.store.iter_chunks(names, run.rows, chunk_rows):
-            meta = run.meta.iloc[start:start + len(chunk["rows"])]
-            start += len(meta)
+        for meta, chunk in stream_chunks(run, names, chunk_rows):
             bins, folds = meta["t_bin"].to_numpy(), meta["fold"].to_numpy()
-            shuffled = shuffle_within(bins, rng)
+            shuffled = shuffle_within(bins, meta["sample_id"].to_numpy(), rng)
             main = chunk["scores/main"]
             estimates = {"model": chunk["scores/full"] - main, "oracle": chunk["scores/target"] - main}
             for key, values in row_summaries(chunk, run.sites, estimates).items():
@@ -390,16 +435,15 @@ def alignment_table(run: Run, streamed: Streamed, options: AnalyzeOptions) -> pd
 
 def disentanglement_tables(run: Run, streamed: Streamed, options: AnalyzeOptions) -> tuple[pd.DataFrame, pd.DataFrame]:
     """``(probe_table, disentanglement_table)`` rows of every site and timestep bin, on pooled features (DCI / MIG /
-    SAP after PCA to ``pca_components``)."""
+    SAP after a PCA to ``pca_components`` fitted on the training rows of their split)."""
     probes, codes_tables = [], []
     combos = list(product(run.sites, run.bins()))
     for site, (b, t, rows) in tqdm(combos, desc=f"{run.label}: probes, DCI", unit="site·bin"):
         ids = {"run": run.label, "site": site, "t": t, "t_bin": b}
         X, factors, groups = streamed.pooled[site][rows], run.factors(rows), run.groups[rows]
         probes.append(probe_table(X, factors, groups, options.n_splits, options.seed, **ids))
-        codes = reduce_features(X, options.pca_components, options.seed)
-        codes_tables.append(disentanglement_table(codes, factors, groups, options.dci_importance, seed=options.seed,
-                                                  **ids))
+        codes_tables.append(disentanglement_table(X, factors, groups, options.dci_importance, seed=options.seed,
+                                                  pca_components=options.pca_components, **ids))
     return pd.concat(probes, ignore_index=True), pd.concat(codes_tables, ignore_index=True)
 
 
@@ -563,7 +607,7 @@ def alignment_figures(figures: Figures, table: pd.DataFrame) -> None:
 def disentanglement_figures(figures: Figures, probes: pd.DataFrame, codes: pd.DataFrame) -> None:
     """Probe selectivity of carried vs not-carried factors per site; DCI disentanglement, MIG and SAP against t."""
     figures.save("probes", "probe_selectivity", plot_probe_selectivity(probes, col="site"),
-                 "probe selectivity (task − control) of carried vs not-carried factors, per site")
+                 "probe selectivity (task − chance-level control) of carried vs not-carried factors, per site")
     overall = codes[codes["factor"] == "all"]
     for method, metric in DISENTANGLEMENT_FIGURES:
         figures.save("disentanglement", f"disentanglement_{method}_{metric}",
@@ -656,13 +700,14 @@ def write_report(out: Path, runs: Sequence[Run], tables: Mapping[str, pd.DataFra
         "LISA decoder's output. `shuffled_pairs` pairs features with another sample's estimate. Mean over timestep "
         "bins:\n\n" + headline(alignment, ["method", "metric", "estimate", "site", "control"], labels),
         _figure_lines(figures, "alignment"),
-        "## Disentanglement\n\n### Probes\n\nMean selectivity (task − control task) over factors and timestep "
-        "bins:\n\n"
+        "## Disentanglement\n\n### Probes\n\nMean selectivity (task − control task; with folds grouped by sample the "
+        "control scores at chance, so selectivity is the task score above chance) over factors and timestep bins:\n\n"
         + headline(tables["carried_summary"].query("metric == 'selectivity'"), ["site", "contrast"], labels)
         + "\n\nPer factor (mean over sites and timestep bins):\n\n"
         + headline(probes, ["factor", "carried", "metric"], labels),
         _figure_lines(figures, "probes"),
-        "### DCI, MIG, SAP\n\nOn PCA-reduced pooled features, all factors, mean over timestep bins:\n\n"
+        "### DCI, MIG, SAP\n\nOn pooled features reduced by a PCA fitted on the training rows of DCI's and SAP's "
+        "split, all factors, mean over timestep bins:\n\n"
         + headline(codes[codes["factor"] == "all"], ["method", "metric", "site"], labels),
         _figure_lines(figures, "disentanglement"),
         "### Embedding\n\n" + headline(tables["embedding"], ["site", "method", "factor", "metric"], labels),
@@ -784,7 +829,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--pca-components", type=int, default=default.pca_components,
                    help="PCA components before DCI/MIG/SAP (%(default)s)")
     p.add_argument("--n-splits", type=int, default=default.n_splits, help="cross-validation folds (%(default)s)")
-    p.add_argument("--chunk-rows", type=int, help="rows per streamed chunk (default: ~16 MiB of rows)")
+    p.add_argument("--chunk-rows", type=int, help="rows per streamed chunk, rounded to whole samples, at least "
+                   f"{MIN_CHUNK_SAMPLES} (default: ~16 MiB of rows)")
     p.add_argument("--seed", type=int, default=default.seed, help="seed of subsets, shuffles and fits (%(default)s)")
     return p
 

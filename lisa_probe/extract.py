@@ -27,13 +27,14 @@ from tqdm.auto import tqdm
 
 from lisa_probe.config import option, parse_config
 from lisa_probe.data import DATASET_NAMES, build_dataset
-from lisa_probe.engine import process_state
+from lisa_probe.engine import end_processes, process_state
 from lisa_probe.hooks import capture
 from lisa_probe.models import DualBranch
 from lisa_probe.parameterization import FLOW_TIMESTEP_SCALE
 from lisa_probe.provenance import code_version, file_digest
 from lisa_probe.store import FeatureStoreWriter, make_layout, merge_shards, shard_path, shard_range
 from lisa_probe.store.schema import COMPRESSIONS
+from lisa_probe.store.writer import check_finished_store
 
 SPLITS = ("train", "val", "test")
 
@@ -276,18 +277,29 @@ def extract(config: ExtractConfig) -> Path:
     rows = shard_rows(extractor.n_rows, config.batch_size, state.process_index, state.num_processes)
     sharded = state.num_processes > 1
     target = shard_path(out, state.process_index, state.num_processes) if sharded else out
-    if not (sharded and config.resume and target.exists()):  # a finished shard of an interrupted run is kept
-        writer = FeatureStoreWriter(target, extractor.layout(lisa_site), len(rows),
-                                    store_attrs(config, model, run_config, side_dir, lisa_site),
-                                    compression=config.compression, overwrite=config.overwrite,
-                                    resume=config.resume, shard=(state.process_index, state.num_processes)
-                                    if sharded else None)
+    layout, attrs = extractor.layout(lisa_site), store_attrs(config, model, run_config, side_dir, lisa_site)
+    shard = (state.process_index, state.num_processes) if sharded else None
+    if sharded and config.resume and target.exists():  # a finished shard of an interrupted run is kept
+        reuse_shard(target, layout, len(rows), attrs, shard)
+    else:
+        writer = FeatureStoreWriter(target, layout, len(rows), attrs, compression=config.compression,
+                                    overwrite=config.overwrite, resume=config.resume, shard=shard)
         with writer, tqdm(total=len(rows), initial=writer.rows_done, unit="row", desc=out.name,
                           disable=not state.is_local_main_process) as progress:
             write_rows(writer, extractor, rows, lisa_site, progress)
     if sharded:
         merge(out, state, overwrite=config.overwrite or config.resume)
     return out
+
+
+def reuse_shard(path: Path, layout: dict, n_rows: int, attrs: dict, shard: tuple[int, int]) -> None:
+    """Check that the finished shard at ``path`` is this extraction's: same layout, ``n_rows``, root attrs
+    (``store_attrs``) and ``shard`` (rank, world size); ValueError naming every differing attr otherwise."""
+    try:
+        check_finished_store(path, layout, n_rows, attrs, shard)
+    except ValueError as error:
+        raise ValueError(f"cannot reuse the finished shard on --resume: {error}; delete it, or run again with "
+                         "--overwrite and without --resume") from error
 
 
 def merge(out: Path, state: PartialState, overwrite: bool) -> None:
@@ -305,7 +317,10 @@ def merge(out: Path, state: PartialState, overwrite: bool) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; returns the exit status."""
     config = parse_config(ExtractConfig, argv, "python -m lisa_probe.extract", __doc__.splitlines()[0])
-    print(f"features written to {extract(config)}")
+    out = extract(config)
+    if process_state().is_main_process:
+        print(f"features written to {out}")
+    end_processes()
     return 0
 
 

@@ -127,12 +127,13 @@ def bootstrap_ci(values: np.ndarray, seed: int = 0, n: int = 2000) -> tuple[floa
     return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
 
 
-def convergence_table(runs: pd.DataFrame, steps_if_never: dict[str, int]) -> pd.DataFrame:
-    """Per (setting, arm): mean convergence step (a run that never converged counts as its total steps, flagged),
-    bootstrap CI, number converged, and the baseline / arm ratio of mean steps."""
+def convergence_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per (setting, arm) of ``runs`` (``run_table``): mean convergence step (a run that never converged counts as
+    its own total ``steps``, which an arm or sweep may override; ``n_converged`` says how many did converge),
+    bootstrap CI, and the baseline / arm ratio of mean steps."""
     rows = []
     for (setting, arm), group in runs.groupby(["setting", "arm"]):
-        steps = group["convergence_step"].astype(float).fillna(steps_if_never[setting]).to_numpy()
+        steps = group["convergence_step"].astype(float).fillna(group["steps"].astype(float)).to_numpy()
         low, high = bootstrap_ci(steps)
         rows.append({"setting": setting, "arm": arm, "n_runs": len(group),
                      "n_converged": int(group["convergence_step"].notna().sum()), "mean_step": steps.mean(),
@@ -231,8 +232,7 @@ def run_study(path: Path, quick: bool = False, analyze: bool = True, seeds: list
             stores.setdefault(plan["setting"], []).extend(extract_run(run_dir, study, features_dir))
     runs = run_table(out_dir, plans)
     runs.to_csv(results / "runs.csv", index=False)
-    steps = {name: study["settings"][name]["train"].get("steps", TrainConfig.steps) for name in study["settings"]}
-    convergence = convergence_table(runs, steps)
+    convergence = convergence_table(runs)
     convergence.to_csv(results / "convergence.csv", index=False)
     curves = training_curves(out_dir, runs)
     curves.to_csv(results / "curves.csv", index=False)

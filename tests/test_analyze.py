@@ -13,6 +13,7 @@ import torch
 
 from lisa_probe.analysis.alignment import decoder_alignment, resample_to, spatial_ridge_readout
 from lisa_probe.analyze import (
+    MIN_CHUNK_SAMPLES,
     TABLES,
     AnalyzeOptions,
     DecoderAlignmentSums,
@@ -24,7 +25,9 @@ from lisa_probe.analyze import (
     open_run,
     prepare_out,
     run_tables,
+    sample_chunks,
     select_rows,
+    shuffle_within,
     store_decomposition,
     stream_run,
     time_bins,
@@ -136,6 +139,71 @@ def test_streamed_statistics_equal_the_in_memory_functions(synthetic):
         assert sums.metrics()[metric] == pytest.approx(value, rel=1e-9)
         assert values(table, method="decoder", metric=metric, estimate="model", control="none")[0] == \
             pytest.approx(value, rel=1e-9)
+
+
+def test_decoder_sums_r2_is_nan_for_a_constant_estimate():
+    rng = np.random.default_rng(5)
+    decoded = rng.normal(size=(6, *SCORE))
+    for constant in (0.0, 0.3):
+        estimate = np.full((6, *SCORE), constant)
+        sums = DecoderAlignmentSums()
+        for part in np.array_split(np.arange(6), 3):
+            sums.update(decoded[part], estimate[part])
+        assert np.isnan(sums.metrics()["r2"]) and np.isnan(decoder_alignment(decoded, estimate)["r2"])
+        assert sums.metrics()["rel_error"] == pytest.approx(decoder_alignment(decoded, estimate)["rel_error"])
+
+
+def chunk_meta(n_samples: int, t_bins: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(sample ids, t bins) of a streamed chunk of whole samples: 8 timesteps x 4 draws per sample, rows ordered
+    sample, timestep, draw, the timesteps merged into ``t_bins`` bins."""
+    samples = np.repeat([f"s{i:02d}" for i in np.random.default_rng(seed).permutation(n_samples)], 8 * 4)
+    t = np.tile(np.repeat(np.linspace(50.0, 950.0, 8), 4), n_samples)
+    return samples, time_bins(t, t_bins)[0]
+
+
+@pytest.mark.parametrize(("n_samples", "t_bins"), [(2, None), (3, 3), (7, 1)])
+def test_shuffled_pairs_are_other_samples_in_the_same_bin(n_samples, t_bins):
+    samples, bins = chunk_meta(n_samples, t_bins)
+    perm = shuffle_within(bins, samples, np.random.default_rng(0))
+    np.testing.assert_array_equal(np.sort(perm), np.arange(len(perm)))  # a permutation ...
+    np.testing.assert_array_equal(bins[perm], bins)  # ... within bins ...
+    assert not np.any(samples[perm] == samples)  # ... that never pairs a row with its own sample
+    np.testing.assert_array_equal(perm, shuffle_within(bins, samples, np.random.default_rng(0)))
+    assert not np.array_equal(perm, shuffle_within(bins, samples, np.random.default_rng(1)))
+
+
+def test_shuffled_pairs_with_unequal_samples_and_the_impossible_case():
+    samples = np.array(list("aaabbc" * 2))  # per bin: a holds 3 of 6 rows, exactly half
+    bins = np.repeat([0, 1], 6)
+    for seed in range(20):
+        perm = shuffle_within(bins, samples, np.random.default_rng(seed))
+        assert not np.any(samples[perm] == samples) and np.array_equal(bins[perm], bins)
+    with pytest.raises(ValueError, match=r"t_bin 0 of this chunk: .*sample 'a' holds 3 of 5 rows"):
+        shuffle_within(np.zeros(5, dtype=int), np.array(list("aaabc")), np.random.default_rng(0))
+
+
+def test_sample_chunks_hold_whole_samples():
+    samples = np.repeat([f"s{i}" for i in range(7)], 4)
+    cases = {10: [(0, 8), (8, 16), (16, 28)], 16: [(0, 16), (16, 28)], 1: [(0, 8), (8, 16), (16, 28)],
+             100: [(0, 28)]}
+    for chunk_rows, expected in cases.items():
+        chunks = sample_chunks(samples, chunk_rows)
+        assert [(part.start, part.stop) for part in chunks] == expected
+        for part in chunks:
+            inside = set(samples[part])
+            assert len(inside) >= MIN_CHUNK_SAMPLES and all((samples == s).sum() == (samples[part] == s).sum()
+                                                            for s in inside)
+
+
+def test_tiny_chunks_still_pair_other_samples(synthetic):
+    """Chunks of one row's worth are widened to two whole samples: the shuffled decoder pairs stay unaligned (a
+    row paired with itself would have cosine 1)."""
+    options = replace(FAST, chunk_rows=1, t_bins=1, sites=["spatial"])
+    run = open_run(synthetic, "tiny-chunks", options)
+    table = alignment_table(run, stream_run(run, options), options)
+    shuffled = values(table, method="decoder", metric="cosine", estimate="model", control="shuffled_pairs")
+    assert abs(shuffled[0]) < 0.15
+    assert values(table, method="decoder", metric="cosine", estimate="model", control="none")[0] > 0.99
 
 
 def test_probes_find_the_encoded_factor_only(analysed):

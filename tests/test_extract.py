@@ -386,6 +386,7 @@ def test_two_processes_merge_into_the_single_process_store(nets, stores, tmp_pat
     result = launch_two_cpu_processes("lisa_probe.extract", cli_args(nets, "unet", out, residuals=True,
                                                                       decompose=True))
     assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("features written to") == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f.h5"]
     assert not shard_path(out, 0, 2).exists()
     single = FeatureStore(stores["unet"])
@@ -397,8 +398,8 @@ def test_two_processes_merge_into_the_single_process_store(nets, stores, tmp_pat
             assert np.array_equal(h5[name][()], reference[name][()]), name
 
 
-def test_resume_keeps_finished_shards(nets, stores, tmp_path, monkeypatch):
-    """Rank 1 finished before rank 0 was killed: --resume keeps its shard, rank 0 finishes and merges."""
+def rank_1_of_2():
+    """A stand-in for accelerate's process state: rank 1 of 2 (tests change the class attributes to play rank 0)."""
 
     class Rank:
         num_processes, is_local_main_process, device = 2, False, torch.device("cpu")
@@ -407,7 +408,14 @@ def test_resume_keeps_finished_shards(nets, stores, tmp_path, monkeypatch):
         def wait_for_everyone(self):
             pass
 
+    return Rank
+
+
+def test_resume_keeps_finished_shards(nets, stores, tmp_path, monkeypatch):
+    """Rank 1 finished before rank 0 was killed: --resume keeps its shard, rank 0 finishes and merges."""
+
     out = tmp_path / "f.h5"
+    Rank = rank_1_of_2()
     monkeypatch.setattr(extract_module, "process_state", Rank)
     extract(config_for(nets, "dit", out, residuals=True, decompose=True))
     finished = shard_path(out, 1, 2)
@@ -420,6 +428,23 @@ def test_resume_keeps_finished_shards(nets, stores, tmp_path, monkeypatch):
     merged, single = FeatureStore(out), FeatureStore(stores["dit"])
     for name in single.layout:
         assert np.array_equal(merged.read(name), single.read(name)), name
+
+
+def test_resume_refuses_a_stale_finished_shard(nets, tmp_path, monkeypatch):
+    """A finished shard of another extraction (other seed, other draws) is not reused on --resume: the error names
+    the attrs that differ, and nothing is merged."""
+
+    out = tmp_path / "f.h5"
+    monkeypatch.setattr(extract_module, "process_state", rank_1_of_2())
+    extract(config_for(nets, "unet", out))
+    stale = shard_path(out, 1, 2)
+    stamp = stale.stat().st_mtime_ns
+    with pytest.raises(ValueError, match=r"cannot reuse the finished shard.*attr 'extract_args' differs \(keys "
+                                         r"\['seed'\]\).*--overwrite and without --resume"):
+        extract(config_for(nets, "unet", out, seed=1, resume=True))
+    with pytest.raises(ValueError, match=r"keys \['draws'\]\); attr 'n_rows' differs: file has '16', now '8'"):
+        extract(config_for(nets, "unet", out, draws=1, resume=True))
+    assert stale.stat().st_mtime_ns == stamp and not out.exists()
 
 
 # ----------------------------------------------------------------------------------------------------- LISA run

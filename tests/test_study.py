@@ -53,10 +53,20 @@ def test_bootstrap_and_never_converged_runs():
     low, high = bootstrap_ci(pd.Series([10.0, 20.0, 30.0]).to_numpy())
     assert 10 <= low <= 20 <= high <= 30
     runs = pd.DataFrame({"setting": ["s"] * 4, "arm": ["baseline", "baseline", "lisa", "lisa"],
-                         "convergence_step": [100, None, 50, 50]})
-    table = convergence_table(runs, {"s": 300}).set_index("arm")
+                         "convergence_step": [100, None, 50, 50], "steps": [300, 300, 300, 300]})
+    table = convergence_table(runs).set_index("arm")
     assert table.loc["baseline", "mean_step"] == 200 and table.loc["baseline", "n_converged"] == 1
     assert table.loc["lisa", "speedup_vs_baseline"] == 4
+
+
+def test_never_converged_runs_count_their_own_steps():
+    """An arm or sweep that overrides ``steps``: its unconverged runs count the steps they ran, not the setting's."""
+    runs = pd.DataFrame({"setting": ["s"] * 5, "arm": ["baseline"] * 2 + ["long"] * 2 + ["sweep-lr=1"],
+                         "convergence_step": [100, None, None, 200, None], "steps": [300, 300, 900, 900, 50]})
+    table = convergence_table(runs).set_index("arm")
+    assert table.loc["baseline", "mean_step"] == (100 + 300) / 2
+    assert table.loc["long", "mean_step"] == (900 + 200) / 2 and table.loc["long", "n_converged"] == 1
+    assert table.loc["sweep-lr=1", "mean_step"] == 50 and table.loc["sweep-lr=1", "n_converged"] == 0
 
 
 def test_planned_runs_put_seeds_outermost(tmp_path):

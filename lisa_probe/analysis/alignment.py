@@ -23,6 +23,7 @@ from lisa_probe.analysis.tables import long_table
 
 DEFAULT_ALPHAS = np.logspace(-3, 3, 7)
 EPS = 1e-12
+SST_RTOL = 1e-12  # an R²'s SST at most this fraction of Σ y² is rounding error: the target is constant, R² is NaN
 
 
 def _rows(a: np.ndarray) -> np.ndarray:
@@ -31,13 +32,21 @@ def _rows(a: np.ndarray) -> np.ndarray:
     return a.reshape(len(a), -1)
 
 
+def grand_mean_r2(sse: float, sst: float, squares: float) -> float:
+    """1 − ``sse`` / ``sst``, or NaN when ``sst`` (Σ (y − ȳ)²) is zero up to rounding: at most ``SST_RTOL`` ·
+    ``squares`` (Σ y²), i.e. the target y is constant and no R² is defined."""
+    return 1.0 - sse / sst if sst > SST_RTOL * squares else float("nan")
+
+
 def decoder_alignment(decoded: np.ndarray, estimate: np.ndarray) -> dict[str, float]:
     """Compare a decoder's output with a score estimate, both (N, ...) (flattened per row).
 
     Returns:
         ``cosine``: mean over rows of the cosine between the rows;
         ``rel_error``: mean over rows of ||decoded − estimate|| / ||estimate||;
-        ``r2``: 1 − SSE / SST over all elements, SST around the mean of all elements of ``estimate``.
+        ``r2``: 1 − SSE / SST with both sums over all N·P elements and SST around the *grand* mean ȳ of all
+        elements of ``estimate`` (one mean for every row, channel and position, not sklearn's per-output means);
+        NaN when ``estimate`` is constant (``grand_mean_r2``).
     """
     d, e = _rows(decoded), _rows(estimate)
     if d.shape != e.shape:
@@ -45,8 +54,8 @@ def decoder_alignment(decoded: np.ndarray, estimate: np.ndarray) -> dict[str, fl
     d_norm, e_norm = np.linalg.norm(d, axis=1), np.linalg.norm(e, axis=1)
     cosine = np.sum(d * e, axis=1) / np.maximum(d_norm * e_norm, EPS)
     rel_error = np.linalg.norm(d - e, axis=1) / np.maximum(e_norm, EPS)
-    r2 = 1.0 - np.sum((d - e) ** 2) / np.sum((e - e.mean()) ** 2)
-    return {"cosine": float(cosine.mean()), "rel_error": float(rel_error.mean()), "r2": float(r2)}
+    r2 = grand_mean_r2(float(np.sum((d - e) ** 2)), float(np.sum((e - e.mean()) ** 2)), float(np.sum(e * e)))
+    return {"cosine": float(cosine.mean()), "rel_error": float(rel_error.mean()), "r2": r2}
 
 
 def fold_ids(groups: np.ndarray, n_splits: int = 5, by: str = "balanced") -> np.ndarray:
@@ -97,7 +106,8 @@ class RidgeSufficientStats:
         """Add a chunk: X (n, D) features, Y (n, K) or (n,) targets, folds (n,) ints from ``fold_ids``."""
         X, Y, folds = _rows(X), _rows(Y), np.asarray(folds)
         if not (len(X) == len(Y) == len(folds)):
-            raise ValueError("X, Y and folds must have the same number of rows")
+            raise ValueError(f"X, Y and folds must have the same number of rows, got {len(X)}, {len(Y)} and "
+                             f"{len(folds)}")
         if len(folds) == 0:
             return
         if folds.min() < 0 or folds.max() >= len(self.n):
@@ -245,9 +255,37 @@ def linear_cka(X: np.ndarray, Y: np.ndarray, debiased: bool = False) -> float:
     return float(hsic(x, y) / np.sqrt(hsic(x, x) * hsic(y, y)))
 
 
-def shuffled_pairs(Y: np.ndarray, seed: int = 0) -> np.ndarray:
-    """Y (N, ...) with its rows permuted across samples: the no-alignment reference point."""
-    return np.asarray(Y)[np.random.default_rng(seed).permutation(len(Y))]
+def other_sample_pairing(samples: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """(N,) row permutation that pairs every row with a row of another sample: row i is paired with ``perm[i]``.
+
+    The rows are ordered by a random order of their samples (and at random within a sample), then shifted
+    cyclically by the largest sample's row count m: a sample's rows fill a block of at most m consecutive places, so
+    the shift moves every row out of its block, provided no sample holds more than half of the rows.
+
+    Args:
+        samples: (N,) sample id of every row.
+
+    Raises:
+        ValueError: a sample holds more than half of the rows.
+    """
+    ids, inverse, counts = np.unique(np.asarray(samples), return_inverse=True, return_counts=True)
+    shift = int(counts.max()) if len(counts) else 0
+    if 2 * shift > len(inverse):
+        raise ValueError(f"cannot pair rows with other samples: sample {str(ids[counts.argmax()])!r} holds {shift} of "
+                         f"{len(inverse)} rows (at most half is allowed)")
+    sample_rank = rng.permutation(len(ids))[inverse.reshape(-1)]
+    order = np.lexsort((rng.random(len(inverse)), sample_rank))
+    perm = np.empty(len(inverse), dtype=np.int64)
+    perm[order] = np.roll(order, -shift)
+    return perm
+
+
+def shuffled_pairs(Y: np.ndarray, groups: np.ndarray | None = None, seed: int = 0) -> np.ndarray:
+    """Y (N, ...) with every row replaced by a row of another sample (``other_sample_pairing`` over ``groups`` (N,);
+    None: every row is its own sample): the no-alignment reference point."""
+    Y = np.asarray(Y)
+    samples = np.arange(len(Y)) if groups is None else groups
+    return Y[other_sample_pairing(samples, np.random.default_rng(seed))]
 
 
 def _controlled_rows(
@@ -255,17 +293,20 @@ def _controlled_rows(
     a: np.ndarray,
     b: np.ndarray,
     method: str,
+    groups: np.ndarray | None,
     seed: int,
 ) -> Iterator[dict]:
-    """Rows of ``measure(a, b)`` with ``control="none"`` and of ``measure(a, shuffled_pairs(b))``."""
-    for control, paired in (("none", b), ("shuffled_pairs", shuffled_pairs(b, seed))):
+    """Rows of ``measure(a, b)`` with ``control="none"`` and of ``measure(a, shuffled_pairs(b, groups))``."""
+    for control, paired in (("none", b), ("shuffled_pairs", shuffled_pairs(b, groups, seed))):
         for metric, value in measure(a, paired).items():
             yield {"method": method, "control": control, "metric": metric, "value": value}
 
 
-def decoder_alignment_table(decoded: np.ndarray, estimate: np.ndarray, seed: int = 0, **ids) -> pd.DataFrame:
-    """``decoder_alignment`` as a long table: method ``decoder``, metrics ``cosine, rel_error, r2``, both controls."""
-    return long_table(_controlled_rows(decoder_alignment, decoded, estimate, "decoder", seed), **ids)
+def decoder_alignment_table(decoded: np.ndarray, estimate: np.ndarray, groups: np.ndarray | None = None,
+                            seed: int = 0, **ids) -> pd.DataFrame:
+    """``decoder_alignment`` as a long table: method ``decoder``, metrics ``cosine, rel_error, r2``, both controls
+    (``groups`` (N,): sample ids, so that the shuffled pairs never pair a row with its own sample)."""
+    return long_table(_controlled_rows(decoder_alignment, decoded, estimate, "decoder", groups, seed), **ids)
 
 
 def readout_table(
@@ -286,8 +327,9 @@ def readout_table(
     """
     cka_name = "cka_debiased" if debiased else "cka"
     rows = [
-        *_controlled_rows(lambda x, y: {"r2": ridge_readout(x, y, groups, alphas, n_splits)}, X, Y, "ridge", seed),
-        *_controlled_rows(lambda x, y: {cka_name: linear_cka(x, y, debiased)}, X, Y, "cka", seed),
+        *_controlled_rows(lambda x, y: {"r2": ridge_readout(x, y, groups, alphas, n_splits)}, X, Y, "ridge", groups,
+                          seed),
+        *_controlled_rows(lambda x, y: {cka_name: linear_cka(x, y, debiased)}, X, Y, "cka", groups, seed),
     ]
     return long_table(rows, **ids)
 
@@ -305,9 +347,9 @@ def spatial_readout_table(
 
     Returns:
         long table, method ``spatial_ridge``, metric ``r2``, column ``control`` in {``none``, ``shuffled_pairs``}
-        (the shuffle permutes whole score maps across samples).
+        (the shuffle pairs every feature map with another sample's whole score map).
     """
     def measure(f: np.ndarray, s: np.ndarray) -> dict[str, float]:
         return {"r2": spatial_ridge_readout(f, s, groups, alphas, n_splits)}
 
-    return long_table(_controlled_rows(measure, F, S, "spatial_ridge", seed), **ids)
+    return long_table(_controlled_rows(measure, F, S, "spatial_ridge", groups, seed), **ids)

@@ -2,7 +2,8 @@
 
 disentanglement_lib stores codes as (num_codes, num_points); here everything follows sklearn: codes (N, D),
 factors (N, F) with one ``kind`` per factor (``"categorical"`` or ``"continuous"``, default categorical).
-Train/test splits are grouped by sample id so that no sample straddles them.
+Train/test splits are grouped by sample id so that no sample straddles them. ``disentanglement_table`` can reduce
+wide features by a PCA fitted on the training rows of that split only, so no test row shapes the codes.
 
 * DCI (Eastwood & Williams 2018): importance matrix (D, F) from per-factor gradient boosting
   (``importance="gbt"``, as disentanglement_lib) or an L1 linear model (``importance="lasso"``, fast);
@@ -29,7 +30,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import LinearSVC
 
-from lisa_probe.analysis.tables import iter_factors, long_table
+from lisa_probe.analysis.tables import KINDS, iter_factors, long_table
 
 IMPORTANCE_MODELS = {
     ("gbt", "categorical"): lambda seed: GradientBoostingClassifier(random_state=seed),
@@ -39,19 +40,31 @@ IMPORTANCE_MODELS = {
     ),
     ("lasso", "continuous"): lambda seed: make_pipeline(StandardScaler(), LassoCV(cv=5, random_state=seed)),
 }
+IMPORTANCES = ("gbt", "lasso")
 
 
-def reduce_features(X: np.ndarray, n_components: int, seed: int = 0) -> np.ndarray:
-    """PCA of X (N, D) to (N, min(n_components, N, D)) components, e.g. before DCI on wide feature maps."""
-    k = min(n_components, *np.shape(X))
-    return PCA(n_components=k, random_state=seed).fit_transform(np.asarray(X, dtype=np.float64))
+def reduce_features(
+    X: np.ndarray, n_components: int, seed: int = 0, fit_rows: np.ndarray | None = None
+) -> np.ndarray:
+    """PCA of X (N, D), e.g. before DCI on wide feature maps, fitted on the rows ``fit_rows`` (indices; None: all
+    rows) and applied to all rows.
+
+    Returns:
+        (N, k) components, k = min(n_components, number of fitted rows, D).
+    """
+    X = np.asarray(X, dtype=np.float64)
+    fit = X if fit_rows is None else X[fit_rows]
+    return PCA(n_components=min(n_components, *fit.shape), random_state=seed).fit(fit).transform(X)
 
 
 def _kinds(kinds: Sequence[str] | None, n_factors: int) -> list[str]:
-    """Per-factor kinds, all categorical by default."""
+    """Per-factor kinds, all categorical by default; ValueError for a wrong count or a kind outside ``KINDS``."""
     kinds = ["categorical"] * n_factors if kinds is None else list(kinds)
     if len(kinds) != n_factors:
         raise ValueError(f"{len(kinds)} kinds for {n_factors} factors")
+    unknown = [kind for kind in kinds if kind not in KINDS]
+    if unknown:
+        raise ValueError(f"factor kinds must be one of {KINDS}, got {unknown}")
     return kinds
 
 
@@ -224,13 +237,13 @@ def dci(
     Returns:
         ``DCIResult``; ``informativeness`` is the mean of the per-factor held-out scores.
     """
+    if importance not in IMPORTANCES:
+        raise ValueError(f"importance must be one of {IMPORTANCES}, got {importance!r}")
     codes, factors = _columns(codes).astype(np.float64), _columns(factors)
     train, test = _split(np.asarray(groups), test_size, seed)
     kinds = _kinds(kinds, factors.shape[1])
     matrix, scores = np.zeros((codes.shape[1], factors.shape[1])), np.zeros(factors.shape[1])
     for j, (y, kind) in enumerate(zip(factors.T, kinds)):
-        if (importance, kind) not in IMPORTANCE_MODELS:
-            raise ValueError(f"importance must be 'gbt' or 'lasso', got {importance!r}")
         model = IMPORTANCE_MODELS[importance, kind](seed).fit(codes[train], y[train])
         matrix[:, j] = _feature_importance(model)
         scores[j] = model.score(codes[test], y[test])
@@ -252,9 +265,14 @@ def disentanglement_table(
     n_bins: int = 20,
     test_size: float = 0.3,
     seed: int = 0,
+    pca_components: int | None = None,
     **ids,
 ) -> pd.DataFrame:
     """DCI, MIG and SAP of codes (N, D) for ``factors = {name: (y (N,), kind, carried)}`` as a long table.
+
+    ``pca_components``: first reduce the codes to this many PCA components (``reduce_features``), fitted on the
+    training rows of the grouped split that DCI and SAP use (the same ``groups``, ``test_size`` and ``seed``), so
+    their held-out rows do not shape the codes; None: use the codes as given.
 
     Returns:
         long table with columns ``[*ids, method, factor, kind, carried, metric, value]``. Per-factor rows
@@ -264,6 +282,9 @@ def disentanglement_table(
     """
     names, ys, kinds, carried = zip(*iter_factors(factors))
     y = np.column_stack(ys)
+    if pca_components is not None:
+        train, _ = _split(np.asarray(groups), test_size, seed)
+        codes = reduce_features(codes, pca_components, seed, fit_rows=train)
     result = dci(codes, y, groups, kinds, importance, test_size, seed)
     per_factor = {
         ("dci", "completeness"): result.completeness_per_factor,

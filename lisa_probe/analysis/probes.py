@@ -1,9 +1,16 @@
-"""Linear probes of generating factors with Hewitt & Liang (2019) control tasks.
+"""Linear probes of generating factors, each beside a control task after Hewitt & Liang (2019).
 
 A probe reads one factor from pooled features X (N, D) under grouped cross-validation (all rows of a
-sample — its timesteps and noise draws — stay on one side). Its control task gives every sample group a
-random label drawn from the factor's own values, learnable only by memorising groups; selectivity is
-task score − control score.
+sample — its timesteps and noise draws — stay on one side). Its control task gives every sample a random
+label drawn from the factor's own values, shared by all the sample's rows.
+
+What the control measures here: Hewitt & Liang's control labels word *types*, which recur in train and test,
+so a probe that memorises types scores high on it. With folds grouped by sample, a test sample's control
+label is never seen in training, and its features carry no information about that independent draw, so no
+probe — not even one on features that identify every sample — beats chance on it. The control score is
+therefore the chance level of a probe with the factor's label (or value) distribution (categorical: about
+the share of the classes it predicts; continuous: R² ≈ 0 or below), and selectivity = task − control is the
+task score above that chance baseline. It does not measure, or subtract, the probe's capacity to memorise.
 """
 
 from collections.abc import Mapping
@@ -47,11 +54,13 @@ def probe_factor(
 
 
 def control_task_labels(y: np.ndarray, groups: np.ndarray, seed: int = 0) -> np.ndarray:
-    """Hewitt & Liang control task: one random label per sample group, shared by all its rows.
+    """Control task after Hewitt & Liang: one random label per sample group, shared by all its rows.
 
     Each group's label is drawn independently from the empirical distribution of ``y`` (N,) over rows,
-    so the control keeps the label (or value) distribution of the task but carries no information about
-    the features beyond group identity. Works alike for categorical and continuous factors.
+    so the control keeps the label (or value) distribution of the task and is independent of everything
+    else. Under folds grouped by the same ``groups`` (``probe_factor``) a held-out group's label is never
+    seen in training, so a probe of it scores at chance (see the module docstring). Works alike for
+    categorical and continuous factors.
 
     Returns:
         (N,) array of ``y``'s dtype, constant within each group.
@@ -68,8 +77,11 @@ def probe_with_selectivity(
 ) -> dict[str, float]:
     """``probe_factor`` on the task and on ``control_task_labels(y, groups, seed)``.
 
+    With folds grouped by sample the control score is the chance level of a probe with ``y``'s label
+    distribution, whatever X holds, so ``selectivity`` is the task score above chance.
+
     Returns:
-        ``{"task": score, "control": control score, "selectivity": task − control}``.
+        ``{"task": score, "control": chance-level control score, "selectivity": task − control}``.
     """
     task = probe_factor(X, y, groups, kind, n_splits, seed)
     control = probe_factor(X, control_task_labels(y, groups, seed), groups, kind, n_splits, seed)

@@ -31,8 +31,9 @@ def _not_a_store(path: Path, why: str) -> ValueError:
     return ValueError(f"not a lisa_probe feature store: {path} ({why})")
 
 
-def _read_header(path: Path) -> dict[str, Any]:
-    """Root attrs of one store file (python values), after checking it is a complete schema-1 store."""
+def read_header(path: Path) -> dict[str, Any]:
+    """Root attrs of one store file (python values, plus its ``compression``), after checking it is a complete
+    schema-1 store (ValueError otherwise)."""
     if not path.is_file():
         raise _not_a_store(path, "no such file")
     try:
@@ -51,8 +52,11 @@ def _read_header(path: Path) -> dict[str, Any]:
             raise ValueError(f"{path} is an incomplete (truncated) feature store: {attrs.get('rows_done')}/"
                              f"{attrs['n_rows']} rows written; finish the extraction (--resume) first")
         for name in json.loads(attrs["layout"]):
-            if name not in h5 or h5[name].shape[0] != attrs["n_rows"]:
-                raise ValueError(f"{path} is truncated or corrupt: dataset {name} missing or shorter than n_rows")
+            if name not in h5:
+                raise ValueError(f"{path} is truncated or corrupt: dataset {name} is missing")
+            if h5[name].shape[0] != attrs["n_rows"]:
+                raise ValueError(f"{path} is truncated or corrupt: dataset {name} has {h5[name].shape[0]} rows, "
+                                 f"n_rows is {attrs['n_rows']}")
         attrs["compression"] = h5[next(iter(json.loads(attrs["layout"])))].compression or "none"
     return attrs
 
@@ -95,7 +99,7 @@ class FeatureStore:
         paths = [Path(path_or_paths)] if single else [Path(p) for p in path_or_paths]
         if not paths:
             raise ValueError("FeatureStore needs at least one path")
-        headers = [_read_header(path) for path in paths]
+        headers = [read_header(path) for path in paths]
         order = _order_shards(paths, headers) if len(paths) > 1 else [0]
         self.paths = [paths[i] for i in order]
         self._offsets = np.cumsum([0] + [headers[i]["n_rows"] for i in order])
@@ -182,7 +186,8 @@ class FeatureStore:
             return np.flatnonzero(rows)
         rows = rows.astype(np.int64, casting="safe").reshape(-1)
         if rows.min() < 0 or rows.max() >= self.n_rows:
-            raise IndexError(f"row indices must lie in 0..{self.n_rows - 1}")
+            raise IndexError(f"row indices must lie in 0..{self.n_rows - 1}, got min {rows.min()} and max "
+                             f"{rows.max()}")
         return rows
 
     def _read_block(self, shard: int, name: str, start: int, stop: int) -> np.ndarray:

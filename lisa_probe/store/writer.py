@@ -28,13 +28,14 @@ import h5py
 import numpy as np
 
 from lisa_probe.store import schema
-from lisa_probe.store.reader import FeatureStore
+from lisa_probe.store.reader import FeatureStore, read_header
 from lisa_probe.store.schema import Field
 
 if TYPE_CHECKING:
     from typing_extensions import Self
 
 CHUNK_BYTES = 1 << 20
+PROGRESS_ATTRS = ("rows_done", "complete")
 
 
 def partial_path(path: str | os.PathLike) -> Path:
@@ -68,6 +69,49 @@ def _compression_kwargs(compression: str) -> dict[str, Any]:
     if compression not in schema.COMPRESSIONS:
         raise ValueError(f"compression must be one of {schema.COMPRESSIONS}, got {compression!r}")
     return {} if compression == "none" else {"compression": compression}
+
+
+def root_attrs(fields: Mapping[str, Field], n_rows: int, attrs: Mapping[str, Any],
+               shard: tuple[int, int] | None = None) -> dict[str, Any]:
+    """The root attrs a writer of ``n_rows`` rows of ``fields`` gives a store, all but the progress ones
+    (``rows_done``, ``complete``): schema version, the caller's ``attrs``, ``n_rows``, ``layout`` and the shard's
+    ``(rank, world_size)``."""
+    root = {"schema_version": schema.SCHEMA_VERSION, **schema.user_attrs(attrs), "n_rows": int(n_rows),
+            "layout": schema.layout_to_json(fields)}
+    if shard is not None:
+        rank, world_size = shard
+        if not 0 <= rank < world_size:
+            raise ValueError(f"shard rank {rank} outside 0..{world_size - 1}")
+        root.update(shard_rank=int(rank), shard_world_size=int(world_size))
+    return root
+
+
+def attr_differences(found: Mapping[str, Any], expected: Mapping[str, Any]) -> list[str]:
+    """One description per root attr whose value in a file (``found``) differs from ``expected``: the differing
+    top-level keys of a JSON attr, else both values (cut to 200 characters)."""
+    differences = []
+    for key in {**expected, **found}:
+        have, want = found.get(key), expected.get(key)
+        if have != want:
+            keys = schema.json_diff_keys(have, want) if key in schema.JSON_ATTRS and have and want else []
+            detail = f" (keys {keys})" if keys else f": file has {str(have)[:200]!r}, now {str(want)[:200]!r}"
+            differences.append(f"attr {key!r} differs{detail}")
+    return differences
+
+
+def check_finished_store(path: str | os.PathLike, layout: Mapping[str, Field | Sequence[Any]], n_rows: int,
+                         attrs: Mapping[str, Any], shard: tuple[int, int] | None = None) -> None:
+    """Check that the complete store (or shard) at ``path`` is what a ``FeatureStoreWriter(path, layout, n_rows,
+    attrs, shard=shard)`` would write, e.g. before reusing a finished shard on resume.
+
+    Raises:
+        ValueError: not a complete feature store, or some root attrs differ (all named, see ``attr_differences``).
+    """
+    found = {key: value for key, value in read_header(Path(path)).items()
+             if key not in (*PROGRESS_ATTRS, "compression")}
+    differences = attr_differences(found, root_attrs(schema.validate_layout(layout), n_rows, attrs, shard))
+    if differences:
+        raise ValueError(f"finished store {path} was made by another extraction: {'; '.join(differences)}")
 
 
 def _as_rows(fld: Field, name: str, values: Any, n: int) -> np.ndarray:
@@ -123,7 +167,7 @@ class FeatureStoreWriter:
         self.fields = schema.validate_layout(layout)
         self.n_rows = int(n_rows)
         create_kwargs = _compression_kwargs(compression)
-        self._root_attrs = self._build_root_attrs(attrs, shard)
+        self._root_attrs = root_attrs(self.fields, self.n_rows, attrs, shard)
         if self.path.exists() and not overwrite:
             raise FileExistsError(f"feature store {self.path} already exists; pass --overwrite to replace it")
         if self.partial_path.exists() and resume:
@@ -137,17 +181,6 @@ class FeatureStoreWriter:
         self._rows_done = int(self._file.attrs["rows_done"])
         self._pending: list[dict[str, np.ndarray]] = []  # accepted rows [rows_done, next_row), not yet written
         self.next_row = self._rows_done
-
-    def _build_root_attrs(self, attrs: Mapping[str, Any], shard: tuple[int, int] | None) -> dict[str, Any]:
-        """All root attrs except the progress ones (``rows_done``, ``complete``)."""
-        root = {"schema_version": schema.SCHEMA_VERSION, **schema.user_attrs(attrs), "n_rows": self.n_rows,
-                "layout": schema.layout_to_json(self.fields)}
-        if shard is not None:
-            rank, world_size = shard
-            if not 0 <= rank < world_size:
-                raise ValueError(f"shard rank {rank} outside 0..{world_size - 1}")
-            root.update(shard_rank=int(rank), shard_world_size=int(world_size))
-        return root
 
     def _create(self, chunk_rows: int, kwargs: dict[str, Any]) -> h5py.File:
         """Create ``<path>.partial`` with every dataset allocated for ``n_rows`` rows, chunked by ``chunk_rows``
@@ -179,20 +212,19 @@ class FeatureStoreWriter:
         return h5
 
     def _check_resumable(self, h5: h5py.File) -> None:
-        """Raise ValueError naming the first root attr (and config key) that differs from this writer's."""
-        stored = {key: value for key, value in h5.attrs.items() if key not in ("rows_done", "complete")}
-        for key in {**self._root_attrs, **stored}:
-            found, expected = stored.get(key), self._root_attrs.get(key)
-            if found != expected:
-                is_json = key in schema.JSON_ATTRS and found and expected
-                keys = schema.json_diff_keys(found, expected) if is_json else []
-                detail = f" (keys {keys})" if keys else f": file has {str(found)[:200]!r}, now {str(expected)[:200]!r}"
-                raise ValueError(f"cannot resume {self.partial_path}: attr {key!r} differs{detail}; "
-                                 "pass --overwrite to start over")
+        """Raise ValueError naming every root attr (and config key) that differs from this writer's, RuntimeError
+        for a missing or misshaped dataset."""
+        stored = {key: value for key, value in h5.attrs.items() if key not in PROGRESS_ATTRS}
+        differences = attr_differences(stored, self._root_attrs)
+        if differences:
+            raise ValueError(f"cannot resume {self.partial_path}: {'; '.join(differences)}; pass --overwrite to "
+                             "start over")
         for name, fld in self.fields.items():
-            if name not in h5 or h5[name].shape != (self.n_rows, *fld.shape):
-                raise RuntimeError(f"unfinished feature store {self.partial_path} is corrupt (dataset {name} missing "
-                                   "or misshaped); pass --overwrite to start over")
+            expected = (self.n_rows, *fld.shape)
+            found = h5[name].shape if name in h5 else "missing"
+            if found != expected:
+                raise RuntimeError(f"unfinished feature store {self.partial_path} is corrupt (dataset {name}: "
+                                   f"shape {found}, expected {expected}); pass --overwrite to start over")
 
     @property
     def rows_done(self) -> int:

@@ -11,6 +11,7 @@ from lisa_probe.analysis.alignment import (
     decoder_alignment_table,
     fold_ids,
     linear_cka,
+    other_sample_pairing,
     readout_table,
     resample_to,
     ridge_readout,
@@ -59,6 +60,20 @@ def test_decoder_alignment_matches_loop():
     got = decoder_alignment(decoded.astype(np.float32), estimate)
     np.testing.assert_allclose([got["cosine"], got["rel_error"], got["r2"]], [np.mean(cos), np.mean(rel), r2], rtol=1e-6)
     assert decoder_alignment(estimate, estimate) == pytest.approx({"cosine": 1.0, "rel_error": 0.0, "r2": 1.0})
+
+
+def test_decoder_alignment_r2_uses_the_grand_mean_and_is_nan_for_a_constant_estimate():
+    rng = np.random.default_rng(3)
+    estimate = rng.normal(size=(5, 2, 3, 3)) + np.array([10.0, -10.0])[:, None, None]  # channel means differ
+    decoded = estimate + rng.normal(size=estimate.shape)
+    sse = ((decoded - estimate) ** 2).sum()
+    grand = 1 - sse / ((estimate - estimate.mean()) ** 2).sum()
+    assert decoder_alignment(decoded, estimate)["r2"] == pytest.approx(grand, rel=1e-12)
+    per_channel = 1 - sse / ((estimate - estimate.mean(axis=(0, 2, 3), keepdims=True)) ** 2).sum()
+    assert grand > 0.9 and per_channel < 0.5  # the channel offsets count as explained variance
+    for constant in (0.0, 0.3):
+        got = decoder_alignment(decoded, np.full(estimate.shape, constant))
+        assert np.isnan(got["r2"]) and np.isfinite(got["rel_error"])
 
 
 def test_decoder_alignment_table_has_shuffled_reference():
@@ -123,6 +138,8 @@ def test_sufficient_stats_validation():
     stats = RidgeSufficientStats(2, 1, n_splits=3)
     with pytest.raises(ValueError, match="fold ids"):
         stats.update(np.zeros((2, 2)), np.zeros(2), np.array([0, 3]))
+    with pytest.raises(ValueError, match="same number of rows, got 2, 3 and 4"):
+        stats.update(np.zeros((2, 2)), np.zeros(3), np.zeros(4, dtype=int))
     stats.update(np.ones((2, 2)), np.zeros(2), np.array([0, 1]))
     with pytest.raises(ValueError, match="empty folds"):
         stats.cv_r2()
@@ -193,6 +210,23 @@ def test_readout_table(linear_data):
 def test_shuffled_pairs_permutes_rows():
     Y = np.arange(20).reshape(10, 2)
     shuffled = shuffled_pairs(Y, seed=0)
-    assert not np.array_equal(shuffled, Y)
+    assert np.all(shuffled[:, 0] != Y[:, 0])  # no row keeps its own partner
     np.testing.assert_array_equal(np.sort(shuffled[:, 0]), Y[:, 0])
     np.testing.assert_array_equal(shuffled[:, 1] - shuffled[:, 0], 1)
+
+
+@pytest.mark.parametrize("counts", [[4, 4, 4, 4], [3, 1, 2, 2], [5, 5], [1] * 9])
+def test_shuffled_pairs_never_pair_a_row_with_its_own_sample(counts):
+    """Rows of a sample (its timesteps and noise draws) are never each other's reference, for any sample sizes up
+    to half of the rows; the pairing is a permutation fixed by the seed."""
+    groups = np.repeat(np.arange(len(counts)), counts)
+    Y = np.arange(len(groups))
+    for seed in range(20):
+        paired = shuffled_pairs(Y, groups, seed)
+        assert np.all(groups[paired] != groups) and sorted(paired) == list(Y)
+    np.testing.assert_array_equal(shuffled_pairs(Y, groups, 3), shuffled_pairs(Y, groups, 3))
+
+
+def test_shuffled_pairs_refuse_a_sample_holding_most_rows():
+    with pytest.raises(ValueError, match="sample '0' holds 3 of 4 rows"):
+        other_sample_pairing(np.array([0, 0, 0, 1]), np.random.default_rng(0))

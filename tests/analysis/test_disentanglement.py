@@ -2,6 +2,8 @@
 
 import numpy as np
 import pytest
+from sklearn.decomposition import PCA
+from sklearn.model_selection import GroupShuffleSplit
 
 from lisa_probe.analysis.disentanglement import (
     dci,
@@ -62,8 +64,18 @@ def test_dci_lasso_importance(identity):
     assert good.disentanglement > 0.9 and good.completeness > 0.9 and good.informativeness > 0.95
     continuous = dci(codes, codes, groups, kinds=["continuous"] * 3, importance="lasso")
     assert continuous.disentanglement > 0.9 and continuous.informativeness > 0.99
-    with pytest.raises(ValueError, match="importance"):
+    with pytest.raises(ValueError, match=r"importance must be one of \('gbt', 'lasso'\), got 'forest'"):
         dci(codes, factors, groups, importance="forest")
+
+
+def test_unknown_factor_kinds_are_refused(identity):
+    codes, factors, groups = identity
+    kinds = ["categorical", "ordinal", "continuous"]
+    message = r"factor kinds must be one of \('categorical', 'continuous'\), got \['ordinal'\]"
+    for metric in (lambda: dci(codes, factors, groups, kinds, importance="lasso"),
+                   lambda: mig(codes, factors, kinds), lambda: sap(codes, factors, groups, kinds)):
+        with pytest.raises(ValueError, match=message):
+            metric()
 
 
 def test_mig(identity):
@@ -113,6 +125,28 @@ def test_reduce_features():
     assert Z.shape == (100, 5)
     assert np.allclose(Z[:, 3:], 0, atol=1e-8)  # rank 3
     assert reduce_features(X[:4], 10).shape == (4, 4)
+
+
+def test_pca_is_fitted_on_the_training_rows_only():
+    rng = np.random.default_rng(5)
+    groups = np.repeat(np.arange(100), 3)
+    factors = np.repeat(rng.integers(0, 3, size=(100, 2)), 3, axis=0)
+    X = np.c_[factors, np.zeros((300, 6))] @ rng.normal(size=(8, 8)) + 0.3 * rng.normal(size=(300, 8))
+    named = {"a": (factors[:, 0], "categorical", True), "b": (factors[:, 1], "categorical", False)}
+    train, test = next(GroupShuffleSplit(1, test_size=0.3, random_state=0).split(X, groups=groups))
+    codes = PCA(3, random_state=0).fit(X[train]).transform(X)
+    np.testing.assert_allclose(reduce_features(X, 3, fit_rows=train), codes, atol=1e-10)
+    table = disentanglement_table(X, named, groups, importance="lasso", pca_components=3)
+    expected = disentanglement_table(codes, named, groups, importance="lasso")
+    np.testing.assert_allclose(table["value"], expected["value"], atol=1e-6)
+    # held-out rows cannot move the codes of the training rows, so DCI's importance matrix does not change
+    moved = X.copy()
+    moved[test] += 50.0 * rng.normal(size=(len(test), 1)) * rng.normal(size=8)
+    again = disentanglement_table(moved, named, groups, importance="lasso", pca_components=3)
+    dci_rows = (table["method"] == "dci") & table["metric"].isin(["disentanglement", "completeness"])
+    np.testing.assert_allclose(again.loc[dci_rows, "value"], table.loc[dci_rows, "value"], atol=1e-6)
+    leaky = disentanglement_table(reduce_features(moved, 3), named, groups, importance="lasso")
+    assert not np.allclose(leaky.loc[dci_rows, "value"], table.loc[dci_rows, "value"], atol=1e-3)
 
 
 def test_disentanglement_table(identity):

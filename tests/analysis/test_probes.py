@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import GroupKFold
+from sklearn.model_selection import GroupKFold, KFold, cross_val_predict
 from sklearn.preprocessing import StandardScaler
 
 from lisa_probe.analysis.probes import (
@@ -72,6 +72,28 @@ def test_memorising_probe_on_random_labels_has_no_selectivity():
     result = probe_with_selectivity(X, y, groups, "categorical")
     assert result["task"] == pytest.approx(0.25, abs=0.08) and result["control"] == pytest.approx(0.25, abs=0.08)
     assert abs(result["selectivity"]) < 0.1
+
+
+@pytest.mark.parametrize("kind", ["categorical", "continuous"])
+def test_control_is_at_chance_even_for_features_that_identify_every_sample(kind):
+    """Features = the sample's one-hot identity (plus a little noise per row): a probe memorises the control
+    labels when folds split samples, but with folds grouped by sample the control is at chance."""
+    rng = np.random.default_rng(2)
+    n_groups, reps = 200, 3
+    groups = np.repeat(np.arange(n_groups), reps)
+    X = 3 * np.eye(n_groups)[groups] + 0.01 * rng.normal(size=(n_groups * reps, n_groups))
+    y = np.repeat(rng.integers(0, 4, n_groups) if kind == "categorical" else rng.normal(size=n_groups), reps)
+    control = control_task_labels(y, groups, seed=0)
+    if kind == "categorical":
+        memorised = cross_val_predict(LogisticRegression(max_iter=2000), X, control, cv=KFold(5, shuffle=True,
+                                                                                               random_state=0))
+        assert np.mean(memorised == control) > 0.9  # rows of a test sample seen in training: memorised
+    result = probe_with_selectivity(X, y, groups, kind)
+    if kind == "categorical":  # between uniform guessing and always the majority class
+        assert 0.25 - 0.06 <= result["control"] <= np.max(np.bincount(control)) / len(y) + 0.06
+    else:  # no better than predicting the mean
+        assert result["control"] <= 0.05
+    assert result["selectivity"] == pytest.approx(result["task"] - result["control"])
 
 
 def test_probe_table_and_carried_summary(shapes):

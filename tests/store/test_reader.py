@@ -88,8 +88,8 @@ def test_fancy_rows_any_order(store_path, full, name):
     mask = np.arange(N_ROWS) % 3 == 1
     np.testing.assert_array_equal(store.read(name, mask), full[name][mask])
     assert store.read(name, []).shape == (0, *LAYOUT[name].shape)
-    with pytest.raises(IndexError):
-        store.read(name, [N_ROWS])
+    with pytest.raises(IndexError, match=rf"must lie in 0..{N_ROWS - 1}, got min -2 and max {N_ROWS}"):
+        store.read(name, [3, N_ROWS, -2])
 
 
 def test_string_reads(store_path):
@@ -198,3 +198,10 @@ def test_truncated_and_unfinished_stores(tmp_path, store_path):
         h5.attrs["complete"] = False
     with pytest.raises(ValueError, match="incomplete"):
         FeatureStore(path)
+    short = tmp_path / "short.h5"
+    shutil.copy(store_path, short)
+    with h5py.File(short, "r+") as h5:
+        del h5["scores/full"]
+        h5.create_dataset("scores/full", data=np.zeros((N_ROWS - 3, 3, 4, 4), dtype=np.float32))
+    with pytest.raises(ValueError, match=rf"dataset scores/full has {N_ROWS - 3} rows, n_rows is {N_ROWS}"):
+        FeatureStore(short)

@@ -26,6 +26,7 @@ from lisa_probe.store import (
     shard_range,
     validate_layout,
 )
+from lisa_probe.store.writer import check_finished_store
 
 N_SAMPLES, N_T, N_DRAWS = 5, 3, 2
 ROWS_PER_SAMPLE = N_T * N_DRAWS
@@ -264,6 +265,32 @@ def test_resume_refuses_other_attrs_or_layout(tmp_path):
     with pytest.raises(ValueError, match="attr 'n_rows' differs"):
         FeatureStoreWriter(path, layout, N_ROWS + 1, ATTRS, resume=True)
     assert FeatureStoreWriter(path, layout, N_ROWS, ATTRS, resume=True).rows_done == 0
+
+
+def test_resume_names_a_misshaped_dataset_and_its_shape(tmp_path):
+    path = tmp_path / "feats.h5"
+    with pytest.raises(KeyboardInterrupt), FeatureStoreWriter(path, make_test_layout(), N_ROWS, ATTRS):
+        raise KeyboardInterrupt
+    with h5py.File(partial_path(path), "r+") as h5:
+        del h5["scores/main"]
+        h5.create_dataset("scores/main", shape=(N_ROWS, 2, 4, 3), dtype=np.float32)
+    with pytest.raises(RuntimeError, match=rf"dataset scores/main: shape \({N_ROWS}, 2, 4, 3\), expected "
+                                           rf"\({N_ROWS}, 2, 4, 4\)"):
+        FeatureStoreWriter(path, make_test_layout(), N_ROWS, ATTRS, resume=True)
+
+
+def test_check_finished_store_names_every_differing_attr(tmp_path):
+    shard = write_store(tmp_path / "feats.h5", rows=range(12, 30), shard=(1, 2))
+    check_finished_store(shard, make_test_layout(), 18, ATTRS, shard=(1, 2))  # the same extraction: no error
+    other = {**ATTRS, "extract_args": {**ATTRS["extract_args"], "draws": 3}}
+    with pytest.raises(ValueError, match=r"made by another extraction: attr '(extract_args|n_rows)'") as error:
+        check_finished_store(shard, make_test_layout(), 24, other, shard=(1, 2))
+    assert "attr 'extract_args' differs (keys ['draws'])" in str(error.value)
+    assert "attr 'n_rows' differs: file has '18', now '24'" in str(error.value)
+    with pytest.raises(ValueError, match="attr 'shard_rank' differs: file has '1', now '0'"):
+        check_finished_store(shard, make_test_layout(), 18, ATTRS, shard=(0, 2))
+    with pytest.raises(ValueError, match="not a lisa_probe feature store"):
+        check_finished_store(tmp_path / "missing.h5", make_test_layout(), 18, ATTRS)
 
 
 def test_resume_of_corrupt_partial_suggests_overwrite(tmp_path):
