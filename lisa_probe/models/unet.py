@@ -98,8 +98,9 @@ class UNetDualBranch(DualBranch):
         if residuals is not None:
             skips = tuple(skip + res for skip, res in zip(skips, residuals[:-1]))
             sample = sample + residuals[-1]
-        upsample_factor = 2 ** unet.num_upsamplers
-        forward_upsample_size = any(dim % upsample_factor for dim in sample.shape[-2:])
+        # as diffusers: give each upsampler its skip's size when the input (conv_in's output, skips[0]) is not a
+        # multiple of the overall down factor
+        forward_upsample_size = any(dim % 2 ** unet.num_upsamplers for dim in skips[0].shape[-2:])
         for i, block in enumerate(unet.up_blocks):
             res, skips = skips[-len(block.resnets):], skips[: -len(block.resnets)]
             size = skips[-1].shape[2:] if forward_upsample_size and i < len(unet.up_blocks) - 1 else None

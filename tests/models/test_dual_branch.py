@@ -181,3 +181,13 @@ def test_dit_side_net_built_from_a_copy():
     side = build_side(main, "dit", 1)
     assert main.config.num_layers == layers and side.config.num_layers < layers
     assert null_context_for(main, "dit")["pooled"].shape == (1, main.config.pooled_projection_dim)
+
+
+def test_unet_at_a_size_the_down_path_does_not_divide():
+    """15 px: the up path must be given each skip's size, as diffusers' own forward does (zero gates = main alone)."""
+    model = tiny_dual_branch("unet", "v", resolution=15)
+    x, t, c = inputs(model)
+    closed = model(x, t, c, gates=torch.zeros(len(model.sites))).pred_full
+    reference = model.predict_main(x, t)  # diffusers' own UNet forward
+    assert closed.shape == x.shape
+    torch.testing.assert_close(closed, reference, rtol=1e-5, atol=1e-6)
