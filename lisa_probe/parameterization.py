@@ -149,7 +149,9 @@ class Parameterization:
     def delta_to_score_scale(self, timesteps: torch.Tensor) -> torch.Tensor:
         """Factor k_t (B,) with ``pred_full - pred_main = k_t * likelihood score``.
 
-        -sigma for eps, -sigma/alpha for v, -t/(1-t) for flow (DESIGN.md table).
+        -sigma for eps, -sigma/alpha for v, -t/(1-t) for flow (DESIGN.md table). For v and flow it diverges as
+        alpha -> 0 (flow's t = 1, pure noise, which training draws but extraction's ``evenly_spaced_timesteps``
+        never reaches).
         """
         alpha, sigma = self.alpha_sigma(timesteps)
         if self.prediction_type == "eps":
