@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import math
 import warnings
 from pathlib import Path
 
@@ -53,15 +54,31 @@ def _flatten_alpha(image: Image.Image, background: tuple[int, int, int]) -> Imag
     return image.convert("RGB")
 
 
+def _to_8_bit(image: Image.Image) -> Image.Image:
+    """8-bit greyscale for 16- and 32-bit images (PIL's own conversion clips them): 16-bit integers scaled from
+    their full range (0..65535), 32-bit integers and floats from the image's own min..max (e.g. a depth map in
+    metres). Other images unchanged."""
+    if not image.mode.startswith(("I", "F")):
+        return image
+    values = np.asarray(image, dtype=np.float64)
+    if image.mode.startswith("I;16"):
+        low, high = 0.0, 65535.0
+    else:
+        low, high = float(values.min()), float(values.max())
+    scaled = (values - low) / max(high - low, np.finfo(np.float64).tiny) * 255.0
+    return Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8), mode="L")
+
+
 def load_image(path: Path, resolution: int, mode: str = "RGB", background: tuple[int, int, int] = (255, 255, 255),
                resample: Image.Resampling = Image.Resampling.BICUBIC) -> np.ndarray:
-    """Read ``path``, flatten transparency, resize the shorter side to ``resolution`` and centre-crop.
+    """Read ``path`` as displayed (EXIF orientation applied; 16/32-bit and float images scaled to 8 bits, see
+    ``_to_8_bit``), flatten transparency, resize the shorter side to ``resolution`` and centre-crop.
 
     Returns:
         uint8 array (H, W, C) with H = W = ``resolution`` and C = 3 for ``mode="RGB"``, 1 for ``mode="L"``.
     """
     with Image.open(path) as image:
-        flat = _flatten_alpha(image, background).convert(mode)
+        flat = _flatten_alpha(_to_8_bit(ImageOps.exif_transpose(image)), background).convert(mode)
     fitted = ImageOps.fit(flat, (resolution, resolution), method=resample, centering=(0.5, 0.5))
     return np.asarray(fitted, dtype=np.uint8).reshape(resolution, resolution, -1)
 
@@ -92,7 +109,7 @@ def read_factors_csv(path: Path, carried_factors=()) -> tuple[dict, dict, dict]:
         ``(rows, specs, levels)``: file name -> {factor: int | float}, factor -> FactorSpec, and categorical
         factor -> list of original values (code i stands for ``levels[factor][i]``).
     """
-    with open(path, newline="") as handle:
+    with open(path, newline="", encoding="utf-8-sig") as handle:  # -sig: a byte-order mark (Excel) is dropped
         table = list(csv.DictReader(handle))
     if not table or "file" not in table[0]:
         raise ValueError(f"factors CSV {path} needs a 'file' column and at least one row")
@@ -103,6 +120,10 @@ def read_factors_csv(path: Path, carried_factors=()) -> tuple[dict, dict, dict]:
         missing = [c for c in columns if not (row[c] or "").strip()]
         if missing:
             raise ValueError(f"factors CSV {path}, line {row_number}: empty value for {missing}")
+        infinite = {c: row[c] for c in columns if not math.isfinite(_parse_number(row[c]) or 0.0)}
+        if infinite:
+            raise ValueError(f"factors CSV {path}, line {row_number}: non-finite values {infinite}; factors must be "
+                             "finite numbers or category names")
     specs, levels = {}, {}
     for column in columns:
         spec, column_levels = _column_spec(column, [row[column].strip() for row in table], column in carried_factors)

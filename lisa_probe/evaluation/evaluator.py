@@ -15,6 +15,7 @@ from lisa_probe.evaluation.readback import (
     CachedReadback,
     ReadbackConfig,
     build_split,
+    cache_lock,
     carried_heads,
     embed,
     load_or_train_readback,
@@ -33,13 +34,14 @@ def reference_features(readback: CachedReadback, n_reference: int, progress: boo
     """Read-back features (n, D) float64 of the first ``n_reference`` val-split images (fewer if the split is
     smaller), cached beside the net as ``reference-val-<n_reference>.safetensors``."""
     path = readback.path / f"reference-val-{n_reference}.safetensors"
-    if path.exists() and not readback.trained:
-        return load_file(path)["features"].double().numpy()
-    images, _ = load_samples(build_split(readback.identity, "val", n_reference), "reference samples", progress)
-    features = embed(readback.net, images)
-    staging = path.with_name(f"{path.name}.tmp")
-    save_file({"features": torch.from_numpy(features).float()}, staging)
-    staging.replace(path)
+    with cache_lock(readback.path):
+        if path.exists() and not readback.trained:
+            return load_file(path)["features"].double().numpy()
+        images, _ = load_samples(build_split(readback.identity, "val", n_reference), "reference samples", progress)
+        features = embed(readback.net, images)
+        staging = path.with_name(f".{path.name}.tmp")
+        save_file({"features": torch.from_numpy(features).float()}, staging)
+        staging.replace(path)
     return features
 
 

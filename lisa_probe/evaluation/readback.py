@@ -12,19 +12,21 @@ import dataclasses
 import hashlib
 import json
 import math
-import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from filelock import FileLock
 from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from lisa_probe.data import build_dataset
+from lisa_probe.files import replace_dir
 from lisa_probe.provenance import code_version
 
 CACHE_FORMAT = 1  # bump when the architecture or the cache layout changes
@@ -242,14 +244,19 @@ def _read_meta(path: Path) -> dict | None:
 
 
 def _save(path: Path, net: ReadbackNet, meta: dict) -> None:
-    """Write weights + JSON into a temporary sibling directory, then rename it to ``path``."""
-    staging = path.with_name(f"{path.name}.tmp")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
+    """Write weights + JSON into a fresh temporary sibling directory, then swap it in as ``path``
+    (``files.replace_dir``). Callers hold ``cache_lock(path)``."""
+    staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
     save_file({name: tensor.contiguous() for name, tensor in net.state_dict().items()}, staging / WEIGHTS_FILE)
     (staging / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
-    shutil.rmtree(path, ignore_errors=True)
-    staging.rename(path)
+    replace_dir(staging, path)
+
+
+def cache_lock(path: Path) -> FileLock:
+    """The inter-process lock of cache entry ``path`` (``<path>.lock``): runs that share a cache directory (a
+    baseline and a LISA run started together) train a missing read-back net once; the others wait, then load it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(path.with_name(f"{path.name}.lock")))
 
 
 def load_or_train_readback(dataset, cache_dir: str | Path, config: ReadbackConfig | None = None,
@@ -267,9 +274,16 @@ def load_or_train_readback(dataset, cache_dir: str | Path, config: ReadbackConfi
     if not heads:
         raise ValueError(f"dataset {identity['name']!r} has no carried factors: nothing for a read-back net to learn")
     path = Path(cache_dir) / f"readback-{cache_key(identity, config)}"
-    meta = _read_meta(path)
-    if meta and meta.get("dataset") == identity and meta.get("config") == dataclasses.asdict(config):
-        return CachedReadback(_load(path, meta).to(device), meta["heldout"], identity, path, trained=False)
+    with cache_lock(path):
+        meta = _read_meta(path)
+        if meta and meta.get("dataset") == identity and meta.get("config") == dataclasses.asdict(config):
+            return CachedReadback(_load(path, meta).to(device), meta["heldout"], identity, path, trained=False)
+        return _train_and_cache(identity, heads, config, path, device, progress)
+
+
+def _train_and_cache(identity: dict, heads: dict, config: ReadbackConfig, path: Path, device,
+                     progress: bool) -> CachedReadback:
+    """Train the read-back net of ``identity`` and cache it at ``path`` (the caller holds its lock)."""
     start = time.perf_counter()
     train_split = build_split(identity, "train", config.n_train)
     if carried_heads(train_split.factor_specs) != heads:

@@ -7,7 +7,7 @@ from PIL import Image
 from torch.utils.data import default_collate
 
 from lisa_probe.data import build_dataset
-from lisa_probe.data.folder import read_factors_csv, split_of
+from lisa_probe.data.folder import load_image, read_factors_csv, split_of
 
 ALL_TRAIN = (1.0, 0.0, 0.0)
 
@@ -129,6 +129,39 @@ def test_csv_errors(tmp_path):
         _folder(tmp_path, factors_csv=csv_path)
     with pytest.warns(UserWarning):
         assert len(_folder(tmp_path, factors_csv=csv_path, skip_bad=True)) == 1
+
+
+def test_csv_with_a_byte_order_mark_and_non_finite_values(tmp_path):
+    csv_path = tmp_path / "factors.csv"
+    csv_path.write_bytes("file,angle\nrgb.png,0.5\ngray.jpg,1.5\n".encode("utf-8-sig"))  # as Excel saves it
+    rows, specs, _ = read_factors_csv(csv_path)
+    assert rows["gray.jpg"] == {"angle": 1.5} and specs["angle"].kind == "continuous"
+    csv_path.write_text("file,angle,depth\nrgb.png,0.5,1\ngray.jpg,nan,1e400\n")
+    with pytest.raises(ValueError, match=r"line 3: non-finite values \{'angle': 'nan', 'depth': '1e400'\}"):
+        read_factors_csv(csv_path)
+
+
+def test_16_bit_float_and_rotated_images_load_as_displayed(tmp_path):
+    """16-bit PNGs (depth maps) keep their gradations, float images span 0..255, EXIF orientation is applied."""
+    ramp = np.tile(np.linspace(0, 65535, 16).astype(np.uint16), (16, 1))
+    Image.fromarray(ramp).save(tmp_path / "depth16.png")
+    loaded = load_image(tmp_path / "depth16.png", 16, mode="L")[..., 0]
+    np.testing.assert_allclose(loaded[0].astype(float), ramp[0] / 257.0, atol=1.0)  # PIL alone: all 255 but one
+    Image.fromarray(np.tile(np.linspace(2.0, 7.5, 16, dtype=np.float32), (16, 1)), mode="F").save(
+        tmp_path / "depth.tiff")
+    floats = load_image(tmp_path / "depth.tiff", 16, mode="L")[..., 0]
+    assert floats.min() == 0 and floats.max() == 255 and np.all(np.diff(floats[0].astype(int)) > 0)
+    pixels = np.zeros((8, 16, 3), dtype=np.uint8)
+    pixels[:, :8] = 255  # stored 16 wide, 8 high: left half white
+    stored = Image.fromarray(pixels)
+    exif = stored.getexif()
+    exif[0x0112] = 6  # orientation: rotate 90° clockwise to display
+    stored.save(tmp_path / "phone.jpg", exif=exif)
+    with Image.open(tmp_path / "phone.jpg") as image:
+        assert image.size == (16, 8)
+    shown = load_image(tmp_path / "phone.jpg", 8)  # displayed 8 wide, 16 high -> resized and centre-cropped
+    assert shown.shape == (8, 8, 3)
+    assert shown[:2].mean() > 200 and shown[-2:].mean() < 50  # the white half is now on top
 
 
 def test_hash_split_is_roughly_80_10_10():

@@ -121,3 +121,28 @@ def test_folder_dataset_needs_and_records_its_build_options(tmp_path):
     assert cached.identity["kwargs"] == {"root": str(root.resolve()), "factors_csv": str(tmp_path / "factors.csv"),
                                          "carried_factors": ["kind"]}
     assert set(cached.heldout) == {"kind/accuracy", "kind/chance"}
+
+
+CONCURRENT_SCRIPT = """
+import sys
+from lisa_probe.data import build_dataset
+from lisa_probe.evaluation.readback import ReadbackConfig, load_or_train_readback
+dataset = build_dataset("shapes", split="val", resolution=16, condition="mask", size=8)
+config = ReadbackConfig(n_train=128, n_val=64, epochs=1, batch_size=32)
+print("trained" if load_or_train_readback(dataset, sys.argv[1], config, progress=False).trained else "loaded")
+"""
+
+
+def test_runs_sharing_a_cache_train_the_net_once(tmp_path):
+    """Two processes that miss the cache together: one trains, the other waits for it and loads it."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    processes = [subprocess.Popen([sys.executable, "-c", CONCURRENT_SCRIPT, str(tmp_path)], env=env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = [process.communicate(timeout=240) for process in processes]
+    assert all(process.returncode == 0 for process in processes), [err[-2000:] for _, err in results]
+    assert sorted(out.strip() for out, _ in results) == ["loaded", "trained"]
+    assert sorted(p.suffix for p in tmp_path.iterdir()) == ["", ".lock"]  # the entry and its lock, no staging left
