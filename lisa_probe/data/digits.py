@@ -110,7 +110,7 @@ class DigitsDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict:
         image_index = int(self.indices[check_index(index, len(self.indices))])
-        stroke = stroke_maps(self.resolution)[image_index]
+        stroke = stroke_maps(self.resolution)[image_index].copy()  # a sample must not alias the cached maps
         factors = {"digit": int(_digits()[1][image_index]), **draw_style(self.seed, image_index)}
         cond = stroke if self.condition == "stroke" else stroke_edges(stroke)
         return make_sample(paint(stroke, factors), cond, factors, f"digits/{self.split}/{image_index:06d}")

@@ -96,3 +96,12 @@ def test_bad_arguments():
         build_dataset("digits", condition="canny")
     with pytest.raises(ValueError, match="size"):
         build_dataset("digits", split="val", size=500)
+
+
+def test_changing_a_sample_in_place_leaves_the_dataset_unchanged():
+    dataset = build_dataset("digits", split="val", resolution=16, condition="stroke")
+    first = dataset[0]
+    reference = first["cond"].clone()
+    first["cond"].mul_(0)
+    first["image"].mul_(0)
+    assert torch.equal(dataset[0]["cond"], reference) and dataset[0]["image"].abs().sum() > 0
