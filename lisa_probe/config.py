@@ -7,7 +7,9 @@ config is written to the run directory with the code version so that the run can
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import sys
 import types
 import typing
 from pathlib import Path
@@ -52,11 +54,16 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls) -> None:
         def parse(text, convert=convert, optional=optional):
             return None if optional and text.lower() == "none" else convert(text)
 
+        parse.__name__ = scalar.__name__  # argparse names it in "invalid int value: 'abc'"
         default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
         flag = {"nargs": "?", "const": True} if scalar is bool else {}  # a bare --flag means true
+        choices = field.metadata.get("choices")
+        text = field.metadata.get("help", "")
+        if "default" not in text:  # a help text that explains its own default keeps it
+            text += f" (default: {default})"
         parser.add_argument(f"--{field.name.replace('_', '-')}", dest=field.name, type=parse, default=default,
-                            choices=field.metadata.get("choices"), metavar=scalar.__name__.upper(),
-                            help=f"{field.metadata.get('help', '')} (default: {default})", **flag)
+                            choices=choices, metavar=None if choices else scalar.__name__.upper(), help=text,
+                            **flag)
 
 
 def config_from_args(cls, namespace: argparse.Namespace):
@@ -73,6 +80,18 @@ def parse_config(cls, argv: list[str] | None, prog: str, description: str):
         return config_from_args(cls, args)
     except ValueError as error:
         parser.error(str(error))
+
+
+@contextlib.contextmanager
+def cli_errors(prog: str):
+    """Report the errors a user's input causes (``ValueError``, ``FileNotFoundError``, ``FileExistsError``: a bad
+    site, a missing main net, an existing output, a resume from another config) as ``<prog>: error: <message>``
+    with exit status 2, as argparse does for a bad option, instead of a traceback."""
+    try:
+        yield
+    except (ValueError, FileNotFoundError, FileExistsError) as error:
+        print(f"{prog}: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def config_defaults(cls) -> dict:

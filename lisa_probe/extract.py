@@ -25,7 +25,7 @@ from accelerate import PartialState
 from torch.utils.data import default_collate
 from tqdm.auto import tqdm
 
-from lisa_probe.config import option, parse_config
+from lisa_probe.config import cli_errors, option, parse_config
 from lisa_probe.data import DATASET_NAMES, build_dataset
 from lisa_probe.engine import end_processes, process_state
 from lisa_probe.hooks import capture
@@ -316,8 +316,10 @@ def merge(out: Path, state: PartialState, overwrite: bool) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; returns the exit status."""
-    config = parse_config(ExtractConfig, argv, "python -m lisa_probe.extract", __doc__.splitlines()[0])
-    out = extract(config)
+    prog = "python -m lisa_probe.extract"
+    config = parse_config(ExtractConfig, argv, prog, __doc__.splitlines()[0])
+    with cli_errors(prog):
+        out = extract(config)
     if process_state().is_main_process:
         print(f"features written to {out}")
     end_processes()

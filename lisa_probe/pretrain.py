@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from lisa_probe.config import parse_config, write_config
+from lisa_probe.config import cli_errors, parse_config, write_config
 from lisa_probe.data import DATASET_NAMES, build_dataset, check_choice
 from lisa_probe.engine import LoopConfig, Objective, end_processes, fit, is_main_process, process_state
 from lisa_probe.grids import save_grid, to_uint8
@@ -36,8 +36,9 @@ class PretrainConfig(LoopConfig):
     prediction_type: str | None = field(default=None, metadata={"help": "eps | v | flow (default: v for unet, "
                                                                          "flow for dit)"})
     dataset: str = field(default="shapes", metadata={"help": "training data", "choices": DATASET_NAMES})
+    data_root: str | None = field(default=None, metadata={"help": "image directory for the folder dataset"})
     resolution: int = field(default=32, metadata={"help": "image size in pixels"})
-    name: str | None = field(default=None, metadata={"help": "run name (default: main-<backbone>-<type>-<data>)"})
+    name: str | None = field(default=None, metadata={"help": "run name (default: main-<backbone>-<type>-<data><resolution>)"})
     out_dir: str = field(default="runs", metadata={"help": "parent of run directories"})
     eval_samples: int = field(default=256, metadata={"help": "generated images per evaluation (0: no "
                                                                            "evaluation)"})
@@ -124,6 +125,14 @@ class MainNetObjective(Objective):
         return {"loss": per_sample.mean()}
 
 
+def dataset_options(config: PretrainConfig) -> dict:
+    """``build_dataset`` keyword arguments of the pretraining data (resolution, seed, a folder's root)."""
+    options = {"resolution": config.resolution, "seed": config.seed}
+    if config.data_root is not None:
+        options["root"] = config.data_root
+    return options
+
+
 def make_quality_evaluation(objective: MainNetObjective, config: PretrainConfig, run_dir: Path):
     """An ``evaluate(step)`` closure: samples a fixed-noise batch, saves a grid, returns quality numbers (``fd`` and,
     for datasets that draw silhouettes, ``shape_fit_iou`` / ``shape_fit_f1``, each beside its real-image value)."""
@@ -131,7 +140,7 @@ def make_quality_evaluation(objective: MainNetObjective, config: PretrainConfig,
     from lisa_probe.validation import cache_dir
 
     evaluator = Evaluator.for_dataset(
-        build_dataset(config.dataset, split="train", resolution=config.resolution, seed=config.seed),
+        build_dataset(config.dataset, split="train", **dataset_options(config)),
         cache_dir=cache_dir(config.out_dir))
     shape = (config.eval_samples, objective.main.config.in_channels, config.resolution, config.resolution)
 
@@ -154,7 +163,7 @@ def pretrain(config: PretrainConfig) -> Path:
     parameterization = Parameterization(config.prediction_type)
     main = build_main(config.backbone, config.preset, config.resolution, seed=config.seed)
     objective = MainNetObjective(config.backbone, main, parameterization, config.ema_decay, config.min_snr_gamma)
-    dataset = build_dataset(config.dataset, split="train", resolution=config.resolution, seed=config.seed)
+    dataset = build_dataset(config.dataset, split="train", **dataset_options(config))
     evaluation = make_quality_evaluation(objective, config, run_dir) if config.eval_samples > 0 else None
     fit(run_dir, objective, dataset, config, evaluate=evaluation)
     if is_main_process():
@@ -164,8 +173,10 @@ def pretrain(config: PretrainConfig) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    config = parse_config(PretrainConfig, argv, "python -m lisa_probe.pretrain", __doc__.splitlines()[0])
-    run_dir = pretrain(config)
+    prog = "python -m lisa_probe.pretrain"
+    config = parse_config(PretrainConfig, argv, prog, __doc__.splitlines()[0])
+    with cli_errors(prog):
+        run_dir = pretrain(config)
     if is_main_process():
         print(f"main net written to {run_dir}")
     end_processes()

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from lisa_probe.config import cli_errors
 from lisa_probe.extract import ExtractConfig, extract
 from lisa_probe.pretrain import PretrainConfig, pretrain
 from lisa_probe.provenance import code_version
@@ -250,15 +251,25 @@ def run_study(path: Path, quick: bool = False, analyze: bool = True, seeds: list
     return results
 
 
+def seed_list(text: str) -> list[int]:
+    """``"0,1,2"`` -> ``[0, 1, 2]`` (argparse reports a bad list as an invalid seed list)."""
+    return [int(value) for value in text.split(",")]
+
+
+seed_list.__name__ = "seed list"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lisa_probe.study", description=__doc__.splitlines()[0])
     parser.add_argument("study", type=Path, help="study file, e.g. experiments/lisa_claims.yaml")
     parser.add_argument("--quick", action="store_true", help="apply the file's quick overrides (one seed, few steps)")
     parser.add_argument("--no-analysis", action="store_true", help="train and summarise only")
-    parser.add_argument("--seeds", type=lambda text: [int(v) for v in text.split(",")],
-                        help="comma-separated seeds replacing the file's (finished runs are reused)")
+    parser.add_argument("--seeds", type=seed_list, help="comma-separated seeds replacing the file's (finished runs are "
+                                                         "reused)")
     args = parser.parse_args(argv)
-    print(f"results in {run_study(args.study, args.quick, not args.no_analysis, args.seeds)}")
+    with cli_errors(parser.prog):
+        results = run_study(args.study, args.quick, not args.no_analysis, args.seeds)
+    print(f"results in {results}")
     return 0
 
 

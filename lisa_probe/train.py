@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from lisa_probe.config import option, parse_config, write_config
+from lisa_probe.config import cli_errors, option, parse_config, write_config
 from lisa_probe.data import DATASET_NAMES, build_dataset, check_choice
 from lisa_probe.engine import LoopConfig, Objective, end_processes, fit, is_main_process
 from lisa_probe.evaluation import CONTROL_METRIC
@@ -139,16 +139,16 @@ def train(config: TrainConfig) -> Path:
     """Train a side net; returns the run directory."""
     if config.main is None:
         config.main = str(ensure_default_main(Path(config.out_dir)))
-    run_dir = config.run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
     model, dataset_kwargs = build_dual_branch(config)
     site = config.lisa_site or model.default_lisa_site()
     model.site(site)
+    dataset = build_dataset(config.dataset, split="train", **dataset_kwargs)
+    run_dir = config.run_dir  # created once the inputs are known to be valid
+    run_dir.mkdir(parents=True, exist_ok=True)
     decoder = build_decoder(model, site, config.seed) if config.lisa_weight > 0 else None
     if is_main_process():
         write_config(run_dir / "config.yaml", config, kind="train")
     objective = SideNetObjective(model, decoder, config, site)
-    dataset = build_dataset(config.dataset, split="train", **dataset_kwargs)
     evaluation = ControlEvaluation(model, config, dataset_kwargs, run_dir) if config.eval_samples > 0 else None
     state = fit(run_dir, objective, dataset, config, evaluate=evaluation)
     if is_main_process():
@@ -157,8 +157,10 @@ def train(config: TrainConfig) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    config = parse_config(TrainConfig, argv, "python -m lisa_probe.train", __doc__.splitlines()[0])
-    run_dir = train(config)
+    prog = "python -m lisa_probe.train"
+    config = parse_config(TrainConfig, argv, prog, __doc__.splitlines()[0])
+    with cli_errors(prog):
+        run_dir = train(config)
     if is_main_process():
         summary = json.loads((run_dir / "summary.json").read_text())
         print(f"side net written to {run_dir}")

@@ -2,8 +2,10 @@
 
 import csv
 
+import numpy as np
 import pytest
 from diffusers import SD3Transformer2DModel, UNet2DConditionModel
+from PIL import Image
 
 from lisa_probe.config import read_config
 from lisa_probe.models import load_main
@@ -32,18 +34,12 @@ def test_pretrain_writes_a_diffusers_main_net_with_grid_and_quality(tmp_path, ba
                                           (["--preset", "huge"], "huge"),
                                           (["--backbone", "dit", "--prediction-type", "eps"], "flow"),
                                           (["--backbone", "dit", "--min-snr-gamma", "5"], "flow"),
-                                          (["--min-snr-gamma", "-1"], "-1"), (["--eval-samples", "-1"], "-1")])
+                                          (["--min-snr-gamma", "-1"], "-1"), (["--eval-samples", "-1"], "-1"),
+                                          (["--dataset", "folder"], "needs the image directory: --data-root")])
 def test_bad_input_names_what_is_allowed(argv, message, capsys, tmp_path):
     with pytest.raises(SystemExit):
         main([*argv, "--out-dir", str(tmp_path)])
     assert message in capsys.readouterr().err
-
-
-def test_train_refuses_a_path_that_is_not_a_main_net(tmp_path):
-    from lisa_probe.train import main as train_main
-
-    with pytest.raises(ValueError, match="not a diffusers main-net directory"):
-        train_main(["--main", str(tmp_path), "--out-dir", str(tmp_path / "runs")])
 
 
 def test_min_snr_default_and_weighted_loss():
@@ -79,3 +75,16 @@ def test_two_cpu_processes_with_accelerate(tmp_path):
     family, _, parameterization, _, _ = load_main(tmp_path / "ddp")
     assert family == "unet" and parameterization.prediction_type == "v"
     assert not (tmp_path / "ddp" / "eval.csv").exists()  # --eval-samples 0: no evaluation
+
+
+def test_pretrain_on_an_image_folder(tmp_path):
+    rng = np.random.default_rng(0)
+    (tmp_path / "img").mkdir()
+    for i in range(24):
+        Image.fromarray(rng.integers(0, 256, (20, 28, 3), dtype=np.uint8)).save(tmp_path / "img" / f"{i}.png")
+    assert main(["--dataset", "folder", "--data-root", str(tmp_path / "img"), "--preset", "tiny", "--resolution",
+                 "16", "--steps", "2", "--batch-size", "2", "--eval-samples", "4", "--sample-steps", "2",
+                 "--out-dir", str(tmp_path / "runs")]) == 0
+    run_dir = tmp_path / "runs" / "main-unet-v-folder16"
+    assert load_main(run_dir)[0] == "unet" and (run_dir / "samples" / "step-2.png").exists()
+    assert read_config(run_dir / "config.yaml")["config"]["data_root"] == str(tmp_path / "img")

@@ -18,6 +18,7 @@ from lisa_probe.parameterization import Parameterization
 from lisa_probe.pretrain import PretrainConfig, pretrain
 from lisa_probe.runs import load_run
 from lisa_probe.train import SideNetObjective, TrainConfig, train
+from lisa_probe.train import main as train_main
 from tests.conftest import launch_two_cpu_processes
 
 
@@ -144,7 +145,8 @@ def test_non_finite_loss_stops_naming_the_step(tmp_path, monkeypatch):
 
 def test_bad_input_errors(tmp_path):
     with pytest.raises(ValueError, match="unknown site 'down.99'; valid sites: down.0"):
-        train(tiny_config(tmp_path, lisa_site="down.99"))
+        train(tiny_config(tmp_path, lisa_site="down.99", name="bad-site"))
+    assert not (tmp_path / "runs" / "bad-site").exists()  # nothing is created for a run that cannot start
     with pytest.raises(ValueError, match="lisa-weight must be >= 0"):
         tiny_config(tmp_path, lisa_weight=-1.0)
     with pytest.raises(ValueError, match="batch fraction"):
@@ -202,6 +204,7 @@ from pathlib import Path
 from lisa_probe.engine import NonFiniteLossError, end_processes, process_state
 from lisa_probe.pretrain import PretrainConfig, pretrain
 from lisa_probe.train import SideNetObjective, TrainConfig, train
+from lisa_probe.train import main as train_main
 
 out = Path(sys.argv[1])
 main = pretrain(PretrainConfig(backbone="dit", preset="tiny", resolution=16, steps=2, batch_size=2, eval_samples=0,
@@ -239,3 +242,18 @@ def test_two_processes_pretrain_then_train_a_dit_and_stop_together_on_nan(tmp_pa
     for rank in (0, 1):  # each process stopped with the error instead of waiting for the other
         message = (tmp_path / "out" / f"rank-{rank}-stopped.txt").read_text()
         assert message.startswith("non-finite loss") and "at step 1 (this process or another)" in message
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--main", "{tmp}/missing"], "missing is not a diffusers main-net directory"),
+    (["--lisa-site", "down.99"], "unknown site 'down.99'; valid sites"),
+    (["--steps", "two"], "argument --steps: invalid int value: 'two'"),
+    (["--lisa-schedule", "sometimes"], "invalid choice: 'sometimes'")])
+def test_cli_reports_bad_input_without_a_traceback(tmp_path, capsys, argv, message):
+    main_dir = make_main(tmp_path, "unet", "eps")
+    argv = [arg.replace("{tmp}", str(tmp_path)) for arg in argv]
+    with pytest.raises(SystemExit) as stop:
+        train_main(["--main", main_dir, "--out-dir", str(tmp_path / "runs"), "--eval-samples", "0", *argv])
+    error = capsys.readouterr().err
+    assert stop.value.code == 2 and message in error and "Traceback" not in error
+    assert error.startswith("usage:") or error.startswith("python -m lisa_probe.train: error:")

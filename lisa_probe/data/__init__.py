@@ -116,6 +116,8 @@ def build_dataset(name: str, split: str = "train", resolution: int = 32, conditi
     """
     check_choice("dataset name", name, DATASET_NAMES)
     check_choice("split", split, SPLITS)
+    if name == "folder" and kwargs.get("root") is None:
+        raise ValueError("the folder dataset needs the image directory: --data-root DIR (root= in Python)")
     module_name, class_name = _DATASET_CLASSES[name]
     cls = getattr(importlib.import_module(module_name), class_name)
     return cls(split=split, resolution=resolution, condition=condition, seed=seed, size=size, **kwargs)
