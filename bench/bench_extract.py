@@ -10,7 +10,7 @@ rename included. Default extraction settings otherwise (all sites, float16 featu
 are interleaved and each is repeated ``--repeats`` times; the best counts. Times are CPU seconds of this process (one
 torch thread by default), so that other jobs on the shared cores disturb the comparison less than wall time would.
 Bytes per row are the final file's size over its rows. Prints a markdown table; the goal is writing overhead <= 10% over the
-forward passes with the default compression (lzf).
+forward passes with extract's default compression (``--compression``, none).
 """
 
 from __future__ import annotations
@@ -107,8 +107,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=384, help="rows per pass (a multiple of 8)")
     parser.add_argument("--batch", type=int, default=32, help="rows per forward pass (the CLI default)")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--families", nargs="+", default=list(PREDICTION), choices=list(PREDICTION))
+    parser.add_argument("--repeats", type=int, default=3, help="passes per mode; the median is reported (%(default)s)")
+    parser.add_argument("--families", nargs="+", default=list(PREDICTION), choices=list(PREDICTION),
+                        help="backbones (%(default)s)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads; 0 keeps torch's default (on 2 "
                         "shared cores, 2 threads thrash: ~10x slower forwards)")
     parser.add_argument("--dir", default=None, help="where to write the stores (default: a temporary directory)")

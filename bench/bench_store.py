@@ -67,10 +67,10 @@ def bench_one(path: Path, compression: str, rows: int, batch: int, features: np.
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=2048)
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--shape", type=int, nargs="+", default=[64, 16, 16])
-    parser.add_argument("--dir", type=Path, default=None)
+    parser.add_argument("--rows", type=int, default=2048, help="rows written per compression (%(default)s)")
+    parser.add_argument("--batch", type=int, default=64, help="rows per write call (%(default)s)")
+    parser.add_argument("--shape", type=int, nargs="+", default=[64, 16, 16], help="row shape (%(default)s)")
+    parser.add_argument("--dir", type=Path, default=None, help="where to write (default: a temporary directory)")
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     scores = rng.standard_normal((256, *SCORE_SHAPE), dtype=np.float32)

@@ -149,13 +149,15 @@ def peak_memory(arm, family, preset, resolution, batch_size, device) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--families", default="unet,dit")
-    parser.add_argument("--presets", default="small")
-    parser.add_argument("--resolution", type=int, default=32)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--repeats", type=int, default=15)
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--families", default="unet,dit", help="comma-separated backbones (%(default)s)")
+    parser.add_argument("--presets", default="small", help="comma-separated presets (%(default)s)")
+    parser.add_argument("--resolution", type=int, default=32, help="image size in pixels (%(default)s)")
+    parser.add_argument("--batch-size", type=int, default=16, help="rows per training step (%(default)s)")
+    parser.add_argument("--repeats", type=int, default=15, help="timed steps per arm; the median is reported "
+                                                                 "(%(default)s)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps per arm first (%(default)s)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="torch device (%(default)s)")
     parser.add_argument("--memory-child", choices=ARMS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_child:

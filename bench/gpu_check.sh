@@ -3,10 +3,17 @@
 # (bench_train.py on cuda at two batch sizes), then bf16 end-to-end runs on the GPU for the UNet (v-prediction) and
 # the DiT (flow): pretrain -> train with LISA -> extract.
 #
-#     bash bench/gpu_check.sh [OUT_DIR] [--no-bench]       (default runs/gpu-check; --no-bench: end-to-end runs only)
+#     bash bench/gpu_check.sh [--no-bench] [OUT_DIR]       (default runs/gpu-check; --no-bench: end-to-end runs only)
 set -euo pipefail
-out=${1:-runs/gpu-check}
-batches=$([ "${2:-}" = --no-bench ] && echo "" || echo "16 64")
+batches="16 64"
+out=runs/gpu-check
+for arg in "$@"; do
+  case "$arg" in
+    --no-bench) batches="" ;;
+    -*) echo "gpu_check.sh: unknown option $arg (allowed: --no-bench)" >&2; exit 2 ;;
+    *) out=$arg ;;
+  esac
+done
 mkdir -p "$out"
 python -c "import torch; print(torch.__version__, torch.cuda.get_device_name(0))" | tee "$out/device.txt"
 for batch in $batches; do

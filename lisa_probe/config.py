@@ -59,7 +59,7 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls) -> None:
         flag = {"nargs": "?", "const": True} if scalar is bool else {}  # a bare --flag means true
         choices = field.metadata.get("choices")
         text = field.metadata.get("help", "")
-        if "default" not in text:  # a help text that explains its own default keeps it
+        if "default" not in text and default != "":  # a help text that explains its own default keeps it
             text += f" (default: {default})"
         parser.add_argument(f"--{field.name.replace('_', '-')}", dest=field.name, type=parse, default=default,
                             choices=choices, metavar=None if choices else scalar.__name__.upper(), help=text,

@@ -44,7 +44,7 @@ SPLITS = ("train", "val", "test")
 class ExtractConfig:
     """What to extract and where."""
 
-    out: str = field(default="", metadata=option("output .h5 path"))
+    out: str = field(default="", metadata=option("output .h5 path (required)"))
     ckpt: str | None = field(default=None, metadata=option("lisa_probe run or checkpoint directory"))
     controlnet: str | None = field(default=None, metadata=option("a plain diffusers side-net directory (with --main)"))
     main: str | None = field(default=None, metadata=option("main-net directory for --controlnet"))

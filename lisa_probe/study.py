@@ -5,7 +5,8 @@ the arms (option overrides: ``baseline`` = ``lisa_weight: 0``), the seeds, an op
 to extract. The study pretrains each main net once, trains every (setting, arm, seed), extracts features at an early
 checkpoint and at the end, runs the analysis, and writes ``experiments/results/<study>/``: ``runs.csv`` (one row per
 run), ``convergence.csv`` (per setting and arm: mean convergence step with a bootstrap 95% CI over seeds, and the
-baseline/LISA ratio), ``final.csv``, figures and a README with the headline numbers. Finished runs are skipped, so
+baseline/LISA ratio), ``curves.csv`` and ``curves.png`` (control fidelity per step), ``curve_area.csv`` (its
+area under the curve), one ``analysis-<setting>/`` per setting, and a README with the headline numbers. Finished runs are skipped, so
 an interrupted study continues where it stopped. ``--quick`` applies the file's ``quick`` overrides.
 """
 

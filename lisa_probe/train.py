@@ -1,6 +1,6 @@
 """``python -m lisa_probe.train``: train a side net (ControlNet / SD3 ControlNet) with or without LISA.
 
-With no arguments this is the toolkit's main job on the embedded default: the default main net (UNet, eps, shapes
+With no arguments this is the toolkit's main job on the embedded default: the default main net (UNet, v-prediction, shapes
 32 px) is pretrained first if missing, then a ControlNet is trained with LISA on shapes with edge conditions,
 evaluated, and written to ``runs/<name>/``: ``config.yaml``, ``controlnet/`` (plain diffusers ControlNetModel),
 ``lisa_decoder/`` (safetensors, never needed to sample), checkpoints, ``metrics.csv``, ``eval.csv``, sample grids
@@ -32,7 +32,7 @@ from lisa_probe.validation import ControlEvaluation, write_summary
 
 @dataclass
 class TrainConfig(LoopConfig):
-    """Side-net training settings. Defaults are the embedded demo (LISA on, ~6 minutes on 2 CPU cores)."""
+    """Side-net training settings. Defaults are the embedded demo (LISA on; ~4 minutes on 2 CPU cores once the main net exists)."""
 
     main: str | None = field(default=None, metadata=option(
         f"main-net directory (diffusers layout); default: <out-dir>/{DEFAULT_MAIN_NAME}, pretrained if missing"))
