@@ -173,6 +173,7 @@ class FolderDataset(torch.utils.data.Dataset):
         self.resolution = check_resolution(resolution)
         self.root = Path(root)
         self.skip_bad = skip_bad
+        self.split_fractions = tuple(float(f) for f in split_fractions)
         if cond_dir is None:
             self.condition = "canny" if condition is None else condition
             self._extract = get_extractor(self.condition)
@@ -200,6 +201,15 @@ class FolderDataset(torch.utils.data.Dataset):
         empty = np.zeros((0, self.resolution, self.resolution, 3), np.uint8)
         self.images = np.stack(images) if images else empty
         self.conds = None if cond_dir is None else (np.stack(conds) if conds else empty[..., :self.cond_channels])
+
+    def content_digest(self) -> str:
+        """SHA-1 (hex) of every image file's name, size and modification time under ``root``: it changes when the
+        folder's contents do (read-back caches key on it)."""
+        digest = hashlib.sha1()
+        for path in list_images(self.root):
+            stat = path.stat()
+            digest.update(f"{path.name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        return digest.hexdigest()
 
     def _split_files(self, split_fractions: tuple[float, float, float], size: int | None) -> list[Path]:
         """The image files of this split, in name order; ``ValueError`` for an empty root or a negative size."""

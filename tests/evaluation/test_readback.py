@@ -119,8 +119,15 @@ def test_folder_dataset_needs_and_records_its_build_options(tmp_path):
         load_or_train_readback(dataset, tmp_path / "cache", TINY, progress=False)
     cached = load_or_train_readback(dataset, tmp_path / "cache", TINY, progress=False, dataset_kwargs=options)
     assert cached.identity["kwargs"] == {"root": str(root.resolve()), "factors_csv": str(tmp_path / "factors.csv"),
-                                         "carried_factors": ["kind"]}
+                                         "carried_factors": ["kind"], "split_fractions": [0.8, 0.1, 0.1]}
     assert set(cached.heldout) == {"kind/accuracy", "kind/chance"}
+    again = load_or_train_readback(dataset, tmp_path / "cache", TINY, progress=False, dataset_kwargs=options)
+    assert not again.trained
+    # new or changed images make another identity: the stale net is not reused
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(root / "040.png")
+    changed = build_dataset("folder", split="val", resolution=16, root=root, **options)
+    assert dataset_identity(changed, options)["content"] != cached.identity["content"]
+    assert cache_key(dataset_identity(changed, options), TINY) != cached.path.name.removeprefix("readback-")
 
 
 CONCURRENT_SCRIPT = """
