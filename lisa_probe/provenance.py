@@ -9,24 +9,33 @@ from pathlib import Path
 
 from lisa_probe import __version__
 
+CODE_PATHS = ("lisa_probe", "pyproject.toml", "constraints.txt")  # what a run's results depend on
+
 
 @functools.lru_cache(maxsize=1)
 def code_version() -> str:
     """Return ``"<package version>+g<commit>[.dirty]"`` when run from a git checkout, else the package version."""
-    root = Path(__file__).resolve().parent.parent
+    return git_version(Path(__file__).resolve().parent.parent, __version__)
+
+
+def git_version(root: Path, version: str) -> str:
+    """``"<version>+g<commit>[.dirty]"`` of the git checkout at ``root`` (``version`` alone outside one).
+
+    ``.dirty`` marks uncommitted changes to the code (``CODE_PATHS``), new untracked modules included; results,
+    notebooks and docs being rewritten do not make the code dirty."""
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5
         )
         if commit.returncode != 0:
-            return __version__
+            return version
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True,
-            timeout=5,
+            ["git", "status", "--porcelain", "--untracked-files=all", "--", *CODE_PATHS], cwd=root,
+            capture_output=True, text=True, timeout=5,
         ).stdout.strip()
-        return f"{__version__}+g{commit.stdout.strip()}" + (".dirty" if dirty else "")
+        return f"{version}+g{commit.stdout.strip()}" + (".dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
-        return __version__
+        return version
 
 
 def file_digest(path: str | Path, algorithm: str = "sha256") -> str:
