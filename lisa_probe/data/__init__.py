@@ -42,6 +42,8 @@ class FactorSpec:
         carried: whether the condition determines the factor (``True``) or not (``False``).
         n_classes: number of classes for a categorical factor, ``None`` for a continuous one.
         description: what the value means (range, units, class names).
+        period: for a circular continuous factor (rotation, hue), the value at which it wraps back to 0; None for
+            a linear one. Values ``v`` and ``v + period`` describe the same sample.
     """
 
     name: str
@@ -49,6 +51,7 @@ class FactorSpec:
     carried: bool
     n_classes: int | None = None
     description: str = ""
+    period: float | None = None
 
     def __post_init__(self):
         check_choice("factor kind", self.kind, FACTOR_KINDS)

@@ -30,7 +30,7 @@ CANNY_SIGMA = 1.0
 
 FACTOR_SPECS = {
     "digit": FactorSpec("digit", "categorical", True, 10, "digit class 0-9"),
-    "hue": FactorSpec("hue", "continuous", False, None, "hue of the stroke tint in [0, 1)"),
+    "hue": FactorSpec("hue", "continuous", False, None, "hue of the stroke tint in [0, 1)", period=1.0),
     "background": FactorSpec("background", "continuous", False, None,
                              f"background brightness in [0, 1]: grey level in {BACKGROUND_RANGE}"),
 }

@@ -49,7 +49,8 @@ class Evaluator:
     """Scores batches of generated images for one dataset (identity, condition, resolution).
 
     Build with :meth:`for_dataset`. Metrics (see :meth:`evaluate`): control fidelity (``edge_f1``, ``mask_iou``),
-    ``readback/<factor>`` (accuracy for categorical, MAE for continuous carried factors) and the Fréchet distance
+    ``readback/<factor>`` (accuracy for categorical, MAE for continuous carried factors, measured around the circle
+    for circular ones such as rotation: at most 0.5, 0.25 for a uniform guess) and the Fréchet distance
     in read-back feature space, ``fd``, beside ``fd_real_real``, the same statistic between two real sets. For
     unconditional samples of a dataset that draws silhouettes, :meth:`shape_fit` says whether each image shows a
     clean, nameable shape.

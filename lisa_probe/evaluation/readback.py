@@ -29,7 +29,8 @@ from lisa_probe.data import build_dataset
 from lisa_probe.files import replace_dir
 from lisa_probe.provenance import code_version
 
-CACHE_FORMAT = 1  # bump when the architecture or the cache layout changes
+CACHE_FORMAT = 2  # bump when the architecture or the cache layout changes (2: circular heads)
+CIRCULAR = "circular"  # head spec of a circular factor of period 1 (rotation, hue)
 WEIGHTS_FILE, META_FILE = "weights.safetensors", "readback.json"
 
 
@@ -59,18 +60,21 @@ class ReadbackNet(nn.Module):
 
     The stem is strided because full-resolution convolutions cost ~10× more on CPU; the pooled grid is 2×2
     rather than 1×1 because a global pool loses the position factors (and learns shape kind slower).
-    ``heads`` maps a factor name to its number of classes (categorical) or ``None`` (continuous, regressed after
-    standardisation with ``mean_<name>``/``std_<name>`` buffers set from the training targets).
+    ``heads`` maps a factor name to its number of classes (categorical), ``None`` (continuous, regressed after
+    standardisation with ``mean_<name>``/``std_<name>`` buffers set from the training targets) or ``CIRCULAR``
+    (a continuous factor of period 1, regressed as the point (cos 2πv, sin 2πv) on the unit circle, so that values
+    near 0 and near 1 are neighbours).
     """
 
-    def __init__(self, heads: dict[str, int | None], width: int = 32, embed_dim: int = 128):
+    def __init__(self, heads: dict[str, int | str | None], width: int = 32, embed_dim: int = 128):
         super().__init__()
         self.head_classes = dict(heads)
         self.encoder = nn.Sequential(
             _conv_block(3, width, 2), _conv_block(width, 2 * width, 1), _conv_block(2 * width, 4 * width, 2),
             _conv_block(4 * width, 4 * width, 2), nn.AdaptiveAvgPool2d(2), nn.Flatten(),
             nn.Linear(4 * 4 * width, embed_dim), nn.SiLU())
-        self.heads = nn.ModuleDict({name: nn.Linear(embed_dim, n or 1) for name, n in heads.items()})
+        self.heads = nn.ModuleDict({name: nn.Linear(embed_dim, 2 if n == CIRCULAR else n or 1)
+                                    for name, n in heads.items()})
         for name, n in heads.items():
             if n is None:
                 self.register_buffer(f"mean_{name}", torch.zeros(()))
@@ -81,7 +85,8 @@ class ReadbackNet(nn.Module):
         return self.encoder(images)
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Raw head outputs for images (N, 3, H, W): logits (N, K) or standardised values (N,) per factor."""
+        """Raw head outputs for images (N, 3, H, W) per factor: logits (N, K), standardised values (N,) or circle
+        points (N, 2)."""
         embedding = self.features(images)
         return {name: head(embedding) if self.head_classes[name] else head(embedding)[:, 0]
                 for name, head in self.heads.items()}
@@ -92,21 +97,45 @@ class ReadbackNet(nn.Module):
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor, batch_size: int = 256) -> dict[str, torch.Tensor]:
-        """Per-factor predictions for images (N, 3, H, W): class index (N,) long or value (N,) in factor units."""
+        """Per-factor predictions for images (N, 3, H, W): class index (N,) long, or value (N,) in factor units
+        (circular ones in [0, 1))."""
         device = next(self.parameters()).device
         outputs = [self(chunk.to(device)) for chunk in images.split(batch_size)]
         predictions = {}
         for name, n_classes in self.head_classes.items():
             raw = torch.cat([out[name] for out in outputs])
-            predictions[name] = raw.argmax(1) if n_classes else raw * getattr(self, f"std_{name}") + getattr(
-                self, f"mean_{name}")
+            if n_classes == CIRCULAR:
+                predictions[name] = torch.remainder(torch.atan2(raw[:, 1], raw[:, 0]) / (2 * math.pi), 1.0)
+            elif n_classes:
+                predictions[name] = raw.argmax(1)
+            else:
+                predictions[name] = raw * getattr(self, f"std_{name}") + getattr(self, f"mean_{name}")
         return predictions
 
     def loss(self, outputs: dict[str, torch.Tensor], factors: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Sum over heads of cross-entropy (categorical) or MSE on standardised targets (continuous)."""
-        return sum(F.cross_entropy(outputs[name], factors[name].long()) if n_classes
-                   else F.mse_loss(outputs[name], self.standardise(name, factors[name].float()))
-                   for name, n_classes in self.head_classes.items())
+        """Sum over heads of cross-entropy (categorical), MSE on standardised targets (continuous) or MSE to the
+        target's point on the unit circle (circular)."""
+        total = 0.0
+        for name, n_classes in self.head_classes.items():
+            if n_classes == CIRCULAR:
+                total = total + F.mse_loss(outputs[name], circle_point(factors[name].float()))
+            elif n_classes:
+                total = total + F.cross_entropy(outputs[name], factors[name].long())
+            else:
+                total = total + F.mse_loss(outputs[name], self.standardise(name, factors[name].float()))
+        return total
+
+
+def circle_point(values: torch.Tensor) -> torch.Tensor:
+    """Values (N,) of period 1 -> points (N, 2) ``(cos 2πv, sin 2πv)``."""
+    angle = 2 * math.pi * values
+    return torch.stack([angle.cos(), angle.sin()], dim=1)
+
+
+def circular_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Elementwise distance in [0, 0.5] between values of period 1 (0.95 and 0.05 are 0.1 apart)."""
+    d = torch.remainder(a - b, 1.0)
+    return torch.minimum(d, 1.0 - d)
 
 
 @dataclass
@@ -146,10 +175,18 @@ def cache_key(identity: dict, config: ReadbackConfig) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
-def carried_heads(factor_specs: dict) -> dict[str, int | None]:
-    """Head spec (name -> n_classes or None) of the carried factors of a dataset's ``factor_specs``."""
-    return {name: spec.n_classes if spec.kind == "categorical" else None
-            for name, spec in factor_specs.items() if spec.carried}
+def carried_heads(factor_specs: dict) -> dict[str, int | str | None]:
+    """Head spec (name -> n_classes, None for a continuous factor, ``CIRCULAR`` for one of period 1) of the carried
+    factors of a dataset's ``factor_specs``."""
+    heads = {}
+    for name, spec in factor_specs.items():
+        if not spec.carried:
+            continue
+        period = getattr(spec, "period", None)
+        if period not in (None, 1.0):
+            raise ValueError(f"factor {name!r} has period {period}; circular read-back heads support period 1 only")
+        heads[name] = spec.n_classes if spec.kind == "categorical" else (CIRCULAR if period else None)
+    return heads
 
 
 def build_split(identity: dict, split: str, size: int):
@@ -199,7 +236,8 @@ def train_readback(images: torch.Tensor, factors: dict[str, torch.Tensor], heads
 
 
 def readback_scores(net: ReadbackNet, images: torch.Tensor, factors: dict[str, torch.Tensor]) -> dict[str, float]:
-    """Accuracy (categorical) or mean absolute error (continuous) of the net's read-back vs requested factors.
+    """Accuracy (categorical) or mean absolute error (continuous; circular factors: the distance around the
+    circle, at most 0.5) of the net's read-back vs requested factors.
 
     images: (N, 3, H, W) in [-1, 1]; factors: {name: (N,)} holding at least every factor the net has a head for.
     Returns {factor name: score}.
@@ -213,18 +251,26 @@ def readback_scores(net: ReadbackNet, images: torch.Tensor, factors: dict[str, t
         target = torch.as_tensor(factors[name]).to(predictions[name].device)
         if target.shape != (len(images),):
             raise ValueError(f"factors[{name!r}] must have shape ({len(images)},), got {tuple(target.shape)}")
-        scores[name] = (float((predictions[name] == target.long()).float().mean()) if n_classes
-                        else float((predictions[name] - target.float()).abs().mean()))
+        if n_classes == CIRCULAR:
+            scores[name] = float(circular_distance(predictions[name], target.float()).mean())
+        elif n_classes:
+            scores[name] = float((predictions[name] == target.long()).float().mean())
+        else:
+            scores[name] = float((predictions[name] - target.float()).abs().mean())
     return scores
 
 
 def heldout_metrics(net: ReadbackNet, images: torch.Tensor, factors: dict[str, torch.Tensor]) -> dict[str, float]:
     """Held-out scores: ``<f>/accuracy`` and ``<f>/chance`` (majority class) per categorical factor, ``<f>/mae``
-    and ``<f>/r2`` per continuous one, on images (N, 3, H, W) with factors {name: (N,)}."""
+    and ``<f>/r2`` per continuous one, ``<f>/mae`` (around the circle) and ``<f>/chance`` (0.25, a uniform guess)
+    per circular one, on images (N, 3, H, W) with factors {name: (N,)}."""
     predictions, metrics = net.predict(images), {}
     for name, n_classes in net.head_classes.items():
         target = factors[name].to(predictions[name].device)
-        if n_classes:
+        if n_classes == CIRCULAR:
+            metrics[f"{name}/mae"] = float(circular_distance(predictions[name].double(), target.double()).mean())
+            metrics[f"{name}/chance"] = 0.25
+        elif n_classes:
             metrics[f"{name}/accuracy"] = float((predictions[name] == target).float().mean())
             metrics[f"{name}/chance"] = float(torch.bincount(target.long()).max() / len(target))
         else:

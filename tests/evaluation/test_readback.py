@@ -9,8 +9,13 @@ from PIL import Image
 from lisa_probe.data import build_dataset
 from lisa_probe.data.shapes import draw_factors, render
 from lisa_probe.evaluation.readback import (
+    CIRCULAR,
     ReadbackConfig,
+    ReadbackNet,
     cache_key,
+    carried_heads,
+    circle_point,
+    circular_distance,
     dataset_identity,
     load_or_train_readback,
     load_samples,
@@ -37,8 +42,9 @@ def test_heldout_scores_beat_chance(trained):
     _, cached = trained
     assert cached.trained
     heldout = cached.heldout
-    assert set(heldout) == {"kind/accuracy", "kind/chance", *(f"{f}/{m}" for f in ("x", "y", "size", "rotation")
-                                                                 for m in ("mae", "r2"))}
+    assert set(heldout) == {"kind/accuracy", "kind/chance", "rotation/mae", "rotation/chance",
+                            *(f"{f}/{m}" for f in ("x", "y", "size") for m in ("mae", "r2"))}
+    assert 0 <= heldout["rotation/mae"] <= 0.5 and heldout["rotation/chance"] == 0.25
     assert heldout["kind/accuracy"] > heldout["kind/chance"] + 0.04
     assert heldout["x/r2"] > 0.9 and heldout["y/r2"] > 0.9 and heldout["size/r2"] > 0.3
 
@@ -153,3 +159,22 @@ def test_runs_sharing_a_cache_train_the_net_once(tmp_path):
     assert all(process.returncode == 0 for process in processes), [err[-2000:] for _, err in results]
     assert sorted(out.strip() for out, _ in results) == ["loaded", "trained"]
     assert sorted(p.suffix for p in tmp_path.iterdir()) == ["", ".lock"]  # the entry and its lock, no staging left
+
+
+def test_circular_factors_wrap_around():
+    """Rotation wraps at 1: 0.98 and 0.02 are 0.04 apart; the head regresses points on the unit circle."""
+    assert torch.allclose(circular_distance(torch.tensor([0.98, 0.25, 0.5]), torch.tensor([0.02, 0.75, 0.0])),
+                          torch.tensor([0.04, 0.5, 0.5]), atol=1e-6)
+    specs = _shapes().factor_specs
+    heads = carried_heads(specs)
+    assert heads["rotation"] == CIRCULAR and heads["x"] is None and heads["kind"] == 4
+    net = ReadbackNet({"rotation": CIRCULAR}, width=8, embed_dim=8)
+    with torch.no_grad():  # a net whose circle point is a fixed angle: it predicts that value for every image
+        net.heads["rotation"].weight.zero_()
+        net.heads["rotation"].bias.copy_(circle_point(torch.tensor([0.97]))[0])
+    images = torch.zeros(3, 3, 16, 16)
+    assert torch.allclose(net.predict(images)["rotation"], torch.full((3,), 0.97), atol=1e-5)
+    scores = readback_scores(net, images, {"rotation": torch.tensor([0.01, 0.97, 0.5])})
+    assert scores["rotation"] == pytest.approx((0.04 + 0.0 + 0.47) / 3, abs=1e-5)
+    outputs = {"rotation": circle_point(torch.tensor([0.999, 0.5]))}
+    assert float(net.loss(outputs, {"rotation": torch.tensor([0.001, 0.5])})) < 1e-3  # the wrap costs nothing
