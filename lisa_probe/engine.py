@@ -241,9 +241,21 @@ def fit(run_dir: Path, objective: Objective, dataset, config: LoopConfig,
     """Train ``objective`` on ``dataset`` under ``config``; returns the final trainer state.
 
     ``evaluate(step)`` runs on the main process every ``eval_every`` steps and at the end; its metrics go to
-    ``eval.csv`` and TensorBoard.
+    ``eval.csv`` and TensorBoard. However the loop ends (finished, a non-finite loss, an interrupt), accelerate's
+    per-run state (mixed precision, accumulation) is freed, so that a later fit in the same process (the default
+    main net's pretraining before a side net, a study, a notebook) may use other settings; the process group stays
+    up for it and ``end_processes`` takes it down at exit (accelerate's ``end_training`` would destroy it).
     """
-    run_dir = Path(run_dir)
+    try:
+        return _fit_loop(Path(run_dir), objective, dataset, config, evaluate)
+    finally:
+        AcceleratorState._reset_state()
+        GradientState._reset_state()
+
+
+def _fit_loop(run_dir: Path, objective: Objective, dataset, config: LoopConfig,
+              evaluate: Callable[[int], dict[str, float]] | None) -> dict:
+    """The body of ``fit``."""
     accelerator = Accelerator(mixed_precision=config.mixed_precision, gradient_accumulation_steps=config.grad_accum,
                               cpu=cpu_only())
     if accelerator.device.type == "cpu" and accelerator.num_processes > 1:
@@ -322,11 +334,6 @@ def fit(run_dir: Path, objective: Objective, dataset, config: LoopConfig,
     metrics.close()
     export_modules(accelerator, run_dir, objective)
     accelerator.wait_for_everyone()
-    # Free this run's accelerate settings (mixed precision, accumulation) so that a later fit in the same process
-    # (the default main net's pretraining before a side net, a study, a notebook) may use others; the process group
-    # stays up for it and ``end_processes`` takes it down at exit. (accelerate's ``end_training`` would destroy it.)
-    AcceleratorState._reset_state()
-    GradientState._reset_state()
     return state
 
 
