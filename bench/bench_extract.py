@@ -9,8 +9,8 @@ times the extraction's own write loop (``lisa_probe.extract.write_rows``) into a
 rename included. Default extraction settings otherwise (all sites, float16 features, 8 timesteps, 1 draw). Modes
 are interleaved and each is repeated ``--repeats`` times; the best counts. Times are CPU seconds of this process (one
 torch thread by default), so that other jobs on the shared cores disturb the comparison less than wall time would.
-Bytes per row are the final file's size over its rows. Prints a markdown table; the goal is writing overhead <= 10% over the
-forward passes with extract's default compression (``--compression``, none).
+Bytes per row are the final file's size over its rows. Prints a markdown table; the goal is writing overhead <= 10%
+over the forward passes with extract's default compression (``--compression``, none).
 """
 
 from __future__ import annotations

@@ -27,8 +27,8 @@ def runs_of_stores(stores: list[str]) -> list[str]:
     runs = [FeatureStore(store).attrs.get("extract_args", {}).get("ckpt") or "" for store in stores]
     missing = [store for store, run in zip(stores, runs) if not (run and _is_run(run))]
     if missing:
-        raise ValueError(f"the runs of {missing} are not found (extracted from another machine, or with --controlnet): "
-                         "name them in RUN_DIRS")
+        raise ValueError(f"the runs of {missing} are not found (extracted from another machine, or with "
+                         "--controlnet): name them in RUN_DIRS")
     return runs
 
 

@@ -327,7 +327,8 @@ def _fit_loop(run_dir: Path, objective: Objective, dataset, config: LoopConfig,
                 eval_log_rows(run_dir, step, results, metrics)
             accelerator.wait_for_everyone()
         if step == config.steps or (config.checkpoint_every and step % config.checkpoint_every == 0):
-            save_checkpoint(accelerator, run_dir, objective, optimizer, generator, with_grad_scaler(accelerator, state))
+            saved = with_grad_scaler(accelerator, state)
+            save_checkpoint(accelerator, run_dir, objective, optimizer, generator, saved)
             if accelerator.is_main_process:
                 prune_checkpoints(run_dir, config.keep_checkpoints)
     progress.close()

@@ -64,8 +64,8 @@ class Parameterization:
             return cls("flow", config.get("num_train_timesteps", 1000))
         for option in ("rescale_betas_zero_snr", "trained_betas"):
             if config.get(option):
-                raise ValueError(f"scheduler option {option}={config[option]!r} is not supported: lisa_probe builds the "
-                                 "noise schedule from beta_schedule, beta_start and beta_end only")
+                raise ValueError(f"scheduler option {option}={config[option]!r} is not supported: lisa_probe builds "
+                                 "the noise schedule from beta_schedule, beta_start and beta_end only")
         kinds = {"epsilon": "eps", "v_prediction": "v"}
         prediction = config.get("prediction_type", "epsilon")
         if prediction not in kinds:

@@ -38,7 +38,8 @@ class PretrainConfig(LoopConfig):
     dataset: str = field(default="shapes", metadata={"help": "training data", "choices": DATASET_NAMES})
     data_root: str | None = field(default=None, metadata={"help": "image directory for the folder dataset"})
     resolution: int = field(default=32, metadata={"help": "image size in pixels"})
-    name: str | None = field(default=None, metadata={"help": "run name (default: main-<backbone>-<type>-<data><resolution>)"})
+    name: str | None = field(default=None, metadata={
+        "help": "run name (default: main-<backbone>-<type>-<data><resolution>)"})
     out_dir: str = field(default="runs", metadata={"help": "parent of run directories"})
     eval_samples: int = field(default=256, metadata={"help": "generated images per evaluation (0: no "
                                                                            "evaluation)"})
@@ -156,14 +157,14 @@ def make_quality_evaluation(objective: MainNetObjective, config: PretrainConfig,
 
 def pretrain(config: PretrainConfig) -> Path:
     """Run pretraining; returns the run directory (a diffusers main-net directory)."""
-    run_dir = config.run_dir
+    dataset = build_dataset(config.dataset, split="train", **dataset_options(config))
+    run_dir = config.run_dir  # created once the data is known to load
     run_dir.mkdir(parents=True, exist_ok=True)
     if is_main_process():
         write_config(run_dir / "config.yaml", config, kind="pretrain")
     parameterization = Parameterization(config.prediction_type)
     main = build_main(config.backbone, config.preset, config.resolution, seed=config.seed)
     objective = MainNetObjective(config.backbone, main, parameterization, config.ema_decay, config.min_snr_gamma)
-    dataset = build_dataset(config.dataset, split="train", **dataset_options(config))
     evaluation = make_quality_evaluation(objective, config, run_dir) if config.eval_samples > 0 else None
     fit(run_dir, objective, dataset, config, evaluate=evaluation)
     if is_main_process():

@@ -6,8 +6,9 @@ to extract. The study pretrains each main net once, trains every (setting, arm, 
 checkpoint and at the end, runs the analysis, and writes ``experiments/results/<study>/``: ``runs.csv`` (one row per
 run), ``convergence.csv`` (per setting and arm: mean convergence step with a bootstrap 95% CI over seeds, and the
 baseline/LISA ratio), ``curves.csv`` and ``curves.png`` (control fidelity per step), ``curve_area.csv`` (its
-area under the curve), one ``analysis-<setting>/`` per setting, and a README with the headline numbers. Finished runs are skipped, so
-an interrupted study continues where it stopped. ``--quick`` applies the file's ``quick`` overrides.
+area under the curve), one ``analysis-<setting>/`` per setting, and a README with the headline numbers. Finished
+runs are skipped, so an interrupted study continues where it stopped. ``--quick`` applies the file's ``quick``
+overrides.
 """
 
 from __future__ import annotations
@@ -265,8 +266,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("study", type=Path, help="study file, e.g. experiments/lisa_claims.yaml")
     parser.add_argument("--quick", action="store_true", help="apply the file's quick overrides (one seed, few steps)")
     parser.add_argument("--no-analysis", action="store_true", help="train and summarise only")
-    parser.add_argument("--seeds", type=seed_list, help="comma-separated seeds replacing the file's (finished runs are "
-                                                         "reused)")
+    parser.add_argument("--seeds", type=seed_list,
+                        help="comma-separated seeds replacing the file's (finished runs are reused)")
     args = parser.parse_args(argv)
     with cli_errors(parser.prog):
         results = run_study(args.study, args.quick, not args.no_analysis, args.seeds)

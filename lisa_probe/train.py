@@ -1,8 +1,8 @@
 """``python -m lisa_probe.train``: train a side net (ControlNet / SD3 ControlNet) with or without LISA.
 
-With no arguments this is the toolkit's main job on the embedded default: the default main net (UNet, v-prediction, shapes
-32 px) is pretrained first if missing, then a ControlNet is trained with LISA on shapes with edge conditions,
-evaluated, and written to ``runs/<name>/``: ``config.yaml``, ``controlnet/`` (plain diffusers ControlNetModel),
+With no arguments this is the toolkit's main job on the embedded default: the default main net (UNet,
+v-prediction, shapes 32 px) is pretrained first if missing, then a ControlNet is trained with LISA on shapes with
+edge conditions, evaluated, and written to ``runs/<name>/``: ``config.yaml``, ``controlnet/`` (plain diffusers ControlNetModel),
 ``lisa_decoder/`` (safetensors, never needed to sample), checkpoints, ``metrics.csv``, ``eval.csv``, sample grids
 (condition | main alone | controlled) and ``summary.json``. ``--lisa-weight 0`` trains the baseline: identical
 except that it builds no decoder and adds no LISA term.
@@ -32,7 +32,8 @@ from lisa_probe.validation import ControlEvaluation, write_summary
 
 @dataclass
 class TrainConfig(LoopConfig):
-    """Side-net training settings. Defaults are the embedded demo (LISA on; ~4 minutes on 2 CPU cores once the main net exists)."""
+    """Side-net training settings. Defaults are the embedded demo (LISA on; ~4 minutes on 2 CPU cores once the main
+    net exists)."""
 
     main: str | None = field(default=None, metadata=option(
         f"main-net directory (diffusers layout); default: <out-dir>/{DEFAULT_MAIN_NAME}, pretrained if missing"))
@@ -118,7 +119,8 @@ class SideNetObjective(Objective):
         lisa = lisa_distance(decoded, aux_target, self.config.lisa_distance)
         weight = lisa_weight(step, self.config.lisa_weight, self.config.lisa_schedule, self.config.lisa_end_step)
         return {"loss": diffusion + weight * lisa, "diffusion_loss": diffusion.detach(), "lisa_loss": lisa.detach(),
-                "lisa_target_norm": aux_target.float().pow(2).mean().detach(), "lisa_weight": torch.tensor(weight, dtype=torch.float64)}
+                "lisa_target_norm": aux_target.float().pow(2).mean().detach(),
+                "lisa_weight": torch.tensor(weight, dtype=torch.float64)}
 
 
 def build_decoder(model: DualBranch, site: str, seed: int) -> LisaDecoder:

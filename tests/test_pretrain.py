@@ -38,8 +38,9 @@ def test_pretrain_writes_a_diffusers_main_net_with_grid_and_quality(tmp_path, ba
                                           (["--dataset", "folder"], "needs the image directory: --data-root")])
 def test_bad_input_names_what_is_allowed(argv, message, capsys, tmp_path):
     with pytest.raises(SystemExit):
-        main([*argv, "--out-dir", str(tmp_path)])
+        main([*argv, "--out-dir", str(tmp_path / "runs")])
     assert message in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()  # nothing is created for a run that cannot start
 
 
 def test_min_snr_default_and_weighted_loss():

@@ -40,7 +40,7 @@ IMPORTANCE_MODELS = {
     ),
     ("lasso", "continuous"): lambda seed: make_pipeline(StandardScaler(), LassoCV(cv=5, random_state=seed)),
 }
-IMPORTANCES = ("gbt", "lasso")
+IMPORTANCES = tuple(dict.fromkeys(method for method, _ in IMPORTANCE_MODELS))  # ("gbt", "lasso")
 
 
 def reduce_features(

@@ -182,10 +182,10 @@ def carried_heads(factor_specs: dict) -> dict[str, int | str | None]:
     for name, spec in factor_specs.items():
         if not spec.carried:
             continue
-        period = getattr(spec, "period", None)
-        if period not in (None, 1.0):
-            raise ValueError(f"factor {name!r} has period {period}; circular read-back heads support period 1 only")
-        heads[name] = spec.n_classes if spec.kind == "categorical" else (CIRCULAR if period else None)
+        if spec.period not in (None, 1.0):
+            raise ValueError(f"factor {name!r} has period {spec.period}; circular read-back heads support period "
+                             "1 only")
+        heads[name] = spec.n_classes if spec.kind == "categorical" else (CIRCULAR if spec.period else None)
     return heads
 
 

@@ -6,8 +6,8 @@ Storage choices (see DESIGN.md, "Feature store"):
   n_samples × n_timesteps × n_draws), so a resumed write never reshapes anything and the reader can check each
   dataset's length against ``n_rows``.
 * All datasets are chunked along rows with the same ``chunk_rows``, chosen so that the widest dataset's chunk is
-  ~1 MiB, and compressed with ``none`` | ``lzf`` | ``gzip`` (the writer's default lzf; ``extract`` passes its ``--compression``, default none; ``bench/bench_store.py``
-  measures them).
+  ~1 MiB, and compressed with ``none`` | ``lzf`` | ``gzip`` (the writer's default lzf; ``extract`` passes its
+  ``--compression``, default none; ``bench/bench_store.py`` measures them).
 * The file is written at ``<path>.partial`` and renamed to ``path`` by ``close()`` once all rows are written
   (root attr ``complete`` = True).
 * Crash safety: rows are buffered and written one whole chunk at a time, so no chunk is ever rewritten (rewriting
