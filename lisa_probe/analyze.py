@@ -59,7 +59,7 @@ from lisa_probe.analysis.alignment import (
     readout_table,
     resample_to,
 )
-from lisa_probe.analysis.disentanglement import disentanglement_table, reduce_features
+from lisa_probe.analysis.disentanglement import IMPORTANCES, disentanglement_table, reduce_features
 from lisa_probe.analysis.embedding import embedding_table, umap_embed
 from lisa_probe.analysis.plots import (
     plot_alignment_vs_t,
@@ -71,6 +71,7 @@ from lisa_probe.analysis.plots import (
 )
 from lisa_probe.analysis.probes import carried_summary, probe_table
 from lisa_probe.analysis.tables import long_table
+from lisa_probe.config import SEED_MAX, check_number, cli_errors
 from lisa_probe.provenance import code_version, file_digest
 from lisa_probe.store import FeatureStore
 from lisa_probe.store.reader import ITER_BYTES
@@ -111,6 +112,16 @@ class AnalyzeOptions:
     n_splits: int = 5
     chunk_rows: int | None = None  # rows per streamed chunk, in whole samples (default: ~16 MiB of rows)
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name, low in (("max_rows", 1), ("t_bins", 1), ("attribution_samples", 0), ("ig_steps", 1),
+                          ("shapley_samples", 1), ("pca_components", 1), ("n_splits", 2), ("chunk_rows", 1)):
+            value = getattr(self, name)
+            if value is not None and value < low:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= {low}, got {value}")
+        check_number("seed", self.seed, 0, SEED_MAX)
+        if self.dci_importance not in IMPORTANCES:
+            raise ValueError(f"--dci-importance must be one of {', '.join(IMPORTANCES)}, got {self.dci_importance!r}")
 
 
 # --------------------------------------------------------------------------------------------------- runs
@@ -726,15 +737,31 @@ def write_report(out: Path, runs: Sequence[Run], tables: Mapping[str, pd.DataFra
 
 
 # --------------------------------------------------------------------------------------------------- driver
-def prepare_out(out: Path, overwrite: bool) -> None:
-    """Refuse a non-empty ``out`` without ``overwrite``; with it, delete a previous report's files there."""
-    if out.exists() and any(out.iterdir()):
+def prepare_out(out: Path, overwrite: bool) -> Path:
+    """Refuse a non-empty ``out`` without ``overwrite`` (or a file there); returns the empty staging directory
+    ``<parent>/.<name>.new`` the report is written to, which ``publish_out`` swaps in for ``out`` at the end: a
+    failing analysis leaves a previous report whole."""
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        if not out.is_dir():
+            raise FileExistsError(f"--out {out} is a file; give a directory for the report")
         if not overwrite:
-            raise FileExistsError(f"--out {out} exists and is not empty; pass --overwrite to replace the report in it")
-        shutil.rmtree(out / "figures", ignore_errors=True)
-        for name in (*(f"{table}.csv" for table in TABLES), "report.md"):
-            (out / name).unlink(missing_ok=True)
+            raise FileExistsError(f"--out {out} exists and is not empty; pass --overwrite to replace it")
+    staging = out.parent / f".{out.name}.new"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    return staging
+
+
+def publish_out(staging: Path, out: Path) -> None:
+    """Move the finished report in ``staging`` into ``out``, replacing a previous report's files (tables, figures,
+    ``report.md``) and keeping any other file there."""
     out.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(out / "figures", ignore_errors=True)
+    for name in (*(f"{table}.csv" for table in TABLES), "report.md"):
+        (out / name).unlink(missing_ok=True)
+    for item in staging.iterdir():
+        item.rename(out / item.name)
+    staging.rmdir()
 
 
 def analyze_run(run: Run, options: AnalyzeOptions, figures: Figures) -> dict[str, pd.DataFrame | None]:
@@ -824,7 +851,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--ig-steps", type=int, default=default.ig_steps, help="integrated-gradients steps (%(default)s)")
     p.add_argument("--shapley-samples", type=int, default=default.shapley_samples,
                    help="Shapley-sampling permutations (%(default)s)")
-    p.add_argument("--dci-importance", choices=("gbt", "lasso"), default=default.dci_importance,
+    p.add_argument("--dci-importance", choices=IMPORTANCES, default=default.dci_importance,
                    help="DCI importance model (%(default)s)")
     p.add_argument("--pca-components", type=int, default=default.pca_components,
                    help="PCA components before DCI/MIG/SAP (%(default)s)")
@@ -839,16 +866,25 @@ def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; returns the exit status."""
     cli = parser()
     args = cli.parse_args(argv)
-    options = AnalyzeOptions(**{option.name: getattr(args, option.name) for option in fields(AnalyzeOptions)})
+    try:
+        options = AnalyzeOptions(**{option.name: getattr(args, option.name) for option in fields(AnalyzeOptions)})
+    except ValueError as error:
+        cli.error(str(error))
     out = Path(args.out)
     try:
         runs = [open_run(path, label, options)
                 for path, label in run_labels(args.stores, args.labels, args.random_reference)]
-        prepare_out(out, args.overwrite)
-    except (ValueError, FileExistsError) as error:
+        staging = prepare_out(out, args.overwrite)
+    except (ValueError, OSError) as error:
         cli.error(str(error))
     command = shlex.join(["python", "-m", "lisa_probe.analyze", *(sys.argv[1:] if argv is None else argv)])
-    print(f"report written to {analyze(runs, out, options, command)}")
+    try:
+        with cli_errors(cli.prog):
+            analyze(runs, staging, options, command)
+        publish_out(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    print(f"report written to {out / 'report.md'}")
     return 0
 
 

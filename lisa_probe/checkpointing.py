@@ -78,6 +78,22 @@ def resolve_resume(run_dir: Path, resume: str | None) -> Path | None:
     return path
 
 
+def prepare_run_dir(run_dir: Path, resume: str | None, overwrite: bool, is_main: bool = True) -> None:
+    """Create ``run_dir`` for a run, once its inputs are known to be valid. A directory that already holds a run
+    (any file) is continued only with ``resume`` and replaced only with ``overwrite`` (its contents deleted);
+    otherwise FileExistsError names both, so that an old and a new run are never mixed. Every process checks;
+    only the main one (``is_main``) deletes and creates: the caller then waits for everyone."""
+    run_dir = Path(run_dir)
+    holds_run = run_dir.is_dir() and any(run_dir.iterdir())
+    if holds_run and resume is None and not overwrite:
+        raise FileExistsError(f"run directory {run_dir} already holds a run; pass --resume latest to continue it "
+                              "or --overwrite to replace it (or choose another --name)")
+    if is_main:
+        if holds_run and resume is None:
+            shutil.rmtree(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+
+
 def prune_checkpoints(run_dir: Path, keep: int) -> None:
     """Delete all but the ``keep`` newest checkpoints (keep <= 0 keeps all)."""
     if keep > 0:

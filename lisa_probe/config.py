@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import math
 import sys
 import types
 import typing
@@ -82,14 +83,41 @@ def parse_config(cls, argv: list[str] | None, prog: str, description: str):
         parser.error(str(error))
 
 
+SEED_MAX = 2**32 - 1  # numpy's and torch's seeds both take [0, 2**32 - 1]; derived seeds stay within int64
+
+
+def flag(name: str) -> str:
+    """The command-line option of config field ``name``: ``lisa_weight`` -> ``--lisa-weight``."""
+    return f"--{name.replace('_', '-')}"
+
+
+def check_number(name: str, value: float, low: float | None = None, high: float | None = None,
+                 low_open: bool = False, high_open: bool = False) -> None:
+    """Refuse a non-finite ``value`` of option ``name`` or one outside [low, high] (``low_open``/``high_open``:
+    that end excluded), naming the option, the value and the allowed range."""
+    below = low is not None and (value <= low if low_open else value < low)
+    above = high is not None and (value >= high if high_open else value > high)
+    if isinstance(value, bool) or not math.isfinite(value) or below or above:
+        left = "(" if low_open else "["
+        right = ")" if high_open else "]"
+        interval = f"{left}{'-inf' if low is None else f'{low:g}'}, {'inf' if high is None else f'{high:g}'}{right}"
+        raise ValueError(f"{flag(name)} must be a finite number in {interval}, got {value!r}")
+
+
+class InputError(Exception):
+    """Bad input found after parsing (a file, a dataset, a store): reported as ``prog: error:`` with exit 2."""
+
+
 @contextlib.contextmanager
 def cli_errors(prog: str):
-    """Report the errors a user's input causes (``ValueError``, ``FileNotFoundError``, ``FileExistsError``: a bad
-    site, a missing main net, an existing output, a resume from another config) as ``<prog>: error: <message>``
-    with exit status 2, as argparse does for a bad option, instead of a traceback."""
+    """Report the errors a user's input or the machine causes as ``<prog>: error: <message>`` with exit status 2, as
+    argparse does for a bad option, instead of a traceback: ``ValueError`` (a bad site, a resume from another
+    config), ``OSError`` and its subclasses (a missing, unreadable or corrupt file, an existing output, a full
+    disk), ``FloatingPointError`` (a non-finite loss) and ``InputError``. Other exceptions are bugs and keep their
+    traceback."""
     try:
         yield
-    except (ValueError, FileNotFoundError, FileExistsError) as error:
+    except (ValueError, OSError, FloatingPointError, InputError) as error:
         print(f"{prog}: error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
 
@@ -112,5 +140,35 @@ def write_config(path: Path, config, kind: str) -> None:
 
 
 def read_config(path: Path) -> dict:
-    """Read a ``config.yaml`` written by ``write_config`` (safe_load)."""
-    return yaml.safe_load(Path(path).read_text())
+    """Read a ``config.yaml`` written by ``write_config`` (safe_load); ValueError naming the file when it is not
+    valid YAML (a ``!!python`` tag included) or not a mapping with ``kind`` and ``config``."""
+    try:
+        payload = yaml.safe_load(Path(path).read_text())
+    except yaml.YAMLError as error:
+        raise ValueError(f"{path} is not a lisa_probe config.yaml: {error}".splitlines()[0]) from error
+    if not isinstance(payload, dict) or not isinstance(payload.get("config"), dict) or "kind" not in payload:
+        raise ValueError(f"{path} is not a lisa_probe config.yaml (expected a mapping with 'kind' and 'config')")
+    return payload
+
+
+def config_from_dict(cls, values: dict, source: str):
+    """Build dataclass ``cls`` from a mapping read from ``source`` (a file); unknown keys are refused with the
+    allowed ones named, and the fields' validation applies."""
+    names = [item.name for item in dataclasses.fields(cls)]
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+        raise ValueError(f"{source}: unknown key(s) {', '.join(map(repr, unknown))}; allowed: {', '.join(names)}")
+    hints = typing.get_type_hints(cls)
+    for item in dataclasses.fields(cls):
+        if item.name in values:
+            scalar, optional = _field_type(item, hints)
+            value = values[item.name]
+            allowed = (int, float) if scalar is float else (scalar,)
+            if not ((value is None and optional) or (isinstance(value, allowed)
+                                                     and not (isinstance(value, bool) and scalar is not bool))):
+                raise ValueError(f"{source}: {item.name} must be {scalar.__name__}{' or null' if optional else ''}, "
+                                 f"got {value!r}")
+    try:
+        return cls(**values)
+    except TypeError as error:  # a value of the wrong type met an arithmetic check
+        raise ValueError(f"{source}: {error}") from error

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from lisa_probe.checkpointing import (
     finalize_checkpoint,
+    list_checkpoints,
     load_rng,
     optimizer_from_safe,
     optimizer_to_safe,
@@ -36,14 +37,23 @@ from lisa_probe.checkpointing import (
     save_rng,
     temporary_checkpoint_dir,
 )
-from lisa_probe.config import config_defaults, option
+from lisa_probe.config import SEED_MAX, check_number, config_defaults, option
 from lisa_probe.data_stream import batch_loader
 from lisa_probe.files import replace_dir, write_csv_atomic, write_json
 
 MIXED_PRECISION = ("no", "bf16", "fp16")
 # Config fields that may differ between an interrupted run and its resumption.
 RESUMABLE_CHANGES = ("steps", "resume", "checkpoint_every", "keep_checkpoints", "eval_every", "log_every",
-                     "num_workers", "eval_samples", "name", "out_dir")
+                     "num_workers", "eval_samples", "name", "out_dir", "overwrite")
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity; ``os.cpu_count()`` counts the host's cores, which in a
+    container can be many more than the ones it is given)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def cpu_only() -> bool:
@@ -99,6 +109,7 @@ class LoopConfig:
     log_every: int = field(default=10, metadata=option("steps between metrics.csv rows"))
     num_workers: int = field(default=0, metadata=option("DataLoader worker processes"))
     resume: str | None = field(default=None, metadata=option("'latest' or a checkpoint directory to resume from"))
+    overwrite: bool = field(default=False, metadata=option("replace an existing run directory of the same name"))
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "grad_accum", "log_every"):
@@ -108,6 +119,10 @@ class LoopConfig:
                      "lr_warmup_steps"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        check_number("lr", self.lr, 0, low_open=True)
+        check_number("weight_decay", self.weight_decay, 0)
+        check_number("max_grad_norm", self.max_grad_norm, 0, low_open=True)
+        check_number("seed", self.seed, 0, SEED_MAX)
         if self.mixed_precision not in MIXED_PRECISION:
             raise ValueError(f"unknown mixed_precision {self.mixed_precision!r}; allowed: {', '.join(MIXED_PRECISION)}")
         if self.lr_schedule not in LR_SCHEDULES:
@@ -260,7 +275,7 @@ def _fit_loop(run_dir: Path, objective: Objective, dataset, config: LoopConfig,
                               cpu=cpu_only())
     if accelerator.device.type == "cpu" and accelerator.num_processes > 1:
         # several CPU processes on one machine: share the cores instead of oversubscribing them
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // accelerator.num_processes))
+        torch.set_num_threads(max(1, usable_cores() // accelerator.num_processes))
     config_dict = dataclasses.asdict(config)
     params = [p for p in objective.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
@@ -295,9 +310,11 @@ def _fit_loop(run_dir: Path, objective: Objective, dataset, config: LoopConfig,
             outputs = model(**{k: v.to(accelerator.device) for k, v in inputs.items()}, step=state["step"])
             loss = outputs["loss"]
             if not all_finite(accelerator, loss):
-                raise NonFiniteLossError(f"non-finite loss {loss.item()} at step {state['step'] + 1} (this process "
-                                         f"or another); stopping without saving (last good checkpoint kept in "
-                                         f"{run_dir})")
+                kept = list_checkpoints(run_dir)
+                raise NonFiniteLossError(
+                    f"non-finite loss {loss.item()} at step {state['step'] + 1} (this process or another); stopped "
+                    "without saving: " + (f"the last good checkpoint is {kept[-1]} (resume with --resume latest, e.g. "
+                                          "at a lower --lr)" if kept else "no checkpoint had been saved yet"))
             accelerator.backward(loss)
             for key, value in outputs.items():
                 sums[key] = sums.get(key, 0.0) + float(value.detach()) / config.grad_accum
@@ -319,6 +336,12 @@ def _fit_loop(run_dir: Path, objective: Objective, dataset, config: LoopConfig,
         if step % config.log_every == 0 or step == config.steps:
             metrics.log(step, {**sums, "lr": lr, "seconds": state["train_seconds"]})
         sums = {}
+        if step == config.steps or (config.checkpoint_every and step % config.checkpoint_every == 0):
+            # before this step's evaluation: an evaluation that fails loses no training
+            saved = with_grad_scaler(accelerator, state)
+            save_checkpoint(accelerator, run_dir, objective, optimizer, generator, saved)
+            if accelerator.is_main_process:
+                prune_checkpoints(run_dir, config.keep_checkpoints)
         if evaluate is not None and (step == config.steps or (config.eval_every and step % config.eval_every == 0)):
             if accelerator.is_main_process:
                 objective.eval()
@@ -326,11 +349,6 @@ def _fit_loop(run_dir: Path, objective: Objective, dataset, config: LoopConfig,
                 objective.train()
                 eval_log_rows(run_dir, step, results, metrics)
             accelerator.wait_for_everyone()
-        if step == config.steps or (config.checkpoint_every and step % config.checkpoint_every == 0):
-            saved = with_grad_scaler(accelerator, state)
-            save_checkpoint(accelerator, run_dir, objective, optimizer, generator, saved)
-            if accelerator.is_main_process:
-                prune_checkpoints(run_dir, config.keep_checkpoints)
     progress.close()
     metrics.close()
     export_modules(accelerator, run_dir, objective)

@@ -25,7 +25,7 @@ from accelerate import PartialState
 from torch.utils.data import default_collate
 from tqdm.auto import tqdm
 
-from lisa_probe.config import cli_errors, option, parse_config
+from lisa_probe.config import SEED_MAX, check_number, cli_errors, option, parse_config
 from lisa_probe.data import DATASET_NAMES, build_dataset
 from lisa_probe.engine import end_processes, process_state
 from lisa_probe.hooks import capture
@@ -78,6 +78,11 @@ class ExtractConfig:
         for name in ("samples", "draws", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        check_number("seed", self.seed, 0, SEED_MAX)
+        if Path(self.out).is_dir():
+            raise ValueError(f"--out {self.out} is a directory; give the path of an .h5 file, e.g. {self.out}/x.h5")
+        if self.resume and self.overwrite:
+            raise ValueError("--resume and --overwrite exclude each other: continue the unfinished store, or start over")
 
 
 @dataclass
@@ -90,6 +95,7 @@ class ForeignRun:
     condition: str | None
     data_root: str | None
     seed: int = 0
+    skip_bad_files: bool = False
 
 
 def load_model(config: ExtractConfig):

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import torch
 
-from lisa_probe.config import cli_errors, parse_config, write_config
+from lisa_probe.checkpointing import prepare_run_dir
+from lisa_probe.config import check_number, cli_errors, parse_config, write_config
 from lisa_probe.data import DATASET_NAMES, build_dataset, check_choice
 from lisa_probe.engine import LoopConfig, Objective, end_processes, fit, is_main_process, process_state
 from lisa_probe.grids import save_grid, to_uint8
@@ -37,6 +38,8 @@ class PretrainConfig(LoopConfig):
                                                                          "flow for dit)"})
     dataset: str = field(default="shapes", metadata={"help": "training data", "choices": DATASET_NAMES})
     data_root: str | None = field(default=None, metadata={"help": "image directory for the folder dataset"})
+    skip_bad_files: bool = field(default=False, metadata={"help": "folder dataset: skip unreadable or tiny images "
+                                                                  "(listed in a warning) instead of stopping"})
     resolution: int = field(default=32, metadata={"help": "image size in pixels"})
     name: str | None = field(default=None, metadata={
         "help": "run name (default: main-<backbone>-<type>-<data><resolution>)"})
@@ -64,9 +67,16 @@ class PretrainConfig(LoopConfig):
         if (self.backbone == "dit") != (self.prediction_type == "flow"):
             raise ValueError(f"prediction type {self.prediction_type!r} does not fit backbone {self.backbone!r}: "
                              f"dit uses flow, unet uses eps or v")
+        check_number("ema_decay", self.ema_decay, 0, 1, high_open=True)
+        if self.skip_bad_files and self.dataset != "folder":
+            raise ValueError(f"--skip-bad-files applies to --dataset folder, not {self.dataset!r}")
+        for name in ("sample_steps", "resolution"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.min_snr_gamma is None:
             self.min_snr_gamma = 0.0 if self.prediction_type == "flow" else 5.0
-        if self.min_snr_gamma < 0 or (self.min_snr_gamma > 0 and self.prediction_type == "flow"):
+        check_number("min_snr_gamma", self.min_snr_gamma, 0)
+        if (self.min_snr_gamma > 0 and self.prediction_type == "flow"):
             raise ValueError(f"min_snr_gamma={self.min_snr_gamma} is not allowed for {self.prediction_type!r}: "
                              "use a value > 0 for eps or v, 0 (off) for any prediction type")
         if self.name is None:
@@ -131,6 +141,8 @@ def dataset_options(config: PretrainConfig) -> dict:
     options = {"resolution": config.resolution, "seed": config.seed}
     if config.data_root is not None:
         options["root"] = config.data_root
+    if config.skip_bad_files:
+        options["skip_bad"] = True
     return options
 
 
@@ -159,7 +171,8 @@ def pretrain(config: PretrainConfig) -> Path:
     """Run pretraining; returns the run directory (a diffusers main-net directory)."""
     dataset = build_dataset(config.dataset, split="train", **dataset_options(config))
     run_dir = config.run_dir  # created once the data is known to load
-    run_dir.mkdir(parents=True, exist_ok=True)
+    prepare_run_dir(run_dir, config.resume, config.overwrite, is_main_process())
+    process_state().wait_for_everyone()
     if is_main_process():
         write_config(run_dir / "config.yaml", config, kind="pretrain")
     parameterization = Parameterization(config.prediction_type)

@@ -8,6 +8,7 @@ from lisa_probe.config import read_config
 from lisa_probe.data import build_dataset
 from lisa_probe.lisa import LisaDecoder
 from lisa_probe.models import DualBranch, build_side, check_side_matches, load_main, load_side, make_dual_branch
+from lisa_probe.models.build import load_safetensors_module
 from lisa_probe.pretrain import PretrainConfig, pretrain
 
 DEFAULT_MAIN_NAME = PretrainConfig().name
@@ -35,6 +36,8 @@ def build_dual_branch(config, side_path: Path | None = None) -> tuple[DualBranch
     dataset_kwargs = {"resolution": resolution, "condition": config.condition, "seed": config.seed}
     if config.data_root is not None:
         dataset_kwargs["root"] = config.data_root
+    if config.skip_bad_files:
+        dataset_kwargs["skip_bad"] = True
     side_source = side_path or config.side
     if side_source is not None:
         side = load_side(Path(side_source), family)
@@ -67,5 +70,5 @@ def load_run(checkpoint: Path):
         raise ValueError(f"{checkpoint} has no controlnet/ (is the run finished? pass a checkpoint-N directory)")
     model, dataset_kwargs = build_dual_branch(config, side_path=checkpoint / "controlnet")
     decoder_dir = checkpoint / "lisa_decoder"
-    decoder = LisaDecoder.from_pretrained(decoder_dir) if (decoder_dir / "config.json").exists() else None
+    decoder = load_safetensors_module(LisaDecoder, decoder_dir) if (decoder_dir / "config.json").exists() else None
     return config, model.eval(), decoder, dataset_kwargs

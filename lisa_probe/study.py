@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from lisa_probe.config import cli_errors
+from lisa_probe.config import SEED_MAX, cli_errors, config_from_dict
 from lisa_probe.extract import ExtractConfig, extract
 from lisa_probe.pretrain import PretrainConfig, pretrain
 from lisa_probe.provenance import code_version
@@ -33,15 +33,102 @@ from lisa_probe.validation import read_eval
 STUDY_KEYS = ("name", "settings", "arms", "seeds", "sweep", "extract", "quick", "out_dir", "results_dir")
 
 
-def load_study(path: Path, quick: bool = False) -> dict:
-    """Read and validate a study file; with ``quick`` its ``quick`` section overrides the rest."""
-    study = yaml.safe_load(Path(path).read_text())
-    unknown = set(study) - set(STUDY_KEYS)
+EXTRACT_KEYS = ("samples", "timesteps", "batch_size")
+QUICK_KEYS = ("settings", "seeds", "pretrain", "train", "extract", "sweep")
+SWEEP_KEYS = ("setting", "seed", "base", "values")
+
+
+def _expect(value, kind: type | tuple[type, ...], where: str, what: str) -> None:
+    """ValueError naming ``where`` (file and key) unless ``value`` is a ``kind`` (bools are not numbers)."""
+    if not isinstance(value, kind) or (isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple)
+                                                                                 else (kind,))):
+        raise ValueError(f"{where} must be {what}, got {value!r}")
+
+
+def _expect_mapping(value, where: str, allowed: tuple[str, ...] | None = None) -> None:
+    """``value`` is a mapping with string keys (only ``allowed`` ones, when given)."""
+    _expect(value, dict, where, "a mapping")
+    unknown = sorted(str(key) for key in value if allowed is not None and key not in allowed)
     if unknown:
-        raise ValueError(f"unknown study keys {sorted(unknown)} in {path}; allowed: {', '.join(STUDY_KEYS)}")
+        raise ValueError(f"{where}: unknown key(s) {unknown}; allowed: {', '.join(allowed)}")
+
+
+def _expect_seeds(value, where: str) -> None:
+    _expect(value, list, where, "a list of seeds, e.g. [0, 1, 2]")
+    if not value:
+        raise ValueError(f"{where} is empty")
+    for seed in value:
+        _expect(seed, int, where, f"a list of integer seeds in [0, {SEED_MAX}]")
+        if not 0 <= seed <= SEED_MAX:
+            raise ValueError(f"{where}: seed {seed} outside [0, {SEED_MAX}]")
+
+
+def check_study(study, path: Path) -> None:
+    """Refuse a study of the wrong shape, naming the file and the key: what ``load_study`` promises before anything
+    is trained."""
+    _expect_mapping(study, f"study file {path}", STUDY_KEYS)
     for key in ("name", "settings", "arms", "seeds"):
         if key not in study:
             raise ValueError(f"study file {path} lacks {key!r}")
+    _expect(study["name"], str, f"{path}: name", "a string")
+    for key in ("settings", "arms"):
+        _expect_mapping(study[key], f"{path}: {key}")
+        if not study[key]:
+            raise ValueError(f"{path}: {key} is empty")
+    for name, setting in study["settings"].items():
+        _expect_mapping(setting, f"{path}: settings.{name}", ("pretrain", "train"))
+        for part in ("pretrain", "train"):
+            if part not in setting:
+                raise ValueError(f"{path}: settings.{name} lacks {part!r}")
+            _expect_mapping(setting[part], f"{path}: settings.{name}.{part}")
+    for name, overrides in study["arms"].items():
+        _expect_mapping(overrides, f"{path}: arms.{name}")
+    _expect_seeds(study["seeds"], f"{path}: seeds")
+    _expect_mapping(study.get("extract") or {}, f"{path}: extract", EXTRACT_KEYS)
+    quick = study.get("quick") or {}
+    _expect_mapping(quick, f"{path}: quick", QUICK_KEYS)
+    for key in ("pretrain", "train", "extract"):
+        _expect_mapping(quick.get(key) or {}, f"{path}: quick.{key}", EXTRACT_KEYS if key == "extract" else None)
+    if "settings" in quick:
+        _expect(quick["settings"], list, f"{path}: quick.settings", "a list of setting names")
+        missing = [name for name in quick["settings"] if name not in study["settings"]]
+        if missing:
+            raise ValueError(f"{path}: quick.settings names unknown settings {missing}; known: "
+                             f"{', '.join(study['settings'])}")
+    if "seeds" in quick:
+        _expect_seeds(quick["seeds"], f"{path}: quick.seeds")
+    for where, sweep in ((f"{path}: sweep", study.get("sweep")), (f"{path}: quick.sweep", quick.get("sweep"))):
+        if sweep:
+            _expect_mapping(sweep, where, SWEEP_KEYS)
+            if sweep.get("setting") not in study["settings"]:
+                raise ValueError(f"{where}.setting {sweep.get('setting')!r} is not a setting; known: "
+                                 f"{', '.join(study['settings'])}")
+            _expect_seeds([sweep.get("seed")], f"{where}.seed")
+            _expect_mapping(sweep.get("base") or {}, f"{where}.base")
+            _expect_mapping(sweep.get("values"), f"{where}.values")
+            for option, values in sweep["values"].items():
+                _expect(values, list, f"{where}.values.{option}", "a list of values")
+
+
+def check_run_configs(study: dict, path: Path) -> None:
+    """Build the pretraining and training config of every planned run, so that an unknown option or a bad value
+    (named with its run) stops the study before any main net is pretrained."""
+    for plan in planned_runs(study):
+        setting = study["settings"][plan["setting"]]
+        where = f"{path}: run {plan['setting']}-{plan['arm']}-s{plan['seed']}"
+        config_from_dict(PretrainConfig, {**setting["pretrain"], "name": "check"}, f"{where}, pretrain")
+        config_from_dict(TrainConfig, {**setting["train"], **plan["overrides"], "main": "check",
+                                       "name": "check", "seed": plan["seed"]}, f"{where}, train")
+
+
+def load_study(path: Path, quick: bool = False) -> dict:
+    """Read and validate a study file (shape, then every run's configs); with ``quick`` its ``quick`` section
+    overrides the rest. ValueError naming the file and key for anything wrong."""
+    try:
+        study = yaml.safe_load(Path(path).read_text())
+    except yaml.YAMLError as error:
+        raise ValueError(f"study file {path} is not valid YAML: {' '.join(str(error).split())}") from error
+    check_study(study, path)
     if quick:
         overrides = study.get("quick", {})
         if "settings" in overrides:
@@ -53,6 +140,7 @@ def load_study(path: Path, quick: bool = False) -> dict:
         study["extract"] = {**study.get("extract", {}), **overrides.get("extract", {})}
         study["sweep"] = overrides.get("sweep", study.get("sweep"))
         study["name"] = f"{study['name']}-quick"
+    check_run_configs(study, path)
     return study
 
 
@@ -254,8 +342,12 @@ def run_study(path: Path, quick: bool = False, analyze: bool = True, seeds: list
 
 
 def seed_list(text: str) -> list[int]:
-    """``"0,1,2"`` -> ``[0, 1, 2]`` (argparse reports a bad list as an invalid seed list)."""
-    return [int(value) for value in text.split(",")]
+    """``"0,1,2"`` -> ``[0, 1, 2]`` (argparse reports a bad list, or a seed outside [0, SEED_MAX], as an invalid
+    seed list)."""
+    seeds = [int(value) for value in text.split(",")]
+    if any(not 0 <= seed <= SEED_MAX for seed in seeds):
+        raise ValueError(text)
+    return seeds
 
 
 seed_list.__name__ = "seed list"

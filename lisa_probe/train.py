@@ -19,9 +19,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from lisa_probe.config import cli_errors, option, parse_config, write_config
+from lisa_probe.checkpointing import prepare_run_dir
+from lisa_probe.config import check_number, cli_errors, option, parse_config, write_config
 from lisa_probe.data import DATASET_NAMES, build_dataset, check_choice
-from lisa_probe.engine import LoopConfig, Objective, end_processes, fit, is_main_process
+from lisa_probe.engine import LoopConfig, Objective, end_processes, fit, is_main_process, process_state
 from lisa_probe.evaluation import CONTROL_METRIC
 from lisa_probe.hooks import capture
 from lisa_probe.lisa import DISTANCES, SCHEDULES, LisaDecoder, lisa_distance, lisa_rows, lisa_target, lisa_weight
@@ -42,6 +43,8 @@ class TrainConfig(LoopConfig):
     dataset: str = field(default="shapes", metadata=option("training data", choices=DATASET_NAMES))
     condition: str | None = field(default=None, metadata=option("condition kind (default: the dataset's)"))
     data_root: str | None = field(default=None, metadata=option("image directory for the folder dataset"))
+    skip_bad_files: bool = field(default=False, metadata=option("folder dataset: skip unreadable or tiny images "
+                                                               "(listed in a warning) instead of stopping"))
     lisa_weight: float = field(default=0.2, metadata=option("LISA lambda; 0 trains the baseline (no decoder)"))
     lisa_site: str | None = field(default=None, metadata=option("hooked site (default: a middle one)"))
     lisa_schedule: str = field(default="constant", metadata=option("lambda schedule", choices=SCHEDULES))
@@ -66,8 +69,12 @@ class TrainConfig(LoopConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.lisa_weight < 0:
-            raise ValueError(f"--lisa-weight must be >= 0 (0 = baseline), got {self.lisa_weight}")
+        check_number("lisa_weight", self.lisa_weight, 0)
+        check_number("convergence_threshold", self.convergence_threshold, 0, 1)
+        if self.skip_bad_files and self.dataset != "folder":
+            raise ValueError(f"--skip-bad-files applies to --dataset folder, not {self.dataset!r}")
+        if self.sample_steps < 1:
+            raise ValueError(f"--sample-steps must be >= 1, got {self.sample_steps}")
         lisa_rows(1, self.lisa_fraction)
         check_choice("LISA main pass", self.lisa_main_pass, MAIN_PASSES)
         lisa_weight(0, self.lisa_weight, self.lisa_schedule, self.lisa_end_step)
@@ -146,7 +153,8 @@ def train(config: TrainConfig) -> Path:
     model.site(site)
     dataset = build_dataset(config.dataset, split="train", **dataset_kwargs)
     run_dir = config.run_dir  # created once the inputs are known to be valid
-    run_dir.mkdir(parents=True, exist_ok=True)
+    prepare_run_dir(run_dir, config.resume, config.overwrite, is_main_process())
+    process_state().wait_for_everyone()
     decoder = build_decoder(model, site, config.seed) if config.lisa_weight > 0 else None
     if is_main_process():
         write_config(run_dir / "config.yaml", config, kind="train")

@@ -58,8 +58,10 @@ class ControlEvaluation:
         results = {}
         if self.main_alone is None:
             self.main_alone = self._sample(self.model.predict_main)
-            main_metrics = self.evaluator.evaluate(self.main_alone, self.cond, self.factors)
-            results.update({f"main_alone/{k}": v for k, v in main_metrics.items()})
+            if not any(metric.startswith("main_alone/") for rows in read_eval(self.run_dir).values()
+                       for metric in rows):  # logged once per run, not again after a resume
+                main_metrics = self.evaluator.evaluate(self.main_alone, self.cond, self.factors)
+                results.update({f"main_alone/{k}": v for k, v in main_metrics.items()})
         controlled = self._sample(lambda x, t: self.model(x, t, cond[: x.shape[0]]).pred_full)
         results.update(self.evaluator.evaluate(controlled, self.cond, self.factors))
         n = GRID_COLUMNS

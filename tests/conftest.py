@@ -7,6 +7,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -58,6 +59,24 @@ class SmallReadbackConfig(readback_module.ReadbackConfig):
 @pytest.fixture(autouse=True)
 def _small_readback(monkeypatch):
     monkeypatch.setattr(readback_module, "ReadbackConfig", SmallReadbackConfig)
+
+
+def assert_same_model_outputs(found: np.ndarray, expected: np.ndarray, name: str) -> None:
+    """Model outputs of two processes (or thread counts) are equal up to float rounding: non-float data exactly;
+    float data within a few units in the last place of its dtype, relative to the dataset's scale.
+
+    Why a tolerance: the same float32 forward run in another process may take another vectorised code path of the
+    CPU's kernels (alignment, AMX / AVX-512 dispatch), which reorders sums and changes the last bits; a value stored
+    as float16 may then round to the neighbouring float16. 4 ulps of the stored dtype at the dataset's largest
+    magnitude bounds that and is far below the differences between rows (checked by the caller where it matters)."""
+    assert found.shape == expected.shape and found.dtype == expected.dtype, name
+    if not np.issubdtype(expected.dtype, np.floating):
+        np.testing.assert_array_equal(found, expected, err_msg=name)
+        return
+    scale = float(np.abs(expected).max(initial=0.0)) or 1.0
+    ulp = float(np.finfo(expected.dtype).eps)
+    np.testing.assert_allclose(found.astype(np.float64), expected.astype(np.float64), rtol=4 * ulp,
+                               atol=4 * ulp * scale, err_msg=name)
 
 
 def launch_two_cpu_processes(target: str, args: list[str]) -> subprocess.CompletedProcess:

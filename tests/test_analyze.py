@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
+import lisa_probe.analyze as analyze_module
 from lisa_probe.analysis.alignment import decoder_alignment, resample_to, spatial_ridge_readout
 from lisa_probe.analyze import (
     MIN_CHUNK_SAMPLES,
@@ -24,6 +25,7 @@ from lisa_probe.analyze import (
     main,
     open_run,
     prepare_out,
+    publish_out,
     run_tables,
     sample_chunks,
     select_rows,
@@ -242,8 +244,33 @@ def test_overwrite_replaces_only_a_previous_report(tmp_path):
         (out / name).write_text("x")
     with pytest.raises(FileExistsError, match="--overwrite"):
         prepare_out(out, overwrite=False)
-    prepare_out(out, overwrite=True)
-    assert sorted(path.name for path in out.rglob("*")) == ["mine.txt"]
+    staging = prepare_out(out, overwrite=True)
+    assert sorted(path.name for path in out.rglob("*")) == ["alignment.csv", "figures", "mine.txt", "old.png",
+                                                             "report.md"]  # nothing deleted before the analysis
+    (staging / "figures").mkdir()
+    (staging / "report.md").write_text("new")
+    publish_out(staging, out)
+    assert sorted(path.name for path in out.rglob("*")) == ["figures", "mine.txt", "report.md"]
+    assert (out / "report.md").read_text() == "new" and not staging.exists()
+
+
+def test_a_failing_analysis_keeps_the_previous_report(tmp_path, monkeypatch, capsys):
+    """--overwrite replaces the report only once the new one is whole: an analysis that fails (here an OSError
+    deep inside) leaves the old report as it was, no staging directory, and a one-line error (exit 2)."""
+    store = write_synthetic(tmp_path / "a.h5")
+    out = tmp_path / "report"
+    out.mkdir()
+    (out / "report.md").write_text("old report")
+
+    def fail(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(analyze_module, "run_tables", fail)
+    with pytest.raises(SystemExit) as stop:
+        main([str(store), "--out", str(out), "--overwrite", "--no-umap"])
+    assert stop.value.code == 2 and "error: disk full" in capsys.readouterr().err
+    assert (out / "report.md").read_text() == "old report"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.h5", "report"]
 
 
 def test_time_bins_and_row_selection():
@@ -327,11 +354,20 @@ def test_cli_errors_are_clear(synthetic, tmp_path, capsys):
     fake.write_text("not hdf5")
     cases = [([str(fake)], "not a lisa_probe feature store"),
              ([str(synthetic), "--sites", "spatial,nope"], "valid sites: spatial, pooled, factor"),
-             ([str(synthetic), str(synthetic)], "run labels must be unique")]
+             ([str(synthetic), str(synthetic)], "run labels must be unique"),
+             ([str(synthetic), "--t-bins", "0"], "--t-bins must be >= 1, got 0"),
+             ([str(synthetic), "--chunk-rows", "0"], "--chunk-rows must be >= 1, got 0"),
+             ([str(synthetic), "--attribution-samples", "-1"], "--attribution-samples must be >= 0, got -1"),
+             ([str(synthetic), "--pca-components", "0"], "--pca-components must be >= 1, got 0"),
+             ([str(synthetic), "--ig-steps", "0"], "--ig-steps must be >= 1, got 0"),
+             ([str(synthetic), "--n-splits", "1"], "--n-splits must be >= 2, got 1"),
+             ([str(synthetic), "--seed", "-1"], "--seed must be a finite number in [0, "),
+             ([str(tmp_path / "missing.h5")], "no such file")]
     for args, message in cases:
         with pytest.raises(SystemExit) as error:
             main([*args, "--out", str(tmp_path / "report")])
         assert error.value.code == 2 and message in capsys.readouterr().err
+        assert not (tmp_path / "report").exists()
     busy = tmp_path / "busy"
     busy.mkdir()
     (busy / "notes.txt").write_text("mine")

@@ -35,7 +35,13 @@ def test_pretrain_writes_a_diffusers_main_net_with_grid_and_quality(tmp_path, ba
                                           (["--backbone", "dit", "--prediction-type", "eps"], "flow"),
                                           (["--backbone", "dit", "--min-snr-gamma", "5"], "flow"),
                                           (["--min-snr-gamma", "-1"], "-1"), (["--eval-samples", "-1"], "-1"),
-                                          (["--dataset", "folder"], "needs the image directory: --data-root")])
+                                          (["--dataset", "folder"], "needs the image directory: --data-root"),
+                                          (["--ema-decay", "2"], "--ema-decay must be a finite number in [0, 1)"),
+                                          (["--ema-decay", "-1"], "--ema-decay must be a finite number in [0, 1)"),
+                                          (["--sample-steps", "0"], "--sample-steps must be >= 1, got 0"),
+                                          (["--max-grad-norm", "nan"], "--max-grad-norm must be a finite number"),
+                                          (["--seed", "-3"], "--seed must be a finite number in [0, "),
+                                          (["--skip-bad-files"], "applies to --dataset folder")])
 def test_bad_input_names_what_is_allowed(argv, message, capsys, tmp_path):
     with pytest.raises(SystemExit):
         main([*argv, "--out-dir", str(tmp_path / "runs")])

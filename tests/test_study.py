@@ -5,6 +5,7 @@ import pytest
 import yaml
 
 from lisa_probe.study import bootstrap_ci, convergence_table, curve_area_table, load_study, run_study
+from lisa_probe.study import main as study_main
 
 TINY_STUDY = {
     "name": "tiny",
@@ -87,3 +88,38 @@ def test_curve_area_is_the_mean_fidelity_over_evaluations():
     assert table.loc["baseline", "mean_fidelity"] == pytest.approx(0.3)
     assert table.loc["lisa", "mean_fidelity"] == pytest.approx(0.6)
     assert abs(table.loc["lisa", "minus_baseline"] - 0.3) < 1e-12
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"seeds": "zero"}, "seeds must be a list of seeds"),
+    ({"seeds": [0, "one"]}, "seeds must be a list of integer seeds"),
+    ({"seeds": []}, "seeds is empty"),
+    ({"settings": []}, "settings must be a mapping"),
+    ({"arms": {"lisa": {"lisa_weight": "high"}}}, "lisa_weight must be float, got 'high'"),
+    ({"arms": {"lisa": {"lisa_wieght": 0.2}}}, "unknown key(s) 'lisa_wieght'"),
+    ({"arms": {"lisa": {"lisa_weight": -1.0}}}, "--lisa-weight must be a finite number"),
+    ({"settings": {"unet": {"pretrain": {"steps": 2}}}}, "settings.unet lacks 'train'"),
+    ({"settings": {"unet": {**TINY_STUDY["settings"]["unet"], "extract": {}}}}, "unknown key(s) ['extract']"),
+    ({"extract": {"sample": 4}}, "extract: unknown key(s) ['sample']"),
+    ({"quick": {"settings": ["dit"]}}, "quick.settings names unknown settings ['dit']"),
+    ({"sweep": {"setting": "dit", "seed": 0, "values": {}}}, "sweep.setting 'dit' is not a setting"),
+    ({"surprise": 1}, "unknown key(s) ['surprise']")])
+def test_a_bad_study_file_is_refused_before_anything_is_made(tmp_path, capsys, change, message):
+    """The file is checked whole (shape, then every run's configs) before any main net is pretrained: exit 2, the
+    file and key named, and no run or results directory."""
+    with pytest.raises(SystemExit) as stop:
+        study_main([str(write_study(tmp_path, **change)), "--no-analysis"])
+    error = capsys.readouterr().err
+    assert stop.value.code == 2 and message in error and "Traceback" not in error, error
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "results").exists()
+
+
+@pytest.mark.parametrize("text,message", [("", "must be a mapping"), ("- a\n- b\n", "must be a mapping"),
+                                          ("name: [unclosed\n", "is not valid YAML"),
+                                          ("name: !!python/object/apply:os.system ['true']\n", "is not valid YAML")])
+def test_a_study_file_that_is_not_a_study(tmp_path, capsys, text, message):
+    path = tmp_path / "study.yaml"
+    path.write_text(text)
+    with pytest.raises(SystemExit) as stop:
+        study_main([str(path)])
+    assert stop.value.code == 2 and message in capsys.readouterr().err

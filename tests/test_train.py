@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from lisa_probe.config import read_config
 from lisa_probe.engine import NonFiniteLossError
-from lisa_probe.models import build_main, save_main
+from lisa_probe.models import build_main, build_side, load_main, save_main
 from lisa_probe.parameterization import Parameterization
 from lisa_probe.pretrain import PretrainConfig, pretrain
 from lisa_probe.runs import load_run
@@ -150,7 +150,7 @@ def test_bad_input_errors(tmp_path):
     with pytest.raises(ValueError, match="unknown site 'down.99'; valid sites: down.0"):
         train(tiny_config(tmp_path, lisa_site="down.99", name="bad-site"))
     assert not (tmp_path / "runs" / "bad-site").exists()  # nothing is created for a run that cannot start
-    with pytest.raises(ValueError, match="lisa-weight must be >= 0"):
+    with pytest.raises(ValueError, match=r"--lisa-weight must be a finite number in \[0, inf\]"):
         tiny_config(tmp_path, lisa_weight=-1.0)
     with pytest.raises(ValueError, match="batch fraction"):
         tiny_config(tmp_path, lisa_fraction=0.0)
@@ -251,8 +251,21 @@ def test_two_processes_pretrain_then_train_a_dit_and_stop_together_on_nan(tmp_pa
     (["--main", "{tmp}/missing"], "missing is not a diffusers main-net directory"),
     (["--lisa-site", "down.99"], "unknown site 'down.99'; valid sites"),
     (["--steps", "two"], "argument --steps: invalid int value: 'two'"),
-    (["--lisa-schedule", "sometimes"], "invalid choice: 'sometimes'")])
+    (["--lisa-schedule", "sometimes"], "invalid choice: 'sometimes'"),
+    (["--max-grad-norm", "-1"], "--max-grad-norm must be a finite number in (0, inf], got -1.0"),
+    (["--lisa-weight", "nan"], "--lisa-weight must be a finite number in [0, inf], got nan"),
+    (["--convergence-threshold", "nan"], "--convergence-threshold must be a finite number in [0, 1], got nan"),
+    (["--lr", "0"], "--lr must be a finite number in (0, inf], got 0.0"),
+    (["--weight-decay", "inf"], "--weight-decay must be a finite number in [0, inf], got inf"),
+    (["--sample-steps", "0"], "--sample-steps must be >= 1, got 0"),
+    (["--seed", "-1"], "--seed must be a finite number in [0, 4.29497e+09], got -1"),
+    (["--seed", "99999999999"], "--seed must be a finite number in [0, 4.29497e+09], got 99999999999"),
+    (["--lisa-fraction", "nan"], "LISA batch fraction must be in (0, 1], got nan"),
+    (["--skip-bad-files"], "--skip-bad-files applies to --dataset folder, not 'shapes'"),
+    (["--dataset", "folder"], "the folder dataset needs the image directory: --data-root DIR"),
+    (["--dataset", "folder", "--data-root", "{tmp}/missing"], "missing")])
 def test_cli_reports_bad_input_without_a_traceback(tmp_path, capsys, argv, message):
+    """Bad options and inputs: one line naming the value and what is allowed, exit 2, and no run directory."""
     main_dir = make_main(tmp_path, "unet", "eps")
     argv = [arg.replace("{tmp}", str(tmp_path)) for arg in argv]
     with pytest.raises(SystemExit) as stop:
@@ -260,3 +273,56 @@ def test_cli_reports_bad_input_without_a_traceback(tmp_path, capsys, argv, messa
     error = capsys.readouterr().err
     assert stop.value.code == 2 and message in error and "Traceback" not in error
     assert error.startswith("usage:") or error.startswith("python -m lisa_probe.train: error:")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_an_existing_run_is_continued_or_replaced_only_when_asked(tmp_path, capsys):
+    """A second run into the same directory would mix two runs: refused, naming --resume and --overwrite;
+    --overwrite starts afresh (the old run's checkpoints gone) and --resume latest continues."""
+    config = dict(steps=2, checkpoint_every=1, keep_checkpoints=0, name="r")
+    first = train(tiny_config(tmp_path, **config))
+    (first / "checkpoint-1" / "marker").write_text("old run")
+    with pytest.raises(FileExistsError, match="already holds a run; pass --resume latest.*or --overwrite"):
+        train(tiny_config(tmp_path, **config))
+    argv = ["--main", make_main(tmp_path, "unet", "eps"), "--out-dir", str(tmp_path / "runs"), "--name", "r",
+            "--steps", "2", "--eval-samples", "0"]
+    with pytest.raises(SystemExit) as stop:
+        train_main(argv)
+    assert stop.value.code == 2 and "--overwrite" in capsys.readouterr().err
+    assert (first / "checkpoint-1" / "marker").exists()  # refused before anything was touched
+    train(tiny_config(tmp_path, **config, overwrite=True))
+    assert not (first / "checkpoint-1" / "marker").exists()
+    assert [int(r["step"]) for r in read_metrics(train(tiny_config(tmp_path, **{**config, "steps": 3},
+                                                                   resume="latest")))] == [1, 2, 3]
+
+
+def test_a_non_finite_loss_is_reported_in_one_line(tmp_path, capsys, monkeypatch):
+    """A NaN loss stops the run with exit 2; the message says whether a checkpoint is there to resume from."""
+    forward = SideNetObjective.forward
+
+    def nan_from_step_2(self, *args, step, **kwargs):
+        outputs = forward(self, *args, step=step, **kwargs)
+        return {**outputs, "loss": outputs["loss"] * (float("nan") if step >= 1 else 1.0)}
+
+    monkeypatch.setattr(SideNetObjective, "forward", nan_from_step_2)
+    argv = ["--main", make_main(tmp_path, "unet", "eps"), "--out-dir", str(tmp_path / "runs"), "--steps", "3",
+            "--batch-size", "2", "--eval-samples", "0"]
+    for checkpoint_every, expected in (("0", "no checkpoint had been saved yet"),
+                                       ("1", "the last good checkpoint is " + str(tmp_path / "runs" / "b" /
+                                                                                  "checkpoint-1"))):
+        with pytest.raises(SystemExit) as stop:
+            train_main([*argv, "--name", "b", "--checkpoint-every", checkpoint_every, "--overwrite"])
+        error = capsys.readouterr().err
+        assert stop.value.code == 2 and "non-finite loss nan at step 2" in error and expected in error, error
+        assert "Traceback" not in error
+
+
+def test_pickle_weights_are_refused(tmp_path):
+    """Weights load from safetensors only: a side net saved as .bin (pickle) is refused with how to convert it."""
+    main_dir = make_main(tmp_path, "unet", "eps")
+    side = build_side(load_main(Path(main_dir))[1], "unet", cond_channels=1, seed=0)
+    side.save_pretrained(tmp_path / "side", safe_serialization=False)
+    assert not list((tmp_path / "side").glob("*.safetensors"))
+    with pytest.raises(ValueError, match=r"only pickle \(.bin\) weights.*safe_serialization=True"):
+        train(tiny_config(tmp_path, side=str(tmp_path / "side")))
+    assert not (tmp_path / "runs").exists()

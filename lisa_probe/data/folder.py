@@ -30,6 +30,7 @@ from lisa_probe.data.conditions import get_extractor
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 COND_MODES = ("L", "RGB")
 MAX_CATEGORIES = 20
+MIN_IMAGE_SIDE = 8  # pixels: a smaller image is refused as a bad file
 DEFAULT_COND_DIR_LABEL = "custom"
 
 
@@ -78,6 +79,9 @@ def load_image(path: Path, resolution: int, mode: str = "RGB", background: tuple
         uint8 array (H, W, C) with H = W = ``resolution`` and C = 3 for ``mode="RGB"``, 1 for ``mode="L"``.
     """
     with Image.open(path) as image:
+        if min(image.size) < MIN_IMAGE_SIDE:
+            raise ValueError(f"{image.size[0]}x{image.size[1]} px is smaller than the {MIN_IMAGE_SIDE} px this dataset "
+                             "reads (it would be upscaled to nothing but blur)")
         flat = _flatten_alpha(_to_8_bit(ImageOps.exif_transpose(image)), background).convert(mode)
     fitted = ImageOps.fit(flat, (resolution, resolution), method=resample, centering=(0.5, 0.5))
     return np.asarray(fitted, dtype=np.uint8).reshape(resolution, resolution, -1)
@@ -156,8 +160,8 @@ class FolderDataset(torch.utils.data.Dataset):
         cond_mode: ``"L"`` (one channel) or ``"RGB"`` for conditions read from ``cond_dir``.
         factors_csv: CSV with a ``file`` column and factor columns.
         carried_factors: CSV columns the condition carries.
-        skip_bad: skip (with a warning) unreadable images or images without a condition / CSV row, instead of
-            raising an error naming the file.
+        skip_bad: skip unreadable images, images under ``MIN_IMAGE_SIDE`` px and images without a condition / CSV
+            row, with one warning listing each, instead of raising one error listing each.
         split_fractions: train / val / test fractions of the hash partition.
     """
 
@@ -188,16 +192,26 @@ class FolderDataset(torch.utils.data.Dataset):
         elif carried_factors:
             raise ValueError("carried_factors needs a factors_csv")
         cond_files = self._index_cond_dir(Path(cond_dir)) if cond_dir is not None else None
-        self.files, self.factors, images, conds = [], [], [], []
+        self.files, self.factors, images, conds, bad = [], [], [], [], []
         for path in self._split_files(split_fractions, size):
             if size is not None and len(self.files) >= size:
                 break
-            loaded = self._load_one(path, cond_files, csv_rows, cond_mode)
-            if loaded is not None:
-                self.files.append(path)
-                images.append(loaded[0])
-                conds.append(loaded[1])
-                self.factors.append(loaded[2])
+            try:
+                loaded = self._load_one(path, cond_files, csv_rows, cond_mode)
+            except (OSError, ValueError) as error:
+                bad.append(str(error))
+                continue
+            self.files.append(path)
+            images.append(loaded[0])
+            conds.append(loaded[1])
+            self.factors.append(loaded[2])
+        if bad:
+            listing = "\n  ".join(bad)
+            if not skip_bad:
+                raise ValueError(f"{len(bad)} bad file(s) in the {split} split of {self.root}:\n  {listing}\n"
+                                 "fix or remove them, or skip them with --skip-bad-files (skip_bad=True)")
+            warnings.warn(f"skipped {len(bad)} bad file(s) in the {split} split of {self.root}:\n  {listing}",
+                          stacklevel=2)
         empty = np.zeros((0, self.resolution, self.resolution, 3), np.uint8)
         self.images = np.stack(images) if images else empty
         self.conds = None if cond_dir is None else (np.stack(conds) if conds else empty[..., :self.cond_channels])
@@ -231,25 +245,20 @@ class FolderDataset(torch.utils.data.Dataset):
         return by_stem
 
     def _load_one(self, path: Path, cond_files: dict | None, csv_rows: dict | None, cond_mode: str):
-        """(image (H, W, 3) uint8, condition (H, W, C) uint8 or None, factors) for ``path``, or None if skipped."""
-        try:
-            factors = {}
-            if csv_rows is not None:
-                row = csv_rows.get(path.name, csv_rows.get(path.stem))
-                if row is None:
-                    raise ValueError(f"image {path} has no row in the factors CSV")
-                factors = dict(row)
-            cond = None
-            if cond_files is not None:
-                if path.stem not in cond_files:
-                    raise ValueError(f"image {path} has no condition file with stem {path.stem!r}")
-                cond = self._read(cond_files[path.stem], cond_mode, (0, 0, 0), Image.Resampling.BILINEAR)
-            return self._read(path, "RGB", (255, 255, 255), Image.Resampling.BICUBIC), cond, factors
-        except (OSError, ValueError) as error:
-            if not self.skip_bad:
-                raise
-            warnings.warn(f"skipping {path}: {error}", stacklevel=3)
-            return None
+        """(image (H, W, 3) uint8, condition (H, W, C) uint8 or None, factors) for ``path``; OSError or ValueError
+        naming the file when it cannot be used."""
+        factors = {}
+        if csv_rows is not None:
+            row = csv_rows.get(path.name, csv_rows.get(path.stem))
+            if row is None:
+                raise ValueError(f"image {path} has no row in the factors CSV")
+            factors = dict(row)
+        cond = None
+        if cond_files is not None:
+            if path.stem not in cond_files:
+                raise ValueError(f"image {path} has no condition file with stem {path.stem!r}")
+            cond = self._read(cond_files[path.stem], cond_mode, (0, 0, 0), Image.Resampling.BILINEAR)
+        return self._read(path, "RGB", (255, 255, 255), Image.Resampling.BICUBIC), cond, factors
 
     def _read(self, path: Path, mode: str, background: tuple, resample) -> np.ndarray:
         try:

@@ -97,6 +97,17 @@ def make_dual_branch(family: str, main, side, parameterization: Parameterization
 
 
 # ----- main-net directories --------------------------------------------------------------------------------------
+def load_safetensors_module(cls, path: Path):
+    """``cls.from_pretrained(path)`` from safetensors weights only (never pickle: ``.bin`` files go through
+    ``torch.load``); a directory with only ``.bin`` weights is refused with how to convert it."""
+    path = Path(path)
+    if not any(path.glob("*.safetensors")) and any(path.glob("*.bin")):
+        raise ValueError(f"{path} holds only pickle (.bin) weights, which lisa_probe does not load; convert them "
+                         f"once with: python -c \"from diffusers import {cls.__name__} as M; "
+                         f"M.from_pretrained('{path}').save_pretrained('{path}', safe_serialization=True)\"")
+    return cls.from_pretrained(path, use_safetensors=True)
+
+
 def save_main(path: Path, family: str, main, parameterization: Parameterization) -> None:
     """Write a main net in the diffusers layout (``unet/`` or ``transformer/`` + ``scheduler/``)."""
     path = Path(path)
@@ -119,7 +130,7 @@ def load_main(path: Path, prediction_type: str | None = None):
     """Load (family, main net, parameterisation, null context, vae or None) from a main-net directory."""
     path = Path(path)
     family = detect_family(path)
-    main = MAIN_CLASS[family].from_pretrained(path / MAIN_SUBFOLDER[family])
+    main = load_safetensors_module(MAIN_CLASS[family], path / MAIN_SUBFOLDER[family])
     scheduler_file = path / "scheduler" / "scheduler_config.json"
     if scheduler_file.exists():
         parameterization = Parameterization.from_scheduler_config(json.loads(scheduler_file.read_text()))
@@ -129,7 +140,7 @@ def load_main(path: Path, prediction_type: str | None = None):
         check_choice("prediction type", prediction_type, PREDICTION_TYPES)
         raise ValueError(f"main net at {path} was trained for {parameterization.prediction_type!r}, "
                          f"not {prediction_type!r}")
-    vae = AutoencoderKL.from_pretrained(path / "vae") if (path / "vae" / "config.json").exists() else None
+    vae = load_safetensors_module(AutoencoderKL, path / "vae") if (path / "vae" / "config.json").exists() else None
     return family, main, parameterization, null_context_for(main, family, path), vae
 
 
@@ -140,7 +151,7 @@ def save_null_context(path: Path, null_context: dict[str, torch.Tensor]) -> None
 
 def load_side(path: Path, family: str) -> torch.nn.Module:
     """Load a side net saved with ``save_pretrained`` (plain diffusers ControlNet / SD3ControlNet)."""
-    return SIDE_CLASS[family].from_pretrained(path)
+    return load_safetensors_module(SIDE_CLASS[family], path)
 
 
 def check_side_matches(family: str, main, side) -> None:

@@ -8,8 +8,15 @@ Storage choices (see DESIGN.md, "Feature store"):
 * All datasets are chunked along rows with the same ``chunk_rows``, chosen so that the widest dataset's chunk is
   ~1 MiB, and compressed with ``none`` | ``lzf`` | ``gzip`` (the writer's default lzf; ``extract`` passes its
   ``--compression``, default none; ``bench/bench_store.py`` measures them).
+* One writer per output: ``integrity.OutputLock`` on ``<path>.lock`` is taken before any file is opened for
+  writing (a second writer is refused with ``OutputBusyError`` naming the holder) and released at the end.
 * The file is written at ``<path>.partial`` and renamed to ``path`` by ``close()`` once all rows are written
-  (root attr ``complete`` = True).
+  (root attr ``complete`` = True) and the closed file has passed its read-back check: every dataset's SHA-256
+  (dataset attr ``sha256``, kept while writing) is recomputed from disk. A write that fails, or data that reads
+  back different, raises ``StoreWriteError`` and leaves the partial unpublished: resumable (``--resume``) when the
+  failure came before its last commit, refused with a message otherwise.
+* The partial's structure (datasets, attrs) is built at ``<path>.partial.new`` and renamed to ``<path>.partial``
+  only when complete, so a kill during creation never leaves a partial that cannot be resumed.
 * Crash safety: rows are buffered and written one whole chunk at a time, so no chunk is ever rewritten (rewriting
   a compressed chunk moves it, and a kill before the next flush then leaves the file's chunk index pointing at
   reused space: killed-and-resumed test writes broke that way in 22 of 30 tries). Freed file space is never reused
@@ -29,6 +36,7 @@ import h5py
 import numpy as np
 
 from lisa_probe.store import schema
+from lisa_probe.store.integrity import DIGEST_ATTR, OutputLock, RowDigests, verify_digests
 from lisa_probe.store.reader import FeatureStore, read_header
 from lisa_probe.store.schema import Field
 
@@ -43,6 +51,18 @@ def partial_path(path: str | os.PathLike) -> Path:
     """``<path>.partial``: where an unfinished store lives."""
     path = Path(path)
     return path.with_name(path.name + ".partial")
+
+
+class StoreWriteError(OSError):
+    """Writing or checking a store's data failed (e.g. a full disk); the store was not published."""
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message (HDF5's run over several lines with addresses and buffers), led by the
+    system's reason where there is one ("File too large: ...")."""
+    text = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    errno = getattr(error, "errno", None)
+    return f"{os.strerror(errno)}: {text.split(' (')[0]}" if errno else text
 
 
 def shard_path(path: str | os.PathLike, rank: int, world_size: int) -> Path:
@@ -169,63 +189,88 @@ class FeatureStoreWriter:
         self.n_rows = int(n_rows)
         create_kwargs = _compression_kwargs(compression)
         self._root_attrs = root_attrs(self.fields, self.n_rows, attrs, shard)
-        if self.path.exists() and not overwrite:
-            raise FileExistsError(f"feature store {self.path} already exists; pass --overwrite to replace it")
-        if self.partial_path.exists() and resume:
-            self._file = self._reopen()
-        elif self.partial_path.exists() and not overwrite:
-            raise FileExistsError(f"unfinished feature store {self.partial_path} exists (an interrupted extraction); "
-                                  "pass --resume to continue it or --overwrite to start over")
-        else:
-            self._file = self._create(rows_per_chunk(self.fields, self.n_rows, chunk_bytes), create_kwargs)
-        self.chunk_rows: int = self._file["meta/t"].chunks[0]
-        self._rows_done = int(self._file.attrs["rows_done"])
+        self._file: h5py.File | None = None
+        self._lock = OutputLock(self.path)
+        try:
+            if self.path.exists() and not overwrite:
+                raise FileExistsError(f"feature store {self.path} already exists; pass --overwrite to replace it")
+            self._digests = RowDigests(self.fields)
+            if self.partial_path.exists() and resume:
+                self._file = self._resume(create_kwargs)
+            elif self.partial_path.exists() and not overwrite:
+                raise FileExistsError(f"unfinished feature store {self.partial_path} exists (an interrupted "
+                                      "extraction); pass --resume to continue it or --overwrite to start over")
+            else:
+                self._file = self._create(rows_per_chunk(self.fields, self.n_rows, chunk_bytes), create_kwargs)
+            self.chunk_rows: int = self._file["meta/t"].chunks[0]
+            self._rows_done = int(self._file.attrs["rows_done"])
+        except BaseException:
+            self._abandon()
+            raise
         self._pending: list[dict[str, np.ndarray]] = []  # accepted rows [rows_done, next_row), not yet written
         self.next_row = self._rows_done
 
-    def _create(self, chunk_rows: int, kwargs: dict[str, Any]) -> h5py.File:
+    def _create(self, chunk_rows: int, kwargs: dict[str, Any], source: h5py.File | None = None) -> h5py.File:
         """Create ``<path>.partial`` with every dataset allocated for ``n_rows`` rows, chunked by ``chunk_rows``
-        (``kwargs``: compression keywords for ``create_dataset``)."""
+        (``kwargs``: compression keywords for ``create_dataset``), built at ``<path>.partial.new`` and renamed once
+        whole; with ``source`` (an unfinished store being resumed), its committed rows are copied in, chunk by
+        chunk in the order a writer writes them."""
         self.partial_path.parent.mkdir(parents=True, exist_ok=True)
-        h5 = h5py.File(self.partial_path, "w", fs_strategy="none")
-        h5.attrs.update(self._root_attrs)
-        h5.attrs.update(rows_done=0, complete=False)
-        for name, fld in self.fields.items():
-            dset = h5.create_dataset(name, shape=(self.n_rows, *fld.shape), dtype=fld.h5_dtype,
-                                     chunks=(chunk_rows, *fld.shape), **kwargs)
-            dset.attrs.update(fld.attrs)
-        h5.flush()
-        return h5
+        staging = self.partial_path.with_name(self.partial_path.name + ".new")
+        done = int(source.attrs["rows_done"]) if source is not None else 0
+        with h5py.File(staging, "w", fs_strategy="none") as h5:
+            h5.attrs.update(self._root_attrs)
+            h5.attrs.update(rows_done=0, complete=False)
+            for name, fld in self.fields.items():
+                dset = h5.create_dataset(name, shape=(self.n_rows, *fld.shape), dtype=fld.h5_dtype,
+                                         chunks=(chunk_rows, *fld.shape), **kwargs)
+                dset.attrs.update(fld.attrs)
+            for start in range(0, done, chunk_rows):
+                stop = min(start + chunk_rows, done)
+                for name in self.fields:
+                    rows = source[name][start:stop]
+                    h5[name][start:stop] = rows
+                    self._digests.update(name, rows)
+            h5.attrs["rows_done"] = done
+        os.replace(staging, self.partial_path)
+        return h5py.File(self.partial_path, "r+", rdcc_nbytes=0)  # no chunk cache: see the module docstring
 
-    def _reopen(self) -> h5py.File:
-        """Open ``<path>.partial`` for resuming; check it is readable and was started with the same attrs/layout."""
+    def _resume(self, kwargs: dict[str, Any]) -> h5py.File:
+        """Continue ``<path>.partial``: after a read-only check that it was started with the same attrs/layout (a
+        refused resume leaves it untouched), its committed rows go into a freshly built partial (``_create``), so
+        damage after its last commit (a write that failed half-way on a full disk) is not carried on."""
+        corrupt = f"cannot resume the unfinished feature store {self.partial_path}: it is corrupt"
         try:
-            h5 = h5py.File(self.partial_path, "r+")
+            old = h5py.File(self.partial_path, "r")
         except OSError as err:
-            raise RuntimeError(f"cannot open the unfinished feature store {self.partial_path} to resume it (the "
-                               f"interrupted run may have left it corrupt: {err}); pass --overwrite to start "
-                               "over") from err
-        try:
-            self._check_resumable(h5)
-        except Exception:
-            h5.close()
-            raise
-        return h5
+            raise StoreWriteError(f"{corrupt} ({first_line(err)}); pass --overwrite to start over") from err
+        with old:
+            try:
+                self._check_resumable(old)
+            except (OSError, KeyError) as err:
+                raise StoreWriteError(f"{corrupt} ({first_line(err)}); pass --overwrite to start over") from err
+            try:
+                return self._create(old["meta/t"].chunks[0], kwargs, source=old)
+            except (OSError, RuntimeError, KeyError) as err:
+                raise StoreWriteError(f"cannot resume {self.partial_path}: copying its committed rows failed "
+                                      f"({first_line(err)}; is the disk full, or the file damaged?); pass "
+                                      "--overwrite to start over") from err
 
     def _check_resumable(self, h5: h5py.File) -> None:
-        """Raise ValueError naming every root attr (and config key) that differs from this writer's, RuntimeError
-        for a missing or misshaped dataset."""
+        """Raise ValueError naming every root attr (and config key) that differs from this writer's, OSError for a
+        missing or misshaped dataset or a file that failed its read-back check."""
         stored = {key: value for key, value in h5.attrs.items() if key not in PROGRESS_ATTRS}
         differences = attr_differences(stored, self._root_attrs)
         if differences:
             raise ValueError(f"cannot resume {self.partial_path}: {'; '.join(differences)}; pass --overwrite to "
                              "start over")
+        if h5.attrs.get("complete"):
+            raise OSError("it is marked complete but failed its read-back check when it was closed")
         for name, fld in self.fields.items():
             expected = (self.n_rows, *fld.shape)
             found = h5[name].shape if name in h5 else "missing"
             if found != expected:
-                raise RuntimeError(f"unfinished feature store {self.partial_path} is corrupt (dataset {name}: "
-                                   f"shape {found}, expected {expected}); pass --overwrite to start over")
+                raise OSError(f"dataset {name}: shape {found}, expected {expected}")
 
     @property
     def rows_done(self) -> int:
@@ -258,10 +303,18 @@ class FeatureStoreWriter:
         """Write buffered rows ``[rows_done, stop)``, flush, then commit ``rows_done = stop``; keep the rest."""
         pending = {name: np.concatenate([part[name] for part in self._pending]) for name in self.fields}
         count = stop - self._rows_done
+        try:
+            for name, array in pending.items():
+                self._file[name][self._rows_done:stop] = array[:count]
+            self._file.flush()
+            self._commit(stop)
+        except (OSError, RuntimeError) as error:
+            raise StoreWriteError(f"writing rows {self._rows_done}..{stop} of {self.partial_path} failed "
+                                  f"({first_line(error)}; is the disk full?); the store was not published and its "
+                                  f"first {self._rows_done} rows are committed: free space, then continue with "
+                                  "--resume (or start over with --overwrite)") from error
         for name, array in pending.items():
-            self._file[name][self._rows_done:stop] = array[:count]
-        self._file.flush()
-        self._commit(stop)
+            self._digests.update(name, array[:count])
         rest = {name: array[count:] for name, array in pending.items()}
         self._pending = [rest] if stop < self.next_row else []
 
@@ -283,15 +336,31 @@ class FeatureStoreWriter:
             self._abandon()
             raise RuntimeError(f"only {rows_done}/{self.n_rows} rows written; the unfinished store stays at "
                                f"{self.partial_path} (continue it with --resume)")
-        self._file.attrs["complete"] = True
-        self._abandon()
+        try:
+            for name, digest in self._digests.hexdigests().items():
+                self._file[name].attrs[DIGEST_ATTR] = digest
+            self._file.attrs["complete"] = True
+            self._file.close()
+            self._file = None
+            verify_digests(self.partial_path, self.fields, self.chunk_rows)
+        except (OSError, RuntimeError) as error:
+            self._abandon()
+            raise StoreWriteError(f"finishing {self.partial_path} failed ({first_line(error)}; is the disk full?); the "
+                                  "store was not published: free space and start over with --overwrite") from error
         os.replace(self.partial_path, self.path)
+        self._abandon()
         return self.path
 
     def _abandon(self) -> None:
-        """Close the HDF5 file, leaving ``<path>.partial`` in place."""
-        self._file.close()
-        self._file = None
+        """Close the HDF5 file (errors of a file whose writes failed are dropped), leaving ``<path>.partial`` in
+        place, and release the output's lock."""
+        if self._file is not None:
+            try:
+                self._file.close()
+            except (OSError, RuntimeError):
+                pass
+            self._file = None
+        self._lock.release()
 
     def __enter__(self) -> Self:
         return self
@@ -299,7 +368,7 @@ class FeatureStoreWriter:
     def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
         if exc_type is None:
             self.close()
-        elif self._file is not None:
+        else:
             self._abandon()
 
 

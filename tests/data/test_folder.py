@@ -7,7 +7,7 @@ from PIL import Image
 from torch.utils.data import default_collate
 
 from lisa_probe.data import build_dataset
-from lisa_probe.data.folder import load_image, read_factors_csv, split_of
+from lisa_probe.data.folder import MIN_IMAGE_SIDE, load_image, read_factors_csv, split_of
 
 ALL_TRAIN = (1.0, 0.0, 0.0)
 
@@ -85,11 +85,29 @@ def test_missing_condition_is_named_or_skipped(tmp_path):
 def test_corrupt_file_is_named_or_skipped(tmp_path):
     _write_images(tmp_path / "img")
     (tmp_path / "img" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
-    with pytest.raises(OSError, match="broken.png"):
+    with pytest.raises(ValueError, match="broken.png"):
         _folder(tmp_path)
     with pytest.warns(UserWarning, match="broken.png"):
         ds = _folder(tmp_path, skip_bad=True)
     assert len(ds) == 5 and "broken.png" not in {f.name for f in ds.files}
+
+
+def test_every_bad_file_is_listed_and_tiny_images_are_refused(tmp_path):
+    """The error (or, with skip_bad, the one warning) lists every bad file, not the first; an image below
+    MIN_IMAGE_SIDE is one of them instead of being upscaled."""
+    _write_images(tmp_path / "img")
+    (tmp_path / "img" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    (tmp_path / "img" / "empty.jpg").write_bytes(b"")
+    Image.new("RGB", (1, 1)).save(tmp_path / "img" / "dot.png")
+    Image.new("RGB", (MIN_IMAGE_SIDE, 40)).save(tmp_path / "img" / "narrow.png")  # at the minimum: kept
+    with pytest.raises(ValueError, match=r"3 bad file\(s\)") as error:
+        _folder(tmp_path)
+    for name in ("broken.png", "empty.jpg", "dot.png: 1x1 px is smaller than the 8 px", "--skip-bad-files"):
+        assert name in str(error.value)
+    with pytest.warns(UserWarning, match=r"skipped 3 bad file\(s\)") as caught:
+        ds = _folder(tmp_path, skip_bad=True)
+    assert all(name in str(caught[0].message) for name in ("broken.png", "empty.jpg", "dot.png"))
+    assert len(ds) == 6 and "narrow.png" in {f.name for f in ds.files}
 
 
 def test_factors_from_csv(tmp_path):

@@ -6,6 +6,7 @@ Run as a script (``python test_writer.py <mode> <path> <batches>``) it is the ch
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -26,7 +27,8 @@ from lisa_probe.store import (
     shard_range,
     validate_layout,
 )
-from lisa_probe.store.writer import check_finished_store
+from lisa_probe.store.integrity import DIGEST_ATTR, OutputBusyError, lock_path
+from lisa_probe.store.writer import StoreWriteError, check_finished_store
 
 N_SAMPLES, N_T, N_DRAWS = 5, 3, 2
 ROWS_PER_SAMPLE = N_T * N_DRAWS
@@ -246,7 +248,7 @@ def test_sigkill_at_a_random_moment_resumes_or_says_corrupt(tmp_path):
     child.wait()
     try:
         resume_and_finish(path)
-    except RuntimeError as err:  # the kill left HDF5 metadata half-written: a clear error, not garbage
+    except StoreWriteError as err:  # the kill left HDF5 metadata half-written: a clear error, not garbage
         assert "--overwrite" in str(err)
     else:
         assert_same_store(path, reference)
@@ -257,6 +259,7 @@ def test_resume_refuses_other_attrs_or_layout(tmp_path):
     layout = make_test_layout()
     with pytest.raises(KeyboardInterrupt), FeatureStoreWriter(path, layout, N_ROWS, ATTRS):
         raise KeyboardInterrupt
+    before = partial_path(path).read_bytes()
     other_config = {**ATTRS, "config": {**ATTRS["config"], "lisa": {"lambda": 0.5}}}
     with pytest.raises(ValueError, match=r"attr 'config' differs \(keys \['lisa'\]\).*--overwrite"):
         FeatureStoreWriter(path, layout, N_ROWS, other_config, resume=True)
@@ -264,6 +267,7 @@ def test_resume_refuses_other_attrs_or_layout(tmp_path):
         FeatureStoreWriter(path, make_test_layout("S8"), N_ROWS, ATTRS, resume=True)
     with pytest.raises(ValueError, match="attr 'n_rows' differs"):
         FeatureStoreWriter(path, layout, N_ROWS + 1, ATTRS, resume=True)
+    assert partial_path(path).read_bytes() == before  # a refused resume opens the partial read-only
     assert FeatureStoreWriter(path, layout, N_ROWS, ATTRS, resume=True).rows_done == 0
 
 
@@ -274,7 +278,7 @@ def test_resume_names_a_misshaped_dataset_and_its_shape(tmp_path):
     with h5py.File(partial_path(path), "r+") as h5:
         del h5["scores/main"]
         h5.create_dataset("scores/main", shape=(N_ROWS, 2, 4, 3), dtype=np.float32)
-    with pytest.raises(RuntimeError, match=rf"dataset scores/main: shape \({N_ROWS}, 2, 4, 3\), expected "
+    with pytest.raises(StoreWriteError, match=rf"corrupt \(dataset scores/main: shape \({N_ROWS}, 2, 4, 3\), expected "
                                            rf"\({N_ROWS}, 2, 4, 4\)"):
         FeatureStoreWriter(path, make_test_layout(), N_ROWS, ATTRS, resume=True)
 
@@ -296,7 +300,7 @@ def test_check_finished_store_names_every_differing_attr(tmp_path):
 def test_resume_of_corrupt_partial_suggests_overwrite(tmp_path):
     path = tmp_path / "feats.h5"
     partial_path(path).write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(100))
-    with pytest.raises(RuntimeError, match="cannot open.*--overwrite"):
+    with pytest.raises(StoreWriteError, match="cannot resume.*corrupt.*--overwrite"):
         FeatureStoreWriter(path, make_test_layout(), N_ROWS, ATTRS, resume=True)
     write_store(path, overwrite=True)
     assert FeatureStore(path).n_rows == N_ROWS
@@ -344,9 +348,111 @@ def test_shards_must_belong_together(tmp_path):
         merge_shards([shards[0], other], tmp_path / "merged.h5")
 
 
+# ----------------------------------------------------------------------------- one writer, checked data
+def test_a_second_writer_of_the_same_output_is_refused(tmp_path):
+    """Even with overwrite, a second writer of an output being written is refused before it opens anything; the
+    first finishes a readable store, and the lock goes with it."""
+    path = tmp_path / "feats.h5"
+    layout = make_test_layout()
+    with FeatureStoreWriter(path, layout, N_ROWS, ATTRS, chunk_bytes=CHUNK_BYTES) as first:
+        first.write_rows(0, make_rows(layout, 0, 2 * CHUNK))
+        before = partial_path(path).read_bytes()
+        for options in ({"overwrite": True}, {"resume": True}, {}):
+            with pytest.raises(OutputBusyError, match=rf"being written by another process \(pid {os.getpid()} on "
+                                                      rf".*lock {lock_path(path)}\)"):
+                FeatureStoreWriter(path, layout, N_ROWS, ATTRS, **options)
+        assert partial_path(path).read_bytes() == before
+        for start in range(2 * CHUNK, N_ROWS, BATCH):
+            first.write_rows(start, make_rows(layout, start, min(start + BATCH, N_ROWS)))
+    assert_same_store(path, write_store(tmp_path / "reference.h5"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["feats.h5", "reference.h5"]
+    write_store(path, overwrite=True)  # the lock is gone with the first writer
+
+
+def test_data_that_reads_back_different_is_not_published(tmp_path):
+    """A chunk lost on the way to disk (here: overwritten behind the writer's back) fails the read-back check at
+    close: the store keeps its partial name, and resuming it is refused."""
+    path = tmp_path / "feats.h5"
+    layout = make_test_layout()
+    with pytest.raises(StoreWriteError, match="dataset scores/main reads back different.*not published"):
+        with FeatureStoreWriter(path, layout, N_ROWS, ATTRS, chunk_bytes=CHUNK_BYTES) as writer:
+            for start in range(0, N_ROWS, BATCH):
+                writer.write_rows(start, make_rows(layout, start, min(start + BATCH, N_ROWS)))
+                if start + BATCH == CHUNK:  # the first chunk is on disk
+                    writer._file["scores/main"][:CHUNK] = 0.0
+    assert not path.exists() and partial_path(path).exists()
+    with pytest.raises(StoreWriteError, match="corrupt.*failed its read-back check.*--overwrite"):
+        FeatureStoreWriter(path, layout, N_ROWS, ATTRS, resume=True)
+    write_store(path, overwrite=True)
+    with h5py.File(path, "r") as h5:  # a published store carries its digests
+        assert all(len(h5[name].attrs[DIGEST_ATTR]) == 64 for name in layout)
+
+
+def test_a_kill_while_the_file_is_created_leaves_no_partial(tmp_path):
+    """The partial's structure is built under another name: a kill part way leaves nothing that --resume would
+    choke on; the next run (with --resume or without) starts afresh."""
+    path = tmp_path / "feats.h5"
+    child = run_child("die-in-create", path, 0)
+    child.wait()
+    assert child.returncode == -signal.SIGKILL
+    assert not partial_path(path).exists() and not path.exists()
+    assert resume_and_finish(path) == 0
+    assert_same_store(path, write_store(tmp_path / "reference.h5"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["feats.h5", "reference.h5"]
+
+
+def test_a_full_disk_never_publishes_a_store(tmp_path):
+    """The disk fills up (a file-size limit on the writer process) at points from early to the very end: the
+    writer reports it, nothing is published, and the partial resumes to the right store once there is room, or is
+    refused with --overwrite named."""
+    reference = write_store(tmp_path / "reference.h5")
+    size = reference.stat().st_size
+    outcomes = []
+    for fraction in (0.2, 0.5, 0.7, 0.85, 0.95, 0.999, 1.01):
+        path = tmp_path / f"full-{fraction}.h5"
+        child = run_child("full-disk", path, int(size * fraction))
+        out, _ = child.communicate(timeout=60)
+        if fraction > 1:  # room enough: the limit itself is not what fails
+            assert child.returncode == 0 and out.strip() == "written", out
+            assert_same_store(path, reference)
+            continue
+        assert child.returncode == 3 and "is the disk full?" in out and "not published" in out, out
+        assert not path.exists()
+        try:
+            resume_and_finish(path)
+        except StoreWriteError as error:
+            assert "--overwrite" in str(error)
+            outcomes.append("refused")
+        else:
+            assert_same_store(path, reference)
+            outcomes.append("resumed")
+    assert "resumed" in outcomes  # failures before the last commit resume
+
+
 def child_main(mode, path, batches):
     """Writer process for the kill tests: ``stall`` after ``batches`` batches; ``die-before-commit`` kills itself
-    after flushing chunk ``batches + 1`` but before committing it; ``loop`` writes slowly until killed."""
+    after flushing chunk ``batches + 1`` but before committing it; ``loop`` writes slowly until killed;
+    ``die-in-create`` kills itself while the file's datasets are created; ``full-disk`` writes the whole store
+    under a file-size limit of ``batches`` bytes (Python ignores SIGXFSZ, so a write past it fails with EFBIG, as
+    on a full disk) and exits 3 with the writer's error."""
+    if mode == "full-disk":
+        resource.setrlimit(resource.RLIMIT_FSIZE, (batches, batches))
+        try:
+            write_store(path)
+        except StoreWriteError as error:
+            print(error, flush=True)
+            sys.exit(3)
+        print("written", flush=True)
+        return
+    if mode == "die-in-create":
+        create = h5py.Group.create_dataset
+
+        def create_or_die(group, name, *args, **kwargs):
+            if len(group.file) == 3:  # part way through the datasets
+                os.kill(os.getpid(), signal.SIGKILL)
+            return create(group, name, *args, **kwargs)
+
+        h5py.Group.create_dataset = create_or_die
     layout = make_test_layout()
     writer = FeatureStoreWriter(path, layout, N_ROWS, ATTRS, chunk_bytes=CHUNK_BYTES)
     commit = writer._commit
