@@ -72,7 +72,9 @@ from lisa_probe.analysis.plots import (
 from lisa_probe.analysis.probes import carried_summary, probe_table
 from lisa_probe.analysis.tables import long_table
 from lisa_probe.config import SEED_MAX, check_number, cli_errors
+from lisa_probe.models.dual_branch import middle_site
 from lisa_probe.provenance import code_version, file_digest
+from lisa_probe.rundir import EVAL_FILE, read_eval, read_summary, resolved_path
 from lisa_probe.store import FeatureStore
 from lisa_probe.store.reader import ITER_BYTES
 
@@ -462,7 +464,7 @@ def embedding_site(run: Run, options: AnalyzeOptions) -> str:
     """The site to embed: ``--embedding-site``, else the LISA site, else the middle one of the analysed sites."""
     if options.embedding_site is not None:
         return options.embedding_site
-    return run.lisa_site if run.lisa_site in run.sites else run.sites[(len(run.sites) - 1) // 2]
+    return run.lisa_site if run.lisa_site in run.sites else middle_site(run.sites)
 
 
 def embed(run: Run, streamed: Streamed, options: AnalyzeOptions) -> tuple[pd.DataFrame | None, Figure]:
@@ -506,10 +508,16 @@ def store_decomposition(run: Run, streamed: Streamed) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
+def side_net_dir(run: Run) -> Path:
+    """The side-net directory the store was extracted from (attr ``checkpoint``: relative to the store's directory;
+    absolute in stores written before paths were stored relative)."""
+    return resolved_path(run.store.attrs["checkpoint"], run.store.paths[0].parent)
+
+
 def checkpoint_dirs(run: Run) -> list[Path]:
-    """Where the run's files may be: the directory holding the store's ``checkpoint`` (``<dir>/controlnet``) and its
+    """Where the run's files may be: the directory holding the store's side net (``<dir>/controlnet``) and its
     parent (for ``checkpoint-N`` directories)."""
-    holder = Path(run.store.attrs["checkpoint"]).parent
+    holder = side_net_dir(run).parent
     return [holder, holder.parent]
 
 
@@ -544,7 +552,13 @@ def model_decomposition(run: Run, options: AnalyzeOptions) -> pd.DataFrame | Non
     from lisa_probe.attribution import attribution_table
     from lisa_probe.runs import load_run
 
-    checkpoint = Path(run.store.attrs["checkpoint"])
+    checkpoint = side_net_dir(run)
+    if Path(run.store.attrs["checkpoint"]).is_absolute():  # a store's attrs are not trusted to point anywhere
+        run.notes.append(f"model-based decomposition skipped: the store records its side net by the absolute path "
+                         f"{checkpoint} (written before v0.1 stored paths relative to the store); extract it again")
+        return None
+    print(f"{run.label}: loading the side net at {checkpoint} (recorded in {run.store.paths[0]}) for the "
+          "model-based decomposition", file=sys.stderr)
     samples = pd.unique(run.groups)
     chosen = np.random.default_rng(options.seed).choice(samples, min(options.attribution_samples, len(samples)),
                                                         replace=False)
@@ -571,13 +585,13 @@ def training_table(run: Run) -> pd.DataFrame | None:
     """``eval.csv`` of the run directory as ``[run, step, metric, value]`` plus ``summary.json``'s
     ``convergence_step`` and ``seconds_per_step`` (``step`` empty); None, with a note, when there is no
     ``eval.csv``."""
-    run_dir = next((d for d in checkpoint_dirs(run) if (d / "eval.csv").exists()), None)
+    run_dir = next((d for d in checkpoint_dirs(run) if (d / EVAL_FILE).exists()), None)
     if run_dir is None:
-        run.notes.append(f"no training curves: no eval.csv beside {run.store.attrs['checkpoint']}")
+        run.notes.append(f"no training curves: no {EVAL_FILE} beside {run.store.attrs['checkpoint']}")
         return None
-    table = pd.read_csv(run_dir / "eval.csv").assign(run=run.label)[["run", "step", "metric", "value"]]
-    summary_path = run_dir / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    table = pd.DataFrame([{"run": run.label, "step": step, "metric": metric, "value": value}
+                          for step, metrics in read_eval(run_dir).items() for metric, value in metrics.items()])
+    summary = read_summary(run_dir)
     extra = [{"run": run.label, "step": np.nan, "metric": key, "value": summary[key]}
              for key in ("convergence_step", "seconds_per_step") if summary.get(key) is not None]
     return pd.concat([table, pd.DataFrame(extra, columns=table.columns)], ignore_index=True)
@@ -671,7 +685,8 @@ def provenance(runs: Sequence[Run]) -> str:
                      "samples": run.meta["sample_id"].nunique(), "timesteps": ", ".join(f"{t:g}" for t in
                                                                                         np.unique(run.meta["t"])),
                      "sites": ", ".join(run.sites), "parameterization": attrs["parameterization"],
-                     "LISA site": run.lisa_site or "-", "checkpoint": attrs["checkpoint"],
+                     "LISA site": run.lisa_site or "-",
+                     "checkpoint (from the store)": attrs["checkpoint"],
                      "checkpoint hash": str(attrs["checkpoint_hash"])[:12], "code version": attrs["code_version"]})
     configs = "\n\n".join(f"**{run.label}**\n\n```json\n{json.dumps(run.store.attrs['config'], indent=1)}\n```"
                           for run in runs)

@@ -17,9 +17,6 @@ from pathlib import Path
 
 import yaml
 
-from lisa_probe.files import write_text_atomic
-from lisa_probe.provenance import code_version
-
 
 def option(text: str, **extra) -> dict:
     """Dataclass field metadata: the ``--help`` text plus extras such as ``choices``."""
@@ -133,14 +130,8 @@ def config_defaults(cls) -> dict:
     return defaults
 
 
-def write_config(path: Path, config, kind: str) -> None:
-    """Write ``config.yaml``: ``kind``, ``code_version`` and every config field."""
-    payload = {"kind": kind, "code_version": code_version(), "config": dataclasses.asdict(config)}
-    write_text_atomic(path, yaml.safe_dump(payload, sort_keys=False))
-
-
 def read_config(path: Path) -> dict:
-    """Read a ``config.yaml`` written by ``write_config`` (safe_load); ValueError naming the file when it is not
+    """Read a ``config.yaml`` (``rundir.write_run_config``; safe_load); ValueError naming the file when it is not
     valid YAML (a ``!!python`` tag included) or not a mapping with ``kind`` and ``config``."""
     try:
         payload = yaml.safe_load(Path(path).read_text())

@@ -13,19 +13,25 @@ from pathlib import Path
 from lisa_probe.extract import ExtractConfig, extract
 from lisa_probe.models import build_main, save_main
 from lisa_probe.parameterization import Parameterization
+from lisa_probe.rundir import is_finished, is_main_net_ready, is_run, resolved_path
 from lisa_probe.store import FeatureStore
 from lisa_probe.train import TrainConfig, train
 
 
-def _is_run(path: str | Path) -> bool:
-    return (Path(path) / "config.yaml").exists()
+def run_of_store(store: str | Path) -> str:
+    """The run directory a store was extracted from: its ``run`` attr, relative to the store's directory (stores
+    written before it: ``extract_args["ckpt"]`` as given, relative to that extraction's working directory); "" for
+    a side net extracted with ``--controlnet``."""
+    attrs = FeatureStore(store).attrs
+    if attrs.get("run"):
+        return str(resolved_path(attrs["run"], Path(store).parent))
+    return attrs.get("extract_args", {}).get("ckpt") or ""
 
 
 def runs_of_stores(stores: list[str]) -> list[str]:
-    """The run (or checkpoint) directory each store was extracted from (``extract_args["ckpt"]``); ValueError naming
-    the stores whose run is not found here."""
-    runs = [FeatureStore(store).attrs.get("extract_args", {}).get("ckpt") or "" for store in stores]
-    missing = [store for store, run in zip(stores, runs) if not (run and _is_run(run))]
+    """The run directory of each store (``run_of_store``); ValueError naming the stores whose run is not found."""
+    runs = [run_of_store(store) for store in stores]
+    missing = [store for store, run in zip(stores, runs) if not (run and is_run(run))]
     if missing:
         raise ValueError(f"the runs of {missing} are not found (extracted from another machine, or with "
                          "--controlnet): name them in RUN_DIRS")
@@ -35,11 +41,11 @@ def runs_of_stores(stores: list[str]) -> list[str]:
 def tiny_runs(work: Path, lisa_weight: float, steps: int) -> list[str]:
     """A baseline and a LISA side net on a tiny UNet main net under ``work`` (reused when already trained)."""
     main_dir = work / "main"
-    if not (main_dir / "scheduler" / "scheduler_config.json").exists():
+    if not is_main_net_ready(main_dir):
         save_main(main_dir, "unet", build_main("unet", "tiny", 16), Parameterization("eps"))
     configs = [TrainConfig(main=str(main_dir), out_dir=str(work / "runs"), lisa_weight=weight, steps=steps,
                            batch_size=4, eval_samples=0, checkpoint_every=0) for weight in (0.0, lisa_weight)]
-    return [str(c.run_dir if (c.run_dir / "summary.json").exists() else train(c)) for c in configs]
+    return [str(c.run_dir if is_finished(c.run_dir) else train(c)) for c in configs]
 
 
 def runs_and_stores(run_dirs: list[str], stores: list[str], work_dir: str | Path, lisa_weight: float = 0.2,
@@ -49,7 +55,7 @@ def runs_and_stores(run_dirs: list[str], stores: list[str], work_dir: str | Path
     ``work_dir`` (``steps`` training steps; ``samples`` x ``timesteps`` extraction rows, ``decompose`` rows too)."""
     work = Path(work_dir).resolve()
     work.mkdir(parents=True, exist_ok=True)
-    have_runs = bool(run_dirs) and all(_is_run(d) for d in run_dirs)
+    have_runs = bool(run_dirs) and all(is_run(d) for d in run_dirs)
     have_stores = bool(stores) and all(Path(s).exists() for s in stores)
     if have_stores and not have_runs:
         return runs_of_stores(stores), list(stores)

@@ -40,6 +40,7 @@ from lisa_probe.checkpointing import (
 from lisa_probe.config import SEED_MAX, check_number, config_defaults, option
 from lisa_probe.data_stream import batch_loader
 from lisa_probe.files import replace_dir, write_csv_atomic, write_json
+from lisa_probe.rundir import EVAL_FILE, METRICS_FILE
 
 MIXED_PRECISION = ("no", "bf16", "fp16")
 # Config fields that may differ between an interrupted run and its resumption.
@@ -167,7 +168,7 @@ class MetricsLog:
     """``metrics.csv`` (one row per logged step, columns fixed by the first row) plus TensorBoard scalars."""
 
     def __init__(self, run_dir: Path, start_step: int, enabled: bool):
-        self.path = run_dir / "metrics.csv"
+        self.path = run_dir / METRICS_FILE
         self.enabled = enabled
         self.writer = None
         if enabled:
@@ -176,12 +177,16 @@ class MetricsLog:
             self.writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=start_step + 1)
 
     def _truncate_after(self, step: int) -> None:
+        """Keep the rows up to ``step`` (a resume's checkpoint), rewritten atomically; a torn last row (a kill while
+        it was appended: cells missing) is dropped."""
         if not self.path.exists():
             return
         with open(self.path, newline="") as handle:
-            rows = list(csv.DictReader(handle))
-        if rows:
-            write_csv_atomic(self.path, rows[0].keys(), [row for row in rows if int(row["step"]) <= step])
+            reader = csv.DictReader(handle)
+            rows = [row for row in reader if None not in row.values() and None not in row]
+            columns = reader.fieldnames
+        if columns:
+            write_csv_atomic(self.path, columns, [row for row in rows if int(row["step"]) <= step])
 
     def _write(self, columns, rows) -> None:
         """Append ``rows`` (the header first when the file is new)."""
@@ -387,7 +392,7 @@ def end_processes() -> None:
 
 def eval_log_rows(run_dir: Path, step: int, results: dict[str, float], metrics: MetricsLog) -> None:
     """Append evaluation results to ``eval.csv`` (long form: step, metric, value) and TensorBoard."""
-    path = run_dir / "eval.csv"
+    path = run_dir / EVAL_FILE
     rows = []
     if path.exists():
         with open(path, newline="") as handle:

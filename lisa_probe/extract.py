@@ -3,8 +3,9 @@
 Dumps hooked side-branch features and predictions to an HDF5 feature store (schema in ``lisa_probe.store``): one
 row per (sample, timestep, noise draw), rows ordered sample-major, then timestep, then draw. Noise of a row is
 drawn from a generator seeded by (seed, row), and rows are computed in fixed batches (rows ``[k * batch_size,
-(k + 1) * batch_size)``) whatever the resume point or the number of processes, so a resumed or sharded extraction
-writes exactly the same bytes as an uninterrupted single-process one.
+(k + 1) * batch_size)``) whatever the resume point or the number of processes, so a resumed extraction writes the
+same values as an uninterrupted one, and a sharded one the same up to the last bits that other processes' kernels
+may round differently.
 A side net not trained by lisa_probe is probed with ``--controlnet DIR --main DIR`` instead of ``--ckpt``.
 Under ``accelerate launch`` (or ``torchrun``) each process writes a shard of whole batches; process 0 merges them at
 the end. On CPU-only machines launch several processes with ``accelerate launch --multi_gpu --num_processes N``
@@ -32,6 +33,7 @@ from lisa_probe.hooks import capture
 from lisa_probe.models import DualBranch
 from lisa_probe.parameterization import FLOW_TIMESTEP_SCALE
 from lisa_probe.provenance import code_version, file_digest
+from lisa_probe.rundir import PATH_FIELDS, SIDE_DIR, run_dir_of, stored_path
 from lisa_probe.store import FeatureStoreWriter, make_layout, merge_shards, shard_path, shard_range
 from lisa_probe.store.schema import COMPRESSIONS
 from lisa_probe.store.writer import check_finished_store
@@ -104,7 +106,7 @@ def load_model(config: ExtractConfig):
 
     if config.ckpt is not None:
         run_config, model, decoder, dataset_kwargs = load_run(Path(config.ckpt))
-        return model, decoder, dataset_kwargs, asdict(run_config), Path(config.ckpt) / "controlnet"
+        return model, decoder, dataset_kwargs, asdict(run_config), Path(config.ckpt) / SIDE_DIR
     foreign = ForeignRun(config.main, config.controlnet, config.dataset, config.condition, config.data_root)
     model, dataset_kwargs = build_dual_branch(foreign)
     return model.eval(), None, dataset_kwargs, asdict(foreign), Path(config.controlnet)
@@ -258,9 +260,15 @@ def write_rows(writer: FeatureStoreWriter, extractor: Extractor, rows: range, li
 
 def store_attrs(config: ExtractConfig, model: DualBranch, run_config: dict, side_dir: Path,
                 lisa_site: str | None) -> dict:
-    """Root attrs of the store: run config, checkpoint path and hash, code version, parameterisation, extract args
-    (``resume``/``overwrite`` blanked so a resumed extraction matches the interrupted one) and the LISA site."""
-    return {"config": run_config, "checkpoint": str(side_dir.resolve()), "checkpoint_hash": file_digest(side_dir),
+    """Root attrs of the store: run config, side-net directory (``checkpoint``) and its hash, the run directory
+    (``run``; empty for ``--controlnet``), code version, parameterisation, extract args (as given; ``resume`` /
+    ``overwrite`` blanked so a resumed extraction matches the interrupted one) and the LISA site. Paths of the run
+    config, ``checkpoint`` and ``run`` are relative to the store's directory (``rundir.stored_path``)."""
+    base = Path(config.out).parent
+    stored_config = {key: stored_path(value, base) if key in PATH_FIELDS and value is not None else value
+                     for key, value in run_config.items()}
+    return {"config": stored_config, "checkpoint": stored_path(side_dir, base), "checkpoint_hash": file_digest(side_dir),
+            "run": stored_path(run_dir_of(config.ckpt), base) if config.ckpt is not None else "",
             "code_version": code_version(), "parameterization": model.parameterization.prediction_type,
             "extract_args": asdict(config) | {"resume": False, "overwrite": False}, "lisa_site": lisa_site or ""}
 

@@ -15,13 +15,14 @@ from pathlib import Path
 import torch
 
 from lisa_probe.checkpointing import prepare_run_dir
-from lisa_probe.config import check_number, cli_errors, parse_config, write_config
+from lisa_probe.config import check_number, cli_errors, parse_config
 from lisa_probe.data import DATASET_NAMES, build_dataset, check_choice
 from lisa_probe.engine import LoopConfig, Objective, end_processes, fit, is_main_process, process_state
 from lisa_probe.grids import save_grid, to_uint8
 from lisa_probe.models.build import MAIN_FORWARD, build_main, null_context_for
 from lisa_probe.models.presets import FAMILIES, PRESETS
 from lisa_probe.parameterization import PREDICTION_TYPES, Parameterization
+from lisa_probe.rundir import write_run_config
 from lisa_probe.sampling import fixed_noise, sample
 
 # v for the UNet: at the default 1200 steps v-prediction reached FD 17.5 where eps reached 38.2 (docs/CONTRACTS.md).
@@ -174,7 +175,7 @@ def pretrain(config: PretrainConfig) -> Path:
     prepare_run_dir(run_dir, config.resume, config.overwrite, is_main_process())
     process_state().wait_for_everyone()
     if is_main_process():
-        write_config(run_dir / "config.yaml", config, kind="pretrain")
+        write_run_config(run_dir, config, kind="pretrain")
     parameterization = Parameterization(config.prediction_type)
     main = build_main(config.backbone, config.preset, config.resolution, seed=config.seed)
     objective = MainNetObjective(config.backbone, main, parameterization, config.ema_decay, config.min_snr_gamma)

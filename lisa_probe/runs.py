@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lisa_probe.config import read_config
 from lisa_probe.data import build_dataset
 from lisa_probe.lisa import LisaDecoder
 from lisa_probe.models import DualBranch, build_side, check_side_matches, load_main, load_side, make_dual_branch
 from lisa_probe.models.build import load_safetensors_module
 from lisa_probe.pretrain import PretrainConfig, pretrain
+from lisa_probe.rundir import DECODER_DIR, SIDE_DIR, is_main_net_ready, read_run_config, run_dir_of
 
 DEFAULT_MAIN_NAME = PretrainConfig().name
 
@@ -17,7 +17,7 @@ DEFAULT_MAIN_NAME = PretrainConfig().name
 def ensure_default_main(out_dir: Path) -> Path:
     """The default main net under ``out_dir``: pretrained (or its interrupted pretraining resumed) if missing."""
     path = Path(out_dir) / DEFAULT_MAIN_NAME
-    if not (path / "scheduler" / "scheduler_config.json").exists():
+    if not is_main_net_ready(path):
         print(f"default main net not found at {path}: pretraining it first")
         pretrain(PretrainConfig(out_dir=str(out_dir), resume="latest"))
     return path
@@ -48,27 +48,15 @@ def build_dual_branch(config, side_path: Path | None = None) -> tuple[DualBranch
     return make_dual_branch(family, main, side, parameterization, null_context, vae), dataset_kwargs
 
 
-def run_dir_of(checkpoint: Path) -> Path:
-    """The run directory of a run or of one of its ``checkpoint-N`` directories."""
-    checkpoint = Path(checkpoint)
-    for candidate in (checkpoint, checkpoint.parent):
-        if (candidate / "config.yaml").exists():
-            return candidate
-    raise ValueError(f"{checkpoint} is not a lisa_probe run or checkpoint directory (no config.yaml beside it)")
-
-
 def load_run(checkpoint: Path):
     """(train config, DualBranch with the trained side net, LISA decoder or None, dataset kwargs) of a run."""
     from lisa_probe.train import TrainConfig
 
     checkpoint = Path(checkpoint)
-    payload = read_config(run_dir_of(checkpoint) / "config.yaml")
-    if payload.get("kind") != "train":
-        raise ValueError(f"{checkpoint} is a {payload.get('kind')!r} run, not a side-net training run")
-    config = TrainConfig(**payload["config"])
-    if not (checkpoint / "controlnet" / "config.json").exists():
-        raise ValueError(f"{checkpoint} has no controlnet/ (is the run finished? pass a checkpoint-N directory)")
-    model, dataset_kwargs = build_dual_branch(config, side_path=checkpoint / "controlnet")
-    decoder_dir = checkpoint / "lisa_decoder"
+    config = read_run_config(run_dir_of(checkpoint), TrainConfig, "train")
+    if not (checkpoint / SIDE_DIR / "config.json").exists():
+        raise ValueError(f"{checkpoint} has no {SIDE_DIR}/ (is the run finished? pass a checkpoint-N directory)")
+    model, dataset_kwargs = build_dual_branch(config, side_path=checkpoint / SIDE_DIR)
+    decoder_dir = checkpoint / DECODER_DIR
     decoder = load_safetensors_module(LisaDecoder, decoder_dir) if (decoder_dir / "config.json").exists() else None
     return config, model.eval(), decoder, dataset_kwargs

@@ -14,7 +14,6 @@ overrides.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -23,12 +22,13 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from lisa_probe.checkpointing import list_checkpoints
 from lisa_probe.config import SEED_MAX, cli_errors, config_from_dict
 from lisa_probe.extract import ExtractConfig, extract
 from lisa_probe.pretrain import PretrainConfig, pretrain
 from lisa_probe.provenance import code_version
+from lisa_probe.rundir import is_finished, is_main_net_ready, read_eval, read_summary
 from lisa_probe.train import TrainConfig, train
-from lisa_probe.validation import read_eval
 
 STUDY_KEYS = ("name", "settings", "arms", "seeds", "sweep", "extract", "quick", "out_dir", "results_dir")
 
@@ -164,11 +164,11 @@ def run_one(study: dict, plan: dict, out_dir: Path) -> Path:
     setting = study["settings"][plan["setting"]]
     pretrain_options = {"out_dir": str(out_dir), "name": f"main-{plan['setting']}", **setting["pretrain"]}
     main_dir = out_dir / pretrain_options["name"]
-    if not (main_dir / "scheduler" / "scheduler_config.json").exists():
+    if not is_main_net_ready(main_dir):
         pretrain(PretrainConfig(**pretrain_options, resume="latest"))
     name = f"{plan['setting']}-{plan['arm']}-s{plan['seed']}"
     run_dir = out_dir / name
-    if (run_dir / "summary.json").exists():
+    if is_finished(run_dir):
         return run_dir
     options = {**setting["train"], **plan["overrides"], "main": str(main_dir), "out_dir": str(out_dir),
                "name": name, "seed": plan["seed"], "keep_checkpoints": 0, "resume": "latest"}
@@ -177,8 +177,6 @@ def run_one(study: dict, plan: dict, out_dir: Path) -> Path:
 
 def extract_run(run_dir: Path, study: dict, features_dir: Path) -> list[Path]:
     """Feature stores of a run at its earliest checkpoint and at the end."""
-    from lisa_probe.checkpointing import list_checkpoints
-
     settings = study.get("extract", {})
     stores = []
     checkpoints = list_checkpoints(run_dir)
@@ -198,10 +196,9 @@ def run_table(out_dir: Path, plans: list[dict]) -> pd.DataFrame:
     rows = []
     for plan in plans:
         run_dir = out_dir / f"{plan['setting']}-{plan['arm']}-s{plan['seed']}"
-        summary_path = run_dir / "summary.json"
-        if not summary_path.exists():
+        summary = read_summary(run_dir)
+        if not summary:
             continue
-        summary = json.loads(summary_path.read_text())
         rows.append({"setting": plan["setting"], "arm": plan["arm"], "seed": plan["seed"], "run": run_dir.name,
                      "control_metric": summary["control_metric"], "convergence_step": summary["convergence_step"],
                      "steps": summary["steps"], "seconds_per_step": summary["seconds_per_step"],

@@ -13,20 +13,21 @@ from __future__ import annotations
 import json
 import sys
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from lisa_probe.checkpointing import prepare_run_dir
-from lisa_probe.config import check_number, cli_errors, option, parse_config, write_config
+from lisa_probe.config import check_number, cli_errors, option, parse_config
 from lisa_probe.data import DATASET_NAMES, build_dataset, check_choice
 from lisa_probe.engine import LoopConfig, Objective, end_processes, fit, is_main_process, process_state
 from lisa_probe.evaluation import CONTROL_METRIC
 from lisa_probe.hooks import capture
 from lisa_probe.lisa import DISTANCES, SCHEDULES, LisaDecoder, lisa_distance, lisa_rows, lisa_target, lisa_weight
 from lisa_probe.models import MAIN_PASSES, DualBranch
+from lisa_probe.rundir import read_summary, write_run_config
 from lisa_probe.runs import DEFAULT_MAIN_NAME, build_dual_branch, ensure_default_main
 from lisa_probe.validation import ControlEvaluation, write_summary
 
@@ -157,7 +158,7 @@ def train(config: TrainConfig) -> Path:
     process_state().wait_for_everyone()
     decoder = build_decoder(model, site, config.seed) if config.lisa_weight > 0 else None
     if is_main_process():
-        write_config(run_dir / "config.yaml", config, kind="train")
+        write_run_config(run_dir, replace(config, lisa_site=site), kind="train")  # the site resolved, saved
     objective = SideNetObjective(model, decoder, config, site)
     evaluation = ControlEvaluation(model, config, dataset_kwargs, run_dir) if config.eval_samples > 0 else None
     state = fit(run_dir, objective, dataset, config, evaluate=evaluation)
@@ -172,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     with cli_errors(prog):
         run_dir = train(config)
     if is_main_process():
-        summary = json.loads((run_dir / "summary.json").read_text())
+        summary = read_summary(run_dir)
         print(f"side net written to {run_dir}")
         print(json.dumps(summary["final"], indent=2))
     end_processes()

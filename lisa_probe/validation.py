@@ -6,7 +6,6 @@ that evaluations at different steps and in different runs are comparable.
 
 from __future__ import annotations
 
-import csv
 import os
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from lisa_probe.evaluation import Evaluator
 from lisa_probe.files import write_json
 from lisa_probe.grids import save_grid, to_uint8
 from lisa_probe.provenance import code_version
+from lisa_probe.rundir import SAMPLES_DIR, SUMMARY_FILE, read_eval, read_metrics
 from lisa_probe.sampling import fixed_noise, sample
 
 GRID_COLUMNS = 8
@@ -66,19 +66,8 @@ class ControlEvaluation:
         results.update(self.evaluator.evaluate(controlled, self.cond, self.factors))
         n = GRID_COLUMNS
         save_grid([("condition", to_uint8(self.cond[:n], (0.0, 1.0))), ("main alone", to_uint8(self.main_alone[:n])),
-                   ("controlled", to_uint8(controlled[:n]))], self.run_dir / "samples" / f"step-{step}.png")
+                   ("controlled", to_uint8(controlled[:n]))], self.run_dir / SAMPLES_DIR / f"step-{step}.png")
         return results
-
-
-def read_eval(run_dir: Path) -> dict[int, dict[str, float]]:
-    """``eval.csv`` as {step: {metric: value}}."""
-    table: dict[int, dict[str, float]] = {}
-    path = Path(run_dir) / "eval.csv"
-    if path.exists():
-        with open(path, newline="") as handle:
-            for row in csv.DictReader(handle):
-                table.setdefault(int(row["step"]), {})[row["metric"]] = float(row["value"])
-    return table
 
 
 def convergence_step(evaluations: dict[int, dict[str, float]], metric: str, threshold: float) -> int | None:
@@ -92,11 +81,7 @@ def convergence_step(evaluations: dict[int, dict[str, float]], metric: str, thre
 def mean_step_seconds(run_dir: Path) -> float | None:
     """Mean wall time per optimizer step from ``metrics.csv``'s ``seconds`` column (the training steps' own time,
     cumulative across resumes; evaluations and checkpoints excluded)."""
-    path = Path(run_dir) / "metrics.csv"
-    if not path.exists():
-        return None
-    with open(path, newline="") as handle:
-        rows = list(csv.DictReader(handle))
+    rows = read_metrics(run_dir)
     if len(rows) < 2:
         return None
     first, last = rows[0], rows[-1]
@@ -114,5 +99,5 @@ def write_summary(run_dir: Path, config, state: dict, metric: str) -> dict:
         "seconds_per_step": mean_step_seconds(run_dir),
         "final": evaluations[max(evaluations)] if evaluations else {},
     }
-    write_json(Path(run_dir) / "summary.json", summary)
+    write_json(Path(run_dir) / SUMMARY_FILE, summary)
     return summary

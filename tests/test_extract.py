@@ -19,6 +19,7 @@ import pytest
 import torch
 
 import lisa_probe.extract as extract_module
+from lisa_probe.config import read_config
 from lisa_probe.data import build_dataset
 from lisa_probe.extract import (
     ExtractConfig,
@@ -33,11 +34,14 @@ from lisa_probe.extract import (
     shard_rows,
 )
 from lisa_probe.hooks import capture
+from lisa_probe.lisa import LisaDecoder
 from lisa_probe.models import build_main, build_side, load_main, load_side, make_dual_branch, save_main
 from lisa_probe.parameterization import Parameterization
 from lisa_probe.provenance import code_version, file_digest
+from lisa_probe.rundir import resolved_path, stored_path
 from lisa_probe.store import SCHEMA_VERSION, FeatureStore, FeatureStoreWriter, partial_path, shard_path
 from lisa_probe.store.integrity import verify_digests
+from lisa_probe.train import TrainConfig, train
 from tests.conftest import REPO, assert_same_model_outputs, launch_two_cpu_processes
 
 FAMILIES = {"unet": "eps", "dit": "flow"}
@@ -320,8 +324,12 @@ def test_root_attrs_record_the_provenance(nets, stores):
     store = FeatureStore(stores["dit"])
     attrs = store.attrs
     assert attrs["schema_version"] == SCHEMA_VERSION
-    assert attrs["config"] == asdict(ForeignRun(main_dir, side_dir, "shapes", None, None))
-    assert attrs["checkpoint"] == str(Path(side_dir).resolve())
+    here = stores["dit"].parent  # paths in a store are relative to the store's directory
+    assert attrs["config"] == {**asdict(ForeignRun(main_dir, side_dir, "shapes", None, None)),
+                               "main": stored_path(main_dir, here), "side": stored_path(side_dir, here)}
+    assert not Path(attrs["checkpoint"]).is_absolute() and not Path(attrs["config"]["main"]).is_absolute()
+    assert resolved_path(attrs["checkpoint"], here) == Path(side_dir).resolve()
+    assert attrs["run"] == ""  # --controlnet: no lisa_probe run
     assert attrs["checkpoint_hash"] == file_digest(side_dir)
     assert attrs["code_version"] == code_version()
     assert attrs["parameterization"] == "flow"
@@ -535,20 +543,18 @@ def test_resume_refuses_a_stale_finished_shard(nets, tmp_path, monkeypatch):
 
 # ----------------------------------------------------------------------------------------------------- LISA run
 def test_lisa_run_stores_decoded_scores(nets, tmp_path):
-    train_module = pytest.importorskip("lisa_probe.train", exc_type=ImportError,
-                                       reason="lisa_probe.train is not importable yet")
-    from lisa_probe.config import read_config
-    from lisa_probe.lisa import LisaDecoder
-
-    config = train_module.TrainConfig(main=nets["unet"][0], out_dir=str(tmp_path / "runs"), steps=2, batch_size=4,
+    config = TrainConfig(main=nets["unet"][0], out_dir=str(tmp_path / "runs"), steps=2, batch_size=4,
                                       eval_samples=0, checkpoint_every=0)
-    run_dir = train_module.train(config)
+    run_dir = train(config)
     out = extract(ExtractConfig(out=str(tmp_path / "f.h5"), ckpt=str(run_dir), samples=2, timesteps="2", draws=1,
                                 batch_size=4))
     store = FeatureStore(out)
     attrs = store.attrs
-    assert attrs["config"] == read_config(run_dir / "config.yaml")["config"]
-    assert attrs["checkpoint"] == str((run_dir / "controlnet").resolve())
+    config_in_run = read_config(run_dir / "config.yaml")["config"]
+    assert {**attrs["config"], "main": None} == {**config_in_run, "main": None}
+    assert resolved_path(attrs["config"]["main"], out.parent) == resolved_path(config_in_run["main"], run_dir)
+    assert resolved_path(attrs["checkpoint"], out.parent) == (run_dir / "controlnet").resolve()
+    assert resolved_path(attrs["run"], out.parent) == run_dir.resolve()
     assert attrs["checkpoint_hash"] == file_digest(run_dir / "controlnet")
     model = load_dual_branch({"unet": (nets["unet"][0], str(run_dir / "controlnet"))}, "unet")
     site = attrs["lisa_site"]

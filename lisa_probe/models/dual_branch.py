@@ -15,6 +15,12 @@ from torch import nn
 from lisa_probe.parameterization import Parameterization
 
 
+def middle_site(names: list[str]) -> str:
+    """The middle one of ``names`` in injection order (the lower middle for an even count): the default LISA site
+    and the default site of analyses that need one."""
+    return names[(len(names) - 1) // 2]
+
+
 @dataclass(frozen=True)
 class Site:
     """One injection site.
@@ -106,8 +112,8 @@ class DualBranch(nn.Module):
         raise ValueError(f"unknown site {name!r}; valid sites: {', '.join(self.site_names)}")
 
     def default_lisa_site(self) -> str:
-        """A middle site of the side net (the reference uses a middle down block)."""
-        return self.sites[(len(self.sites) - 1) // 2].name
+        """A middle site of the side net (the reference uses a middle down block): ``middle_site``."""
+        return middle_site(self.site_names)
 
     def site_module(self, name: str) -> nn.Module:
         """The zero module of site ``name`` inside the side net."""

@@ -40,24 +40,37 @@ def read_header(path: Path) -> dict[str, Any]:
         h5 = h5py.File(path, "r")
     except OSError as err:
         raise _not_a_store(path, f"cannot be opened as HDF5, truncated or corrupt? {err}") from err
-    with h5:
-        attrs = {key: value.item() if isinstance(value, np.generic) else value for key, value in h5.attrs.items()}
-        missing = [key for key in ("schema_version", "n_rows", "layout") if key not in attrs]
-        if missing:
-            raise _not_a_store(path, f"no {missing} attributes")
-        if attrs["schema_version"] != schema.SCHEMA_VERSION:
-            raise ValueError(f"{path}: feature store schema {attrs['schema_version']!r} is not supported "
-                             f"(this code reads {schema.SCHEMA_VERSION!r})")
-        if not attrs.get("complete") or attrs.get("rows_done", 0) < attrs["n_rows"]:
-            raise ValueError(f"{path} is an incomplete (truncated) feature store: {attrs.get('rows_done')}/"
-                             f"{attrs['n_rows']} rows written; finish the extraction (--resume) first")
-        for name in json.loads(attrs["layout"]):
-            if name not in h5:
-                raise ValueError(f"{path} is truncated or corrupt: dataset {name} is missing")
-            if h5[name].shape[0] != attrs["n_rows"]:
-                raise ValueError(f"{path} is truncated or corrupt: dataset {name} has {h5[name].shape[0]} rows, "
-                                 f"n_rows is {attrs['n_rows']}")
-        attrs["compression"] = h5[next(iter(json.loads(attrs["layout"])))].compression or "none"
+    try:
+        return _checked_header(path, h5)
+    except (KeyError, TypeError, OSError, RuntimeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path} is a corrupt feature store ({type(err).__name__}: {err}); extract it again") from err
+    finally:
+        h5.close()
+
+
+def _checked_header(path: Path, h5: h5py.File) -> dict[str, Any]:
+    """The body of ``read_header`` on an open file (KeyError, TypeError, JSON errors for a damaged one)."""
+    attrs = {key: value.item() if isinstance(value, np.generic) else value for key, value in h5.attrs.items()}
+    missing = [key for key in ("schema_version", "n_rows", "layout") if key not in attrs]
+    if missing:
+        raise _not_a_store(path, f"no {missing} attributes")
+    if attrs["schema_version"] != schema.SCHEMA_VERSION:
+        raise ValueError(f"{path}: feature store schema {attrs['schema_version']!r} is not supported "
+                         f"(this code reads {schema.SCHEMA_VERSION!r})")
+    if not attrs.get("complete") or attrs.get("rows_done", 0) < attrs["n_rows"]:
+        raise ValueError(f"{path} is an incomplete (truncated) feature store: {attrs.get('rows_done')}/"
+                         f"{attrs['n_rows']} rows written; finish the extraction (--resume) first")
+    for name in json.loads(attrs["layout"]):
+        if name not in h5:
+            raise ValueError(f"{path} is truncated or corrupt: dataset {name} is missing")
+        if h5[name].shape[0] != attrs["n_rows"]:
+            raise ValueError(f"{path} is truncated or corrupt: dataset {name} has {h5[name].shape[0]} rows, "
+                             f"n_rows is {attrs['n_rows']}")
+    attrs["compression"] = h5[next(iter(json.loads(attrs["layout"])))].compression or "none"
+    schema.validate_layout(schema.layout_from_json(attrs["layout"]))  # a layout this code reads
+    for key in schema.JSON_ATTRS:
+        if key in attrs:
+            json.loads(attrs[key])
     return attrs
 
 

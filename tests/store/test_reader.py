@@ -205,3 +205,49 @@ def test_truncated_and_unfinished_stores(tmp_path, store_path):
         h5.create_dataset("scores/full", data=np.zeros((N_ROWS - 3, 3, 4, 4), dtype=np.float32))
     with pytest.raises(ValueError, match=rf"dataset scores/full has {N_ROWS - 3} rows, n_rows is {N_ROWS}"):
         FeatureStore(short)
+
+
+def _drop_dataset(h5):
+    del h5["scores/main"]
+
+
+def _drop_layout(h5):
+    del h5.attrs["layout"]
+
+
+def _bad_layout_json(h5):
+    h5.attrs["layout"] = "{not json"
+
+
+def _foreign_layout(h5):
+    h5.attrs["layout"] = '{"meta/t": {"shape": [], "dtype": "float32"}}'
+
+
+def _bad_config_json(h5):
+    h5.attrs["config"] = "{"
+
+
+def _short_dataset(h5):
+    data = h5["scores/full"][:5]
+    del h5["scores/full"]
+    h5["scores/full"] = data
+
+
+@pytest.mark.parametrize("damage", [_drop_dataset, _drop_layout, _bad_layout_json, _foreign_layout, _bad_config_json,
+                                    _short_dataset], ids=lambda f: f.__name__.strip("_"))
+def test_damaged_stores_are_refused_by_name(store_path, tmp_path, damage):
+    """A store damaged after the fact (a dataset or attr gone, attrs that are not our JSON, a short dataset) is
+    refused with a ValueError naming the file, never a KeyError from deep inside."""
+    path = tmp_path / "damaged.h5"
+    shutil.copy(store_path, path)
+    with h5py.File(path, "r+") as h5:
+        damage(h5)
+    with pytest.raises(ValueError, match=str(path)):
+        FeatureStore(path)
+
+
+def test_a_truncated_store_is_refused_by_name(store_path, tmp_path):
+    path = tmp_path / "truncated.h5"
+    path.write_bytes(store_path.read_bytes()[: store_path.stat().st_size // 2])
+    with pytest.raises(ValueError, match=f"not a lisa_probe feature store: {path}"):
+        FeatureStore(path)
