@@ -59,7 +59,10 @@ def child(store: str) -> None:
     """Run the streamed alignment analysis on ``store`` and print a JSON line of measurements."""
     from threadpoolctl import threadpool_limits
 
-    from lisa_probe.analyze import AnalyzeOptions, alignment_table, open_run, stream_run
+    from lisa_probe.analysis.report_tables import alignment_table
+    from lisa_probe.analysis.selection import open_run
+    from lisa_probe.analysis.streaming import stream_run
+    from lisa_probe.configs import AnalyzeOptions
 
     options = AnalyzeOptions()
     run = open_run(store, "bench", options)

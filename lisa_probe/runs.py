@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from lisa_probe.configs import DEFAULT_MAIN_NAME, PretrainConfig, TrainConfig
 from lisa_probe.data import build_dataset
 from lisa_probe.lisa import LisaDecoder
+from lisa_probe.main_training import pretrain
 from lisa_probe.models import DualBranch, build_side, check_side_matches, load_main, load_side, make_dual_branch
 from lisa_probe.models.build import load_safetensors_module
-from lisa_probe.pretrain import PretrainConfig, pretrain
 from lisa_probe.rundir import DECODER_DIR, SIDE_DIR, is_main_net_ready, read_run_config, run_dir_of
-
-DEFAULT_MAIN_NAME = PretrainConfig().name
 
 
 def ensure_default_main(out_dir: Path) -> Path:
@@ -50,8 +49,6 @@ def build_dual_branch(config, side_path: Path | None = None) -> tuple[DualBranch
 
 def load_run(checkpoint: Path):
     """(train config, DualBranch with the trained side net, LISA decoder or None, dataset kwargs) of a run."""
-    from lisa_probe.train import TrainConfig
-
     checkpoint = Path(checkpoint)
     config = read_run_config(run_dir_of(checkpoint), TrainConfig, "train")
     if not (checkpoint / SIDE_DIR / "config.json").exists():

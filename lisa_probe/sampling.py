@@ -28,6 +28,17 @@ def sample(predict: Predictor, parameterization: Parameterization, noise: torch.
     return x
 
 
+ROW_NOISE_CONVENTION = "randn(shape, Generator().manual_seed(seed * 1_000_003 + row)), CPU, float32"
+
+
+def row_noise(shape: tuple[int, ...], seed: int, rows: range) -> torch.Tensor:
+    """Noise (len(rows), *shape) on the CPU, each row from its own generator seeded by (seed, row): the feature
+    store's convention (``ROW_NOISE_CONVENTION``, recorded in each store), so any program can rebuild a row's
+    input."""
+    return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(seed * 1_000_003 + row))
+                        for row in rows])
+
+
 def fixed_noise(shape: tuple[int, ...], seed: int) -> torch.Tensor:
     """Reproducible starting noise (B, C, H, W) from a dedicated CPU generator."""
     return torch.randn(shape, generator=torch.Generator().manual_seed(seed))

@@ -22,13 +22,15 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from lisa_probe.analysis.report import report_stores
 from lisa_probe.checkpointing import list_checkpoints
 from lisa_probe.config import SEED_MAX, cli_errors, config_from_dict
-from lisa_probe.extract import ExtractConfig, extract
-from lisa_probe.pretrain import PretrainConfig, pretrain
+from lisa_probe.configs import AnalyzeOptions, ExtractConfig, PretrainConfig, TrainConfig
+from lisa_probe.extraction import extract
+from lisa_probe.main_training import pretrain
 from lisa_probe.provenance import code_version
 from lisa_probe.rundir import is_finished, is_main_net_ready, read_eval, read_summary
-from lisa_probe.train import TrainConfig, train
+from lisa_probe.side_training import train
 
 STUDY_KEYS = ("name", "settings", "arms", "seeds", "sweep", "extract", "quick", "out_dir", "results_dir")
 
@@ -328,10 +330,10 @@ def run_study(path: Path, quick: bool = False, analyze: bool = True, seeds: list
     areas = curve_area_table(curves, runs)
     areas.to_csv(results / "curve_area.csv", index=False)
     if analyze:
-        from lisa_probe.analyze import main as analyze_main
-
         for setting, paths in stores.items():
-            analyze_main([*map(str, paths), "--out", str(results / f"analysis-{setting}"), "--overwrite"])
+            report_stores(paths, results / f"analysis-{setting}", AnalyzeOptions(), overwrite=True,
+                          command=f"python -m lisa_probe.analyze {' '.join(map(str, paths))} --out "
+                                  f"{results / f'analysis-{setting}'} --overwrite")
     command = f"python -m lisa_probe.study {path}" + (" --quick" if quick else "") + \
         (f" --seeds {','.join(map(str, seeds))}" if seeds else "")
     write_readme(results, study, runs, convergence, areas, time.perf_counter() - started, command)

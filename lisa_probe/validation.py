@@ -70,8 +70,9 @@ class ControlEvaluation:
         return results
 
 
-def convergence_step(evaluations: dict[int, dict[str, float]], metric: str, threshold: float) -> int | None:
-    """First evaluated step whose ``metric`` reaches ``threshold`` (None if never)."""
+def convergence_step(evaluations: dict[int, dict[str, float]], metric: str | None, threshold: float) -> int | None:
+    """First evaluated step whose ``metric`` reaches ``threshold`` (None if never, or without a metric: a condition
+    kind with no reference to score control against)."""
     for step in sorted(evaluations):
         if evaluations[step].get(metric, float("-inf")) >= threshold:
             return step
@@ -89,8 +90,9 @@ def mean_step_seconds(run_dir: Path) -> float | None:
     return (float(last["seconds"]) - float(first["seconds"])) / steps if steps > 0 else None
 
 
-def write_summary(run_dir: Path, config, state: dict, metric: str) -> dict:
-    """Write ``summary.json``: final metrics, convergence step of control ``metric``, time per step."""
+def write_summary(run_dir: Path, config, state: dict, metric: str | None) -> dict:
+    """Write ``summary.json``: final metrics, convergence step of control ``metric`` (None for a condition kind
+    without one: ``control_metric`` and ``convergence_step`` are then null), time per step."""
     evaluations = read_eval(run_dir)
     summary = {
         "run": Path(run_dir).name, "code_version": code_version(), "steps": state["step"],

@@ -1,7 +1,6 @@
 """``python -m lisa_probe.analyze``: known answers on a synthetic store, streamed = in-memory statistics, and the
 command end to end on stores extracted from tiny trained runs (a LISA run, a baseline, an untrained side net)."""
 
-import json
 import re
 from dataclasses import replace
 from pathlib import Path
@@ -11,33 +10,28 @@ import pandas as pd
 import pytest
 import torch
 
-import lisa_probe.analyze as analyze_module
-from lisa_probe.analysis.alignment import decoder_alignment, resample_to, spatial_ridge_readout
-from lisa_probe.analyze import (
-    MIN_CHUNK_SAMPLES,
+import lisa_probe.analysis.report as report_module
+from lisa_probe.analysis.alignment import DecoderAlignmentSums, decoder_alignment, resample_to, spatial_ridge_readout
+from lisa_probe.analysis.report import Figures, prepare_out, publish_out
+from lisa_probe.analysis.report_tables import (
     TABLES,
-    AnalyzeOptions,
-    DecoderAlignmentSums,
-    Figures,
     alignment_table,
     disentanglement_tables,
     embed,
-    main,
-    open_run,
-    prepare_out,
-    publish_out,
     run_tables,
-    sample_chunks,
-    select_rows,
-    shuffle_within,
     store_decomposition,
-    stream_run,
-    time_bins,
 )
-from lisa_probe.extract import ExtractConfig, extract
+from lisa_probe.analysis.selection import open_run, select_rows, time_bins
+from lisa_probe.analysis.streaming import MIN_CHUNK_SAMPLES, shuffle_within, stream_run
+from lisa_probe.analyze import main
+from lisa_probe.configs import AnalyzeOptions, ExtractConfig, TrainConfig
+from lisa_probe.extraction import extract
 from lisa_probe.models import build_main, build_side, save_main
 from lisa_probe.parameterization import Parameterization
+from lisa_probe.rundir import read_eval, resolved_path
+from lisa_probe.side_training import train
 from lisa_probe.store import FeatureStore, FeatureStoreWriter, make_layout
+from lisa_probe.store.reader import whole_sample_chunks
 
 N_SAMPLES, TIMESTEPS, SCORE = 100, (100.0, 700.0), (1, 8, 8)
 DECOMPOSE = {"spatial": 0.25, "pooled": 0.75}  # decompose/<site> = main + share · (full − main)
@@ -189,7 +183,7 @@ def test_sample_chunks_hold_whole_samples():
     cases = {10: [(0, 8), (8, 16), (16, 28)], 16: [(0, 16), (16, 28)], 1: [(0, 8), (8, 16), (16, 28)],
              100: [(0, 28)]}
     for chunk_rows, expected in cases.items():
-        chunks = sample_chunks(samples, chunk_rows)
+        chunks = whole_sample_chunks(samples, chunk_rows, MIN_CHUNK_SAMPLES)
         assert [(part.start, part.stop) for part in chunks] == expected
         for part in chunks:
             inside = set(samples[part])
@@ -265,7 +259,7 @@ def test_a_failing_analysis_keeps_the_previous_report(tmp_path, monkeypatch, cap
     def fail(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(analyze_module, "run_tables", fail)
+    monkeypatch.setattr(report_module, "run_tables", fail)
     with pytest.raises(SystemExit) as stop:
         main([str(store), "--out", str(out), "--overwrite", "--no-umap"])
     assert stop.value.code == 2 and "error: disk full" in capsys.readouterr().err
@@ -288,17 +282,10 @@ def test_time_bins_and_row_selection():
 
 # ------------------------------------------------------------------------------------------ end to end
 def train_run(main_dir: Path, root: Path, lisa_weight: float) -> Path:
-    """A 2-step side-net run with a made-up eval.csv and convergence step."""
-    from lisa_probe.train import TrainConfig, train
-
-    run_dir = train(TrainConfig(main=str(main_dir), out_dir=str(root / "runs"), steps=2, batch_size=4,
-                                eval_samples=0, checkpoint_every=0, lisa_weight=lisa_weight))
-    steps = [1, 2]
-    pd.DataFrame({"step": steps * 2, "metric": ["edge_f1"] * 2 + ["fid"] * 2,
-                  "value": [0.2, 0.6 + lisa_weight, 9.0, 7.0]}).to_csv(run_dir / "eval.csv", index=False)
-    summary = json.loads((run_dir / "summary.json").read_text())
-    (run_dir / "summary.json").write_text(json.dumps({**summary, "convergence_step": 2}))
-    return run_dir
+    """A 2-step side-net run that evaluates for real at both steps (4 samples, 2 sampler steps), so the report's
+    training curves come from the run's own eval.csv and summary.json."""
+    return train(TrainConfig(main=str(main_dir), out_dir=str(root / "runs"), steps=2, batch_size=4, eval_samples=4,
+                             eval_every=1, sample_steps=2, checkpoint_every=0, lisa_weight=lisa_weight))
 
 
 @pytest.fixture(scope="module")
@@ -328,6 +315,15 @@ def test_cli_writes_every_table_figure_and_the_report(stores, tmp_path):
         assert {"run", "value"} <= set(table.columns), name
     assert set(tables["alignment"]["run"]) == {"lisa", "baseline", "random-init"}
     assert set(tables["training"]["run"]) == {"lisa", "baseline"}
+    for label in ("lisa", "baseline"):  # the curves are the runs' own evaluations, found through the store
+        run_dir = resolved_path(FeatureStore(stores[label]).attrs["run"], stores[label].parent)
+        evaluated = read_eval(run_dir)
+        curve = tables["training"].query("run == @label").dropna(subset=["step"])
+        assert sorted(set(curve["step"].astype(int))) == [1, 2] and len(curve) == sum(map(len, evaluated.values()))
+        for row in curve.itertuples():
+            assert row.value == pytest.approx(evaluated[int(row.step)][row.metric])
+        assert "main_alone/edge_f1" in evaluated[1] and "main_alone/edge_f1" not in evaluated[2]
+        assert 0 <= evaluated[2]["edge_f1"] <= 1
     report = (out / "report.md").read_text()
     linked = set(re.findall(r"\]\((figures/[^)]+\.png)\)", report))
     on_disk = {path.relative_to(out).as_posix() for path in (out / "figures").glob("*.png")}

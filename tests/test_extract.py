@@ -18,15 +18,15 @@ import numpy as np
 import pytest
 import torch
 
-import lisa_probe.extract as extract_module
+import lisa_probe.extraction as extract_module
+from lisa_probe.analysis.selection import open_run
 from lisa_probe.config import read_config
+from lisa_probe.configs import AnalyzeOptions, ExtractConfig, ForeignRun, TrainConfig
 from lisa_probe.data import build_dataset
-from lisa_probe.extract import (
-    ExtractConfig,
+from lisa_probe.extract import main
+from lisa_probe.extraction import (
     Extractor,
-    ForeignRun,
     extract,
-    main,
     parse_sites,
     parse_timesteps,
     pending_batches,
@@ -39,9 +39,9 @@ from lisa_probe.models import build_main, build_side, load_main, load_side, make
 from lisa_probe.parameterization import Parameterization
 from lisa_probe.provenance import code_version, file_digest
 from lisa_probe.rundir import resolved_path, stored_path
+from lisa_probe.side_training import train
 from lisa_probe.store import SCHEMA_VERSION, FeatureStore, FeatureStoreWriter, partial_path, shard_path
 from lisa_probe.store.integrity import verify_digests
-from lisa_probe.train import TrainConfig, train
 from tests.conftest import REPO, assert_same_model_outputs, launch_two_cpu_processes
 
 FAMILIES = {"unet": "eps", "dit": "flow"}
@@ -572,3 +572,16 @@ def test_lisa_run_stores_decoded_scores(nets, tmp_path):
     assert store.layout["scores/decoded"].shape == store.layout["scores/target"].shape
     np.testing.assert_allclose(store.read("scores/decoded", [0])[0], decoded[0].numpy(), atol=1e-4)
 
+
+
+def test_factor_periods_reach_the_store_and_the_analysis(stores):
+    """FactorSpec.period crosses the store boundary: rotation and hue (period 1) are stored with it and analysed as
+    circular factors (in turns); linear factors have none."""
+    store = FeatureStore(stores["unet"])
+    specs = build_dataset("shapes", split="val", resolution=16).factor_specs
+    assert {name: spec["period"] for name, spec in store.factors.items()} == {
+        name: spec.period for name, spec in specs.items()}
+    assert store.factors["rotation"]["period"] == 1.0 and store.factors["size"]["period"] is None
+    run = open_run(stores["unet"], "unet", AnalyzeOptions(n_splits=3))
+    kinds = {name: kind for name, (_, kind, _) in run.factors().items()}
+    assert kinds["rotation"] == "circular" and kinds["size"] == "continuous"

@@ -8,8 +8,10 @@ from diffusers import SD3Transformer2DModel, UNet2DConditionModel
 from PIL import Image
 
 from lisa_probe.config import read_config
+from lisa_probe.configs import PretrainConfig
+from lisa_probe.main_training import pretrain
 from lisa_probe.models import load_main
-from lisa_probe.pretrain import PretrainConfig, main, pretrain
+from lisa_probe.pretrain import main
 from tests.conftest import launch_two_cpu_processes
 
 
@@ -52,9 +54,9 @@ def test_bad_input_names_what_is_allowed(argv, message, capsys, tmp_path):
 def test_min_snr_default_and_weighted_loss():
     import torch
 
+    from lisa_probe.main_training import MainNetObjective
     from lisa_probe.models import build_main
     from lisa_probe.parameterization import Parameterization
-    from lisa_probe.pretrain import MainNetObjective
 
     assert PretrainConfig().min_snr_gamma == 5.0 and PretrainConfig(backbone="dit").min_snr_gamma == 0.0
     main_net = build_main("unet", "tiny", 16, seed=0)

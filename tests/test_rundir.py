@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lisa_probe.extract import ExtractConfig, extract
+from lisa_probe.configs import ExtractConfig, TrainConfig
+from lisa_probe.extraction import extract
 from lisa_probe.models import build_main, save_main
 from lisa_probe.parameterization import Parameterization
 from lisa_probe.rundir import (
@@ -18,8 +19,8 @@ from lisa_probe.rundir import (
     run_dir_of,
     stored_path,
 )
+from lisa_probe.side_training import train
 from lisa_probe.store import FeatureStore
-from lisa_probe.train import TrainConfig, train
 
 
 def test_stored_paths_are_relative_and_resolve_back(tmp_path):

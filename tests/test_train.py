@@ -9,15 +9,18 @@ import numpy as np
 import pytest
 import torch
 from diffusers import ControlNetModel, SD3ControlNetModel
+from PIL import Image
 from safetensors.torch import load_file
 
 from lisa_probe.config import read_config
+from lisa_probe.configs import PretrainConfig, TrainConfig
 from lisa_probe.engine import NonFiniteLossError
+from lisa_probe.main_training import pretrain
 from lisa_probe.models import build_main, build_side, load_main, save_main
 from lisa_probe.parameterization import Parameterization
-from lisa_probe.pretrain import PretrainConfig, pretrain
+from lisa_probe.rundir import read_summary
 from lisa_probe.runs import load_run
-from lisa_probe.train import SideNetObjective, TrainConfig, train
+from lisa_probe.side_training import SideNetObjective, train
 from lisa_probe.train import main as train_main
 from tests.conftest import launch_two_cpu_processes
 
@@ -205,8 +208,10 @@ import sys
 from pathlib import Path
 
 from lisa_probe.engine import NonFiniteLossError, end_processes, process_state
-from lisa_probe.pretrain import PretrainConfig, pretrain
-from lisa_probe.train import SideNetObjective, TrainConfig, train
+from lisa_probe.configs import PretrainConfig
+from lisa_probe.main_training import pretrain
+from lisa_probe.configs import TrainConfig
+from lisa_probe.side_training import SideNetObjective, train
 from lisa_probe.train import main as train_main
 
 out = Path(sys.argv[1])
@@ -326,3 +331,21 @@ def test_pickle_weights_are_refused(tmp_path):
     with pytest.raises(ValueError, match=r"only pickle \(.bin\) weights.*safe_serialization=True"):
         train(tiny_config(tmp_path, side=str(tmp_path / "side")))
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("condition", ["sobel", "canny"])
+def test_a_folder_run_with_any_registered_extractor_completes(tmp_path, condition):
+    """Every condition kind an extractor makes trains, evaluates and writes its summary on a folder of images (sobel
+    has no reference to score control against: its summary says so with nulls instead of a KeyError at the end)."""
+    rng = np.random.default_rng(0)
+    (tmp_path / "img").mkdir()
+    for i in range(40):
+        Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(tmp_path / "img" / f"{i}.png")
+    run_dir = train(tiny_config(tmp_path, dataset="folder", data_root=str(tmp_path / "img"), condition=condition,
+                                steps=2, eval_samples=4, eval_every=2, sample_steps=2))
+    summary = read_summary(run_dir)
+    expected = {"sobel": None, "canny": "edge_f1"}[condition]
+    assert summary["steps"] == 2 and summary["control_metric"] == expected
+    assert ("edge_f1" in summary["final"]) == (expected is not None)
+    if expected is None:
+        assert summary["convergence_step"] is None

@@ -48,14 +48,9 @@ def decoder_alignment(decoded: np.ndarray, estimate: np.ndarray) -> dict[str, fl
         elements of ``estimate`` (one mean for every row, channel and position, not sklearn's per-output means);
         NaN when ``estimate`` is constant (``grand_mean_r2``).
     """
-    d, e = _rows(decoded), _rows(estimate)
-    if d.shape != e.shape:
-        raise ValueError(f"decoded {d.shape} and estimate {e.shape} differ")
-    d_norm, e_norm = np.linalg.norm(d, axis=1), np.linalg.norm(e, axis=1)
-    cosine = np.sum(d * e, axis=1) / np.maximum(d_norm * e_norm, EPS)
-    rel_error = np.linalg.norm(d - e, axis=1) / np.maximum(e_norm, EPS)
-    r2 = grand_mean_r2(float(np.sum((d - e) ** 2)), float(np.sum((e - e.mean()) ** 2)), float(np.sum(e * e)))
-    return {"cosine": float(cosine.mean()), "rel_error": float(rel_error.mean()), "r2": r2}
+    sums = DecoderAlignmentSums()
+    sums.update(decoded, estimate)
+    return sums.metrics()
 
 
 def fold_ids(groups: np.ndarray, n_splits: int = 5, by: str = "balanced") -> np.ndarray:
@@ -197,7 +192,7 @@ def resample_to(S: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return out.numpy()
 
 
-def _positions_as_rows(A: np.ndarray) -> np.ndarray:
+def positions_as_rows(A: np.ndarray) -> np.ndarray:
     """(n, C, H, W) -> (n·H·W, C): every spatial position becomes a row."""
     return np.moveaxis(A, 1, -1).reshape(-1, A.shape[1])
 
@@ -223,15 +218,17 @@ def spatial_ridge_readout(
     """
     folds = fold_ids(groups, n_splits)
     stats = RidgeSufficientStats(F.shape[1], S.shape[1], n_splits)
-    positions = F.shape[-2] * F.shape[-1]
     for start in range(0, len(F), chunk):
         part = slice(start, start + chunk)
-        stats.update(
-            _positions_as_rows(F[part]),
-            _positions_as_rows(resample_to(S[part], F.shape[-2:])),
-            np.repeat(folds[part], positions),
-        )
+        add_spatial_rows(stats, F[part], resample_to(S[part], F.shape[-2:]), folds[part])
     return stats.cv_r2(alphas)
+
+
+def add_spatial_rows(stats: RidgeSufficientStats, F: np.ndarray, S: np.ndarray, folds: np.ndarray) -> None:
+    """Feed rows to a spatial read-out: feature maps F (n, C, H, W) and score maps S (n, Cs, H, W) at the same size,
+    every position a row of its sample's fold (``folds`` (n,)). ``spatial_ridge_readout`` and the streamed analysis
+    both fill their statistics with it."""
+    stats.update(positions_as_rows(F), positions_as_rows(S), np.repeat(folds, F.shape[-2] * F.shape[-1]))
 
 
 def linear_cka(X: np.ndarray, Y: np.ndarray, debiased: bool = False) -> float:
@@ -353,3 +350,34 @@ def spatial_readout_table(
         return {"r2": spatial_ridge_readout(f, s, groups, alphas, n_splits)}
 
     return long_table(_controlled_rows(measure, F, S, "spatial_ridge", groups, seed), **ids)
+
+
+class DecoderAlignmentSums:
+    """``decoder_alignment`` over rows fed chunk by chunk: sums of per-row cosines and relative errors, the squared
+    error and the first two moments of the estimate's elements (so the R²'s SST is around the grand mean of all
+    elements); ``metrics()`` equals ``decoder_alignment`` of all rows at once."""
+
+    def __init__(self) -> None:
+        self.rows = self.elements = 0
+        self.cosine = self.rel_error = self.sse = self.total = self.squares = 0.0
+
+    def update(self, decoded: np.ndarray, estimate: np.ndarray) -> None:
+        """Add rows: decoded and estimate (n, ...) of the same shape."""
+        d, e = _rows(decoded), _rows(estimate)
+        if d.shape != e.shape:
+            raise ValueError(f"decoded {d.shape} and estimate {e.shape} differ")
+        d_norm, e_norm = np.linalg.norm(d, axis=1), np.linalg.norm(e, axis=1)
+        self.rows += len(d)
+        self.elements += e.size
+        self.cosine += float(np.sum(np.sum(d * e, axis=1) / np.maximum(d_norm * e_norm, EPS)))
+        self.rel_error += float(np.sum(np.linalg.norm(d - e, axis=1) / np.maximum(e_norm, EPS)))
+        self.sse += float(np.sum((d - e) ** 2))
+        self.total += float(e.sum())
+        self.squares += float(np.sum(e * e))
+
+    def metrics(self) -> dict[str, float]:
+        """``{"cosine", "rel_error", "r2"}`` as ``decoder_alignment`` defines them (``r2`` NaN for a constant
+        estimate)."""
+        sst = self.squares - self.total**2 / self.elements
+        return {"cosine": self.cosine / self.rows, "rel_error": self.rel_error / self.rows,
+                "r2": grand_mean_r2(self.sse, sst, self.squares)}

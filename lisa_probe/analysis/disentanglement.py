@@ -1,14 +1,20 @@
 """Disentanglement metrics of codes w.r.t. generating factors, after disentanglement_lib.
 
 disentanglement_lib stores codes as (num_codes, num_points); here everything follows sklearn: codes (N, D),
-factors (N, F) with one ``kind`` per factor (``"categorical"`` or ``"continuous"``, default categorical).
+factors (N, F) with one ``kind`` per factor (``"categorical"``, ``"continuous"`` or ``"circular"``, values in turns;
+default categorical). A circular factor is regressed as its point on the unit circle (cos, sin) and scored by the
+distance around it (``tables.circular_r2``); MIG bins it like a continuous factor (bins are categories, so the
+wrap does not matter); SAP's score for it is the R² of a code regressed on (cos, sin).
 Train/test splits are grouped by sample id so that no sample straddles them. ``disentanglement_table`` can reduce
 wide features by a PCA fitted on the training rows of that split only, so no test row shapes the codes.
 
 * DCI (Eastwood & Williams 2018): importance matrix (D, F) from per-factor gradient boosting
   (``importance="gbt"``, as disentanglement_lib) or an L1 linear model (``importance="lasso"``, fast);
   disentanglement and completeness from its normalised entropies, informativeness = held-out accuracy
-  (categorical) or R² (continuous).
+  (categorical) or R² (continuous, circular). A factor the model does not predict better than chance on held-out
+  rows (R² ≤ 0; accuracy ≤ the majority class's share) contributes no importance — its importances are noise
+  (LassoCV keeps a few tiny coefficients on codes unrelated to the factor, which the entropy weighting would
+  trust fully) — and D and C are NaN when no factor is predicted.
 * MIG (Chen et al. 2018): codes discretised into ``n_bins`` histogram bins; gap between the two codes with
   the highest mutual information with a factor, divided by the factor's entropy.
 * SAP (Kumar et al. 2018): per (code, factor) score — squared correlation (continuous) or held-out
@@ -30,7 +36,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import LinearSVC
 
-from lisa_probe.analysis.tables import KINDS, iter_factors, long_table
+from lisa_probe.analysis.tables import KINDS, circle_points, circular_r2, iter_factors, long_table, turns_of
 
 IMPORTANCE_MODELS = {
     ("gbt", "categorical"): lambda seed: GradientBoostingClassifier(random_state=seed),
@@ -87,7 +93,7 @@ def histogram_discretize(a: np.ndarray, n_bins: int = 20) -> np.ndarray:
 
 
 def _discrete_factors(factors: np.ndarray, kinds: list[str], n_bins: int) -> np.ndarray:
-    """Categorical factors as label indices, continuous ones histogram-discretised; (N, F) ints."""
+    """Categorical factors as label indices, continuous and circular ones histogram-discretised; (N, F) ints."""
     columns = [
         np.unique(y, return_inverse=True)[1].reshape(-1) if kind == "categorical" else histogram_discretize(y, n_bins)[:, 0]
         for y, kind in zip(factors.T, kinds)
@@ -127,6 +133,11 @@ def mig(codes: np.ndarray, factors: np.ndarray, kinds: Sequence[str] | None = No
 
 def _sap_score(code: np.ndarray, y: np.ndarray, kind: str, train: np.ndarray, test: np.ndarray) -> float:
     """SAP score of one code (N,) for one factor (N,)."""
+    if kind == "circular":  # R² of the code regressed on the factor's point on the circle
+        design = np.column_stack([circle_points(y), np.ones(len(y))])
+        residual = code - design @ np.linalg.lstsq(design, code, rcond=None)[0]
+        spread = float(np.sum((code - code.mean()) ** 2))
+        return 1.0 - float(np.sum(residual**2)) / spread if spread > 1e-12 else 0.0
     if kind == "continuous":
         cov = np.cov(code, y, ddof=1)
         return float(cov[0, 1] ** 2 / (cov[0, 0] * cov[1, 1])) if cov[0, 0] > 1e-12 else 0.0
@@ -216,6 +227,26 @@ def _feature_importance(model) -> np.ndarray:
     return np.abs(np.atleast_2d(estimator.coef_)).mean(axis=0)
 
 
+def _fit_factor(codes: np.ndarray, y: np.ndarray, kind: str, importance: str, train: np.ndarray, test: np.ndarray,
+                seed: int) -> tuple[np.ndarray, float, float]:
+    """(importance (D,), held-out score, its chance level) of one factor's model: accuracy vs the majority class's
+    share (categorical), R² vs 0 (continuous), ``circular_r2`` vs 0 of one regressor per coordinate of the point on
+    the circle, importances averaged (circular)."""
+    if kind == "circular":
+        models = [IMPORTANCE_MODELS[importance, "continuous"](seed).fit(codes[train], target[train])
+                  for target in circle_points(y).T]
+        points = np.column_stack([model.predict(codes[test]) for model in models])
+        weights = np.mean([_feature_importance(model) for model in models], axis=0)
+        return weights, circular_r2(y[test], turns_of(points)), 0.0
+    model = IMPORTANCE_MODELS[importance, kind](seed).fit(codes[train], y[train])
+    if kind == "categorical":
+        _, counts = np.unique(y[train], return_counts=True)
+        chance = float(np.mean(y[test] == np.unique(y[train])[np.argmax(counts)]))
+    else:
+        chance = 0.0
+    return _feature_importance(model), float(model.score(codes[test], y[test])), chance
+
+
 def dci(
     codes: np.ndarray,
     factors: np.ndarray,
@@ -229,13 +260,15 @@ def dci(
 
     Args:
         groups: (N,) sample ids for the train/test split.
-        kinds: per-factor kind: classifier + accuracy (categorical) or regressor + R² (continuous).
+        kinds: per-factor kind: classifier + accuracy (categorical), regressor + R² (continuous) or two regressors
+            of the point on the circle + ``circular_r2`` (circular).
         importance: ``"gbt"`` (gradient boosting feature importances, as disentanglement_lib; slow on wide
             codes — see ``reduce_features``) or ``"lasso"`` (|coefficients| of an L1 logistic regression /
             ``LassoCV`` on standardised codes).
 
     Returns:
-        ``DCIResult``; ``informativeness`` is the mean of the per-factor held-out scores.
+        ``DCIResult``; ``informativeness`` is the mean of the per-factor held-out scores; disentanglement and
+        completeness are NaN when no factor beats chance (no importance to weigh).
     """
     if importance not in IMPORTANCES:
         raise ValueError(f"importance must be one of {IMPORTANCES}, got {importance!r}")
@@ -244,15 +277,16 @@ def dci(
     kinds = _kinds(kinds, factors.shape[1])
     matrix, scores = np.zeros((codes.shape[1], factors.shape[1])), np.zeros(factors.shape[1])
     for j, (y, kind) in enumerate(zip(factors.T, kinds)):
-        model = IMPORTANCE_MODELS[importance, kind](seed).fit(codes[train], y[train])
-        matrix[:, j] = _feature_importance(model)
-        scores[j] = model.score(codes[test], y[test])
+        matrix[:, j], scores[j], chance = _fit_factor(codes, y, kind, importance, train, test, seed)
+        if scores[j] <= chance:
+            matrix[:, j] = 0.0
+    predicted = matrix.sum() > 0
     return DCIResult(
-        disentanglement=dci_disentanglement(matrix),
-        completeness=dci_completeness(matrix),
+        disentanglement=dci_disentanglement(matrix) if predicted else float("nan"),
+        completeness=dci_completeness(matrix) if predicted else float("nan"),
         informativeness=float(scores.mean()),
         importance=matrix,
-        completeness_per_factor=_one_minus_entropy_per_row(matrix.T),
+        completeness_per_factor=np.where(matrix.sum(axis=0) > 0, _one_minus_entropy_per_row(matrix.T), np.nan),
         informativeness_per_factor=scores,
     )
 

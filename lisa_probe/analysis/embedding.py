@@ -13,7 +13,7 @@ from sklearn.metrics import accuracy_score, r2_score, silhouette_score
 from sklearn.model_selection import GroupKFold, cross_val_predict
 from sklearn.neighbors import KNeighborsClassifier, KNeighborsRegressor
 
-from lisa_probe.analysis.tables import iter_factors, long_table
+from lisa_probe.analysis.tables import circle_points, circular_r2, iter_factors, long_table, turns_of
 
 
 def umap_embed(
@@ -50,17 +50,21 @@ def embedding_scores(
     Args:
         labels: (N,) factor values; groups: (N,) sample ids for ``GroupKFold``.
         kind: ``"categorical"`` -> ``silhouette`` (Euclidean, of the labels as clusters) and ``knn_accuracy``;
-            ``"continuous"`` -> ``knn_r2``.
+            ``"continuous"`` -> ``knn_r2``; ``"circular"`` (values in turns) -> ``knn_circular_r2`` (kNN regression
+            of the point on the circle, scored around it).
         n_neighbors: k of the (distance-unweighted) kNN readout, evaluated out of fold.
 
     Returns:
-        ``{"silhouette": s, "knn_accuracy": a}`` or ``{"knn_r2": r}``.
+        ``{"silhouette": s, "knn_accuracy": a}``, ``{"knn_r2": r}`` or ``{"knn_circular_r2": r}``.
     """
     E, labels = np.asarray(E, dtype=np.float64), np.asarray(labels)
     cv = GroupKFold(n_splits)
     if kind == "categorical":
         pred = cross_val_predict(KNeighborsClassifier(n_neighbors), E, labels, groups=groups, cv=cv)
         return {"silhouette": float(silhouette_score(E, labels)), "knn_accuracy": float(accuracy_score(labels, pred))}
+    if kind == "circular":
+        points = cross_val_predict(KNeighborsRegressor(n_neighbors), E, circle_points(labels), groups=groups, cv=cv)
+        return {"knn_circular_r2": circular_r2(labels, turns_of(points))}
     pred = cross_val_predict(KNeighborsRegressor(n_neighbors), E, labels, groups=groups, cv=cv)
     return {"knn_r2": float(r2_score(labels, pred))}
 

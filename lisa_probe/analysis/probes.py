@@ -23,15 +23,17 @@ from sklearn.model_selection import GroupKFold, cross_val_predict
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from lisa_probe.analysis.tables import iter_factors, long_table
+from lisa_probe.analysis.tables import circle_points, circular_r2, iter_factors, long_table, turns_of
 
 PROBE_ALPHAS = np.logspace(-3, 3, 7)
 #: kind -> (method name, score name)
-PROBE_NAMES = {"categorical": ("logistic", "accuracy"), "continuous": ("ridge", "r2")}
+PROBE_NAMES = {"categorical": ("logistic", "accuracy"), "continuous": ("ridge", "r2"),
+               "circular": ("ridge_circular", "circular_r2")}
 
 
 def _probe(kind: str) -> Pipeline:
-    """Standardised features followed by a logistic (categorical) or ridge (continuous) readout."""
+    """Standardised features followed by a logistic (categorical) or ridge (continuous; circular: of the point on
+    the unit circle) readout."""
     head = LogisticRegression(max_iter=2000) if kind == "categorical" else RidgeCV(alphas=PROBE_ALPHAS)
     return make_pipeline(StandardScaler(), head)
 
@@ -44,12 +46,16 @@ def probe_factor(
     Folds: ``GroupKFold(n_splits, shuffle=True, random_state=seed)`` over ``groups`` (N,).
 
     Returns:
-        accuracy of ``LogisticRegression`` (``kind="categorical"``) or R² of ``RidgeCV``
-        (``kind="continuous"``), pooled over all out-of-fold predictions.
+        accuracy of ``LogisticRegression`` (``kind="categorical"``), R² of ``RidgeCV`` (``kind="continuous"``) or,
+        for a circular factor (values in turns), ``circular_r2`` of the angle of a ``RidgeCV`` fit to the factor's
+        point on the unit circle; pooled over all out-of-fold predictions.
     """
     cv = GroupKFold(n_splits, shuffle=True, random_state=seed)
-    y = np.asarray(y)
-    pred = cross_val_predict(_probe(kind), np.asarray(X, dtype=np.float64), y, groups=groups, cv=cv)
+    y, X = np.asarray(y), np.asarray(X, dtype=np.float64)
+    if kind == "circular":
+        points = cross_val_predict(_probe(kind), X, circle_points(y), groups=groups, cv=cv)
+        return circular_r2(y, turns_of(points))
+    pred = cross_val_predict(_probe(kind), X, y, groups=groups, cv=cv)
     return float(accuracy_score(y, pred) if kind == "categorical" else r2_score(y, pred))
 
 

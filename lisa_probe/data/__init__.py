@@ -32,6 +32,12 @@ _DATASET_CLASSES = {
 }
 
 
+def circular_distance(a, b):
+    """Elementwise distance in [0, 0.5] between values of period 1 (0.95 and 0.05 are 0.1 apart); numpy arrays and
+    torch tensors alike."""
+    return 0.5 - abs((a - b) % 1.0 - 0.5)
+
+
 @dataclass(frozen=True)
 class FactorSpec:
     """A generating factor of a dataset.

@@ -14,6 +14,7 @@ from skimage.filters import sobel as _skimage_sobel
 from skimage.filters import threshold_otsu
 
 from lisa_probe.data import check_choice
+from lisa_probe.data.condition_kinds import CONDITION_KINDS, extractor_kinds
 
 CANNY_SIGMA = 1.0
 FLAT_GRADIENT = 1e-6  # a Sobel peak below this (grey levels per pixel) is rounding noise of a flat image
@@ -51,7 +52,8 @@ def otsu_mask(image: np.ndarray) -> np.ndarray:
 EXTRACTORS: dict[str, Callable[[np.ndarray], np.ndarray]] = {"canny": canny, "sobel": sobel, "otsu_mask": otsu_mask}
 
 
-def get_extractor(name: str) -> Callable[[np.ndarray], np.ndarray]:
-    """The extractor registered as ``name``; ``ValueError`` listing the registered names otherwise."""
-    check_choice("condition extractor", name, EXTRACTORS)
-    return EXTRACTORS[name]
+def get_extractor(kind: str) -> Callable[[np.ndarray], np.ndarray]:
+    """The extractor that makes condition kind ``kind`` from an image (``condition_kinds.CONDITION_KINDS``);
+    ``ValueError`` listing the kinds an extractor makes otherwise."""
+    check_choice("condition extractor", kind, extractor_kinds())
+    return EXTRACTORS[CONDITION_KINDS[kind].extractor]

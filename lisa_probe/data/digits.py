@@ -22,8 +22,9 @@ from skimage.feature import canny
 from sklearn.datasets import load_digits
 
 from lisa_probe.data import SPLITS, FactorSpec, check_choice, check_index, check_resolution, make_sample
+from lisa_probe.data.condition_kinds import check_dataset_condition, kinds_of_dataset
 
-CONDITIONS = ("stroke", "edges")
+CONDITIONS = kinds_of_dataset("digits")  # ("stroke", "edges"), from the registry
 SPLIT_FRACTIONS = (0.8, 0.1, 0.1)
 BACKGROUND_RANGE = (0.05, 0.45)  # grey level for background = 0 .. 1
 CANNY_SIGMA = 1.0
@@ -96,7 +97,7 @@ class DigitsDataset(torch.utils.data.Dataset):
                  size: int | None = None, split_seed: int = 0):
         check_choice("split", split, SPLITS)
         condition = CONDITIONS[0] if condition is None else condition
-        check_choice("digits condition", condition, CONDITIONS)
+        check_dataset_condition("digits", condition)
         self.split, self.condition, self.seed = split, condition, int(seed)
         self.resolution = check_resolution(resolution)
         self.indices = split_indices(split, int(split_seed))

@@ -25,6 +25,7 @@ import torch
 from PIL import Image, ImageOps
 
 from lisa_probe.data import SPLITS, FactorSpec, check_choice, check_index, check_resolution, make_sample
+from lisa_probe.data.condition_kinds import DEFAULT_CONDITION
 from lisa_probe.data.conditions import get_extractor
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
@@ -153,7 +154,7 @@ class FolderDataset(torch.utils.data.Dataset):
     Args:
         split, resolution, size: as in :func:`lisa_probe.data.build_dataset`; ``size`` keeps the split's first files.
         condition: with ``cond_dir``, a free label for the condition kind (default ``"custom"``); without it, the name
-            of an extractor in :data:`lisa_probe.data.conditions.EXTRACTORS` (default ``"canny"``).
+            of a kind an extractor makes (``condition_kinds.extractor_kinds()``; default ``"canny"``).
         seed: accepted for a uniform interface; nothing here is random.
         root: directory of the images (not searched recursively).
         cond_dir: directory of condition images with the same file stems (any image extension).
@@ -179,7 +180,7 @@ class FolderDataset(torch.utils.data.Dataset):
         self.skip_bad = skip_bad
         self.split_fractions = tuple(float(f) for f in split_fractions)
         if cond_dir is None:
-            self.condition = "canny" if condition is None else condition
+            self.condition = DEFAULT_CONDITION["folder"] if condition is None else condition
             self._extract = get_extractor(self.condition)
             self.cond_channels = 1
         else:

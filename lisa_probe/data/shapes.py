@@ -27,10 +27,11 @@ import numpy as np
 import torch
 
 from lisa_probe.data import SPLITS, FactorSpec, check_choice, check_index, check_resolution, make_sample
+from lisa_probe.data.condition_kinds import check_dataset_condition, kinds_of_dataset
 
 SHAPE_KINDS = ("triangle", "square", "ellipse", "cross")
 TEXTURES = ("solid", "coarse_stripes", "fine_stripes")
-CONDITIONS = ("edges", "mask", "distance")
+CONDITIONS = kinds_of_dataset("shapes")  # ("edges", "mask", "distance"), from the registry
 DEFAULT_SIZES = {"train": 50_000, "val": 1_000, "test": 1_000}
 
 # Rotation symmetry period (radians) of each kind: rotation factor r in [0, 1) -> angle r * period.
@@ -243,7 +244,7 @@ class ShapesDataset(torch.utils.data.Dataset):
                  size: int | None = None):
         check_choice("split", split, SPLITS)
         condition = CONDITIONS[0] if condition is None else condition
-        check_choice("shapes condition", condition, CONDITIONS)
+        check_dataset_condition("shapes", condition)
         self.split, self.condition, self.seed = split, condition, int(seed)
         self.resolution = check_resolution(resolution)
         self.size = DEFAULT_SIZES[split] if size is None else int(size)

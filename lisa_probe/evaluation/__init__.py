@@ -6,10 +6,10 @@
 :mod:`~lisa_probe.evaluation.shapefit` (does an unconditional sample show a clean, nameable shape?).
 """
 
-from lisa_probe.evaluation.evaluator import CONTROL_METRIC, Evaluator
+from lisa_probe.evaluation.evaluator import Evaluator
 from lisa_probe.evaluation.fidelity import control_fidelity, fidelity_per_sample
 from lisa_probe.evaluation.frechet import fd_real_real, frechet_distance
 from lisa_probe.evaluation.readback import ReadbackConfig, ReadbackNet, load_or_train_readback, readback_scores
 
-__all__ = ["CONTROL_METRIC", "Evaluator", "ReadbackConfig", "ReadbackNet", "control_fidelity", "fd_real_real",
+__all__ = ["Evaluator", "ReadbackConfig", "ReadbackNet", "control_fidelity", "fd_real_real",
            "fidelity_per_sample", "frechet_distance", "load_or_train_readback", "readback_scores"]

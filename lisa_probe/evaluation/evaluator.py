@@ -9,7 +9,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from lisa_probe.evaluation.fidelity import CONDITION_KINDS, check_batch, control_fidelity
+from lisa_probe.data.condition_kinds import condition_kind
+from lisa_probe.evaluation.fidelity import check_batch, control_fidelity
 from lisa_probe.evaluation.frechet import disjoint_subsets, fd_real_real, frechet_distance
 from lisa_probe.evaluation.readback import (
     CachedReadback,
@@ -24,9 +25,6 @@ from lisa_probe.evaluation.readback import (
 )
 from lisa_probe.evaluation.shapefit import Silhouette, shape_fit_per_sample
 
-# Condition kind -> name of the headline control-fidelity metric.
-CONTROL_METRIC = {"edges": "edge_f1", "mask": "mask_iou", "distance": "mask_iou", "stroke": "mask_iou",
-                  "canny": "edge_f1", "otsu_mask": "mask_iou"}
 IMAGE_RANGE_SLACK = 1.5  # images with values beyond ±this are rejected as not being in [-1, 1]
 
 
@@ -89,7 +87,7 @@ class Evaluator:
     @property
     def control_metric(self) -> str | None:
         """Name of the headline control-fidelity metric for this dataset's condition kind (None if it has none)."""
-        return CONTROL_METRIC.get(self.condition)
+        return condition_kind(self.condition).control_metric
 
     def check_inputs(self, images: torch.Tensor, cond: torch.Tensor) -> None:
         """Raise ValueError unless images is (N, 3, R, R) in [-1, 1] and cond (N, C, R, R) for this dataset."""
@@ -108,7 +106,7 @@ class Evaluator:
         """Mean ``edge_f1`` and ``mask_iou`` of images (N, 3, H, W) in [-1, 1] vs conditions (N, C, H, W); both NaN
         for condition kinds the fidelity module does not know (e.g. a folder's custom conditions)."""
         self.check_inputs(images, cond)
-        if self.condition not in CONDITION_KINDS:
+        if condition_kind(self.condition).reference is None:
             return {"edge_f1": float("nan"), "mask_iou": float("nan")}
         return control_fidelity(images, cond, self.condition, self.tol)
 

@@ -17,17 +17,17 @@ import scipy.ndimage as ndi
 import torch
 from skimage.filters import threshold_otsu
 
+from lisa_probe.data.condition_kinds import CONDITION_KINDS, condition_kind
 from lisa_probe.data.conditions import canny
 
 # Condition kind -> function (C,H,W) in [0,1] -> reference foreground mask (H,W) bool. Canny conditions have none.
+# Reference foreground of a condition (C,H,W) in [0,1], by its kind's ``reference`` (``condition_kinds``);
+# "image_edges" kinds are scored on the generated image's own edges instead.
 REFERENCE_MASKS = {
     "mask": lambda cond: cond.max(axis=0) > 0.5,
-    "edges": lambda cond: ndi.binary_fill_holes(cond.max(axis=0) > 0.5),
-    "distance": lambda cond: cond.max(axis=0) > 0,
-    "stroke": lambda cond: cond.max(axis=0) > 0.5,
-    "otsu_mask": lambda cond: cond.max(axis=0) > 0.5,
+    "filled_outline": lambda cond: ndi.binary_fill_holes(cond.max(axis=0) > 0.5),
+    "positive": lambda cond: cond.max(axis=0) > 0,
 }
-CONDITION_KINDS = (*REFERENCE_MASKS, "canny")
 
 MIN_CONTRAST = 0.05  # colour-distance range (in [-1,1] units) below which an image counts as blank
 FOREGROUND_QUANTILE = 90  # percentile of the above-Otsu distances taken as the foreground colour's distance
@@ -67,10 +67,13 @@ def foreground_mask(image: np.ndarray, min_contrast: float = MIN_CONTRAST, min_a
 
 
 def reference_mask(cond: np.ndarray, kind: str) -> np.ndarray:
-    """Foreground mask (H,W) bool implied by one condition (C,H,W) in [0,1] of the given kind (not ``canny``)."""
-    if kind not in REFERENCE_MASKS:
-        raise ValueError(f"no reference mask for condition kind {kind!r}; kinds with masks: {sorted(REFERENCE_MASKS)}")
-    return REFERENCE_MASKS[kind](cond)
+    """Foreground mask (H,W) bool implied by one condition (C,H,W) in [0,1] of the given kind (one whose reference
+    is a mask: not ``canny``)."""
+    reference = condition_kind(kind).reference
+    if reference not in REFERENCE_MASKS:
+        masked = sorted(name for name, k in CONDITION_KINDS.items() if k.reference in REFERENCE_MASKS)
+        raise ValueError(f"no reference mask for condition kind {kind!r}; kinds with masks: {masked}")
+    return REFERENCE_MASKS[reference](cond)
 
 
 def mask_boundary(mask: np.ndarray) -> np.ndarray:
@@ -104,10 +107,11 @@ def edge_f1(pred: np.ndarray, ref: np.ndarray, tol: float = 1.0) -> float:
 
 def _sample_fidelity(image: np.ndarray, cond: np.ndarray, kind: str, tol: float) -> tuple[float, float]:
     """(edge_f1, mask_iou) for one image (3,H,W) and its condition (C,H,W)."""
-    if kind == "canny":
+    reference = condition_kind(kind).reference
+    if reference == "image_edges":
         return edge_f1(canny_edges(image), cond.max(axis=0) > 0.5, tol), float("nan")
     pred, ref = foreground_mask(image), reference_mask(cond, kind)
-    if kind == "edges":
+    if reference == "filled_outline":
         return edge_f1(mask_boundary(pred), cond.max(axis=0) > 0.5, tol), mask_iou(ndi.binary_fill_holes(pred), ref)
     return edge_f1(mask_boundary(pred), mask_boundary(ref), tol), mask_iou(pred, ref)
 
@@ -127,8 +131,9 @@ def fidelity_per_sample(images: np.ndarray | torch.Tensor, cond: np.ndarray | to
 
     Returns ``{"edge_f1": (N,), "mask_iou": (N,)}`` float64 arrays (``mask_iou`` is NaN for ``canny``).
     """
-    if kind not in CONDITION_KINDS:
-        raise ValueError(f"unknown condition kind {kind!r}; expected one of {list(CONDITION_KINDS)}")
+    if condition_kind(kind).reference is None:
+        scored = [name for name, k in CONDITION_KINDS.items() if k.reference is not None]
+        raise ValueError(f"condition kind {kind!r} has no reference to score control against; kinds that do: {scored}")
     check_batch(images, cond)
     images, cond = _to_numpy(images), _to_numpy(cond)
     scores = np.array([_sample_fidelity(image, c, kind, tol) for image, c in zip(images, cond)], dtype=np.float64)

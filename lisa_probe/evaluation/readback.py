@@ -25,7 +25,7 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from lisa_probe.data import build_dataset
+from lisa_probe.data import build_dataset, circular_distance
 from lisa_probe.files import replace_dir
 from lisa_probe.provenance import code_version
 
@@ -130,12 +130,6 @@ def circle_point(values: torch.Tensor) -> torch.Tensor:
     """Values (N,) of period 1 -> points (N, 2) ``(cos 2πv, sin 2πv)``."""
     angle = 2 * math.pi * values
     return torch.stack([angle.cos(), angle.sin()], dim=1)
-
-
-def circular_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Elementwise distance in [0, 0.5] between values of period 1 (0.95 and 0.05 are 0.1 apart)."""
-    d = torch.remainder(a - b, 1.0)
-    return torch.minimum(d, 1.0 - d)
 
 
 @dataclass

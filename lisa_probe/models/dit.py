@@ -11,7 +11,7 @@ import torch
 from diffusers import SD3ControlNetModel, SD3Transformer2DModel
 
 from lisa_probe.hooks import capture_modules
-from lisa_probe.models.dual_branch import DualBranch, Site
+from lisa_probe.models.dual_branch import DualBranch, Site, tokens_to_map
 
 
 def dit_forward(main: SD3Transformer2DModel, x_t: torch.Tensor, timesteps: torch.Tensor,
@@ -81,8 +81,7 @@ class DiTDualBranch(DualBranch):
 
     def _tokens_to_map(self, tokens: torch.Tensor) -> torch.Tensor:
         """Tokens (B, h*w, D) -> (B, D, h, w) on the patch grid."""
-        height, width = self._grid()
-        return tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], height, width)
+        return tokens_to_map(tokens, *self._grid())
 
     def _discover_sites(self) -> list[Site]:
         paths = {f"block.{i}": f"controlnet_blocks.{i}" for i in range(len(self.side.controlnet_blocks))}

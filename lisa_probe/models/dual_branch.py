@@ -15,6 +15,12 @@ from torch import nn
 from lisa_probe.parameterization import Parameterization
 
 
+def tokens_to_map(tokens, height: int, width: int):
+    """Tokens (B, height·width, D) -> maps (B, D, height, width) on their patch grid (row-major), for torch tensors
+    and numpy arrays alike: how a DiT site's features become a map (``DualBranch.feature_to_map``, the analysis)."""
+    return tokens.swapaxes(1, 2).reshape(tokens.shape[0], tokens.shape[2], height, width)
+
+
 def middle_site(names: list[str]) -> str:
     """The middle one of ``names`` in injection order (the lower middle for an even count): the default LISA site
     and the default site of analyses that need one."""

@@ -90,7 +90,7 @@ def _order_shards(paths: list[Path], headers: list[dict[str, Any]]) -> list[int]
     return sorted(range(len(paths)), key=lambda i: ranks[i])
 
 
-def _pool(block: np.ndarray, pool: str | None) -> np.ndarray:
+def pool_rows(block: np.ndarray, pool: str | None) -> np.ndarray:
     """Pool ``(n, C, H, W)`` over H, W -> ``(n, C)``, or tokens ``(n, N, D)`` over N -> ``(n, D)`` (float32).
     Blocks with rows of shape ``()`` or ``(D,)`` are returned unchanged."""
     if pool is None or block.ndim < 3:
@@ -98,6 +98,26 @@ def _pool(block: np.ndarray, pool: str | None) -> np.ndarray:
     axes = tuple(range(1, block.ndim - 1)) if block.ndim == 3 else tuple(range(2, block.ndim))
     block = block.astype(np.float32, copy=False)
     return block.mean(axis=axes) if pool == "mean" else block.max(axis=axes)
+
+
+def whole_sample_chunks(samples: np.ndarray, chunk_rows: int, min_samples: int = 1) -> list[slice]:
+    """Split rows (N,) whose equal sample ids are consecutive into consecutive chunks of whole samples: as many
+    samples as fit in ``chunk_rows`` rows, but at least ``min_samples`` (a shorter remainder joins the last chunk;
+    the analysis asks for two, so that every row finds another sample to be paired with in its chunk).
+
+    Returns:
+        slices of the rows, in order, covering all N rows.
+    """
+    starts = np.flatnonzero(np.r_[True, samples[1:] != samples[:-1]])
+    ends = np.r_[starts[1:], len(samples)]
+    bounds, first = [0], 0  # chunk starts; index of the current chunk's first sample
+    for k in range(1, len(starts)):
+        if ends[k] - bounds[-1] > chunk_rows and k - first >= min_samples:
+            bounds.append(int(starts[k]))
+            first = k
+    if len(bounds) > 1 and len(starts) - first < min_samples:
+        bounds.pop()
+    return [slice(start, stop) for start, stop in zip(bounds, [*bounds[1:], len(samples)])]
 
 
 class FeatureStore:
@@ -144,8 +164,10 @@ class FeatureStore:
 
     @property
     def factors(self) -> dict[str, dict[str, Any]]:
-        """``{factor name: {"kind": "categorical"|"continuous", "carried": bool}}``."""
-        return {name.rsplit("/", 1)[1]: {"kind": fld.attrs["kind"], "carried": bool(fld.attrs["carried"])}
+        """``{factor name: {"kind": "categorical"|"continuous", "carried": bool, "period": float | None}}``
+        (``period``: where a circular factor wraps; None for linear ones and in stores written before it)."""
+        return {name.rsplit("/", 1)[1]: {"kind": fld.attrs["kind"], "carried": bool(fld.attrs["carried"]),
+                                         "period": fld.attrs.get("period")}
                 for name, fld in self.layout.items() if name.startswith("meta/factors/")}
 
     @property
@@ -223,7 +245,7 @@ class FeatureStore:
             breaks = (np.diff(local // span) != 0) | (np.diff(local // per_chunk) > 1)
             for group in np.split(local, np.flatnonzero(breaks) + 1):
                 block = self._read_block(shard, name, int(group[0]), int(group[-1]) + 1)
-                pieces.append(_pool(block if len(block) == len(group) else block[group - group[0]], pool))
+                pieces.append(pool_rows(block if len(block) == len(group) else block[group - group[0]], pool))
         return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
 
     def read(self, name: str, rows: Any = None, pool: str | None = None) -> np.ndarray:
@@ -239,7 +261,7 @@ class FeatureStore:
             raise ValueError(f"pool must be None or one of {POOLS}, got {pool!r}")
         rows = self._rows(rows)
         if rows.size == 0:
-            return _pool(np.empty((0, *fld.shape), dtype=object if fld.is_string else fld.dtype), pool)
+            return pool_rows(np.empty((0, *fld.shape), dtype=object if fld.is_string else fld.dtype), pool)
         if np.all(rows[1:] > rows[:-1]):
             return self._read_sorted(name, rows, pool)
         unique, inverse = np.unique(rows, return_inverse=True)

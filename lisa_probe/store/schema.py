@@ -9,7 +9,9 @@ meta/sample_id         str | S<n>     ``()`` sample id (variable-length utf-8, o
 meta/t                 float32        ``()`` timestep value as fed to the model
 meta/noise_level       float32        ``()`` sigma of the noise draw
 meta/draw              int32          ``()`` index of the noise draw
-meta/factors/<name>    float32|int64  ``()``; attrs ``kind`` ("categorical"|"continuous"), ``carried`` (bool)
+meta/factors/<name>    float32|int64  ``()``; attrs ``kind`` ("categorical"|"continuous"), ``carried`` (bool),
+                                            ``period`` (float, circular continuous factors only: the value at
+                                            which it wraps to 0, e.g. 1.0 for rotation and hue)
 features/<site>        float16|32     ``(C, H, W)`` or ``(N, D)`` tokens: hooked side-net feature
 residuals/<site>       float16|32     optional: the residual the site adds to the main net
 scores/target          float32        ``(C, H, W)`` training target y
@@ -135,6 +137,10 @@ def _check_factor(name: str, fld: Field) -> None:
         raise ValueError(f"{name}: factor name clashes with meta column {name.rsplit('/', 1)[1]!r}")
     if fld.attrs.get("kind") not in FACTOR_KINDS or not isinstance(fld.attrs.get("carried"), (bool, np.bool_)):
         raise ValueError(f"{name}: attrs need kind in {FACTOR_KINDS} and a bool 'carried', got {dict(fld.attrs)}")
+    period = fld.attrs.get("period")
+    if period is not None and (fld.attrs["kind"] != "continuous" or not float(period) > 0
+                               or not np.isfinite(float(period))):
+        raise ValueError(f"{name}: 'period' must be a positive finite number on a continuous factor, got {period!r}")
 
 
 def validate_layout(layout: Mapping[str, Field | Sequence[Any]]) -> dict[str, Field]:
@@ -168,15 +174,18 @@ def make_layout(
     """Build a full schema layout.
 
     ``feature_shapes``: ``{site: (C, H, W) or (N, D)}``; ``score_shape``: ``(C, H, W)`` of a prediction;
-    ``factors``: ``{name: {"kind": "categorical"|"continuous", "carried": bool}}`` (categorical -> int64,
-    continuous -> float32); ``residual_shapes`` adds ``residuals/<site>``; ``decoded`` adds ``scores/decoded``;
+    ``factors``: ``{name: {"kind": "categorical"|"continuous", "carried": bool[, "period": float]}}``
+    (categorical -> int64, continuous -> float32; ``period`` for a circular continuous factor); ``residual_shapes`` adds ``residuals/<site>``; ``decoded`` adds ``scores/decoded``;
     ``decompose_sites`` adds ``decompose/<site>``.
     """
     layout = {"meta/sample_id": Field((), dtype_name(sample_id_dtype)), "meta/t": Field((), "float32"),
               "meta/noise_level": Field((), "float32"), "meta/draw": Field((), "int32")}
     for name, spec in factors.items():
         dtype = "int64" if spec["kind"] == "categorical" else "float32"
-        layout[f"meta/factors/{name}"] = Field((), dtype, {"kind": spec["kind"], "carried": bool(spec["carried"])})
+        attrs = {"kind": spec["kind"], "carried": bool(spec["carried"])}
+        if spec.get("period") is not None:
+            attrs["period"] = float(spec["period"])
+        layout[f"meta/factors/{name}"] = Field((), dtype, attrs)
     layout.update({f"features/{site}": Field(tuple(shape), feature_dtype) for site, shape in feature_shapes.items()})
     layout.update({f"residuals/{site}": Field(tuple(shape), feature_dtype)
                    for site, shape in (residual_shapes or {}).items()})

@@ -71,7 +71,7 @@ def test_dci_lasso_importance(identity):
 def test_unknown_factor_kinds_are_refused(identity):
     codes, factors, groups = identity
     kinds = ["categorical", "ordinal", "continuous"]
-    message = r"factor kinds must be one of \('categorical', 'continuous'\), got \['ordinal'\]"
+    message = r"factor kinds must be one of \('categorical', 'continuous', 'circular'\), got \['ordinal'\]"
     for metric in (lambda: dci(codes, factors, groups, kinds, importance="lasso"),
                    lambda: mig(codes, factors, kinds), lambda: sap(codes, factors, groups, kinds)):
         with pytest.raises(ValueError, match=message):
@@ -139,14 +139,12 @@ def test_pca_is_fitted_on_the_training_rows_only():
     table = disentanglement_table(X, named, groups, importance="lasso", pca_components=3)
     expected = disentanglement_table(codes, named, groups, importance="lasso")
     np.testing.assert_allclose(table["value"], expected["value"], atol=1e-6)
-    # held-out rows cannot move the codes of the training rows, so DCI's importance matrix does not change
+    # held-out rows cannot move the codes of the training rows, on which DCI's and SAP's models are fitted
     moved = X.copy()
     moved[test] += 50.0 * rng.normal(size=(len(test), 1)) * rng.normal(size=8)
-    again = disentanglement_table(moved, named, groups, importance="lasso", pca_components=3)
-    dci_rows = (table["method"] == "dci") & table["metric"].isin(["disentanglement", "completeness"])
-    np.testing.assert_allclose(again.loc[dci_rows, "value"], table.loc[dci_rows, "value"], atol=1e-6)
-    leaky = disentanglement_table(reduce_features(moved, 3), named, groups, importance="lasso")
-    assert not np.allclose(leaky.loc[dci_rows, "value"], table.loc[dci_rows, "value"], atol=1e-3)
+    np.testing.assert_allclose(reduce_features(moved, 3, fit_rows=train)[train], codes[train], atol=1e-10)
+    leaky = reduce_features(moved, 3)  # a PCA fitted on all rows: the held-out rows reshape every code
+    assert not np.allclose(np.abs(leaky[train]), np.abs(codes[train]), atol=1e-3)
 
 
 def test_disentanglement_table(identity):
@@ -162,3 +160,34 @@ def test_disentanglement_table(identity):
     aggregate = table[table.factor == "all"].set_index("metric")["value"]
     assert aggregate["disentanglement"] > 0.9 and aggregate["mig"] > 0.9
     assert table[table.factor != "all"]["carried"].tolist() == [True, True, False] * 4
+
+
+@pytest.mark.parametrize("importance", ["gbt", "lasso"])
+def test_codes_independent_of_the_factors_have_no_disentanglement(importance):
+    """Pure-noise codes: no factor is predicted above chance, so no importance counts and D, C are NaN (LassoCV's
+    few tiny coefficients used to make D = 1.0)."""
+    rng = np.random.default_rng(0)
+    n = 600
+    groups = np.arange(n)
+    factors = np.column_stack([rng.integers(0, 3, n), rng.normal(size=n)])
+    result = dci(rng.normal(size=(n, 4)), factors, groups, ["categorical", "continuous"], importance=importance)
+    assert np.isnan(result.disentanglement) and np.isnan(result.completeness)
+    assert np.isnan(result.completeness_per_factor).all() and not result.importance.any()
+    assert result.informativeness_per_factor[1] <= 0  # held-out R² of noise
+
+
+def test_circular_factors_are_scored_around_the_circle():
+    """A closed case: code 0 is the rotation's point on the circle folded into one number (cos), code 1 its sin,
+    code 2 noise. Treated as circular, DCI predicts the rotation almost perfectly from codes 0-1 and SAP's best
+    code explains most of it; treated as linear, the wrap from 0.99 to 0 breaks both."""
+    rng = np.random.default_rng(0)
+    n = 800
+    turns = rng.random(n)
+    codes = np.column_stack([np.cos(2 * np.pi * turns), np.sin(2 * np.pi * turns), rng.normal(size=n)])
+    groups = np.arange(n)
+    circular = dci(codes, turns[:, None], groups, ["circular"], importance="lasso")
+    linear = dci(codes, turns[:, None], groups, ["continuous"], importance="lasso")
+    assert circular.informativeness > 0.99 and linear.informativeness < 0.8
+    assert circular.importance[2, 0] < 0.05 * circular.importance[:2, 0].min()
+    assert sap(codes, turns[:, None], groups, ["circular"]) < 0.1  # cos and sin each explain half: no gap
+    assert sap(codes[:, [0, 2]], turns[:, None], groups, ["circular"]) > 0.4

@@ -122,3 +122,18 @@ def test_carried_summary_averages_factors_and_skips_aggregates():
     })
     value = carried_summary(table).set_index("contrast")["value"]
     assert value.to_dict() == {"carried": 0.75, "not_carried": 0.25, "carried_minus_not": 0.5}
+
+
+def test_a_circular_factor_is_probed_around_the_circle():
+    """Features that hold the rotation as (cos, sin): the circular probe reads it almost perfectly, a linear probe
+    of the raw value cannot (the jump from 0.99 to 0); the table names the circular method and score."""
+    rng = np.random.default_rng(0)
+    n = 300
+    turns = rng.random(n)
+    X = np.column_stack([np.cos(2 * np.pi * turns), np.sin(2 * np.pi * turns), rng.normal(size=(n, 2))])
+    groups = np.arange(n) // 2
+    assert probe_factor(X, turns, groups, "circular") > 0.98
+    assert probe_factor(X, turns, groups, "continuous") < 0.8
+    table = probe_table(X, {"rotation": (turns, "circular", True)}, groups)
+    assert set(table["method"]) == {"ridge_circular"} and set(table["score"]) == {"circular_r2"}
+    assert table.query("metric == 'control'")["value"].item() < 0.1

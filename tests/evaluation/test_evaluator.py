@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from lisa_probe.data import build_dataset
-from lisa_probe.evaluation import CONTROL_METRIC, Evaluator
+from lisa_probe.data.condition_kinds import condition_kind
+from lisa_probe.evaluation import Evaluator
 from lisa_probe.evaluation.fidelity import control_fidelity
 from lisa_probe.evaluation.readback import ReadbackConfig
 
@@ -70,8 +71,10 @@ def test_heldout_and_cached_reference(setup):
 def test_control_metric_covers_dataset_conditions(setup):
     _, _, evaluator = setup
     assert evaluator.control_metric == "mask_iou"
-    assert {"edges": "edge_f1", "mask": "mask_iou", "distance": "mask_iou", "stroke": "mask_iou",
-            "canny": "edge_f1"}.items() <= CONTROL_METRIC.items()
+    assert {name: condition_kind(name).control_metric for name in ("edges", "mask", "distance", "stroke", "canny",
+                                                                   "sobel", "custom")} == {
+        "edges": "edge_f1", "mask": "mask_iou", "distance": "mask_iou", "stroke": "mask_iou", "canny": "edge_f1",
+        "sobel": None, "custom": None}
     custom = Evaluator("custom", 16, 1, None, None)
     assert custom.control_metric is None and custom.shape_fit(torch.zeros(4, 3, 16, 16)) == {}
     metrics = custom.evaluate(torch.zeros(4, 3, 16, 16), torch.zeros(4, 1, 16, 16), {})

@@ -108,7 +108,7 @@ def test_bad_inputs_raise():
         control_fidelity(cond, cond, "mask")
     with pytest.raises(ValueError, match=r"cond must have shape.*\(3, 1, 16, 16\)"):
         control_fidelity(images, torch.zeros(3, 1, 16, 16), "mask")
-    with pytest.raises(ValueError, match="unknown condition kind"):
+    with pytest.raises(ValueError, match="condition kind 'depth' has no reference to score control against"):
         control_fidelity(images, cond, "depth")
 
 

@@ -1,0 +1,33 @@
+"""The model inputs of a store's rows rebuilt from the store and the data alone: the row's sample of its split,
+the row's noise (``sampling.row_noise``, the store's ``row_noise`` convention) and its timestep."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from lisa_probe.analysis.selection import Run
+from lisa_probe.data import build_dataset
+from lisa_probe.sampling import row_noise
+
+
+def rebuild_inputs(run: Run, model, config, dataset_kwargs: dict, index: np.ndarray):
+    """The model inputs of store rows ``run.rows[index]`` as the extraction built them: sample ``row // (n_rows /
+    samples)`` of its split, noise ``row_noise(seed, row)`` and the row's timestep.
+
+    Returns:
+        x_t (n, C, H, W), timesteps (n,) (long for eps/v, float for flow), cond (n, Cc, Hc, Wc).
+    """
+    args = run.store.attrs["extract_args"]
+    dataset = build_dataset(config.dataset, split=args["split"], **dataset_kwargs)
+    rows = run.rows[index]
+    rows_per_sample = run.store.n_rows // args["samples"]
+    samples = [dataset[int(row // rows_per_sample)] for row in rows]
+    stored = run.meta["sample_id"].to_numpy()[index]
+    if [sample["id"] for sample in samples] != list(stored):
+        raise ValueError(f"the {args['split']} split no longer yields the store's samples (e.g. {stored[0]!r})")
+    x0 = model.encode_images(torch.stack([sample["image"] for sample in samples]))
+    noise = row_noise(tuple(x0.shape[1:]), args["seed"], [int(row) for row in rows])
+    dtype = torch.float32 if model.parameterization.prediction_type == "flow" else torch.long
+    steps = torch.as_tensor(run.meta["t"].to_numpy()[index]).to(dtype)
+    return model.parameterization.add_noise(x0, noise, steps), steps, torch.stack([s["cond"] for s in samples])

@@ -1,0 +1,258 @@
+"""A report directory: the tables as CSV, seaborn figures and ``report.md``, written to a staging directory and
+published at the end (``prepare_out`` / ``publish_out``), so a failing analysis leaves a previous report whole."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from itertools import product
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib import pyplot as plt
+from matplotlib.figure import Figure
+from threadpoolctl import threadpool_limits
+
+from lisa_probe.analysis.plots import (
+    plot_alignment_vs_t,
+    plot_decomposition_bars,
+    plot_decomposition_heatmap,
+    plot_probe_selectivity,
+    plot_training_curves,
+)
+from lisa_probe.analysis.report_tables import TABLES, run_tables
+from lisa_probe.analysis.selection import Run, open_run, run_labels
+from lisa_probe.analysis.streaming import ESTIMATES, READOUT_GRID
+from lisa_probe.configs import AnalyzeOptions
+from lisa_probe.provenance import code_version
+
+ALIGNMENT_FIGURES = (("decoder", "cosine"), ("ridge", "r2"), ("spatial_ridge", "r2"), ("cka", "cka_debiased"))
+
+
+DISENTANGLEMENT_FIGURES = (("dci", "disentanglement"), ("mig", "mig"), ("sap", "sap"))
+
+
+FIGURED_METHOD = {"store": "add_one_in", "model": "integrated_gradients"}
+
+
+class Figures:
+    """Saves figures under ``<out>/figures`` and remembers them by report section."""
+
+    def __init__(self, out: Path) -> None:
+        self.out, self.sections = out, defaultdict(list)
+        (out / "figures").mkdir(parents=True, exist_ok=True)
+
+    def save(self, section: str, name: str, figure: Figure, caption: str) -> None:
+        """Write ``figures/<name>.png``, close the figure and list it under ``section`` with ``caption``."""
+        path = Path("figures") / f"{name}.png"
+        figure.savefig(self.out / path, dpi=90, bbox_inches="tight")
+        plt.close(figure)
+        self.sections[section].append((caption, path.as_posix()))
+
+
+def _has(table: pd.DataFrame, **equal) -> pd.DataFrame:
+    """Rows where every named column equals the given value (possibly none)."""
+    mask = np.logical_and.reduce([table[column] == value for column, value in equal.items()])
+    return table[mask]
+
+
+def alignment_figures(figures: Figures, table: pd.DataFrame) -> None:
+    """Per method (decoder cosine, pooled and spatial ridge R², CKA) and estimate: the value against t per site."""
+    for (method, metric), estimate in product(ALIGNMENT_FIGURES, ESTIMATES):
+        data = _has(table, method=method, metric=metric, estimate=estimate)
+        if len(data):
+            figures.save("alignment", f"alignment_{method}_{metric}_{estimate}",
+                         plot_alignment_vs_t(data, metric, method, x="t"),
+                         f"{method} {metric} against the {estimate} estimate (dashed: shuffled pairs)")
+
+
+def disentanglement_figures(figures: Figures, probes: pd.DataFrame, codes: pd.DataFrame) -> None:
+    """Probe selectivity of carried vs not-carried factors per site; DCI disentanglement, MIG and SAP against t."""
+    figures.save("probes", "probe_selectivity", plot_probe_selectivity(probes, col="site"),
+                 "probe selectivity (task − chance-level control) of carried vs not-carried factors, per site")
+    overall = codes[codes["factor"] == "all"]
+    for method, metric in DISENTANGLEMENT_FIGURES:
+        figures.save("disentanglement", f"disentanglement_{method}_{metric}",
+                     plot_alignment_vs_t(overall, metric, method, x="t"), f"{method} {metric} (all factors)")
+
+
+def decomposition_figures(figures: Figures, table: pd.DataFrame) -> None:
+    """Heatmap (and stacked bars) of the headline method of each source and objective: the store's add-one-in, the
+    model's integrated gradients (the other methods are in the tables)."""
+    for (source, objective), data in table.groupby(["source", "objective"], sort=False):
+        method = FIGURED_METHOD[source]
+        name = f"decomposition_{source}_{objective}_{method}"
+        caption = f"{method} attributions of {objective} ({source}-based)"
+        figures.save("decomposition", name, plot_decomposition_heatmap(data, method), caption + ", site × t bin")
+        figures.save("decomposition", name + "_bars", plot_decomposition_bars(data, method), caption + ", stacked")
+
+
+def training_summary(table: pd.DataFrame) -> pd.DataFrame:
+    """Per run: each metric's last evaluation (``final <metric>``) and the ``summary.json`` rows."""
+    curves = table[table["step"].notna()].sort_values("step")
+    final = curves.groupby(["run", "metric"], sort=False).tail(1)
+    return pd.concat([final.assign(metric="final " + final["metric"]), table[table["step"].isna()]])
+
+
+def training_figure(figures: Figures, table: pd.DataFrame) -> None:
+    """The evaluation curves with each run's convergence step."""
+    curves = table[table["step"].notna()]
+    steps = table[table["metric"] == "convergence_step"].set_index("run")["value"].to_dict()
+    figures.save("training", "training_curves", plot_training_curves(curves, steps),
+                 "evaluation metrics during training (dashed: convergence step)")
+
+
+def headline(table: pd.DataFrame, index: Sequence[str], runs: Sequence[str]) -> str:
+    """Markdown table of the mean ``value`` over everything but ``index``, one column per run (in ``runs`` order)."""
+    if table.empty:
+        return "_(no rows)_"
+    pivot = table.groupby([*index, "run"], dropna=False, sort=False)["value"].mean().unstack("run")
+    pivot = pivot.reindex(columns=[run for run in runs if run in pivot.columns]).reset_index()
+    return pivot.to_markdown(index=False, floatfmt=".3f")
+
+
+def provenance(runs: Sequence[Run]) -> str:
+    """Markdown table of every run's store, rows, sites, parameterisation, checkpoint, hash and code version, then
+    the configs."""
+    rows = []
+    for run in runs:
+        attrs = run.store.attrs
+        rows.append({"run": run.label, "store": str(run.store.paths[0]), "rows": f"{len(run.rows)}/{run.store.n_rows}",
+                     "samples": run.meta["sample_id"].nunique(), "timesteps": ", ".join(f"{t:g}" for t in
+                                                                                        np.unique(run.meta["t"])),
+                     "sites": ", ".join(run.sites), "parameterization": attrs["parameterization"],
+                     "LISA site": run.lisa_site or "-",
+                     "checkpoint (from the store)": attrs["checkpoint"],
+                     "checkpoint hash": str(attrs["checkpoint_hash"])[:12], "code version": attrs["code_version"]})
+    configs = "\n\n".join(f"**{run.label}**\n\n```json\n{json.dumps(run.store.attrs['config'], indent=1)}\n```"
+                          for run in runs)
+    return (pd.DataFrame(rows).to_markdown(index=False)
+            + f"\n\n<details><summary>run configs</summary>\n\n{configs}\n\n</details>\n")
+
+
+def _figure_lines(figures: Figures, section: str) -> str:
+    """The section's figures as markdown images with captions."""
+    return "\n\n".join(f"![{caption}]({path})\n*{caption}*" for caption, path in figures.sections[section])
+
+
+def embedding_grid(figures: Figures) -> str:
+    """The per-run embedding figures side by side (one table row)."""
+    shots = figures.sections["embedding"]
+    if not shots:
+        return ""
+    header = "| " + " | ".join(caption for caption, _ in shots) + " |\n|" + " --- |" * len(shots)
+    return header + "\n| " + " | ".join(f"![{caption}]({path})" for caption, path in shots) + " |"
+
+
+def write_report(out: Path, runs: Sequence[Run], tables: Mapping[str, pd.DataFrame], figures: Figures,
+                 command: str) -> Path:
+    """``report.md``: provenance, notes, then every section's headline tables (runs side by side) and figures."""
+    alignment, probes = tables["alignment"], tables["probes"]
+    codes, decomposition, training = tables["disentanglement"], tables["decomposition"], tables["training"]
+    labels = [run.label for run in runs]
+    notes = [f"- **{run.label}**: {note}" for run in runs for note in run.notes]
+    sections = [
+        f"# lisa_probe analysis: {' vs '.join(run.label for run in runs)}",
+        f"`{command}` (code version {code_version()})",
+        "## Runs\n\n" + provenance(runs),
+        "## Notes\n\n" + "\n".join(notes) if notes else "",
+        "## Alignment with the likelihood score\n\nEstimates in prediction units: `model` = full − main, `oracle` = "
+        "target − main. `ridge` / `cka` (debiased): mean-pooled features vs the estimate on a "
+        f"{READOUT_GRID}×{READOUT_GRID} grid; `spatial_ridge`: one linear map shared by all positions; `decoder`: the "
+        "LISA decoder's output. `shuffled_pairs` pairs features with another sample's estimate. Mean over timestep "
+        "bins:\n\n" + headline(alignment, ["method", "metric", "estimate", "site", "control"], labels),
+        _figure_lines(figures, "alignment"),
+        "## Disentanglement\n\n### Probes\n\nMean selectivity (task − control task; with folds grouped by sample the "
+        "control scores at chance, so selectivity is the task score above chance) over factors and timestep bins:\n\n"
+        + headline(tables["carried_summary"].query("metric == 'selectivity'"), ["site", "contrast"], labels)
+        + "\n\nPer factor (mean over sites and timestep bins):\n\n"
+        + headline(probes, ["factor", "carried", "metric"], labels),
+        _figure_lines(figures, "probes"),
+        "### DCI, MIG, SAP\n\nOn pooled features reduced by a PCA fitted on the training rows of DCI's and SAP's "
+        "split, all factors, mean over timestep bins:\n\n"
+        + headline(codes[codes["factor"] == "all"], ["method", "metric", "site"], labels),
+        _figure_lines(figures, "disentanglement"),
+        "### Embedding\n\n" + headline(tables["embedding"], ["site", "method", "factor", "metric"], labels),
+        embedding_grid(figures),
+        "## Per-site decomposition of the likelihood score\n\nMean attribution (prediction units) over examples and "
+        "timestep bins; `all_sites` is the whole effect f(all open) − f(all closed):\n\n"
+        + headline(decomposition, ["source", "objective", "method", "site", "metric"], labels),
+        _figure_lines(figures, "decomposition"),
+        "## Training\n\nLast evaluation and `summary.json`:\n\n"
+        + headline(training_summary(training), ["metric"], labels),
+        _figure_lines(figures, "training"),
+    ]
+    path = out / "report.md"
+    path.write_text("\n\n".join(section for section in sections if section) + "\n")
+    return path
+
+
+def prepare_out(out: Path, overwrite: bool) -> Path:
+    """Refuse a non-empty ``out`` without ``overwrite`` (or a file there); returns the empty staging directory
+    ``<parent>/.<name>.new`` the report is written to, which ``publish_out`` swaps in for ``out`` at the end: a
+    failing analysis leaves a previous report whole."""
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        if not out.is_dir():
+            raise FileExistsError(f"--out {out} is a file; give a directory for the report")
+        if not overwrite:
+            raise FileExistsError(f"--out {out} exists and is not empty; pass --overwrite to replace it")
+    staging = out.parent / f".{out.name}.new"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    return staging
+
+
+def publish_out(staging: Path, out: Path) -> None:
+    """Move the finished report in ``staging`` into ``out``, replacing a previous report's files (tables, figures,
+    ``report.md``) and keeping any other file there."""
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(out / "figures", ignore_errors=True)
+    for name in (*(f"{table}.csv" for table in TABLES), "report.md"):
+        (out / name).unlink(missing_ok=True)
+    for item in staging.iterdir():
+        item.rename(out / item.name)
+    staging.rmdir()
+
+
+def analyze(runs: Sequence[Run], out: Path, options: AnalyzeOptions, command: str = "") -> Path:
+    """Analyse opened runs into ``out`` (prepared by ``prepare_out``): CSV tables, figures, report; returns the
+    report's path.
+
+    BLAS runs on one thread: the matrices here are small (features up to ~10³ wide), where threads cost more than
+    they give, and on a busy 2-core machine they thrash (a 64×64 ``eigh``: 0.4 ms on one thread, 46 ms on two).
+    """
+    with threadpool_limits(limits=1, user_api="blas"):
+        figures = Figures(out)
+        tables = run_tables(runs, options, figures)
+        for name in TABLES:
+            tables[name].to_csv(out / f"{name}.csv", index=False)
+        alignment_figures(figures, tables["alignment"])
+        if len(tables["probes"]):
+            disentanglement_figures(figures, tables["probes"], tables["disentanglement"])
+        if len(tables["decomposition"]):
+            decomposition_figures(figures, tables["decomposition"])
+        if len(tables["training"]):
+            training_figure(figures, tables["training"])
+        return write_report(out, runs, tables, figures, command)
+
+
+def report_stores(stores: Sequence[str | Path], out: str | Path, options: AnalyzeOptions,
+                  labels: str | None = None, random_reference: str | None = None, overwrite: bool = False,
+                  command: str = "") -> Path:
+    """The whole analysis of feature ``stores`` into the report directory ``out``, as ``python -m
+    lisa_probe.analyze`` runs it (the study and notebooks call this): open every store (``labels``: comma-separated,
+    default the file stems; ``random_reference``: a store analysed as ``random-init``), then write the report to a
+    staging directory and publish it; returns the report's path. Nothing is written before the stores open."""
+    out = Path(out)
+    runs = [open_run(path, label, options) for path, label in run_labels(list(map(str, stores)), labels,
+                                                                        random_reference)]
+    staging = prepare_out(out, overwrite)
+    try:
+        analyze(runs, staging, options, command)
+        publish_out(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return out / "report.md"

@@ -1,0 +1,222 @@
+"""The analysis tables of a run (``TABLES``), each in long form: alignment, probes, carried summary,
+disentanglement, embedding, decomposition (from the store and from the reloaded model), training curves."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from itertools import product
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from tqdm.auto import tqdm
+
+from lisa_probe.analysis.alignment import (
+    readout_table,
+)
+from lisa_probe.analysis.disentanglement import disentanglement_table, reduce_features
+from lisa_probe.analysis.embedding import embedding_table, umap_embed
+from lisa_probe.analysis.inputs import rebuild_inputs
+from lisa_probe.analysis.plots import (
+    plot_umap_grid,
+)
+from lisa_probe.analysis.probes import carried_summary, probe_table
+from lisa_probe.analysis.selection import Run, checkpoint_dirs, side_net_dir
+from lisa_probe.analysis.streaming import CONTROLS, ESTIMATES, Streamed, stream_run
+from lisa_probe.analysis.tables import long_table
+from lisa_probe.attribution import attribution_table
+from lisa_probe.configs import AnalyzeOptions
+from lisa_probe.models.dual_branch import middle_site
+from lisa_probe.provenance import file_digest
+from lisa_probe.rundir import EVAL_FILE, read_eval, read_summary
+from lisa_probe.runs import load_run
+
+if TYPE_CHECKING:  # report imports this module
+    from lisa_probe.analysis.report import Figures
+
+TABLES = ("alignment", "probes", "carried_summary", "disentanglement", "embedding", "decomposition", "training")
+
+
+FACTOR_COLUMNS = ["method", "factor", "kind", "carried"]
+
+
+EMPTY_COLUMNS = {  # columns of a table no run has rows for
+    "probes": ["run", "site", "t", "t_bin", *FACTOR_COLUMNS, "score", "metric", "value"],
+    "disentanglement": ["run", "site", "t", "t_bin", *FACTOR_COLUMNS, "metric", "value"],
+    "embedding": ["run", "site", *FACTOR_COLUMNS, "metric", "value"],
+    "decomposition": ["run", "source", "objective", "t", "t_bin", "method", "example", "site", "metric", "value"],
+    "training": ["run", "step", "metric", "value"],
+}
+
+
+def _ids(run: Run, site: str | None, b: int, t: float, estimate: str) -> dict:
+    return {"run": run.label, "site": site, "t": t, "t_bin": b, "estimate": estimate}
+
+
+def alignment_table(run: Run, streamed: Streamed, options: AnalyzeOptions) -> pd.DataFrame:
+    """Long table ``[run, site, t, t_bin, estimate, method, control, metric, value]``: methods ``ridge`` and ``cka``
+    (debiased: few samples per bin; pooled features vs the coarse estimate, ``readout_table``), ``spatial_ridge`` and
+    ``decoder`` (streamed).
+    An estimate that is zero on every row (an untrained side net adds nothing: full = main) is left out, with a note.
+    """
+    estimates = [estimate for estimate in ESTIMATES if np.any(streamed.coarse[estimate])]
+    run.notes += [f"the {estimate} estimate is zero on every row: no alignment with it"
+                  for estimate in ESTIMATES if estimate not in estimates]
+    tables = []
+    for (b, t, rows), estimate in product(run.bins(), estimates):
+        for site in run.sites:
+            tables.append(readout_table(streamed.pooled[site][rows], streamed.coarse[estimate][rows],
+                                        run.groups[rows], n_splits=options.n_splits, debiased=True,
+                                        seed=options.seed, **_ids(run, site, b, t, estimate)))
+            if (site, b, estimate, "none") in streamed.spatial:
+                measured = [{"method": "spatial_ridge", "control": control, "metric": "r2",
+                             "value": streamed.spatial[site, b, estimate, control].cv_r2()} for control in CONTROLS]
+                tables.append(long_table(measured, **_ids(run, site, b, t, estimate)))
+        if streamed.decoder:
+            measured = [{"method": "decoder", "control": control, "metric": metric, "value": value}
+                        for control in CONTROLS
+                        for metric, value in streamed.decoder[b, estimate, control].metrics().items()]
+            tables.append(long_table(measured, **_ids(run, run.lisa_site, b, t, estimate)))
+    return pd.concat(tables, ignore_index=True)
+
+
+def disentanglement_tables(run: Run, streamed: Streamed, options: AnalyzeOptions) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``(probe_table, disentanglement_table)`` rows of every site and timestep bin, on pooled features (DCI / MIG /
+    SAP after a PCA to ``pca_components`` fitted on the training rows of their split)."""
+    probes, codes_tables = [], []
+    combos = list(product(run.sites, run.bins()))
+    for site, (b, t, rows) in tqdm(combos, desc=f"{run.label}: probes, DCI", unit="site·bin"):
+        ids = {"run": run.label, "site": site, "t": t, "t_bin": b}
+        X, factors, groups = streamed.pooled[site][rows], run.factors(rows), run.groups[rows]
+        probes.append(probe_table(X, factors, groups, options.n_splits, options.seed, **ids))
+        codes_tables.append(disentanglement_table(X, factors, groups, options.dci_importance, seed=options.seed,
+                                                  pca_components=options.pca_components, **ids))
+    return pd.concat(probes, ignore_index=True), pd.concat(codes_tables, ignore_index=True)
+
+
+def embedding_site(run: Run, options: AnalyzeOptions) -> str:
+    """The site to embed: ``--embedding-site``, else the LISA site, else the middle one of the analysed sites."""
+    if options.embedding_site is not None:
+        return options.embedding_site
+    return run.lisa_site if run.lisa_site in run.sites else middle_site(run.sites)
+
+
+def embed(run: Run, streamed: Streamed, options: AnalyzeOptions) -> tuple[pd.DataFrame | None, Figure]:
+    """2-D embedding (UMAP, or PCA) of one site's pooled features over all rows, scored per factor and, with several
+    timestep bins, by bin (``embedding_table``; the timestep rows have no ``carried``; None with neither), plotted
+    coloured by each factor and by t."""
+    site = embedding_site(run, options)
+    X = streamed.pooled[site]
+    method = "umap" if options.umap else "pca"
+    if options.umap:
+        E = umap_embed(X, seed=options.seed)
+    else:
+        E = reduce_features(X, 2, options.seed)
+    factors = run.factors()
+    labels = {name: y for name, (y, _, _) in factors.items()} | {"t": run.meta["t"].to_numpy()}
+    if len(run.bin_t) > 1:
+        factors["timestep"] = (run.meta["t_bin"].to_numpy(), "categorical", False)
+    table = None
+    if factors:
+        table = embedding_table(E, factors, run.groups, n_splits=options.n_splits, method=method, run=run.label,
+                                site=site)
+        table["carried"] = table["carried"].astype(object).where(table["factor"] != "timestep", None)
+    figure = plot_umap_grid(E, labels)
+    figure.suptitle(f"{run.label}: {method} of {site}", y=1.02)
+    return table, figure
+
+
+def _per_row(run: Run, method: str, site: str, metric: str, values: np.ndarray) -> pd.DataFrame:
+    """Store-based decomposition rows of one (method, site, metric), one per analysed row."""
+    return pd.DataFrame({"run": run.label, "source": "store", "objective": "likelihood_projection",
+                         "t": run.meta["t"].astype(float), "t_bin": run.meta["t_bin"], "method": method,
+                         "example": run.rows, "site": site, "metric": metric, "value": values})
+
+
+def store_decomposition(run: Run, streamed: Streamed) -> pd.DataFrame:
+    """``decompose/<site>`` rows as add-one-in attributions of ``likelihood_projection`` (``source="store"``), with the
+    whole effect ‖full − main‖ as method ``all_sites``; ``example`` is the store row."""
+    frames = [_per_row(run, "all_sites", "all", "effect", streamed.effect)]
+    frames += [_per_row(run, "add_one_in", site, "attribution", values)
+               for site, values in streamed.add_one_in.items()]
+    return pd.concat(frames, ignore_index=True)
+
+
+def model_decomposition(run: Run, options: AnalyzeOptions) -> pd.DataFrame | None:
+    """``attribution_table`` (``source="model"``) of the reloaded run at all rows of ``attribution_samples`` random
+    samples; None, with a note, when the store's checkpoint is not a loadable lisa_probe run (or its data changed)."""
+    checkpoint = side_net_dir(run)
+    if Path(run.store.attrs["checkpoint"]).is_absolute():  # a store's attrs are not trusted to point anywhere
+        run.notes.append(f"model-based decomposition skipped: the store records its side net by the absolute path "
+                         f"{checkpoint} (written before v0.1 stored paths relative to the store); extract it again")
+        return None
+    print(f"{run.label}: loading the side net at {checkpoint} (recorded in {run.store.paths[0]}) for the "
+          "model-based decomposition", file=sys.stderr)
+    samples = pd.unique(run.groups)
+    chosen = np.random.default_rng(options.seed).choice(samples, min(options.attribution_samples, len(samples)),
+                                                        replace=False)
+    index = np.flatnonzero(np.isin(run.groups, chosen))
+    try:
+        config, model, decoder, dataset_kwargs = load_run(checkpoint.parent)
+        x_t, steps, cond = rebuild_inputs(run, model, config, dataset_kwargs, index)
+    except (ValueError, OSError, TypeError) as error:
+        run.notes.append(f"model-based decomposition skipped: cannot rebuild the model and inputs from {checkpoint} "
+                         f"({error})")
+        return None
+    if file_digest(checkpoint) != run.store.attrs.get("checkpoint_hash"):
+        run.notes.append(f"{checkpoint} changed since the extraction (hash differs): model-based attributions use "
+                         "the current side net")
+    model.requires_grad_(False)
+    decoder = decoder.eval() if decoder is not None else None
+    bins = run.meta["t_bin"].to_numpy()[index]
+    table = attribution_table(model, x_t, steps, cond, decoder, run.lisa_site, t_bins=bins, n_steps=options.ig_steps,
+                              n_samples=options.shapley_samples, seed=options.seed, run=run.label, source="model")
+    return table.assign(example=run.rows[index][table["example"]])
+
+
+def training_table(run: Run) -> pd.DataFrame | None:
+    """``eval.csv`` of the run directory as ``[run, step, metric, value]`` plus ``summary.json``'s
+    ``convergence_step`` and ``seconds_per_step`` (``step`` empty); None, with a note, when there is no
+    ``eval.csv``."""
+    run_dir = next((d for d in checkpoint_dirs(run) if (d / EVAL_FILE).exists()), None)
+    if run_dir is None:
+        run.notes.append(f"no training curves: no {EVAL_FILE} beside {run.store.attrs['checkpoint']}")
+        return None
+    table = pd.DataFrame([{"run": run.label, "step": step, "metric": metric, "value": value}
+                          for step, metrics in read_eval(run_dir).items() for metric, value in metrics.items()])
+    summary = read_summary(run_dir)
+    extra = [{"run": run.label, "step": np.nan, "metric": key, "value": summary[key]}
+             for key in ("convergence_step", "seconds_per_step") if summary.get(key) is not None]
+    return pd.concat([table, pd.DataFrame(extra, columns=table.columns)], ignore_index=True)
+
+
+def analyze_run(run: Run, options: AnalyzeOptions, figures: Figures) -> dict[str, pd.DataFrame | None]:
+    """All tables of one run (the embedding figure is saved on the way)."""
+    streamed = stream_run(run, options)
+    probes = codes = None
+    if run.factors():
+        probes, codes = disentanglement_tables(run, streamed, options)
+    else:
+        run.notes.append("the store has no (varying) generating factors: no probes, DCI, MIG or SAP")
+    embedding, figure = embed(run, streamed, options)
+    figures.save("embedding", f"embedding_{run.label}", figure, run.label)
+    decomposition = [store_decomposition(run, streamed)] if streamed.add_one_in else []
+    if options.attribution_samples > 0:
+        decomposition.append(model_decomposition(run, options))
+    decomposition = [table for table in decomposition if table is not None]
+    return {"alignment": alignment_table(run, streamed, options), "probes": probes, "disentanglement": codes,
+            "embedding": embedding, "training": training_table(run),
+            "decomposition": pd.concat(decomposition, ignore_index=True) if decomposition else None}
+
+
+def run_tables(runs: Sequence[Run], options: AnalyzeOptions, figures: Figures) -> dict[str, pd.DataFrame]:
+    """Every table of ``TABLES``, the runs' rows concatenated (a run without rows for a table adds none)."""
+    per_run = [analyze_run(run, options, figures) for run in runs]
+    tables = {}
+    for name in per_run[0]:
+        parts = [tables_of_run[name] for tables_of_run in per_run if tables_of_run[name] is not None]
+        tables[name] = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=EMPTY_COLUMNS[name])
+    return {**tables, "carried_summary": carried_summary(tables["probes"])}

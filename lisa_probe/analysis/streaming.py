@@ -1,0 +1,186 @@
+"""One streamed pass over a run's rows, a chunk of whole samples at a time (``store.reader.whole_sample_chunks``):
+it fills accumulators whose size does not depend on the number of rows (``RidgeSufficientStats`` of the spatial
+read-out and ``DecoderAlignmentSums``, per site, timestep bin, estimate and control; both beside their in-memory
+versions in ``analysis.alignment``) and per-row summaries about 100x smaller than the rows (pooled features, the
+coarse estimates, the add-one-in projections), on which the in-memory analyses run."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from itertools import product
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from lisa_probe.analysis.alignment import (
+    EPS,
+    DecoderAlignmentSums,
+    RidgeSufficientStats,
+    add_spatial_rows,
+    other_sample_pairing,
+    resample_to,
+)
+from lisa_probe.analysis.selection import Run
+from lisa_probe.configs import AnalyzeOptions
+from lisa_probe.models.dual_branch import tokens_to_map
+from lisa_probe.store.reader import ITER_BYTES, pool_rows, whole_sample_chunks
+
+ESTIMATES = ("model", "oracle")
+
+
+CONTROLS = ("none", "shuffled_pairs")
+
+
+READOUT_GRID = 4
+
+
+MIN_CHUNK_SAMPLES = 2  # whole samples per streamed chunk at least: the shuffled pairs need another sample per row
+
+
+@dataclass
+class Streamed:
+    """What one pass over a run's rows leaves: per-row summaries in the order of ``Run.rows`` and accumulators.
+
+    Attributes:
+        pooled: ``{site: (N, C)}`` mean-pooled features (tokens: mean over tokens).
+        coarse: ``{estimate: (N, Cs·g·g)}`` score estimate area-averaged to the ``READOUT_GRID`` (g) grid.
+        effect: (N,) ‖full − main‖, the side branch's whole contribution.
+        add_one_in: ``{site: (N,)}`` ``(decompose/<site> − main) · u`` with u the unit direction of ``full − main``.
+        spatial: ``{(site, t_bin, estimate, control): RidgeSufficientStats}`` of the spatial read-out.
+        decoder: ``{(t_bin, estimate, control): DecoderAlignmentSums}`` (empty without ``scores/decoded``).
+    """
+
+    pooled: dict[str, np.ndarray]
+    coarse: dict[str, np.ndarray]
+    effect: np.ndarray
+    add_one_in: dict[str, np.ndarray]
+    spatial: dict[tuple, RidgeSufficientStats]
+    decoder: dict[tuple, DecoderAlignmentSums]
+
+
+def feature_maps(block: np.ndarray) -> np.ndarray | None:
+    """Feature rows as float32 maps (k, C, H, W); tokens (k, N, D) fold onto their √N × √N patch grid (row-major, as
+    ``DualBranch.feature_to_map``) -> (k, D, √N, √N); None when N is not a square."""
+    if block.ndim == 4:
+        return block.astype(np.float32)
+    side = math.isqrt(block.shape[1])
+    if side * side != block.shape[1]:
+        return None
+    return tokens_to_map(block, side, side).astype(np.float32)
+
+
+def shuffle_within(bins: np.ndarray, samples: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """(k,) row permutation that pairs every row with a row of another sample in the same bin
+    (``other_sample_pairing`` per bin): row i is paired with row ``perm[i]``.
+
+    Args:
+        bins: (k,) timestep bin of every row.
+        samples: (k,) sample id of every row.
+
+    Raises:
+        ValueError: a sample holds more than half of a bin's rows (stream whole samples, several per chunk).
+    """
+    perm = np.arange(len(bins))
+    for b in np.unique(bins):
+        rows = np.flatnonzero(bins == b)
+        try:
+            perm[rows] = rows[other_sample_pairing(samples[rows], rng)]
+        except ValueError as error:
+            raise ValueError(f"t_bin {int(b)} of this chunk: {error}") from error
+    return perm
+
+
+def _pairings(values: np.ndarray, shuffled: np.ndarray) -> dict[str, np.ndarray]:
+    """``{control: (k, ...)}``: the rows as they are and paired as ``shuffled`` says (``shuffle_within``)."""
+    return {"none": values, "shuffled_pairs": values[shuffled]}
+
+
+def update_spatial(stats: dict, site: str, maps: np.ndarray, estimates: Mapping[str, np.ndarray], folds: np.ndarray,
+                   bins: np.ndarray, shuffled: np.ndarray, n_splits: int) -> None:
+    """Add a chunk to the spatial read-out statistics of ``site``: features maps (k, C, H, W) against every estimate
+    (k, Cs, Hs, Ws) resampled to (H, W), per bin and control."""
+    targets = {name: _pairings(resample_to(values, maps.shape[-2:]), shuffled) for name, values in estimates.items()}
+    for b in np.unique(bins):
+        rows = bins == b
+        for (estimate, controls), control in product(targets.items(), CONTROLS):
+            key = (site, int(b), estimate, control)
+            if key not in stats:
+                stats[key] = RidgeSufficientStats(maps.shape[1], controls[control].shape[1], n_splits)
+            add_spatial_rows(stats[key], maps[rows], controls[control][rows], folds[rows])
+
+
+def update_decoder(sums: dict, decoded: np.ndarray, estimates: Mapping[str, np.ndarray], bins: np.ndarray,
+                   shuffled: np.ndarray) -> None:
+    """Add a chunk of decoder outputs (k, C, H, W) against every estimate, per bin and control."""
+    for (estimate, values), b in product(estimates.items(), np.unique(bins)):
+        rows = bins == b
+        for control, paired in _pairings(values, shuffled).items():
+            sums.setdefault((int(b), estimate, control), DecoderAlignmentSums()).update(decoded[rows], paired[rows])
+
+
+def stream_names(run: Run) -> list[str]:
+    """Datasets the streamed pass reads: the sites' features, the scores and the sites' ``decompose`` rows."""
+    names = [f"features/{site}" for site in run.sites] + ["scores/target", "scores/main", "scores/full"]
+    names += ["scores/decoded"] if run.lisa_site else []
+    return names + [f"decompose/{site}" for site in run.sites if f"decompose/{site}" in run.store.layout]
+
+
+def row_summaries(chunk: Mapping[str, np.ndarray], sites: Sequence[str],
+                  estimates: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The per-row summaries of a chunk (k rows): ``pooled/<site>`` (k, C), ``coarse/<estimate>`` (k, Cs·g·g),
+    ``effect`` (k,) and ``add_one_in/<site>`` (k,) for the chunk's ``decompose/<site>`` datasets."""
+    k = len(chunk["rows"])
+    summaries = {f"pooled/{site}": pool_rows(chunk[f"features/{site}"], "mean") for site in sites}
+    for name, values in estimates.items():
+        coarse = resample_to(values, (READOUT_GRID, READOUT_GRID))
+        summaries[f"coarse/{name}"] = coarse.reshape(k, -1).astype(np.float32)
+    delta = estimates["model"].reshape(k, -1).astype(np.float64)
+    summaries["effect"] = np.linalg.norm(delta, axis=1)
+    direction = delta / np.maximum(summaries["effect"], EPS)[:, None]
+    for name in chunk:
+        if name.startswith("decompose/"):
+            alone = (chunk[name] - chunk["scores/main"]).reshape(k, -1)
+            summaries[f"add_one_in/{name.split('/', 1)[1]}"] = np.sum(alone * direction, axis=1)
+    return summaries
+
+
+def stream_chunks(run: Run, names: Sequence[str], chunk_rows: int) -> Iterator[tuple[pd.DataFrame, dict]]:
+    """``(meta rows (k,), {"rows": (k,), name: (k, *row_shape)})`` per chunk of whole samples (``whole_sample_chunks``)."""
+    for part in whole_sample_chunks(run.groups, chunk_rows, MIN_CHUNK_SAMPLES):
+        rows = run.rows[part]
+        yield run.meta.iloc[part], {"rows": rows, **{name: run.store.read(name, rows) for name in names}}
+
+
+def stream_run(run: Run, options: AnalyzeOptions) -> Streamed:
+    """One pass over the run's rows, a chunk of whole samples at a time (see the module docstring for what it
+    keeps)."""
+    names = stream_names(run)
+    row_bytes = sum(run.store.layout[name].row_nbytes for name in names)
+    chunk_rows = options.chunk_rows or ITER_BYTES // row_bytes
+    parts, spatial, decoder = defaultdict(list), {}, {}
+    rng = np.random.default_rng(options.seed)
+    with tqdm(total=len(run.rows), unit="row", desc=f"{run.label}: stream") as progress:
+        for meta, chunk in stream_chunks(run, names, chunk_rows):
+            bins, folds = meta["t_bin"].to_numpy(), meta["fold"].to_numpy()
+            shuffled = shuffle_within(bins, meta["sample_id"].to_numpy(), rng)
+            main = chunk["scores/main"]
+            estimates = {"model": chunk["scores/full"] - main, "oracle": chunk["scores/target"] - main}
+            for key, values in row_summaries(chunk, run.sites, estimates).items():
+                parts[key].append(values)
+            for site in run.sites:
+                maps = feature_maps(chunk[f"features/{site}"])
+                if maps is not None:
+                    update_spatial(spatial, site, maps, estimates, folds, bins, shuffled, options.n_splits)
+            if run.lisa_site:
+                update_decoder(decoder, chunk["scores/decoded"], estimates, bins, shuffled)
+            progress.update(len(meta))
+    summaries = {key: np.concatenate(values) for key, values in parts.items()}
+
+    def group(prefix: str) -> dict[str, np.ndarray]:
+        return {key.split("/", 1)[1]: values for key, values in summaries.items() if key.startswith(prefix + "/")}
+
+    return Streamed(group("pooled"), group("coarse"), summaries["effect"], group("add_one_in"), spatial, decoder)

@@ -1,0 +1,234 @@
+"""The settings of every command in one place: dataclasses whose fields are the command-line options
+(``config.parse_config``) and whose ``__post_init__`` validates them (type, range, finiteness, choices), so that
+library code, the study and notebooks build the same objects the CLIs do.
+
+``PretrainConfig`` (main nets), ``TrainConfig`` (side nets), ``ExtractConfig`` / ``ForeignRun`` (feature stores),
+``AnalyzeOptions`` (analysis).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lisa_probe.analysis.disentanglement import IMPORTANCES
+from lisa_probe.config import SEED_MAX, check_number, option
+from lisa_probe.data import DATASET_NAMES, check_choice
+from lisa_probe.engine import LoopConfig
+from lisa_probe.lisa import DISTANCES, SCHEDULES, lisa_rows, lisa_weight
+from lisa_probe.models import MAIN_PASSES
+from lisa_probe.models.presets import FAMILIES, PRESETS
+from lisa_probe.parameterization import PREDICTION_TYPES
+from lisa_probe.store.schema import COMPRESSIONS
+
+# v for the UNet: at the default 1200 steps v-prediction reached FD 17.5 where eps reached 38.2 (docs/CONTRACTS.md).
+DEFAULT_PREDICTION_TYPE = {"unet": "v", "dit": "flow"}
+
+
+@dataclass
+class PretrainConfig(LoopConfig):
+    """Main-net pretraining settings (defaults: the demo's main net, <= 10 minutes on 2 CPU cores)."""
+
+    backbone: str = field(default="unet", metadata={"help": "main-net family", "choices": FAMILIES})
+    preset: str = field(default="small", metadata={"help": "built-in size", "choices": PRESETS})
+    prediction_type: str | None = field(default=None, metadata={"help": "eps | v | flow (default: v for unet, "
+                                                                         "flow for dit)"})
+    dataset: str = field(default="shapes", metadata={"help": "training data", "choices": DATASET_NAMES})
+    data_root: str | None = field(default=None, metadata={"help": "image directory for the folder dataset"})
+    skip_bad_files: bool = field(default=False, metadata={"help": "folder dataset: skip unreadable or tiny images "
+                                                                  "(listed in a warning) instead of stopping"})
+    resolution: int = field(default=32, metadata={"help": "image size in pixels"})
+    name: str | None = field(default=None, metadata={
+        "help": "run name (default: main-<backbone>-<type>-<data><resolution>)"})
+    out_dir: str = field(default="runs", metadata={"help": "parent of run directories"})
+    eval_samples: int = field(default=256, metadata={"help": "generated images per evaluation (0: no "
+                                                                           "evaluation)"})
+    sample_steps: int = field(default=25, metadata={"help": "sampler steps at evaluation"})
+    lr: float = field(default=1e-3, metadata={"help": "AdamW learning rate"})
+    steps: int = field(default=1200, metadata={"help": "optimizer steps"})
+    batch_size: int = field(default=16, metadata={"help": "micro-batch size per process"})
+    eval_every: int = field(default=600, metadata={"help": "steps between evaluations (0: only at the end)"})
+    ema_decay: float = field(default=0.999, metadata={"help": "decay of the weight EMA saved as the main net"})
+    min_snr_gamma: float | None = field(default=None, metadata={
+        "help": "min-SNR-gamma loss weighting (default: 5 for eps and v, off for flow; 0 turns it off)"})
+    lr_warmup_steps: int = field(default=50, metadata={"help": "linear warm-up steps"})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_choice("backbone", self.backbone, FAMILIES)
+        check_choice("preset", self.preset, PRESETS)
+        check_choice("dataset", self.dataset, DATASET_NAMES)
+        if self.prediction_type is None:
+            self.prediction_type = DEFAULT_PREDICTION_TYPE[self.backbone]
+        check_choice("prediction type", self.prediction_type, PREDICTION_TYPES)
+        if (self.backbone == "dit") != (self.prediction_type == "flow"):
+            raise ValueError(f"prediction type {self.prediction_type!r} does not fit backbone {self.backbone!r}: "
+                             f"dit uses flow, unet uses eps or v")
+        check_number("ema_decay", self.ema_decay, 0, 1, high_open=True)
+        if self.skip_bad_files and self.dataset != "folder":
+            raise ValueError(f"--skip-bad-files applies to --dataset folder, not {self.dataset!r}")
+        for name in ("sample_steps", "resolution"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.min_snr_gamma is None:
+            self.min_snr_gamma = 0.0 if self.prediction_type == "flow" else 5.0
+        check_number("min_snr_gamma", self.min_snr_gamma, 0)
+        if (self.min_snr_gamma > 0 and self.prediction_type == "flow"):
+            raise ValueError(f"min_snr_gamma={self.min_snr_gamma} is not allowed for {self.prediction_type!r}: "
+                             "use a value > 0 for eps or v, 0 (off) for any prediction type")
+        if self.name is None:
+            self.name = f"main-{self.backbone}-{self.prediction_type}-{self.dataset}{self.resolution}"
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out_dir) / self.name
+
+
+DEFAULT_MAIN_NAME = PretrainConfig().name
+
+
+@dataclass
+class TrainConfig(LoopConfig):
+    """Side-net training settings. Defaults are the embedded demo (LISA on; ~4 minutes on 2 CPU cores once the main
+    net exists)."""
+
+    main: str | None = field(default=None, metadata=option(
+        f"main-net directory (diffusers layout); default: <out-dir>/{DEFAULT_MAIN_NAME}, pretrained if missing"))
+    side: str | None = field(default=None, metadata=option("initialise the side net from this diffusers directory "
+                                                         "instead of copying the main net"))
+    dataset: str = field(default="shapes", metadata=option("training data", choices=DATASET_NAMES))
+    condition: str | None = field(default=None, metadata=option("condition kind (default: the dataset's)"))
+    data_root: str | None = field(default=None, metadata=option("image directory for the folder dataset"))
+    skip_bad_files: bool = field(default=False, metadata=option("folder dataset: skip unreadable or tiny images "
+                                                               "(listed in a warning) instead of stopping"))
+    lisa_weight: float = field(default=0.2, metadata=option("LISA lambda; 0 trains the baseline (no decoder)"))
+    lisa_site: str | None = field(default=None, metadata=option("hooked site (default: a middle one)"))
+    lisa_schedule: str = field(default="constant", metadata=option("lambda schedule", choices=SCHEDULES))
+    lisa_end_step: int | None = field(default=None, metadata=option("end step of the linear_decay/cutoff schedule"))
+    lisa_distance: str = field(default="mse", metadata=option("LISA distance", choices=DISTANCES))
+    lisa_fraction: float = field(default=1.0, metadata=option("fraction of each batch that gets the LISA term"))
+    lisa_main_pass: str = field(default="separate", metadata=option(
+        "how pred_main's unshared part runs: separate (a no-grad pass, fewest FLOPs: CPUs, large models) or batched "
+        "(appended to pred_full's batch, fewest kernel launches: small models on GPUs; more activation memory)",
+        choices=MAIN_PASSES))
+    name: str | None = field(default=None, metadata=option("run name (default: derived from the settings)"))
+    out_dir: str = field(default="runs", metadata=option("parent of run directories"))
+    eval_samples: int = field(default=64, metadata=option("validation conditions sampled per evaluation (0: no "
+                                                        "evaluation)"))
+    sample_steps: int = field(default=20, metadata=option("sampler steps at evaluation"))
+    convergence_threshold: float = field(default=0.5, metadata=option("control fidelity that counts as converged"))
+    steps: int = field(default=600, metadata=option("optimizer steps"))
+    lr: float = field(default=1e-3, metadata=option("AdamW learning rate (the reference uses 1e-5 for SD-scale "
+                                                  "models; 1e-3 suits the small built-in presets)"))
+    eval_every: int = field(default=100, metadata=option("steps between evaluations (0: only at the end)"))
+    checkpoint_every: int = field(default=200, metadata=option("steps between checkpoints (0: only at the end)"))
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_number("lisa_weight", self.lisa_weight, 0)
+        check_number("convergence_threshold", self.convergence_threshold, 0, 1)
+        if self.skip_bad_files and self.dataset != "folder":
+            raise ValueError(f"--skip-bad-files applies to --dataset folder, not {self.dataset!r}")
+        if self.sample_steps < 1:
+            raise ValueError(f"--sample-steps must be >= 1, got {self.sample_steps}")
+        lisa_rows(1, self.lisa_fraction)
+        check_choice("LISA main pass", self.lisa_main_pass, MAIN_PASSES)
+        lisa_weight(0, self.lisa_weight, self.lisa_schedule, self.lisa_end_step)
+        if self.name is None:
+            arm = f"lisa{self.lisa_weight:g}" if self.lisa_weight > 0 else "baseline"
+            self.name = f"{self.dataset}-{self.condition or 'default'}-{arm}-s{self.seed}"
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out_dir) / self.name
+
+
+SPLITS = ("train", "val", "test")
+
+
+
+@dataclass
+class ExtractConfig:
+    """What to extract and where."""
+
+    out: str = field(default="", metadata=option("output .h5 path (required)"))
+    ckpt: str | None = field(default=None, metadata=option("lisa_probe run or checkpoint directory"))
+    controlnet: str | None = field(default=None, metadata=option("a plain diffusers side-net directory (with --main)"))
+    main: str | None = field(default=None, metadata=option("main-net directory for --controlnet"))
+    dataset: str = field(default="shapes", metadata=option("dataset for --controlnet", choices=DATASET_NAMES))
+    condition: str | None = field(default=None, metadata=option("condition for --controlnet (default: dataset's)"))
+    data_root: str | None = field(default=None, metadata=option("image directory of the folder dataset"))
+    sites: str = field(default="all", metadata=option("comma-separated site names, or 'all'"))
+    timesteps: str = field(default="8", metadata=option("a number of evenly spaced timesteps, or a comma list of "
+                                                      "timesteps as fed to the model ('500,' for one)"))
+    samples: int = field(default=256, metadata=option("number of samples"))
+    draws: int = field(default=1, metadata=option("noise draws per (sample, timestep)"))
+    split: str = field(default="val", metadata=option("data split", choices=SPLITS))
+    batch_size: int = field(default=32, metadata=option("rows per forward pass"))
+    seed: int = field(default=0, metadata=option("noise seed"))
+    residuals: bool = field(default=False, metadata=option("also store the residual leaving each site"))
+    decompose: bool = field(default=False, metadata=option("also store the prediction with only one site's gate "
+                                                         "open, per extracted site"))
+    feature_dtype: str = field(default="float16", metadata=option("feature dtype", choices=("float16", "float32")))
+    compression: str = field(default="none", metadata=option("HDF5 compression (none: dense float16 features do not "
+                                                            "compress; see bench/bench_extract.py)", choices=COMPRESSIONS))
+    resume: bool = field(default=False, metadata=option("continue an interrupted extraction"))
+    overwrite: bool = field(default=False, metadata=option("replace an existing output"))
+
+    def __post_init__(self) -> None:
+        if not self.out:
+            raise ValueError("--out is required (e.g. features/<run>.h5)")
+        if (self.ckpt is None) == (self.controlnet is None):
+            raise ValueError("give either --ckpt (a lisa_probe run) or --controlnet with --main (a diffusers side net)")
+        if self.controlnet is not None and self.main is None:
+            raise ValueError("--controlnet needs --main (the main-net directory it was trained for)")
+        for name in ("samples", "draws", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        check_number("seed", self.seed, 0, SEED_MAX)
+        if Path(self.out).is_dir():
+            raise ValueError(f"--out {self.out} is a directory; give the path of an .h5 file, e.g. {self.out}/x.h5")
+        if self.resume and self.overwrite:
+            raise ValueError("--resume and --overwrite exclude each other: continue the unfinished store, or start over")
+
+
+@dataclass
+class ForeignRun:
+    """Stand-in train config for a side net that lisa_probe did not train."""
+
+    main: str
+    side: str
+    dataset: str
+    condition: str | None
+    data_root: str | None
+    seed: int = 0
+    skip_bad_files: bool = False
+
+
+@dataclass
+class AnalyzeOptions:
+    """What to analyse; the command line's options (see ``main``)."""
+
+    sites: list[str] | None = None  # None: every site of each store
+    max_rows: int | None = None  # at most this many rows per store (whole samples, drawn with ``seed``)
+    t_bins: int | None = None  # merge the timestep grid into this many contiguous bins (None: one per timestep)
+    umap: bool = True  # False: a 2-D PCA instead of UMAP (no numba JIT)
+    embedding_site: str | None = None  # default: the LISA site, else the middle site
+    attribution_samples: int = 0  # K samples for the model-based decomposition (0: none)
+    ig_steps: int = 32  # integrated-gradients steps of the model-based decomposition
+    shapley_samples: int = 25  # Shapley-sampling permutations of the model-based decomposition
+    dci_importance: str = "gbt"
+    pca_components: int = 10
+    n_splits: int = 5
+    chunk_rows: int | None = None  # rows per streamed chunk, in whole samples (default: ~16 MiB of rows)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name, low in (("max_rows", 1), ("t_bins", 1), ("attribution_samples", 0), ("ig_steps", 1),
+                          ("shapley_samples", 1), ("pca_components", 1), ("n_splits", 2), ("chunk_rows", 1)):
+            value = getattr(self, name)
+            if value is not None and value < low:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= {low}, got {value}")
+        check_number("seed", self.seed, 0, SEED_MAX)
+        if self.dci_importance not in IMPORTANCES:
+            raise ValueError(f"--dci-importance must be one of {', '.join(IMPORTANCES)}, got {self.dci_importance!r}")

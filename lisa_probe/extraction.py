@@ -1,0 +1,259 @@
+"""Extracting hooked side-branch features to a feature store (``python -m lisa_probe.extract`` is its command line).
+
+Dumps hooked side-branch features and predictions to an HDF5 feature store (schema in ``lisa_probe.store``): one
+row per (sample, timestep, noise draw), rows ordered sample-major, then timestep, then draw. Noise of a row is
+drawn from a generator seeded by (seed, row), and rows are computed in fixed batches (rows ``[k * batch_size,
+(k + 1) * batch_size)``) whatever the resume point or the number of processes, so a resumed extraction writes the
+same values as an uninterrupted one, and a sharded one the same up to the last bits that other processes' kernels
+may round differently.
+A side net not trained by lisa_probe is probed with ``--controlnet DIR --main DIR`` instead of ``--ckpt``.
+Under ``accelerate launch`` (or ``torchrun``) each process writes a shard of whole batches; process 0 merges them at
+the end. On CPU-only machines launch several processes with ``accelerate launch --multi_gpu --num_processes N``
+(accelerate's ``--cpu`` starts a single process unless given an MPI hostfile).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import PartialState
+from torch.utils.data import default_collate
+from tqdm.auto import tqdm
+
+from lisa_probe.configs import ExtractConfig, ForeignRun
+from lisa_probe.data import build_dataset
+from lisa_probe.engine import process_state
+from lisa_probe.hooks import capture
+from lisa_probe.models import DualBranch
+from lisa_probe.parameterization import FLOW_TIMESTEP_SCALE
+from lisa_probe.provenance import code_version, file_digest
+from lisa_probe.rundir import PATH_FIELDS, SIDE_DIR, run_dir_of, stored_path
+from lisa_probe.runs import build_dual_branch, load_run
+from lisa_probe.sampling import row_noise
+from lisa_probe.store import FeatureStoreWriter, make_layout, merge_shards, shard_path, shard_range
+from lisa_probe.store.writer import check_finished_store
+
+
+def load_model(config: ExtractConfig):
+    """(DualBranch, decoder or None, dataset kwargs, run config dict, side-net directory)."""
+    if config.ckpt is not None:
+        run_config, model, decoder, dataset_kwargs = load_run(Path(config.ckpt))
+        return model, decoder, dataset_kwargs, asdict(run_config), Path(config.ckpt) / SIDE_DIR
+    foreign = ForeignRun(config.main, config.controlnet, config.dataset, config.condition, config.data_root)
+    model, dataset_kwargs = build_dual_branch(foreign)
+    return model.eval(), None, dataset_kwargs, asdict(foreign), Path(config.controlnet)
+
+
+def parse_timesteps(text: str, model: DualBranch) -> torch.Tensor:
+    """'8' -> 8 evenly spaced timesteps; '100,500,900' (or '500,') -> those, validated against the schedule:
+    integers in [0, num_train_timesteps) for eps/v, values in [0, 1000] for flow. Returns (n_t,)."""
+    parameterization = model.parameterization
+    flow = parameterization.prediction_type == "flow"
+    if "," not in text:
+        count = int(text)
+        if not flow and count > parameterization.num_train_timesteps:
+            raise ValueError(f"{count} timesteps exceed the schedule's {parameterization.num_train_timesteps}")
+        return parameterization.evenly_spaced_timesteps(count)
+    values = [float(v) for v in text.split(",") if v.strip()]
+    limit = FLOW_TIMESTEP_SCALE if flow else parameterization.num_train_timesteps - 1
+    bad = [v for v in values if not 0 <= v <= limit or not (flow or v.is_integer())]
+    if bad or not values:
+        kind = "values" if flow else "integers"
+        raise ValueError(f"timesteps {bad or text!r} outside the schedule: {kind} in [0, {limit:g}]")
+    return torch.tensor(values).to(torch.float32 if flow else torch.long)
+
+
+def parse_sites(text: str, model: DualBranch) -> list[str]:
+    """'all' or a comma list of site names, in the given order without repeats (an unknown name lists the valid
+    ones)."""
+    if text == "all":
+        return model.site_names
+    names = list(dict.fromkeys(name.strip() for name in text.split(",") if name.strip()))
+    if not names:
+        raise ValueError(f"no site named in --sites {text!r}; valid sites: {', '.join(model.site_names)}")
+    for name in names:
+        model.site(name)
+    return names
+
+
+def _numpy(tensor: torch.Tensor, dtype: str = "float32") -> np.ndarray:
+    """A float tensor (any device) as a numpy array of the same shape in ``dtype`` (cast by torch: numpy's float32 ->
+    float16 cast is ~3x slower than writing the rows uncompressed)."""
+    return tensor.detach().to(getattr(torch, dtype)).cpu().numpy()
+
+
+class Extractor:
+    """Computes the store's row blocks for a model, a dataset and a timestep grid (on the model's device)."""
+
+    def __init__(self, model: DualBranch, decoder, dataset, sites: list[str], timesteps: torch.Tensor,
+                 config: ExtractConfig):
+        self.model, self.decoder, self.dataset, self.sites = model, decoder, dataset, sites
+        self.timesteps, self.config = timesteps, config
+        self.per_sample = len(timesteps) * config.draws
+        self.device = next(model.parameters()).device
+
+    @property
+    def n_rows(self) -> int:
+        """Rows of the whole extraction: samples x timesteps x draws."""
+        return self.config.samples * self.per_sample
+
+    def layout(self, lisa_site: str | None) -> dict:
+        """The store layout: meta, factors (with ``carried``), features of the chosen sites, scores and options."""
+        specs = self.dataset.factor_specs
+        size = self.model.main.config.sample_size
+        score_shape = (self.model.main.config.out_channels, size, size)
+        return make_layout({s: self.model.site(s).feature_shape for s in self.sites}, score_shape,
+                           {n: {"kind": f.kind, "carried": f.carried, "period": f.period} for n, f in specs.items()},
+                           residual_shapes={s: self.model.site(s).residual_shape for s in self.sites}
+                           if self.config.residuals else None,
+                           decoded=lisa_site is not None,
+                           decompose_sites=self.sites if self.config.decompose else (),
+                           feature_dtype=self.config.feature_dtype)
+
+    @torch.no_grad()
+    def rows(self, rows: range, lisa_site: str | None) -> dict[str, np.ndarray]:
+        """All datasets for a contiguous block of rows: ``{name: (len(rows), *row_shape)}``."""
+        samples = [row // self.per_sample for row in rows]
+        steps = torch.stack([self.timesteps[(row // self.config.draws) % len(self.timesteps)] for row in rows])
+        batch = default_collate([self.dataset[i] for i in samples])
+        model, parameterization = self.model, self.model.parameterization
+        x0 = model.encode_images(batch["image"].to(self.device))
+        noise = row_noise(tuple(x0.shape[1:]), self.config.seed, rows).to(self.device)
+        model_steps, cond = steps.to(self.device), batch["cond"].to(self.device)
+        x_t = parameterization.add_noise(x0, noise, model_steps)
+        hooked = sorted(set(self.sites) | ({lisa_site} if lisa_site else set()))
+        with capture(model, hooked, what=("feature", "residual"), detach=True) as records:
+            out = model(x_t, model_steps, cond, main_rows=len(rows))
+        block = {"meta/sample_id": np.array(batch["id"], dtype=object), "meta/t": steps.float().numpy(),
+                 "meta/noise_level": parameterization.noise_level(steps).numpy(),
+                 "meta/draw": np.array([row % self.config.draws for row in rows], dtype=np.int32),
+                 "scores/target": _numpy(parameterization.target(x0, noise, model_steps)),
+                 "scores/main": _numpy(out.pred_main), "scores/full": _numpy(out.pred_full)}
+        for name, values in batch["factors"].items():
+            block[f"meta/factors/{name}"] = values.numpy()
+        dtype = self.config.feature_dtype
+        for site in self.sites:
+            block[f"features/{site}"] = _numpy(records[site]["feature"], dtype)
+            if self.config.residuals:
+                block[f"residuals/{site}"] = _numpy(records[site]["residual"], dtype)
+        if lisa_site is not None:
+            feature = model.feature_to_map(lisa_site, records[lisa_site]["feature"])
+            block["scores/decoded"] = _numpy(self.decoder(feature, model_steps))
+        if self.config.decompose:
+            block.update(self.decompose(x_t, model_steps, cond))
+        return block
+
+    def decompose(self, x_t: torch.Tensor, steps: torch.Tensor, cond: torch.Tensor) -> dict[str, np.ndarray]:
+        """``{"decompose/<site>": (B, C, H, W)}``: pred_full with only that site's gate open, per extracted site."""
+        block = {}
+        for site in self.sites:
+            gates = torch.zeros(len(self.model.sites), device=self.device)
+            gates[self.model.site_names.index(site)] = 1
+            block[f"decompose/{site}"] = _numpy(self.model(x_t, steps, cond, gates=gates).pred_full)
+        return block
+
+
+def shard_rows(n_rows: int, batch_size: int, rank: int, world_size: int) -> range:
+    """Rows of process ``rank``: a contiguous run of whole batches of the single-process extraction (the last one may
+    be short), so every row is computed in the same batch whatever the number of processes."""
+    batches = shard_range(math.ceil(n_rows / batch_size), rank, world_size)
+    rows = range(batches.start * batch_size, min(batches.stop * batch_size, n_rows))
+    if not rows:
+        raise ValueError(f"{n_rows} rows make {math.ceil(n_rows / batch_size)} batches of {batch_size}, fewer than "
+                         f"the {world_size} processes; lower --batch-size or use fewer processes")
+    return rows
+
+
+def pending_batches(rows: range, done: int, batch_size: int) -> Iterator[tuple[range, int]]:
+    """``(batch, skip)`` for the batches of ``rows`` not yet written: batches are aligned to multiples of
+    ``batch_size`` (``rows.start`` is one), ``done`` rows of ``rows`` are on disk, and the first ``skip`` rows of a
+    batch are among them (they are recomputed so that the batch is the same as in an uninterrupted run)."""
+    if done >= len(rows):
+        return
+    first = rows.start + done
+    for start in range(first - done % batch_size, rows.stop, batch_size):
+        yield range(start, min(start + batch_size, rows.stop)), max(0, first - start)
+
+
+def write_rows(writer: FeatureStoreWriter, extractor: Extractor, rows: range, lisa_site: str | None,
+               progress: tqdm) -> None:
+    """Compute and write this process's ``rows`` from ``writer.rows_done`` on, one batch in memory at a time."""
+    for batch, skip in pending_batches(rows, writer.rows_done, extractor.config.batch_size):
+        block = extractor.rows(batch, lisa_site)
+        writer.write_rows(batch.start + skip - rows.start, {name: values[skip:] for name, values in block.items()})
+        progress.update(len(batch) - skip)
+
+
+def store_attrs(config: ExtractConfig, model: DualBranch, run_config: dict, side_dir: Path,
+                lisa_site: str | None) -> dict:
+    """Root attrs of the store: run config, side-net directory (``checkpoint``) and its hash, the run directory
+    (``run``; empty for ``--controlnet``), code version, parameterisation, extract args (as given; ``resume`` /
+    ``overwrite`` blanked so a resumed extraction matches the interrupted one) and the LISA site. Paths of the run
+    config, ``checkpoint`` and ``run`` are relative to the store's directory (``rundir.stored_path``)."""
+    base = Path(config.out).parent
+    stored_config = {key: stored_path(value, base) if key in PATH_FIELDS and value is not None else value
+                     for key, value in run_config.items()}
+    return {"config": stored_config, "checkpoint": stored_path(side_dir, base), "checkpoint_hash": file_digest(side_dir),
+            "run": stored_path(run_dir_of(config.ckpt), base) if config.ckpt is not None else "",
+            "code_version": code_version(), "parameterization": model.parameterization.prediction_type,
+            "extract_args": asdict(config) | {"resume": False, "overwrite": False}, "lisa_site": lisa_site or ""}
+
+
+def extract(config: ExtractConfig) -> Path:
+    """Run the extraction (this process's shard under accelerate); returns the final store path."""
+    state = process_state()
+    out = Path(config.out)
+    if out.exists() and not config.overwrite:
+        raise FileExistsError(f"feature store {out} already exists; pass --overwrite to replace it")
+    model, decoder, dataset_kwargs, run_config, side_dir = load_model(config)
+    model = model.to(state.device)
+    decoder = decoder.to(state.device).eval() if decoder is not None else None
+    lisa_site = (run_config.get("lisa_site") or model.default_lisa_site()) if decoder is not None else None
+    dataset = build_dataset(run_config["dataset"], split=config.split, **dataset_kwargs)
+    if config.samples > len(dataset):
+        raise ValueError(f"--samples {config.samples} exceeds the {config.split} split's {len(dataset)} samples")
+    extractor = Extractor(model, decoder, dataset, parse_sites(config.sites, model),
+                          parse_timesteps(config.timesteps, model), config)
+    rows = shard_rows(extractor.n_rows, config.batch_size, state.process_index, state.num_processes)
+    sharded = state.num_processes > 1
+    target = shard_path(out, state.process_index, state.num_processes) if sharded else out
+    layout, attrs = extractor.layout(lisa_site), store_attrs(config, model, run_config, side_dir, lisa_site)
+    shard = (state.process_index, state.num_processes) if sharded else None
+    if sharded and config.resume and target.exists():  # a finished shard of an interrupted run is kept
+        reuse_shard(target, layout, len(rows), attrs, shard)
+    else:
+        writer = FeatureStoreWriter(target, layout, len(rows), attrs, compression=config.compression,
+                                    overwrite=config.overwrite, resume=config.resume, shard=shard)
+        with writer, tqdm(total=len(rows), initial=writer.rows_done, unit="row", desc=out.name,
+                          disable=not state.is_local_main_process) as progress:
+            write_rows(writer, extractor, rows, lisa_site, progress)
+    if sharded:
+        merge(out, state, overwrite=config.overwrite or config.resume)
+    return out
+
+
+def reuse_shard(path: Path, layout: dict, n_rows: int, attrs: dict, shard: tuple[int, int]) -> None:
+    """Check that the finished shard at ``path`` is this extraction's: same layout, ``n_rows``, root attrs
+    (``store_attrs``) and ``shard`` (rank, world size); ValueError naming every differing attr otherwise."""
+    try:
+        check_finished_store(path, layout, n_rows, attrs, shard)
+    except ValueError as error:
+        raise ValueError(f"cannot reuse the finished shard on --resume: {error}; delete it, or run again with "
+                         "--overwrite and without --resume") from error
+
+
+def merge(out: Path, state: PartialState, overwrite: bool) -> None:
+    """Once every process has finished its shard, process 0 merges them into ``out`` and deletes them
+    (``overwrite`` also discards the unfinished output of an interrupted merge)."""
+    state.wait_for_everyone()
+    if state.is_main_process:
+        shards = [shard_path(out, rank, state.num_processes) for rank in range(state.num_processes)]
+        merge_shards(shards, out, overwrite=overwrite)
+        for shard in shards:
+            shard.unlink()
+    state.wait_for_everyone()

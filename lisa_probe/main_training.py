@@ -1,0 +1,118 @@
+"""Pretraining a main net unconditionally: the objective (EMA, min-SNR weighting), the quality evaluation and
+``pretrain(PretrainConfig)``; ``python -m lisa_probe.pretrain`` is its command line. The run directory is itself a
+diffusers-layout main-net directory (``unet/`` or ``transformer/`` + ``scheduler/``)."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+
+from lisa_probe.checkpointing import prepare_run_dir
+from lisa_probe.configs import PretrainConfig
+from lisa_probe.data import build_dataset
+from lisa_probe.engine import Objective, fit, is_main_process, process_state
+from lisa_probe.evaluation import Evaluator
+from lisa_probe.grids import save_grid, to_uint8
+from lisa_probe.models.build import MAIN_FORWARD, build_main, null_context_for
+from lisa_probe.parameterization import Parameterization
+from lisa_probe.rundir import SAMPLES_DIR, write_run_config
+from lisa_probe.sampling import fixed_noise, sample
+from lisa_probe.validation import cache_dir
+
+
+class MainNetObjective(Objective):
+    """Unconditional denoising loss of a main net: ``mean_b w_b |main(x_t, t)_b - y_b|^2``.
+
+    ``w`` are min-SNR-gamma weights (``min_snr_gamma > 0``) or ones.
+    """
+
+    def __init__(self, family: str, main: torch.nn.Module, parameterization: Parameterization,
+                 ema_decay: float = 0.999, min_snr_gamma: float = 0.0):
+        super().__init__()
+        self.family, self.main, self.parameterization = family, main, parameterization
+        self.ema_decay, self.min_snr_gamma = ema_decay, min_snr_gamma
+        self.ema = copy.deepcopy(main).requires_grad_(False).eval()
+        for name, value in null_context_for(main, family).items():
+            self.register_buffer(f"null_{name}", value, persistent=False)
+
+    def context(self) -> dict[str, torch.Tensor]:
+        """The fixed null context tensors, on the module's device."""
+        return {name[5:]: value for name, value in self.named_buffers() if name.startswith("null_")}
+
+    def modules_to_save(self) -> dict[str, torch.nn.Module]:
+        """The EMA weights are the main net (``unet/`` or ``transformer/``); the raw weights resume training."""
+        name = "unet" if self.family == "unet" else "transformer"
+        return {name: self.ema, f"{name}_raw": self.main}
+
+    @torch.no_grad()
+    def after_step(self, step: int) -> None:
+        """EMA update with the usual warm-up: decay min(ema_decay, (1 + step) / (10 + step))."""
+        decay = min(self.ema_decay, (1 + step) / (10 + step))
+        for ema, raw in zip(self.ema.parameters(), self.main.parameters()):
+            ema.lerp_(raw.detach(), 1 - decay)
+
+    def draw(self, batch: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        x0 = batch["image"]
+        return {"x0": x0, "noise": torch.randn(x0.shape, generator=generator),
+                "timesteps": self.parameterization.sample_timesteps(x0.shape[0], generator)}
+
+    def predict(self, x_t: torch.Tensor, timesteps: torch.Tensor, ema: bool = True) -> torch.Tensor:
+        """Main-net prediction (B, C, H, W), with the EMA weights unless ``ema=False``."""
+        return MAIN_FORWARD[self.family](self.ema if ema else self.main, x_t, timesteps, self.context())
+
+    def forward(self, x0, noise, timesteps, step):
+        x_t = self.parameterization.add_noise(x0, noise, timesteps)
+        target = self.parameterization.target(x0, noise, timesteps)
+        per_sample = (self.predict(x_t, timesteps, ema=False).float() - target.float()).pow(2).flatten(1).mean(1)
+        if self.min_snr_gamma > 0:
+            per_sample = per_sample * self.parameterization.min_snr_weight(timesteps, self.min_snr_gamma)
+        return {"loss": per_sample.mean()}
+
+
+def dataset_options(config: PretrainConfig) -> dict:
+    """``build_dataset`` keyword arguments of the pretraining data (resolution, seed, a folder's root)."""
+    options = {"resolution": config.resolution, "seed": config.seed}
+    if config.data_root is not None:
+        options["root"] = config.data_root
+    if config.skip_bad_files:
+        options["skip_bad"] = True
+    return options
+
+
+def make_quality_evaluation(objective: MainNetObjective, config: PretrainConfig, run_dir: Path):
+    """An ``evaluate(step)`` closure: samples a fixed-noise batch, saves a grid, returns quality numbers (``fd`` and,
+    for datasets that draw silhouettes, ``shape_fit_iou`` / ``shape_fit_f1``, each beside its real-image value)."""
+    evaluator = Evaluator.for_dataset(
+        build_dataset(config.dataset, split="train", **dataset_options(config)),
+        cache_dir=cache_dir(config.out_dir))
+    shape = (config.eval_samples, objective.main.config.in_channels, config.resolution, config.resolution)
+
+    def evaluate(step: int) -> dict[str, float]:
+        device = next(objective.main.parameters()).device
+        images = sample(objective.predict, objective.parameterization, fixed_noise(shape, config.seed + 1).to(device),
+                        config.sample_steps).clamp(-1, 1).cpu()
+        save_grid([("samples", to_uint8(images[:16]))], run_dir / SAMPLES_DIR / f"step-{step}.png")
+        return {**evaluator.frechet(images), **evaluator.shape_fit(images)}
+
+    return evaluate
+
+
+def pretrain(config: PretrainConfig) -> Path:
+    """Run pretraining; returns the run directory (a diffusers main-net directory)."""
+    dataset = build_dataset(config.dataset, split="train", **dataset_options(config))
+    run_dir = config.run_dir  # created once the data is known to load
+    prepare_run_dir(run_dir, config.resume, config.overwrite, is_main_process())
+    process_state().wait_for_everyone()
+    if is_main_process():
+        write_run_config(run_dir, config, kind="pretrain")
+    parameterization = Parameterization(config.prediction_type)
+    main = build_main(config.backbone, config.preset, config.resolution, seed=config.seed)
+    objective = MainNetObjective(config.backbone, main, parameterization, config.ema_decay, config.min_snr_gamma)
+    evaluation = make_quality_evaluation(objective, config, run_dir) if config.eval_samples > 0 else None
+    fit(run_dir, objective, dataset, config, evaluate=evaluation)
+    if is_main_process():
+        parameterization.to_scheduler().save_pretrained(run_dir / "scheduler")
+    process_state().wait_for_everyone()  # the other processes may load this main net next (lisa_probe.train)
+    return run_dir

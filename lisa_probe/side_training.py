@@ -1,0 +1,102 @@
+"""Training a side net (ControlNet / SD3 ControlNet) with or without LISA: the objective, the decoder and
+``train(TrainConfig)``; ``python -m lisa_probe.train`` is its command line."""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from lisa_probe.checkpointing import prepare_run_dir
+from lisa_probe.configs import TrainConfig
+from lisa_probe.data import build_dataset
+from lisa_probe.data.condition_kinds import condition_kind
+from lisa_probe.engine import Objective, fit, is_main_process, process_state
+from lisa_probe.hooks import capture
+from lisa_probe.lisa import LisaDecoder, lisa_distance, lisa_rows, lisa_target, lisa_weight
+from lisa_probe.models import DualBranch
+from lisa_probe.rundir import write_run_config
+from lisa_probe.runs import build_dual_branch, ensure_default_main
+from lisa_probe.validation import ControlEvaluation, write_summary
+
+
+class SideNetObjective(Objective):
+    """``L = MSE(pred_full, y) + lambda_t * distance(D(h_site, t), y - sg[pred_main])`` on a DualBranch.
+
+    The LISA term covers the first ``lisa_rows(B, fraction)`` rows of each batch; with ``decoder=None`` (baseline)
+    there is no hook, no main-alone prediction and no extra term.
+    """
+
+    def __init__(self, model: DualBranch, decoder: LisaDecoder | None, config: TrainConfig, site: str):
+        super().__init__()
+        self.model, self.decoder, self.config, self.site = model, decoder, config, site
+
+    def modules_to_save(self) -> dict[str, torch.nn.Module]:
+        modules = {"controlnet": self.model.side}
+        if self.decoder is not None:
+            modules["lisa_decoder"] = self.decoder
+        return modules
+
+    def draw(self, batch: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        x0 = self.model.encode_images(batch["image"])
+        return {"x0": x0, "cond": batch["cond"], "noise": torch.randn(x0.shape, generator=generator),
+                "timesteps": self.model.parameterization.sample_timesteps(x0.shape[0], generator)}
+
+    def forward(self, x0, cond, noise, timesteps, step):
+        parameterization = self.model.parameterization
+        x_t = parameterization.add_noise(x0, noise, timesteps)
+        target = parameterization.target(x0, noise, timesteps)
+        rows = lisa_rows(x0.shape[0], self.config.lisa_fraction) if self.decoder is not None else 0
+        hook = capture(self.model, [self.site]) if rows else nullcontext({})
+        with hook as records:
+            out = self.model(x_t, timesteps, cond, main_rows=rows, main_pass=self.config.lisa_main_pass)
+        diffusion = F.mse_loss(out.pred_full.float(), target.float())
+        if not rows:
+            return {"loss": diffusion, "diffusion_loss": diffusion.detach()}
+        feature = self.model.feature_to_map(self.site, records[self.site]["feature"][:rows])
+        decoded = self.decoder(feature, timesteps[:rows])
+        aux_target = lisa_target(target[:rows], out.pred_main)
+        lisa = lisa_distance(decoded, aux_target, self.config.lisa_distance)
+        weight = lisa_weight(step, self.config.lisa_weight, self.config.lisa_schedule, self.config.lisa_end_step)
+        return {"loss": diffusion + weight * lisa, "diffusion_loss": diffusion.detach(), "lisa_loss": lisa.detach(),
+                "lisa_target_norm": aux_target.float().pow(2).mean().detach(),
+                "lisa_weight": torch.tensor(weight, dtype=torch.float64)}
+
+
+def build_decoder(model: DualBranch, site: str, seed: int) -> LisaDecoder:
+    """A LISA decoder from ``site``'s feature map to the prediction's shape.
+
+    Channels halve per stage down to ``min(64, C / 4)``: 64 as in the reference for SD-sized features (C >= 256),
+    narrower for the small built-in presets, where 64-channel convolutions at full resolution would cost more than
+    the side net itself.
+    """
+    channels, height, _ = model.site(site).map_shape
+    out_size = model.main.config.sample_size
+    torch.manual_seed(seed)
+    return LisaDecoder(in_channels=channels, in_size=height, out_channels=model.main.config.out_channels,
+                       out_size=out_size, min_channels=min(64, max(8, channels // 4)))
+
+
+def train(config: TrainConfig) -> Path:
+    """Train a side net; returns the run directory."""
+    if config.main is None:
+        config.main = str(ensure_default_main(Path(config.out_dir)))
+    model, dataset_kwargs = build_dual_branch(config)
+    site = config.lisa_site or model.default_lisa_site()
+    model.site(site)
+    dataset = build_dataset(config.dataset, split="train", **dataset_kwargs)
+    run_dir = config.run_dir  # created once the inputs are known to be valid
+    prepare_run_dir(run_dir, config.resume, config.overwrite, is_main_process())
+    process_state().wait_for_everyone()
+    decoder = build_decoder(model, site, config.seed) if config.lisa_weight > 0 else None
+    if is_main_process():
+        write_run_config(run_dir, replace(config, lisa_site=site), kind="train")  # the site resolved, saved
+    objective = SideNetObjective(model, decoder, config, site)
+    evaluation = ControlEvaluation(model, config, dataset_kwargs, run_dir) if config.eval_samples > 0 else None
+    state = fit(run_dir, objective, dataset, config, evaluate=evaluation)
+    if is_main_process():
+        write_summary(run_dir, config, state, condition_kind(dataset.condition).control_metric)
+    return run_dir
