@@ -14,6 +14,7 @@ the end. On CPU-only machines launch several processes with ``accelerate launch 
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Iterator
 from dataclasses import asdict
@@ -34,7 +35,7 @@ from lisa_probe.parameterization import FLOW_TIMESTEP_SCALE
 from lisa_probe.provenance import code_version, file_digest
 from lisa_probe.rundir import PATH_FIELDS, SIDE_DIR, run_dir_of, stored_path
 from lisa_probe.runs import build_dual_branch, load_run
-from lisa_probe.sampling import row_noise
+from lisa_probe.sampling import ROW_NOISE_CONVENTION, row_noise
 from lisa_probe.store import FeatureStoreWriter, make_layout, merge_shards, shard_path, shard_range
 from lisa_probe.store.writer import check_finished_store
 
@@ -189,19 +190,51 @@ def write_rows(writer: FeatureStoreWriter, extractor: Extractor, rows: range, li
         progress.update(len(batch) - skip)
 
 
+INPUTS_VERSION = 1
+
+
+def input_recipe(model: DualBranch, dataset, timesteps: torch.Tensor, config: ExtractConfig) -> dict:
+    """The store's ``inputs`` attr: enough to rebuild every row's model inputs ``(x_t, t, cond, context)`` from the
+    store, the data and the main net without lisa_probe (``docs/CONTRACTS.md``, feature store)."""
+    context = {name: tensor.detach().float().cpu() for name, tensor in model.context(1).items()}
+    return {
+        "version": INPUTS_VERSION,
+        "rows": "sample-major, then timestep, then noise draw: row r is sample r // (n_timesteps * draws) of the "
+                "split, at timestep index (r // draws) % n_timesteps, draw r % draws",
+        "samples": f"the first {config.samples} samples of the {config.split!r} split of the dataset of attr 'config' "
+                   "(dataset, condition, seed, data_root), each {'image': (3, H, W) in [-1, 1], 'cond': (C, H, W) in "
+                   "[0, 1]} as lisa_probe.data builds it",
+        "timesteps": [float(t) for t in timesteps],
+        "row_noise": {"convention": ROW_NOISE_CONVENTION, "seed": config.seed},
+        "x0": "the image" if model.vae is None else
+              "(vae.encode(image).latent_dist.mode() - vae.config.shift_factor or 0) * vae.config.scaling_factor",
+        "x_t": "alpha_t * x0 + sigma_t * noise; eps/v: alpha_t = sqrt(alphas_cumprod[t]), sigma_t = sqrt(1 - "
+               "alphas_cumprod[t]) from scheduler/; flow: alpha_t = 1 - t / 1000, sigma_t = t / 1000",
+        "condition": {"kind": dataset.condition, "channels": int(dataset.cond_channels),
+                      "fed_as": "the (C, H, W) map in [0, 1] at the image resolution, as the side net's "
+                                "controlnet_cond"},
+        "context": {name: {"shape": list(tensor.shape), "all_zero": bool(not tensor.any()),
+                           "sha256": hashlib.sha256(tensor.numpy().tobytes()).hexdigest()}
+                    for name, tensor in context.items()},
+        "context_source": "the main net's null_context.safetensors when it has one, else zeros",
+    }
+
+
 def store_attrs(config: ExtractConfig, model: DualBranch, run_config: dict, side_dir: Path,
-                lisa_site: str | None) -> dict:
+                lisa_site: str | None, inputs: dict) -> dict:
     """Root attrs of the store: run config, side-net directory (``checkpoint``) and its hash, the run directory
     (``run``; empty for ``--controlnet``), code version, parameterisation, extract args (as given; ``resume`` /
-    ``overwrite`` blanked so a resumed extraction matches the interrupted one) and the LISA site. Paths of the run
-    config, ``checkpoint`` and ``run`` are relative to the store's directory (``rundir.stored_path``)."""
+    ``overwrite`` blanked so a resumed extraction matches the interrupted one), the LISA site and how rows' inputs
+    are made (``inputs``: ``input_recipe``). Paths of the run config, ``checkpoint`` and ``run`` are relative to the
+    store's directory (``rundir.stored_path``)."""
     base = Path(config.out).parent
     stored_config = {key: stored_path(value, base) if key in PATH_FIELDS and value is not None else value
                      for key, value in run_config.items()}
     return {"config": stored_config, "checkpoint": stored_path(side_dir, base), "checkpoint_hash": file_digest(side_dir),
             "run": stored_path(run_dir_of(config.ckpt), base) if config.ckpt is not None else "",
             "code_version": code_version(), "parameterization": model.parameterization.prediction_type,
-            "extract_args": asdict(config) | {"resume": False, "overwrite": False}, "lisa_site": lisa_site or ""}
+            "extract_args": asdict(config) | {"resume": False, "overwrite": False}, "lisa_site": lisa_site or "",
+            "inputs": inputs}
 
 
 def extract(config: ExtractConfig) -> Path:
@@ -222,7 +255,8 @@ def extract(config: ExtractConfig) -> Path:
     rows = shard_rows(extractor.n_rows, config.batch_size, state.process_index, state.num_processes)
     sharded = state.num_processes > 1
     target = shard_path(out, state.process_index, state.num_processes) if sharded else out
-    layout, attrs = extractor.layout(lisa_site), store_attrs(config, model, run_config, side_dir, lisa_site)
+    inputs = input_recipe(model, dataset, extractor.timesteps, config)
+    layout, attrs = extractor.layout(lisa_site), store_attrs(config, model, run_config, side_dir, lisa_site, inputs)
     shard = (state.process_index, state.num_processes) if sharded else None
     if sharded and config.resume and target.exists():  # a finished shard of an interrupted run is kept
         reuse_shard(target, layout, len(rows), attrs, shard)

@@ -304,6 +304,7 @@ def stores(tmp_path_factory) -> dict[str, Path]:
     return paths
 
 
+@pytest.mark.slow
 def test_cli_writes_every_table_figure_and_the_report(stores, tmp_path):
     out = tmp_path / "report"
     main([str(stores["lisa"]), str(stores["baseline"]), "--random-reference", str(stores["random"]),
@@ -372,6 +373,7 @@ def test_cli_errors_are_clear(synthetic, tmp_path, capsys):
     assert "--overwrite" in capsys.readouterr().err and (busy / "notes.txt").exists()
 
 
+@pytest.mark.slow
 def test_umap_embedding_is_scored_per_factor_and_timestep(analysed):
     """The one UMAP fit (numba JIT, ~20 s), which must leave torch's thread count as it was."""
     run, streamed, _ = analysed

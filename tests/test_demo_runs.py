@@ -1,6 +1,7 @@
 """The notebooks' runs and stores: named ones kept, runs read from named stores, tiny ones built otherwise."""
 
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -15,7 +16,8 @@ def test_tiny_runs_then_the_runs_of_named_stores(tmp_path):
     assert [r.rsplit("-", 2)[-2] for r in runs] == ["baseline", "lisa0.2"]
     assert [FeatureStore(s).attrs["extract_args"]["ckpt"] for s in stores] == runs
     # named stores without runs: the runs come from the stores, nothing new is trained or extracted
-    copies = [shutil.copy(s, tmp_path / f"copy-{i}.h5") for i, s in enumerate(stores)]
+    copies = [shutil.copy(s, Path(s).with_name(f"copy-{i}.h5")) for i, s in enumerate(stores)]  # beside them:
+    # a store records its run relative to its own directory
     again_runs, again_stores = runs_and_stores([], [str(c) for c in copies], tmp_path / "other", **TINY)
     assert again_runs == runs and again_stores == [str(c) for c in copies]
     assert not (tmp_path / "other" / "runs").exists()

@@ -17,6 +17,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from diffusers import ControlNetModel, DDPMScheduler, UNet2DConditionModel
 
 import lisa_probe.extraction as extract_module
 from lisa_probe.analysis.selection import open_run
@@ -173,8 +174,8 @@ def test_rows_match_a_hand_recomputation(nets, stores, family):
 
 def test_factor_datasets_carry_their_specs(stores):
     store = FeatureStore(stores["unet"])
-    assert store.factors["kind"] == {"kind": "categorical", "carried": True}
-    assert store.factors["hue"] == {"kind": "continuous", "carried": False}
+    assert store.factors["kind"] == {"kind": "categorical", "carried": True, "period": None}
+    assert store.factors["hue"] == {"kind": "continuous", "carried": False, "period": 1.0}
     with h5py.File(stores["unet"], "r") as h5:
         assert h5["meta/factors/texture"].attrs["carried"] == np.False_
         assert h5["meta/factors/size"].attrs["kind"] == "continuous"
@@ -294,6 +295,7 @@ def test_a_bad_run_config_is_refused_by_name(tmp_path, capsys, config_text, mess
     assert not (tmp_path / "f.h5").exists()
 
 
+@pytest.mark.slow
 def test_a_second_extraction_to_the_same_output_is_refused(nets, tmp_path):
     """While one extraction writes --out, a second one (with --overwrite, or --resume) exits 2 naming the other
     process's lock, and the first one's store comes out whole (its read-back check passes)."""
@@ -446,6 +448,7 @@ def cli_reference_store(nets, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_killed_extraction_resumes_to_the_same_store(nets, cli_reference_store, tmp_path):
     """SIGKILL the CLI part way, resume it with --resume (both child processes, as the reference): every dataset
     equals the uninterrupted extraction's exactly, which is the resume promise under the same settings."""
@@ -470,6 +473,7 @@ def test_killed_extraction_resumes_to_the_same_store(nets, cli_reference_store, 
 
 
 # ----------------------------------------------------------------------------------------------------- processes
+@pytest.mark.slow
 def test_two_processes_merge_into_the_single_process_store(nets, stores, tmp_path):
     """Two gloo CPU processes (``accelerate launch --multi_gpu``; accelerate's ``--cpu`` would start only one)
     write shards of whole batches; process 0 merges them into the store one process writes."""
@@ -482,8 +486,12 @@ def test_two_processes_merge_into_the_single_process_store(nets, stores, tmp_pat
     assert not shard_path(out, 0, 2).exists()
     single = FeatureStore(stores["unet"])
     merged = FeatureStore(out)
-    assert {**merged.attrs, "extract_args": None} == {**single.attrs, "extract_args": None}
+    located = ("extract_args", "config", "checkpoint", "inputs")  # paths relative to each store's own directory
+    assert {**merged.attrs, **dict.fromkeys(located)} == {**single.attrs, **dict.fromkeys(located)}
     assert merged.attrs["extract_args"] == {**single.attrs["extract_args"], "out": str(out)}
+    for attrs, store in ((merged.attrs, out), (single.attrs, stores["unet"])):
+        assert resolved_path(attrs["checkpoint"], store.parent) == Path(nets["unet"][1]).resolve()
+    assert {**merged.attrs["inputs"], "samples": None} == {**single.attrs["inputs"], "samples": None}
     with h5py.File(out, "r") as h5, h5py.File(stores["unet"], "r") as reference:
         for name in single.layout:  # other processes: equal up to float rounding (assert_same_model_outputs)
             assert_same_model_outputs(h5[name][()], reference[name][()], name)
@@ -585,3 +593,35 @@ def test_factor_periods_reach_the_store_and_the_analysis(stores):
     run = open_run(stores["unet"], "unet", AnalyzeOptions(n_splits=3))
     kinds = {name: kind for name, (_, kind, _) in run.factors().items()}
     assert kinds["rotation"] == "circular" and kinds["size"] == "continuous"
+
+
+def test_the_store_says_how_to_rebuild_a_row_without_lisa_probe(nets, stores):
+    """An independent program (diffusers and torch only, plus the samples of the dataset) follows the store's
+    ``inputs`` attr to rebuild rows' x_t and recompute pred_full with diffusers' own UNet and ControlNet."""
+    store = FeatureStore(stores["unet"])
+    recipe = store.attrs["inputs"]
+    assert recipe["version"] == 1 and recipe["condition"]["kind"] == "edges" and recipe["condition"]["channels"] == 1
+    main_dir = resolved_path(store.attrs["config"]["main"], stores["unet"].parent)
+    side_dir = resolved_path(store.attrs["checkpoint"], stores["unet"].parent)
+    unet = UNet2DConditionModel.from_pretrained(main_dir / "unet").eval()
+    controlnet = ControlNetModel.from_pretrained(side_dir).eval()
+    alphas_cumprod = DDPMScheduler.from_pretrained(main_dir / "scheduler").alphas_cumprod.double()
+    context = torch.zeros(recipe["context"]["context"]["shape"])
+    assert recipe["context"]["context"]["all_zero"]
+    n_t, draws = len(recipe["timesteps"]), store.attrs["extract_args"]["draws"]
+    dataset = build_dataset("shapes", split=store.attrs["extract_args"]["split"], resolution=16,
+                            seed=store.attrs["config"]["seed"])
+    for row in (3, 22):
+        sample = dataset[row // (n_t * draws)]
+        t = int(recipe["timesteps"][(row // draws) % n_t])
+        noise = torch.randn((3, 16, 16), generator=torch.Generator().manual_seed(
+            recipe["row_noise"]["seed"] * 1_000_003 + row))
+        alpha_bar = alphas_cumprod[t]
+        x_t = (alpha_bar.sqrt() * sample["image"] + (1 - alpha_bar).sqrt() * noise).float()[None]
+        with torch.no_grad():
+            down, mid = controlnet(x_t, torch.tensor([t]), encoder_hidden_states=context,
+                                   controlnet_cond=sample["cond"][None], return_dict=False)
+            full = unet(x_t, torch.tensor([t]), encoder_hidden_states=context, down_block_additional_residuals=down,
+                        mid_block_additional_residual=mid).sample
+        np.testing.assert_allclose(store.read("scores/full", [row])[0], full[0].numpy(), atol=1e-4)
+        assert store.read("meta/t", [row])[0] == t

@@ -40,6 +40,7 @@ def test_notebook_committed_clean(path):
     assert all(not cell.outputs and cell.execution_count is None for cell in code), "strip the outputs"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda path: path.stem)
 def test_notebook_runs(path, tmp_path, monkeypatch):
     # one thread: the tiny models run fastest that way and the CI machine has 2 shared cores

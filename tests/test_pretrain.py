@@ -12,6 +12,7 @@ from lisa_probe.configs import PretrainConfig
 from lisa_probe.main_training import pretrain
 from lisa_probe.models import load_main
 from lisa_probe.pretrain import main
+from lisa_probe.rundir import resolved_path
 from tests.conftest import launch_two_cpu_processes
 
 
@@ -72,6 +73,7 @@ def test_min_snr_default_and_weighted_loss():
     torch.testing.assert_close(weighted, (per_sample * p.min_snr_weight(timesteps, 5.0)).mean())
 
 
+@pytest.mark.slow
 def test_two_cpu_processes_with_accelerate(tmp_path):
     """Two gloo CPU processes pretrain one main net (the path ``lisa_probe.train`` takes under ``accelerate launch``
     when the default main net is missing); rank 0 alone writes config, scheduler and report."""
@@ -97,4 +99,5 @@ def test_pretrain_on_an_image_folder(tmp_path):
                      "--out-dir", str(tmp_path / "runs")]) == 0
     run_dir = tmp_path / "runs" / "main-unet-v-folder16"
     assert load_main(run_dir)[0] == "unet" and (run_dir / "samples" / "step-2.png").exists()
-    assert read_config(run_dir / "config.yaml")["config"]["data_root"] == str(tmp_path / "img")
+    stored = read_config(run_dir / "config.yaml")["config"]["data_root"]  # relative to the run directory
+    assert stored == "../../img" and resolved_path(stored, run_dir) == tmp_path / "img"

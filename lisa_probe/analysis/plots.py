@@ -21,9 +21,10 @@ CI = ("ci", 95)
 
 
 def _select(table: pd.DataFrame, **equal) -> pd.DataFrame:
-    """Rows where every named column equals the given value; an error if none is left."""
+    """Rows where every named column equals the given value and the value is defined (NaN measurements, e.g. DCI
+    disentanglement of codes that predict no factor, are not drawn); an error if none is left."""
     mask = np.logical_and.reduce([table[column] == value for column, value in equal.items()])
-    selected = table[mask]
+    selected = table[mask & table["value"].notna()]
     if selected.empty:
         raise ValueError(f"no rows with {equal}")
     return selected

@@ -73,8 +73,10 @@ def disentanglement_figures(figures: Figures, probes: pd.DataFrame, codes: pd.Da
     """Probe selectivity of carried vs not-carried factors per site; DCI disentanglement, MIG and SAP against t."""
     figures.save("probes", "probe_selectivity", plot_probe_selectivity(probes, col="site"),
                  "probe selectivity (task − chance-level control) of carried vs not-carried factors, per site")
-    overall = codes[codes["factor"] == "all"]
+    overall = codes[(codes["factor"] == "all") & codes["value"].notna()]
     for method, metric in DISENTANGLEMENT_FIGURES:
+        if not len(_has(overall, method=method, metric=metric)):
+            continue  # undefined for every run (no factor predicted above chance)
         figures.save("disentanglement", f"disentanglement_{method}_{metric}",
                      plot_alignment_vs_t(overall, metric, method, x="t"), f"{method} {metric} (all factors)")
 

@@ -35,6 +35,7 @@ def test_embedding_table(blobs):
     assert (table["method"] == "umap").all()
 
 
+@pytest.mark.slow
 def test_umap_embed_separates_clusters():
     """The only umap fit in the test suite (its first fit in a process JIT-compiles for ~35 s)."""
     rng = np.random.default_rng(3)

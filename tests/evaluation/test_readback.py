@@ -146,6 +146,7 @@ print("trained" if load_or_train_readback(dataset, sys.argv[1], config, progress
 """
 
 
+@pytest.mark.slow
 def test_runs_sharing_a_cache_train_the_net_once(tmp_path):
     """Two processes that miss the cache together: one trains, the other waits for it and loads it."""
     import os
