@@ -1,15 +1,9 @@
-"""``python -m lisa_probe.extract --ckpt runs/<name>[/checkpoint-N] --out features/<name>.h5``.
+"""``python -m lisa_probe.extract --ckpt runs/<name>[/checkpoint-N] --out features/<name>.h5``: dump hooked
+side-branch features and predictions to an HDF5 feature store.
 
-Dumps hooked side-branch features and predictions to an HDF5 feature store (schema in ``lisa_probe.store``): one
-row per (sample, timestep, noise draw), rows ordered sample-major, then timestep, then draw. Noise of a row is
-drawn from a generator seeded by (seed, row), and rows are computed in fixed batches (rows ``[k * batch_size,
-(k + 1) * batch_size)``) whatever the resume point or the number of processes, so a resumed extraction writes the
-same values as an uninterrupted one, and a sharded one the same up to the last bits that other processes' kernels
-may round differently.
-A side net not trained by lisa_probe is probed with ``--controlnet DIR --main DIR`` instead of ``--ckpt``.
-Under ``accelerate launch`` (or ``torchrun``) each process writes a shard of whole batches; process 0 merges them at
-the end. On CPU-only machines launch several processes with ``accelerate launch --multi_gpu --num_processes N``
-(accelerate's ``--cpu`` starts a single process unless given an MPI hostfile).
+``--controlnet DIR --main DIR`` probes a side net lisa_probe did not train. Under ``accelerate launch`` each
+process writes a shard and process 0 merges them. What a store holds and how rows are made:
+``lisa_probe.extraction``.
 """
 
 from __future__ import annotations

@@ -385,3 +385,21 @@ def test_umap_embedding_is_scored_per_factor_and_timestep(analysed):
     assert accuracy["encoded"] > 0.9 and accuracy["random"] < 0.6
     assert table.loc[table["factor"] == "timestep", "carried"].isna().all()
     assert len(figure.axes) == 3  # encoded, random, t
+
+
+def test_a_store_with_too_few_samples_is_refused_by_name(tmp_path, capsys):
+    """One sample cannot be cross-validated over samples: the error names the store, the count and the fixes, and no
+    report directory appears (not a raw scikit-learn message from deep inside)."""
+    rows = synthetic_rows(np.random.default_rng(0))
+    one = {name: values[: len(TIMESTEPS)] for name, values in rows.items()}  # the first sample's rows
+    layout = make_layout({"spatial": (3, 8, 8)}, SCORE, {}, decoded=False, feature_dtype="float32")
+    attrs = {"config": {}, "checkpoint": "run/controlnet", "checkpoint_hash": "none", "code_version": "test",
+             "parameterization": "eps", "extract_args": {}}
+    path = tmp_path / "one.h5"
+    with FeatureStoreWriter(path, layout, len(TIMESTEPS), attrs) as writer:
+        writer.write_rows(0, {name: one[name] for name in layout})
+    with pytest.raises(SystemExit) as stop:
+        main([str(path), "--out", str(tmp_path / "report")])
+    error = capsys.readouterr().err
+    assert stop.value.code == 2 and f"{path} holds 1 sample(s)" in error and "--n-splits (5)" in error
+    assert not (tmp_path / "report").exists()

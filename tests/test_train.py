@@ -22,6 +22,7 @@ from lisa_probe.rundir import read_summary
 from lisa_probe.runs import load_run
 from lisa_probe.side_training import SideNetObjective, train
 from lisa_probe.train import main as train_main
+from lisa_probe.validation import ControlEvaluation
 from tests.conftest import launch_two_cpu_processes
 
 
@@ -353,3 +354,23 @@ def test_a_folder_run_with_any_registered_extractor_completes(tmp_path, conditio
     assert ("edge_f1" in summary["final"]) == (expected is not None)
     if expected is None:
         assert summary["convergence_step"] is None
+
+
+def test_a_failing_evaluation_loses_no_training(tmp_path, monkeypatch):
+    """At a step with a checkpoint and an evaluation, the checkpoint is written first: an evaluation that fails
+    (here at the last step) leaves the trained state, and --resume latest finishes the run from it."""
+    evaluate = ControlEvaluation.__call__
+
+    def fail_at_step_2(self, step):
+        if step == 2:
+            raise RuntimeError("evaluation broke")
+        return evaluate(self, step)
+
+    monkeypatch.setattr(ControlEvaluation, "__call__", fail_at_step_2)
+    config = dict(name="e", steps=2, checkpoint_every=2, eval_samples=4, eval_every=1, sample_steps=2)
+    with pytest.raises(RuntimeError, match="evaluation broke"):
+        train(tiny_config(tmp_path, **config))
+    assert (tmp_path / "runs" / "e" / "checkpoint-2" / "trainer_state.json").exists()
+    monkeypatch.setattr(ControlEvaluation, "__call__", evaluate)
+    run_dir = train(tiny_config(tmp_path, **config, resume="latest"))
+    assert read_summary(run_dir)["steps"] == 2 and (run_dir / "controlnet" / "config.json").exists()

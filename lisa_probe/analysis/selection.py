@@ -97,6 +97,10 @@ def open_run(path: str | Path, label: str, options: AnalyzeOptions) -> Run:
         raise ValueError(f"--embedding-site {options.embedding_site!r} is not among the analysed sites of {path}: "
                          f"{', '.join(sites)}")
     meta = store.meta()
+    n_samples = meta["sample_id"].nunique()
+    if n_samples < options.n_splits:
+        raise ValueError(f"{path} holds {n_samples} sample(s); the analysis cross-validates over samples and needs at "
+                         f"least --n-splits ({options.n_splits}): extract more (--samples) or lower --n-splits")
     rows = select_rows(meta["sample_id"].to_numpy(), options.max_rows, options.n_splits, options.seed)
     meta = meta.iloc[rows].reset_index(drop=True)
     t_bin, bin_t = time_bins(meta["t"].to_numpy(), options.t_bins)
