@@ -18,7 +18,7 @@ from lisa_probe.engine import LoopConfig
 from lisa_probe.lisa import DISTANCES, SCHEDULES, lisa_rows, lisa_weight
 from lisa_probe.models import MAIN_PASSES
 from lisa_probe.models.presets import FAMILIES, PRESETS
-from lisa_probe.parameterization import PREDICTION_TYPES
+from lisa_probe.parameterization import PREDICTION_TYPES, TIMESTEP_SAMPLINGS
 from lisa_probe.store.schema import COMPRESSIONS
 
 # v for the UNet: at the default 1200 steps v-prediction reached FD 17.5 where eps reached 38.2 (docs/CONTRACTS.md).
@@ -85,6 +85,8 @@ class PretrainConfig(LoopConfig):
 
 
 DEFAULT_MAIN_NAME = PretrainConfig().name
+# learning-rate factors of the side net's parameter groups (side_training.SideNetObjective.param_groups)
+LR_SCALES = ("lr_scale_zero_modules", "lr_scale_trunk", "lr_scale_cond_embedding", "lr_scale_decoder")
 
 
 @dataclass
@@ -111,6 +113,20 @@ class TrainConfig(LoopConfig):
         "how pred_main's unshared part runs: separate (a no-grad pass, fewest FLOPs: CPUs, large models) or batched "
         "(appended to pred_full's batch, fewest kernel launches: small models on GPUs; more activation memory)",
         choices=MAIN_PASSES))
+    timestep_sampling: str = field(default="uniform", metadata=option(
+        "training timesteps: uniform, or cubic (T2I-Adapter's t = (1 - u^3) T: favours high noise)",
+        choices=TIMESTEP_SAMPLINGS))
+    conditioning_scale: float = field(default=1.0, metadata=option(
+        "scale of the side net's residuals in training (diffusers' controlnet_conditioning_scale; 1: as at inference)"))
+    zero_init_scale: float = field(default=0.0, metadata=option(
+        "initial weights of a new side net's zero modules ~ N(0, (scale / sqrt(fan_in))^2) instead of zeros"))
+    lr_scale_zero_modules: float = field(default=1.0, metadata=option("learning-rate factor of the zero modules "
+                                                                      "(zero-convs / zero-linears)"))
+    lr_scale_trunk: float = field(default=1.0, metadata=option("learning-rate factor of the side net's trainable "
+                                                               "copy of the main net"))
+    lr_scale_cond_embedding: float = field(default=1.0, metadata=option("learning-rate factor of the condition "
+                                                                        "embedding"))
+    lr_scale_decoder: float = field(default=1.0, metadata=option("learning-rate factor of the LISA decoder"))
     name: str | None = field(default=None, metadata=option("run name (default: derived from the settings)"))
     out_dir: str = field(default="runs", metadata=option("parent of run directories"))
     eval_samples: int = field(default=64, metadata=option("validation conditions sampled per evaluation (0: no "
@@ -127,6 +143,11 @@ class TrainConfig(LoopConfig):
         super().__post_init__()
         check_number("lisa_weight", self.lisa_weight, 0)
         check_number("convergence_threshold", self.convergence_threshold, 0, 1)
+        check_choice("timestep sampling", self.timestep_sampling, TIMESTEP_SAMPLINGS)
+        check_number("conditioning_scale", self.conditioning_scale, 0)
+        check_number("zero_init_scale", self.zero_init_scale, 0)
+        for name in LR_SCALES:
+            check_number(name, getattr(self, name), 0)
         if self.skip_bad_files and self.dataset != "folder":
             raise ValueError(f"--skip-bad-files applies to --dataset folder, not {self.dataset!r}")
         if self.sample_steps < 1:

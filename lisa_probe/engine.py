@@ -44,7 +44,8 @@ from lisa_probe.rundir import EVAL_FILE, METRICS_FILE
 
 MIXED_PRECISION = ("no", "bf16", "fp16")
 # Config fields that may differ between an interrupted run and its resumption.
-RESUMABLE_CHANGES = ("steps", "resume", "checkpoint_every", "keep_checkpoints", "eval_every", "log_every",
+RESUMABLE_CHANGES = ("steps", "resume", "checkpoint_every", "keep_checkpoints", "eval_every", "eval_schedule",
+                     "log_every",
                      "num_workers", "eval_samples", "name", "out_dir", "overwrite")
 
 
@@ -79,6 +80,33 @@ def is_main_process() -> bool:
 LR_SCHEDULES = ("constant", "cosine")
 
 
+def eval_steps(schedule: str, total: int) -> list[int]:
+    """The steps ``schedule`` evaluates at, up to ``total``: ``"EVERY@UNTIL,...,EVERY"`` segments (see
+    ``LoopConfig.eval_schedule``); ValueError naming the text for anything else."""
+    steps, start = [], 0
+    parts = [part.strip() for part in schedule.split(",")]
+    try:
+        for k, part in enumerate(parts):
+            every, _, until = part.partition("@")
+            every = int(every)
+            stop = int(until) if until else total
+            if every < 1 or stop <= start or (not until and k != len(parts) - 1) or (until and k == len(parts) - 1):
+                raise ValueError
+            steps += range(start + every, min(stop, total) + 1, every)
+            start = stop
+    except ValueError:
+        raise ValueError(f"--eval-schedule {schedule!r}: expected segments EVERY@UNTIL with UNTIL increasing, then a "
+                         "last EVERY, e.g. '10@200,50@1000,100'") from None
+    return sorted(set(steps))
+
+
+def is_eval_step(step: int, config: LoopConfig) -> bool:
+    """Whether ``step`` (1-based) evaluates: on ``eval_schedule`` when given, else every ``eval_every`` steps."""
+    if config.eval_schedule is not None:
+        return step in eval_steps(config.eval_schedule, config.steps)
+    return bool(config.eval_every) and step % config.eval_every == 0
+
+
 def learning_rate(step: int, config: LoopConfig) -> float:
     """Learning rate of optimizer step ``step`` (0-based): linear warm-up, then constant or cosine decay to 0."""
     warmup = min(1.0, (step + 1) / max(1, config.lr_warmup_steps))
@@ -106,6 +134,9 @@ class LoopConfig:
     checkpoint_every: int = field(default=500, metadata=option("steps between checkpoints (0: only at the end)"))
     keep_checkpoints: int = field(default=2, metadata=option("checkpoints kept (0: all)"))
     eval_every: int = field(default=250, metadata=option("steps between evaluations (0: only at the end)"))
+    eval_schedule: str | None = field(default=None, metadata=option(
+        "evaluation steps dense where an onset is, replacing --eval-every: segments EVERY@UNTIL, then a last EVERY, "
+        "e.g. '10@200,50@1000,100' (every 10 steps to 200, every 50 to 1000, then every 100)"))
     eval_samples: int = field(default=64, metadata=option("samples per evaluation (0: no evaluation)"))
     log_every: int = field(default=10, metadata=option("steps between metrics.csv rows"))
     num_workers: int = field(default=0, metadata=option("DataLoader worker processes"))
@@ -126,6 +157,8 @@ class LoopConfig:
         check_number("seed", self.seed, 0, SEED_MAX)
         if self.mixed_precision not in MIXED_PRECISION:
             raise ValueError(f"unknown mixed_precision {self.mixed_precision!r}; allowed: {', '.join(MIXED_PRECISION)}")
+        if self.eval_schedule is not None:
+            eval_steps(self.eval_schedule, self.steps)
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"unknown lr_schedule {self.lr_schedule!r}; allowed: {', '.join(LR_SCHEDULES)}")
 
@@ -144,6 +177,11 @@ class Objective(nn.Module):
 
     def after_step(self, step: int) -> None:
         """Called after every optimizer step (e.g. to update an EMA); nothing by default."""
+
+    def param_groups(self) -> list[dict]:
+        """AdamW parameter groups ``{"params": [...], "lr_scale": factor}`` (the learning rate of a group is the
+        schedule's times its factor): one group of every trainable parameter by default."""
+        return [{"params": [p for p in self.parameters() if p.requires_grad], "lr_scale": 1.0}]
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -282,8 +320,9 @@ def _fit_loop(run_dir: Path, objective: Objective, dataset, config: LoopConfig,
         # several CPU processes on one machine: share the cores instead of oversubscribing them
         torch.set_num_threads(max(1, usable_cores() // accelerator.num_processes))
     config_dict = dataclasses.asdict(config)
-    params = [p for p in objective.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    groups = objective.param_groups()
+    params = [p for group in groups for p in group["params"]]
+    optimizer = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
     generator = torch.Generator().manual_seed(config.seed * 1_000_003 + accelerator.process_index)
     state = {"step": 0, "micro_batches": 0, "train_seconds": 0.0, "config": config_dict,
              "world_size": accelerator.num_processes}
@@ -327,7 +366,7 @@ def _fit_loop(run_dir: Path, objective: Objective, dataset, config: LoopConfig,
                 sums["grad_norm"] = float(accelerator.clip_grad_norm_(params, config.max_grad_norm))
             lr = learning_rate(state["step"], config)
             for group in optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group.get("lr_scale", 1.0)  # checkpoints before the factors have none
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
         state["train_seconds"] += time.perf_counter() - started
@@ -347,7 +386,7 @@ def _fit_loop(run_dir: Path, objective: Objective, dataset, config: LoopConfig,
             save_checkpoint(accelerator, run_dir, objective, optimizer, generator, saved)
             if accelerator.is_main_process:
                 prune_checkpoints(run_dir, config.keep_checkpoints)
-        if evaluate is not None and (step == config.steps or (config.eval_every and step % config.eval_every == 0)):
+        if evaluate is not None and (step == config.steps or is_eval_step(step, config)):
             if accelerator.is_main_process:
                 objective.eval()
                 results = evaluate(step)

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, FlowMatchEulerDiscreteScheduler
 
+from lisa_probe.data import check_choice
+
 PREDICTION_TYPES = ("eps", "v", "flow")
 FLOW_TIMESTEP_SCALE = 1000.0
 
@@ -22,6 +24,9 @@ FLOW_TIMESTEP_SCALE = 1000.0
 def _expand(coef: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """Reshape per-sample coefficients (B,) to broadcast against ``like`` (B, ...)."""
     return coef.to(device=like.device, dtype=like.dtype).reshape(-1, *([1] * (like.ndim - 1)))
+
+
+TIMESTEP_SAMPLINGS = ("uniform", "cubic")
 
 
 @dataclass
@@ -74,9 +79,17 @@ class Parameterization:
                    config.get("beta_start", 0.0001), config.get("beta_end", 0.02))
 
     # ----- schedule -------------------------------------------------------------------------------------------
-    def sample_timesteps(self, batch_size: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Draw training timesteps (B,): uniform integers for eps/v, uniform ``1000 * t`` on the grid for flow."""
-        steps = torch.randint(0, self.num_train_timesteps, (batch_size,), generator=generator)
+    def sample_timesteps(self, batch_size: int, generator: torch.Generator | None = None,
+                         sampling: str = "uniform") -> torch.Tensor:
+        """Draw training timesteps (B,): integers for eps/v, ``1000 * t`` on the grid for flow; ``sampling``
+        ``"uniform"`` over the schedule, or ``"cubic"`` (T2I-Adapter's ``t = (1 − u³) T``, u uniform: three quarters
+        of the draws in the noisier half, where the condition decides the layout)."""
+        check_choice("timestep sampling", sampling, TIMESTEP_SAMPLINGS)
+        if sampling == "cubic":
+            u = torch.rand(batch_size, generator=generator, dtype=torch.float64)
+            steps = ((1 - u**3) * self.num_train_timesteps).long().clamp(0, self.num_train_timesteps - 1)
+        else:
+            steps = torch.randint(0, self.num_train_timesteps, (batch_size,), generator=generator)
         if self.prediction_type == "flow":
             return (steps + 1).to(torch.float32) * (FLOW_TIMESTEP_SCALE / self.num_train_timesteps)
         return steps

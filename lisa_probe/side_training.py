@@ -40,10 +40,42 @@ class SideNetObjective(Objective):
             modules["lisa_decoder"] = self.decoder
         return modules
 
+    def parameter_sets(self) -> dict[str, list[torch.nn.Parameter]]:
+        """The trainable parameters by group: ``zero_modules`` (every site's zero-conv / zero-linear),
+        ``cond_embedding`` (the condition embedding: ControlNet's ``controlnet_cond_embedding``, SD3 ControlNet's
+        ``pos_embed_input``), ``decoder`` (LISA's) and ``trunk`` (the rest of the side net)."""
+        side = self.model.side
+        zero = {id(p) for name in self.model.site_names for p in self.model.site_module(name).parameters()}
+        embedding = getattr(side, "controlnet_cond_embedding", None) or getattr(side, "pos_embed_input", None)
+        embedded = {id(p) for p in embedding.parameters()} if embedding is not None else set()
+        sets = {"zero_modules": [], "cond_embedding": [], "trunk": [],
+                "decoder": [p for p in self.decoder.parameters()] if self.decoder is not None else []}
+        for p in side.parameters():
+            if p.requires_grad:
+                sets["zero_modules" if id(p) in zero else "cond_embedding" if id(p) in embedded else "trunk"].append(p)
+        return sets
+
+    def param_groups(self) -> list[dict]:
+        """One AdamW group per parameter set with its ``--lr-scale-*`` factor; a single group when every factor
+        is 1 (as before the factors existed, so older checkpoints resume)."""
+        sets = self.parameter_sets()
+        scales = {name: getattr(self.config, f"lr_scale_{name}") for name in sets}
+        if all(scale == 1.0 for scale in scales.values()):
+            return super().param_groups()  # the parameters in their module order, as checkpoints hold them
+        return [{"params": params, "lr_scale": scales[name], "name": name} for name, params in sets.items() if params]
+
     def draw(self, batch: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
         x0 = self.model.encode_images(batch["image"])
         return {"x0": x0, "cond": batch["cond"], "noise": torch.randn(x0.shape, generator=generator),
-                "timesteps": self.model.parameterization.sample_timesteps(x0.shape[0], generator)}
+                "timesteps": self.model.parameterization.sample_timesteps(x0.shape[0], generator,
+                                                                          self.config.timestep_sampling)}
+
+    def gates(self) -> torch.Tensor | None:
+        """Every site's residual scale in training (``--conditioning-scale``); None for 1 (no scaling)."""
+        if self.config.conditioning_scale == 1.0:
+            return None
+        return torch.full((len(self.model.sites),), self.config.conditioning_scale,
+                          device=next(self.model.side.parameters()).device)
 
     def forward(self, x0, cond, noise, timesteps, step):
         parameterization = self.model.parameterization
@@ -52,7 +84,8 @@ class SideNetObjective(Objective):
         rows = lisa_rows(x0.shape[0], self.config.lisa_fraction) if self.decoder is not None else 0
         hook = capture(self.model, [self.site]) if rows else nullcontext({})
         with hook as records:
-            out = self.model(x_t, timesteps, cond, main_rows=rows, main_pass=self.config.lisa_main_pass)
+            out = self.model(x_t, timesteps, cond, gates=self.gates(), main_rows=rows,
+                             main_pass=self.config.lisa_main_pass)
         diffusion = F.mse_loss(out.pred_full.float(), target.float())
         if not rows:
             return {"loss": diffusion, "diffusion_loss": diffusion.detach()}
@@ -64,6 +97,19 @@ class SideNetObjective(Objective):
         return {"loss": diffusion + weight * lisa, "diffusion_loss": diffusion.detach(), "lisa_loss": lisa.detach(),
                 "lisa_target_norm": aux_target.float().pow(2).mean().detach(),
                 "lisa_weight": torch.tensor(weight, dtype=torch.float64)}
+
+
+def init_zero_modules(model: DualBranch, scale: float, seed: int) -> None:
+    """Give a new side net's zero modules weights ~ N(0, (scale / sqrt(fan_in))²) (biases stay 0), so that the
+    diffusion loss reaches the trunk from step 1; ``scale = 0`` keeps ControlNet's zero initialisation."""
+    if scale == 0:
+        return
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + 7)
+    with torch.no_grad():
+        for name in model.site_names:
+            weight = model.site_module(name).weight
+            fan_in = weight[0].numel()
+            weight.copy_(torch.randn(weight.shape, generator=generator) * scale / fan_in**0.5)
 
 
 def build_decoder(model: DualBranch, site: str, seed: int) -> LisaDecoder:
@@ -85,6 +131,8 @@ def train(config: TrainConfig) -> Path:
     if config.main is None:
         config.main = str(ensure_default_main(Path(config.out_dir)))
     model, dataset_kwargs = build_dual_branch(config)
+    if config.side is None:  # a new side net (a resumed run loads its weights from the checkpoint)
+        init_zero_modules(model, config.zero_init_scale, config.seed)
     site = config.lisa_site or model.default_lisa_site()
     model.site(site)
     dataset = build_dataset(config.dataset, split="train", **dataset_kwargs)

@@ -13,6 +13,8 @@ from lisa_probe.engine import (
     _check_resume_config,
     all_finite,
     cpu_only,
+    eval_steps,
+    is_eval_step,
     learning_rate,
     load_grad_scaler,
     with_grad_scaler,
@@ -91,3 +93,14 @@ def test_all_finite_in_one_process():
     assert all_finite(one, torch.tensor(0.5))
     assert not all_finite(one, torch.tensor(float("nan")))
     assert not all_finite(one, torch.tensor(float("inf")))
+
+
+def test_an_evaluation_schedule_is_dense_where_asked():
+    assert eval_steps("10@50,25", 120) == [10, 20, 30, 40, 50, 75, 100]
+    assert eval_steps("5@20,20@100,100", 300) == [5, 10, 15, 20, 40, 60, 80, 100, 200, 300]
+    config = LoopConfig(steps=120, eval_schedule="10@50,25")
+    assert [s for s in range(1, 121) if is_eval_step(s, config)] == [10, 20, 30, 40, 50, 75, 100]
+    assert [s for s in range(1, 9) if is_eval_step(s, LoopConfig(steps=8, eval_every=4))] == [4, 8]
+    for bad in ("10@50", "10,20", "0@50,10", "10@50,5@40,10", "x@3,1"):
+        with pytest.raises(ValueError, match=f"--eval-schedule '{bad}'"):
+            LoopConfig(steps=100, eval_schedule=bad)

@@ -19,8 +19,8 @@ from lisa_probe.main_training import pretrain
 from lisa_probe.models import build_main, build_side, load_main, save_main
 from lisa_probe.parameterization import Parameterization
 from lisa_probe.rundir import read_summary
-from lisa_probe.runs import load_run
-from lisa_probe.side_training import SideNetObjective, train
+from lisa_probe.runs import build_dual_branch, load_run
+from lisa_probe.side_training import SideNetObjective, build_decoder, init_zero_modules, train
 from lisa_probe.train import main as train_main
 from lisa_probe.validation import ControlEvaluation
 from tests.conftest import launch_two_cpu_processes
@@ -374,3 +374,55 @@ def test_a_failing_evaluation_loses_no_training(tmp_path, monkeypatch):
     monkeypatch.setattr(ControlEvaluation, "__call__", evaluate)
     run_dir = train(tiny_config(tmp_path, **config, resume="latest"))
     assert read_summary(run_dir)["steps"] == 2 and (run_dir / "controlnet" / "config.json").exists()
+
+
+def test_parameter_groups_take_their_learning_rate_factors(tmp_path):
+    """Every trainable parameter is in exactly one group; the zero modules are the sites' modules; a step gives each
+    group the schedule's rate times its factor; all factors 1 keep one group in module order (old checkpoints)."""
+    config = tiny_config(tmp_path, lr_scale_zero_modules=10.0, lr_scale_trunk=0.1, lr_scale_cond_embedding=0.5,
+                         lr_scale_decoder=2.0)
+    model, _ = build_dual_branch(config)
+    objective = SideNetObjective(model, build_decoder(model, "mid", 0), config, "mid")
+    groups = {group["name"]: group for group in objective.param_groups()}
+    assert {name: group["lr_scale"] for name, group in groups.items()} == {
+        "zero_modules": 10.0, "cond_embedding": 0.5, "trunk": 0.1, "decoder": 2.0}
+    grouped = [id(p) for group in groups.values() for p in group["params"]]
+    trainable = [id(p) for p in objective.parameters() if p.requires_grad]
+    assert sorted(grouped) == sorted(trainable) and len(set(grouped)) == len(grouped)
+    sites = {id(p) for name in model.site_names for p in model.site_module(name).parameters()}
+    assert {id(p) for p in groups["zero_modules"]["params"]} == sites
+    run_dir = train(tiny_config(tmp_path, name="scaled", steps=2, lr_scale_zero_modules=10.0, lr_scale_trunk=0.0,
+                                lr_scale_cond_embedding=0.0, lisa_weight=0.0))
+    trained = ControlNetModel.from_pretrained(run_dir / "controlnet")
+    fresh, _ = build_dual_branch(tiny_config(tmp_path))
+    changed = {name for name, p in trained.named_parameters()
+               if not torch.equal(p, dict(fresh.side.named_parameters())[name])}
+    assert changed and all(name.startswith(("controlnet_down_blocks", "controlnet_mid_block")) for name in changed)
+    one = SideNetObjective(model, None, tiny_config(tmp_path), "mid").param_groups()
+    assert len(one) == 1 and [id(p) for p in one[0]["params"]] == [id(p) for p in objective.model.parameters()
+                                                                   if p.requires_grad]
+
+
+def test_cubic_timesteps_conditioning_scale_and_zero_init(tmp_path):
+    """Cubic sampling puts 3/4 of the mass above the middle (mean t/T = 3/4); a conditioning scale of 0 trains on
+    the main net's prediction alone; a zero-init scale makes the zero modules non-zero with the requested spread."""
+    generator = torch.Generator().manual_seed(0)
+    cubic = Parameterization("eps").sample_timesteps(20000, generator, "cubic").double() / 1000
+    uniform = Parameterization("eps").sample_timesteps(20000, generator).double() / 1000
+    assert cubic.mean().item() == pytest.approx(0.75, abs=0.01) and uniform.mean().item() == pytest.approx(0.5, abs=0.01)
+    assert (Parameterization("flow").sample_timesteps(100, generator, "cubic") <= 1000).all()
+    config = tiny_config(tmp_path, conditioning_scale=0.0, zero_init_scale=1.0, lisa_weight=0.0)
+    model, _ = build_dual_branch(config)
+    init_zero_modules(model, 1.0, seed=0)
+    weight = model.site_module("mid").weight
+    assert weight.abs().sum() > 0 and weight.std().item() == pytest.approx(1 / weight[0].numel() ** 0.5, rel=0.2)
+    objective = SideNetObjective(model, None, config, "mid")
+    x0, cond = torch.randn(2, 3, 16, 16), torch.rand(2, 1, 16, 16)
+    noise, steps = torch.randn(2, 3, 16, 16), torch.tensor([10, 900])
+    loss = objective(x0, cond, noise, steps, step=0)["loss"]
+    with torch.no_grad():
+        main_only = torch.nn.functional.mse_loss(model.predict_main(model.parameterization.add_noise(x0, noise, steps),
+                                                                    steps), noise)
+    assert loss.item() == pytest.approx(main_only.item(), rel=1e-5)
+    with pytest.raises(ValueError, match="--conditioning-scale must be a finite number"):
+        tiny_config(tmp_path, conditioning_scale=float("nan"))

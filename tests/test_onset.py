@@ -1,0 +1,36 @@
+"""The onset fit against curves with a known onset."""
+
+import math
+
+import numpy as np
+import pytest
+
+from lisa_probe.onset import MIN_RISE, first_step_above, fit_onset, logistic
+
+
+@pytest.mark.parametrize("t50,width", [(300.0, 20.0), (150.0, 30.0), (900.0, 5.0)])
+def test_the_fit_finds_a_known_onset(t50, width):
+    """Noisy samples of a logistic every 25 steps: t50 within a tenth of the evaluation interval's reach, the
+    plateaus within the noise."""
+    rng = np.random.default_rng(0)
+    steps = np.arange(25, 1201, 25, dtype=float)
+    fidelity = logistic(steps, t50, width, 0.1, 0.7) + rng.normal(0, 0.01, len(steps))
+    onset = fit_onset(steps, fidelity)
+    assert onset.found
+    assert onset.t50 == pytest.approx(t50, abs=max(0.1 * t50, 12.5))
+    assert onset.low == pytest.approx(0.1, abs=0.03) and onset.high == pytest.approx(0.7, abs=0.03)
+
+
+def test_a_flat_curve_has_no_onset():
+    steps = np.arange(25, 601, 25, dtype=float)
+    flat = 0.1 + np.random.default_rng(1).normal(0, 0.01, len(steps))
+    onset = fit_onset(steps, flat)
+    assert not onset.found and math.isnan(onset.width) and onset.high - onset.low < MIN_RISE
+    with pytest.raises(ValueError, match="at least 4 evaluated steps"):
+        fit_onset(steps[:3], flat[:3])
+
+
+def test_first_step_above():
+    steps = np.array([25, 50, 75, 100])
+    fidelity = np.array([0.1, 0.3, 0.6, 0.5])
+    assert first_step_above(steps, fidelity, 0.5) == 75 and math.isnan(first_step_above(steps, fidelity, 0.9))
