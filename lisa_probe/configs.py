@@ -127,6 +127,9 @@ class TrainConfig(LoopConfig):
     lr_scale_cond_embedding: float = field(default=1.0, metadata=option("learning-rate factor of the condition "
                                                                         "embedding"))
     lr_scale_decoder: float = field(default=1.0, metadata=option("learning-rate factor of the LISA decoder"))
+    probe_every: int = field(default=0, metadata=option(
+        "steps between onset-signal measurements on a fixed probe batch, logged in metrics.csv (0: none)"))
+    probe_samples: int = field(default=32, metadata=option("validation samples in the onset probe batch"))
     name: str | None = field(default=None, metadata=option("run name (default: derived from the settings)"))
     out_dir: str = field(default="runs", metadata=option("parent of run directories"))
     eval_samples: int = field(default=64, metadata=option("validation conditions sampled per evaluation (0: no "
@@ -144,6 +147,9 @@ class TrainConfig(LoopConfig):
         check_number("lisa_weight", self.lisa_weight, 0)
         check_number("convergence_threshold", self.convergence_threshold, 0, 1)
         check_choice("timestep sampling", self.timestep_sampling, TIMESTEP_SAMPLINGS)
+        if self.probe_every < 0 or self.probe_samples < 1:
+            raise ValueError(f"--probe-every must be >= 0 and --probe-samples >= 1, got {self.probe_every} and "
+                             f"{self.probe_samples}")
         check_number("conditioning_scale", self.conditioning_scale, 0)
         check_number("zero_init_scale", self.zero_init_scale, 0)
         for name in LR_SCALES:

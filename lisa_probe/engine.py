@@ -45,8 +45,8 @@ from lisa_probe.rundir import EVAL_FILE, METRICS_FILE
 MIXED_PRECISION = ("no", "bf16", "fp16")
 # Config fields that may differ between an interrupted run and its resumption.
 RESUMABLE_CHANGES = ("steps", "resume", "checkpoint_every", "keep_checkpoints", "eval_every", "eval_schedule",
-                     "log_every",
-                     "num_workers", "eval_samples", "name", "out_dir", "overwrite")
+                     "probe_every", "probe_samples", "log_every", "num_workers", "eval_samples", "name", "out_dir",
+                     "overwrite")
 
 
 def usable_cores() -> int:
@@ -184,6 +184,16 @@ class Objective(nn.Module):
         return [{"params": [p for p in self.parameters() if p.requires_grad], "lr_scale": 1.0}]
 
 
+class Probe:
+    """Cheap measurements of the model every ``every`` steps, logged in ``metrics.csv`` and TensorBoard with the
+    step's row (``side_training.OnsetProbe``): ``probe(step) -> {column: value}`` on the main process."""
+
+    every: int
+
+    def __call__(self, step: int) -> dict[str, float]:
+        raise NotImplementedError
+
+
 class NonFiniteLossError(FloatingPointError):
     """Raised when a loss is NaN or inf; nothing is saved for that step."""
 
@@ -226,19 +236,28 @@ class MetricsLog:
         if columns:
             write_csv_atomic(self.path, columns, [row for row in rows if int(row["step"]) <= step])
 
-    def _write(self, columns, rows) -> None:
-        """Append ``rows`` (the header first when the file is new)."""
-        new = not self.path.exists()
-        with open(self.path, "w" if new else "a", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(columns))
-            if new:
-                writer.writeheader()
-            writer.writerows(rows)
+    def _write(self, row: dict) -> None:
+        """Append ``row`` under the file's header (written first for a new file). A row with columns the header
+        lacks (the onset probe's, at its first step) rewrites the file atomically with the union of columns, the
+        earlier rows blank in the new ones."""
+        if self.path.exists():
+            with open(self.path, newline="") as handle:
+                columns = next(csv.reader(handle), [])
+            if set(row) - set(columns):
+                with open(self.path, newline="") as handle:
+                    earlier = list(csv.DictReader(handle))
+                columns += [key for key in row if key not in columns]
+                write_csv_atomic(self.path, columns, [{key: item.get(key, "") for key in columns} for item in earlier])
+        else:
+            columns = list(row)
+            write_csv_atomic(self.path, columns, [])
+        with open(self.path, "a", newline="") as handle:
+            csv.DictWriter(handle, fieldnames=columns, restval="").writerow(row)
 
     def log(self, step: int, values: dict[str, float]) -> None:
         if not self.enabled:
             return
-        self._write(["step", *values], [{"step": step, **values}])
+        self._write({"step": step, **values})
         for key, value in values.items():
             self.writer.add_scalar(key, value, step)
 
@@ -295,7 +314,7 @@ def export_modules(accelerator: Accelerator, run_dir: Path, objective: Objective
 
 
 def fit(run_dir: Path, objective: Objective, dataset, config: LoopConfig,
-        evaluate: Callable[[int], dict[str, float]] | None = None) -> dict:
+        evaluate: Callable[[int], dict[str, float]] | None = None, probe: Probe | None = None) -> dict:
     """Train ``objective`` on ``dataset`` under ``config``; returns the final trainer state.
 
     ``evaluate(step)`` runs on the main process every ``eval_every`` steps and at the end; its metrics go to
@@ -305,14 +324,14 @@ def fit(run_dir: Path, objective: Objective, dataset, config: LoopConfig,
     up for it and ``end_processes`` takes it down at exit (accelerate's ``end_training`` would destroy it).
     """
     try:
-        return _fit_loop(Path(run_dir), objective, dataset, config, evaluate)
+        return _fit_loop(Path(run_dir), objective, dataset, config, evaluate, probe)
     finally:
         AcceleratorState._reset_state()
         GradientState._reset_state()
 
 
 def _fit_loop(run_dir: Path, objective: Objective, dataset, config: LoopConfig,
-              evaluate: Callable[[int], dict[str, float]] | None) -> dict:
+              evaluate: Callable[[int], dict[str, float]] | None, probe: Probe | None) -> dict:
     """The body of ``fit``."""
     accelerator = Accelerator(mixed_precision=config.mixed_precision, gradient_accumulation_steps=config.grad_accum,
                               cpu=cpu_only())
@@ -377,8 +396,13 @@ def _fit_loop(run_dir: Path, objective: Objective, dataset, config: LoopConfig,
         objective.after_step(step)
         progress.update(1)
         progress.set_postfix(loss=f"{sums['loss']:.4f}")
-        if step % config.log_every == 0 or step == config.steps:
-            metrics.log(step, {**sums, "lr": lr, "seconds": state["train_seconds"]})
+        probed = {}
+        if probe is not None and step % probe.every == 0 and accelerator.is_main_process:
+            objective.eval()
+            probed = probe(step)
+            objective.train()
+        if step % config.log_every == 0 or step == config.steps or probed:
+            metrics.log(step, {**sums, "lr": lr, "seconds": state["train_seconds"], **probed})
         sums = {}
         if step == config.steps or (config.checkpoint_every and step % config.checkpoint_every == 0):
             # before this step's evaluation: an evaluation that fails loses no training

@@ -9,17 +9,20 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch.utils.data import default_collate
 
 from lisa_probe.checkpointing import prepare_run_dir
 from lisa_probe.configs import TrainConfig
 from lisa_probe.data import build_dataset
 from lisa_probe.data.condition_kinds import condition_kind
-from lisa_probe.engine import Objective, fit, is_main_process, process_state
+from lisa_probe.engine import Objective, Probe, fit, is_main_process, process_state
 from lisa_probe.hooks import capture
 from lisa_probe.lisa import LisaDecoder, lisa_distance, lisa_rows, lisa_target, lisa_weight
 from lisa_probe.models import DualBranch
+from lisa_probe.onset import onset_signals
 from lisa_probe.rundir import write_run_config
 from lisa_probe.runs import build_dual_branch, ensure_default_main
+from lisa_probe.sampling import fixed_noise
 from lisa_probe.validation import ControlEvaluation, write_summary
 
 
@@ -144,7 +147,51 @@ def train(config: TrainConfig) -> Path:
         write_run_config(run_dir, replace(config, lisa_site=site), kind="train")  # the site resolved, saved
     objective = SideNetObjective(model, decoder, config, site)
     evaluation = ControlEvaluation(model, config, dataset_kwargs, run_dir) if config.eval_samples > 0 else None
-    state = fit(run_dir, objective, dataset, config, evaluate=evaluation)
+    probe = (OnsetProbe(model, config, dataset_kwargs, config.probe_every, config.probe_samples)
+             if config.probe_every > 0 else None)
+    state = fit(run_dir, objective, dataset, config, evaluate=evaluation, probe=probe)
     if is_main_process():
         write_summary(run_dir, config, state, condition_kind(dataset.condition).control_metric)
     return run_dir
+
+
+class OnsetProbe(Probe):
+    """The onset signal of a side net, without sampling, on a fixed probe batch every ``every`` steps: the first
+    ``samples`` validation samples, each at one of ``BINS`` evenly spaced timesteps (sample k at bin k mod BINS),
+    fixed noise. Columns: ``probe/explained`` and ``probe/cosine`` (``onset.onset_signals``) overall and per bin
+    (``…/t<b>``, low to high noise), ``probe/residual_norm/<site>`` (mean L2 norm per row of the residual the site
+    adds) and ``probe/zero_weight_norm/<site>`` (Frobenius norm of its zero module's weight)."""
+
+    BINS = 4
+
+    def __init__(self, model: DualBranch, config: TrainConfig, dataset_kwargs: dict, every: int, samples: int):
+        self.model, self.every = model, every
+        dataset = build_dataset(config.dataset, split="val", **dataset_kwargs)
+        batch = default_collate([dataset[i] for i in range(min(samples, len(dataset)))])
+        parameterization = model.parameterization
+        self.bins = torch.arange(len(batch["cond"])) % self.BINS
+        self.timesteps = parameterization.evenly_spaced_timesteps(self.BINS)[self.bins]
+        x0 = model.encode_images(batch["image"])
+        noise = fixed_noise(tuple(x0.shape), config.seed + 4242)
+        self.x_t = parameterization.add_noise(x0, noise, self.timesteps)
+        self.target = parameterization.target(x0, noise, self.timesteps)
+        self.cond = batch["cond"]
+
+    @torch.no_grad()
+    def __call__(self, step: int) -> dict[str, float]:
+        device = next(self.model.side.parameters()).device
+        sites = self.model.site_names
+        with capture(self.model, sites, what=("residual",), detach=True) as records:
+            out = self.model(self.x_t.to(device), self.timesteps.to(device), self.cond.to(device),
+                             main_rows=len(self.cond))
+        target, full, main = (a.float().cpu().numpy() for a in (self.target, out.pred_full, out.pred_main))
+        values = {f"probe/{key}": value for key, value in onset_signals(target, full, main).items()}
+        for b in range(self.BINS):
+            rows = (self.bins == b).numpy()
+            values.update({f"probe/{key}/t{b}": value
+                           for key, value in onset_signals(target[rows], full[rows], main[rows]).items()})
+        for site in sites:
+            residual = records[site]["residual"].float()
+            values[f"probe/residual_norm/{site}"] = float(residual.flatten(1).norm(dim=1).mean())
+            values[f"probe/zero_weight_norm/{site}"] = float(self.model.site_module(site).weight.norm())
+        return values

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from lisa_probe.onset import MIN_RISE, first_step_above, fit_onset, logistic
+from lisa_probe.onset import MIN_RISE, first_step_above, fit_onset, logistic, onset_signals
 
 
 @pytest.mark.parametrize("t50,width", [(300.0, 20.0), (150.0, 30.0), (900.0, 5.0)])
@@ -34,3 +34,17 @@ def test_first_step_above():
     steps = np.array([25, 50, 75, 100])
     fidelity = np.array([0.1, 0.3, 0.6, 0.5])
     assert first_step_above(steps, fidelity, 0.5) == 75 and math.isnan(first_step_above(steps, fidelity, 0.9))
+
+
+def test_onset_signals_closed_cases():
+    """Zero residuals explain nothing (0); a side branch that predicts the target explains all of the main net's
+    error (1), with its estimate along the oracle's (cosine 1); the opposite direction gives cosine -1."""
+    rng = np.random.default_rng(0)
+    target, main = rng.normal(size=(6, 2, 4, 4)), rng.normal(size=(6, 2, 4, 4))
+    assert onset_signals(target, main, main) == {"explained": 0.0, "cosine": 0.0}
+    perfect = onset_signals(target, target, main)
+    assert perfect["explained"] == pytest.approx(1.0) and perfect["cosine"] == pytest.approx(1.0)
+    half = onset_signals(target, main + 0.5 * (target - main), main)
+    assert half["explained"] == pytest.approx(0.75) and half["cosine"] == pytest.approx(1.0)
+    assert onset_signals(target, main - (target - main), main)["cosine"] == pytest.approx(-1.0)
+    assert math.isnan(onset_signals(main, main, main)["explained"])

@@ -20,7 +20,7 @@ from lisa_probe.models import build_main, build_side, load_main, save_main
 from lisa_probe.parameterization import Parameterization
 from lisa_probe.rundir import read_summary
 from lisa_probe.runs import build_dual_branch, load_run
-from lisa_probe.side_training import SideNetObjective, build_decoder, init_zero_modules, train
+from lisa_probe.side_training import OnsetProbe, SideNetObjective, build_decoder, init_zero_modules, train
 from lisa_probe.train import main as train_main
 from lisa_probe.validation import ControlEvaluation
 from tests.conftest import launch_two_cpu_processes
@@ -426,3 +426,20 @@ def test_cubic_timesteps_conditioning_scale_and_zero_init(tmp_path):
     assert loss.item() == pytest.approx(main_only.item(), rel=1e-5)
     with pytest.raises(ValueError, match="--conditioning-scale must be a finite number"):
         tiny_config(tmp_path, conditioning_scale=float("nan"))
+
+
+def test_the_onset_probe_logs_into_metrics_csv(tmp_path):
+    """A fresh side net (zero modules at 0) adds nothing: explained share, cosine, residual and zero-weight norms all
+    0. Training logs the probe with its steps' rows in metrics.csv (earlier rows blank in its columns), and the
+    zero modules' weights grow from 0."""
+    config = tiny_config(tmp_path, steps=4, probe_every=2, probe_samples=8, lisa_weight=0.0)
+    model, dataset_kwargs = build_dual_branch(config)
+    fresh = OnsetProbe(model, config, dataset_kwargs, every=2, samples=8)(0)
+    assert fresh["probe/explained"] == 0.0 and fresh["probe/cosine"] == 0.0
+    assert all(fresh[f"probe/{kind}/{site}"] == 0.0 for kind in ("residual_norm", "zero_weight_norm")
+               for site in model.site_names)
+    assert {f"probe/explained/t{b}" for b in range(OnsetProbe.BINS)} <= set(fresh)
+    rows = read_metrics(train(config))
+    assert [row["probe/explained"] == "" for row in rows] == [True, False, True, False]
+    norms = [float(rows[k]["probe/zero_weight_norm/mid"]) for k in (1, 3)]
+    assert 0 < norms[0] < norms[1] and all(math.isfinite(float(rows[k]["probe/cosine/t3"])) for k in (1, 3))
