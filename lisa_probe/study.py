@@ -28,6 +28,7 @@ from lisa_probe.config import SEED_MAX, cli_errors, config_from_dict
 from lisa_probe.configs import AnalyzeOptions, ExtractConfig, PretrainConfig, TrainConfig
 from lisa_probe.extraction import extract
 from lisa_probe.main_training import pretrain
+from lisa_probe.onset import Onset, first_step_above, fit_onset
 from lisa_probe.provenance import code_version
 from lisa_probe.rundir import is_finished, is_main_net_ready, read_eval, read_summary
 from lisa_probe.side_training import train
@@ -241,6 +242,61 @@ def control_curves(curves: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
     return curves[[metric_of.get(s) == m for s, m in zip(curves["setting"], curves["metric"])]]
 
 
+def onset_table(curves: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per run: the logistic onset of its control-fidelity curve (``onset.fit_onset``: ``t50``, ``width``,
+    ``low``, ``high``; ``t50`` NaN for a curve that did not rise or has fewer than 4 evaluations), its last step and
+    final fidelity."""
+    rows = []
+    for (run, setting, arm, seed), curve in control_curves(curves, runs).groupby(["run", "setting", "arm", "seed"]):
+        curve = curve.sort_values("step")
+        steps, fidelity = curve["step"].to_numpy(dtype=float), curve["value"].to_numpy(dtype=float)
+        onset = fit_onset(steps, fidelity) if len(curve) >= 4 else Onset(np.nan, np.nan, np.nan, np.nan)
+        rows.append({"run": run, "setting": setting, "arm": arm, "seed": seed, "t50": onset.t50,
+                     "width": onset.width, "low": onset.low, "high": onset.high, "last_step": steps[-1],
+                     "final": fidelity[-1]})
+    return pd.DataFrame(rows)
+
+
+def onset_summary(onsets: pd.DataFrame, curves: pd.DataFrame, runs: pd.DataFrame,
+                  fraction: float = 0.8) -> pd.DataFrame:
+    """Per (setting, arm): runs, runs with an onset, mean ``t50`` over those with its bootstrap CI over seeds, and
+    the speed-up against the setting's baseline arm three ways:
+
+    * ``speedup_t50``: baseline mean t50 / arm mean t50;
+    * ``step_to_level``: mean first step at which a run reaches ``fraction`` × the baseline's mean final fidelity (a
+      run that never does counts its last step), with ``speedup_level`` = baseline's / arm's;
+    * ``reach_baseline_final``: mean first step at which a run reaches the baseline's mean fidelity at the last
+      step N, divided by N (1 for the baseline itself on average; < 1: sooner).
+    """
+    control = control_curves(curves, runs)
+    rows = []
+    for setting, group in onsets.groupby("setting"):
+        base = group[group["arm"] == "baseline"]
+        level = fraction * base["final"].mean()
+        last = base["last_step"].max()
+        target = control[(control["setting"] == setting) & (control["arm"] == "baseline")
+                         & (control["step"] == last)]["value"].mean()
+        for arm, arm_rows in group.groupby("arm"):
+            found = arm_rows["t50"].dropna().to_numpy()
+            low, high = bootstrap_ci(found)
+            reach_level, reach_final = [], []
+            for record in arm_rows.itertuples():
+                curve = control[control["run"] == record.run].sort_values("step")
+                steps, values = curve["step"].to_numpy(dtype=float), curve["value"].to_numpy(dtype=float)
+                reach_level.append(np.nan_to_num(first_step_above(steps, values, level), nan=record.last_step))
+                reach_final.append(np.nan_to_num(first_step_above(steps, values, target), nan=record.last_step))
+            rows.append({"setting": setting, "arm": arm, "n_runs": len(arm_rows), "n_onset": len(found),
+                         "t50": found.mean() if len(found) else np.nan, "t50_ci_low": low, "t50_ci_high": high,
+                         "step_to_level": float(np.mean(reach_level)),
+                         "reach_baseline_final": float(np.mean(reach_final)) / last})
+    table = pd.DataFrame(rows)
+    base = table[table["arm"] == "baseline"].set_index("setting")
+    table["speedup_t50"] = [base["t50"].get(s, np.nan) / t for s, t in zip(table["setting"], table["t50"])]
+    table["speedup_level"] = [base["step_to_level"].get(s, np.nan) / t
+                              for s, t in zip(table["setting"], table["step_to_level"])]
+    return table
+
+
 def curve_area_table(curves: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
     """Per (setting, arm): control fidelity averaged over a run's evaluations (the area under its training curve
     divided by its length; threshold-free, higher = faster), mean over seeds with a bootstrap CI, and the arm's
@@ -329,6 +385,9 @@ def run_study(path: Path, quick: bool = False, analyze: bool = True, seeds: list
     plot_curves(curves, runs, results / "curves.png")
     areas = curve_area_table(curves, runs)
     areas.to_csv(results / "curve_area.csv", index=False)
+    onsets = onset_table(curves, runs)
+    onsets.to_csv(results / "onset.csv", index=False)
+    onset_summary(onsets, curves, runs).to_csv(results / "onset_summary.csv", index=False)
     if analyze:
         for setting, paths in stores.items():
             report_stores(paths, results / f"analysis-{setting}", AnalyzeOptions(), overwrite=True,

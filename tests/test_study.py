@@ -5,9 +5,19 @@ import pandas as pd
 import pytest
 import yaml
 
+from lisa_probe.onset import logistic
 from lisa_probe.rundir import read_eval
-from lisa_probe.study import bootstrap_ci, convergence_table, curve_area_table, load_study, run_study
+from lisa_probe.study import (
+    bootstrap_ci,
+    convergence_table,
+    curve_area_table,
+    load_study,
+    onset_summary,
+    onset_table,
+    run_study,
+)
 from lisa_probe.study import main as study_main
+from tests.conftest import REPO
 
 TINY_STUDY = {
     "name": "tiny",
@@ -140,3 +150,39 @@ def test_a_study_file_that_is_not_a_study(tmp_path, capsys, text, message):
     with pytest.raises(SystemExit) as stop:
         study_main([str(path)])
     assert stop.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_onsets_and_speedups_from_curves_with_known_onsets():
+    """Baseline curves rise at step 200, LISA's at 100 (three seeds each, evaluations every 20 steps to 600): t50
+    per run within one evaluation interval, the t50 speed-up ≈ 2, LISA reaches 80 % of the baseline's final fidelity
+    and the baseline's final fidelity sooner; a flat run has no onset and is counted."""
+    rows, runs = [], []
+    for arm, t50 in (("baseline", 200.0), ("lisa", 100.0), ("flat", None)):
+        for seed in range(3):
+            run = f"s-{arm}-s{seed}"
+            runs.append({"setting": "s", "arm": arm, "seed": seed, "run": run, "control_metric": "mask_iou"})
+            for step in range(20, 601, 20):
+                value = 0.1 if t50 is None else float(logistic(np.array([step]), t50 + 5 * seed, 15.0, 0.1, 0.7)[0])
+                rows.append({"run": run, "setting": "s", "arm": arm, "seed": seed, "step": step,
+                             "metric": "mask_iou", "value": value})
+    curves, runs = pd.DataFrame(rows), pd.DataFrame(runs)
+    onsets = onset_table(curves, runs).set_index("run")
+    assert onsets.loc["s-baseline-s1", "t50"] == pytest.approx(205, abs=20)
+    assert onsets.loc["s-lisa-s0", "t50"] == pytest.approx(100, abs=20) and np.isnan(onsets.loc["s-flat-s0", "t50"])
+    summary = onset_summary(onsets.reset_index(), curves, runs).set_index("arm")
+    assert summary.loc["lisa", "speedup_t50"] == pytest.approx(205 / 105, rel=0.1)
+    assert summary.loc["flat", "n_onset"] == 0 and summary.loc["flat", "n_runs"] == 3
+    assert summary.loc["lisa", "speedup_level"] == pytest.approx(205 / 105, rel=0.15)
+    # the same curve 100 steps earlier reaches the baseline's step-600 value about 100 steps before 600
+    assert summary.loc["lisa", "reach_baseline_final"] == pytest.approx((600 - 100) / 600, abs=0.05)
+    assert summary.loc["baseline", "reach_baseline_final"] == pytest.approx(1.0, abs=0.05)
+    assert summary.loc["baseline", "t50_ci_low"] <= summary.loc["baseline", "t50"] <= summary.loc["baseline", "t50_ci_high"]
+
+
+@pytest.mark.parametrize("quick", [False, True])
+def test_the_committed_study_files_are_valid(quick):
+    """Every run of the committed studies builds its configs (the file's shape, options and values are checked
+    before anything is trained), in full and in quick mode."""
+    for path in sorted((REPO / "experiments").glob("*.yaml")):
+        study = load_study(path, quick=quick)
+        assert study["seeds"] and study["arms"], path
