@@ -18,7 +18,7 @@ from lisa_probe.engine import NonFiniteLossError
 from lisa_probe.main_training import pretrain
 from lisa_probe.models import build_main, build_side, load_main, save_main
 from lisa_probe.parameterization import Parameterization
-from lisa_probe.rundir import read_summary
+from lisa_probe.rundir import read_eval, read_summary
 from lisa_probe.runs import build_dual_branch, load_run
 from lisa_probe.side_training import OnsetProbe, SideNetObjective, build_decoder, init_zero_modules, train
 from lisa_probe.train import main as train_main
@@ -443,3 +443,16 @@ def test_the_onset_probe_logs_into_metrics_csv(tmp_path):
     assert [row["probe/explained"] == "" for row in rows] == [True, False, True, False]
     norms = [float(rows[k]["probe/zero_weight_norm/mid"]) for k in (1, 3)]
     assert 0 < norms[0] < norms[1] and all(math.isfinite(float(rows[k]["probe/cosine/t3"])) for k in (1, 3))
+
+
+def test_a_resumed_run_logs_main_alone_once_as_an_uninterrupted_one(tmp_path):
+    """eval.csv after a resume holds the same metrics at every step as an uninterrupted run: the main net alone is
+    scored at the first evaluation only, not again at the resumed run's first one."""
+    common = dict(steps=2, eval_every=1, eval_samples=4, sample_steps=2, checkpoint_every=1, keep_checkpoints=0)
+    whole = read_eval(train(tiny_config(tmp_path, name="whole", **common)))
+    train(tiny_config(tmp_path, name="cut", **{**common, "steps": 1}))
+    resumed = read_eval(train(tiny_config(tmp_path, name="cut", **common, resume="latest")))
+    assert {step: sorted(metrics) for step, metrics in resumed.items()} == {
+        step: sorted(metrics) for step, metrics in whole.items()}
+    assert any(m.startswith("main_alone/") for m in resumed[1]) and not any(m.startswith("main_alone/")
+                                                                            for m in resumed[2])
