@@ -101,20 +101,16 @@ def check_number(name: str, value: float, low: float | None = None, high: float 
         raise ValueError(f"{flag(name)} must be a finite number in {interval}, got {value!r}")
 
 
-class InputError(Exception):
-    """Bad input found after parsing (a file, a dataset, a store): reported as ``prog: error:`` with exit 2."""
-
-
 @contextlib.contextmanager
 def cli_errors(prog: str):
     """Report the errors a user's input or the machine causes as ``<prog>: error: <message>`` with exit status 2, as
     argparse does for a bad option, instead of a traceback: ``ValueError`` (a bad site, a resume from another
     config), ``OSError`` and its subclasses (a missing, unreadable or corrupt file, an existing output, a full
-    disk), ``FloatingPointError`` (a non-finite loss) and ``InputError``. Other exceptions are bugs and keep their
+    disk) and ``FloatingPointError`` (a non-finite loss). Other exceptions are bugs and keep their
     traceback."""
     try:
         yield
-    except (ValueError, OSError, FloatingPointError, InputError) as error:
+    except (ValueError, OSError, FloatingPointError) as error:
         print(f"{prog}: error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
 

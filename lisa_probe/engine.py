@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -80,7 +81,8 @@ def is_main_process() -> bool:
 LR_SCHEDULES = ("constant", "cosine")
 
 
-def eval_steps(schedule: str, total: int) -> list[int]:
+@functools.lru_cache(maxsize=8)
+def eval_steps(schedule: str, total: int) -> frozenset[int]:
     """The steps ``schedule`` evaluates at, up to ``total``: ``"EVERY@UNTIL,...,EVERY"`` segments (see
     ``LoopConfig.eval_schedule``); ValueError naming the text for anything else."""
     steps, start = [], 0
@@ -97,7 +99,7 @@ def eval_steps(schedule: str, total: int) -> list[int]:
     except ValueError:
         raise ValueError(f"--eval-schedule {schedule!r}: expected segments EVERY@UNTIL with UNTIL increasing, then a "
                          "last EVERY, e.g. '10@200,50@1000,100'") from None
-    return sorted(set(steps))
+    return frozenset(steps)
 
 
 def is_eval_step(step: int, config: LoopConfig) -> bool:
