@@ -36,8 +36,9 @@ from lisa_probe.side_training import train
 STUDY_KEYS = ("name", "settings", "arms", "seeds", "sweep", "extract", "quick", "out_dir", "results_dir")
 
 
-EXTRACT_KEYS = ("samples", "timesteps", "batch_size")
-QUICK_KEYS = ("settings", "seeds", "pretrain", "train", "extract", "sweep")
+EXTRACT_KEYS = ("samples", "timesteps", "batch_size", "arms")
+QUICK_KEYS = ("settings", "arms", "seeds", "pretrain", "train", "extract", "sweep")
+ARM_SEEDS = "seeds"  # the one key of an arm that is not a train option: the study seeds this arm runs at
 SWEEP_KEYS = ("setting", "seed", "base", "values")
 
 
@@ -66,6 +67,14 @@ def _expect_seeds(value, where: str) -> None:
             raise ValueError(f"{where}: seed {seed} outside [0, {SEED_MAX}]")
 
 
+def _expect_names(names, known: dict, where: str, what: str) -> None:
+    """``names`` is a list of keys of ``known`` (the study's settings or arms)."""
+    _expect(names, list, where, f"a list of {what[:-1]} names")
+    missing = [name for name in names if name not in known]
+    if missing:
+        raise ValueError(f"{where} names unknown {what} {missing}; known: {', '.join(known)}")
+
+
 def check_study(study, path: Path) -> None:
     """Refuse a study of the wrong shape, naming the file and the key: what ``load_study`` promises before anything
     is trained."""
@@ -84,20 +93,27 @@ def check_study(study, path: Path) -> None:
             if part not in setting:
                 raise ValueError(f"{path}: settings.{name} lacks {part!r}")
             _expect_mapping(setting[part], f"{path}: settings.{name}.{part}")
+    _expect_seeds(study["seeds"], f"{path}: seeds")
     for name, overrides in study["arms"].items():
         _expect_mapping(overrides, f"{path}: arms.{name}")
-    _expect_seeds(study["seeds"], f"{path}: seeds")
-    _expect_mapping(study.get("extract") or {}, f"{path}: extract", EXTRACT_KEYS)
+        if ARM_SEEDS in overrides:
+            _expect_seeds(overrides[ARM_SEEDS], f"{path}: arms.{name}.seeds")
+            outside = sorted(set(overrides[ARM_SEEDS]) - set(study["seeds"]))
+            if outside:
+                raise ValueError(f"{path}: arms.{name}.seeds {outside} are not among the study's seeds "
+                                 f"{study['seeds']}")
+    extract = study.get("extract") or {}
+    _expect_mapping(extract, f"{path}: extract", EXTRACT_KEYS)
     quick = study.get("quick") or {}
     _expect_mapping(quick, f"{path}: quick", QUICK_KEYS)
     for key in ("pretrain", "train", "extract"):
         _expect_mapping(quick.get(key) or {}, f"{path}: quick.{key}", EXTRACT_KEYS if key == "extract" else None)
-    if "settings" in quick:
-        _expect(quick["settings"], list, f"{path}: quick.settings", "a list of setting names")
-        missing = [name for name in quick["settings"] if name not in study["settings"]]
-        if missing:
-            raise ValueError(f"{path}: quick.settings names unknown settings {missing}; known: "
-                             f"{', '.join(study['settings'])}")
+    for where, names, part in ((f"{path}: quick.settings", quick.get("settings"), "settings"),
+                               (f"{path}: quick.arms", quick.get("arms"), "arms"),
+                               (f"{path}: extract.arms", extract.get("arms"), "arms"),
+                               (f"{path}: quick.extract.arms", (quick.get("extract") or {}).get("arms"), "arms")):
+        if names is not None:
+            _expect_names(names, study[part], where, part)
     if "seeds" in quick:
         _expect_seeds(quick["seeds"], f"{path}: quick.seeds")
     for where, sweep in ((f"{path}: sweep", study.get("sweep")), (f"{path}: quick.sweep", quick.get("sweep"))):
@@ -136,7 +152,11 @@ def load_study(path: Path, quick: bool = False) -> dict:
         overrides = study.get("quick", {})
         if "settings" in overrides:
             study["settings"] = {name: study["settings"][name] for name in overrides["settings"]}
+        if "arms" in overrides:
+            study["arms"] = {name: study["arms"][name] for name in overrides["arms"]}
         study["seeds"] = overrides.get("seeds", study["seeds"])
+        study["arms"] = {name: {key: value for key, value in arm.items() if key != ARM_SEEDS}
+                         for name, arm in study["arms"].items()}
         for name, setting in study["settings"].items():
             setting["pretrain"] = {**setting["pretrain"], **overrides.get("pretrain", {})}
             setting["train"] = {**setting["train"], **overrides.get("train", {})}
@@ -148,11 +168,14 @@ def load_study(path: Path, quick: bool = False) -> dict:
 
 
 def planned_runs(study: dict) -> list[dict]:
-    """Every (setting, arm, seed) run plus the sweep runs, as {setting, arm, seed, overrides}.
+    """Every (setting, arm, seed) run plus the sweep runs, as {setting, arm, seed, overrides}; an arm with its own
+    ``seeds`` (in quick mode: ignored) runs at those only.
 
     Seeds are the outer loop, so a study stopped part-way has every setting and arm at the seeds it reached."""
-    runs = [{"setting": setting, "arm": arm, "seed": seed, "overrides": dict(overrides)}
-            for seed in study["seeds"] for setting in study["settings"] for arm, overrides in study["arms"].items()]
+    runs = [{"setting": setting, "arm": arm, "seed": seed,
+             "overrides": {key: value for key, value in overrides.items() if key != ARM_SEEDS}}
+            for seed in study["seeds"] for setting in study["settings"] for arm, overrides in study["arms"].items()
+            if seed in overrides.get(ARM_SEEDS, study["seeds"])]
     sweep = study.get("sweep")
     if sweep:
         for option, values in sweep["values"].items():
@@ -180,7 +203,7 @@ def run_one(study: dict, plan: dict, out_dir: Path) -> Path:
 
 def extract_run(run_dir: Path, study: dict, features_dir: Path) -> list[Path]:
     """Feature stores of a run at its earliest checkpoint and at the end."""
-    settings = study.get("extract", {})
+    settings = study.get("extract") or {}
     stores = []
     checkpoints = list_checkpoints(run_dir)
     for label, source in (("early", checkpoints[0] if checkpoints else None), ("final", run_dir)):
@@ -374,7 +397,7 @@ def run_study(path: Path, quick: bool = False, analyze: bool = True, seeds: list
     stores: dict[str, list[Path]] = {}
     for plan in plans:
         run_dir = run_one(study, plan, out_dir)
-        if analyze and not plan["arm"].startswith("sweep"):
+        if analyze and plan["arm"] in (study.get("extract") or {}).get("arms", study["arms"]):
             stores.setdefault(plan["setting"], []).extend(extract_run(run_dir, study, features_dir))
     runs = run_table(out_dir, plans)
     runs.to_csv(results / "runs.csv", index=False)

@@ -105,6 +105,23 @@ def test_planned_runs_put_seeds_outermost(tmp_path):
     assert [(p["seed"], p["arm"]) for p in plans] == [(0, "baseline"), (0, "lisa"), (1, "baseline"), (1, "lisa")]
 
 
+def test_an_arm_runs_at_its_own_seeds_and_quick_mode_picks_arms(tmp_path):
+    """An arm with ``seeds`` runs only at those (seeds still outermost); quick mode keeps the arms it names and runs
+    them at its own seeds."""
+    from lisa_probe.study import planned_runs
+
+    arms = {"baseline": {"lisa_weight": 0.0}, "lisa": {"lisa_weight": 0.2},
+            "fast": {"lisa_weight": 0.0, "lr": 1e-3, "seeds": [1]}}
+    path = write_study(tmp_path, arms=arms, quick={"seeds": [0], "arms": ["baseline", "fast"]})
+    plans = planned_runs(load_study(path))
+    # (write_study's YAML lists the arms alphabetically)
+    assert [(p["seed"], p["arm"]) for p in plans] == [(0, "baseline"), (0, "lisa"), (1, "baseline"), (1, "fast"),
+                                                      (1, "lisa")]
+    assert plans[3]["overrides"] == {"lisa_weight": 0.0, "lr": 1e-3}
+    quick = planned_runs(load_study(path, quick=True))
+    assert [(p["seed"], p["arm"]) for p in quick] == [(0, "baseline"), (0, "fast")]
+
+
 def test_curve_area_is_the_mean_fidelity_over_evaluations():
     runs = pd.DataFrame({"setting": ["s", "s"], "arm": ["baseline", "lisa"], "seed": [0, 0],
                          "control_metric": ["edge_f1", "edge_f1"]})
@@ -129,6 +146,10 @@ def test_curve_area_is_the_mean_fidelity_over_evaluations():
     ({"settings": {"unet": {**TINY_STUDY["settings"]["unet"], "extract": {}}}}, "unknown key(s) ['extract']"),
     ({"extract": {"sample": 4}}, "extract: unknown key(s) ['sample']"),
     ({"quick": {"settings": ["dit"]}}, "quick.settings names unknown settings ['dit']"),
+    ({"quick": {"arms": ["lsia"]}}, "quick.arms names unknown arms ['lsia']"),
+    ({"extract": {"arms": ["lsia"]}}, "extract.arms names unknown arms ['lsia']"),
+    ({"arms": {"lisa": {"lisa_weight": 0.2, "seeds": [5]}}}, "arms.lisa.seeds [5] are not among the study's seeds"),
+    ({"arms": {"lisa": {"lisa_weight": 0.2, "seeds": 1}}}, "arms.lisa.seeds must be a list of seeds"),
     ({"sweep": {"setting": "dit", "seed": 0, "values": {}}}, "sweep.setting 'dit' is not a setting"),
     ({"surprise": 1}, "unknown key(s) ['surprise']")])
 def test_a_bad_study_file_is_refused_before_anything_is_made(tmp_path, capsys, change, message):
