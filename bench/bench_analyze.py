@@ -1,12 +1,14 @@
 """Benchmark the streamed alignment analysis of ``lisa_probe.analyze``: time and peak memory against store size.
 
     python bench/bench_analyze.py [--rows 2000 8000 32000] [--feature 64 16 16] [--score 3 32 32] [--dir DIR]
+    python bench/bench_analyze.py --rows 2000 32000 250000 1000000 --feature 16 4 4 --score 1 8 8   # flat memory
 
 Writes one synthetic store per row count (one site of float16 features, float32 target / main / full / decoded
 scores, 8 timesteps, lzf, as ``lisa_probe.extract`` writes them), then runs ``open_run`` + ``stream_run`` +
-``alignment_table`` on it in a fresh child process and reports the child's wall time and peak RSS (``ru_maxrss``),
-its RSS before the pass (imports and the store's meta loaded), and the bytes of the per-row summaries the pass keeps.
-The streamed accumulators do not grow with the rows; the summaries grow by (C + 2·Cs·16) float32 per row.
+``alignment_table`` on it in a fresh child process and reports the child's wall time, its RSS after the imports,
+its peak RSS (``ru_maxrss``) over ``open_run`` and the pass, that peak against the first row count's, and the bytes
+of the per-row summaries the pass keeps. The streamed accumulators do not grow with the rows, and the summaries are
+kept for the summary sample only (``--summary-rows``, 20,000 rows by default), so peak memory is flat in the rows.
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def child(store: str) -> None:
+def child(store: str, chunk_rows: int | None) -> None:
     """Run the streamed alignment analysis on ``store`` and print a JSON line of measurements."""
     from threadpoolctl import threadpool_limits
 
@@ -64,11 +66,11 @@ def child(store: str) -> None:
     from lisa_probe.analysis.streaming import stream_run
     from lisa_probe.configs import AnalyzeOptions
 
-    options = AnalyzeOptions()
-    run = open_run(store, "bench", options)
+    options = AnalyzeOptions(chunk_rows=chunk_rows)
     before = peak_rss_mb()
     start = time.perf_counter()
     with threadpool_limits(limits=1, user_api="blas"):  # as ``analyze`` runs it
+        run = open_run(store, "bench", options)
         streamed = stream_run(run, options)
         table = alignment_table(run, streamed, options)
     seconds = time.perf_counter() - start
@@ -84,22 +86,27 @@ def main() -> None:
     parser.add_argument("--feature", type=int, nargs="+", default=[64, 16, 16], help="feature row shape")
     parser.add_argument("--score", type=int, nargs=3, default=[3, 32, 32], help="score row shape (C, H, W)")
     parser.add_argument("--dir", help="where to write the stores (default: a temporary directory)")
+    parser.add_argument("--chunk-rows", type=int, help="analyze's --chunk-rows (default: ~16 MiB of rows)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        return child(args.child)
+        return child(args.child, args.chunk_rows)
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
-        print(f"feature {tuple(args.feature)} float16, scores 4 × {tuple(args.score)} float32, lzf")
-        print(f"{'rows':>7} {'store MB':>9} {'seconds':>8} {'RSS before MB':>14} {'peak RSS MB':>12} "
-              f"{'pass MB':>8} {'summaries MB':>13}")
+        print(f"feature {tuple(args.feature)} float16, scores 4 × {tuple(args.score)} float32, lzf, "
+              f"chunks of {args.chunk_rows or '~16 MiB of'} rows")
+        print(f"{'rows':>7} {'store MB':>9} {'seconds':>8} {'RSS after imports MB':>21} {'peak RSS MB':>12} "
+              f"{'peak / first':>13} {'summaries MB':>13}")
+        first = None
         for rows in args.rows:
             path = Path(tmp) / f"bench-{rows}.h5"
             size = write_store(path, rows, tuple(args.feature), tuple(args.score))
-            result = subprocess.run([sys.executable, __file__, "--child", str(path)], capture_output=True, text=True,
-                                    check=True)
+            chunk = ["--chunk-rows", str(args.chunk_rows)] if args.chunk_rows else []
+            result = subprocess.run([sys.executable, __file__, "--child", str(path), *chunk], capture_output=True,
+                                    text=True, check=True)
             m = json.loads(result.stdout.strip().splitlines()[-1])
-            print(f"{rows:>7} {size:>9.0f} {m['seconds']:>8.1f} {m['rss_before']:>14.0f} {m['peak_rss']:>12.0f} "
-                  f"{m['peak_rss'] - m['rss_before']:>8.0f} {m['summaries_mb']:>13.1f}", flush=True)
+            first = first or m["peak_rss"]
+            print(f"{rows:>7} {size:>9.0f} {m['seconds']:>8.1f} {m['rss_before']:>21.0f} {m['peak_rss']:>12.0f} "
+                  f"{m['peak_rss'] / first:>13.3f} {m['summaries_mb']:>13.1f}", flush=True)
             path.unlink()
 
 

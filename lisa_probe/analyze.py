@@ -54,6 +54,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace the report in a non-empty --out")
     p.add_argument("--sites", type=comma_list, help="comma-separated sites (default: every site of each store)")
     p.add_argument("--max-rows", type=int, help="at most this many rows per store (whole samples)")
+    p.add_argument("--summary-rows", type=int, default=default.summary_rows,
+                   help="rows (whole samples) kept for probes, pooled read-outs, DCI/MIG/SAP, the embedding and the "
+                        "decomposition; the spatial and decoder read-outs stream every row (%(default)s)")
     p.add_argument("--t-bins", type=int, help="merge the timestep grid into this many bins (default: one per t)")
     p.add_argument("--no-umap", dest="umap", action="store_false", help="embed with PCA instead of UMAP")
     p.add_argument("--embedding-site", help="site to embed (default: the LISA site, else the middle site)")

@@ -238,6 +238,7 @@ class AnalyzeOptions:
 
     sites: list[str] | None = None  # None: every site of each store
     max_rows: int | None = None  # at most this many rows per store (whole samples, drawn with ``seed``)
+    summary_rows: int = 20_000  # rows (whole samples, drawn with ``seed``) kept for the analyses that need rows
     t_bins: int | None = None  # merge the timestep grid into this many contiguous bins (None: one per timestep)
     umap: bool = True  # False: a 2-D PCA instead of UMAP (no numba JIT)
     embedding_site: str | None = None  # default: the LISA site, else the middle site
@@ -251,7 +252,7 @@ class AnalyzeOptions:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name, low in (("max_rows", 1), ("t_bins", 1), ("attribution_samples", 0), ("ig_steps", 1),
+        for name, low in (("max_rows", 1), ("summary_rows", 1), ("t_bins", 1), ("attribution_samples", 0), ("ig_steps", 1),
                           ("shapley_samples", 1), ("pca_components", 1), ("n_splits", 2), ("chunk_rows", 1)):
             value = getattr(self, name)
             if value is not None and value < low:

@@ -29,8 +29,9 @@ from lisa_probe.configs import AnalyzeOptions, ExtractConfig, PretrainConfig, Tr
 from lisa_probe.extraction import extract
 from lisa_probe.main_training import pretrain
 from lisa_probe.onset import Onset, first_step_above, fit_onset
+from lisa_probe.onset_figures import lr_slope, plot_onset_fits, plot_probe_signals, plot_t50_vs_lr
 from lisa_probe.provenance import code_version
-from lisa_probe.rundir import is_finished, is_main_net_ready, read_eval, read_summary
+from lisa_probe.rundir import is_finished, is_main_net_ready, read_eval, read_metrics, read_run_config, read_summary
 from lisa_probe.side_training import train
 
 STUDY_KEYS = ("name", "settings", "arms", "seeds", "sweep", "extract", "quick", "out_dir", "results_dir")
@@ -39,6 +40,8 @@ STUDY_KEYS = ("name", "settings", "arms", "seeds", "sweep", "extract", "quick", 
 EXTRACT_KEYS = ("samples", "timesteps", "batch_size", "arms")
 QUICK_KEYS = ("settings", "arms", "seeds", "pretrain", "train", "extract", "sweep")
 ARM_SEEDS = "seeds"  # the one key of an arm that is not a train option: the study seeds this arm runs at
+# an arm that changes only these (and keeps lisa_weight 0) belongs to the learning-rate sweep with the baseline
+LR_SWEEP_OPTIONS = {"lr", "steps", "eval_schedule", "eval_every", "checkpoint_every", "lisa_weight", ARM_SEEDS}
 SWEEP_KEYS = ("setting", "seed", "base", "values")
 
 
@@ -225,8 +228,9 @@ def run_table(out_dir: Path, plans: list[dict]) -> pd.DataFrame:
         summary = read_summary(run_dir)
         if not summary:
             continue
+        config = read_run_config(run_dir, TrainConfig, "train")
         rows.append({"setting": plan["setting"], "arm": plan["arm"], "seed": plan["seed"], "run": run_dir.name,
-                     "control_metric": summary["control_metric"], "convergence_step": summary["convergence_step"],
+                     "lr": config.lr, "lisa_weight": config.lisa_weight, "control_metric": summary["control_metric"], "convergence_step": summary["convergence_step"],
                      "steps": summary["steps"], "seconds_per_step": summary["seconds_per_step"],
                      **{f"final/{k}": v for k, v in summary["final"].items()}})
     return pd.DataFrame(rows)
@@ -320,6 +324,47 @@ def onset_summary(onsets: pd.DataFrame, curves: pd.DataFrame, runs: pd.DataFrame
     return table
 
 
+def lr_sweep_table(study: dict, onsets: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
+    """The runs of the learning-rate sweep (the baseline and every arm that changes only ``LR_SWEEP_OPTIONS``, at
+    LISA weight 0): setting, arm, seed, lr and the run's onset ``t50`` (NaN: none)."""
+    arms = [arm for arm, options in study["arms"].items()
+            if set(options) <= LR_SWEEP_OPTIONS and not options.get("lisa_weight", 0.0)]
+    table = onsets[onsets["arm"].isin(arms)].merge(runs[["run", "lr"]], on="run")
+    return table[["setting", "arm", "seed", "lr", "t50"]].sort_values(["setting", "lr"]).reset_index(drop=True)
+
+
+def probe_curves(out_dir: Path, runs: pd.DataFrame) -> pd.DataFrame:
+    """Long table (run, setting, arm, seed, step, metric, value) of the onset probe's ``probe/*`` columns of every
+    run's ``metrics.csv`` (rows where it was computed)."""
+    rows = []
+    for record in runs.itertuples():
+        for logged in read_metrics(out_dir / record.run):
+            rows += [{"run": record.run, "setting": record.setting, "arm": record.arm, "seed": record.seed,
+                      "step": int(logged["step"]), "metric": name, "value": float(value)}
+                     for name, value in logged.items() if name.startswith("probe/") and value not in ("", None)]
+    return pd.DataFrame(rows, columns=["run", "setting", "arm", "seed", "step", "metric", "value"])
+
+
+def onset_outputs(results: Path, study: dict, out_dir: Path, curves: pd.DataFrame,
+                  runs: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Write the onset tables (``onset.csv``, ``onset_summary.csv``, ``lr_sweep.csv``, ``probe_curves.csv``) and
+    figures (``onset_fits.png``, ``t50_vs_lr.png``, ``probe_signals.png``); returns the tables."""
+    onsets = onset_table(curves, runs)
+    summary = onset_summary(onsets, curves, runs)
+    sweep = lr_sweep_table(study, onsets, runs)
+    probes = probe_curves(out_dir, runs)
+    for name, table in (("onset", onsets), ("onset_summary", summary), ("lr_sweep", sweep),
+                        ("probe_curves", probes)):
+        table.to_csv(results / f"{name}.csv", index=False)
+    if len(onsets):
+        plot_onset_fits(control_curves(curves, runs), onsets, summary, results / "onset_fits.png")
+    if sweep["lr"].nunique() >= 2:
+        plot_t50_vs_lr(sweep, results / "t50_vs_lr.png")
+    if len(probes):
+        plot_probe_signals(probes, results / "probe_signals.png")
+    return {"onset_summary": summary, "lr_sweep": sweep}
+
+
 def curve_area_table(curves: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
     """Per (setting, arm): control fidelity averaged over a run's evaluations (the area under its training curve
     divided by its length; threshold-free, higher = faster), mean over seeds with a bootstrap CI, and the arm's
@@ -364,7 +409,7 @@ def plot_curves(curves: pd.DataFrame, runs: pd.DataFrame, path: Path) -> None:
 
 
 def write_readme(results: Path, study: dict, runs: pd.DataFrame, convergence: pd.DataFrame, areas: pd.DataFrame,
-                 seconds: float, command: str) -> None:
+                 onset: dict[str, pd.DataFrame], seconds: float, command: str) -> None:
     """A short README with the headline tables (the interpretation is added by hand after reading them)."""
     final_cols = ["setting", "arm"] + [c for c in runs.columns if c.startswith("final/") and "main_alone" not in c]
     final = runs[final_cols].groupby(["setting", "arm"]).mean(numeric_only=True).reset_index()
@@ -378,6 +423,16 @@ def write_readme(results: Path, study: dict, runs: pd.DataFrame, convergence: pd
             "## Final metrics (mean over seeds)", "", final.to_markdown(index=False, floatfmt=".3g"), "",
             "## Training time per step", "", timing.to_markdown(index=False, floatfmt=".3g"), "",
             "![control fidelity vs step](curves.png)", ""]
+    if len(onset["onset_summary"]):
+        text += ["## Onset (logistic fit of control fidelity vs step; `onset.csv` per run)", "",
+                 onset["onset_summary"].to_markdown(index=False, floatfmt=".3g"), "",
+                 "![fitted onsets](onset_fits.png)", ""]
+    if onset["lr_sweep"]["lr"].nunique() >= 2:
+        text += ["## Onset vs learning rate", "", onset["lr_sweep"].to_markdown(index=False, floatfmt=".3g"), "",
+                 f"Slope of log t50 on log lr: **{lr_slope(onset['lr_sweep']):.2f}** (−1: t50 ∝ 1/lr).", "",
+                 "![t50 vs lr](t50_vs_lr.png)", ""]
+    if (results / "probe_signals.png").exists():
+        text += ["## Onset probe and norms", "", "![onset probe](probe_signals.png)", ""]
     (results / "README.md").write_text("\n".join(text))
 
 
@@ -408,9 +463,7 @@ def run_study(path: Path, quick: bool = False, analyze: bool = True, seeds: list
     plot_curves(curves, runs, results / "curves.png")
     areas = curve_area_table(curves, runs)
     areas.to_csv(results / "curve_area.csv", index=False)
-    onsets = onset_table(curves, runs)
-    onsets.to_csv(results / "onset.csv", index=False)
-    onset_summary(onsets, curves, runs).to_csv(results / "onset_summary.csv", index=False)
+    onset = onset_outputs(results, study, out_dir, curves, runs)
     if analyze:
         for setting, paths in stores.items():
             report_stores(paths, results / f"analysis-{setting}", AnalyzeOptions(), overwrite=True,
@@ -418,7 +471,7 @@ def run_study(path: Path, quick: bool = False, analyze: bool = True, seeds: list
                                   f"{results / f'analysis-{setting}'} --overwrite")
     command = f"python -m lisa_probe.study {path}" + (" --quick" if quick else "") + \
         (f" --seeds {','.join(map(str, seeds))}" if seeds else "")
-    write_readme(results, study, runs, convergence, areas, time.perf_counter() - started, command)
+    write_readme(results, study, runs, convergence, areas, onset, time.perf_counter() - started, command)
     return results
 
 

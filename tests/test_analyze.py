@@ -124,7 +124,8 @@ def test_streamed_statistics_equal_the_in_memory_functions(synthetic):
     table = alignment_table(run, stream_run(run, options), options)
     store = FeatureStore(synthetic)
     delta = store.read("scores/full") - store.read("scores/main")
-    expected = spatial_ridge_readout(store.read("features/spatial"), delta, store.read("meta/sample_id"))
+    expected = spatial_ridge_readout(store.read("features/spatial"), delta, store.read("meta/sample_id"),
+                                     folds_by="order")
     streamed = values(table, method="spatial_ridge", estimate="model", control="none")
     np.testing.assert_allclose(streamed, [expected], rtol=1e-6)
     decoded = store.read("scores/decoded")
@@ -135,6 +136,30 @@ def test_streamed_statistics_equal_the_in_memory_functions(synthetic):
         assert sums.metrics()[metric] == pytest.approx(value, rel=1e-9)
         assert values(table, method="decoder", metric=metric, estimate="model", control="none")[0] == \
             pytest.approx(value, rel=1e-9)
+
+
+def test_a_summary_sample_bounds_the_row_analyses_not_the_streamed_ones(synthetic, analysed):
+    """With ``summary_rows`` 40 of 200 rows: the summary sample is whole samples drawn with the seed (about 40
+    rows), its per-row summaries are those of the full pass at the same rows, and the streamed read-outs still cover
+    every row (equal to the full pass's)."""
+    options = replace(FAST, chunk_rows=50, summary_rows=40)
+    run = open_run(synthetic, "summary", options)
+    streamed = stream_run(run, options)
+    full_run, full, full_table = analysed
+    assert 20 <= len(run.rows) <= 80 and np.all(np.diff(run.rows) > 0)
+    assert run.n_stream_rows == 200 and run.n_samples == N_SAMPLES
+    ids = run.meta["sample_id"].to_numpy()
+    assert all((ids == s).sum() == len(TIMESTEPS) for s in set(ids))  # whole samples
+    np.testing.assert_array_equal(run.meta["t"], full_run.meta["t"].to_numpy()[run.rows])
+    at = np.searchsorted(full_run.rows, run.rows)
+    for site in full.pooled:
+        np.testing.assert_allclose(streamed.pooled[site], full.pooled[site][at], rtol=1e-6)
+    np.testing.assert_allclose(streamed.effect, full.effect[at], rtol=1e-6)
+    table = alignment_table(run, streamed, options)
+    for method in ("spatial_ridge", "decoder"):
+        np.testing.assert_allclose(values(table, method=method), values(full_table, method=method), rtol=1e-9)
+    other = open_run(synthetic, "other-seed", replace(options, seed=1))
+    assert not np.array_equal(other.rows, run.rows)
 
 
 def test_decoder_sums_r2_is_nan_for_a_constant_estimate():

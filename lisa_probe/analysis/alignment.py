@@ -59,9 +59,10 @@ def fold_ids(groups: np.ndarray, n_splits: int = 5, by: str = "balanced") -> np.
     Args:
         groups: (N,) sample ids.
         n_splits: number of folds.
-        by: ``"balanced"`` (sklearn ``GroupKFold``: folds of near-equal size, needs all ids up front) or
-            ``"hash"`` (CRC32 of ``str(id)`` modulo ``n_splits``: known from a row alone, so a stream can be
-            split in one pass; folds may be unequal or empty when there are few groups).
+        by: ``"balanced"`` (sklearn ``GroupKFold``: folds of near-equal size, needs all ids up front),
+            ``"order"`` (the k-th group to appear, in row order, goes to fold k mod ``n_splits``: a stream of
+            consecutive groups counts them as it goes) or ``"hash"`` (CRC32 of ``str(id)`` modulo ``n_splits``:
+            known from a row alone; folds may be unequal or empty when there are few groups).
 
     Returns:
         (N,) int64 fold index in ``[0, n_splits)``.
@@ -72,11 +73,16 @@ def fold_ids(groups: np.ndarray, n_splits: int = 5, by: str = "balanced") -> np.
         for k, (_, test) in enumerate(GroupKFold(n_splits).split(np.zeros((len(groups), 1)), groups=groups)):
             folds[test] = k
         return folds
+    if by == "order":
+        _, first, inverse = np.unique(groups, return_index=True, return_inverse=True)
+        rank = np.empty(len(first), dtype=np.int64)
+        rank[np.argsort(first, kind="stable")] = np.arange(len(first))
+        return rank[inverse.reshape(-1)] % n_splits
     if by == "hash":
         unique, inverse = np.unique(groups, return_inverse=True)
         hashed = np.array([zlib.crc32(str(g).encode()) % n_splits for g in unique], dtype=np.int64)
         return hashed[inverse.reshape(-1)]
-    raise ValueError(f"by must be 'balanced' or 'hash', got {by!r}")
+    raise ValueError(f"by must be 'balanced', 'order' or 'hash', got {by!r}")
 
 
 class RidgeSufficientStats:
@@ -204,6 +210,7 @@ def spatial_ridge_readout(
     alphas: np.ndarray = DEFAULT_ALPHAS,
     n_splits: int = 5,
     chunk: int = 256,
+    folds_by: str = "balanced",
 ) -> float:
     """Grouped cross-validated R² of one linear map, shared by all positions, from features to score.
 
@@ -212,11 +219,12 @@ def spatial_ridge_readout(
         S: (N, Cs, Hs, Ws) score maps, resampled to (H, W) with ``resample_to``.
         groups: (N,) sample ids; all positions of a row share its group (and fold).
         chunk: samples per chunk fed to ``RidgeSufficientStats`` (bounds memory).
+        folds_by: how groups are assigned to folds (``fold_ids``'s ``by``; the streamed pass uses ``"order"``).
 
     Returns:
         R² over all positions and score channels (see ``RidgeSufficientStats.cv_r2``).
     """
-    folds = fold_ids(groups, n_splits)
+    folds = fold_ids(groups, n_splits, folds_by)
     stats = RidgeSufficientStats(F.shape[1], S.shape[1], n_splits)
     for start in range(0, len(F), chunk):
         part = slice(start, start + chunk)

@@ -122,9 +122,10 @@ def provenance(runs: Sequence[Run]) -> str:
     rows = []
     for run in runs:
         attrs = run.store.attrs
-        rows.append({"run": run.label, "store": str(run.store.paths[0]), "rows": f"{len(run.rows)}/{run.store.n_rows}",
-                     "samples": run.meta["sample_id"].nunique(), "timesteps": ", ".join(f"{t:g}" for t in
-                                                                                        np.unique(run.meta["t"])),
+        rows.append({"run": run.label, "store": str(run.store.paths[0]),
+                     "rows": f"{run.n_stream_rows}/{run.store.n_rows}", "samples": run.n_samples,
+                     "summary sample": f"{len(run.rows)} rows, {run.meta['sample_id'].nunique()} samples",
+                     "timesteps": ", ".join(f"{t:g}" for t in run.t_grid),
                      "sites": ", ".join(run.sites), "parameterization": attrs["parameterization"],
                      "LISA site": run.lisa_site or "-",
                      "checkpoint (from the store)": attrs["checkpoint"],

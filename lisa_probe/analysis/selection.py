@@ -3,6 +3,7 @@ and grouped cross-validation folds), run labels, and where a store's side net an
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,14 +17,17 @@ from lisa_probe.analysis.alignment import (
 from lisa_probe.configs import AnalyzeOptions
 from lisa_probe.rundir import resolved_path
 from lisa_probe.store import FeatureStore
+from lisa_probe.store.reader import SCAN_ROWS
 
 RANDOM_LABEL = "random-init"
 
 
 @dataclass
 class Run:
-    """One store under analysis: its selected rows (``rows``, increasing) and their ``meta`` (N rows: sample_id, t,
-    noise_level, draw, one column per factor, ``t_bin`` and cross-validation ``fold``)."""
+    """One store under analysis. The streamed pass reads every analysed row (``stream_rows``: the store's rows, or a
+    subset of whole samples); the analyses that need rows in memory read the summary sample: ``rows`` (n,
+    increasing store rows, at most about ``--summary-rows``) and their ``meta`` (n rows: sample_id, t, noise_level,
+    draw, one column per factor, ``t_bin`` and cross-validation ``fold``)."""
 
     label: str
     store: FeatureStore
@@ -31,7 +35,23 @@ class Run:
     rows: np.ndarray
     meta: pd.DataFrame
     bin_t: np.ndarray  # (n_bins,) mean timestep of each bin
+    t_grid: np.ndarray  # (n_t,) the analysed rows' distinct timesteps, increasing
+    t_grid_bin: np.ndarray  # (n_t,) the bin of each of them
+    stream_rows: np.ndarray | None = None  # (N,) the analysed store rows (None: all of them)
+    n_samples: int = 0  # samples among the analysed rows
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def n_stream_rows(self) -> int:
+        return self.store.n_rows if self.stream_rows is None else len(self.stream_rows)
+
+    def store_rows(self, part: slice) -> slice | np.ndarray:
+        """The store rows at positions ``part`` of the analysed rows."""
+        return part if self.stream_rows is None else self.stream_rows[part]
+
+    def t_bins_of(self, t: np.ndarray) -> np.ndarray:
+        """(k,) bin of each timestep in ``t`` (k,) (values of ``t_grid``)."""
+        return self.t_grid_bin[np.searchsorted(self.t_grid, t)]
 
     @property
     def lisa_site(self) -> str | None:
@@ -40,17 +60,17 @@ class Run:
 
     @property
     def groups(self) -> np.ndarray:
-        """(N,) sample ids."""
+        """(n,) sample ids of the summary sample."""
         return self.meta["sample_id"].to_numpy()
 
     def bins(self) -> Iterator[tuple[int, float, np.ndarray]]:
-        """``(t_bin, mean timestep, (N,) row mask)`` per timestep bin."""
+        """``(t_bin, mean timestep, (n,) summary-row mask)`` per timestep bin."""
         for b, t in enumerate(self.bin_t):
             yield b, float(t), (self.meta["t_bin"] == b).to_numpy()
 
     def factors(self, mask: np.ndarray | slice = slice(None)) -> dict[str, tuple]:
-        """``{name: (y (n,), kind, carried)}`` over the rows in ``mask``, leaving out factors constant there; a
-        factor with a ``period`` is ``"circular"``, its values in turns (``y / period mod 1``)."""
+        """``{name: (y (n,), kind, carried)}`` over the summary rows in ``mask``, leaving out factors constant there;
+        a factor with a ``period`` is ``"circular"``, its values in turns (``y / period mod 1``)."""
         factors = {}
         for name, spec in self.store.factors.items():
             y = self.meta[name].to_numpy()[mask]
@@ -62,6 +82,14 @@ class Run:
         return factors
 
 
+def grid_bins(grid: np.ndarray, n_bins: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Split the increasing distinct timesteps ``grid`` (n_t,) into ``n_bins`` contiguous groups (None: one per
+    timestep) -> ((n_t,) bin of each, (n_bins,) mean timestep of each bin)."""
+    groups = np.array_split(np.arange(len(grid)), min(n_bins or len(grid), len(grid)))
+    bin_of = np.concatenate([np.full(len(g), b) for b, g in enumerate(groups)])
+    return bin_of, np.array([grid[g].mean() for g in groups])
+
+
 def time_bins(t: np.ndarray, n_bins: int | None) -> tuple[np.ndarray, np.ndarray]:
     """Split the sorted unique timesteps of t (N,) into ``n_bins`` contiguous groups (None: one per timestep).
 
@@ -69,9 +97,8 @@ def time_bins(t: np.ndarray, n_bins: int | None) -> tuple[np.ndarray, np.ndarray
         (N,) int64 bin of every row, (n_bins,) mean timestep of every bin.
     """
     grid = np.unique(t)
-    groups = np.array_split(np.arange(len(grid)), min(n_bins or len(grid), len(grid)))
-    bin_of = np.concatenate([np.full(len(g), b) for b, g in enumerate(groups)])
-    return bin_of[np.searchsorted(grid, t)], np.array([grid[g].mean() for g in groups])
+    bin_of, bin_t = grid_bins(grid, n_bins)
+    return bin_of[np.searchsorted(grid, t)], bin_t
 
 
 def select_rows(sample_ids: np.ndarray, max_rows: int | None, min_samples: int, seed: int) -> np.ndarray:
@@ -86,8 +113,46 @@ def select_rows(sample_ids: np.ndarray, max_rows: int | None, min_samples: int, 
     return np.flatnonzero(np.isin(sample_ids, chosen))
 
 
+def in_sample(sample_ids: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """(k,) bool: whether each row's sample belongs to the seeded summary sample, a share ``fraction`` of all
+    samples decided from the id alone (CRC32 of ``"<seed>:<id>"``), so a stream decides it row by row."""
+    if fraction >= 1:
+        return np.ones(len(sample_ids), dtype=bool)
+    unique, inverse = np.unique(sample_ids, return_inverse=True)
+    chosen = np.array([zlib.crc32(f"{seed}:{s}".encode()) < fraction * 2**32 for s in unique], dtype=bool)
+    return chosen[inverse.reshape(-1)]
+
+
+@dataclass
+class RowScan:
+    """What one pass over an analysed store's sample ids and timesteps finds."""
+
+    t_grid: np.ndarray  # (n_t,) distinct timesteps, increasing
+    n_samples: int
+    summary_positions: np.ndarray  # (n,) positions (into the analysed rows) of the summary sample's rows
+
+
+def scan_rows(store: FeatureStore, stream_rows: np.ndarray | None, summary_rows: int, seed: int) -> RowScan:
+    """Read the analysed rows' sample ids and timesteps a block at a time (memory independent of their number):
+    their timestep grid, how many samples they hold and which rows form the summary sample (whole samples, about
+    ``summary_rows`` rows, drawn with ``seed``)."""
+    n_rows = store.n_rows if stream_rows is None else len(stream_rows)
+    fraction = summary_rows / max(n_rows, 1)
+    grid, n_samples, positions, last = np.empty(0, dtype=np.float32), 0, [], None
+    for start in range(0, n_rows, SCAN_ROWS):
+        part = slice(start, min(start + SCAN_ROWS, n_rows))
+        rows = part if stream_rows is None else stream_rows[part]
+        samples = store.read("meta/sample_id", rows)
+        grid = np.union1d(grid, store.read("meta/t", rows))
+        n_samples += int(np.sum(np.r_[samples[0] != last, samples[1:] != samples[:-1]]))
+        last = samples[-1]
+        positions.append(start + np.flatnonzero(in_sample(samples, fraction, seed)))
+    return RowScan(grid, n_samples, np.concatenate(positions) if positions else np.empty(0, dtype=np.int64))
+
+
 def open_run(path: str | Path, label: str, options: AnalyzeOptions) -> Run:
-    """Open a store and select its rows; ValueError for a file that is not a feature store or an unknown site."""
+    """Open a store, select its rows (``--max-rows``) and draw its summary sample (``--summary-rows``); ValueError for
+    a file that is not a feature store, an unknown site or too few samples."""
     store = FeatureStore(path)
     sites = options.sites or store.sites
     unknown = [site for site in sites if site not in store.sites]
@@ -96,16 +161,22 @@ def open_run(path: str | Path, label: str, options: AnalyzeOptions) -> Run:
     if options.embedding_site not in (None, *sites):
         raise ValueError(f"--embedding-site {options.embedding_site!r} is not among the analysed sites of {path}: "
                          f"{', '.join(sites)}")
-    meta = store.meta()
-    n_samples = meta["sample_id"].nunique()
-    if n_samples < options.n_splits:
-        raise ValueError(f"{path} holds {n_samples} sample(s); the analysis cross-validates over samples and needs at "
-                         f"least --n-splits ({options.n_splits}): extract more (--samples) or lower --n-splits")
-    rows = select_rows(meta["sample_id"].to_numpy(), options.max_rows, options.n_splits, options.seed)
-    meta = meta.iloc[rows].reset_index(drop=True)
-    t_bin, bin_t = time_bins(meta["t"].to_numpy(), options.t_bins)
-    meta = meta.assign(t_bin=t_bin, fold=fold_ids(meta["sample_id"].to_numpy(), options.n_splits))
-    return Run(label, store, list(sites), rows, meta, bin_t)
+    stream_rows = None if options.max_rows is None else \
+        select_rows(store.read("meta/sample_id"), options.max_rows, options.n_splits, options.seed)
+    scan = scan_rows(store, stream_rows, options.summary_rows, options.seed)
+    if scan.n_samples < options.n_splits:
+        raise ValueError(f"{path} holds {scan.n_samples} sample(s); the analysis cross-validates over samples and "
+                         f"needs at least --n-splits ({options.n_splits}): extract more (--samples) or lower --n-splits")
+    rows = scan.summary_positions if stream_rows is None else stream_rows[scan.summary_positions]
+    meta = store.read_meta(rows)
+    n_summary = meta["sample_id"].nunique()
+    if n_summary < options.n_splits:
+        raise ValueError(f"--summary-rows {options.summary_rows} keeps {n_summary} of {path}'s {scan.n_samples} "
+                         f"samples; cross-validation needs at least --n-splits ({options.n_splits})")
+    t_grid_bin, bin_t = grid_bins(scan.t_grid, options.t_bins)
+    meta = meta.assign(t_bin=t_grid_bin[np.searchsorted(scan.t_grid, meta["t"].to_numpy())],
+                       fold=fold_ids(meta["sample_id"].to_numpy(), options.n_splits))
+    return Run(label, store, list(sites), rows, meta, bin_t, scan.t_grid, t_grid_bin, stream_rows, scan.n_samples)
 
 
 def run_labels(stores: Sequence[str], labels: str | None, random_reference: str | None) -> list[tuple[str, str]]:

@@ -1,8 +1,10 @@
-"""One streamed pass over a run's rows, a chunk of whole samples at a time (``store.reader.whole_sample_chunks``):
-it fills accumulators whose size does not depend on the number of rows (``RidgeSufficientStats`` of the spatial
-read-out and ``DecoderAlignmentSums``, per site, timestep bin, estimate and control; both beside their in-memory
-versions in ``analysis.alignment``) and per-row summaries about 100x smaller than the rows (pooled features, the
-coarse estimates, the add-one-in projections), on which the in-memory analyses run."""
+"""One streamed pass over a run's rows, a chunk of whole samples at a time (``store.reader.iter_whole_sample_chunks``),
+in memory that does not grow with the number of rows: it fills accumulators of fixed size over every analysed row
+(``RidgeSufficientStats`` of the spatial read-out and ``DecoderAlignmentSums``, per site, timestep bin, estimate and
+control; both beside their in-memory versions in ``analysis.alignment``; cross-validation folds ``fold_ids(...,
+"order")``, counted as the samples go by) and, for the rows of the run's summary sample only (``Run.rows``, at most
+about ``--summary-rows``), per-row summaries about 100x smaller than the rows (pooled features, the coarse estimates,
+the add-one-in projections), on which the in-memory analyses run."""
 
 from __future__ import annotations
 
@@ -13,7 +15,6 @@ from dataclasses import dataclass
 from itertools import product
 
 import numpy as np
-import pandas as pd
 from tqdm.auto import tqdm
 
 from lisa_probe.analysis.alignment import (
@@ -27,7 +28,7 @@ from lisa_probe.analysis.alignment import (
 from lisa_probe.analysis.selection import Run
 from lisa_probe.configs import AnalyzeOptions
 from lisa_probe.models.dual_branch import tokens_to_map
-from lisa_probe.store.reader import ITER_BYTES, pool_rows, whole_sample_chunks
+from lisa_probe.store.reader import ITER_BYTES, iter_whole_sample_chunks, pool_rows
 
 ESTIMATES = ("model", "oracle")
 
@@ -43,13 +44,14 @@ MIN_CHUNK_SAMPLES = 2  # whole samples per streamed chunk at least: the shuffled
 
 @dataclass
 class Streamed:
-    """What one pass over a run's rows leaves: per-row summaries in the order of ``Run.rows`` and accumulators.
+    """What one pass over a run's rows leaves: per-row summaries of the summary sample (n rows, in the order of
+    ``Run.rows``) and accumulators over all analysed rows.
 
     Attributes:
-        pooled: ``{site: (N, C)}`` mean-pooled features (tokens: mean over tokens).
-        coarse: ``{estimate: (N, Cs·g·g)}`` score estimate area-averaged to the ``READOUT_GRID`` (g) grid.
-        effect: (N,) ‖full − main‖, the side branch's whole contribution.
-        add_one_in: ``{site: (N,)}`` ``(decompose/<site> − main) · u`` with u the unit direction of ``full − main``.
+        pooled: ``{site: (n, C)}`` mean-pooled features (tokens: mean over tokens).
+        coarse: ``{estimate: (n, Cs·g·g)}`` score estimate area-averaged to the ``READOUT_GRID`` (g) grid.
+        effect: (n,) ‖full − main‖, the side branch's whole contribution.
+        add_one_in: ``{site: (n,)}`` ``(decompose/<site> − main) · u`` with u the unit direction of ``full − main``.
         spatial: ``{(site, t_bin, estimate, control): RidgeSufficientStats}`` of the spatial read-out.
         decoder: ``{(t_bin, estimate, control): DecoderAlignmentSums}`` (empty without ``scores/decoded``).
     """
@@ -133,7 +135,7 @@ def row_summaries(chunk: Mapping[str, np.ndarray], sites: Sequence[str],
                   estimates: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The per-row summaries of a chunk (k rows): ``pooled/<site>`` (k, C), ``coarse/<estimate>`` (k, Cs·g·g),
     ``effect`` (k,) and ``add_one_in/<site>`` (k,) for the chunk's ``decompose/<site>`` datasets."""
-    k = len(chunk["rows"])
+    k = len(estimates["model"])
     summaries = {f"pooled/{site}": pool_rows(chunk[f"features/{site}"], "mean") for site in sites}
     for name, values in estimates.items():
         coarse = resample_to(values, (READOUT_GRID, READOUT_GRID))
@@ -148,11 +150,34 @@ def row_summaries(chunk: Mapping[str, np.ndarray], sites: Sequence[str],
     return summaries
 
 
-def stream_chunks(run: Run, names: Sequence[str], chunk_rows: int) -> Iterator[tuple[pd.DataFrame, dict]]:
-    """``(meta rows (k,), {"rows": (k,), name: (k, *row_shape)})`` per chunk of whole samples (``whole_sample_chunks``)."""
-    for part in whole_sample_chunks(run.groups, chunk_rows, MIN_CHUNK_SAMPLES):
-        rows = run.rows[part]
-        yield run.meta.iloc[part], {"rows": rows, **{name: run.store.read(name, rows) for name in names}}
+@dataclass
+class StreamChunk:
+    """One chunk of whole samples (k rows): store ``rows`` (k,), their timestep ``bins``, ``folds`` and
+    ``samples`` (k,), ``in_summary`` (k,) bool, and ``data`` ``{dataset: (k, *row_shape)}``."""
+
+    rows: np.ndarray
+    bins: np.ndarray
+    folds: np.ndarray
+    samples: np.ndarray
+    in_summary: np.ndarray
+    data: dict[str, np.ndarray]
+
+
+def stream_chunks(run: Run, names: Sequence[str], chunk_rows: int, n_splits: int) -> Iterator[StreamChunk]:
+    """The run's analysed rows as ``StreamChunk``s of whole samples (``iter_whole_sample_chunks``), reading only the
+    chunk's meta; fold of a row: the rank of its sample in the stream mod ``n_splits`` (``fold_ids(..., "order")``)."""
+    def read_samples(part: slice) -> np.ndarray:
+        return run.store.read("meta/sample_id", run.store_rows(part))
+
+    seen = 0  # samples in earlier chunks
+    for part, samples in iter_whole_sample_chunks(read_samples, run.n_stream_rows, chunk_rows, MIN_CHUNK_SAMPLES):
+        rows = np.arange(part.start, part.stop) if run.stream_rows is None else run.stream_rows[part]
+        rank = seen + np.cumsum(np.r_[True, samples[1:] != samples[:-1]]) - 1
+        seen = int(rank[-1]) + 1
+        position = np.minimum(np.searchsorted(run.rows, rows), max(len(run.rows) - 1, 0))
+        in_summary = run.rows[position] == rows if len(run.rows) else np.zeros(len(rows), dtype=bool)
+        yield StreamChunk(rows, run.t_bins_of(run.store.read("meta/t", rows)), rank % n_splits, samples, in_summary,
+                          {name: run.store.read(name, rows) for name in names})
 
 
 def stream_run(run: Run, options: AnalyzeOptions) -> Streamed:
@@ -163,21 +188,24 @@ def stream_run(run: Run, options: AnalyzeOptions) -> Streamed:
     chunk_rows = options.chunk_rows or ITER_BYTES // row_bytes
     parts, spatial, decoder = defaultdict(list), {}, {}
     rng = np.random.default_rng(options.seed)
-    with tqdm(total=len(run.rows), unit="row", desc=f"{run.label}: stream") as progress:
-        for meta, chunk in stream_chunks(run, names, chunk_rows):
-            bins, folds = meta["t_bin"].to_numpy(), meta["fold"].to_numpy()
-            shuffled = shuffle_within(bins, meta["sample_id"].to_numpy(), rng)
-            main = chunk["scores/main"]
-            estimates = {"model": chunk["scores/full"] - main, "oracle": chunk["scores/target"] - main}
-            for key, values in row_summaries(chunk, run.sites, estimates).items():
-                parts[key].append(values)
+    with tqdm(total=run.n_stream_rows, unit="row", desc=f"{run.label}: stream") as progress:
+        for chunk in stream_chunks(run, names, chunk_rows, options.n_splits):
+            shuffled = shuffle_within(chunk.bins, chunk.samples, rng)
+            main = chunk.data["scores/main"]
+            estimates = {"model": chunk.data["scores/full"] - main, "oracle": chunk.data["scores/target"] - main}
+            kept = chunk.in_summary
+            if kept.any():
+                summaries = row_summaries({name: values[kept] for name, values in chunk.data.items()}, run.sites,
+                                          {name: values[kept] for name, values in estimates.items()})
+                for key, values in summaries.items():
+                    parts[key].append(values)
             for site in run.sites:
-                maps = feature_maps(chunk[f"features/{site}"])
+                maps = feature_maps(chunk.data[f"features/{site}"])
                 if maps is not None:
-                    update_spatial(spatial, site, maps, estimates, folds, bins, shuffled, options.n_splits)
+                    update_spatial(spatial, site, maps, estimates, chunk.folds, chunk.bins, shuffled, options.n_splits)
             if run.lisa_site:
-                update_decoder(decoder, chunk["scores/decoded"], estimates, bins, shuffled)
-            progress.update(len(meta))
+                update_decoder(decoder, chunk.data["scores/decoded"], estimates, chunk.bins, shuffled)
+            progress.update(len(chunk.rows))
     summaries = {key: np.concatenate(values) for key, values in parts.items()}
 
     def group(prefix: str) -> dict[str, np.ndarray]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,7 +23,9 @@ if TYPE_CHECKING:
     from typing_extensions import Self
 
 ITER_BYTES = 16 << 20  # default bytes of rows per ``iter_chunks`` chunk
+SCAN_ROWS = 1 << 16  # rows of sample ids read per block by ``iter_whole_sample_chunks``
 SPAN_BYTES = 4 << 20  # most bytes of one dataset read in one HDF5 call
+STRING_ROW_BYTES = 128  # what a string row costs once read (a Python str and its pointer), for SPAN_BYTES
 POOLS = ("mean", "max")
 
 
@@ -120,6 +122,31 @@ def whole_sample_chunks(samples: np.ndarray, chunk_rows: int, min_samples: int =
     return [slice(start, stop) for start, stop in zip(bounds, [*bounds[1:], len(samples)])]
 
 
+def iter_whole_sample_chunks(read_samples: Callable[[slice], np.ndarray], n_rows: int, chunk_rows: int,
+                             min_samples: int = 1, block_rows: int = SCAN_ROWS) -> Iterator[tuple[slice, np.ndarray]]:
+    """``whole_sample_chunks`` over N rows whose sample ids are read a block at a time, so that memory does not grow
+    with N: ``read_samples(slice)`` returns the ids of those rows; no chunk spans two blocks (a block ends before its
+    last ``min_samples`` samples, which start the next one).
+
+    Yields:
+        ``(slice of the rows, (k,) their sample ids)``, in order, covering all N rows.
+    """
+    start, block = 0, max(block_rows, chunk_rows)
+    while start < n_rows:
+        stop = min(n_rows, start + block)
+        samples = read_samples(slice(start, stop))
+        cut = len(samples)
+        if stop < n_rows:
+            starts = np.flatnonzero(np.r_[True, samples[1:] != samples[:-1]])
+            if len(starts) <= 2 * min_samples:  # too few whole samples in this block: read a longer one
+                block *= 2
+                continue
+            cut = int(starts[-min_samples])
+        for part in whole_sample_chunks(samples[:cut], chunk_rows, min_samples):
+            yield slice(start + part.start, start + part.stop), samples[part]
+        start += cut
+
+
 class FeatureStore:
     """A complete feature store (``path``) or the complete shards of one extraction (a list of paths, any order).
 
@@ -211,7 +238,7 @@ class FeatureStore:
         if rows is None:
             return np.arange(self.n_rows)
         if isinstance(rows, slice):
-            return np.arange(self.n_rows)[rows]
+            return np.arange(*rows.indices(self.n_rows))
         rows = np.asarray(rows)
         if rows.size == 0:
             return np.empty(0, dtype=np.int64)
@@ -238,7 +265,8 @@ class FeatureStore:
         neighbouring storage chunks inside one ``SPAN_BYTES`` window, so it holds at most ~``SPAN_BYTES``."""
         pieces = []
         shards = np.searchsorted(self._offsets, rows, side="right") - 1
-        span = max(1, SPAN_BYTES // max(1, self.layout[name].row_nbytes))
+        fld = self.layout[name]
+        span = max(1, SPAN_BYTES // max(1, STRING_ROW_BYTES if fld.is_string else fld.row_nbytes))
         for shard in np.unique(shards):
             local = rows[shards == shard] - self._offsets[shard]
             per_chunk = self._handle(shard)[name].chunks[0]
@@ -270,10 +298,13 @@ class FeatureStore:
     def _meta_arrays(self) -> dict[str, np.ndarray]:
         """Cached meta columns: sample_id, t, noise_level, draw and one per factor, each ``(n_rows,)``."""
         if self._meta is None:
-            names = {column: f"meta/{column}" for column in schema.META_COLUMNS}
-            names.update({factor: f"meta/factors/{factor}" for factor in self.factors})
-            self._meta = {column: self.read(name) for column, name in names.items()}
+            self._meta = {column: self.read(name) for column, name in self._meta_names().items()}
         return self._meta
+
+    def _meta_names(self) -> dict[str, str]:
+        """``{meta column: dataset}``: sample_id, t, noise_level, draw, then one per factor."""
+        return {**{column: f"meta/{column}" for column in schema.META_COLUMNS},
+                **{factor: f"meta/factors/{factor}" for factor in self.factors}}
 
     def meta(self) -> Any:
         """pandas DataFrame ``(n_rows, 4 + n_factors)``: sample_id, t, noise_level, draw, then one column per
@@ -281,6 +312,13 @@ class FeatureStore:
         import pandas as pd
 
         return pd.DataFrame(self._meta_arrays())
+
+    def read_meta(self, rows: Any = None) -> Any:
+        """The meta columns of ``rows`` (as ``read``) as a DataFrame ``(n, 4 + n_factors)``, read from the file
+        without caching (``meta`` keeps all rows' columns in memory)."""
+        import pandas as pd
+
+        return pd.DataFrame({column: self.read(name, rows) for column, name in self._meta_names().items()})
 
     def select(self, t: Any = None, sample_ids: Any = None, **factor_equals: Any) -> np.ndarray:
         """Sorted int64 row indices whose t is in ``t``, sample id in ``sample_ids`` and each named factor equals

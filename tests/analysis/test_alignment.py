@@ -88,13 +88,16 @@ def test_decoder_alignment_table_has_shuffled_reference():
 
 def test_fold_ids_keep_groups_together():
     groups = np.repeat(np.arange(23), np.arange(1, 24) % 4 + 1)
-    for by in ("balanced", "hash"):
+    for by in ("balanced", "order", "hash"):
         folds = fold_ids(groups, 5, by=by)
         assert all(len(set(folds[groups == g])) == 1 for g in np.unique(groups))
     balanced = np.bincount(fold_ids(groups, 5))
     assert balanced.max() - balanced.min() <= 4
     # hash folds depend on the id alone, not on which other ids are present
     np.testing.assert_array_equal(fold_ids(groups[:10], 5, by="hash"), fold_ids(groups, 5, by="hash")[:10])
+    # order folds: the k-th group to appear goes to fold k mod 5, whatever its id
+    shuffled = np.repeat(np.random.default_rng(0).permutation(23), 3)
+    np.testing.assert_array_equal(fold_ids(shuffled, 5, by="order"), np.repeat(np.arange(23) % 5, 3))
     with pytest.raises(ValueError):
         fold_ids(groups, 5, by="random")
 

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from lisa_probe.store import FeatureStore, FeatureStoreWriter, make_layout, partial_path
+from lisa_probe.store.reader import iter_whole_sample_chunks, whole_sample_chunks
 
 N_SAMPLES, N_T, N_DRAWS = 10, 2, 2
 N_ROWS = N_SAMPLES * N_T * N_DRAWS
@@ -251,3 +252,28 @@ def test_a_truncated_store_is_refused_by_name(store_path, tmp_path):
     path.write_bytes(store_path.read_bytes()[: store_path.stat().st_size // 2])
     with pytest.raises(ValueError, match=f"not a lisa_probe feature store: {path}"):
         FeatureStore(path)
+
+
+@pytest.mark.parametrize(("block_rows", "chunk_rows", "min_samples"), [(5, 3, 2), (7, 10, 2), (64, 8, 1), (3, 1, 3)])
+def test_whole_sample_chunks_read_a_block_at_a_time(block_rows, chunk_rows, min_samples):
+    """Chunks from blocks of sample ids cover every row once, in order, hold whole samples (at least
+    ``min_samples``) and return their ids; reads never exceed the (doubled when needed) block; with one block they
+    equal ``whole_sample_chunks``."""
+    sizes = np.random.default_rng(block_rows).integers(1, 5, 19)
+    samples = np.repeat([f"s{i:02d}" for i in range(len(sizes))], sizes)
+    reads = []
+
+    def read(part):
+        reads.append(part.stop - part.start)
+        return samples[part]
+
+    chunks = list(iter_whole_sample_chunks(read, len(samples), chunk_rows, min_samples, block_rows))
+    assert np.array_equal(np.concatenate([np.arange(len(samples))[part] for part, _ in chunks]),
+                          np.arange(len(samples)))
+    for part, ids in chunks:
+        np.testing.assert_array_equal(ids, samples[part])
+        assert len(set(ids)) >= min_samples
+        assert all((samples == s).sum() == (ids == s).sum() for s in set(ids))
+    assert max(reads) < len(samples) or block_rows >= len(samples) // 2
+    whole = list(iter_whole_sample_chunks(read, len(samples), chunk_rows, min_samples, len(samples)))
+    assert [part for part, _ in whole] == whole_sample_chunks(samples, chunk_rows, min_samples)
