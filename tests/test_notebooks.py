@@ -9,19 +9,34 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from nbclient import NotebookClient
+
+from lisa_probe.notebook_runs import execute_notebook, inject_overrides, main, parse_override
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
 OVERRIDES = {"USE_UMAP": False}
 
 
-def inject_overrides(notebook: nbformat.NotebookNode) -> None:
-    """Insert ``OVERRIDES`` (those the parameters cell defines) right after the cell tagged ``parameters``."""
-    index = next(i for i, cell in enumerate(notebook.cells) if "parameters" in cell.metadata.get("tags", []))
-    source = notebook.cells[index].source
-    lines = [f"{name} = {value!r}" for name, value in OVERRIDES.items() if f"{name} =" in source]
-    if lines:
-        notebook.cells.insert(index + 1, nbformat.v4.new_code_cell("\n".join(lines)))
+def test_overrides_go_right_after_the_parameters_cell_and_only_where_defined():
+    notebook = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell("import os"),
+        nbformat.v4.new_code_cell("STORES = []\nSTEPS = 3", metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell("print(STORES)")])
+    assert inject_overrides(notebook, {"STORES": ["a.h5"], "OTHER": 1}) == ["STORES"]
+    assert [cell.source for cell in notebook.cells][1:3] == ["STORES = []\nSTEPS = 3", "STORES = ['a.h5']"]
+    with pytest.raises(ValueError, match="no cell tagged 'parameters'"):
+        inject_overrides(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x = 1")]), {"x": 2})
+
+
+def test_the_command_line_parses_literals_and_refuses_bad_input(tmp_path, capsys):
+    assert parse_override('STORES=["a.h5", "b.h5"]') == ("STORES", ["a.h5", "b.h5"])
+    for bad, message in (("STORES", "expected NAME=PYTHON_LITERAL"), ("STEPS=three", "not a Python literal")):
+        with pytest.raises(SystemExit) as stop:
+            main([str(tmp_path / "out"), "--set", bad])
+        assert stop.value.code == 2 and message in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stop:
+        main([str(tmp_path / "out"), "--notebooks", str(tmp_path / "missing.ipynb")])
+    assert stop.value.code == 2 and "no such notebook" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
 
 
 def test_notebooks_found():
@@ -48,9 +63,5 @@ def test_notebook_runs(path, tmp_path, monkeypatch):
         monkeypatch.setenv(name, "1")
     monkeypatch.setenv("MPLBACKEND", "Agg")
     monkeypatch.setenv("TQDM_DISABLE", "1")
-    notebook = nbformat.read(path, as_version=4)
-    inject_overrides(notebook)
-    client = NotebookClient(notebook, timeout=300, kernel_name="python3",
-                            resources={"metadata": {"path": str(tmp_path)}})
-    client.execute()  # raises CellExecutionError (with the cell and traceback) on any cell error
+    execute_notebook(path, OVERRIDES, tmp_path, timeout=300)  # CellExecutionError (cell, traceback) on any error
     assert not list(Path(path.parent).glob("notebook_work")), "a notebook wrote into the repository"
