@@ -4,7 +4,7 @@ import os
 import socket
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -12,9 +12,13 @@ import pytest
 import torch
 
 import lisa_probe.evaluation.readback as readback_module
+from lisa_probe.analysis.report_tables import alignment_table
+from lisa_probe.analysis.selection import open_run
+from lisa_probe.analysis.streaming import stream_run
 from lisa_probe.models import build_main, build_side, make_dual_branch
 from lisa_probe.models.build import null_context_for
 from lisa_probe.parameterization import Parameterization
+from tests.analysis.synthetic_store import FAST, write_synthetic
 
 # Tiny models run fastest on one thread, and OpenMP barriers thrash when the other core is busy.
 torch.set_num_threads(1)
@@ -98,3 +102,19 @@ def launch_two_cpu_processes(target: str, args: list[str]) -> subprocess.Complet
                "--main_process_port", str(port), *([target] if target.endswith(".py") else ["-m", target]), *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run(command, check=False, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+
+
+# ------------------------------------------------ the synthetic store of the analysis tests
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory) -> Path:
+    """A store written directly with known answers."""
+    return write_synthetic(tmp_path_factory.mktemp("synthetic") / "synthetic.h5")
+
+
+@pytest.fixture(scope="module")
+def analysed(synthetic):
+    """(run, streamed, alignment table) of the synthetic store, streamed in chunks of 50 rows."""
+    options = replace(FAST, chunk_rows=50)
+    run = open_run(synthetic, "synthetic", options)
+    streamed = stream_run(run, options)
+    return run, streamed, alignment_table(run, streamed, options)

@@ -6,6 +6,7 @@ from sklearn.preprocessing import StandardScaler
 
 from lisa_probe.analysis.alignment import (
     DEFAULT_ALPHAS,
+    DecoderAlignmentSums,
     RidgeSufficientStats,
     decoder_alignment,
     decoder_alignment_table,
@@ -233,3 +234,15 @@ def test_shuffled_pairs_never_pair_a_row_with_its_own_sample(counts):
 def test_shuffled_pairs_refuse_a_sample_holding_most_rows():
     with pytest.raises(ValueError, match="sample '0' holds 3 of 4 rows"):
         other_sample_pairing(np.array([0, 0, 0, 1]), np.random.default_rng(0))
+
+
+def test_decoder_sums_r2_is_nan_for_a_constant_estimate():
+    rng = np.random.default_rng(5)
+    decoded = rng.normal(size=(6, *(1, 8, 8)))
+    for constant in (0.0, 0.3):
+        estimate = np.full((6, *(1, 8, 8)), constant)
+        sums = DecoderAlignmentSums()
+        for part in np.array_split(np.arange(6), 3):
+            sums.update(decoded[part], estimate[part])
+        assert np.isnan(sums.metrics()["r2"]) and np.isnan(decoder_alignment(decoded, estimate)["r2"])
+        assert sums.metrics()["rel_error"] == pytest.approx(decoder_alignment(decoded, estimate)["rel_error"])

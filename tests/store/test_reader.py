@@ -277,3 +277,16 @@ def test_whole_sample_chunks_read_a_block_at_a_time(block_rows, chunk_rows, min_
     assert max(reads) < len(samples) or block_rows >= len(samples) // 2
     whole = list(iter_whole_sample_chunks(read, len(samples), chunk_rows, min_samples, len(samples)))
     assert [part for part, _ in whole] == whole_sample_chunks(samples, chunk_rows, min_samples)
+
+
+def test_sample_chunks_hold_whole_samples():
+    samples = np.repeat([f"s{i}" for i in range(7)], 4)
+    cases = {10: [(0, 8), (8, 16), (16, 28)], 16: [(0, 16), (16, 28)], 1: [(0, 8), (8, 16), (16, 28)],
+             100: [(0, 28)]}
+    for chunk_rows, expected in cases.items():
+        chunks = whole_sample_chunks(samples, chunk_rows, 2)
+        assert [(part.start, part.stop) for part in chunks] == expected
+        for part in chunks:
+            inside = set(samples[part])
+            assert len(inside) >= 2 and all((samples == s).sum() == (samples[part] == s).sum()
+                                                            for s in inside)
