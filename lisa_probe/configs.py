@@ -18,7 +18,7 @@ from lisa_probe.engine import LoopConfig
 from lisa_probe.lisa import DISTANCES, SCHEDULES, lisa_rows, lisa_weight
 from lisa_probe.models import MAIN_PASSES
 from lisa_probe.models.presets import FAMILIES, PRESETS
-from lisa_probe.parameterization import PREDICTION_TYPES, TIMESTEP_SAMPLINGS
+from lisa_probe.parameterization import PREDICTION_TYPES, TIMESTEP_SAMPLINGS, WEIGHTING_SCHEMES, WeightingScheme
 from lisa_probe.store.schema import COMPRESSIONS
 
 # v for the UNet: at the default 1200 steps v-prediction reached FD 17.5 where eps reached 38.2 (docs/CONTRACTS.md).
@@ -116,6 +116,12 @@ class TrainConfig(LoopConfig):
     timestep_sampling: str = field(default="uniform", metadata=option(
         "training timesteps: uniform, or cubic (T2I-Adapter's t = (1 - u^3) T: favours high noise)",
         choices=TIMESTEP_SAMPLINGS))
+    weighting_scheme: str = field(default="none", metadata=option(
+        "flow matching (SD3): diffusers' --weighting_scheme; logit_normal / mode draw the timesteps from that density "
+        "(with --timestep-sampling uniform), sigma_sqrt / cosmap weight the loss per sample", choices=WEIGHTING_SCHEMES))
+    logit_mean: float = field(default=0.0, metadata=option("mean of the logit_normal weighting scheme"))
+    logit_std: float = field(default=1.0, metadata=option("std of the logit_normal weighting scheme"))
+    mode_scale: float = field(default=1.29, metadata=option("scale of the mode weighting scheme"))
     conditioning_scale: float = field(default=1.0, metadata=option(
         "scale of the side net's residuals in training (diffusers' controlnet_conditioning_scale; 1: as at inference)"))
     zero_init_scale: float = field(default=0.0, metadata=option(
@@ -142,11 +148,19 @@ class TrainConfig(LoopConfig):
     eval_every: int = field(default=100, metadata=option("steps between evaluations (0: only at the end)"))
     checkpoint_every: int = field(default=200, metadata=option("steps between checkpoints (0: only at the end)"))
 
+    def weighting(self) -> WeightingScheme:
+        """The SD3 weighting scheme these options name."""
+        return WeightingScheme(self.weighting_scheme, self.logit_mean, self.logit_std, self.mode_scale)
+
     def __post_init__(self) -> None:
         super().__post_init__()
         check_number("lisa_weight", self.lisa_weight, 0)
         check_number("convergence_threshold", self.convergence_threshold, 0, 1)
         check_choice("timestep sampling", self.timestep_sampling, TIMESTEP_SAMPLINGS)
+        if self.weighting().shapes_density and self.timestep_sampling != "uniform":
+            raise ValueError(f"--weighting-scheme {self.weighting_scheme!r} draws the timesteps itself; it needs "
+                             f"--timestep-sampling uniform, got {self.timestep_sampling!r}")
+        check_number("logit_std", self.logit_std, 0)
         if self.probe_every < 0 or self.probe_samples < 1:
             raise ValueError(f"--probe-every must be >= 0 and --probe-samples >= 1, got {self.probe_every} and "
                              f"{self.probe_samples}")

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, FlowMatchEulerDiscreteScheduler
+from diffusers.training_utils import compute_density_for_timestep_sampling, compute_loss_weighting_for_sd3
 
 from lisa_probe.data import check_choice
 
@@ -27,6 +28,27 @@ def _expand(coef: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 
 TIMESTEP_SAMPLINGS = ("uniform", "cubic")
+# diffusers' SD3 trainers' --weighting_scheme: logit_normal and mode shape the timestep density, sigma_sqrt and cosmap
+# weight the loss, none does neither (flow matching only)
+WEIGHTING_SCHEMES = ("none", "sigma_sqrt", "logit_normal", "mode", "cosmap")
+
+
+@dataclass(frozen=True)
+class WeightingScheme:
+    """An SD3 weighting scheme and its parameters (diffusers' ``--weighting_scheme``, ``--logit_mean``,
+    ``--logit_std``, ``--mode_scale``)."""
+
+    name: str = "none"
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+    mode_scale: float = 1.29
+
+    def __post_init__(self) -> None:
+        check_choice("weighting scheme", self.name, WEIGHTING_SCHEMES)
+
+    @property
+    def shapes_density(self) -> bool:
+        return self.name in ("logit_normal", "mode")
 
 
 @dataclass
@@ -37,6 +59,9 @@ class Parameterization:
         prediction_type: ``"eps"``, ``"v"`` or ``"flow"``.
         num_train_timesteps: length of the discrete schedule (eps/v) or of the timestep grid (flow).
         beta_schedule: diffusers beta schedule name for eps/v (ignored for flow).
+        shift: flow only: the schedule's timestep shift, ``sigma = shift·s / (1 + (shift − 1)·s)`` for s on the
+            uniform grid (FlowMatchEulerDiscreteScheduler's ``shift``; 3.0 in SD3 checkpoints, 1.0 = no shift),
+            applied to training draws and to the sampler.
     """
 
     prediction_type: str = "eps"
@@ -44,10 +69,14 @@ class Parameterization:
     beta_schedule: str = "squaredcos_cap_v2"
     beta_start: float = 0.0001
     beta_end: float = 0.02
+    shift: float = 1.0
 
     def __post_init__(self) -> None:
         if self.prediction_type not in PREDICTION_TYPES:
             raise ValueError(f"unknown prediction_type {self.prediction_type!r}; allowed: {', '.join(PREDICTION_TYPES)}")
+        if not self.shift > 0 or (self.shift != 1.0 and self.prediction_type != "flow"):
+            raise ValueError(f"shift must be > 0 and is for flow matching only, got {self.shift!r} for "
+                             f"{self.prediction_type!r}")
         if self.prediction_type != "flow":
             self.alphas_cumprod = (1.0 - self._ddpm().betas.to(torch.float64)).cumprod(0)
 
@@ -59,14 +88,17 @@ class Parameterization:
     def to_scheduler(self):
         """The diffusers training scheduler describing this parameterisation (saved beside a main net)."""
         if self.prediction_type == "flow":
-            return FlowMatchEulerDiscreteScheduler(num_train_timesteps=self.num_train_timesteps, shift=1.0)
+            return FlowMatchEulerDiscreteScheduler(num_train_timesteps=self.num_train_timesteps, shift=self.shift)
         return self._ddpm()
 
     @classmethod
     def from_scheduler_config(cls, config: dict) -> Parameterization:
         """Rebuild from a diffusers scheduler config (``scheduler/scheduler_config.json``)."""
         if config.get("_class_name", "").startswith("FlowMatch"):
-            return cls("flow", config.get("num_train_timesteps", 1000))
+            if config.get("use_dynamic_shifting"):
+                raise ValueError("scheduler option use_dynamic_shifting=True is not supported: lisa_probe applies a "
+                                 "fixed shift (the scheduler's 'shift')")
+            return cls("flow", config.get("num_train_timesteps", 1000), shift=float(config.get("shift", 1.0)))
         for option in ("rescale_betas_zero_snr", "trained_betas"):
             if config.get(option):
                 raise ValueError(f"scheduler option {option}={config[option]!r} is not supported: lisa_probe builds "
@@ -80,19 +112,46 @@ class Parameterization:
 
     # ----- schedule -------------------------------------------------------------------------------------------
     def sample_timesteps(self, batch_size: int, generator: torch.Generator | None = None,
-                         sampling: str = "uniform") -> torch.Tensor:
-        """Draw training timesteps (B,): integers for eps/v, ``1000 * t`` on the grid for flow; ``sampling``
-        ``"uniform"`` over the schedule, or ``"cubic"`` (T2I-Adapter's ``t = (1 − u³) T``, u uniform: three quarters
-        of the draws in the noisier half, where the condition decides the layout)."""
+                         sampling: str = "uniform", weighting: WeightingScheme = WeightingScheme()) -> torch.Tensor:
+        """Draw training timesteps (B,): integers for eps/v, ``1000 * sigma`` on the (shifted) grid for flow;
+        ``sampling`` ``"uniform"`` over the schedule, or ``"cubic"`` (T2I-Adapter's ``t = (1 − u³) T``, u uniform:
+        three quarters of the draws in the noisier half, where the condition decides the layout). A ``weighting``
+        that shapes the density (flow only: ``logit_normal``, ``mode``) draws as diffusers' SD3 trainers do:
+        ``u = compute_density_for_timestep_sampling(...)``, then the scheduler's ``timesteps[(u · T).long()]``."""
         check_choice("timestep sampling", sampling, TIMESTEP_SAMPLINGS)
+        if weighting.shapes_density:
+            self.check_weighting(weighting)
+            u = compute_density_for_timestep_sampling(weighting.name, batch_size, weighting.logit_mean,
+                                                      weighting.logit_std, weighting.mode_scale, generator=generator)
+            return self.to_scheduler().timesteps[(u * self.num_train_timesteps).long()].to(torch.float32)
         if sampling == "cubic":
             u = torch.rand(batch_size, generator=generator, dtype=torch.float64)
             steps = ((1 - u**3) * self.num_train_timesteps).long().clamp(0, self.num_train_timesteps - 1)
         else:
             steps = torch.randint(0, self.num_train_timesteps, (batch_size,), generator=generator)
         if self.prediction_type == "flow":
-            return (steps + 1).to(torch.float32) * (FLOW_TIMESTEP_SCALE / self.num_train_timesteps)
+            return self.shifted((steps + 1).to(torch.float64) / self.num_train_timesteps).to(torch.float32) \
+                * FLOW_TIMESTEP_SCALE
         return steps
+
+    def shifted(self, s: torch.Tensor) -> torch.Tensor:
+        """Flow: the schedule's shift applied to noise levels ``s`` in (0, 1] (identity for shift 1)."""
+        return self.shift * s / (1 + (self.shift - 1) * s)
+
+    def check_weighting(self, weighting: WeightingScheme) -> None:
+        """ValueError unless ``weighting`` is ``none`` or this is flow matching (diffusers' SD3 schemes)."""
+        if weighting.name != "none" and self.prediction_type != "flow":
+            raise ValueError(f"--weighting-scheme {weighting.name!r} is for flow matching (SD3-style main nets), "
+                             f"not {self.prediction_type!r} prediction; use 'none'")
+
+    def loss_weights(self, timesteps: torch.Tensor, weighting: WeightingScheme) -> torch.Tensor | None:
+        """Per-sample loss weights (B,) float32 of an SD3 weighting scheme (``compute_loss_weighting_for_sd3`` on
+        sigma = t): ``sigma_sqrt`` σ⁻², ``cosmap`` 2 / (π(1 − 2σ + 2σ²)); None for schemes that do not weight."""
+        self.check_weighting(weighting)
+        if weighting.name not in ("sigma_sqrt", "cosmap"):
+            return None
+        sigmas = timesteps.to(torch.float64) / FLOW_TIMESTEP_SCALE
+        return compute_loss_weighting_for_sd3(weighting.name, sigmas).to(torch.float32)
 
     def evenly_spaced_timesteps(self, n: int) -> torch.Tensor:
         """``n`` timesteps evenly spread over the schedule, from low to high noise (n,)."""
@@ -176,7 +235,7 @@ class Parameterization:
         """A fresh diffusers scheduler for sampling: DDIM for eps/v (x0 clipped to [-1, 1] in pixel space),
         flow-match Euler for flow."""
         if self.prediction_type == "flow":
-            return FlowMatchEulerDiscreteScheduler(num_train_timesteps=self.num_train_timesteps, shift=1.0)
+            return FlowMatchEulerDiscreteScheduler(num_train_timesteps=self.num_train_timesteps, shift=self.shift)
         return DDIMScheduler.from_config(
             self._ddpm().config,
             clip_sample=clip_sample,

@@ -71,7 +71,8 @@ class SideNetObjective(Objective):
         x0 = self.model.encode_images(batch["image"])
         return {"x0": x0, "cond": batch["cond"], "noise": torch.randn(x0.shape, generator=generator),
                 "timesteps": self.model.parameterization.sample_timesteps(x0.shape[0], generator,
-                                                                          self.config.timestep_sampling)}
+                                                                          self.config.timestep_sampling,
+                                                                          self.config.weighting())}
 
     def gates(self) -> torch.Tensor | None:
         """Every site's residual scale in training (``--conditioning-scale``); None for 1 (no scaling)."""
@@ -89,7 +90,12 @@ class SideNetObjective(Objective):
         with hook as records:
             out = self.model(x_t, timesteps, cond, gates=self.gates(), main_rows=rows,
                              main_pass=self.config.lisa_main_pass)
-        diffusion = F.mse_loss(out.pred_full.float(), target.float())
+        weights = parameterization.loss_weights(timesteps, self.config.weighting())
+        if weights is None:
+            diffusion = F.mse_loss(out.pred_full.float(), target.float())
+        else:  # diffusers' SD3 trainers: mean over elements of weight · (pred − target)², per sample
+            per_sample = (out.pred_full.float() - target.float()).pow(2).flatten(1).mean(1)
+            diffusion = (weights.to(per_sample.device) * per_sample).mean()
         if not rows:
             return {"loss": diffusion, "diffusion_loss": diffusion.detach()}
         feature = self.model.feature_to_map(self.site, records[self.site]["feature"][:rows])
@@ -134,6 +140,7 @@ def train(config: TrainConfig) -> Path:
     if config.main is None:
         config.main = str(ensure_default_main(Path(config.out_dir)))
     model, dataset_kwargs = build_dual_branch(config)
+    model.parameterization.check_weighting(config.weighting())
     if config.side is None:  # a new side net (a resumed run loads its weights from the checkpoint)
         init_zero_modules(model, config.zero_init_scale, config.seed)
     site = config.lisa_site or model.default_lisa_site()

@@ -5,9 +5,10 @@ import math
 
 import pytest
 import torch
-from diffusers import DDPMScheduler
+from diffusers import DDPMScheduler, FlowMatchEulerDiscreteScheduler
+from diffusers.training_utils import compute_density_for_timestep_sampling
 
-from lisa_probe.parameterization import Parameterization
+from lisa_probe.parameterization import Parameterization, WeightingScheme
 
 
 @pytest.fixture
@@ -126,3 +127,60 @@ def test_min_snr_weight_turns_the_loss_into_clipped_snr_times_x0_error(kind, bat
 def test_min_snr_weight_refuses_flow():
     with pytest.raises(ValueError, match="eps and v"):
         Parameterization("flow").min_snr_weight(torch.tensor([500.0]), 5.0)
+
+
+SD3_SCHEDULER = {"_class_name": "FlowMatchEulerDiscreteScheduler", "num_train_timesteps": 1000, "shift": 3.0}
+
+
+def test_the_sd3_scheduler_shift_is_honoured_in_training_and_sampling(tmp_path):
+    """A checkpoint's shift (3.0 in SD3) moves the training draws to diffusers' shifted grid (mean t 0.68 instead
+    of 0.50) and into the sampler; it survives the round trip through the saved scheduler config."""
+    shifted = Parameterization.from_scheduler_config(SD3_SCHEDULER)
+    assert shifted.shift == 3.0
+    shifted.to_scheduler().save_config(tmp_path)  # as save_main writes scheduler/
+    saved = json.loads((tmp_path / "scheduler_config.json").read_text())
+    assert Parameterization.from_scheduler_config(saved).shift == 3.0
+    grid = set(FlowMatchEulerDiscreteScheduler(**{k: v for k, v in SD3_SCHEDULER.items() if k != "_class_name"})
+               .timesteps.tolist())
+    draws = shifted.sample_timesteps(20000, torch.Generator().manual_seed(0))
+    distance = (draws[:, None] - torch.tensor(sorted(grid), dtype=torch.float32)[None]).abs().min(dim=1).values
+    assert distance.max().item() < 1e-3  # every draw is a timestep of diffusers' shifted grid
+    assert (draws / 1000).mean().item() == pytest.approx(0.68, abs=0.01)
+    plain = Parameterization("flow").sample_timesteps(20000, torch.Generator().manual_seed(0))
+    assert (plain / 1000).mean().item() == pytest.approx(0.50, abs=0.01)
+    sampler = shifted.make_sampler()
+    sampler.set_timesteps(10)
+    reference = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0)
+    reference.set_timesteps(10)
+    torch.testing.assert_close(sampler.timesteps, reference.timesteps)
+
+
+@pytest.mark.parametrize("scheme", ["logit_normal", "mode"])
+def test_sd3_density_schemes_draw_as_diffusers_trainer_does(scheme):
+    """The same generator gives the timesteps diffusers' SD3 ControlNet trainer computes:
+    ``scheduler.timesteps[(compute_density_for_timestep_sampling(...) * T).long()]``."""
+    weighting = WeightingScheme(scheme, logit_mean=0.3, logit_std=0.8, mode_scale=1.29)
+    parameterization = Parameterization.from_scheduler_config(SD3_SCHEDULER)
+    ours = parameterization.sample_timesteps(64, torch.Generator().manual_seed(5), weighting=weighting)
+    u = compute_density_for_timestep_sampling(scheme, 64, 0.3, 0.8, 1.29, generator=torch.Generator().manual_seed(5))
+    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0)
+    torch.testing.assert_close(ours, scheduler.timesteps[(u * 1000).long()].float())
+
+
+def test_sd3_loss_weights_closed_forms_and_refusals():
+    flow = Parameterization("flow")
+    timesteps = torch.tensor([100.0, 500.0, 900.0])
+    sigma = timesteps.double() / 1000
+    torch.testing.assert_close(flow.loss_weights(timesteps, WeightingScheme("sigma_sqrt")), (1 / sigma**2).float())
+    torch.testing.assert_close(flow.loss_weights(timesteps, WeightingScheme("cosmap")),
+                               (2 / (math.pi * (1 - 2 * sigma + 2 * sigma**2))).float())
+    for name in ("none", "logit_normal", "mode"):
+        assert flow.loss_weights(timesteps, WeightingScheme(name)) is None
+    with pytest.raises(ValueError, match="is for flow matching"):
+        Parameterization("eps").loss_weights(timesteps.long(), WeightingScheme("cosmap"))
+    with pytest.raises(ValueError, match="unknown weighting scheme 'sqrt'"):
+        WeightingScheme("sqrt")
+    with pytest.raises(ValueError, match="use_dynamic_shifting=True is not supported"):
+        Parameterization.from_scheduler_config({**SD3_SCHEDULER, "use_dynamic_shifting": True})
+    with pytest.raises(ValueError, match="shift must be > 0 and is for flow matching only"):
+        Parameterization("eps", shift=3.0)

@@ -272,6 +272,10 @@ def test_two_processes_pretrain_then_train_a_dit_and_stop_together_on_nan(tmp_pa
     (["--seed", "99999999999"], "--seed must be a finite number in [0, 4.29497e+09], got 99999999999"),
     (["--lisa-fraction", "nan"], "LISA batch fraction must be in (0, 1], got nan"),
     (["--skip-bad-files"], "--skip-bad-files applies to --dataset folder, not 'shapes'"),
+    (["--weighting-scheme", "sigma_sqrt"], "--weighting-scheme 'sigma_sqrt' is for flow matching (SD3-style main "
+                                           "nets), not 'eps' prediction"),
+    (["--weighting-scheme", "logit_normal", "--timestep-sampling", "cubic"],
+     "--weighting-scheme 'logit_normal' draws the timesteps itself; it needs --timestep-sampling uniform"),
     (["--dataset", "folder"], "the folder dataset needs the image directory: --data-root DIR"),
     (["--dataset", "folder", "--data-root", "{tmp}/missing"], "missing")])
 def test_cli_reports_bad_input_without_a_traceback(tmp_path, capsys, argv, message):
@@ -426,6 +430,27 @@ def test_cubic_timesteps_conditioning_scale_and_zero_init(tmp_path):
     assert loss.item() == pytest.approx(main_only.item(), rel=1e-5)
     with pytest.raises(ValueError, match="--conditioning-scale must be a finite number"):
         tiny_config(tmp_path, conditioning_scale=float("nan"))
+
+
+def test_sd3_weighting_schemes_weight_the_diffusion_loss_and_train(tmp_path):
+    """``sigma_sqrt`` weights each sample's flow-matching MSE by 1/σ² (diffusers' SD3 trainer's loss, recomputed
+    here from the model's own predictions); a DiT run with ``logit_normal`` timesteps trains to a finite loss."""
+    config = tiny_config(tmp_path, family="dit", kind="flow", weighting_scheme="sigma_sqrt", lisa_weight=0.0)
+    model, _ = build_dual_branch(config)
+    init_zero_modules(model, 1.0, seed=0)
+    objective = SideNetObjective(model, None, config, model.default_lisa_site())
+    cond = torch.rand(2, 1, 16, 16)
+    x0 = torch.randn(2, model.main.config.in_channels, 16, 16)
+    noise, steps = torch.randn_like(x0), torch.tensor([200.0, 800.0])
+    loss = objective(x0, cond, noise, steps, step=0)["loss"]
+    with torch.no_grad():
+        x_t = model.parameterization.add_noise(x0, noise, steps)
+        per_sample = (model(x_t, steps, cond).pred_full - (noise - x0)).pow(2).flatten(1).mean(1)
+    expected = (per_sample / torch.tensor([0.2, 0.8]) ** 2).mean()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert loss.item() != pytest.approx(per_sample.mean().item(), rel=1e-2)
+    run = train(tiny_config(tmp_path, family="dit", kind="flow", weighting_scheme="logit_normal", steps=2))
+    assert all(np.isfinite(float(row["loss"])) for row in read_metrics(run))
 
 
 def test_the_onset_probe_logs_into_metrics_csv(tmp_path):
