@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import functools
+import importlib.util
 import json
 import math
 import os
@@ -144,8 +145,16 @@ class LoopConfig:
     num_workers: int = field(default=0, metadata=option("DataLoader worker processes"))
     resume: str | None = field(default=None, metadata=option("'latest' or a checkpoint directory to resume from"))
     overwrite: bool = field(default=False, metadata=option("replace an existing run directory of the same name"))
+    gradient_checkpointing: bool = field(default=False, metadata=option(
+        "recompute the trained net's activations in the backward pass instead of keeping them (less memory, more "
+        "compute; diffusers' --gradient_checkpointing)"))
+    use_8bit_adam: bool = field(default=False, metadata=option(
+        "bitsandbytes' 8-bit AdamW instead of torch's (optional dependency: pip install 'lisa_probe[bnb]')"))
 
     def __post_init__(self) -> None:
+        if self.use_8bit_adam and importlib.util.find_spec("bitsandbytes") is None:
+            raise ValueError("--use-8bit-adam needs bitsandbytes, which is not installed: pip install "
+                             "'lisa_probe[bnb]' (or pip install bitsandbytes)")
         for name in ("steps", "batch_size", "grad_accum", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -179,6 +188,15 @@ class Objective(nn.Module):
 
     def after_step(self, step: int) -> None:
         """Called after every optimizer step (e.g. to update an EMA); nothing by default."""
+
+    def enable_gradient_checkpointing(self) -> list[str]:
+        """Turn on diffusers' gradient checkpointing in every saved module that supports it; returns their names."""
+        enabled = []
+        for name, module in self.modules_to_save().items():
+            if getattr(module, "_supports_gradient_checkpointing", False):
+                module.enable_gradient_checkpointing()
+                enabled.append(name)
+        return enabled
 
     def param_groups(self) -> list[dict]:
         """AdamW parameter groups ``{"params": [...], "lr_scale": factor}`` (the learning rate of a group is the
@@ -332,6 +350,15 @@ def fit(run_dir: Path, objective: Objective, dataset, config: LoopConfig,
         GradientState._reset_state()
 
 
+def make_optimizer(groups: list[dict], config: LoopConfig) -> torch.optim.Optimizer:
+    """AdamW over ``groups``: torch's, or bitsandbytes' 8-bit one with ``--use-8bit-adam``."""
+    if config.use_8bit_adam:
+        import bitsandbytes  # optional dependency, checked by LoopConfig
+
+        return bitsandbytes.optim.AdamW8bit(groups, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
+
+
 def _fit_loop(run_dir: Path, objective: Objective, dataset, config: LoopConfig,
               evaluate: Callable[[int], dict[str, float]] | None, probe: Probe | None) -> dict:
     """The body of ``fit``."""
@@ -343,7 +370,9 @@ def _fit_loop(run_dir: Path, objective: Objective, dataset, config: LoopConfig,
     config_dict = dataclasses.asdict(config)
     groups = objective.param_groups()
     params = [p for group in groups for p in group["params"]]
-    optimizer = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = make_optimizer(groups, config)
+    if config.gradient_checkpointing:
+        objective.enable_gradient_checkpointing()
     generator = torch.Generator().manual_seed(config.seed * 1_000_003 + accelerator.process_index)
     state = {"step": 0, "micro_batches": 0, "train_seconds": 0.0, "config": config_dict,
              "world_size": accelerator.num_processes}

@@ -3,6 +3,7 @@
 import csv
 import json
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -272,6 +273,7 @@ def test_two_processes_pretrain_then_train_a_dit_and_stop_together_on_nan(tmp_pa
     (["--seed", "99999999999"], "--seed must be a finite number in [0, 4.29497e+09], got 99999999999"),
     (["--lisa-fraction", "nan"], "LISA batch fraction must be in (0, 1], got nan"),
     (["--skip-bad-files"], "--skip-bad-files applies to --dataset folder, not 'shapes'"),
+    (["--use-8bit-adam"], "--use-8bit-adam needs bitsandbytes, which is not installed: pip install 'lisa_probe[bnb]'"),
     (["--weighting-scheme", "sigma_sqrt"], "--weighting-scheme 'sigma_sqrt' is for flow matching (SD3-style main "
                                            "nets), not 'eps' prediction"),
     (["--weighting-scheme", "logit_normal", "--timestep-sampling", "cubic"],
@@ -481,3 +483,51 @@ def test_a_resumed_run_logs_main_alone_once_as_an_uninterrupted_one(tmp_path):
         step: sorted(metrics) for step, metrics in whole.items()}
     assert any(m.startswith("main_alone/") for m in resumed[1]) and not any(m.startswith("main_alone/")
                                                                             for m in resumed[2])
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(tmp_path):
+    """``--gradient-checkpointing`` turns on diffusers' checkpointing in the ControlNet (not in the LISA decoder, which
+    does not support it) and leaves the loss and every side-net and decoder gradient as they were (float32
+    recomputation of the same ops: equal to rounding), with the LISA hook in place."""
+    config = tiny_config(tmp_path, lisa_weight=0.2)
+    grads = []
+    for checkpointing in (False, True):
+        model, _ = build_dual_branch(config)
+        init_zero_modules(model, 1.0, seed=0)
+        site = model.default_lisa_site()
+        objective = SideNetObjective(model, build_decoder(model, site, seed=0), config, site)
+        if checkpointing:
+            assert objective.enable_gradient_checkpointing() == ["controlnet"]
+            assert model.side.is_gradient_checkpointing
+        objective.train()
+        generator = torch.Generator().manual_seed(3)
+        x0, cond = torch.randn(4, 3, 16, 16, generator=generator), torch.rand(4, 1, 16, 16, generator=generator)
+        noise, steps = torch.randn(4, 3, 16, 16, generator=generator), torch.tensor([5, 300, 600, 950])
+        loss = objective(x0, cond, noise, steps, step=0)["loss"]
+        loss.backward()
+        grads.append((loss.item(), [p.grad.clone() for p in objective.parameters() if p.requires_grad]))
+    assert grads[0][0] == pytest.approx(grads[1][0], rel=1e-6)
+    for plain, recomputed in zip(grads[0][1], grads[1][1]):
+        torch.testing.assert_close(recomputed, plain, rtol=1e-4, atol=1e-6)
+    assert any(g.abs().sum() > 0 for g in grads[1][1])
+
+
+def test_8bit_adam_uses_bitsandbytes_when_installed(tmp_path, monkeypatch):
+    """With bitsandbytes importable the optimizer is its AdamW8bit (a stand-in module records the call here: the
+    real one needs CUDA); without it the option is refused before anything is made (test_cli_reports_bad_input...)."""
+    import importlib.machinery
+    import types
+
+    made = []
+
+    class FakeAdamW8bit(torch.optim.AdamW):
+        def __init__(self, groups, **kwargs):
+            made.append(kwargs)
+            super().__init__(groups, **kwargs)
+
+    fake = types.ModuleType("bitsandbytes")
+    fake.__spec__ = importlib.machinery.ModuleSpec("bitsandbytes", None)
+    fake.optim = types.SimpleNamespace(AdamW8bit=FakeAdamW8bit)
+    monkeypatch.setitem(sys.modules, "bitsandbytes", fake)
+    run = train(tiny_config(tmp_path, use_8bit_adam=True, steps=2, lr=2e-3))
+    assert made == [{"lr": 2e-3, "weight_decay": 0.01}] and len(read_metrics(run)) == 2
