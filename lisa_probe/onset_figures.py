@@ -27,9 +27,6 @@ PROBE_PANELS = (("probe/explained", "explained share of the prior's error"),
 
 
 def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     return plt

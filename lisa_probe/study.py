@@ -394,9 +394,6 @@ def training_curves(out_dir: Path, runs: pd.DataFrame) -> pd.DataFrame:
 
 def plot_curves(curves: pd.DataFrame, runs: pd.DataFrame, path: Path) -> None:
     """Control fidelity vs step, one panel per setting, mean and 95% CI over seeds per arm."""
-    import matplotlib
-
-    matplotlib.use("Agg")
     import seaborn as sns
 
     data = control_curves(curves, runs)

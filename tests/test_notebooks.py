@@ -61,7 +61,10 @@ def test_notebook_runs(path, tmp_path, monkeypatch):
     # one thread: the tiny models run fastest that way and the CI machine has 2 shared cores
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
         monkeypatch.setenv(name, "1")
-    monkeypatch.setenv("MPLBACKEND", "Agg")
+    monkeypatch.delenv("MPLBACKEND", raising=False)  # the kernel's own (inline) backend, as a user's JupyterLab
     monkeypatch.setenv("TQDM_DISABLE", "1")
-    execute_notebook(path, OVERRIDES, tmp_path, timeout=300)  # CellExecutionError (cell, traceback) on any error
+    notebook = execute_notebook(path, OVERRIDES, tmp_path, timeout=300)  # CellExecutionError on any cell error
     assert not list(Path(path.parent).glob("notebook_work")), "a notebook wrote into the repository"
+    images = [output for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs
+              if "image/png" in output.get("data", {})]
+    assert len(images) >= 2, "the notebook's figures are not shown inline"

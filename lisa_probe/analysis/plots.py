@@ -2,14 +2,11 @@
 
 Every function returns a ``matplotlib.figure.Figure`` and never shows it; error bars are 95 % bootstrap
 confidence intervals over the rows averaged into a point (seeds, samples, factors ...). Close figures you
-no longer need (``plt.close(fig)``): the figure-level seaborn functions register them with pyplot.
+no longer need (``plt.close(fig)``): the figure-level seaborn functions register them with pyplot. The backend is
+left to matplotlib (inline in a notebook, Agg without a display), so notebooks show the figures.
 """
 
 from collections.abc import Mapping
-
-import matplotlib
-
-matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt
 import numpy as np
