@@ -211,8 +211,7 @@ def input_recipe(model: DualBranch, dataset, timesteps: torch.Tensor, config: Ex
         "x_t": "alpha_t * x0 + sigma_t * noise; eps/v: alpha_t = sqrt(alphas_cumprod[t]), sigma_t = sqrt(1 - "
                "alphas_cumprod[t]) from scheduler/; flow: alpha_t = 1 - t / 1000, sigma_t = t / 1000",
         "condition": {"kind": dataset.condition, "channels": int(dataset.cond_channels),
-                      "fed_as": "the (C, H, W) map in [0, 1] at the image resolution, as the side net's "
-                                "controlnet_cond"},
+                      "fed_as": condition_recipe(model)},
         "context": {name: {"shape": list(tensor.shape), "all_zero": bool(not tensor.any()),
                            "sha256": hashlib.sha256(tensor.numpy().tobytes()).hexdigest()}
                     for name, tensor in context.items()},
@@ -237,6 +236,15 @@ def store_attrs(config: ExtractConfig, model: DualBranch, run_config: dict, side
             "inputs": inputs}
 
 
+def condition_recipe(model: DualBranch) -> str:
+    """How a row's condition reaches the side net, in words (the store's ``inputs`` attr)."""
+    if model.family == "dit" and model.vae is not None:
+        return ("the (C, H, W) map in [0, 1] repeated to 3 channels, mapped to [-1, 1] and encoded like x0, as the "
+                "SD3 ControlNet's controlnet_cond")
+    return (f"the (C, H, W) map in [0, 1] at the image resolution, repeated along channels to the side net's "
+            f"{model.cond_channels} when C is a divisor of it, as its controlnet_cond")
+
+
 def extract(config: ExtractConfig) -> Path:
     """Run the extraction (this process's shard under accelerate); returns the final store path."""
     state = process_state()
@@ -248,6 +256,7 @@ def extract(config: ExtractConfig) -> Path:
     decoder = decoder.to(state.device).eval() if decoder is not None else None
     lisa_site = (run_config.get("lisa_site") or model.default_lisa_site()) if decoder is not None else None
     dataset = build_dataset(run_config["dataset"], split=config.split, **dataset_kwargs)
+    model.check_condition(dataset.cond_channels)
     if config.samples > len(dataset):
         raise ValueError(f"--samples {config.samples} exceeds the {config.split} split's {len(dataset)} samples")
     extractor = Extractor(model, decoder, dataset, parse_sites(config.sites, model),

@@ -43,6 +43,8 @@ def build_dual_branch(config, side_path: Path | None = None) -> tuple[DualBranch
         check_side_matches(family, main, side)
     else:
         cond_channels = build_dataset(config.dataset, split="val", **dataset_kwargs).cond_channels
+        if family == "unet" and vae is not None and cond_channels == 1:
+            cond_channels = 3  # an SD-style ControlNet takes RGB control images (PIL's in diffusers' pipelines)
         side = build_side(main, family, cond_channels, latent=vae is not None, seed=config.seed)
     return make_dual_branch(family, main, side, parameterization, null_context, vae), dataset_kwargs
 

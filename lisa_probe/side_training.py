@@ -146,6 +146,7 @@ def train(config: TrainConfig) -> Path:
     site = config.lisa_site or model.default_lisa_site()
     model.site(site)
     dataset = build_dataset(config.dataset, split="train", **dataset_kwargs)
+    model.check_condition(dataset.cond_channels)
     run_dir = config.run_dir  # created once the inputs are known to be valid
     prepare_run_dir(run_dir, config.resume, config.overwrite, is_main_process())
     process_state().wait_for_everyone()

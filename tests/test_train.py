@@ -531,3 +531,14 @@ def test_8bit_adam_uses_bitsandbytes_when_installed(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "bitsandbytes", fake)
     run = train(tiny_config(tmp_path, use_8bit_adam=True, steps=2, lr=2e-3))
     assert made == [{"lr": 2e-3, "weight_decay": 0.01}] and len(read_metrics(run)) == 2
+
+
+def test_a_diffusers_trained_rgb_controlnet_is_fine_tuned_on_greyscale_conditions(tmp_path):
+    """``--side`` with a 3-channel ControlNet (diffusers' trainers make those) on the 1-channel shapes edges: the
+    conditions are repeated to RGB, the run trains and exports a 3-channel ControlNet."""
+    main_dir = make_main(tmp_path, "unet", "eps")
+    family, main, *_ = load_main(Path(main_dir))
+    build_side(main, family, cond_channels=3, seed=0).save_pretrained(tmp_path / "rgb-controlnet")
+    run = train(tiny_config(tmp_path, side=str(tmp_path / "rgb-controlnet"), steps=2, lisa_weight=0.2))
+    assert json.loads((run / "controlnet" / "config.json").read_text())["conditioning_channels"] == 3
+    assert len(read_metrics(run)) == 2

@@ -11,7 +11,7 @@ import torch
 from diffusers import SD3ControlNetModel, SD3Transformer2DModel
 
 from lisa_probe.hooks import capture_modules
-from lisa_probe.models.dual_branch import DualBranch, Site, tokens_to_map
+from lisa_probe.models.dual_branch import DualBranch, Site, check_condition_channels, repeat_channels, tokens_to_map
 
 
 def dit_forward(main: SD3Transformer2DModel, x_t: torch.Tensor, timesteps: torch.Tensor,
@@ -58,6 +58,10 @@ class DiTDualBranch(DualBranch):
         """Channels the side net's control embedding expects."""
         return self.side.config.in_channels + self.side.config.extra_conditioning_channels
 
+    def check_condition(self, channels: int) -> None:
+        """With a VAE the condition is an image (1 or 3 channels, encoded as RGB); else as ``DualBranch``."""
+        check_condition_channels(channels, 3 if self.vae is not None else self.cond_channels)
+
     def _fit_cond(self, cond: torch.Tensor) -> torch.Tensor:
         """Repeat a (B, Cc, H, W) condition along channels to (B, cond_channels, H, W).
 
@@ -66,13 +70,7 @@ class DiTDualBranch(DualBranch):
         """
         if self.vae is not None:
             return self.encode_images(cond.repeat(1, 3 // cond.shape[1], 1, 1) * 2 - 1)
-        want = self.cond_channels
-        if cond.shape[1] == want:
-            return cond
-        if want % cond.shape[1]:
-            raise ValueError(f"condition has {cond.shape[1]} channels; the SD3 ControlNet expects {want} "
-                             f"(or a divisor of it)")
-        return cond.repeat(1, want // cond.shape[1], 1, 1)
+        return repeat_channels(cond, self.cond_channels)
 
     # ----- sites -------------------------------------------------------------------------------------------------
     def _grid(self) -> tuple[int, int]:

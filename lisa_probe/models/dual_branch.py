@@ -69,6 +69,21 @@ def map_tensors(function: Callable[[torch.Tensor], torch.Tensor], state):
     return tuple(map_tensors(function, item) for item in state)
 
 
+def repeat_channels(cond: torch.Tensor, want: int) -> torch.Tensor:
+    """A (B, C, H, W) condition as the (B, ``want``, H, W) one a ControlNet takes: as it is when C = ``want``,
+    repeated along channels when ``want`` is a multiple of C (a greyscale condition becomes RGB, as PIL's
+    ``convert("RGB")`` makes it for diffusers' pipelines); ValueError naming both counts otherwise."""
+    check_condition_channels(cond.shape[1], want)
+    return cond if cond.shape[1] == want else cond.repeat(1, want // cond.shape[1], 1, 1)
+
+
+def check_condition_channels(channels: int, want: int) -> None:
+    """ValueError unless a ``channels``-channel condition can feed a ControlNet taking ``want`` channels."""
+    if channels < 1 or want % channels:
+        raise ValueError(f"the condition has {channels} channel(s) but this ControlNet takes {want}: conditions must "
+                         f"have {want} channels, or a divisor of {want} (repeated: 1 -> 3 for a greyscale image)")
+
+
 def gate_residuals(residuals: list[torch.Tensor], gates: torch.Tensor | None) -> list[torch.Tensor]:
     """Scale residual k (B, ...) by ``gates[..., k]``; gates are (S,) or (B, S), None means all ones."""
     if gates is None:
@@ -203,6 +218,15 @@ class DualBranch(nn.Module):
         """pred_full through diffusers' own main-net forward (no sharing): the reference for tests and benchmarks."""
         residuals = gate_residuals(self._side_residuals(x_t, timesteps, cond), gates)
         return self._main_forward(x_t, timesteps, residuals)
+
+    @property
+    def cond_channels(self) -> int:
+        """Channels the side net's condition input takes."""
+        raise NotImplementedError
+
+    def check_condition(self, channels: int) -> None:
+        """ValueError (naming both counts) unless ``channels``-channel conditions can feed this side net."""
+        check_condition_channels(channels, self.cond_channels)
 
     def _side_residuals(self, x_t, timesteps, cond) -> list[torch.Tensor]:
         raise NotImplementedError

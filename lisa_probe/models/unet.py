@@ -11,7 +11,7 @@ import torch
 from diffusers import ControlNetModel, UNet2DConditionModel
 
 from lisa_probe.hooks import capture_modules
-from lisa_probe.models.dual_branch import DualBranch, Site
+from lisa_probe.models.dual_branch import DualBranch, Site, repeat_channels
 
 UNSUPPORTED_UNET_OPTIONS = ("class_embed_type", "addition_embed_type", "encoder_hid_dim_type")
 
@@ -55,6 +55,11 @@ class UNetDualBranch(DualBranch):
         return [Site(name, paths[name], tuple(rec["feature"].shape[1:]), tuple(rec["residual"].shape[1:]),
                      tuple(rec["feature"].shape[1:])) for name, rec in records.items()]
 
+    @property
+    def cond_channels(self) -> int:
+        """Channels the ControlNet's conditioning embedding takes."""
+        return self.side.config.conditioning_channels
+
     def context(self, batch_size: int) -> dict[str, torch.Tensor]:
         """Null text context (B, L, cross_attention_dim)."""
         return {"context": self.null_context.expand(batch_size, -1, -1)}
@@ -62,7 +67,7 @@ class UNetDualBranch(DualBranch):
     # ----- forward pieces ----------------------------------------------------------------------------------------
     def _side_residuals(self, x_t, timesteps, cond):
         down, mid = self.side(x_t, timesteps, encoder_hidden_states=self.context(x_t.shape[0])["context"],
-                              controlnet_cond=cond, return_dict=False)
+                              controlnet_cond=repeat_channels(cond, self.cond_channels), return_dict=False)
         return [*down, mid]
 
     def _main_forward(self, x_t, timesteps, residuals):

@@ -162,7 +162,37 @@ def test_latent_unet_with_vae(tmp_path):
     assert latents.shape == (2, 4, 8, 8)
     out = model(latents, torch.tensor([10, 500]), torch.rand(2, 1, 64, 64), main_rows=2)
     assert out.pred_full.shape == (2, 4, 8, 8)
+    # a new side net for this layout, as train builds it, takes RGB control images (diffusers' pipelines feed PIL)
+    from lisa_probe.configs import TrainConfig
+    from lisa_probe.runs import build_dual_branch
+
+    built, _ = build_dual_branch(TrainConfig(main=str(tmp_path), out_dir=str(tmp_path / "runs")))
+    assert built.side.config.conditioning_channels == 3 and built.cond_channels == 3
     assert model.decode_samples(latents).shape == (2, 3, 64, 64)
+
+
+def test_a_greyscale_condition_feeds_an_rgb_controlnet_as_pil_would():
+    """A 3-channel ControlNet (diffusers' default, what its pipelines feed a PIL image to) takes a 1-channel
+    condition repeated to RGB: the same prediction as the repeated condition; a count that does not divide is
+    refused naming both, before any forward pass (``check_condition``)."""
+    from lisa_probe.models import make_dual_branch
+
+    main = build_main("unet", "tiny", 16, seed=0)
+    side = build_side(main, "unet", cond_channels=3, seed=0)
+    with torch.no_grad():
+        for parameter in side.parameters():
+            parameter.add_(0.05 * torch.randn(parameter.shape, generator=torch.Generator().manual_seed(1)))
+    model = make_dual_branch("unet", main, side, Parameterization("eps"), null_context_for(main, "unet"))
+    assert model.cond_channels == 3
+    x_t, steps, grey = torch.randn(2, 3, 16, 16), torch.tensor([10, 500]), torch.rand(2, 1, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x_t, steps, grey).pred_full, model(x_t, steps, grey.repeat(1, 3, 1, 1)).pred_full)
+    model.check_condition(1)
+    model.check_condition(3)
+    with pytest.raises(ValueError, match="the condition has 2 channel\\(s\\) but this ControlNet takes 3"):
+        model.check_condition(2)
+    with pytest.raises(ValueError, match="has 2 channel"):
+        model(x_t, steps, torch.rand(2, 2, 16, 16))
 
 
 def test_side_net_must_match_main_net():
