@@ -160,7 +160,7 @@ class TrainConfig(LoopConfig):
         if self.weighting().shapes_density and self.timestep_sampling != "uniform":
             raise ValueError(f"--weighting-scheme {self.weighting_scheme!r} draws the timesteps itself; it needs "
                              f"--timestep-sampling uniform, got {self.timestep_sampling!r}")
-        check_number("logit_std", self.logit_std, 0)
+        check_number("logit_std", self.logit_std, 0, low_open=True)
         if self.probe_every < 0 or self.probe_samples < 1:
             raise ValueError(f"--probe-every must be >= 0 and --probe-samples >= 1, got {self.probe_every} and "
                              f"{self.probe_samples}")

@@ -276,6 +276,7 @@ def test_two_processes_pretrain_then_train_a_dit_and_stop_together_on_nan(tmp_pa
     (["--use-8bit-adam"], "--use-8bit-adam needs bitsandbytes, which is not installed: pip install 'lisa_probe[bnb]'"),
     (["--weighting-scheme", "sigma_sqrt"], "--weighting-scheme 'sigma_sqrt' is for flow matching (SD3-style main "
                                            "nets), not 'eps' prediction"),
+    (["--logit-std", "0"], "--logit-std must be a finite number in (0, inf], got 0.0"),
     (["--weighting-scheme", "logit_normal", "--timestep-sampling", "cubic"],
      "--weighting-scheme 'logit_normal' draws the timesteps itself; it needs --timestep-sampling uniform"),
     (["--dataset", "folder"], "the folder dataset needs the image directory: --data-root DIR"),
