@@ -10,6 +10,7 @@ All tensors here are (B, C, H, W) (any trailing shape works); per-sample coeffic
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -123,7 +124,7 @@ class Parameterization:
             self.check_weighting(weighting)
             u = compute_density_for_timestep_sampling(weighting.name, batch_size, weighting.logit_mean,
                                                       weighting.logit_std, weighting.mode_scale, generator=generator)
-            return self.to_scheduler().timesteps[(u * self.num_train_timesteps).long()].to(torch.float32)
+            return self._train_timesteps[(u * self.num_train_timesteps).long()]
         if sampling == "cubic":
             u = torch.rand(batch_size, generator=generator, dtype=torch.float64)
             steps = ((1 - u**3) * self.num_train_timesteps).long().clamp(0, self.num_train_timesteps - 1)
@@ -133,6 +134,11 @@ class Parameterization:
             return self.shifted((steps + 1).to(torch.float64) / self.num_train_timesteps).to(torch.float32) \
                 * FLOW_TIMESTEP_SCALE
         return steps
+
+    @functools.cached_property
+    def _train_timesteps(self) -> torch.Tensor:
+        """The training scheduler's timesteps (T,), high to low noise, float32 (built once, not at every draw)."""
+        return self.to_scheduler().timesteps.to(torch.float32)
 
     def shifted(self, s: torch.Tensor) -> torch.Tensor:
         """Flow: the schedule's shift applied to noise levels ``s`` in (0, 1] (identity for shift 1)."""

@@ -90,17 +90,6 @@ def grid_bins(grid: np.ndarray, n_bins: int | None) -> tuple[np.ndarray, np.ndar
     return bin_of, np.array([grid[g].mean() for g in groups])
 
 
-def time_bins(t: np.ndarray, n_bins: int | None) -> tuple[np.ndarray, np.ndarray]:
-    """Split the sorted unique timesteps of t (N,) into ``n_bins`` contiguous groups (None: one per timestep).
-
-    Returns:
-        (N,) int64 bin of every row, (n_bins,) mean timestep of every bin.
-    """
-    grid = np.unique(t)
-    bin_of, bin_t = grid_bins(grid, n_bins)
-    return bin_of[np.searchsorted(grid, t)], bin_t
-
-
 def select_rows(sample_ids: np.ndarray, max_rows: int | None, min_samples: int, seed: int) -> np.ndarray:
     """Increasing row indices of a random subset of whole samples with at most ``max_rows`` rows (None: all rows)."""
     if max_rows is None or max_rows >= len(sample_ids):
@@ -174,9 +163,10 @@ def open_run(path: str | Path, label: str, options: AnalyzeOptions) -> Run:
         raise ValueError(f"--summary-rows {options.summary_rows} keeps {n_summary} of {path}'s {scan.n_samples} "
                          f"samples; cross-validation needs at least --n-splits ({options.n_splits})")
     t_grid_bin, bin_t = grid_bins(scan.t_grid, options.t_bins)
-    meta = meta.assign(t_bin=t_grid_bin[np.searchsorted(scan.t_grid, meta["t"].to_numpy())],
-                       fold=fold_ids(meta["sample_id"].to_numpy(), options.n_splits))
-    return Run(label, store, list(sites), rows, meta, bin_t, scan.t_grid, t_grid_bin, stream_rows, scan.n_samples)
+    run = Run(label, store, list(sites), rows, meta, bin_t, scan.t_grid, t_grid_bin, stream_rows, scan.n_samples)
+    run.meta = meta.assign(t_bin=run.t_bins_of(meta["t"].to_numpy()),
+                           fold=fold_ids(meta["sample_id"].to_numpy(), options.n_splits))
+    return run
 
 
 def run_labels(stores: Sequence[str], labels: str | None, random_reference: str | None) -> list[tuple[str, str]]:

@@ -5,14 +5,15 @@
 import numpy as np
 import pytest
 
-from lisa_probe.analysis.selection import select_rows, time_bins
+from lisa_probe.analysis.selection import grid_bins, select_rows
 
 
-def test_time_bins_and_row_selection():
-    bins, bin_t = time_bins(np.array([3.0, 1.0, 4.0, 2.0, 1.0]), 2)
-    np.testing.assert_array_equal(bins, [1, 0, 1, 0, 0])
+def test_timestep_bins_and_row_selection():
+    bins, bin_t = grid_bins(np.array([1.0, 2.0, 3.0, 4.0]), 2)
+    np.testing.assert_array_equal(bins, [0, 0, 1, 1])
     np.testing.assert_allclose(bin_t, [1.5, 3.5])
-    np.testing.assert_array_equal(time_bins(np.array([5.0, 1.0]), None)[0], [1, 0])
+    np.testing.assert_array_equal(grid_bins(np.array([1.0, 5.0]), None)[0], [0, 1])
+    np.testing.assert_array_equal(grid_bins(np.array([1.0, 5.0]), 7)[0], [0, 1])  # no more bins than timesteps
     ids = np.repeat([f"s{i}" for i in range(10)], 3)
     rows = select_rows(ids, 16, 5, seed=0)
     assert len(rows) == 15 and all((ids[rows] == s).sum() == 3 for s in np.unique(ids[rows]))

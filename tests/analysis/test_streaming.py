@@ -11,7 +11,7 @@ from lisa_probe.analysis.alignment import DecoderAlignmentSums, decoder_alignmen
 from lisa_probe.analysis.report_tables import (
     alignment_table,
 )
-from lisa_probe.analysis.selection import open_run, time_bins
+from lisa_probe.analysis.selection import grid_bins, open_run
 from lisa_probe.analysis.streaming import shuffle_within, stream_run
 from lisa_probe.store import FeatureStore
 from tests.analysis.synthetic_store import FAST, N_SAMPLES, TIMESTEPS, values
@@ -85,8 +85,8 @@ def chunk_meta(n_samples: int, t_bins: int, seed: int = 0) -> tuple[np.ndarray, 
     """(sample ids, t bins) of a streamed chunk of whole samples: 8 timesteps x 4 draws per sample, rows ordered
     sample, timestep, draw, the timesteps merged into ``t_bins`` bins."""
     samples = np.repeat([f"s{i:02d}" for i in np.random.default_rng(seed).permutation(n_samples)], 8 * 4)
-    t = np.tile(np.repeat(np.linspace(50.0, 950.0, 8), 4), n_samples)
-    return samples, time_bins(t, t_bins)[0]
+    bin_of_t = grid_bins(np.linspace(50.0, 950.0, 8), t_bins)[0]
+    return samples, np.tile(np.repeat(bin_of_t, 4), n_samples)
 
 
 @pytest.mark.parametrize(("n_samples", "t_bins"), [(2, None), (3, 3), (7, 1)])
