@@ -102,7 +102,7 @@ def time_unshared_main(objective, batch, generator, device) -> float:
     model = objective.model
     inputs = {k: v.to(device) for k, v in objective.draw(batch, generator).items()}
     state = model._shared_prefix(model.parameterization.add_noise(inputs["x0"], inputs["noise"], inputs["timesteps"]),
-                                 inputs["timesteps"])
+                                 inputs["timesteps"], model.context(len(inputs["x0"])))
     synchronize(device)  # the shared prefix, queued on a GPU, must not count
     start = time.perf_counter()
     model._rest(state, None)

@@ -8,7 +8,7 @@ library code, the study and notebooks build the same objects the CLIs do.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from lisa_probe.analysis.disentanglement import IMPORTANCES
@@ -25,18 +25,88 @@ from lisa_probe.store.schema import COMPRESSIONS
 DEFAULT_PREDICTION_TYPE = {"unet": "v", "dit": "flow"}
 
 
+PROMPT_MODES = ("caption", "empty")
+
+
+def names_list(text: str) -> tuple[str, ...]:
+    """A comma-separated option as a tuple of names ('' gives none)."""
+    return tuple(name.strip() for name in text.split(",") if name.strip())
+
+
 @dataclass
-class PretrainConfig(LoopConfig):
+class DataOptions:
+    """Where a side net's data come from: the dataset and, for ``captioned`` (a ``datasets`` table) and ``folder``,
+    its location and columns (option names as diffusers' ControlNet trainer's: ``--image-column`` ...)."""
+
+    dataset: str = field(default="shapes", metadata=option("training data (captioned: a `datasets` table with image, "
+                                                           "conditioning image and caption columns)",
+                                                           choices=DATASET_NAMES))
+    condition: str | None = field(default=None, metadata=option(
+        "condition kind (default: the dataset's; for your own conditioning images a label, e.g. canny, which picks "
+        "its control metric)"))
+    data_root: str | None = field(default=None, metadata=option(
+        "folder: the image directory; captioned: a load_dataset directory, a save_to_disk directory or a data file "
+        "(parquet, arrow, jsonl, csv)"))
+    skip_bad_files: bool = field(default=False, metadata=option("folder dataset: skip unreadable or tiny images "
+                                                               "(listed in a warning) instead of stopping"))
+    image_column: str = field(default="image", metadata=option("captioned: the target image column"))
+    conditioning_image_column: str = field(default="conditioning_image", metadata=option(
+        "captioned: the conditioning image column"))
+    caption_column: str | None = field(default="text", metadata=option("captioned: the caption column (none: no "
+                                                                       "captions, the empty prompt)"))
+    cond_source: str = field(default="column", metadata=option(
+        "captioned: conditions from the conditioning image column, or made from the image by --condition's "
+        "extractor", choices=("column", "extractor")))
+    cond_mode: str = field(default="RGB", metadata=option("captioned: conditioning images as RGB (3 channels, what "
+                                                          "diffusers' pipelines take) or L (1)", choices=("RGB", "L")))
+    factor_columns: str = field(default="", metadata=option("captioned: comma-separated columns recorded as factors "
+                                                            "for the analysis"))
+    carried_factors: str = field(default="", metadata=option("captioned: the factor columns the condition carries"))
+    val_fraction: float = field(default=0.1, metadata=option(
+        "captioned without a validation split: the fraction of rows each for val and test (by a hash of the row)"))
+    max_train_samples: int | None = field(default=None, metadata=option(
+        "captioned: keep this many training rows (drawn with --seed)"))
+
+    def check_data_options(self) -> None:
+        """ValueError for data options that do not fit together."""
+        check_choice("dataset", self.dataset, DATASET_NAMES)
+        if self.skip_bad_files and self.dataset != "folder":
+            raise ValueError(f"--skip-bad-files applies to --dataset folder, not {self.dataset!r}")
+        check_number("val_fraction", self.val_fraction, 0, 0.5, high_open=True)
+        if self.max_train_samples is not None and self.max_train_samples < 1:
+            raise ValueError(f"--max-train-samples must be >= 1, got {self.max_train_samples}")
+        if self.dataset == "captioned" and self.data_root is None:
+            raise ValueError("--dataset captioned needs --data-root (a load_dataset directory or a data file)")
+
+    def dataset_kwargs(self, resolution: int, seed: int) -> dict:
+        """``build_dataset`` keyword arguments (besides the name) of these options at ``resolution``."""
+        kwargs = {"resolution": resolution, "condition": self.condition, "seed": seed}
+        if self.data_root is not None:
+            kwargs["root"] = self.data_root
+        if self.skip_bad_files:
+            kwargs["skip_bad"] = True
+        if self.dataset == "captioned":
+            kwargs.update(image_column=self.image_column, conditioning_image_column=self.conditioning_image_column,
+                          caption_column=self.caption_column, cond_source=self.cond_source, cond_mode=self.cond_mode,
+                          factor_columns=names_list(self.factor_columns),
+                          carried_factors=names_list(self.carried_factors), val_fraction=self.val_fraction,
+                          max_train_samples=self.max_train_samples)
+        return kwargs
+
+
+
+# learning-rate factors of the side net's parameter groups (side_training.SideNetObjective.param_groups)
+LR_SCALES = ("lr_scale_zero_modules", "lr_scale_trunk", "lr_scale_cond_embedding", "lr_scale_decoder")
+
+
+@dataclass
+class PretrainConfig(LoopConfig, DataOptions):
     """Main-net pretraining settings (defaults: the demo's main net, <= 10 minutes on 2 CPU cores)."""
 
     backbone: str = field(default="unet", metadata={"help": "main-net family", "choices": FAMILIES})
     preset: str = field(default="small", metadata={"help": "built-in size", "choices": PRESETS})
     prediction_type: str | None = field(default=None, metadata={"help": "eps | v | flow (default: v for unet, "
                                                                          "flow for dit)"})
-    dataset: str = field(default="shapes", metadata={"help": "training data", "choices": DATASET_NAMES})
-    data_root: str | None = field(default=None, metadata={"help": "image directory for the folder dataset"})
-    skip_bad_files: bool = field(default=False, metadata={"help": "folder dataset: skip unreadable or tiny images "
-                                                                  "(listed in a warning) instead of stopping"})
     resolution: int = field(default=32, metadata={"help": "image size in pixels"})
     name: str | None = field(default=None, metadata={
         "help": "run name (default: main-<backbone>-<type>-<data><resolution>)"})
@@ -57,7 +127,7 @@ class PretrainConfig(LoopConfig):
         super().__post_init__()
         check_choice("backbone", self.backbone, FAMILIES)
         check_choice("preset", self.preset, PRESETS)
-        check_choice("dataset", self.dataset, DATASET_NAMES)
+        self.check_data_options()
         if self.prediction_type is None:
             self.prediction_type = DEFAULT_PREDICTION_TYPE[self.backbone]
         check_choice("prediction type", self.prediction_type, PREDICTION_TYPES)
@@ -65,8 +135,6 @@ class PretrainConfig(LoopConfig):
             raise ValueError(f"prediction type {self.prediction_type!r} does not fit backbone {self.backbone!r}: "
                              f"dit uses flow, unet uses eps or v")
         check_number("ema_decay", self.ema_decay, 0, 1, high_open=True)
-        if self.skip_bad_files and self.dataset != "folder":
-            raise ValueError(f"--skip-bad-files applies to --dataset folder, not {self.dataset!r}")
         for name in ("sample_steps", "resolution"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
@@ -90,7 +158,7 @@ LR_SCALES = ("lr_scale_zero_modules", "lr_scale_trunk", "lr_scale_cond_embedding
 
 
 @dataclass
-class TrainConfig(LoopConfig):
+class TrainConfig(LoopConfig, DataOptions):
     """Side-net training settings. Defaults are the embedded demo (LISA on; ~4 minutes on 2 CPU cores once the main
     net exists)."""
 
@@ -98,11 +166,11 @@ class TrainConfig(LoopConfig):
         f"main-net directory (diffusers layout); default: <out-dir>/{DEFAULT_MAIN_NAME}, pretrained if missing"))
     side: str | None = field(default=None, metadata=option("initialise the side net from this diffusers directory "
                                                          "instead of copying the main net"))
-    dataset: str = field(default="shapes", metadata=option("training data", choices=DATASET_NAMES))
-    condition: str | None = field(default=None, metadata=option("condition kind (default: the dataset's)"))
-    data_root: str | None = field(default=None, metadata=option("image directory for the folder dataset"))
-    skip_bad_files: bool = field(default=False, metadata=option("folder dataset: skip unreadable or tiny images "
-                                                               "(listed in a warning) instead of stopping"))
+    proportion_empty_prompts: float = field(default=0.0, metadata=option(
+        "captions replaced by the empty prompt, at random, in training (diffusers' caption dropout)"))
+    lisa_main_prompt: str = field(default="caption", metadata=option(
+        "pred_main in LISA's target gets the caption (the reference: estimates p(c | x_t, text)) or the empty prompt "
+        "(the prior without text: another estimand)", choices=PROMPT_MODES))
     lisa_weight: float = field(default=0.2, metadata=option("LISA lambda; 0 trains the baseline (no decoder)"))
     lisa_site: str | None = field(default=None, metadata=option("hooked site (default: a middle one)"))
     lisa_schedule: str = field(default="constant", metadata=option("lambda schedule", choices=SCHEDULES))
@@ -168,8 +236,9 @@ class TrainConfig(LoopConfig):
         check_number("zero_init_scale", self.zero_init_scale, 0)
         for name in LR_SCALES:
             check_number(name, getattr(self, name), 0)
-        if self.skip_bad_files and self.dataset != "folder":
-            raise ValueError(f"--skip-bad-files applies to --dataset folder, not {self.dataset!r}")
+        self.check_data_options()
+        check_number("proportion_empty_prompts", self.proportion_empty_prompts, 0, 1)
+        check_choice("LISA main prompt", self.lisa_main_prompt, PROMPT_MODES)
         if self.sample_steps < 1:
             raise ValueError(f"--sample-steps must be >= 1, got {self.sample_steps}")
         lisa_rows(1, self.lisa_fraction)
@@ -189,16 +258,13 @@ SPLITS = ("train", "val", "test")
 
 
 @dataclass
-class ExtractConfig:
-    """What to extract and where."""
+class ExtractConfig(DataOptions):
+    """What to extract and where (the data options are for --controlnet; a --ckpt run brings its own)."""
 
     out: str = field(default="", metadata=option("output .h5 path (required)"))
     ckpt: str | None = field(default=None, metadata=option("lisa_probe run or checkpoint directory"))
     controlnet: str | None = field(default=None, metadata=option("a plain diffusers side-net directory (with --main)"))
     main: str | None = field(default=None, metadata=option("main-net directory for --controlnet"))
-    dataset: str = field(default="shapes", metadata=option("dataset for --controlnet", choices=DATASET_NAMES))
-    condition: str | None = field(default=None, metadata=option("condition for --controlnet (default: dataset's)"))
-    data_root: str | None = field(default=None, metadata=option("image directory of the folder dataset"))
     sites: str = field(default="all", metadata=option("comma-separated site names, or 'all'"))
     timesteps: str = field(default="8", metadata=option("a number of evenly spaced timesteps, or a comma list of "
                                                       "timesteps as fed to the model ('500,' for one)"))
@@ -219,6 +285,7 @@ class ExtractConfig:
     def __post_init__(self) -> None:
         if not self.out:
             raise ValueError("--out is required (e.g. features/<run>.h5)")
+        self.check_data_options()
         if (self.ckpt is None) == (self.controlnet is None):
             raise ValueError("give either --ckpt (a lisa_probe run) or --controlnet with --main (a diffusers side net)")
         if self.controlnet is not None and self.main is None:
@@ -234,16 +301,18 @@ class ExtractConfig:
 
 
 @dataclass
-class ForeignRun:
+class ForeignRun(DataOptions):
     """Stand-in train config for a side net that lisa_probe did not train."""
 
-    main: str
-    side: str
-    dataset: str
-    condition: str | None
-    data_root: str | None
+    main: str = ""
+    side: str = ""
     seed: int = 0
-    skip_bad_files: bool = False
+
+    @classmethod
+    def of(cls, config: ExtractConfig) -> ForeignRun:
+        """The stand-in for ``extract --controlnet … --main …`` with its data options."""
+        data = {f.name: getattr(config, f.name) for f in fields(DataOptions)}
+        return cls(main=config.main, side=config.controlnet, **data)
 
 
 @dataclass

@@ -45,7 +45,7 @@ def load_model(config: ExtractConfig):
     if config.ckpt is not None:
         run_config, model, decoder, dataset_kwargs = load_run(Path(config.ckpt))
         return model, decoder, dataset_kwargs, asdict(run_config), Path(config.ckpt) / SIDE_DIR
-    foreign = ForeignRun(config.main, config.controlnet, config.dataset, config.condition, config.data_root)
+    foreign = ForeignRun.of(config)
     model, dataset_kwargs = build_dual_branch(foreign)
     return model.eval(), None, dataset_kwargs, asdict(foreign), Path(config.controlnet)
 

@@ -72,13 +72,8 @@ class MainNetObjective(Objective):
 
 
 def dataset_options(config: PretrainConfig) -> dict:
-    """``build_dataset`` keyword arguments of the pretraining data (resolution, seed, a folder's root)."""
-    options = {"resolution": config.resolution, "seed": config.seed}
-    if config.data_root is not None:
-        options["root"] = config.data_root
-    if config.skip_bad_files:
-        options["skip_bad"] = True
-    return options
+    """``build_dataset`` keyword arguments of the pretraining data (resolution, seed, a folder's root ...)."""
+    return config.dataset_kwargs(config.resolution, config.seed)
 
 
 def make_quality_evaluation(objective: MainNetObjective, config: PretrainConfig, run_dir: Path):

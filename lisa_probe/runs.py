@@ -31,12 +31,7 @@ def build_dual_branch(config, side_path: Path | None = None) -> tuple[DualBranch
     """DualBranch for a train config (main from ``config.main``; side from ``side_path``, ``config.side`` or a
     copy of the main net) and the dataset keyword arguments matching it (resolution, condition, seed, root)."""
     family, main, parameterization, null_context, vae = load_main(Path(config.main))
-    resolution = main.config.sample_size * vae_scale(vae)
-    dataset_kwargs = {"resolution": resolution, "condition": config.condition, "seed": config.seed}
-    if config.data_root is not None:
-        dataset_kwargs["root"] = config.data_root
-    if config.skip_bad_files:
-        dataset_kwargs["skip_bad"] = True
+    dataset_kwargs = config.dataset_kwargs(main.config.sample_size * vae_scale(vae), config.seed)
     side_source = side_path or config.side
     if side_source is not None:
         side = load_side(Path(side_source), family)

@@ -23,7 +23,8 @@ from lisa_probe.onset import onset_signals
 from lisa_probe.rundir import write_run_config
 from lisa_probe.runs import build_dual_branch, ensure_default_main
 from lisa_probe.sampling import fixed_noise
-from lisa_probe.validation import ControlEvaluation, write_summary
+from lisa_probe.text import PromptEmbeddings, PromptEncoder, drop_prompts, has_text_encoder
+from lisa_probe.validation import ControlEvaluation, cache_dir, write_summary
 
 
 class SideNetObjective(Objective):
@@ -33,9 +34,11 @@ class SideNetObjective(Objective):
     there is no hook, no main-alone prediction and no extra term.
     """
 
-    def __init__(self, model: DualBranch, decoder: LisaDecoder | None, config: TrainConfig, site: str):
+    def __init__(self, model: DualBranch, decoder: LisaDecoder | None, config: TrainConfig, site: str,
+                 prompts: PromptEmbeddings | None = None):
         super().__init__()
         self.model, self.decoder, self.config, self.site = model, decoder, config, site
+        self.prompts = prompts
 
     def modules_to_save(self) -> dict[str, torch.nn.Module]:
         modules = {"controlnet": self.model.side}
@@ -68,11 +71,17 @@ class SideNetObjective(Objective):
         return [{"params": params, "lr_scale": scales[name], "name": name} for name, params in sets.items() if params]
 
     def draw(self, batch: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """x0 (model space), cond, noise and timesteps of a batch; with captions, their embeddings as ``context``
+        (B, L, D) after caption dropout (drawn last, so a run without dropout draws what it drew before)."""
         x0 = self.model.encode_images(batch["image"])
-        return {"x0": x0, "cond": batch["cond"], "noise": torch.randn(x0.shape, generator=generator),
-                "timesteps": self.model.parameterization.sample_timesteps(x0.shape[0], generator,
-                                                                          self.config.timestep_sampling,
-                                                                          self.config.weighting())}
+        inputs = {"x0": x0, "cond": batch["cond"], "noise": torch.randn(x0.shape, generator=generator),
+                  "timesteps": self.model.parameterization.sample_timesteps(x0.shape[0], generator,
+                                                                            self.config.timestep_sampling,
+                                                                            self.config.weighting())}
+        if self.prompts is not None:
+            texts = drop_prompts(batch["text"], self.config.proportion_empty_prompts, generator)
+            inputs["context"] = self.prompts.lookup(texts)["context"]
+        return inputs
 
     def gates(self) -> torch.Tensor | None:
         """Every site's residual scale in training (``--conditioning-scale``); None for 1 (no scaling)."""
@@ -81,15 +90,18 @@ class SideNetObjective(Objective):
         return torch.full((len(self.model.sites),), self.config.conditioning_scale,
                           device=next(self.model.side.parameters()).device)
 
-    def forward(self, x0, cond, noise, timesteps, step):
+    def forward(self, x0, cond, noise, timesteps, step, context=None):
         parameterization = self.model.parameterization
         x_t = parameterization.add_noise(x0, noise, timesteps)
         target = parameterization.target(x0, noise, timesteps)
         rows = lisa_rows(x0.shape[0], self.config.lisa_fraction) if self.decoder is not None else 0
         hook = capture(self.model, [self.site]) if rows else nullcontext({})
+        prompts = None if context is None else {"context": context}
+        main_prompts = (self.model.null_context_batch(rows)
+                        if rows and prompts is not None and self.config.lisa_main_prompt == "empty" else None)
         with hook as records:
             out = self.model(x_t, timesteps, cond, gates=self.gates(), main_rows=rows,
-                             main_pass=self.config.lisa_main_pass)
+                             main_pass=self.config.lisa_main_pass, context=prompts, main_context=main_prompts)
         weights = parameterization.loss_weights(timesteps, self.config.weighting())
         if weights is None:
             diffusion = F.mse_loss(out.pred_full.float(), target.float())
@@ -147,20 +159,43 @@ def train(config: TrainConfig) -> Path:
     model.site(site)
     dataset = build_dataset(config.dataset, split="train", **dataset_kwargs)
     model.check_condition(dataset.cond_channels)
+    prompts = prompt_embeddings(config, dataset_kwargs)
     run_dir = config.run_dir  # created once the inputs are known to be valid
     prepare_run_dir(run_dir, config.resume, config.overwrite, is_main_process())
     process_state().wait_for_everyone()
     decoder = build_decoder(model, site, config.seed) if config.lisa_weight > 0 else None
     if is_main_process():
         write_run_config(run_dir, replace(config, lisa_site=site), kind="train")  # the site resolved, saved
-    objective = SideNetObjective(model, decoder, config, site)
-    evaluation = ControlEvaluation(model, config, dataset_kwargs, run_dir) if config.eval_samples > 0 else None
-    probe = (OnsetProbe(model, config, dataset_kwargs, config.probe_every, config.probe_samples)
+    objective = SideNetObjective(model, decoder, config, site, prompts)
+    evaluation = (ControlEvaluation(model, config, dataset_kwargs, run_dir, prompts) if config.eval_samples > 0
+                  else None)
+    probe = (OnsetProbe(model, config, dataset_kwargs, config.probe_every, config.probe_samples, prompts)
              if config.probe_every > 0 else None)
     state = fit(run_dir, objective, dataset, config, evaluate=evaluation, probe=probe)
     if is_main_process():
         write_summary(run_dir, config, state, condition_kind(dataset.condition).control_metric)
     return run_dir
+
+
+def prompt_embeddings(config: TrainConfig, dataset_kwargs: dict) -> PromptEmbeddings | None:
+    """The cached embeddings of every caption of a captioned dataset's train and val splits through the main net's
+    text encoder (None for a dataset without captions); ValueError when the captions have no text encoder to go
+    through."""
+    if config.dataset != "captioned" or config.caption_column is None:
+        return None
+    if not has_text_encoder(Path(config.main)):
+        raise ValueError(f"the dataset has captions (--caption-column {config.caption_column}) but the main net "
+                         f"{config.main} has no text_encoder/ and tokenizer/; train without them with "
+                         "--caption-column none")
+    captions = [caption for split in ("train", "val")
+                for caption in build_dataset(config.dataset, split=split, **dataset_kwargs).captions()]
+    return PromptEmbeddings(PromptEncoder.from_pipeline(Path(config.main)), captions,
+                            cache_dir(config.out_dir) / "prompts", progress=is_main_process())
+
+
+def batch_context(prompts: PromptEmbeddings | None, batch: dict) -> dict[str, torch.Tensor] | None:
+    """The text conditioning of a collated batch: its captions' embeddings, or None (the null context)."""
+    return None if prompts is None else prompts.lookup(batch["text"])
 
 
 class OnsetProbe(Probe):
@@ -172,10 +207,12 @@ class OnsetProbe(Probe):
 
     BINS = 4
 
-    def __init__(self, model: DualBranch, config: TrainConfig, dataset_kwargs: dict, every: int, samples: int):
+    def __init__(self, model: DualBranch, config: TrainConfig, dataset_kwargs: dict, every: int, samples: int,
+                 prompts: PromptEmbeddings | None = None):
         self.model, self.every = model, every
         dataset = build_dataset(config.dataset, split="val", **dataset_kwargs)
         batch = default_collate([dataset[i] for i in range(min(samples, len(dataset)))])
+        self.context = batch_context(prompts, batch)
         parameterization = model.parameterization
         self.bins = torch.arange(len(batch["cond"])) % self.BINS
         self.timesteps = parameterization.evenly_spaced_timesteps(self.BINS)[self.bins]
@@ -190,8 +227,9 @@ class OnsetProbe(Probe):
         device = next(self.model.side.parameters()).device
         sites = self.model.site_names
         with capture(self.model, sites, what=("residual",), detach=True) as records:
+            context = None if self.context is None else {k: v.to(device) for k, v in self.context.items()}
             out = self.model(self.x_t.to(device), self.timesteps.to(device), self.cond.to(device),
-                             main_rows=len(self.cond))
+                             main_rows=len(self.cond), context=context)
         target, full, main = (a.float().cpu().numpy() for a in (self.target, out.pred_full, out.pred_main))
         values = {f"probe/{key}": value for key, value in onset_signals(target, full, main).items()}
         for b in range(self.BINS):

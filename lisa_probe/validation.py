@@ -34,11 +34,13 @@ class ControlEvaluation:
     The main net alone is sampled once from the same noise (``main_alone/<metric>``) as the reference point.
     """
 
-    def __init__(self, model, config, dataset_kwargs: dict, run_dir: Path):
+    def __init__(self, model, config, dataset_kwargs: dict, run_dir: Path, prompts=None):
         self.model, self.config, self.run_dir = model, config, Path(run_dir)
         dataset = build_dataset(config.dataset, split="val", **dataset_kwargs)
         batch = default_collate([dataset[i] for i in range(min(config.eval_samples, len(dataset)))])
         self.cond, self.factors = batch["cond"], batch["factors"]
+        # the validation captions' embeddings (B, L, D), or None for the null context (``prompts``: PromptEmbeddings)
+        self.context = None if prompts is None else prompts.lookup(batch["text"])["context"]
         train_set = build_dataset(config.dataset, split="train", **dataset_kwargs)
         self.evaluator = Evaluator.for_dataset(train_set, cache_dir=cache_dir(config.out_dir))
         image_shape = (self.model.main.config.in_channels, self.model.main.config.sample_size,
@@ -52,17 +54,21 @@ class ControlEvaluation:
                          clip_sample=self.model.vae is None)
         return self.model.decode_samples(samples).cpu()
 
+    def _context(self, rows: int, device) -> dict[str, torch.Tensor] | None:
+        return None if self.context is None else {"context": self.context[:rows].to(device)}
+
     def __call__(self, step: int) -> dict[str, float]:
         device = next(self.model.side.parameters()).device
         cond = self.cond.to(device)
         results = {}
         if self.main_alone is None:
-            self.main_alone = self._sample(self.model.predict_main)
+            self.main_alone = self._sample(lambda x, t: self.model.predict_main(x, t, self._context(len(x), device)))
             if not any(metric.startswith("main_alone/") for rows in read_eval(self.run_dir).values()
                        for metric in rows):  # logged once per run, not again after a resume
                 main_metrics = self.evaluator.evaluate(self.main_alone, self.cond, self.factors)
                 results.update({f"main_alone/{k}": v for k, v in main_metrics.items()})
-        controlled = self._sample(lambda x, t: self.model(x, t, cond[: x.shape[0]]).pred_full)
+        controlled = self._sample(lambda x, t: self.model(x, t, cond[: x.shape[0]],
+                                                          context=self._context(len(x), device)).pred_full)
         results.update(self.evaluator.evaluate(controlled, self.cond, self.factors))
         n = GRID_COLUMNS
         save_grid([("condition", to_uint8(self.cond[:n], (0.0, 1.0))), ("main alone", to_uint8(self.main_alone[:n])),

@@ -327,7 +327,7 @@ def test_root_attrs_record_the_provenance(nets, stores):
     attrs = store.attrs
     assert attrs["schema_version"] == SCHEMA_VERSION
     here = stores["dit"].parent  # paths in a store are relative to the store's directory
-    assert attrs["config"] == {**asdict(ForeignRun(main_dir, side_dir, "shapes", None, None)),
+    assert attrs["config"] == {**asdict(ForeignRun(main=main_dir, side=side_dir)),
                                "main": stored_path(main_dir, here), "side": stored_path(side_dir, here)}
     assert not Path(attrs["checkpoint"]).is_absolute() and not Path(attrs["config"]["main"]).is_absolute()
     assert resolved_path(attrs["checkpoint"], here) == Path(side_dir).resolve()

@@ -1,11 +1,12 @@
-"""Offline datasets: procedural shapes, scikit-learn digits and a folder of user images.
+"""Offline datasets: procedural shapes, scikit-learn digits, a folder of user images and a captioned ``datasets``
+table (``captioned``: image, conditioning image and caption columns, as diffusers' ControlNet trainers read).
 
 Every dataset is a ``torch.utils.data.Dataset`` whose samples are dicts::
 
     {"image": FloatTensor (3, H, W) in [-1, 1],
      "cond": FloatTensor (C, H, W) in [0, 1],
      "factors": {name: int | float},
-     "id": str}
+     "id": str}            # captioned datasets add "text": str, the sample's caption
 
 and which exposes ``factor_specs`` (name -> :class:`FactorSpec`), ``cond_channels`` (C) and ``condition``
 (the condition kind's name). ``torch.utils.data.default_collate`` batches them. Sub-modules are imported
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-DATASET_NAMES = ("shapes", "digits", "folder")
+DATASET_NAMES = ("shapes", "digits", "folder", "captioned")
 SPLITS = ("train", "val", "test")
 FACTOR_KINDS = ("categorical", "continuous")
 
@@ -29,6 +30,7 @@ _DATASET_CLASSES = {
     "shapes": ("lisa_probe.data.shapes", "ShapesDataset"),
     "digits": ("lisa_probe.data.digits", "DigitsDataset"),
     "folder": ("lisa_probe.data.folder", "FolderDataset"),
+    "captioned": ("lisa_probe.data.captioned", "CaptionedDataset"),
 }
 
 
@@ -125,8 +127,8 @@ def build_dataset(name: str, split: str = "train", resolution: int = 32, conditi
     """
     check_choice("dataset name", name, DATASET_NAMES)
     check_choice("split", split, SPLITS)
-    if name == "folder" and kwargs.get("root") is None:
-        raise ValueError("the folder dataset needs the image directory: --data-root DIR (root= in Python)")
+    if name in ("folder", "captioned") and kwargs.get("root") is None:
+        raise ValueError(f"the {name} dataset needs its location: --data-root PATH (root= in Python)")
     module_name, class_name = _DATASET_CLASSES[name]
     cls = getattr(importlib.import_module(module_name), class_name)
     return cls(split=split, resolution=resolution, condition=condition, seed=seed, size=size, **kwargs)

@@ -40,6 +40,22 @@ def list_images(directory: Path) -> list[Path]:
     return sorted(p for p in Path(directory).iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
 
 
+HF_DATA_SUFFIXES = (".parquet", ".arrow", ".jsonl", ".csv")
+
+
+def looks_like_a_hf_dataset(root: Path) -> bool:
+    """Whether ``root`` is a data file or a directory that ``datasets`` reads (data files, a ``data/`` folder, a
+    ``save_to_disk`` directory, an imagefolder's ``metadata.jsonl``)."""
+    root = Path(root)
+    if root.is_file():
+        return root.suffix in HF_DATA_SUFFIXES
+    if not root.is_dir():
+        return False
+    markers = ("dataset_dict.json", "dataset_info.json", "state.json", "metadata.jsonl", "metadata.csv")
+    return (any((root / name).exists() for name in markers) or (root / "data").is_dir()
+            or any(path.suffix in (".parquet", ".arrow") for path in root.iterdir()))
+
+
 def split_of(file_name: str, fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)) -> str:
     """The split of a file, from a SHA-1 hash of its name: stable when other files are added or removed."""
     position = int(hashlib.sha1(file_name.encode("utf-8")).hexdigest()[:8], 16) / 2**32
@@ -73,17 +89,28 @@ def _to_8_bit(image: Image.Image) -> Image.Image:
 
 def load_image(path: Path, resolution: int, mode: str = "RGB", background: tuple[int, int, int] = (255, 255, 255),
                resample: Image.Resampling = Image.Resampling.BICUBIC) -> np.ndarray:
-    """Read ``path`` as displayed (EXIF orientation applied; 16/32-bit and float images scaled to 8 bits, see
-    ``_to_8_bit``), flatten transparency, resize the shorter side to ``resolution`` and centre-crop.
+    """Read ``path`` and ``fit_image`` it.
 
     Returns:
         uint8 array (H, W, C) with H = W = ``resolution`` and C = 3 for ``mode="RGB"``, 1 for ``mode="L"``.
     """
     with Image.open(path) as image:
-        if min(image.size) < MIN_IMAGE_SIDE:
-            raise ValueError(f"{image.size[0]}x{image.size[1]} px is smaller than the {MIN_IMAGE_SIDE} px this dataset "
-                             "reads (it would be upscaled to nothing but blur)")
-        flat = _flatten_alpha(_to_8_bit(ImageOps.exif_transpose(image)), background).convert(mode)
+        return fit_image(image, resolution, mode, background, resample)
+
+
+def fit_image(image: Image.Image, resolution: int, mode: str = "RGB", background: tuple[int, int, int] = (255, 255, 255),
+              resample: Image.Resampling = Image.Resampling.BICUBIC) -> np.ndarray:
+    """An image as displayed (EXIF orientation applied; 16/32-bit and float images scaled to 8 bits, see
+    ``_to_8_bit``), transparency flattened onto ``background``, the shorter side resized to ``resolution`` and
+    centre-cropped; ValueError for an image under ``MIN_IMAGE_SIDE`` px.
+
+    Returns:
+        uint8 array (H, W, C) with H = W = ``resolution`` and C = 3 for ``mode="RGB"``, 1 for ``mode="L"``.
+    """
+    if min(image.size) < MIN_IMAGE_SIDE:
+        raise ValueError(f"{image.size[0]}x{image.size[1]} px is smaller than the {MIN_IMAGE_SIDE} px this dataset "
+                         "reads (it would be upscaled to nothing but blur)")
+    flat = _flatten_alpha(_to_8_bit(ImageOps.exif_transpose(image)), background).convert(mode)
     fitted = ImageOps.fit(flat, (resolution, resolution), method=resample, centering=(0.5, 0.5))
     return np.asarray(fitted, dtype=np.uint8).reshape(resolution, resolution, -1)
 
@@ -95,16 +122,18 @@ def _parse_number(text: str) -> float | None:
         return None
 
 
-def _column_spec(name: str, cells: list[str], carried: bool) -> tuple[FactorSpec, list | None]:
-    """Infer the spec of one CSV column; returns it with the sorted levels of a categorical column (else None)."""
+def column_spec(name: str, cells: list[str], carried: bool, source: str = "the factors CSV") \
+        -> tuple[FactorSpec, list | None]:
+    """Infer the spec of one factor column from its cells; returns it with the sorted levels of a categorical column
+    (else None)."""
     numbers = [_parse_number(cell) for cell in cells]
     if any(number is None for number in numbers):
         levels = sorted(set(cells))
     elif all(number.is_integer() for number in numbers) and len(set(numbers)) <= MAX_CATEGORIES:
         levels = sorted({int(number) for number in numbers})
     else:
-        return FactorSpec(name, "continuous", carried, None, "from the factors CSV"), None
-    return FactorSpec(name, "categorical", carried, len(levels), f"from the factors CSV, levels {levels}"), levels
+        return FactorSpec(name, "continuous", carried, None, f"from {source}"), None
+    return FactorSpec(name, "categorical", carried, len(levels), f"from {source}, levels {levels}"), levels
 
 
 def read_factors_csv(path: Path, carried_factors=()) -> tuple[dict, dict, dict]:
@@ -131,15 +160,16 @@ def read_factors_csv(path: Path, carried_factors=()) -> tuple[dict, dict, dict]:
                              "finite numbers or category names")
     specs, levels = {}, {}
     for column in columns:
-        spec, column_levels = _column_spec(column, [row[column].strip() for row in table], column in carried_factors)
+        spec, column_levels = column_spec(column, [row[column].strip() for row in table], column in carried_factors)
         specs[column] = spec
         if column_levels is not None:
             levels[column] = column_levels
-    rows = {row["file"]: {c: _encode(row[c].strip(), levels.get(c)) for c in columns} for row in table}
+    rows = {row["file"]: {c: encode_factor(row[c].strip(), levels.get(c)) for c in columns} for row in table}
     return rows, specs, levels
 
 
-def _encode(cell: str, levels: list | None) -> int | float:
+def encode_factor(cell: str, levels: list | None) -> int | float:
+    """A factor cell's value: its code among ``levels`` for a categorical factor, the number for a continuous one."""
     if levels is None:
         return float(cell)
     return levels.index(cell if isinstance(levels[0], str) else int(float(cell)))
@@ -230,9 +260,13 @@ class FolderDataset(torch.utils.data.Dataset):
         """The image files of this split, in name order; ``ValueError`` for an empty root or a negative size."""
         if size is not None and size < 0:
             raise ValueError(f"size must be >= 0, got {size!r}")
+        hint = (" (it looks like a `datasets` dataset: read it with --dataset captioned)"
+                if looks_like_a_hf_dataset(self.root) else "")
+        if not self.root.is_dir():
+            raise ValueError(f"--data-root {self.root} is not a directory of images{hint}")
         files = list_images(self.root)
         if not files:
-            raise ValueError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) in {self.root}")
+            raise ValueError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) in {self.root}{hint}")
         return [f for f in files if split_of(f.name, split_fractions) == self.split]
 
     @staticmethod
@@ -277,4 +311,4 @@ class FolderDataset(torch.utils.data.Dataset):
         return make_sample(image, cond, dict(self.factors[index]), f"folder/{self.split}/{self.files[index].name}")
 
 
-__all__ = ["FolderDataset", "list_images", "load_image", "read_factors_csv", "split_of"]
+__all__ = ["FolderDataset", "fit_image", "list_images", "load_image", "read_factors_csv", "split_of"]

@@ -2,8 +2,10 @@
 
 A main-net directory uses the diffusers pipeline layout, so a local Stable Diffusion / SD3 checkpoint works as is:
 ``unet/`` or ``transformer/`` (``save_pretrained`` format), ``scheduler/scheduler_config.json`` (prediction type and
-schedule), optional ``vae/`` (latent-space training) and optional ``null_context.safetensors`` (a fixed text context:
-``context`` (1, L, D) and, for SD3, ``pooled`` (1, P); zeros when absent).
+schedule), optional ``vae/`` (latent-space training), optional ``tokenizer/`` + ``text_encoder/`` (captions, and the
+empty prompt as the null context: ``lisa_probe.text``) and optional ``null_context.safetensors`` (a fixed text
+context: ``context`` (1, L, D) and, for SD3, ``pooled`` (1, P); it wins over the text encoder's empty prompt; zeros
+when neither is there).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from lisa_probe.models.dual_branch import DualBranch
 from lisa_probe.models.presets import FAMILIES, PRESETS, dit_config, side_layers, unet_config
 from lisa_probe.models.unet import UNetDualBranch, unet_forward
 from lisa_probe.parameterization import PREDICTION_TYPES, Parameterization
+from lisa_probe.text import PromptEncoder, has_text_encoder
 
 MAIN_SUBFOLDER = {"unet": "unet", "dit": "transformer"}
 MAIN_CLASS = {"unet": UNet2DConditionModel, "dit": SD3Transformer2DModel}
@@ -71,9 +74,13 @@ def build_side(main: torch.nn.Module, family: str, cond_channels: int, latent: b
 
 
 def null_context_for(main: torch.nn.Module, family: str, path: Path | None = None) -> dict[str, torch.Tensor]:
-    """The fixed null context: loaded from ``path/null_context.safetensors`` if present, else zeros."""
+    """The fixed null context: loaded from ``path/null_context.safetensors`` if present; else, for a UNet pipeline
+    with ``text_encoder/`` and ``tokenizer/`` (Stable Diffusion 1.x / 2.x), the empty prompt's embedding; else
+    zeros."""
     if path is not None and (path / NULL_CONTEXT_FILE).exists():
         return load_file(path / NULL_CONTEXT_FILE)
+    if family == "unet" and path is not None and has_text_encoder(path):
+        return PromptEncoder.from_pipeline(path).empty()
     if family == "unet":
         return {"context": torch.zeros(1, 1, main.config.cross_attention_dim)}
     return {"context": torch.zeros(1, 1, main.config.joint_attention_dim),

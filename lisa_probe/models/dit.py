@@ -16,7 +16,8 @@ from lisa_probe.models.dual_branch import DualBranch, Site, check_condition_chan
 
 def dit_forward(main: SD3Transformer2DModel, x_t: torch.Tensor, timesteps: torch.Tensor,
                 context: dict[str, torch.Tensor], residuals: list[torch.Tensor] | None = None) -> torch.Tensor:
-    """diffusers' own SD3 transformer forward (B, C, H, W) with the null context and optional block residuals."""
+    """diffusers' own SD3 transformer forward (B, C, H, W) with a text context (tokens (1 or B, L, D), pooled (1 or B,
+    P)) and optional block residuals."""
     batch = x_t.shape[0]
     return main(x_t, encoder_hidden_states=context["context"].expand(batch, -1, -1),
                 pooled_projections=context["pooled"].expand(batch, -1), timestep=timesteps,
@@ -87,28 +88,27 @@ class DiTDualBranch(DualBranch):
         x = torch.zeros(1, self.main.config.in_channels, size, size)
         modules = {name: self.side.get_submodule(path) for name, path in paths.items()}
         with torch.no_grad(), capture_modules(modules, ("feature", "residual"), detach=True) as records:
-            self._side_residuals(x, torch.ones(1), torch.zeros(1, self.cond_channels, size, size))
+            self._side_residuals(x, torch.ones(1), torch.zeros(1, self.cond_channels, size, size),
+                                 self.null_context_batch(1))
         height, width = self._grid()
         return [Site(name, paths[name], tuple(rec["feature"].shape[1:]), tuple(rec["residual"].shape[1:]),
                      (rec["feature"].shape[-1], height, width)) for name, rec in records.items()]
 
-    def context(self, batch_size: int) -> dict[str, torch.Tensor]:
-        """Null text tokens (B, L, joint_attention_dim) and pooled projection (B, pooled_projection_dim)."""
-        return {"context": self.null_context.expand(batch_size, -1, -1),
-                "pooled": self.null_pooled.expand(batch_size, -1)}
+    def context_widths(self) -> dict[str, int]:
+        """Text tokens of ``joint_attention_dim`` and a pooled projection of ``pooled_projection_dim``."""
+        return {"context": self.main.config.joint_attention_dim, "pooled": self.main.config.pooled_projection_dim}
 
     # ----- forward pieces ----------------------------------------------------------------------------------------
-    def _side_residuals(self, x_t, timesteps, cond):
-        context = self.context(x_t.shape[0])
+    def _side_residuals(self, x_t, timesteps, cond, context):
         return list(self.side(x_t, controlnet_cond=self._fit_cond(cond), encoder_hidden_states=context["context"],
                               pooled_projections=context["pooled"], timestep=timesteps, return_dict=False)[0])
 
-    def _main_forward(self, x_t, timesteps, residuals):
-        return dit_forward(self.main, x_t, timesteps, self.context(1), residuals)
+    def _main_forward(self, x_t, timesteps, residuals, context):
+        return dit_forward(self.main, x_t, timesteps, context, residuals)
 
-    def _shared_prefix(self, x_t, timesteps):
+    def _shared_prefix(self, x_t, timesteps, context):
         """Token states after block 0, which no residual enters: image (B, N, D), text (B, L, D), temb (B, D)."""
-        main, context = self.main, self.context(x_t.shape[0])
+        main = self.main
         image = main.pos_embed(x_t).contiguous()
         temb = main.time_text_embed(timesteps, context["pooled"])
         text, image = main.transformer_blocks[0](hidden_states=image, encoder_hidden_states=main.context_embedder(

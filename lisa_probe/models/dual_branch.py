@@ -117,6 +117,7 @@ class DualBranch(nn.Module):
         self.vae: nn.Module | None = None
         self.register_buffer("null_context", null_context, persistent=False)
         self.register_buffer("null_pooled", null_pooled, persistent=False)
+        self.check_null_context()
         self.sites: list[Site] = self._discover_sites()
 
     # ----- sites -------------------------------------------------------------------------------------------------
@@ -177,27 +178,71 @@ class DualBranch(nn.Module):
         self.main.eval()
         return self
 
-    def context(self, batch_size: int) -> dict[str, torch.Tensor]:
-        """Fixed null conditioning inputs of the main net for a batch."""
+    def context_widths(self) -> dict[str, int]:
+        """Width (last dimension) of each text-conditioning input the main net takes: ``context`` (and ``pooled``)."""
         raise NotImplementedError
 
+    def check_null_context(self) -> None:
+        """ValueError naming both widths unless the null context fits the main net."""
+        null = {"context": self.null_context, "pooled": self.null_pooled}
+        for key, width in self.context_widths().items():
+            if null[key] is None or null[key].shape[-1] != width:
+                got = "none" if null[key] is None else f"shape {tuple(null[key].shape)}"
+                raise ValueError(f"the null context's {key!r} has {got}, but this main net takes width {width} "
+                                 f"(a null_context.safetensors or text encoder made for another model?)")
+
+    def null_context_batch(self, batch_size: int) -> dict[str, torch.Tensor]:
+        """The fixed null conditioning inputs of the main net for a batch: ``null_context`` (1, L, D) expanded to
+        (B, L, D) (and, for SD3, ``null_pooled`` (1, P) to (B, P))."""
+        context = {"context": self.null_context.expand(batch_size, -1, -1)}
+        if self.null_pooled is not None:
+            context["pooled"] = self.null_pooled.expand(batch_size, -1)
+        return context
+
+    def context(self, batch_size: int, given: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """The text conditioning of a batch of ``batch_size`` rows: ``given`` (per-sample prompt embeddings,
+        ``{"context": (B, L, D)}`` and for SD3 ``"pooled": (B, P)``), checked against the model's widths, or the null
+        context when ``given`` is None."""
+        if given is None:
+            return self.null_context_batch(batch_size)
+        widths = self.context_widths()
+        if set(given) != set(widths):
+            raise ValueError(f"a context needs the keys {sorted(widths)}, got {sorted(given)}")
+        for key, tensor in given.items():
+            ndim = 3 if key == "context" else 2
+            if tensor.ndim != ndim or tensor.shape[0] != batch_size or tensor.shape[-1] != widths[key]:
+                want = f"({batch_size}, L, {widths[key]})" if ndim == 3 else f"({batch_size}, {widths[key]})"
+                raise ValueError(f"context {key!r} has shape {tuple(tensor.shape)}; this model takes {want}")
+        return given
+
     def forward(self, x_t: torch.Tensor, timesteps: torch.Tensor, cond: torch.Tensor,
-                gates: torch.Tensor | None = None, main_rows: int = 0, main_pass: str = "separate") -> DualOutput:
+                gates: torch.Tensor | None = None, main_rows: int = 0, main_pass: str = "separate",
+                context: dict[str, torch.Tensor] | None = None,
+                main_context: dict[str, torch.Tensor] | None = None) -> DualOutput:
         """``pred_full`` with residuals scaled by ``gates`` and ``pred_main`` for the first ``main_rows`` rows.
 
+        ``context``: per-sample text conditioning of both nets (see ``context``; None: the null context).
         ``main_rows = 0`` skips the main-alone prediction. The part of the main net that no residual enters (the
         UNet's down path and mid block, the DiT's embeddings and block 0) runs once for both; the rest runs
         ``main_pass="separate"``: a second time, without gradients, on the ``main_rows`` rows (fewest FLOPs), or
         ``"batched"``: once, on the batch with those rows appended with zero residuals (fewest kernel launches:
         faster where small models are launch-bound, as on GPUs; costs activation memory for the extra rows).
+        ``main_context`` (rows ``main_rows``) gives ``pred_main`` another text conditioning than ``pred_full``'s
+        (e.g. the empty prompt: the prior without text); nothing is shared then, the main net runs whole again.
         ``pred_main`` never carries gradients.
         """
         if main_pass not in MAIN_PASSES:
             raise ValueError(f"unknown main pass {main_pass!r}; allowed: {', '.join(MAIN_PASSES)}")
-        residuals = gate_residuals(self._side_residuals(x_t, timesteps, cond), gates)
-        state = self._shared_prefix(x_t, timesteps)
+        context = self.context(x_t.shape[0], context)
+        residuals = gate_residuals(self._side_residuals(x_t, timesteps, cond, context), gates)
+        state = self._shared_prefix(x_t, timesteps, context)
         if not main_rows:
             return DualOutput(self._rest(state, residuals), None)
+        if main_context is not None:
+            pred_full = self._rest(state, residuals)
+            with torch.no_grad():
+                pred_main = self.predict_main(x_t[:main_rows], timesteps[:main_rows], main_context)
+            return DualOutput(pred_full, pred_main)
         if main_pass == "batched":
             extended = map_tensors(lambda tensor: torch.cat([tensor, tensor[:main_rows]]), state)
             padded = [torch.cat([residual, residual.new_zeros(main_rows, *residual.shape[1:])])
@@ -209,15 +254,18 @@ class DualBranch(nn.Module):
             pred_main = self._rest(map_tensors(lambda tensor: tensor[:main_rows], state), None)
         return DualOutput(pred_full, pred_main)
 
-    def predict_main(self, x_t: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        """Main net alone (B, C, H, W) through the library's own forward (no residuals)."""
-        return self._main_forward(x_t, timesteps, None)
+    def predict_main(self, x_t: torch.Tensor, timesteps: torch.Tensor,
+                     context: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """Main net alone (B, C, H, W) through diffusers' own forward (no residuals); ``context`` as in forward."""
+        return self._main_forward(x_t, timesteps, None, self.context(x_t.shape[0], context))
 
     def predict_full_reference(self, x_t: torch.Tensor, timesteps: torch.Tensor, cond: torch.Tensor,
-                               gates: torch.Tensor | None = None) -> torch.Tensor:
+                               gates: torch.Tensor | None = None,
+                               context: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         """pred_full through diffusers' own main-net forward (no sharing): the reference for tests and benchmarks."""
-        residuals = gate_residuals(self._side_residuals(x_t, timesteps, cond), gates)
-        return self._main_forward(x_t, timesteps, residuals)
+        context = self.context(x_t.shape[0], context)
+        residuals = gate_residuals(self._side_residuals(x_t, timesteps, cond, context), gates)
+        return self._main_forward(x_t, timesteps, residuals, context)
 
     @property
     def cond_channels(self) -> int:
@@ -228,13 +276,13 @@ class DualBranch(nn.Module):
         """ValueError (naming both counts) unless ``channels``-channel conditions can feed this side net."""
         check_condition_channels(channels, self.cond_channels)
 
-    def _side_residuals(self, x_t, timesteps, cond) -> list[torch.Tensor]:
+    def _side_residuals(self, x_t, timesteps, cond, context: dict[str, torch.Tensor]) -> list[torch.Tensor]:
         raise NotImplementedError
 
-    def _main_forward(self, x_t, timesteps, residuals) -> torch.Tensor:
+    def _main_forward(self, x_t, timesteps, residuals, context: dict[str, torch.Tensor]) -> torch.Tensor:
         raise NotImplementedError
 
-    def _shared_prefix(self, x_t: torch.Tensor, timesteps: torch.Tensor) -> tuple:
+    def _shared_prefix(self, x_t: torch.Tensor, timesteps: torch.Tensor, context: dict[str, torch.Tensor]) -> tuple:
         """The main net up to the first point a residual enters: a (nested) tuple of (B, ...) tensors."""
         raise NotImplementedError
 

@@ -18,7 +18,7 @@ UNSUPPORTED_UNET_OPTIONS = ("class_embed_type", "addition_embed_type", "encoder_
 
 def unet_forward(main: UNet2DConditionModel, x_t: torch.Tensor, timesteps: torch.Tensor,
                  context: dict[str, torch.Tensor], residuals: list[torch.Tensor] | None = None) -> torch.Tensor:
-    """diffusers' own UNet forward (B, C, H, W) with the null context (1, L, D) and optional ControlNet residuals."""
+    """diffusers' own UNet forward (B, C, H, W) with a text context (1 or B, L, D) and optional ControlNet residuals."""
     kwargs = {} if residuals is None else dict(down_block_additional_residuals=residuals[:-1],
                                                mid_block_additional_residual=residuals[-1])
     return main(x_t, timesteps, encoder_hidden_states=context["context"].expand(x_t.shape[0], -1, -1),
@@ -50,7 +50,7 @@ class UNetDualBranch(DualBranch):
         cond = torch.zeros(1, channels, size * factor, size * factor)
         modules = {name: self.side.get_submodule(path) for name, path in paths.items()}
         with torch.no_grad(), capture_modules(modules, ("feature", "residual"), detach=True) as records:
-            self.side(x, torch.zeros(1, dtype=torch.long), encoder_hidden_states=self.context(1)["context"],
+            self.side(x, torch.zeros(1, dtype=torch.long), encoder_hidden_states=self.null_context,
                       controlnet_cond=cond, return_dict=False)
         return [Site(name, paths[name], tuple(rec["feature"].shape[1:]), tuple(rec["residual"].shape[1:]),
                      tuple(rec["feature"].shape[1:])) for name, rec in records.items()]
@@ -60,26 +60,26 @@ class UNetDualBranch(DualBranch):
         """Channels the ControlNet's conditioning embedding takes."""
         return self.side.config.conditioning_channels
 
-    def context(self, batch_size: int) -> dict[str, torch.Tensor]:
-        """Null text context (B, L, cross_attention_dim)."""
-        return {"context": self.null_context.expand(batch_size, -1, -1)}
+    def context_widths(self) -> dict[str, int]:
+        """The text context's width: the UNet's ``cross_attention_dim``."""
+        return {"context": self.main.config.cross_attention_dim}
 
     # ----- forward pieces ----------------------------------------------------------------------------------------
-    def _side_residuals(self, x_t, timesteps, cond):
-        down, mid = self.side(x_t, timesteps, encoder_hidden_states=self.context(x_t.shape[0])["context"],
+    def _side_residuals(self, x_t, timesteps, cond, context):
+        down, mid = self.side(x_t, timesteps, encoder_hidden_states=context["context"],
                               controlnet_cond=repeat_channels(cond, self.cond_channels), return_dict=False)
         return [*down, mid]
 
-    def _main_forward(self, x_t, timesteps, residuals):
-        return unet_forward(self.main, x_t, timesteps, self.context(1), residuals)
+    def _main_forward(self, x_t, timesteps, residuals, context):
+        return unet_forward(self.main, x_t, timesteps, context, residuals)
 
-    def _down_path(self, x_t: torch.Tensor, timesteps: torch.Tensor):
+    def _down_path(self, x_t: torch.Tensor, timesteps: torch.Tensor, context: dict[str, torch.Tensor]):
         """Main-net down path: returns (sample, skip tuple, time embedding (B, E), context (B, L, D))."""
         unet = self.main
         emb = unet.time_embedding(unet.get_time_embed(sample=x_t, timestep=timesteps), None)
         if unet.time_embed_act is not None:
             emb = unet.time_embed_act(emb)
-        context = unet.process_encoder_hidden_states(self.context(x_t.shape[0])["context"], None)
+        context = unet.process_encoder_hidden_states(context["context"], None)
         sample = unet.conv_in(x_t)
         skips = (sample,)
         for block in unet.down_blocks:
@@ -118,9 +118,9 @@ class UNetDualBranch(DualBranch):
             sample = unet.conv_act(unet.conv_norm_out(sample))
         return unet.conv_out(sample)
 
-    def _shared_prefix(self, x_t, timesteps):
+    def _shared_prefix(self, x_t, timesteps, context):
         """Down path and mid block (no residual enters before the mid block's output): (mid, skips, emb, context)."""
-        sample, skips, emb, context = self._down_path(x_t, timesteps)
+        sample, skips, emb, context = self._down_path(x_t, timesteps, context)
         return self._mid_block(sample, emb, context), skips, emb, context
 
     def _rest(self, state, residuals):

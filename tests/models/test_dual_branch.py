@@ -5,7 +5,15 @@ import torch
 from diffusers import ControlNetModel, SD3Transformer2DModel, UNet2DConditionModel
 
 from lisa_probe.hooks import capture
-from lisa_probe.models import build_main, build_side, check_side_matches, detect_family, load_main, save_main
+from lisa_probe.models import (
+    build_main,
+    build_side,
+    check_side_matches,
+    detect_family,
+    load_main,
+    make_dual_branch,
+    save_main,
+)
 from lisa_probe.models.build import null_context_for
 from lisa_probe.parameterization import Parameterization
 from tests.conftest import tiny_dual_branch
@@ -55,6 +63,66 @@ def test_shared_call_matches_separate_calls(dual_branch, main_pass):
     torch.testing.assert_close(out.pred_full, reference_full, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(out.pred_main, dual_branch.predict_main(x[:2], t[:2]), rtol=1e-5, atol=1e-6)
     assert not out.pred_main.requires_grad
+
+
+def prompt_context(model, batch, seed=5, length=4):
+    """Random per-sample text conditioning of the model's widths: (B, L, D) tokens (and (B, P) pooled for SD3)."""
+    generator = torch.Generator().manual_seed(seed)
+    return {key: torch.randn((batch, length, width) if key == "context" else (batch, width), generator=generator)
+            for key, width in model.context_widths().items()}
+
+
+@pytest.mark.parametrize("main_pass", ["separate", "batched"])
+def test_per_sample_context_matches_diffusers_forward_row_by_row(dual_branch, main_pass):
+    """With a context per row, the shared call equals diffusers' own forwards, and each row is what a one-row call
+    with that row's context gives (the rows' prompts do not mix); another context changes the prediction."""
+    x, t, c = inputs(dual_branch)
+    context = prompt_context(dual_branch, 3)
+    out = dual_branch(x, t, c, main_rows=2, main_pass=main_pass, context=context)
+    torch.testing.assert_close(out.pred_full, dual_branch.predict_full_reference(x, t, c, context=context),
+                               rtol=1e-5, atol=1e-6)
+    head = {key: tensor[:2] for key, tensor in context.items()}
+    torch.testing.assert_close(out.pred_main, dual_branch.predict_main(x[:2], t[:2], head), rtol=1e-5, atol=1e-6)
+    for row in range(3):
+        one = {key: tensor[row:row + 1] for key, tensor in context.items()}
+        torch.testing.assert_close(out.pred_full[row:row + 1], dual_branch(x[row:row + 1], t[row:row + 1],
+                                                                           c[row:row + 1], context=one).pred_full,
+                                   rtol=1e-4, atol=1e-5)
+    assert (out.pred_full - dual_branch(x, t, c).pred_full).abs().max() > 1e-4
+
+
+def test_main_context_gives_pred_main_its_own_prompt(dual_branch):
+    """``main_context`` (e.g. the empty prompt for LISA's prior) conditions pred_main only."""
+    x, t, c = inputs(dual_branch)
+    context, empty = prompt_context(dual_branch, 3), prompt_context(dual_branch, 2, seed=9)
+    out = dual_branch(x, t, c, main_rows=2, context=context, main_context=empty)
+    torch.testing.assert_close(out.pred_main, dual_branch.predict_main(x[:2], t[:2], empty), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out.pred_full, dual_branch.predict_full_reference(x, t, c, context=context),
+                               rtol=1e-5, atol=1e-6)
+    assert not out.pred_main.requires_grad
+
+
+def test_a_context_of_the_wrong_width_is_refused_naming_the_shapes(dual_branch):
+    x, t, c = inputs(dual_branch)
+    context = prompt_context(dual_branch, 3)
+    context["context"] = torch.zeros(3, 4, 7)
+    width = dual_branch.context_widths()["context"]
+    with pytest.raises(ValueError, match=rf"shape \(3, 4, 7\); this model takes \(3, L, {width}\)"):
+        dual_branch(x, t, c, context=context)
+    with pytest.raises(ValueError, match="needs the keys"):
+        dual_branch(x, t, c, context={"other": torch.zeros(3, 4, width)})
+
+
+def test_a_null_context_of_the_wrong_width_is_refused(tmp_path):
+    from lisa_probe.models.build import save_null_context
+
+    main = build_main("unet", "tiny", 16)
+    save_main(tmp_path, "unet", main, Parameterization("eps"))
+    save_null_context(tmp_path, {"context": torch.zeros(1, 77, 768)})
+    family, main, parameterization, null_context, _ = load_main(tmp_path)
+    with pytest.raises(ValueError, match=rf"shape \(1, 77, 768\), but this main net takes width "
+                                         rf"{main.config.cross_attention_dim}"):
+        make_dual_branch(family, main, build_side(main, family, 1), parameterization, null_context)
 
 
 def test_batched_main_pass_gives_the_separate_pass_gradients(dual_branch):

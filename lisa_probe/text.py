@@ -1,0 +1,161 @@
+"""Prompts -> the main net's text conditioning, through the pipeline's own tokenizer and text encoder.
+
+A Stable Diffusion 1.x / 2.x pipeline directory holds ``tokenizer/`` and ``text_encoder/`` (a CLIP text model); the
+embedding of a prompt is what diffusers' ``train_controlnet.py`` feeds the UNet: the tokens padded to the tokenizer's
+``model_max_length`` (truncated), through the text encoder, its last hidden state (1, L, D). The empty prompt's
+embedding is the null context (what a caption dropped by ``--proportion-empty-prompts`` becomes).
+
+Embeddings of a dataset's prompts are computed once, before training, and cached on disk (``PromptEmbeddings``),
+keyed by the encoder's identity and the prompts, so that a training step costs a lookup instead of a text-encoder
+forward. SDXL's and SD3's several encoders (``text_encoder_2/``, ``text_encoder_3/``) are not read yet: such
+pipelines are refused by name (``check_single_text_encoder``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from tqdm.auto import tqdm
+from transformers import AutoTokenizer, CLIPTextModel, CLIPTextModelWithProjection
+
+TEXT_ENCODER_DIR = "text_encoder"
+TOKENIZER_DIR = "tokenizer"
+EXTRA_ENCODER_DIRS = ("text_encoder_2", "text_encoder_3")
+ENCODE_BATCH = 64
+CACHE_FORMAT = 1
+
+
+def has_text_encoder(pipeline: Path) -> bool:
+    """Whether a pipeline directory holds ``text_encoder/`` and ``tokenizer/``."""
+    pipeline = Path(pipeline)
+    return (pipeline / TEXT_ENCODER_DIR / "config.json").exists() and (pipeline / TOKENIZER_DIR).is_dir()
+
+
+def check_single_text_encoder(pipeline: Path) -> None:
+    """ValueError for a pipeline with more than one text encoder (SDXL, SD3), which this module does not read."""
+    extra = [name for name in EXTRA_ENCODER_DIRS if (Path(pipeline) / name).is_dir()]
+    if extra:
+        raise ValueError(f"{pipeline} has {', '.join(extra)}/ (an SDXL or SD3 pipeline): captions through several "
+                         "text encoders are not supported yet; train without captions (the null context), or with a "
+                         "null_context.safetensors beside the main net")
+
+
+class PromptEncoder:
+    """A pipeline's tokenizer and CLIP text encoder (frozen, eval mode).
+
+    ``encode(prompts) -> {"context": (B, L, D)}`` as diffusers' ControlNet trainer computes it; ``identity`` is a
+    digest of the encoder's and tokenizer's files (the cache key's model part).
+    """
+
+    def __init__(self, tokenizer, text_encoder: torch.nn.Module, identity: str):
+        if getattr(tokenizer, "model_max_length", 0) > 100_000:
+            raise ValueError("the tokenizer has no model_max_length (set it in tokenizer_config.json, e.g. 77 for "
+                             "CLIP): padding to max_length would pad to ~1e30 tokens")
+        self.tokenizer, self.text_encoder, self.identity = tokenizer, text_encoder.requires_grad_(False).eval(), identity
+
+    @classmethod
+    def from_pipeline(cls, pipeline: Path) -> PromptEncoder:
+        """Load ``tokenizer/`` and ``text_encoder/`` (safetensors weights only) from a pipeline directory; a clear
+        error when they are missing."""
+        pipeline = Path(pipeline)
+        if not has_text_encoder(pipeline):
+            raise ValueError(f"{pipeline} has no {TEXT_ENCODER_DIR}/ and {TOKENIZER_DIR}/ to encode captions with "
+                             f"(a Stable Diffusion pipeline directory has both)")
+        check_single_text_encoder(pipeline)
+        encoder_dir = pipeline / TEXT_ENCODER_DIR
+        if not any(encoder_dir.glob("*.safetensors")):
+            raise ValueError(f"{encoder_dir} holds no .safetensors weights (lisa_probe loads no pickle files); "
+                             f"convert it once with transformers' save_pretrained(..., safe_serialization=True)")
+        architectures = json.loads((encoder_dir / "config.json").read_text()).get("architectures") or []
+        model_class = CLIPTextModelWithProjection if "CLIPTextModelWithProjection" in architectures else CLIPTextModel
+        text_encoder = model_class.from_pretrained(encoder_dir, use_safetensors=True)
+        tokenizer = AutoTokenizer.from_pretrained(pipeline / TOKENIZER_DIR)
+        return cls(tokenizer, text_encoder, files_identity([encoder_dir, pipeline / TOKENIZER_DIR]))
+
+    @property
+    def width(self) -> int:
+        """D, the embedding's width (the UNet's ``cross_attention_dim`` must equal it)."""
+        return self.text_encoder.config.hidden_size
+
+    @torch.no_grad()
+    def encode(self, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
+        """``{"context": (B, L, D)}`` float32 for B prompts, L = the tokenizer's ``model_max_length``."""
+        ids = self.tokenizer(list(prompts), max_length=self.tokenizer.model_max_length, padding="max_length",
+                             truncation=True, return_tensors="pt").input_ids
+        device = next(self.text_encoder.parameters()).device
+        return {"context": self.text_encoder(ids.to(device), return_dict=False)[0].float().cpu()}
+
+    def empty(self) -> dict[str, torch.Tensor]:
+        """The empty prompt's embedding (1, L, D): the unconditional (null) context."""
+        return self.encode([""])
+
+
+def files_identity(directories: Sequence[Path]) -> str:
+    """SHA-256 over the names, sizes and modification times of every file in ``directories`` (and the contents of
+    their small JSON / text files): it changes when a model's files do, without reading gigabytes of weights."""
+    digest = hashlib.sha256()
+    for directory in directories:
+        for path in sorted(Path(directory).rglob("*")):
+            if not path.is_file():
+                continue
+            stat = path.stat()
+            digest.update(f"{path.relative_to(directory.parent)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+            if path.suffix in (".json", ".txt") and stat.st_size < 1 << 20:
+                digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+class PromptEmbeddings:
+    """The embeddings of a fixed set of prompts (always including the empty prompt), computed once in batches of
+    ``ENCODE_BATCH`` and cached as ``<cache_dir>/prompts-<key>.safetensors``: ``context`` (U, L, D) for the U
+    distinct prompts in sorted order, ``prompts`` in the file's metadata. The key is a SHA-256 of the encoder's
+    identity, the prompts and the cache format, so a changed model or dataset never reads a stale file. Rows are
+    read from the memory-mapped file on demand (a dataset's embeddings need not fit in memory: 236 KB per prompt
+    for SD 1.5's 77 x 768).
+    """
+
+    def __init__(self, encoder: PromptEncoder, prompts: Sequence[str], cache_dir: Path, progress: bool = True):
+        self.prompts = sorted(set(prompts) | {""})
+        self.index = {prompt: i for i, prompt in enumerate(self.prompts)}
+        key = hashlib.sha256(json.dumps([CACHE_FORMAT, encoder.identity, self.prompts]).encode()).hexdigest()
+        self.path = Path(cache_dir) / f"prompts-{key[:24]}.safetensors"
+        if not self.path.exists():
+            self._compute(encoder, progress)
+        self._file = safe_open(str(self.path), framework="pt")
+        self._rows = self._file.get_slice("context")
+
+    def _compute(self, encoder: PromptEncoder, progress: bool) -> None:
+        chunks = []
+        for start in tqdm(range(0, len(self.prompts), ENCODE_BATCH), desc="encoding prompts", disable=not progress):
+            chunks.append(encoder.encode(self.prompts[start:start + ENCODE_BATCH])["context"])
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        staging = self.path.with_name(f".{self.path.name}.tmp")
+        save_file({"context": torch.cat(chunks).contiguous()}, staging,
+                  metadata={"prompts": json.dumps(self.prompts), "text_encoder": encoder.identity})
+        staging.replace(self.path)  # atomic: a reader never sees half a file
+
+    def lookup(self, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
+        """``{"context": (B, L, D)}`` of B prompts of this set (KeyError naming a prompt that is not in it)."""
+        missing = [prompt for prompt in prompts if prompt not in self.index]
+        if missing:
+            raise KeyError(f"prompt {missing[0]!r} was not encoded (not among the dataset's captions)")
+        return {"context": torch.cat([self._rows[self.index[p]:self.index[p] + 1] for p in prompts])}
+
+
+def drop_prompts(prompts: Sequence[str], proportion: float, generator: torch.Generator) -> list[str]:
+    """Caption dropout (diffusers' ``--proportion_empty_prompts``): each prompt becomes "" with probability
+    ``proportion``, drawn from ``generator`` (no draw at all for 0, so the rest of a run's random stream is as
+    without dropout)."""
+    if proportion <= 0:
+        return list(prompts)
+    keep = torch.rand(len(prompts), generator=generator) >= proportion
+    return [prompt if kept else "" for prompt, kept in zip(prompts, keep.tolist())]
+
+
+__all__ = ["PromptEmbeddings", "PromptEncoder", "check_single_text_encoder", "drop_prompts", "has_text_encoder"]

@@ -1,0 +1,112 @@
+"""Tiny, randomly initialised Stable-Diffusion-style pipelines and captioned datasets, written to disk for tests.
+
+Nothing is downloaded. The pipeline is diffusers' layout (``unet/ vae/ text_encoder/ tokenizer/ scheduler/
+model_index.json``, via ``StableDiffusionPipeline.save_pretrained``) with the sizes of diffusers' test dummies; the
+VAE downsamples by 8 as SD's does. The tokenizer is CLIP's byte-level BPE over a handmade vocabulary in which
+every caption word is one token (transformers 5 reads ``vocab.json`` / ``merges.txt`` only through
+``from_pretrained``, and needs ``model_max_length``, else ``padding="max_length"`` pads to ~1e30).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import datasets
+import numpy as np
+import torch
+from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from PIL import Image, ImageDraw
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+COLOURS = {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (40, 80, 220), "yellow": (230, 210, 40)}
+SHAPES = ("circle", "square")
+WORDS = ("a", "on", "big", "small", "background", *COLOURS, *SHAPES)
+MAX_LENGTH = 16
+
+
+def byte_symbols() -> list[str]:
+    """GPT-2 / CLIP's printable stand-ins for the 256 bytes."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + \
+        list(range(ord("®"), ord("ÿ") + 1))
+    extra = [b for b in range(256) if b not in printable]
+    return [chr(b) for b in printable] + [chr(256 + i) for i in range(len(extra))]
+
+
+def write_tokenizer(directory: Path, max_length: int = MAX_LENGTH) -> CLIPTokenizer:
+    """A CLIP tokenizer whose vocabulary makes each of ``WORDS`` one token, saved in ``directory``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    symbols = byte_symbols()
+    vocab = ["<|startoftext|>", "<|endoftext|>", *symbols, *(s + "</w>" for s in symbols)]
+    merges = []
+    for word in sorted(WORDS, key=lambda w: (-len(w), w)):
+        parts = [*word[:-1], word[-1] + "</w>"]
+        current = parts[0]
+        for part in parts[1:]:
+            if f"{current} {part}" not in merges:
+                merges.append(f"{current} {part}")
+            current += part
+            if current not in vocab:
+                vocab.append(current)
+    (directory / "vocab.json").write_text(json.dumps({token: i for i, token in enumerate(vocab)}))
+    (directory / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+    (directory / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "CLIPTokenizer", "model_max_length": max_length, "bos_token": "<|startoftext|>",
+        "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>", "unk_token": "<|endoftext|>"}))
+    return CLIPTokenizer.from_pretrained(directory)
+
+
+def write_sd_pipeline(out: Path, resolution: int = 64, prediction_type: str = "epsilon", seed: int = 0) -> Path:
+    """A tiny SD 1.x-style pipeline (SD 2.x-v with ``prediction_type="v_prediction"``) in ``out``."""
+    out = Path(out)
+    staging = out.with_name(out.name + ".tokenizer")
+    tokenizer = write_tokenizer(staging)
+    torch.manual_seed(seed)
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
+        max_position_embeddings=MAX_LENGTH, vocab_size=len(tokenizer)))
+    unet = UNet2DConditionModel(
+        sample_size=resolution // 8, in_channels=4, out_channels=4, block_out_channels=(32, 64), layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32, attention_head_dim=8, norm_num_groups=32)
+    vae = AutoencoderKL(
+        sample_size=resolution, in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 8, 8, 8),
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=1,
+        norm_num_groups=8)
+    scheduler = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False,
+                              prediction_type=prediction_type, steps_offset=1)
+    StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
+                            safety_checker=None, feature_extractor=None, requires_safety_checker=False
+                            ).save_pretrained(out, safe_serialization=True)
+    for name in ("vocab.json", "merges.txt"):
+        shutil.copy(staging / name, out / "tokenizer" / name)
+    shutil.rmtree(staging)
+    return out
+
+
+def shape_row(index: int, resolution: int) -> dict:
+    """One synthetic row: a coloured shape on grey, its white-on-black outline and a caption naming both."""
+    rng = np.random.default_rng(index)
+    colour, shape = list(COLOURS)[index % len(COLOURS)], SHAPES[(index // len(COLOURS)) % len(SHAPES)]
+    size = "big" if rng.random() < 0.5 else "small"
+    radius = resolution * (0.35 if size == "big" else 0.2)
+    centre = rng.uniform(radius, resolution - radius, 2)
+    box = [*(centre - radius), *(centre + radius)]
+    image, outline = Image.new("RGB", (resolution,) * 2, (128, 128, 128)), Image.new("RGB", (resolution,) * 2)
+    for canvas, fill, line in ((image, COLOURS[colour], None), (outline, None, (255, 255, 255))):
+        draw = ImageDraw.Draw(canvas)
+        (draw.ellipse if shape == "circle" else draw.rectangle)(box, fill=fill, outline=line, width=2)
+    return {"image": image, "conditioning_image": outline, "text": f"a {size} {colour} {shape}",
+            "colour": colour, "size": float(radius / resolution)}
+
+
+def write_captioned_parquet(out: Path, rows: int = 40, resolution: int = 64) -> Path:
+    """``rows`` synthetic rows as one parquet shard ``out/data/train-00000-of-00001.parquet`` with ``datasets``
+    Image features (what ``load_dataset(out)`` and diffusers' ``--train_data_dir out`` read)."""
+    table = datasets.Dataset.from_list([shape_row(i, resolution) for i in range(rows)]).cast_column(
+        "image", datasets.Image()).cast_column("conditioning_image", datasets.Image())
+    (Path(out) / "data").mkdir(parents=True, exist_ok=True)
+    table.to_parquet(str(Path(out) / "data" / "train-00000-of-00001.parquet"))
+    return Path(out)
