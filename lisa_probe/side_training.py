@@ -234,6 +234,8 @@ class OnsetProbe(Probe):
         values = {f"probe/{key}": value for key, value in onset_signals(target, full, main).items()}
         for b in range(self.BINS):
             rows = (self.bins == b).numpy()
+            if not rows.any():  # a probe batch of fewer samples than bins
+                continue
             values.update({f"probe/{key}/t{b}": value
                            for key, value in onset_signals(target[rows], full[rows], main[rows]).items()})
         for site in sites:

@@ -112,8 +112,8 @@ def files_identity(directories: Sequence[Path]) -> str:
 
 
 class PromptEmbeddings:
-    """The embeddings of a fixed set of prompts (always including the empty prompt), computed once in batches of
-    ``ENCODE_BATCH`` and cached as ``<cache_dir>/prompts-<key>.safetensors``: ``context`` (U, L, D) for the U
+    """The embeddings of a fixed set of prompts (always including the empty prompt, encoded alone as the null
+    context is), computed once in batches of ``ENCODE_BATCH`` and cached as ``<cache_dir>/prompts-<key>.safetensors``: ``context`` (U, L, D) for the U
     distinct prompts in sorted order, ``prompts`` in the file's metadata. The key is a SHA-256 of the encoder's
     identity, the prompts and the cache format, so a changed model or dataset never reads a stale file. Rows are
     read from the memory-mapped file on demand (a dataset's embeddings need not fit in memory: 236 KB per prompt
@@ -131,8 +131,8 @@ class PromptEmbeddings:
         self._rows = self._file.get_slice("context")
 
     def _compute(self, encoder: PromptEncoder, progress: bool) -> None:
-        chunks = []
-        for start in tqdm(range(0, len(self.prompts), ENCODE_BATCH), desc="encoding prompts", disable=not progress):
+        chunks = [encoder.empty()["context"]]  # "" sorts first; alone, so that it is the null context to the bit
+        for start in tqdm(range(1, len(self.prompts), ENCODE_BATCH), desc="encoding prompts", disable=not progress):
             chunks.append(encoder.encode(self.prompts[start:start + ENCODE_BATCH])["context"])
         self.path.parent.mkdir(parents=True, exist_ok=True)
         staging = self.path.with_name(f".{self.path.name}.tmp")

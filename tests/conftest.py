@@ -4,6 +4,11 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
+
+# before anything imports `datasets`: its table cache in a temporary directory, never the user's; nothing online
+os.environ["HF_DATASETS_CACHE"] = tempfile.mkdtemp(prefix="lisa-probe-tests-hf-")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -19,6 +24,7 @@ from lisa_probe.models import build_main, build_side, make_dual_branch
 from lisa_probe.models.build import null_context_for
 from lisa_probe.parameterization import Parameterization
 from tests.analysis.synthetic_store import FAST, write_synthetic
+from tests.tiny_pipelines import write_captioned_parquet, write_sd_pipeline
 
 # Tiny models run fastest on one thread, and OpenMP barriers thrash when the other core is busy.
 torch.set_num_threads(1)
@@ -118,3 +124,15 @@ def analysed(synthetic):
     run = open_run(synthetic, "synthetic", options)
     streamed = stream_run(run, options)
     return run, streamed, alignment_table(run, streamed, options)
+
+
+@pytest.fixture(scope="session")
+def sd_pipeline(tmp_path_factory) -> Path:
+    """A tiny SD 1.x-style pipeline directory (64 px, VAE factor 8, CLIP text encoder and tokenizer)."""
+    return write_sd_pipeline(tmp_path_factory.mktemp("pipelines") / "sd")
+
+
+@pytest.fixture(scope="session")
+def captioned_data(tmp_path_factory) -> Path:
+    """A 40-row captioned parquet dataset (image, conditioning_image, text, colour, size) at 64 px."""
+    return write_captioned_parquet(tmp_path_factory.mktemp("data") / "captioned")

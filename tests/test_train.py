@@ -279,7 +279,7 @@ def test_two_processes_pretrain_then_train_a_dit_and_stop_together_on_nan(tmp_pa
     (["--logit-std", "0"], "--logit-std must be a finite number in (0, inf], got 0.0"),
     (["--weighting-scheme", "logit_normal", "--timestep-sampling", "cubic"],
      "--weighting-scheme 'logit_normal' draws the timesteps itself; it needs --timestep-sampling uniform"),
-    (["--dataset", "folder"], "the folder dataset needs the image directory: --data-root DIR"),
+    (["--dataset", "folder"], "the folder dataset needs its location: --data-root PATH"),
     (["--dataset", "folder", "--data-root", "{tmp}/missing"], "missing")])
 def test_cli_reports_bad_input_without_a_traceback(tmp_path, capsys, argv, message):
     """Bad options and inputs: one line naming the value and what is allowed, exit 2, and no run directory."""

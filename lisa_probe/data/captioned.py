@@ -88,6 +88,7 @@ class CaptionedDataset(torch.utils.data.Dataset):
         if not 0 <= val_fraction < 0.5:
             raise ValueError(f"val_fraction must be in [0, 0.5), got {val_fraction!r}")
         self.split, self.seed, self.root = split, int(seed), Path(root)
+        self._base = self.root if self.root.is_dir() else self.root.parent  # where relative image paths start
         self.resolution = check_resolution(resolution)
         self.image_column, self.conditioning_image_column = image_column, conditioning_image_column
         self.caption_column, self.cond_source, self.cond_mode = caption_column, cond_source, cond_mode
@@ -171,12 +172,12 @@ class CaptionedDataset(torch.utils.data.Dataset):
         index = check_index(index, len(self.rows))
         row_index = self.rows[index]
         row = self.table[row_index]
-        image = fit_image(as_pil(row[self.image_column]), self.resolution, "RGB", (255, 255, 255),
+        image = fit_image(as_pil(row[self.image_column], self._base), self.resolution, "RGB", (255, 255, 255),
                           Image.Resampling.BILINEAR).astype(np.float32) / 255.0
         if self._extract is not None:
             cond = self._extract(image)
         else:
-            cond = fit_image(as_pil(row[self.conditioning_image_column]), self.resolution, self.cond_mode, (0, 0, 0),
+            cond = fit_image(as_pil(row[self.conditioning_image_column], self._base), self.resolution, self.cond_mode, (0, 0, 0),
                              Image.Resampling.BILINEAR).astype(np.float32) / 255.0
         factors = {name: values[row_index] for name, values in self._factors.items()}
         sample = make_sample(image, cond, factors, f"captioned/{self.split}/{self.table_split}-{row_index}")
@@ -184,17 +185,17 @@ class CaptionedDataset(torch.utils.data.Dataset):
         return sample
 
 
-def as_pil(cell) -> Image.Image:
+def as_pil(cell, base: Path) -> Image.Image:
     """A table cell as a PIL image: ``datasets``' Image feature decodes to one; a dict with ``bytes`` or ``path``
-    (an undecoded cell) or a path string is opened."""
+    (an undecoded cell) or a path string (relative to ``base``: an imagefolder's extra image columns) is opened."""
     if isinstance(cell, Image.Image):
         return cell
     if isinstance(cell, dict) and cell.get("bytes") is not None:
         return Image.open(io.BytesIO(cell["bytes"]))
     if isinstance(cell, dict) and cell.get("path"):
-        return Image.open(cell["path"])
+        return Image.open(base / cell["path"])
     if isinstance(cell, str):
-        return Image.open(cell)
+        return Image.open(base / cell)
     raise ValueError(f"cannot read an image from a cell of type {type(cell).__name__}")
 
 

@@ -1,0 +1,90 @@
+"""Prompts through the pipeline's tokenizer and text encoder, the prompt-embedding cache and caption dropout."""
+
+import shutil
+
+import pytest
+import torch
+from transformers import CLIPTextModel, CLIPTokenizer
+
+from lisa_probe.models import load_main
+from lisa_probe.text import PromptEmbeddings, PromptEncoder, drop_prompts
+
+PROMPTS = ["a big red circle", "a small blue square", "a big green square"]
+
+
+def test_an_embedding_is_the_text_encoders_last_hidden_state_of_max_length_tokens(sd_pipeline):
+    """As diffusers' train_controlnet.py: tokens padded to model_max_length, the encoder's last hidden state;
+    recomputed here with transformers alone, one prompt at a time."""
+    encoder = PromptEncoder.from_pipeline(sd_pipeline)
+    batch = encoder.encode(PROMPTS)["context"]
+    tokenizer = CLIPTokenizer.from_pretrained(sd_pipeline / "tokenizer")
+    text_model = CLIPTextModel.from_pretrained(sd_pipeline / "text_encoder")
+    for row, prompt in enumerate(PROMPTS):
+        ids = tokenizer(prompt, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                        return_tensors="pt").input_ids
+        with torch.no_grad():
+            expected = text_model(ids).last_hidden_state
+        torch.testing.assert_close(batch[row:row + 1], expected, rtol=1e-5, atol=1e-6)
+    assert batch.shape == (3, tokenizer.model_max_length, 32)
+    assert (batch[0] - batch[1]).abs().max() > 1e-3
+
+
+def test_the_empty_prompt_is_the_null_context_of_a_pipeline_with_a_text_encoder(sd_pipeline):
+    null_context = load_main(sd_pipeline)[3]["context"]
+    torch.testing.assert_close(null_context, PromptEncoder.from_pipeline(sd_pipeline).empty()["context"],
+                               rtol=0, atol=0)
+    assert torch.count_nonzero(null_context) > 0  # not the all-zeros stand-in
+
+
+def test_cached_embeddings_equal_uncached_ones_and_are_read_back_without_encoding(sd_pipeline, tmp_path,
+                                                                                 monkeypatch):
+    encoder = PromptEncoder.from_pipeline(sd_pipeline)
+    cached = PromptEmbeddings(encoder, PROMPTS + PROMPTS[:1], tmp_path, progress=False)
+    assert cached.prompts == sorted(set(PROMPTS) | {""})
+    wanted = [PROMPTS[2], "", PROMPTS[0], PROMPTS[2]]
+    # batch composition changes the last bits of a CPU forward: the cache encoded other batches than this one
+    torch.testing.assert_close(cached.lookup(wanted)["context"], encoder.encode(wanted)["context"], rtol=1e-5,
+                               atol=1e-6)
+    torch.testing.assert_close(cached.lookup([""])["context"], encoder.empty()["context"], rtol=0, atol=0)
+
+    def no_encoding(prompts):
+        raise AssertionError("the cache was recomputed")
+
+    monkeypatch.setattr(encoder, "encode", no_encoding)
+    again = PromptEmbeddings(encoder, list(reversed(PROMPTS)), tmp_path, progress=False)
+    assert again.path == cached.path
+    torch.testing.assert_close(again.lookup(wanted)["context"], cached.lookup(wanted)["context"], rtol=0, atol=0)
+    with pytest.raises(KeyError, match="'a tiny cross' was not encoded"):
+        again.lookup(["a tiny cross"])
+
+
+def test_the_cache_key_changes_with_the_prompts_and_the_text_encoder(sd_pipeline, tmp_path):
+    encoder = PromptEncoder.from_pipeline(sd_pipeline)
+    first = PromptEmbeddings(encoder, PROMPTS, tmp_path, progress=False).path
+    assert PromptEmbeddings(encoder, PROMPTS[:2], tmp_path, progress=False).path != first
+    other = tmp_path / "other"
+    shutil.copytree(sd_pipeline, other)
+    config = other / "text_encoder" / "config.json"
+    config.write_text(config.read_text().replace('"hidden_act"', '"_note": "edited", "hidden_act"'))
+    assert PromptEmbeddings(PromptEncoder.from_pipeline(other), PROMPTS, tmp_path, progress=False).path != first
+
+
+def test_caption_dropout_replaces_the_given_share_of_prompts():
+    prompts = ["x"] * 4000
+    generator = torch.Generator().manual_seed(0)
+    state = generator.get_state()
+    assert drop_prompts(prompts, 0.0, generator) == prompts
+    assert torch.equal(generator.get_state(), state)  # no dropout draws nothing
+    assert drop_prompts(prompts, 1.0, generator) == [""] * 4000
+    dropped = drop_prompts(prompts, 0.3, generator).count("")
+    assert abs(dropped - 1200) < 4 * (4000 * 0.3 * 0.7) ** 0.5  # within 4 binomial standard deviations
+
+
+def test_a_pipeline_without_a_text_encoder_or_with_several_is_refused(sd_pipeline, tmp_path):
+    with pytest.raises(ValueError, match="has no text_encoder/ and tokenizer/"):
+        PromptEncoder.from_pipeline(tmp_path)
+    sdxl = tmp_path / "sdxl"
+    shutil.copytree(sd_pipeline, sdxl)
+    shutil.copytree(sd_pipeline / "text_encoder", sdxl / "text_encoder_2")
+    with pytest.raises(ValueError, match="text_encoder_2/ .*several text encoders are not supported yet"):
+        PromptEncoder.from_pipeline(sdxl)

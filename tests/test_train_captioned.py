@@ -1,0 +1,161 @@
+"""Training a ControlNet on a captioned dataset through the pipeline's own text encoder, as diffusers' trainer does,
+and using it in diffusers' pipeline."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from diffusers import ControlNetModel, StableDiffusionControlNetPipeline
+from PIL import Image
+from torch.utils.data import default_collate
+from transformers import CLIPTextModel, CLIPTokenizer
+
+from lisa_probe.configs import TrainConfig
+from lisa_probe.data import build_dataset
+from lisa_probe.rundir import read_summary
+from lisa_probe.runs import build_dual_branch
+from lisa_probe.side_training import SideNetObjective, prompt_embeddings, train
+from lisa_probe.train import main as train_main
+from lisa_probe.validation import cache_dir
+from tests.test_train import make_main, read_metrics, side_weights
+from tests.tiny_pipelines import shape_row
+
+
+def captioned_config(tmp_path, sd_pipeline, captioned_data, **overrides) -> TrainConfig:
+    settings = dict(main=str(sd_pipeline), dataset="captioned", data_root=str(captioned_data),
+                    out_dir=str(tmp_path / "runs"), steps=3, batch_size=4, eval_samples=0, checkpoint_every=0,
+                    log_every=1, lr=1e-4)
+    settings.update(overrides)
+    return TrainConfig(**settings)
+
+
+def diffusers_prediction(pipeline_dir: Path, controlnet, x_t, timesteps, cond, prompts) -> torch.Tensor:
+    """The UNet's prediction with ControlNet residuals for these prompts, from diffusers and transformers alone."""
+    tokenizer = CLIPTokenizer.from_pretrained(pipeline_dir / "tokenizer")
+    text_encoder = CLIPTextModel.from_pretrained(pipeline_dir / "text_encoder")
+    pipe = StableDiffusionControlNetPipeline.from_pretrained(pipeline_dir, controlnet=controlnet,
+                                                             safety_checker=None, requires_safety_checker=False)
+    ids = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                    return_tensors="pt").input_ids
+    with torch.no_grad():
+        text = text_encoder(ids)[0]
+        down, mid = controlnet(x_t, timesteps, encoder_hidden_states=text, controlnet_cond=cond, return_dict=False)
+        return pipe.unet(x_t, timesteps, encoder_hidden_states=text, down_block_additional_residuals=down,
+                         mid_block_additional_residual=mid).sample
+
+
+def test_baseline_and_lisa_train_on_captions_and_drive_diffusers_pipeline(tmp_path, sd_pipeline, captioned_data):
+    """Both arms train from the command line on a parquet dataset; the exported ControlNet drives
+    StableDiffusionControlNetPipeline from a PIL control image and a prompt, with no lisa_probe code."""
+    common = ["--main", str(sd_pipeline), "--dataset", "captioned", "--data-root", str(captioned_data),
+              "--out-dir", str(tmp_path / "runs"), "--steps", "3", "--batch-size", "4", "--eval-every", "3",
+              "--eval-samples", "2", "--sample-steps", "2", "--probe-every", "3", "--probe-samples", "2",
+              "--proportion-empty-prompts", "0.2"]
+    for name, weight in (("base", "0"), ("lisa", "0.2")):
+        train_main([*common, "--name", name, "--lisa-weight", weight])
+        run = tmp_path / "runs" / name
+        assert read_summary(run)["steps"] == 3 and (run / "samples" / "step-3.png").exists()
+        rows = read_metrics(run)
+        assert ("lisa_loss" in rows[0]) == (name == "lisa") and "probe/explained" in rows[-1]
+    encoded = list((cache_dir(tmp_path / "runs") / "prompts").glob("prompts-*.safetensors"))
+    assert len(encoded) == 1 and encoded[0].stat().st_mtime_ns < (tmp_path / "runs" / "lisa").stat().st_mtime_ns
+    controlnet = ControlNetModel.from_pretrained(tmp_path / "runs" / "lisa" / "controlnet")
+    assert controlnet.config.conditioning_channels == 3
+    pipe = StableDiffusionControlNetPipeline.from_pretrained(sd_pipeline, controlnet=controlnet, safety_checker=None,
+                                                             requires_safety_checker=False)
+    control = shape_row(0, 64)["conditioning_image"]
+    assert isinstance(control, Image.Image) and control.mode == "RGB"
+    image = pipe("a big red circle", image=control, num_inference_steps=2, output_type="np",
+                 generator=torch.Generator().manual_seed(0)).images
+    assert image.shape == (1, 64, 64, 3) and np.isfinite(image).all()
+
+
+def test_the_training_forward_is_diffusers_forward_with_the_captions(tmp_path, sd_pipeline, captioned_data):
+    """pred_full in training = diffusers' UNet + ControlNet on the captions' CLIP embeddings (transformers alone)."""
+    config = captioned_config(tmp_path, sd_pipeline, captioned_data)
+    model, dataset_kwargs = build_dual_branch(config)
+    with torch.no_grad():
+        for parameter in model.side.controlnet_down_blocks.parameters():  # open the zero-convs
+            parameter.normal_(0, 0.1)
+    prompts = prompt_embeddings(config, dataset_kwargs)
+    dataset = build_dataset("captioned", split="train", **dataset_kwargs)
+    batch = default_collate([dataset[i] for i in range(3)])
+    objective = SideNetObjective(model, None, config, model.default_lisa_site(), prompts)
+    inputs = objective.draw(batch, torch.Generator().manual_seed(0))
+    x_t = model.parameterization.add_noise(inputs["x0"], inputs["noise"], inputs["timesteps"])
+    ours = model(x_t, inputs["timesteps"], inputs["cond"], context={"context": inputs["context"]}).pred_full
+    theirs = diffusers_prediction(sd_pipeline, model.side, x_t, inputs["timesteps"], batch["cond"], batch["text"])
+    torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5)
+    assert (ours - model(x_t, inputs["timesteps"], inputs["cond"]).pred_full).abs().max() > 1e-4
+
+
+def test_caption_dropout_feeds_the_empty_prompt(tmp_path, sd_pipeline, captioned_data):
+    batch = default_collate([build_dataset("captioned", split="train", resolution=64, root=captioned_data)[i]
+                             for i in range(4)])
+    contexts = {}
+    for proportion in (0.0, 1.0):
+        config = captioned_config(tmp_path, sd_pipeline, captioned_data, proportion_empty_prompts=proportion)
+        model, dataset_kwargs = build_dual_branch(config)
+        prompts = prompt_embeddings(config, dataset_kwargs)
+        objective = SideNetObjective(model, None, config, model.default_lisa_site(), prompts)
+        contexts[proportion] = objective.draw(batch, torch.Generator().manual_seed(0))["context"]
+        torch.testing.assert_close(contexts[proportion], (prompts.lookup(batch["text"])["context"] if proportion == 0
+                                                          else model.null_context_batch(4)["context"]), rtol=0, atol=0)
+    assert (contexts[0.0] - contexts[1.0]).abs().max() > 1e-3
+
+
+def test_lisa_main_prompt_empty_gives_pred_main_the_null_context(tmp_path, sd_pipeline, captioned_data, monkeypatch):
+    seen = {}
+    for mode in ("caption", "empty"):
+        config = captioned_config(tmp_path, sd_pipeline, captioned_data, lisa_main_prompt=mode, name=mode)
+        model, _ = build_dual_branch(config)
+        original = type(model).forward
+
+        def recording(self, *args, main_context=None, mode=mode, original=original, **kwargs):
+            seen[mode] = main_context
+            return original(self, *args, main_context=main_context, **kwargs)
+
+        monkeypatch.setattr(type(model), "forward", recording)
+        train(config)
+        monkeypatch.setattr(type(model), "forward", original)
+    assert seen["caption"] is None  # pred_main shares the caption with pred_full
+    torch.testing.assert_close(seen["empty"]["context"], model.null_context_batch(4)["context"], rtol=0, atol=0)
+
+
+def test_resume_on_the_captioned_path_continues_exactly(tmp_path, sd_pipeline, captioned_data):
+    common = dict(checkpoint_every=2, proportion_empty_prompts=0.5)
+    straight = train(captioned_config(tmp_path, sd_pipeline, captioned_data, name="straight", steps=4, **common))
+    train(captioned_config(tmp_path, sd_pipeline, captioned_data, name="resumed", steps=2, **common))
+    resumed = train(captioned_config(tmp_path, sd_pipeline, captioned_data, name="resumed", steps=4, resume="latest",
+                                     **common))
+    for name in ("controlnet", "lisa_decoder"):
+        a, b = side_weights(straight / name), side_weights(resumed / name)
+        for key in a:
+            torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
+    assert [r["loss"] for r in read_metrics(straight)] == [r["loss"] for r in read_metrics(resumed)]
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--data-root", "none"], "--dataset captioned needs --data-root"),
+    (["--caption-column", "prompt"], "caption column 'prompt' is not in"),
+    (["--conditioning-image-column", "hint"], "its columns: image, conditioning_image, text, colour, size"),
+    (["--dataset", "folder", "--data-root", "{parquet}"], "not a directory of images (it looks like a `datasets` "
+                                                          "dataset: read it with --dataset captioned)"),
+    (["--main", "{pixel}"], "has no text_encoder/ and tokenizer/; train without them with --caption-column none"),
+    (["--val-fraction", "0", "--eval-samples", "2"], "the val split of"),
+    (["--proportion-empty-prompts", "2"], "--proportion-empty-prompts must be a finite number in [0, 1], got 2.0"),
+    (["--lisa-main-prompt", "none"], "invalid choice: 'none'"),
+])
+def test_bad_captioned_inputs_exit_2_naming_the_value_with_no_run_dir(tmp_path, sd_pipeline, captioned_data, capsys,
+                                                                      argv, message):
+    values = {"{parquet}": str(next((captioned_data / "data").glob("*.parquet"))),
+              "{pixel}": make_main(tmp_path, "unet", "eps")}
+    argv = [values.get(arg, arg) for arg in argv]
+    base = ["--main", str(sd_pipeline), "--dataset", "captioned", "--data-root", str(captioned_data),
+            "--out-dir", str(tmp_path / "runs"), "--eval-samples", "0"]
+    with pytest.raises(SystemExit) as stop:
+        train_main([*base, *argv])
+    error = capsys.readouterr().err
+    assert stop.value.code == 2 and message in error and "Traceback" not in error
+    assert not (tmp_path / "runs").exists()
