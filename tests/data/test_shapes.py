@@ -194,4 +194,4 @@ def test_bad_arguments_name_the_value_and_the_choices():
         build_dataset("shapes", condition="depth")
     with pytest.raises(ValueError, match="resolution"):
         build_dataset("shapes", resolution=0)
-    assert DATASET_NAMES == ("shapes", "digits", "folder")
+    assert DATASET_NAMES == ("shapes", "digits", "folder", "captioned")
