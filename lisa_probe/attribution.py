@@ -37,25 +37,27 @@ def _unit_rows(values: torch.Tensor) -> torch.Tensor:
 
 
 def _projection(model: DualBranch, x_t: torch.Tensor, timesteps: torch.Tensor, cond: torch.Tensor,
-                pred_main: torch.Tensor, direction: torch.Tensor) -> Objective:
+                pred_main: torch.Tensor, direction: torch.Tensor, context=None) -> Objective:
     """``gates (B, S) -> (B,)``: ``(pred_full(gates) − pred_main) · direction`` per example (flattened)."""
     device = x_t.device
 
     def objective(gates: torch.Tensor) -> torch.Tensor:
-        pred_full = model(x_t, timesteps, cond, gates=gates.to(device)).pred_full
+        pred_full = model(x_t, timesteps, cond, gates=gates.to(device), context=context).pred_full
         return ((pred_full - pred_main).flatten(1) * direction).sum(dim=1)
 
     return objective
 
 
 def score_objectives(model: DualBranch, x_t: torch.Tensor, timesteps: torch.Tensor, cond: torch.Tensor,
-                     decoder: torch.nn.Module | None = None, lisa_site: str | None = None) -> dict[str, Objective]:
+                     decoder: torch.nn.Module | None = None, lisa_site: str | None = None,
+                     context: dict[str, torch.Tensor] | None = None) -> dict[str, Objective]:
     """Score objectives of ``model`` at fixed inputs, for ``lisa_probe.analysis.decomposition``.
 
     Args:
         x_t: (B, C, H, W) noisy samples in model space; timesteps: (B,) as fed to the model; cond: (B, Cc, Hc, Wc).
         decoder: a LISA decoder ``D(feature map, timesteps)``; adds ``lisa_alignment``.
         lisa_site: the decoder's hooked site (default: ``model.default_lisa_site()``).
+        context: per-row text conditioning (``DualBranch.context``; None: the null context).
 
     Returns:
         ``{"likelihood_projection": f, ["lisa_alignment": f]}``, each ``f(gates (B, S)) -> (B,)``; ``pred_main`` and
@@ -64,13 +66,13 @@ def score_objectives(model: DualBranch, x_t: torch.Tensor, timesteps: torch.Tens
     site = lisa_site or model.default_lisa_site()
     hook = capture(model, [site], detach=True) if decoder is not None else nullcontext({})
     with torch.no_grad(), hook as records:
-        out = model(x_t, timesteps, cond, main_rows=len(x_t))
+        out = model(x_t, timesteps, cond, main_rows=len(x_t), context=context)
     directions = {"likelihood_projection": _unit_rows(out.pred_full - out.pred_main)}
     if decoder is not None:
         with torch.no_grad():
             decoded = decoder(model.feature_to_map(site, records[site]["feature"]), timesteps)
         directions["lisa_alignment"] = _unit_rows(decoded)
-    return {name: _projection(model, x_t, timesteps, cond, out.pred_main, direction)
+    return {name: _projection(model, x_t, timesteps, cond, out.pred_main, direction, context)
             for name, direction in directions.items()}
 
 
@@ -86,6 +88,7 @@ def attribution_table(
     cond: torch.Tensor,
     decoder: torch.nn.Module | None = None,
     lisa_site: str | None = None,
+    context: dict[str, torch.Tensor] | None = None,
     methods: Sequence[str] = METHODS,
     t_bins: np.ndarray | None = None,
     batch_size: int = 32,
@@ -101,7 +104,7 @@ def attribution_table(
     ``shapley_sampling``; ``n_steps`` IG steps, ``n_samples`` Shapley permutations with ``seed``).
 
     Args:
-        x_t, timesteps, cond: as for ``score_objectives``, B rows in all.
+        x_t, timesteps, cond, context: as for ``score_objectives``, B rows in all.
         t_bins: (B,) bin label of each row (default: ``rank_bins(timesteps)``).
         **ids: constant identifying columns (``run=...``).
 
@@ -114,7 +117,8 @@ def attribution_table(
     tables = []
     for start in tqdm(range(0, len(x_t), batch_size), desc="attribution", unit="batch"):
         part = slice(start, start + batch_size)
-        objectives = score_objectives(model, x_t[part], timesteps[part], cond[part], decoder, lisa_site)
+        rows = None if context is None else {key: tensor[part] for key, tensor in context.items()}
+        objectives = score_objectives(model, x_t[part], timesteps[part], cond[part], decoder, lisa_site, rows)
         for name, objective in objectives.items():
             table = decomposition_table(objective, model.site_names, len(x_t[part]), methods, n_steps, n_samples,
                                         seed, **ids)

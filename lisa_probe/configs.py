@@ -265,6 +265,9 @@ class ExtractConfig(DataOptions):
     ckpt: str | None = field(default=None, metadata=option("lisa_probe run or checkpoint directory"))
     controlnet: str | None = field(default=None, metadata=option("a plain diffusers side-net directory (with --main)"))
     main: str | None = field(default=None, metadata=option("main-net directory for --controlnet"))
+    prompt: str = field(default="caption", metadata=option(
+        "captioned data: each row's caption through the main net's text encoder, or the empty prompt for every row",
+        choices=PROMPT_MODES))
     sites: str = field(default="all", metadata=option("comma-separated site names, or 'all'"))
     timesteps: str = field(default="8", metadata=option("a number of evenly spaced timesteps, or a comma list of "
                                                       "timesteps as fed to the model ('500,' for one)"))
@@ -286,6 +289,7 @@ class ExtractConfig(DataOptions):
         if not self.out:
             raise ValueError("--out is required (e.g. features/<run>.h5)")
         self.check_data_options()
+        check_choice("prompt", self.prompt, PROMPT_MODES)
         if (self.ckpt is None) == (self.controlnet is None):
             raise ValueError("give either --ckpt (a lisa_probe run) or --controlnet with --main (a diffusers side net)")
         if self.controlnet is not None and self.main is None:

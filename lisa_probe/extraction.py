@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Iterator
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 
 import numpy as np
@@ -34,10 +34,12 @@ from lisa_probe.models import DualBranch
 from lisa_probe.parameterization import FLOW_TIMESTEP_SCALE
 from lisa_probe.provenance import code_version, file_digest
 from lisa_probe.rundir import PATH_FIELDS, SIDE_DIR, run_dir_of, stored_path
-from lisa_probe.runs import build_dual_branch, load_run
+from lisa_probe.runs import build_dual_branch, load_run, prompt_embeddings
 from lisa_probe.sampling import ROW_NOISE_CONVENTION, row_noise
 from lisa_probe.store import FeatureStoreWriter, make_layout, merge_shards, shard_path, shard_range
 from lisa_probe.store.writer import check_finished_store
+from lisa_probe.text import PromptEmbeddings
+from lisa_probe.validation import cache_dir
 
 
 def load_model(config: ExtractConfig):
@@ -92,9 +94,11 @@ class Extractor:
     """Computes the store's row blocks for a model, a dataset and a timestep grid (on the model's device)."""
 
     def __init__(self, model: DualBranch, decoder, dataset, sites: list[str], timesteps: torch.Tensor,
-                 config: ExtractConfig):
+                 config: ExtractConfig, prompts: PromptEmbeddings | None = None):
         self.model, self.decoder, self.dataset, self.sites = model, decoder, dataset, sites
         self.timesteps, self.config = timesteps, config
+        self.prompts = prompts  # the captions' embeddings (--prompt caption), or None: the null context
+        self.has_captions = "text" in dataset[0]  # the rows' prompts then go to meta/prompt
         self.per_sample = len(timesteps) * config.draws
         self.device = next(model.parameters()).device
 
@@ -114,7 +118,11 @@ class Extractor:
                            if self.config.residuals else None,
                            decoded=lisa_site is not None,
                            decompose_sites=self.sites if self.config.decompose else (),
-                           feature_dtype=self.config.feature_dtype)
+                           feature_dtype=self.config.feature_dtype, prompts=self.has_captions)
+
+    def row_prompts(self, batch: dict) -> list[str]:
+        """The prompt each row of a batch is conditioned on: its caption, or "" (``--prompt empty``)."""
+        return list(batch["text"]) if self.prompts is not None else [""] * len(batch["text"])
 
     @torch.no_grad()
     def rows(self, rows: range, lisa_site: str | None) -> dict[str, np.ndarray]:
@@ -128,13 +136,17 @@ class Extractor:
         model_steps, cond = steps.to(self.device), batch["cond"].to(self.device)
         x_t = parameterization.add_noise(x0, noise, model_steps)
         hooked = sorted(set(self.sites) | ({lisa_site} if lisa_site else set()))
+        context = None if self.prompts is None else \
+            {k: v.to(self.device) for k, v in self.prompts.lookup(batch["text"]).items()}
         with capture(model, hooked, what=("feature", "residual"), detach=True) as records:
-            out = model(x_t, model_steps, cond, main_rows=len(rows))
+            out = model(x_t, model_steps, cond, main_rows=len(rows), context=context)
         block = {"meta/sample_id": np.array(batch["id"], dtype=object), "meta/t": steps.float().numpy(),
                  "meta/noise_level": parameterization.noise_level(steps).numpy(),
                  "meta/draw": np.array([row % self.config.draws for row in rows], dtype=np.int32),
                  "scores/target": _numpy(parameterization.target(x0, noise, model_steps)),
                  "scores/main": _numpy(out.pred_main), "scores/full": _numpy(out.pred_full)}
+        if self.has_captions:
+            block["meta/prompt"] = np.array(self.row_prompts(batch), dtype=object)
         for name, values in batch["factors"].items():
             block[f"meta/factors/{name}"] = values.numpy()
         dtype = self.config.feature_dtype
@@ -146,16 +158,17 @@ class Extractor:
             feature = model.feature_to_map(lisa_site, records[lisa_site]["feature"])
             block["scores/decoded"] = _numpy(self.decoder(feature, model_steps))
         if self.config.decompose:
-            block.update(self.decompose(x_t, model_steps, cond))
+            block.update(self.decompose(x_t, model_steps, cond, context))
         return block
 
-    def decompose(self, x_t: torch.Tensor, steps: torch.Tensor, cond: torch.Tensor) -> dict[str, np.ndarray]:
+    def decompose(self, x_t: torch.Tensor, steps: torch.Tensor, cond: torch.Tensor,
+                  context: dict[str, torch.Tensor] | None = None) -> dict[str, np.ndarray]:
         """``{"decompose/<site>": (B, C, H, W)}``: pred_full with only that site's gate open, per extracted site."""
         block = {}
         for site in self.sites:
             gates = torch.zeros(len(self.model.sites), device=self.device)
             gates[self.model.site_names.index(site)] = 1
-            block[f"decompose/{site}"] = _numpy(self.model(x_t, steps, cond, gates=gates).pred_full)
+            block[f"decompose/{site}"] = _numpy(self.model(x_t, steps, cond, gates=gates, context=context).pred_full)
         return block
 
 
@@ -193,7 +206,8 @@ def write_rows(writer: FeatureStoreWriter, extractor: Extractor, rows: range, li
 INPUTS_VERSION = 1
 
 
-def input_recipe(model: DualBranch, dataset, timesteps: torch.Tensor, config: ExtractConfig) -> dict:
+def input_recipe(model: DualBranch, dataset, timesteps: torch.Tensor, config: ExtractConfig,
+                 captions: bool = False) -> dict:
     """The store's ``inputs`` attr: enough to rebuild every row's model inputs ``(x_t, t, cond, context)`` from the
     store, the data and the main net without lisa_probe (``docs/CONTRACTS.md``, feature store)."""
     context = {name: tensor.detach().float().cpu() for name, tensor in model.context(1).items()}
@@ -215,7 +229,11 @@ def input_recipe(model: DualBranch, dataset, timesteps: torch.Tensor, config: Ex
         "context": {name: {"shape": list(tensor.shape), "all_zero": bool(not tensor.any()),
                            "sha256": hashlib.sha256(tensor.numpy().tobytes()).hexdigest()}
                     for name, tensor in context.items()},
-        "context_source": "the main net's null_context.safetensors when it has one, else zeros",
+        "context_source": "the main net's null_context.safetensors when it has one, else the empty prompt through its "
+                          "text_encoder/ when it has one, else zeros",
+        "prompts": ("each row's meta/prompt through the main net's tokenizer (padded to model_max_length, truncated) "
+                    "and text_encoder (last hidden state); the empty prompt is the null context"
+                    if captions else "none: every row has the null context"),
     }
 
 
@@ -259,12 +277,17 @@ def extract(config: ExtractConfig) -> Path:
     model.check_condition(dataset.cond_channels)
     if config.samples > len(dataset):
         raise ValueError(f"--samples {config.samples} exceeds the {config.split} split's {len(dataset)} samples")
+    prompts = None
+    if config.prompt == "caption":
+        owner = ForeignRun(**{f.name: run_config[f.name] for f in fields(ForeignRun) if f.name in run_config})
+        prompts = prompt_embeddings(owner, dataset_kwargs, cache_dir(out.parent), (config.split,),
+                                    progress=state.is_local_main_process)
     extractor = Extractor(model, decoder, dataset, parse_sites(config.sites, model),
-                          parse_timesteps(config.timesteps, model), config)
+                          parse_timesteps(config.timesteps, model), config, prompts)
     rows = shard_rows(extractor.n_rows, config.batch_size, state.process_index, state.num_processes)
     sharded = state.num_processes > 1
     target = shard_path(out, state.process_index, state.num_processes) if sharded else out
-    inputs = input_recipe(model, dataset, extractor.timesteps, config)
+    inputs = input_recipe(model, dataset, extractor.timesteps, config, captions=prompts is not None)
     layout, attrs = extractor.layout(lisa_site), store_attrs(config, model, run_config, side_dir, lisa_site, inputs)
     shard = (state.process_index, state.num_processes) if sharded else None
     if sharded and config.resume and target.exists():  # a finished shard of an interrupted run is kept

@@ -21,9 +21,9 @@ from lisa_probe.lisa import LisaDecoder, lisa_distance, lisa_rows, lisa_target, 
 from lisa_probe.models import DualBranch
 from lisa_probe.onset import onset_signals
 from lisa_probe.rundir import write_run_config
-from lisa_probe.runs import build_dual_branch, ensure_default_main
+from lisa_probe.runs import build_dual_branch, ensure_default_main, prompt_embeddings
 from lisa_probe.sampling import fixed_noise
-from lisa_probe.text import PromptEmbeddings, PromptEncoder, drop_prompts, has_text_encoder
+from lisa_probe.text import PromptEmbeddings, drop_prompts
 from lisa_probe.validation import ControlEvaluation, cache_dir, write_summary
 
 
@@ -159,7 +159,8 @@ def train(config: TrainConfig) -> Path:
     model.site(site)
     dataset = build_dataset(config.dataset, split="train", **dataset_kwargs)
     model.check_condition(dataset.cond_channels)
-    prompts = prompt_embeddings(config, dataset_kwargs)
+    prompts = prompt_embeddings(config, dataset_kwargs, cache_dir(config.out_dir), ("train", "val"),
+                                progress=is_main_process())
     run_dir = config.run_dir  # created once the inputs are known to be valid
     prepare_run_dir(run_dir, config.resume, config.overwrite, is_main_process())
     process_state().wait_for_everyone()
@@ -175,22 +176,6 @@ def train(config: TrainConfig) -> Path:
     if is_main_process():
         write_summary(run_dir, config, state, condition_kind(dataset.condition).control_metric)
     return run_dir
-
-
-def prompt_embeddings(config: TrainConfig, dataset_kwargs: dict) -> PromptEmbeddings | None:
-    """The cached embeddings of every caption of a captioned dataset's train and val splits through the main net's
-    text encoder (None for a dataset without captions); ValueError when the captions have no text encoder to go
-    through."""
-    if config.dataset != "captioned" or config.caption_column is None:
-        return None
-    if not has_text_encoder(Path(config.main)):
-        raise ValueError(f"the dataset has captions (--caption-column {config.caption_column}) but the main net "
-                         f"{config.main} has no text_encoder/ and tokenizer/; train without them with "
-                         "--caption-column none")
-    captions = [caption for split in ("train", "val")
-                for caption in build_dataset(config.dataset, split=split, **dataset_kwargs).captions()]
-    return PromptEmbeddings(PromptEncoder.from_pipeline(Path(config.main)), captions,
-                            cache_dir(config.out_dir) / "prompts", progress=is_main_process())
 
 
 def batch_context(prompts: PromptEmbeddings | None, batch: dict) -> dict[str, torch.Tensor] | None:

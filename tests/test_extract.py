@@ -300,7 +300,7 @@ def test_a_second_extraction_to_the_same_output_is_refused(nets, tmp_path):
     """While one extraction writes --out, a second one (with --overwrite, or --resume) exits 2 naming the other
     process's lock, and the first one's store comes out whole (its read-back check passes)."""
     out = tmp_path / "f.h5"
-    long_run = [*extract_command(nets, out), "--samples", "64"]  # ~400 rows: a dozen seconds to be caught in
+    long_run = [*extract_command(nets, out), "--samples", "160"]  # ~1000 rows: half a minute to be caught in
     first = subprocess.Popen(long_run, cwd=REPO, env=CLI_ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         read_progress_until(first, 10, timeout=120)
@@ -315,7 +315,7 @@ def test_a_second_extraction_to_the_same_output_is_refused(nets, tmp_path):
     finally:
         first.kill()
     store = FeatureStore(out)
-    assert store.n_rows == 64 * 6
+    assert store.n_rows == 160 * 6
     verify_digests(out, store.layout, chunk_rows=64)  # raises if any dataset differs from what was written
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f.h5"]
 

@@ -38,7 +38,7 @@ def test_pretrain_writes_a_diffusers_main_net_with_grid_and_quality(tmp_path, ba
                                           (["--backbone", "dit", "--prediction-type", "eps"], "flow"),
                                           (["--backbone", "dit", "--min-snr-gamma", "5"], "flow"),
                                           (["--min-snr-gamma", "-1"], "-1"), (["--eval-samples", "-1"], "-1"),
-                                          (["--dataset", "folder"], "needs the image directory: --data-root"),
+                                          (["--dataset", "folder"], "needs its location: --data-root"),
                                           (["--ema-decay", "2"], "--ema-decay must be a finite number in [0, 1)"),
                                           (["--ema-decay", "-1"], "--ema-decay must be a finite number in [0, 1)"),
                                           (["--sample-steps", "0"], "--sample-steps must be >= 1, got 0"),

@@ -4,6 +4,7 @@ and using it in diffusers' pipeline."""
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from diffusers import ControlNetModel, StableDiffusionControlNetPipeline
@@ -11,11 +12,16 @@ from PIL import Image
 from torch.utils.data import default_collate
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from lisa_probe.configs import TrainConfig
+from lisa_probe.analysis.inputs import rebuild_inputs
+from lisa_probe.analysis.selection import open_run
+from lisa_probe.analyze import main as analyze_main
+from lisa_probe.configs import AnalyzeOptions, TrainConfig
 from lisa_probe.data import build_dataset
+from lisa_probe.extract import main as extract_main
 from lisa_probe.rundir import read_summary
-from lisa_probe.runs import build_dual_branch
-from lisa_probe.side_training import SideNetObjective, prompt_embeddings, train
+from lisa_probe.runs import build_dual_branch, load_run, prompt_embeddings
+from lisa_probe.side_training import SideNetObjective, train
+from lisa_probe.store import FeatureStore
 from lisa_probe.train import main as train_main
 from lisa_probe.validation import cache_dir
 from tests.test_train import make_main, read_metrics, side_weights
@@ -78,7 +84,7 @@ def test_the_training_forward_is_diffusers_forward_with_the_captions(tmp_path, s
     with torch.no_grad():
         for parameter in model.side.controlnet_down_blocks.parameters():  # open the zero-convs
             parameter.normal_(0, 0.1)
-    prompts = prompt_embeddings(config, dataset_kwargs)
+    prompts = prompt_embeddings(config, dataset_kwargs, tmp_path / 'cache', ('train', 'val'))
     dataset = build_dataset("captioned", split="train", **dataset_kwargs)
     batch = default_collate([dataset[i] for i in range(3)])
     objective = SideNetObjective(model, None, config, model.default_lisa_site(), prompts)
@@ -97,7 +103,7 @@ def test_caption_dropout_feeds_the_empty_prompt(tmp_path, sd_pipeline, captioned
     for proportion in (0.0, 1.0):
         config = captioned_config(tmp_path, sd_pipeline, captioned_data, proportion_empty_prompts=proportion)
         model, dataset_kwargs = build_dual_branch(config)
-        prompts = prompt_embeddings(config, dataset_kwargs)
+        prompts = prompt_embeddings(config, dataset_kwargs, tmp_path / 'cache', ('train', 'val'))
         objective = SideNetObjective(model, None, config, model.default_lisa_site(), prompts)
         contexts[proportion] = objective.draw(batch, torch.Generator().manual_seed(0))["context"]
         torch.testing.assert_close(contexts[proportion], (prompts.lookup(batch["text"])["context"] if proportion == 0
@@ -159,3 +165,42 @@ def test_bad_captioned_inputs_exit_2_naming_the_value_with_no_run_dir(tmp_path, 
     error = capsys.readouterr().err
     assert stop.value.code == 2 and message in error and "Traceback" not in error
     assert not (tmp_path / "runs").exists()
+
+
+def test_extraction_and_analysis_on_captions_for_our_run_and_a_diffusers_controlnet(tmp_path, sd_pipeline,
+                                                                                      captioned_data):
+    """Stores of captioned data record each row's prompt; --prompt empty conditions every row on the null context;
+    the rows' predictions are rebuilt from the store and the prompt cache; the analysis (with the model-based
+    decomposition) runs on the store of a lisa_probe run and on that of a ControlNet diffusers built."""
+    run = train(captioned_config(tmp_path, sd_pipeline, captioned_data, steps=2, name="lisa"))
+    stores = {}
+    for mode in ("caption", "empty"):
+        stores[mode] = tmp_path / f"{mode}.h5"
+        extract_main(["--ckpt", str(run), "--out", str(stores[mode]), "--samples", "20", "--timesteps", "2",
+                      "--prompt", mode, "--split", "train"])
+    captioned, empty = FeatureStore(stores["caption"]), FeatureStore(stores["empty"])
+    val = build_dataset("captioned", split="train", resolution=64, root=captioned_data)
+    assert list(captioned.read("meta/prompt")) == [val[i]["text"] for i in range(20) for _ in range(2)]
+    assert set(empty.read("meta/prompt")) == {""}
+    assert captioned.attrs["inputs"]["prompts"].startswith("each row's meta/prompt")
+    full = captioned.read("scores/full")
+    assert np.abs(full - empty.read("scores/full")).max() > 1e-4  # the captions condition the rows
+    config, model, _, dataset_kwargs = load_run(run)
+    selected = open_run(stores["caption"], "caption", AnalyzeOptions(n_splits=2))
+    x_t, steps, cond, context = rebuild_inputs(selected, model, config, dataset_kwargs, np.arange(len(selected.rows)))
+    with torch.no_grad():
+        rebuilt = model(x_t, steps, cond, context=context).pred_full.numpy()
+    np.testing.assert_allclose(rebuilt, full[selected.rows], rtol=1e-4, atol=1e-5)
+
+    controlnet = ControlNetModel.from_unet(model.main)  # what diffusers' trainer starts from: 3 channels
+    controlnet.save_pretrained(tmp_path / "theirs")
+    extract_main(["--controlnet", str(tmp_path / "theirs"), "--main", str(sd_pipeline), "--dataset", "captioned",
+                  "--data-root", str(captioned_data), "--out", str(tmp_path / "theirs.h5"), "--samples", "20",
+                  "--timesteps", "2", "--residuals", "--split", "train"])
+    assert list(FeatureStore(tmp_path / "theirs.h5").read("meta/prompt"))[:2] == [val[0]["text"]] * 2
+    analyze_main([str(stores["caption"]), str(tmp_path / "theirs.h5"), "--out", str(tmp_path / "report"),
+                  "--no-umap", "--attribution-samples", "1", "--ig-steps", "2", "--shapley-samples", "2",
+                  "--n-splits", "3"])
+    decomposition = pd.read_csv(tmp_path / "report" / "decomposition.csv")
+    assert ((decomposition["source"] == "model") & (decomposition["run"] == "caption")).any()
+    assert set(pd.read_csv(tmp_path / "report" / "alignment.csv")["run"]) == {"caption", "theirs"}

@@ -1,14 +1,20 @@
 """The model inputs of a store's rows rebuilt from the store and the data alone: the row's sample of its split,
-the row's noise (``sampling.row_noise``, the store's ``row_noise`` convention) and its timestep."""
+the row's noise (``sampling.row_noise``, the store's ``row_noise`` convention), its timestep and, in stores of
+captioned data, its prompt's embedding (``meta/prompt``, read from the prompt cache the extraction wrote)."""
 
 from __future__ import annotations
+
+from dataclasses import fields
 
 import numpy as np
 import torch
 
 from lisa_probe.analysis.selection import Run
+from lisa_probe.configs import ForeignRun
 from lisa_probe.data import build_dataset
+from lisa_probe.runs import prompt_embeddings
 from lisa_probe.sampling import row_noise
+from lisa_probe.validation import cache_dir
 
 
 def rebuild_inputs(run: Run, model, config, dataset_kwargs: dict, index: np.ndarray):
@@ -16,7 +22,8 @@ def rebuild_inputs(run: Run, model, config, dataset_kwargs: dict, index: np.ndar
     samples)`` of its split, noise ``row_noise(seed, row)`` and the row's timestep.
 
     Returns:
-        x_t (n, C, H, W), timesteps (n,) (long for eps/v, float for flow), cond (n, Cc, Hc, Wc).
+        x_t (n, C, H, W), timesteps (n,) (long for eps/v, float for flow), cond (n, Cc, Hc, Wc), and the text
+        context ``{"context": (n, L, D)}`` of rows extracted on captions (None: the null context).
     """
     args = run.store.attrs["extract_args"]
     dataset = build_dataset(config.dataset, split=args["split"], **dataset_kwargs)
@@ -30,4 +37,11 @@ def rebuild_inputs(run: Run, model, config, dataset_kwargs: dict, index: np.ndar
     noise = row_noise(tuple(x0.shape[1:]), args["seed"], [int(row) for row in rows])
     dtype = torch.float32 if model.parameterization.prediction_type == "flow" else torch.long
     steps = torch.as_tensor(run.meta["t"].to_numpy()[index]).to(dtype)
-    return model.parameterization.add_noise(x0, noise, steps), steps, torch.stack([s["cond"] for s in samples])
+    context = None
+    if "meta/prompt" in run.store.layout and args.get("prompt", "caption") == "caption":
+        owner = ForeignRun(**{f.name: getattr(config, f.name) for f in fields(ForeignRun) if hasattr(config, f.name)})
+        prompts = prompt_embeddings(owner, dataset_kwargs, cache_dir(run.store.paths[0].parent), (args["split"],),
+                                    progress=False)
+        context = prompts.lookup(list(run.store.read("meta/prompt", rows)))
+    return (model.parameterization.add_noise(x0, noise, steps), steps, torch.stack([s["cond"] for s in samples]),
+            context)

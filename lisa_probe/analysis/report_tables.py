@@ -161,7 +161,7 @@ def model_decomposition(run: Run, options: AnalyzeOptions) -> pd.DataFrame | Non
     index = np.flatnonzero(np.isin(run.groups, chosen))
     try:
         config, model, decoder, dataset_kwargs = load_run(checkpoint.parent)
-        x_t, steps, cond = rebuild_inputs(run, model, config, dataset_kwargs, index)
+        x_t, steps, cond, context = rebuild_inputs(run, model, config, dataset_kwargs, index)
     except (ValueError, OSError, TypeError) as error:
         run.notes.append(f"model-based decomposition skipped: cannot rebuild the model and inputs from {checkpoint} "
                          f"({error})")
@@ -172,7 +172,8 @@ def model_decomposition(run: Run, options: AnalyzeOptions) -> pd.DataFrame | Non
     model.requires_grad_(False)
     decoder = decoder.eval() if decoder is not None else None
     bins = run.meta["t_bin"].to_numpy()[index]
-    table = attribution_table(model, x_t, steps, cond, decoder, run.lisa_site, t_bins=bins, n_steps=options.ig_steps,
+    table = attribution_table(model, x_t, steps, cond, decoder, run.lisa_site, context=context, t_bins=bins,
+                              n_steps=options.ig_steps,
                               n_samples=options.shapley_samples, seed=options.seed, run=run.label, source="model")
     return table.assign(example=run.rows[index][table["example"]])
 

@@ -302,8 +302,9 @@ class FeatureStore:
         return self._meta
 
     def _meta_names(self) -> dict[str, str]:
-        """``{meta column: dataset}``: sample_id, t, noise_level, draw, then one per factor."""
-        return {**{column: f"meta/{column}" for column in schema.META_COLUMNS},
+        """``{meta column: dataset}``: sample_id, t, noise_level, draw, prompt (stores of captioned data), then one
+        per factor."""
+        return {**{column: f"meta/{column}" for column in schema.META_COLUMNS if f"meta/{column}" in self.layout},
                 **{factor: f"meta/factors/{factor}" for factor in self.factors}}
 
     def meta(self) -> Any:

@@ -6,6 +6,8 @@ A store holds one row per (sample, timestep, noise draw); every dataset is row-a
 name                   dtype          row shape / meaning
 ====================== ============== ============================================================
 meta/sample_id         str | S<n>     ``()`` sample id (variable-length utf-8, or fixed ascii bytes)
+meta/prompt            str            optional ``()``: the prompt the row's text conditioning encodes ("" for the
+                                            empty prompt), in stores of text-conditioned extractions
 meta/t                 float32        ``()`` timestep value as fed to the model
 meta/noise_level       float32        ``()`` sigma of the noise draw
 meta/draw              int32          ``()`` index of the noise draw
@@ -46,7 +48,8 @@ REQUIRED_ATTRS = ("config", "checkpoint", "checkpoint_hash", "code_version", "pa
 JSON_ATTRS = ("config", "extract_args", "inputs")  # "inputs": how a row's model inputs are made (optional)
 SHARD_ATTRS = ("shard_rank", "shard_world_size")
 BOOKKEEPING_ATTRS = ("schema_version", "n_rows", "rows_done", "complete", "layout", *SHARD_ATTRS)
-META_COLUMNS = ("sample_id", "t", "noise_level", "draw")
+META_COLUMNS = ("sample_id", "t", "noise_level", "draw", "prompt")
+STRING_META = ("meta/sample_id", "meta/prompt")
 REQUIRED_FIELDS = ("meta/sample_id", "meta/t", "meta/noise_level", "meta/draw", "scores/target", "scores/main",
                    "scores/full")
 STRING = "str"
@@ -117,9 +120,9 @@ def _expected_dtypes(name: str) -> tuple[str, ...]:
 
 def _check_field(name: str, fld: Field, score_shape: tuple[int, ...]) -> None:
     """Check one field's dtype, row shape and attrs against the schema."""
-    if name == "meta/sample_id":
+    if name in STRING_META:
         if not fld.is_string or fld.shape != ():
-            raise ValueError("meta/sample_id must be a per-row string: dtype 'str' or '|S<n>', shape ()")
+            raise ValueError(f"{name} must be a per-row string: dtype 'str' or '|S<n>', shape ()")
         return
     if fld.dtype not in _expected_dtypes(name):
         raise ValueError(f"{name}: dtype {fld.dtype} not allowed (expected one of {_expected_dtypes(name)})")
@@ -170,16 +173,19 @@ def make_layout(
     decompose_sites: Sequence[str] = (),
     feature_dtype: str = "float16",
     sample_id_dtype: Any = STRING,
+    prompts: bool = False,
 ) -> dict[str, Field]:
     """Build a full schema layout.
 
     ``feature_shapes``: ``{site: (C, H, W) or (N, D)}``; ``score_shape``: ``(C, H, W)`` of a prediction;
     ``factors``: ``{name: {"kind": "categorical"|"continuous", "carried": bool[, "period": float]}}``
     (categorical -> int64, continuous -> float32; ``period`` for a circular continuous factor); ``residual_shapes`` adds ``residuals/<site>``; ``decoded`` adds ``scores/decoded``;
-    ``decompose_sites`` adds ``decompose/<site>``.
+    ``decompose_sites`` adds ``decompose/<site>``; ``prompts`` adds ``meta/prompt``.
     """
     layout = {"meta/sample_id": Field((), dtype_name(sample_id_dtype)), "meta/t": Field((), "float32"),
               "meta/noise_level": Field((), "float32"), "meta/draw": Field((), "int32")}
+    if prompts:
+        layout["meta/prompt"] = Field((), STRING)
     for name, spec in factors.items():
         dtype = "int64" if spec["kind"] == "categorical" else "float32"
         attrs = {"kind": spec["kind"], "carried": bool(spec["carried"])}
