@@ -33,14 +33,19 @@ import torch
 from PIL import Image
 
 from lisa_probe.data import SPLITS, check_choice, check_index, check_resolution, make_sample
-from lisa_probe.data.condition_kinds import DEFAULT_CONDITION
-from lisa_probe.data.conditions import get_extractor
-from lisa_probe.data.folder import COND_MODES, HF_DATA_SUFFIXES, column_spec, encode_factor, fit_image, split_of
+from lisa_probe.data.folder import (
+    COND_MODES,
+    HF_DATA_SUFFIXES,
+    column_spec,
+    condition_source,
+    encode_factor,
+    fit_image,
+    split_of,
+)
 
 COND_SOURCES = ("column", "extractor")
 SPLIT_NAMES = {"train": ("train",), "val": ("validation", "val"), "test": ("test",)}
 DATA_FILE_BUILDERS = {".parquet": "parquet", ".arrow": "arrow", ".jsonl": "json", ".csv": "csv"}
-DEFAULT_CUSTOM_LABEL = "custom"
 
 
 def load_table(root: Path) -> datasets.DatasetDict:
@@ -116,14 +121,8 @@ class CaptionedDataset(torch.utils.data.Dataset):
             raise ValueError(f"the {split} split of {self.root} is empty ({len(self.table)} rows in its "
                              f"{source!r} split; val_fraction {val_fraction})")
         self.rows = rows
-        if cond_source == "extractor":
-            self.condition = DEFAULT_CONDITION["folder"] if condition is None else condition
-            self._extract = get_extractor(self.condition)
-            self.cond_channels = 1
-        else:
-            self.condition = DEFAULT_CUSTOM_LABEL if condition is None else condition
-            self._extract = None
-            self.cond_channels = 1 if cond_mode == "L" else 3
+        self.condition, self._extract, self.cond_channels = condition_source(condition, cond_source == "column",
+                                                                             cond_mode)
         self.factor_specs, self.factor_levels, self._factors = self._read_factors(factor_columns, carried_factors)
 
     def _check_columns(self, factor_columns, carried_factors) -> None:

@@ -56,6 +56,16 @@ def looks_like_a_hf_dataset(root: Path) -> bool:
             or any(path.suffix in (".parquet", ".arrow") for path in root.iterdir()))
 
 
+def condition_source(condition: str | None, given: bool, cond_mode: str):
+    """(condition label, extractor or None, channels) of a dataset whose conditions are ``given`` as images (read in
+    ``cond_mode``; the label defaults to ``"custom"``) or made from the image by ``condition``'s extractor (default
+    ``"canny"``, one channel)."""
+    if not given:
+        label = DEFAULT_CONDITION["folder"] if condition is None else condition
+        return label, get_extractor(label), 1
+    return (DEFAULT_COND_DIR_LABEL if condition is None else condition), None, 1 if cond_mode == "L" else 3
+
+
 def split_of(file_name: str, fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)) -> str:
     """The split of a file, from a SHA-1 hash of its name: stable when other files are added or removed."""
     position = int(hashlib.sha1(file_name.encode("utf-8")).hexdigest()[:8], 16) / 2**32
@@ -209,14 +219,8 @@ class FolderDataset(torch.utils.data.Dataset):
         self.root = Path(root)
         self.skip_bad = skip_bad
         self.split_fractions = tuple(float(f) for f in split_fractions)
-        if cond_dir is None:
-            self.condition = DEFAULT_CONDITION["folder"] if condition is None else condition
-            self._extract = get_extractor(self.condition)
-            self.cond_channels = 1
-        else:
-            self.condition = DEFAULT_COND_DIR_LABEL if condition is None else condition
-            self._extract = None
-            self.cond_channels = 1 if cond_mode == "L" else 3
+        self.condition, self._extract, self.cond_channels = condition_source(condition, cond_dir is not None,
+                                                                             cond_mode)
         self.factor_specs, self.factor_levels, csv_rows = {}, {}, None
         if factors_csv is not None:
             csv_rows, self.factor_specs, self.factor_levels = read_factors_csv(Path(factors_csv), carried_factors)
@@ -311,4 +315,4 @@ class FolderDataset(torch.utils.data.Dataset):
         return make_sample(image, cond, dict(self.factors[index]), f"folder/{self.split}/{self.files[index].name}")
 
 
-__all__ = ["FolderDataset", "fit_image", "list_images", "load_image", "read_factors_csv", "split_of"]
+__all__ = ["FolderDataset", "condition_source", "fit_image", "list_images", "load_image", "read_factors_csv", "split_of"]
