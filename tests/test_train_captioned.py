@@ -1,6 +1,8 @@
 """Training a ControlNet on a captioned dataset through the pipeline's own text encoder, as diffusers' trainer does,
 and using it in diffusers' pipeline."""
 
+import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +27,7 @@ from lisa_probe.store import FeatureStore
 from lisa_probe.train import main as train_main
 from lisa_probe.validation import cache_dir
 from tests.test_train import make_main, read_metrics, side_weights
-from tests.tiny_pipelines import shape_row
+from tests.tiny_pipelines import shape_row, write_sd_pipeline
 
 
 def captioned_config(tmp_path, sd_pipeline, captioned_data, **overrides) -> TrainConfig:
@@ -204,3 +206,25 @@ def test_extraction_and_analysis_on_captions_for_our_run_and_a_diffusers_control
     decomposition = pd.read_csv(tmp_path / "report" / "decomposition.csv")
     assert ((decomposition["source"] == "model") & (decomposition["run"] == "caption")).any()
     assert set(pd.read_csv(tmp_path / "report" / "alignment.csv")["run"]) == {"caption", "theirs"}
+
+
+def test_an_sd2_v_prediction_pipeline_trains_on_captions(tmp_path, captioned_data):
+    """SD 2.x-style: the scheduler's v_prediction is the target; captions through its text encoder as for SD 1.x."""
+    pipeline = write_sd_pipeline(tmp_path / "sd2v", prediction_type="v_prediction")
+    run = train(captioned_config(tmp_path, pipeline, captioned_data, steps=2, name="v"))
+    _, model, _, _ = load_run(run)
+    assert model.parameterization.prediction_type == "v"
+    assert read_summary(run)["steps"] == 2 and all(math.isfinite(float(r["loss"])) for r in read_metrics(run))
+
+
+def test_captions_for_a_pipeline_with_several_text_encoders_are_refused_by_name(tmp_path, sd_pipeline,
+                                                                                captioned_data, capsys):
+    sdxl_like = tmp_path / "sdxl-like"
+    shutil.copytree(sd_pipeline, sdxl_like)
+    shutil.copytree(sd_pipeline / "text_encoder", sdxl_like / "text_encoder_2")
+    with pytest.raises(SystemExit) as stop:
+        train_main(["--main", str(sdxl_like), "--dataset", "captioned", "--data-root", str(captioned_data),
+                    "--out-dir", str(tmp_path / "runs"), "--eval-samples", "0"])
+    error = capsys.readouterr().err
+    assert stop.value.code == 2 and "text_encoder_2/ (an SDXL or SD3 pipeline)" in error
+    assert not (tmp_path / "runs").exists()
