@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Iterator
-from dataclasses import asdict, fields
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -43,13 +43,13 @@ from lisa_probe.validation import cache_dir
 
 
 def load_model(config: ExtractConfig):
-    """(DualBranch, decoder or None, dataset kwargs, run config dict, side-net directory)."""
+    """(DualBranch, decoder or None, dataset kwargs, the run's TrainConfig or a ForeignRun, side-net directory)."""
     if config.ckpt is not None:
         run_config, model, decoder, dataset_kwargs = load_run(Path(config.ckpt))
-        return model, decoder, dataset_kwargs, asdict(run_config), Path(config.ckpt) / SIDE_DIR
+        return model, decoder, dataset_kwargs, run_config, Path(config.ckpt) / SIDE_DIR
     foreign = ForeignRun.of(config)
     model, dataset_kwargs = build_dual_branch(foreign)
-    return model.eval(), None, dataset_kwargs, asdict(foreign), Path(config.controlnet)
+    return model.eval(), None, dataset_kwargs, foreign, Path(config.controlnet)
 
 
 def parse_timesteps(text: str, model: DualBranch) -> torch.Tensor:
@@ -269,7 +269,8 @@ def extract(config: ExtractConfig) -> Path:
     out = Path(config.out)
     if out.exists() and not config.overwrite:
         raise FileExistsError(f"feature store {out} already exists; pass --overwrite to replace it")
-    model, decoder, dataset_kwargs, run_config, side_dir = load_model(config)
+    model, decoder, dataset_kwargs, owner, side_dir = load_model(config)
+    run_config = asdict(owner)
     model = model.to(state.device)
     decoder = decoder.to(state.device).eval() if decoder is not None else None
     lisa_site = (run_config.get("lisa_site") or model.default_lisa_site()) if decoder is not None else None
@@ -277,11 +278,8 @@ def extract(config: ExtractConfig) -> Path:
     model.check_condition(dataset.cond_channels)
     if config.samples > len(dataset):
         raise ValueError(f"--samples {config.samples} exceeds the {config.split} split's {len(dataset)} samples")
-    prompts = None
-    if config.prompt == "caption":
-        owner = ForeignRun(**{f.name: run_config[f.name] for f in fields(ForeignRun) if f.name in run_config})
-        prompts = prompt_embeddings(owner, dataset_kwargs, cache_dir(out.parent), (config.split,),
-                                    progress=state.is_local_main_process)
+    prompts = (prompt_embeddings(owner, dataset_kwargs, cache_dir(out.parent), (config.split,),
+                                 progress=state.is_local_main_process) if config.prompt == "caption" else None)
     extractor = Extractor(model, decoder, dataset, parse_sites(config.sites, model),
                           parse_timesteps(config.timesteps, model), config, prompts)
     rows = shard_rows(extractor.n_rows, config.batch_size, state.process_index, state.num_processes)

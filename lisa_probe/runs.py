@@ -60,7 +60,7 @@ def load_run(checkpoint: Path):
 def prompt_embeddings(config, dataset_kwargs: dict, cache: Path, splits: tuple[str, ...],
                       progress: bool = True) -> PromptEmbeddings | None:
     """The cached embeddings (under ``cache/prompts``) of every caption of a captioned dataset's ``splits`` through
-    the main net's text encoder; None for a dataset without captions. ``config``: a train config or ``ForeignRun``
+    the main net's text encoder; None for a dataset without captions. ``config``: a ``TrainConfig`` or ``ForeignRun``
     (its ``dataset``, ``caption_column`` and ``main``). ValueError when the captions have no text encoder."""
     if config.dataset != "captioned" or config.caption_column is None:
         return None

@@ -23,7 +23,7 @@ from lisa_probe.onset import onset_signals
 from lisa_probe.rundir import write_run_config
 from lisa_probe.runs import build_dual_branch, ensure_default_main, prompt_embeddings
 from lisa_probe.sampling import fixed_noise
-from lisa_probe.text import PromptEmbeddings, drop_prompts
+from lisa_probe.text import PromptEmbeddings, batch_context, drop_prompts
 from lisa_probe.validation import ControlEvaluation, cache_dir, write_summary
 
 
@@ -96,12 +96,12 @@ class SideNetObjective(Objective):
         target = parameterization.target(x0, noise, timesteps)
         rows = lisa_rows(x0.shape[0], self.config.lisa_fraction) if self.decoder is not None else 0
         hook = capture(self.model, [self.site]) if rows else nullcontext({})
-        prompts = None if context is None else {"context": context}
-        main_prompts = (self.model.null_context_batch(rows)
-                        if rows and prompts is not None and self.config.lisa_main_prompt == "empty" else None)
+        text = None if context is None else {"context": context}
+        main_text = (self.model.null_context_batch(rows)
+                     if rows and text is not None and self.config.lisa_main_prompt == "empty" else None)
         with hook as records:
             out = self.model(x_t, timesteps, cond, gates=self.gates(), main_rows=rows,
-                             main_pass=self.config.lisa_main_pass, context=prompts, main_context=main_prompts)
+                             main_pass=self.config.lisa_main_pass, context=text, main_context=main_text)
         weights = parameterization.loss_weights(timesteps, self.config.weighting())
         if weights is None:
             diffusion = F.mse_loss(out.pred_full.float(), target.float())
@@ -176,11 +176,6 @@ def train(config: TrainConfig) -> Path:
     if is_main_process():
         write_summary(run_dir, config, state, condition_kind(dataset.condition).control_metric)
     return run_dir
-
-
-def batch_context(prompts: PromptEmbeddings | None, batch: dict) -> dict[str, torch.Tensor] | None:
-    """The text conditioning of a collated batch: its captions' embeddings, or None (the null context)."""
-    return None if prompts is None else prompts.lookup(batch["text"])
 
 
 class OnsetProbe(Probe):

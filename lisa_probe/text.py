@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -135,7 +136,7 @@ class PromptEmbeddings:
         for start in tqdm(range(1, len(self.prompts), ENCODE_BATCH), desc="encoding prompts", disable=not progress):
             chunks.append(encoder.encode(self.prompts[start:start + ENCODE_BATCH])["context"])
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        staging = self.path.with_name(f".{self.path.name}.tmp")
+        staging = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")  # processes may encode at once
         save_file({"context": torch.cat(chunks).contiguous()}, staging,
                   metadata={"prompts": json.dumps(self.prompts), "text_encoder": encoder.identity})
         staging.replace(self.path)  # atomic: a reader never sees half a file
@@ -148,6 +149,12 @@ class PromptEmbeddings:
         return {"context": torch.cat([self._rows[self.index[p]:self.index[p] + 1] for p in prompts])}
 
 
+def batch_context(prompts: PromptEmbeddings | None, batch: dict) -> dict[str, torch.Tensor] | None:
+    """The text conditioning of a collated batch: its captions' embeddings ``{"context": (B, L, D)}``, or None (the
+    null context) without ``prompts``."""
+    return None if prompts is None else prompts.lookup(batch["text"])
+
+
 def drop_prompts(prompts: Sequence[str], proportion: float, generator: torch.Generator) -> list[str]:
     """Caption dropout (diffusers' ``--proportion_empty_prompts``): each prompt becomes "" with probability
     ``proportion``, drawn from ``generator`` (no draw at all for 0, so the rest of a run's random stream is as
@@ -158,4 +165,5 @@ def drop_prompts(prompts: Sequence[str], proportion: float, generator: torch.Gen
     return [prompt if kept else "" for prompt, kept in zip(prompts, keep.tolist())]
 
 
-__all__ = ["PromptEmbeddings", "PromptEncoder", "check_single_text_encoder", "drop_prompts", "has_text_encoder"]
+__all__ = ["PromptEmbeddings", "PromptEncoder", "batch_context", "check_single_text_encoder", "drop_prompts",
+           "has_text_encoder"]

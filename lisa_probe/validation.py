@@ -19,6 +19,7 @@ from lisa_probe.grids import save_grid, to_uint8
 from lisa_probe.provenance import code_version
 from lisa_probe.rundir import SAMPLES_DIR, SUMMARY_FILE, read_eval, read_metrics
 from lisa_probe.sampling import fixed_noise, sample
+from lisa_probe.text import batch_context
 
 GRID_COLUMNS = 8
 
@@ -39,8 +40,7 @@ class ControlEvaluation:
         dataset = build_dataset(config.dataset, split="val", **dataset_kwargs)
         batch = default_collate([dataset[i] for i in range(min(config.eval_samples, len(dataset)))])
         self.cond, self.factors = batch["cond"], batch["factors"]
-        # the validation captions' embeddings (B, L, D), or None for the null context (``prompts``: PromptEmbeddings)
-        self.context = None if prompts is None else prompts.lookup(batch["text"])["context"]
+        self.context = batch_context(prompts, batch)  # the captions' embeddings, or None: the null context
         train_set = build_dataset(config.dataset, split="train", **dataset_kwargs)
         self.evaluator = Evaluator.for_dataset(train_set, cache_dir=cache_dir(config.out_dir))
         image_shape = (self.model.main.config.in_channels, self.model.main.config.sample_size,
@@ -55,7 +55,8 @@ class ControlEvaluation:
         return self.model.decode_samples(samples).cpu()
 
     def _context(self, rows: int, device) -> dict[str, torch.Tensor] | None:
-        return None if self.context is None else {"context": self.context[:rows].to(device)}
+        """The first ``rows`` rows of the validation context on ``device`` (None: the null context)."""
+        return None if self.context is None else {key: value[:rows].to(device) for key, value in self.context.items()}
 
     def __call__(self, step: int) -> dict[str, float]:
         device = next(self.model.side.parameters()).device

@@ -66,8 +66,8 @@ def test_baseline_and_lisa_train_on_captions_and_drive_diffusers_pipeline(tmp_pa
         assert read_summary(run)["steps"] == 3 and (run / "samples" / "step-3.png").exists()
         rows = read_metrics(run)
         assert ("lisa_loss" in rows[0]) == (name == "lisa") and "probe/explained" in rows[-1]
-    encoded = list((cache_dir(tmp_path / "runs") / "prompts").glob("prompts-*.safetensors"))
-    assert len(encoded) == 1 and encoded[0].stat().st_mtime_ns < (tmp_path / "runs" / "lisa").stat().st_mtime_ns
+    # both arms encode the same captions with the same encoder: one cache entry (reuse itself: tests/test_text.py)
+    assert len(list((cache_dir(tmp_path / "runs") / "prompts").glob("prompts-*.safetensors"))) == 1
     controlnet = ControlNetModel.from_pretrained(tmp_path / "runs" / "lisa" / "controlnet")
     assert controlnet.config.conditioning_channels == 3
     pipe = StableDiffusionControlNetPipeline.from_pretrained(sd_pipeline, controlnet=controlnet, safety_checker=None,

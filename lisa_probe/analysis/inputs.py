@@ -4,13 +4,10 @@ captioned data, its prompt's embedding (``meta/prompt``, read from the prompt ca
 
 from __future__ import annotations
 
-from dataclasses import fields
-
 import numpy as np
 import torch
 
 from lisa_probe.analysis.selection import Run
-from lisa_probe.configs import ForeignRun
 from lisa_probe.data import build_dataset
 from lisa_probe.runs import prompt_embeddings
 from lisa_probe.sampling import row_noise
@@ -39,8 +36,7 @@ def rebuild_inputs(run: Run, model, config, dataset_kwargs: dict, index: np.ndar
     steps = torch.as_tensor(run.meta["t"].to_numpy()[index]).to(dtype)
     context = None
     if "meta/prompt" in run.store.layout and args.get("prompt", "caption") == "caption":
-        owner = ForeignRun(**{f.name: getattr(config, f.name) for f in fields(ForeignRun) if hasattr(config, f.name)})
-        prompts = prompt_embeddings(owner, dataset_kwargs, cache_dir(run.store.paths[0].parent), (args["split"],),
+        prompts = prompt_embeddings(config, dataset_kwargs, cache_dir(run.store.paths[0].parent), (args["split"],),
                                     progress=False)
         context = prompts.lookup(list(run.store.read("meta/prompt", rows)))
     return (model.parameterization.add_noise(x0, noise, steps), steps, torch.stack([s["cond"] for s in samples]),

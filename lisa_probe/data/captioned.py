@@ -164,8 +164,8 @@ class CaptionedDataset(torch.utils.data.Dataset):
         """The caption of every item, in order (read from the caption column alone, no images decoded)."""
         if self.caption_column is None:
             return [""] * len(self.rows)
-        column = self.table.select_columns([self.caption_column])
-        return [first_caption(column[row][self.caption_column]) for row in self.rows]
+        captions = self.table[self.caption_column]  # the column alone, read at once
+        return [first_caption(captions[row]) for row in self.rows]
 
     def __getitem__(self, index: int) -> dict:
         index = check_index(index, len(self.rows))
