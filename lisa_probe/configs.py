@@ -66,6 +66,9 @@ class DataOptions:
         "captioned without a validation split: the fraction of rows each for val and test (by a hash of the row)"))
     max_train_samples: int | None = field(default=None, metadata=option(
         "captioned: keep this many training rows (drawn with --seed)"))
+    label_prompts: bool = field(default=False, metadata=option(
+        "shapes: each sample's caption names its colour and kind ('red square'); pretraining with it writes a "
+        "label text encoder beside the main net and conditions the main net on these prompts"))
 
     def check_data_options(self) -> None:
         """ValueError for data options that do not fit together."""
@@ -77,6 +80,14 @@ class DataOptions:
             raise ValueError(f"--max-train-samples must be >= 1, got {self.max_train_samples}")
         if self.dataset == "captioned" and self.data_root is None:
             raise ValueError("--dataset captioned needs --data-root (a load_dataset directory or a data file)")
+        if self.label_prompts and self.dataset != "shapes":
+            raise ValueError(f"--label-prompts applies to --dataset shapes, not {self.dataset!r} (a captioned "
+                             "dataset brings its own captions)")
+
+    @property
+    def has_captions(self) -> bool:
+        """Whether the samples carry a caption (``"text"``): a captioned table's caption column or label prompts."""
+        return self.label_prompts or (self.dataset == "captioned" and self.caption_column is not None)
 
     def dataset_kwargs(self, resolution: int, seed: int) -> dict:
         """``build_dataset`` keyword arguments (besides the name) of these options at ``resolution``."""
@@ -85,6 +96,8 @@ class DataOptions:
             kwargs["root"] = self.data_root
         if self.skip_bad_files:
             kwargs["skip_bad"] = True
+        if self.label_prompts:
+            kwargs["label_prompts"] = True
         if self.dataset == "captioned":
             kwargs.update(image_column=self.image_column, conditioning_image_column=self.conditioning_image_column,
                           caption_column=self.caption_column, cond_source=self.cond_source, cond_mode=self.cond_mode,
@@ -100,7 +113,18 @@ LR_SCALES = ("lr_scale_zero_modules", "lr_scale_trunk", "lr_scale_cond_embedding
 
 
 @dataclass
-class PretrainConfig(LoopConfig, DataOptions):
+class PromptDropout:
+    """Caption dropout, for the trainers of main nets and side nets alike."""
+
+    proportion_empty_prompts: float = field(default=0.0, metadata=option(
+        "captions replaced by the empty prompt, at random, in training (diffusers' caption dropout)"))
+
+    def check_prompt_dropout(self) -> None:
+        check_number("proportion_empty_prompts", self.proportion_empty_prompts, 0, 1)
+
+
+@dataclass
+class PretrainConfig(LoopConfig, DataOptions, PromptDropout):
     """Main-net pretraining settings (defaults: the demo's main net, <= 10 minutes on 2 CPU cores)."""
 
     backbone: str = field(default="unet", metadata={"help": "main-net family", "choices": FAMILIES})
@@ -128,6 +152,7 @@ class PretrainConfig(LoopConfig, DataOptions):
         check_choice("backbone", self.backbone, FAMILIES)
         check_choice("preset", self.preset, PRESETS)
         self.check_data_options()
+        self.check_prompt_dropout()
         if self.prediction_type is None:
             self.prediction_type = DEFAULT_PREDICTION_TYPE[self.backbone]
         check_choice("prediction type", self.prediction_type, PREDICTION_TYPES)
@@ -158,7 +183,7 @@ LR_SCALES = ("lr_scale_zero_modules", "lr_scale_trunk", "lr_scale_cond_embedding
 
 
 @dataclass
-class TrainConfig(LoopConfig, DataOptions):
+class TrainConfig(LoopConfig, DataOptions, PromptDropout):
     """Side-net training settings. Defaults are the embedded demo (LISA on; ~4 minutes on 2 CPU cores once the main
     net exists)."""
 
@@ -166,8 +191,6 @@ class TrainConfig(LoopConfig, DataOptions):
         f"main-net directory (diffusers layout); default: <out-dir>/{DEFAULT_MAIN_NAME}, pretrained if missing"))
     side: str | None = field(default=None, metadata=option("initialise the side net from this diffusers directory "
                                                          "instead of copying the main net"))
-    proportion_empty_prompts: float = field(default=0.0, metadata=option(
-        "captions replaced by the empty prompt, at random, in training (diffusers' caption dropout)"))
     lisa_main_prompt: str = field(default="caption", metadata=option(
         "pred_main in LISA's target gets the caption (the reference: estimates p(c | x_t, text)) or the empty prompt "
         "(the prior without text: another estimand)", choices=PROMPT_MODES))
@@ -237,7 +260,7 @@ class TrainConfig(LoopConfig, DataOptions):
         for name in LR_SCALES:
             check_number(name, getattr(self, name), 0)
         self.check_data_options()
-        check_number("proportion_empty_prompts", self.proportion_empty_prompts, 0, 1)
+        self.check_prompt_dropout()
         check_choice("LISA main prompt", self.lisa_main_prompt, PROMPT_MODES)
         if self.sample_steps < 1:
             raise ValueError(f"--sample-steps must be >= 1, got {self.sample_steps}")

@@ -34,11 +34,11 @@ from lisa_probe.models import DualBranch
 from lisa_probe.parameterization import FLOW_TIMESTEP_SCALE
 from lisa_probe.provenance import code_version, file_digest
 from lisa_probe.rundir import PATH_FIELDS, SIDE_DIR, run_dir_of, stored_path
-from lisa_probe.runs import build_dual_branch, load_run, prompt_embeddings
+from lisa_probe.runs import build_dual_branch, load_run
 from lisa_probe.sampling import ROW_NOISE_CONVENTION, row_noise
 from lisa_probe.store import FeatureStoreWriter, make_layout, merge_shards, shard_path, shard_range
 from lisa_probe.store.writer import check_finished_store
-from lisa_probe.text import PromptEmbeddings
+from lisa_probe.text import PromptEmbeddings, prompt_embeddings
 from lisa_probe.validation import cache_dir
 
 

@@ -1,6 +1,7 @@
-"""Pretraining a main net unconditionally: the objective (EMA, min-SNR weighting), the quality evaluation and
-``pretrain(PretrainConfig)``; ``python -m lisa_probe.pretrain`` is its command line. The run directory is itself a
-diffusers-layout main-net directory (``unet/`` or ``transformer/`` + ``scheduler/``)."""
+"""Pretraining a main net, unconditionally or on label prompts: the objective (EMA, min-SNR weighting, label
+dropout), the quality evaluation and ``pretrain(PretrainConfig)``; ``python -m lisa_probe.pretrain`` is its command
+line. The run directory is itself a diffusers-layout main-net directory (``unet/`` or ``transformer/`` +
+``scheduler/``, and with label prompts ``tokenizer/`` + ``text_encoder/``: ``lisa_probe.text_labels``)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,12 @@ import copy
 from pathlib import Path
 
 import torch
+from torch.utils.data import default_collate
 
 from lisa_probe.checkpointing import prepare_run_dir
 from lisa_probe.configs import PretrainConfig
 from lisa_probe.data import build_dataset
+from lisa_probe.data.shapes import LABEL_WORDS
 from lisa_probe.engine import Objective, fit, is_main_process, process_state
 from lisa_probe.evaluation import Evaluator
 from lisa_probe.grids import save_grid, to_uint8
@@ -19,22 +22,30 @@ from lisa_probe.models.build import MAIN_FORWARD, build_main, null_context_for
 from lisa_probe.parameterization import Parameterization
 from lisa_probe.rundir import SAMPLES_DIR, write_run_config
 from lisa_probe.sampling import fixed_noise, sample
+from lisa_probe.text import PromptEmbeddings, batch_context, drop_prompts, has_text_encoder, prompt_embeddings
+from lisa_probe.text_labels import main_context_widths, write_label_encoder
 from lisa_probe.validation import cache_dir
 
 
 class MainNetObjective(Objective):
-    """Unconditional denoising loss of a main net: ``mean_b w_b |main(x_t, t)_b - y_b|^2``.
+    """Denoising loss of a main net: ``mean_b w_b |main(x_t, t, text_b)_b - y_b|^2``.
 
-    ``w`` are min-SNR-gamma weights (``min_snr_gamma > 0``) or ones.
+    ``w`` are min-SNR-gamma weights (``min_snr_gamma > 0``) or ones. Without ``prompts`` the main net is
+    unconditional (the null context); with them (label prompts) each sample's caption embedding conditions it,
+    replaced by the empty prompt's with probability ``proportion_empty_prompts`` (label dropout, so that the net
+    also learns the prior without text). ``pipeline``: the directory whose ``tokenizer/`` + ``text_encoder/`` give
+    the null context (the empty prompt; zeros without one).
     """
 
     def __init__(self, family: str, main: torch.nn.Module, parameterization: Parameterization,
-                 ema_decay: float = 0.999, min_snr_gamma: float = 0.0):
+                 ema_decay: float = 0.999, min_snr_gamma: float = 0.0, prompts: PromptEmbeddings | None = None,
+                 proportion_empty_prompts: float = 0.0, pipeline: Path | None = None):
         super().__init__()
         self.family, self.main, self.parameterization = family, main, parameterization
         self.ema_decay, self.min_snr_gamma = ema_decay, min_snr_gamma
+        self.prompts, self.proportion_empty_prompts = prompts, proportion_empty_prompts
         self.ema = copy.deepcopy(main).requires_grad_(False).eval()
-        for name, value in null_context_for(main, family).items():
+        for name, value in null_context_for(main, family, pipeline).items():
             self.register_buffer(f"null_{name}", value, persistent=False)
 
     def context(self) -> dict[str, torch.Tensor]:
@@ -54,18 +65,25 @@ class MainNetObjective(Objective):
             ema.lerp_(raw.detach(), 1 - decay)
 
     def draw(self, batch: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """x0, noise and timesteps of a batch; with prompts, their embeddings after label dropout (drawn last)."""
         x0 = batch["image"]
-        return {"x0": x0, "noise": torch.randn(x0.shape, generator=generator),
-                "timesteps": self.parameterization.sample_timesteps(x0.shape[0], generator)}
+        inputs = {"x0": x0, "noise": torch.randn(x0.shape, generator=generator),
+                  "timesteps": self.parameterization.sample_timesteps(x0.shape[0], generator)}
+        if self.prompts is not None:
+            inputs.update(self.prompts.lookup(drop_prompts(batch["text"], self.proportion_empty_prompts, generator)))
+        return inputs
 
-    def predict(self, x_t: torch.Tensor, timesteps: torch.Tensor, ema: bool = True) -> torch.Tensor:
-        """Main-net prediction (B, C, H, W), with the EMA weights unless ``ema=False``."""
-        return MAIN_FORWARD[self.family](self.ema if ema else self.main, x_t, timesteps, self.context())
+    def predict(self, x_t: torch.Tensor, timesteps: torch.Tensor, ema: bool = True,
+                text: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """Main-net prediction (B, C, H, W), with the EMA weights unless ``ema=False``; ``text``: per-sample
+        prompt embeddings (``context`` (B, L, D), ``pooled`` (B, P)), the null context when None."""
+        return MAIN_FORWARD[self.family](self.ema if ema else self.main, x_t, timesteps, text or self.context())
 
-    def forward(self, x0, noise, timesteps, step):
+    def forward(self, x0, noise, timesteps, step, **text):
         x_t = self.parameterization.add_noise(x0, noise, timesteps)
         target = self.parameterization.target(x0, noise, timesteps)
-        per_sample = (self.predict(x_t, timesteps, ema=False).float() - target.float()).pow(2).flatten(1).mean(1)
+        prediction = self.predict(x_t, timesteps, ema=False, text=text)
+        per_sample = (prediction.float() - target.float()).pow(2).flatten(1).mean(1)
         if self.min_snr_gamma > 0:
             per_sample = per_sample * self.parameterization.min_snr_weight(timesteps, self.min_snr_gamma)
         return {"loss": per_sample.mean()}
@@ -78,18 +96,28 @@ def dataset_options(config: PretrainConfig) -> dict:
 
 def make_quality_evaluation(objective: MainNetObjective, config: PretrainConfig, run_dir: Path):
     """An ``evaluate(step)`` closure: samples a fixed-noise batch, saves a grid, returns quality numbers (``fd`` and,
-    for datasets that draw silhouettes, ``shape_fit_iou`` / ``shape_fit_f1``, each beside its real-image value)."""
+    for datasets that draw silhouettes, ``shape_fit_iou`` / ``shape_fit_f1``, each beside its real-image value).
+    With prompts, the samples are conditioned on the first val prompts, and ``readback/<factor>`` says whether they
+    show what their prompts name (e.g. ``readback/kind``, ``readback/hue``)."""
     evaluator = Evaluator.for_dataset(
         build_dataset(config.dataset, split="train", **dataset_options(config)),
         cache_dir=cache_dir(config.out_dir))
     shape = (config.eval_samples, objective.main.config.in_channels, config.resolution, config.resolution)
+    text = factors = None
+    if objective.prompts is not None:
+        val = build_dataset(config.dataset, split="val", **dataset_options(config))
+        batch = default_collate([val[i] for i in range(min(config.eval_samples, len(val)))])
+        shape, factors = (len(batch["text"]), *shape[1:]), batch["factors"]
+        text = batch_context(objective.prompts, batch)
 
     def evaluate(step: int) -> dict[str, float]:
         device = next(objective.main.parameters()).device
-        images = sample(objective.predict, objective.parameterization, fixed_noise(shape, config.seed + 1).to(device),
-                        config.sample_steps).clamp(-1, 1).cpu()
+        on_device = None if text is None else {name: value.to(device) for name, value in text.items()}
+        images = sample(lambda x, t: objective.predict(x, t, text=on_device), objective.parameterization,
+                        fixed_noise(shape, config.seed + 1).to(device), config.sample_steps).clamp(-1, 1).cpu()
         save_grid([("samples", to_uint8(images[:16]))], run_dir / SAMPLES_DIR / f"step-{step}.png")
-        return {**evaluator.frechet(images), **evaluator.shape_fit(images)}
+        named = {} if factors is None else evaluator.factor_readback(images, factors)
+        return {**evaluator.frechet(images), **evaluator.shape_fit(images), **named}
 
     return evaluate
 
@@ -104,7 +132,15 @@ def pretrain(config: PretrainConfig) -> Path:
         write_run_config(run_dir, config, kind="pretrain")
     parameterization = Parameterization(config.prediction_type)
     main = build_main(config.backbone, config.preset, config.resolution, seed=config.seed)
-    objective = MainNetObjective(config.backbone, main, parameterization, config.ema_decay, config.min_snr_gamma)
+    prompts = None
+    if config.label_prompts:
+        if is_main_process() and not has_text_encoder(run_dir):  # a resumed run keeps its encoder
+            write_label_encoder(run_dir, LABEL_WORDS, main_context_widths(main, config.backbone), config.seed)
+        process_state().wait_for_everyone()
+        prompts = prompt_embeddings(config, dataset_options(config), cache_dir(config.out_dir), ("train", "val"),
+                                    pipeline=run_dir)
+    objective = MainNetObjective(config.backbone, main, parameterization, config.ema_decay, config.min_snr_gamma,
+                                 prompts, config.proportion_empty_prompts, run_dir)
     evaluation = make_quality_evaluation(objective, config, run_dir) if config.eval_samples > 0 else None
     fit(run_dir, objective, dataset, config, evaluate=evaluation)
     if is_main_process():

@@ -11,7 +11,6 @@ from lisa_probe.main_training import pretrain
 from lisa_probe.models import DualBranch, build_side, check_side_matches, load_main, load_side, make_dual_branch
 from lisa_probe.models.build import load_safetensors_module
 from lisa_probe.rundir import DECODER_DIR, SIDE_DIR, is_main_net_ready, read_run_config, run_dir_of
-from lisa_probe.text import PromptEmbeddings, PromptEncoder, has_text_encoder
 
 
 def ensure_default_main(out_dir: Path) -> Path:
@@ -55,20 +54,3 @@ def load_run(checkpoint: Path):
     decoder_dir = checkpoint / DECODER_DIR
     decoder = load_safetensors_module(LisaDecoder, decoder_dir) if (decoder_dir / "config.json").exists() else None
     return config, model.eval(), decoder, dataset_kwargs
-
-
-def prompt_embeddings(config, dataset_kwargs: dict, cache: Path, splits: tuple[str, ...],
-                      progress: bool = True) -> PromptEmbeddings | None:
-    """The cached embeddings (under ``cache/prompts``) of every caption of a captioned dataset's ``splits`` through
-    the main net's text encoder; None for a dataset without captions. ``config``: a ``TrainConfig`` or ``ForeignRun``
-    (its ``dataset``, ``caption_column`` and ``main``). ValueError when the captions have no text encoder."""
-    if config.dataset != "captioned" or config.caption_column is None:
-        return None
-    if not has_text_encoder(Path(config.main)):
-        raise ValueError(f"the dataset has captions (--caption-column {config.caption_column}) but the main net "
-                         f"{config.main} has no text_encoder/ and tokenizer/; train without them with "
-                         "--caption-column none")
-    captions = [caption for split in splits
-                for caption in build_dataset(config.dataset, split=split, **dataset_kwargs).captions()]
-    return PromptEmbeddings(PromptEncoder.from_pipeline(Path(config.main)), captions, Path(cache) / "prompts",
-                            progress=progress)

@@ -21,9 +21,9 @@ from lisa_probe.lisa import LisaDecoder, lisa_distance, lisa_rows, lisa_target, 
 from lisa_probe.models import DualBranch
 from lisa_probe.onset import onset_signals
 from lisa_probe.rundir import write_run_config
-from lisa_probe.runs import build_dual_branch, ensure_default_main, prompt_embeddings
+from lisa_probe.runs import build_dual_branch, ensure_default_main
 from lisa_probe.sampling import fixed_noise
-from lisa_probe.text import PromptEmbeddings, batch_context, drop_prompts
+from lisa_probe.text import PromptEmbeddings, batch_context, drop_prompts, prompt_embeddings
 from lisa_probe.validation import ControlEvaluation, cache_dir, write_summary
 
 
@@ -71,8 +71,9 @@ class SideNetObjective(Objective):
         return [{"params": params, "lr_scale": scales[name], "name": name} for name, params in sets.items() if params]
 
     def draw(self, batch: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
-        """x0 (model space), cond, noise and timesteps of a batch; with captions, their embeddings as ``context``
-        (B, L, D) after caption dropout (drawn last, so a run without dropout draws what it drew before)."""
+        """x0 (model space), cond, noise and timesteps of a batch; with captions, their embeddings after caption
+        dropout (drawn last, so a run without dropout draws what it drew before): ``context`` (B, L, D) and, for an
+        SD3-style transformer, ``pooled`` (B, P)."""
         x0 = self.model.encode_images(batch["image"])
         inputs = {"x0": x0, "cond": batch["cond"], "noise": torch.randn(x0.shape, generator=generator),
                   "timesteps": self.model.parameterization.sample_timesteps(x0.shape[0], generator,
@@ -80,7 +81,7 @@ class SideNetObjective(Objective):
                                                                             self.config.weighting())}
         if self.prompts is not None:
             texts = drop_prompts(batch["text"], self.config.proportion_empty_prompts, generator)
-            inputs["context"] = self.prompts.lookup(texts)["context"]
+            inputs.update(self.prompts.lookup(texts))
         return inputs
 
     def gates(self) -> torch.Tensor | None:
@@ -90,13 +91,14 @@ class SideNetObjective(Objective):
         return torch.full((len(self.model.sites),), self.config.conditioning_scale,
                           device=next(self.model.side.parameters()).device)
 
-    def forward(self, x0, cond, noise, timesteps, step, context=None):
+    def forward(self, x0, cond, noise, timesteps, step, **text):
+        """Losses of a drawn batch; ``text``: its prompt embeddings (``draw``), none for the null context."""
         parameterization = self.model.parameterization
         x_t = parameterization.add_noise(x0, noise, timesteps)
         target = parameterization.target(x0, noise, timesteps)
         rows = lisa_rows(x0.shape[0], self.config.lisa_fraction) if self.decoder is not None else 0
         hook = capture(self.model, [self.site]) if rows else nullcontext({})
-        text = None if context is None else {"context": context}
+        text = text or None
         main_text = (self.model.null_context_batch(rows)
                      if rows and text is not None and self.config.lisa_main_prompt == "empty" else None)
         with hook as records:

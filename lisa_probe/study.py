@@ -8,7 +8,7 @@ run), ``convergence.csv`` (per setting and arm: mean convergence step with a boo
 baseline/LISA ratio), ``curves.csv`` and ``curves.png`` (control fidelity per step), ``curve_area.csv`` (its
 area under the curve), one ``analysis-<setting>/`` per setting, and a README with the headline numbers. Finished
 runs are skipped, so an interrupted study continues where it stopped. ``--quick`` applies the file's ``quick``
-overrides.
+overrides; ``--seeds`` and ``--settings`` run part of the plan (several processes can share a study that way).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import yaml
 from lisa_probe.analysis.report import report_stores
 from lisa_probe.checkpointing import list_checkpoints
 from lisa_probe.config import SEED_MAX, cli_errors, config_from_dict
-from lisa_probe.configs import AnalyzeOptions, ExtractConfig, PretrainConfig, TrainConfig
+from lisa_probe.configs import AnalyzeOptions, ExtractConfig, PretrainConfig, TrainConfig, names_list
 from lisa_probe.extraction import extract
 from lisa_probe.main_training import pretrain
 from lisa_probe.onset import Onset, first_step_above, fit_onset
@@ -37,6 +37,7 @@ from lisa_probe.side_training import train
 STUDY_KEYS = ("name", "settings", "arms", "seeds", "sweep", "extract", "quick", "out_dir", "results_dir")
 
 
+SETTING_KEYS = ("pretrain", "train", "arms")  # arms: the arms this setting runs (default: all)
 EXTRACT_KEYS = ("samples", "timesteps", "batch_size", "arms")
 QUICK_KEYS = ("settings", "arms", "seeds", "pretrain", "train", "extract", "sweep")
 ARM_SEEDS = "seeds"  # the one key of an arm that is not a train option: the study seeds this arm runs at
@@ -91,11 +92,13 @@ def check_study(study, path: Path) -> None:
         if not study[key]:
             raise ValueError(f"{path}: {key} is empty")
     for name, setting in study["settings"].items():
-        _expect_mapping(setting, f"{path}: settings.{name}", ("pretrain", "train"))
+        _expect_mapping(setting, f"{path}: settings.{name}", SETTING_KEYS)
         for part in ("pretrain", "train"):
             if part not in setting:
                 raise ValueError(f"{path}: settings.{name} lacks {part!r}")
             _expect_mapping(setting[part], f"{path}: settings.{name}.{part}")
+        if "arms" in setting:
+            _expect_names(setting["arms"], study["arms"], f"{path}: settings.{name}.arms", "arms")
     _expect_seeds(study["seeds"], f"{path}: seeds")
     for name, overrides in study["arms"].items():
         _expect_mapping(overrides, f"{path}: arms.{name}")
@@ -157,6 +160,9 @@ def load_study(path: Path, quick: bool = False) -> dict:
             study["settings"] = {name: study["settings"][name] for name in overrides["settings"]}
         if "arms" in overrides:
             study["arms"] = {name: study["arms"][name] for name in overrides["arms"]}
+            for setting in study["settings"].values():
+                if "arms" in setting:
+                    setting["arms"] = [arm for arm in setting["arms"] if arm in study["arms"]]
         study["seeds"] = overrides.get("seeds", study["seeds"])
         study["arms"] = {name: {key: value for key, value in arm.items() if key != ARM_SEEDS}
                          for name, arm in study["arms"].items()}
@@ -171,14 +177,15 @@ def load_study(path: Path, quick: bool = False) -> dict:
 
 
 def planned_runs(study: dict) -> list[dict]:
-    """Every (setting, arm, seed) run plus the sweep runs, as {setting, arm, seed, overrides}; an arm with its own
-    ``seeds`` (in quick mode: ignored) runs at those only.
+    """Every (setting, arm, seed) run plus the sweep runs, as {setting, arm, seed, overrides}; a setting with its
+    own ``arms`` runs those only, an arm with its own ``seeds`` (in quick mode: ignored) runs at those only.
 
     Seeds are the outer loop, so a study stopped part-way has every setting and arm at the seeds it reached."""
     runs = [{"setting": setting, "arm": arm, "seed": seed,
              "overrides": {key: value for key, value in overrides.items() if key != ARM_SEEDS}}
-            for seed in study["seeds"] for setting in study["settings"] for arm, overrides in study["arms"].items()
-            if seed in overrides.get(ARM_SEEDS, study["seeds"])]
+            for seed in study["seeds"] for setting, options in study["settings"].items()
+            for arm, overrides in study["arms"].items()
+            if seed in overrides.get(ARM_SEEDS, study["seeds"]) and arm in options.get("arms", study["arms"])]
     sweep = study.get("sweep")
     if sweep:
         for option, values in sweep["values"].items():
@@ -433,14 +440,22 @@ def write_readme(results: Path, study: dict, runs: pd.DataFrame, convergence: pd
     (results / "README.md").write_text("\n".join(text))
 
 
-def run_study(path: Path, quick: bool = False, analyze: bool = True, seeds: list[int] | None = None) -> Path:
-    """Run (or continue) a study, optionally with other ``seeds``; returns its results directory."""
+def run_study(path: Path, quick: bool = False, analyze: bool = True, seeds: list[int] | None = None,
+              settings: list[str] | None = None) -> Path:
+    """Run (or continue) a study, optionally with other ``seeds`` or only some ``settings``; returns its results
+    directory: ``<results_dir>/<name>``, or ``<name>-<setting>[+<setting>…]`` for a subset of the settings (the
+    runs stay under ``<out_dir>/<name>``, so that the whole study reuses them)."""
     started = time.perf_counter()
     study = load_study(path, quick)
     if seeds:
         study["seeds"] = seeds
+    results_name = study["name"]
+    if settings:
+        _expect_names(settings, study["settings"], f"{path}: --settings", "settings")
+        study["settings"] = {name: study["settings"][name] for name in settings}
+        results_name = f"{study['name']}-{'+'.join(settings)}"
     out_dir = Path(study.get("out_dir", "runs")) / study["name"]
-    results = Path(study.get("results_dir", "experiments/results")) / study["name"]
+    results = Path(study.get("results_dir", "experiments/results")) / results_name
     features_dir = out_dir / "features"
     for directory in (out_dir, results, features_dir):
         directory.mkdir(parents=True, exist_ok=True)
@@ -467,7 +482,8 @@ def run_study(path: Path, quick: bool = False, analyze: bool = True, seeds: list
                           command=f"python -m lisa_probe.analyze {' '.join(map(str, paths))} --out "
                                   f"{results / f'analysis-{setting}'} --overwrite")
     command = f"python -m lisa_probe.study {path}" + (" --quick" if quick else "") + \
-        (f" --seeds {','.join(map(str, seeds))}" if seeds else "")
+        (f" --seeds {','.join(map(str, seeds))}" if seeds else "") + \
+        (f" --settings {','.join(settings)}" if settings else "")
     write_readme(results, study, runs, convergence, areas, onset, time.perf_counter() - started, command)
     return results
 
@@ -491,9 +507,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-analysis", action="store_true", help="train and summarise only")
     parser.add_argument("--seeds", type=seed_list,
                         help="comma-separated seeds replacing the file's (finished runs are reused)")
+    parser.add_argument("--settings", type=names_list,
+                        help="comma-separated settings to run (results in <name>-<settings>/; runs are shared)")
     args = parser.parse_args(argv)
     with cli_errors(parser.prog):
-        results = run_study(args.study, args.quick, not args.no_analysis, args.seeds)
+        results = run_study(args.study, args.quick, not args.no_analysis, args.seeds,
+                            list(args.settings) if args.settings else None)
     print(f"results in {results}")
     return 0
 

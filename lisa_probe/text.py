@@ -2,7 +2,9 @@
 
 A Stable Diffusion 1.x / 2.x pipeline directory holds ``tokenizer/`` and ``text_encoder/`` (a CLIP text model); the
 embedding of a prompt is what diffusers' ``train_controlnet.py`` feeds the UNet: the tokens padded to the tokenizer's
-``model_max_length`` (truncated), through the text encoder, its last hidden state (1, L, D). The empty prompt's
+``model_max_length`` (truncated), through the text encoder, its last hidden state (1, L, D). A text encoder with a
+projection (``CLIPTextModelWithProjection``, e.g. the label encoder ``text_labels`` writes for an SD3-style
+transformer) also gives the pooled projection ``pooled`` (1, P) that SD3 transformers read. The empty prompt's
 embedding is the null context (what a caption dropped by ``--proportion-empty-prompts`` becomes).
 
 Embeddings of a dataset's prompts are computed once, before training, and cached on disk (``PromptEmbeddings``),
@@ -25,11 +27,13 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer, CLIPTextModel, CLIPTextModelWithProjection
 
+from lisa_probe.data import build_dataset
+
 TEXT_ENCODER_DIR = "text_encoder"
 TOKENIZER_DIR = "tokenizer"
 EXTRA_ENCODER_DIRS = ("text_encoder_2", "text_encoder_3")
 ENCODE_BATCH = 64
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: every output of the encoder (context, pooled) is cached
 
 
 def has_text_encoder(pipeline: Path) -> bool:
@@ -50,8 +54,9 @@ def check_single_text_encoder(pipeline: Path) -> None:
 class PromptEncoder:
     """A pipeline's tokenizer and CLIP text encoder (frozen, eval mode).
 
-    ``encode(prompts) -> {"context": (B, L, D)}`` as diffusers' ControlNet trainer computes it; ``identity`` is a
-    digest of the encoder's and tokenizer's files (the cache key's model part).
+    ``encode(prompts) -> {"context": (B, L, D)}`` as diffusers' ControlNet trainer computes it, plus ``"pooled"``
+    (B, P) for an encoder with a projection; ``identity`` is a digest of the encoder's and tokenizer's files (the
+    cache key's model part).
     """
 
     def __init__(self, tokenizer, text_encoder: torch.nn.Module, identity: str):
@@ -79,21 +84,22 @@ class PromptEncoder:
         tokenizer = AutoTokenizer.from_pretrained(pipeline / TOKENIZER_DIR)
         return cls(tokenizer, text_encoder, files_identity([encoder_dir, pipeline / TOKENIZER_DIR]))
 
-    @property
-    def width(self) -> int:
-        """D, the embedding's width (the UNet's ``cross_attention_dim`` must equal it)."""
-        return self.text_encoder.config.hidden_size
-
     @torch.no_grad()
     def encode(self, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
-        """``{"context": (B, L, D)}`` float32 for B prompts, L = the tokenizer's ``model_max_length``."""
+        """``{"context": (B, L, D)}`` float32 for B prompts, L = the tokenizer's ``model_max_length``, the last
+        hidden state; with a projection also ``"pooled": (B, P)``, its ``text_embeds``."""
         ids = self.tokenizer(list(prompts), max_length=self.tokenizer.model_max_length, padding="max_length",
                              truncation=True, return_tensors="pt").input_ids
         device = next(self.text_encoder.parameters()).device
-        return {"context": self.text_encoder(ids.to(device), return_dict=False)[0].float().cpu()}
+        output = self.text_encoder(ids.to(device))
+        encoded = {"context": output.last_hidden_state.float().cpu()}
+        if isinstance(self.text_encoder, CLIPTextModelWithProjection):
+            encoded["pooled"] = output.text_embeds.float().cpu()
+        return encoded
 
     def empty(self) -> dict[str, torch.Tensor]:
-        """The empty prompt's embedding (1, L, D): the unconditional (null) context."""
+        """The empty prompt's embedding (``context`` (1, L, D), ``pooled`` (1, P) with a projection): the
+        unconditional (null) context."""
         return self.encode([""])
 
 
@@ -114,8 +120,9 @@ def files_identity(directories: Sequence[Path]) -> str:
 
 class PromptEmbeddings:
     """The embeddings of a fixed set of prompts (always including the empty prompt, encoded alone as the null
-    context is), computed once in batches of ``ENCODE_BATCH`` and cached as ``<cache_dir>/prompts-<key>.safetensors``: ``context`` (U, L, D) for the U
-    distinct prompts in sorted order, ``prompts`` in the file's metadata. The key is a SHA-256 of the encoder's
+    context is), computed once in batches of ``ENCODE_BATCH`` and cached as ``<cache_dir>/prompts-<key>.safetensors``:
+    ``context`` (U, L, D) (and ``pooled`` (U, P) for an encoder with a projection) for the U distinct prompts in
+    sorted order, ``prompts`` in the file's metadata. The key is a SHA-256 of the encoder's
     identity, the prompts and the cache format, so a changed model or dataset never reads a stale file. Rows are
     read from the memory-mapped file on demand (a dataset's embeddings need not fit in memory: 236 KB per prompt
     for SD 1.5's 77 x 768).
@@ -129,29 +136,31 @@ class PromptEmbeddings:
         if not self.path.exists():
             self._compute(encoder, progress)
         self._file = safe_open(str(self.path), framework="pt")
-        self._rows = self._file.get_slice("context")
+        self._rows = {name: self._file.get_slice(name) for name in self._file.keys()}
 
     def _compute(self, encoder: PromptEncoder, progress: bool) -> None:
-        chunks = [encoder.empty()["context"]]  # "" sorts first; alone, so that it is the null context to the bit
+        chunks = [encoder.empty()]  # "" sorts first; alone, so that it is the null context to the bit
         for start in tqdm(range(1, len(self.prompts), ENCODE_BATCH), desc="encoding prompts", disable=not progress):
-            chunks.append(encoder.encode(self.prompts[start:start + ENCODE_BATCH])["context"])
+            chunks.append(encoder.encode(self.prompts[start:start + ENCODE_BATCH]))
         self.path.parent.mkdir(parents=True, exist_ok=True)
         staging = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")  # processes may encode at once
-        save_file({"context": torch.cat(chunks).contiguous()}, staging,
+        save_file({name: torch.cat([chunk[name] for chunk in chunks]).contiguous() for name in chunks[0]}, staging,
                   metadata={"prompts": json.dumps(self.prompts), "text_encoder": encoder.identity})
         staging.replace(self.path)  # atomic: a reader never sees half a file
 
     def lookup(self, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
-        """``{"context": (B, L, D)}`` of B prompts of this set (KeyError naming a prompt that is not in it)."""
+        """``{"context": (B, L, D)}`` (and ``"pooled": (B, P)``) of B prompts of this set (KeyError naming a prompt
+        that is not in it)."""
         missing = [prompt for prompt in prompts if prompt not in self.index]
         if missing:
             raise KeyError(f"prompt {missing[0]!r} was not encoded (not among the dataset's captions)")
-        return {"context": torch.cat([self._rows[self.index[p]:self.index[p] + 1] for p in prompts])}
+        rows = [self.index[prompt] for prompt in prompts]
+        return {name: torch.cat([sliced[row:row + 1] for row in rows]) for name, sliced in self._rows.items()}
 
 
 def batch_context(prompts: PromptEmbeddings | None, batch: dict) -> dict[str, torch.Tensor] | None:
-    """The text conditioning of a collated batch: its captions' embeddings ``{"context": (B, L, D)}``, or None (the
-    null context) without ``prompts``."""
+    """The text conditioning of a collated batch: its captions' embeddings (``PromptEmbeddings.lookup``), or None
+    (the null context) without ``prompts``."""
     return None if prompts is None else prompts.lookup(batch["text"])
 
 
@@ -165,5 +174,26 @@ def drop_prompts(prompts: Sequence[str], proportion: float, generator: torch.Gen
     return [prompt if kept else "" for prompt, kept in zip(prompts, keep.tolist())]
 
 
+def prompt_embeddings(config, dataset_kwargs: dict, cache: Path, splits: tuple[str, ...],
+                      progress: bool = True, pipeline: Path | None = None) -> PromptEmbeddings | None:
+    """The cached embeddings (under ``cache/prompts``) of every caption of a captioned dataset's ``splits`` (a
+    captioned table's, or shapes' label prompts) through the text encoder of ``pipeline`` (default: the config's
+    ``main``); None for a dataset without captions. ``config``: a ``TrainConfig``, ``PretrainConfig`` or
+    ``ForeignRun`` (``DataOptions``). ValueError when the captions have no text encoder."""
+    if not config.has_captions:
+        return None
+    pipeline = Path(config.main if pipeline is None else pipeline)
+    if not has_text_encoder(pipeline):
+        remedy = ("a main net pretrained with --label-prompts has one" if config.label_prompts else
+                  "train without them with --caption-column none")
+        raise ValueError(f"the dataset has captions but the main net {pipeline} has no text_encoder/ and "
+                         f"tokenizer/; {remedy}")
+    captions = [caption for split in splits
+                for caption in build_dataset(config.dataset, split=split, **dataset_kwargs).captions()]
+    return PromptEmbeddings(PromptEncoder.from_pipeline(pipeline), captions, Path(cache) / "prompts",
+                            progress=progress)
+
+
 __all__ = ["PromptEmbeddings", "PromptEncoder", "batch_context", "check_single_text_encoder", "drop_prompts",
-           "has_text_encoder"]
+           "has_text_encoder",
+           "prompt_embeddings"]

@@ -21,9 +21,10 @@ from lisa_probe.configs import AnalyzeOptions, TrainConfig
 from lisa_probe.data import build_dataset
 from lisa_probe.extract import main as extract_main
 from lisa_probe.rundir import read_summary
-from lisa_probe.runs import build_dual_branch, load_run, prompt_embeddings
+from lisa_probe.runs import build_dual_branch, load_run
 from lisa_probe.side_training import SideNetObjective, train
 from lisa_probe.store import FeatureStore
+from lisa_probe.text import prompt_embeddings
 from lisa_probe.train import main as train_main
 from lisa_probe.validation import cache_dir
 from tests.test_train import make_main, read_metrics, side_weights

@@ -3,13 +3,11 @@
 Nothing is downloaded. The pipeline is diffusers' layout (``unet/ vae/ text_encoder/ tokenizer/ scheduler/
 model_index.json``, via ``StableDiffusionPipeline.save_pretrained``) with the sizes of diffusers' test dummies; the
 VAE downsamples by 8 as SD's does. The tokenizer is CLIP's byte-level BPE over a handmade vocabulary in which
-every caption word is one token (transformers 5 reads ``vocab.json`` / ``merges.txt`` only through
-``from_pretrained``, and needs ``model_max_length``, else ``padding="max_length"`` pads to ~1e30).
+every caption word is one token (``lisa_probe.text_labels.write_tokenizer``).
 """
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -20,41 +18,17 @@ from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNe
 from PIL import Image, ImageDraw
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
+from lisa_probe.text_labels import write_tokenizer as write_word_tokenizer
+
 COLOURS = {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (40, 80, 220), "yellow": (230, 210, 40)}
 SHAPES = ("circle", "square")
 WORDS = ("a", "on", "big", "small", "background", *COLOURS, *SHAPES)
 MAX_LENGTH = 16
 
 
-def byte_symbols() -> list[str]:
-    """GPT-2 / CLIP's printable stand-ins for the 256 bytes."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + \
-        list(range(ord("®"), ord("ÿ") + 1))
-    extra = [b for b in range(256) if b not in printable]
-    return [chr(b) for b in printable] + [chr(256 + i) for i in range(len(extra))]
-
-
 def write_tokenizer(directory: Path, max_length: int = MAX_LENGTH) -> CLIPTokenizer:
     """A CLIP tokenizer whose vocabulary makes each of ``WORDS`` one token, saved in ``directory``."""
-    directory.mkdir(parents=True, exist_ok=True)
-    symbols = byte_symbols()
-    vocab = ["<|startoftext|>", "<|endoftext|>", *symbols, *(s + "</w>" for s in symbols)]
-    merges = []
-    for word in sorted(WORDS, key=lambda w: (-len(w), w)):
-        parts = [*word[:-1], word[-1] + "</w>"]
-        current = parts[0]
-        for part in parts[1:]:
-            if f"{current} {part}" not in merges:
-                merges.append(f"{current} {part}")
-            current += part
-            if current not in vocab:
-                vocab.append(current)
-    (directory / "vocab.json").write_text(json.dumps({token: i for i, token in enumerate(vocab)}))
-    (directory / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
-    (directory / "tokenizer_config.json").write_text(json.dumps({
-        "tokenizer_class": "CLIPTokenizer", "model_max_length": max_length, "bos_token": "<|startoftext|>",
-        "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>", "unk_token": "<|endoftext|>"}))
-    return CLIPTokenizer.from_pretrained(directory)
+    return write_word_tokenizer(directory, WORDS, max_length)
 
 
 def write_sd_pipeline(out: Path, resolution: int = 64, prediction_type: str = "epsilon", seed: int = 0) -> Path:

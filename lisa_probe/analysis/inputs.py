@@ -9,8 +9,8 @@ import torch
 
 from lisa_probe.analysis.selection import Run
 from lisa_probe.data import build_dataset
-from lisa_probe.runs import prompt_embeddings
 from lisa_probe.sampling import row_noise
+from lisa_probe.text import prompt_embeddings
 from lisa_probe.validation import cache_dir
 
 

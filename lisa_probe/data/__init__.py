@@ -6,7 +6,7 @@ Every dataset is a ``torch.utils.data.Dataset`` whose samples are dicts::
     {"image": FloatTensor (3, H, W) in [-1, 1],
      "cond": FloatTensor (C, H, W) in [0, 1],
      "factors": {name: int | float},
-     "id": str}            # captioned datasets add "text": str, the sample's caption
+     "id": str}            # captioned datasets (and shapes with label prompts) add "text": str, the caption
 
 and which exposes ``factor_specs`` (name -> :class:`FactorSpec`), ``cond_channels`` (C) and ``condition``
 (the condition kind's name). ``torch.utils.data.default_collate`` batches them. Sub-modules are imported
@@ -47,7 +47,8 @@ class FactorSpec:
     Attributes:
         name: key of the factor in ``sample["factors"]``.
         kind: ``"categorical"`` (value is an int class index) or ``"continuous"`` (value is a float).
-        carried: whether the condition determines the factor (``True``) or not (``False``).
+        carried: whether the sample's conditioning determines the factor (``True``) or not (``False``): its
+            condition, and its prompt where the prompt names the factor (shapes' label prompts).
         n_classes: number of classes for a categorical factor, ``None`` for a continuous one.
         description: what the value means (range, units, class names).
         period: for a circular continuous factor (rotation, hue), the value at which it wraps back to 0; None for

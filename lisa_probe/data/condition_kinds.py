@@ -15,8 +15,10 @@ from lisa_probe.data import check_choice
 
 # How fidelity reads a condition's reference (``evaluation.fidelity.REFERENCE_MASKS``):
 #   "filled_outline": an outline whose filled inside is the object; "mask": a foreground mask;
-#   "positive": non-zero pixels are the object; "image_edges": compare edges of the generated image.
-REFERENCES = ("filled_outline", "mask", "positive", "image_edges")
+#   "positive": non-zero pixels are the object; "image_edges": compare edges of the generated image;
+#   "silhouette": the condition does not determine the object (shapes' pose: no kind), so the reference is the
+#   silhouette of the sample's factors (the evaluator renders it; the prompt names the kind).
+REFERENCES = ("filled_outline", "mask", "positive", "image_edges", "silhouette")
 CONTROL_METRICS = ("edge_f1", "mask_iou")
 
 
@@ -49,6 +51,7 @@ CONDITION_KINDS: dict[str, ConditionKind] = {kind.name: kind for kind in (
     ConditionKind("edges", datasets=("shapes", "digits"), reference="filled_outline", control_metric="edge_f1"),
     ConditionKind("mask", datasets=("shapes",), reference="mask", control_metric="mask_iou"),
     ConditionKind("distance", datasets=("shapes",), reference="positive", control_metric="mask_iou"),
+    ConditionKind("pose", datasets=("shapes",), reference="silhouette", control_metric="mask_iou"),
     ConditionKind("stroke", datasets=("digits",), reference="mask", control_metric="mask_iou"),
     ConditionKind("canny", extractor="canny", reference="image_edges", control_metric="edge_f1"),
     ConditionKind("otsu_mask", extractor="otsu_mask", reference="mask", control_metric="mask_iou"),

@@ -14,14 +14,22 @@ Factors (all continuous ones in [0, 1]):
   horizontal stripes modulating the colour only, never the silhouette).
 
 Conditions, each (1, H, W) in [0, 1]: ``edges`` (outline: a tent of half-width 1 px on the SDF, i.e. non-zero
-where |SDF| < 1 px), ``mask`` (anti-aliased silhouette) and ``distance`` (inside distance to the outline divided by
-the shape's inradius: 0 on and outside the outline, 1 at the deepest point).
+where |SDF| < 1 px), ``mask`` (anti-aliased silhouette), ``distance`` (inside distance to the outline divided by
+the shape's inradius: 0 on and outside the outline, 1 at the deepest point) and ``pose`` (a ring of the shape's
+circumradius around its centre and a clock hand from the centre at angle 2π·rotation, both tents of half-width 1
+px: it carries position, size and rotation but neither kind nor colour).
+
+Label prompts (``label_prompts=True``): each sample also has ``"text"``, its colour and kind as two words
+(``"red square"``; the hue's nearest of ``COLOUR_NAMES``), what a main net pretrained with ``--label-prompts``
+is conditioned on. The prompt then carries ``kind`` and ``hue`` (``factor_specs``): with the ``pose`` condition,
+the setting where the prior (main net + prompt) knows what to draw and the condition only where.
 """
 
 from __future__ import annotations
 
 import colorsys
 import math
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -33,6 +41,8 @@ SHAPE_KINDS = ("triangle", "square", "ellipse", "cross")
 TEXTURES = ("solid", "coarse_stripes", "fine_stripes")
 CONDITIONS = kinds_of_dataset("shapes")  # ("edges", "mask", "distance"), from the registry
 DEFAULT_SIZES = {"train": 50_000, "val": 1_000, "test": 1_000}
+COLOUR_NAMES = ("red", "orange", "lime", "green", "cyan", "blue", "violet", "pink")  # hue bins centred on k/8
+LABEL_WORDS = (*COLOUR_NAMES, *SHAPE_KINDS)  # every word of a label prompt
 
 # Rotation symmetry period (radians) of each kind: rotation factor r in [0, 1) -> angle r * period.
 SYMMETRY_PERIOD = {"triangle": 2 * math.pi / 3, "square": math.pi / 2, "ellipse": math.pi, "cross": math.pi / 2}
@@ -59,6 +69,25 @@ FACTOR_SPECS = {
                              f"background brightness in [0, 1]: grey level in {BACKGROUND_RANGE}"),
     "texture": FactorSpec("texture", "categorical", False, len(TEXTURES), f"colour texture, classes {TEXTURES}"),
 }
+
+
+def factor_specs_for(condition: str, label_prompts: bool = False) -> dict[str, FactorSpec]:
+    """``FACTOR_SPECS`` with ``carried`` as a sample's conditioning (its condition, and its label prompt when there
+    is one) makes it: the ``pose`` condition does not carry ``kind``; a label prompt carries ``kind`` and ``hue``."""
+    by_prompt = {"kind", "hue"} if label_prompts else set()
+    not_by_condition = {"kind"} if condition == "pose" else set()
+    return {name: replace(spec, carried=(spec.carried and name not in not_by_condition) or name in by_prompt)
+            for name, spec in FACTOR_SPECS.items()}
+
+
+def colour_name(hue: float) -> str:
+    """The nearest of ``COLOUR_NAMES`` (hues k/8) to ``hue`` in [0, 1)."""
+    return COLOUR_NAMES[int(math.floor(hue * len(COLOUR_NAMES) + 0.5)) % len(COLOUR_NAMES)]
+
+
+def label_prompt(factors: dict) -> str:
+    """The label prompt of a sample: its colour name and kind, e.g. ``"red square"``."""
+    return f"{colour_name(factors['hue'])} {SHAPE_KINDS[factors['kind']]}"
 
 
 def draw_factors(seed: int, split: str, index: int) -> dict:
@@ -185,7 +214,25 @@ def distance_from_sdf(sdf: np.ndarray, factors: dict) -> np.ndarray:
     return np.clip(-sdf / inradius_px, 0.0, 1.0)
 
 
-_CONDITION_FNS = {"edges": edges_from_sdf, "mask": mask_from_sdf, "distance": distance_from_sdf}
+def pose_from_sdf(sdf: np.ndarray, factors: dict) -> np.ndarray:
+    """Pose map (H, W) in [0, 1] from the geometric factors alone (``sdf`` gives only the resolution): tents of
+    half-width ``EDGE_HALF_WIDTH`` pixels around the circumcircle and around the segment from the centre to it at
+    angle 2π·rotation (``u`` right, ``v`` down)."""
+    resolution = sdf.shape[0]
+    radius = circumradius(factors)
+    grid = (np.arange(resolution) + 0.5) / resolution
+    du = (grid - _lerp(POSITION_RANGE, factors["x"]))[None, :]
+    dv = (grid - _lerp(POSITION_RANGE, factors["y"]))[:, None]
+    angle = 2 * math.pi * factors["rotation"]
+    cos, sin = math.cos(angle), math.sin(angle)
+    along = np.clip(du * cos + dv * sin, 0.0, radius)  # the nearest point of the hand, as a distance from the centre
+    ring = np.abs(_norm(du, dv) - radius)
+    hand = _norm(du - along * cos, dv - along * sin)
+    return np.clip(1.0 - np.minimum(ring, hand) * resolution / EDGE_HALF_WIDTH, 0.0, 1.0)
+
+
+_CONDITION_FNS = {"edges": edges_from_sdf, "mask": mask_from_sdf, "distance": distance_from_sdf,
+                  "pose": pose_from_sdf}
 
 
 def _colour_field(factors: dict, resolution: int) -> np.ndarray:
@@ -214,7 +261,8 @@ def render(factors: dict, resolution: int) -> dict:
     """Render a scene from its factors (e.g. to re-create ground truth in evaluators).
 
     Returns:
-        ``{"image": (H, W, 3), "mask": (H, W), "edges": (H, W), "distance": (H, W)}``, float32 numpy arrays in
+        ``{"image": (H, W, 3), "mask": (H, W), "edges": (H, W), "distance": (H, W), "pose": (H, W)}``, float32
+        numpy arrays in
         [0, 1], H = W = ``resolution``.
     """
     sdf = signed_distance(factors, check_resolution(resolution))
@@ -232,20 +280,21 @@ class ShapesDataset(torch.utils.data.Dataset):
     """Procedural shapes, generated on the fly; see the module docstring for factors and conditions.
 
     Items: ``{"image": (3, H, W) in [-1, 1], "cond": (1, H, W) in [0, 1], "factors": dict, "id":
-    "shapes/<split>/<index:06d>"}``.
+    "shapes/<split>/<index:06d>"}``, and ``"text"`` (the label prompt) with ``label_prompts``.
     """
 
     name = "shapes"
-    factor_specs = FACTOR_SPECS
     cond_channels = 1
     silhouette = staticmethod(silhouette)
 
     def __init__(self, split: str = "train", resolution: int = 32, condition: str | None = None, seed: int = 0,
-                 size: int | None = None):
+                 size: int | None = None, label_prompts: bool = False):
         check_choice("split", split, SPLITS)
         condition = CONDITIONS[0] if condition is None else condition
         check_dataset_condition("shapes", condition)
         self.split, self.condition, self.seed = split, condition, int(seed)
+        self.label_prompts = bool(label_prompts)
+        self.factor_specs = factor_specs_for(condition, self.label_prompts)
         self.resolution = check_resolution(resolution)
         self.size = DEFAULT_SIZES[split] if size is None else int(size)
         if self.size < 0:
@@ -259,4 +308,13 @@ class ShapesDataset(torch.utils.data.Dataset):
         factors = draw_factors(self.seed, self.split, index)
         sdf = signed_distance(factors, self.resolution)
         cond = _CONDITION_FNS[self.condition](sdf, factors)
-        return make_sample(image_from_sdf(sdf, factors), cond, factors, f"shapes/{self.split}/{index:06d}")
+        sample = make_sample(image_from_sdf(sdf, factors), cond, factors, f"shapes/{self.split}/{index:06d}")
+        if self.label_prompts:
+            sample["text"] = label_prompt(factors)
+        return sample
+
+    def captions(self) -> list[str]:
+        """Every item's label prompt, in order (no images rendered); empty prompts without ``label_prompts``."""
+        if not self.label_prompts:
+            return [""] * self.size
+        return [label_prompt(draw_factors(self.seed, self.split, index)) for index in range(self.size)]

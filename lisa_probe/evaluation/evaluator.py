@@ -102,13 +102,23 @@ class Evaluator:
         if float(abs(images).max()) > IMAGE_RANGE_SLACK:
             raise ValueError(f"images must be in [-1, 1], got values up to {float(abs(images).max()):.3g}")
 
-    def control_fidelity(self, images: torch.Tensor, cond: torch.Tensor) -> dict[str, float]:
+    def control_fidelity(self, images: torch.Tensor, cond: torch.Tensor,
+                         factors: dict[str, torch.Tensor] | None = None) -> dict[str, float]:
         """Mean ``edge_f1`` and ``mask_iou`` of images (N, 3, H, W) in [-1, 1] vs conditions (N, C, H, W); both NaN
-        for condition kinds the fidelity module does not know (e.g. a folder's custom conditions)."""
+        for condition kinds the fidelity module does not know (e.g. a folder's custom conditions). A kind scored
+        against the samples' silhouettes (shapes' ``pose``) needs their ``factors`` ({name: (N,)})."""
         self.check_inputs(images, cond)
-        if condition_kind(self.condition).reference is None:
+        reference = condition_kind(self.condition).reference
+        if reference is None:
             return {"edge_f1": float("nan"), "mask_iou": float("nan")}
-        return control_fidelity(images, cond, self.condition, self.tol)
+        silhouettes = None
+        if reference == "silhouette":
+            if factors is None or self.silhouette is None:
+                raise ValueError(f"condition {self.condition!r} is scored against the samples' silhouettes: pass "
+                                 "their factors, for a dataset that draws silhouettes")
+            silhouettes = np.stack([self.silhouette({name: values[i].item() for name, values in factors.items()},
+                                                    self.resolution) for i in range(len(images))])
+        return control_fidelity(images, cond, self.condition, self.tol, silhouettes)
 
     def frechet(self, images: torch.Tensor) -> dict[str, float]:
         """``fd`` of images (N, 3, H, W) vs N real val images, and ``fd_real_real`` of N other real val images vs
@@ -150,6 +160,14 @@ class Evaluator:
         per_sample = shape_fit_per_sample(images, self.readback.net.predict(images), self.silhouette, tol=self.tol)
         return {name: float(values.mean()) for name, values in per_sample.items()}
 
+    def factor_readback(self, images: torch.Tensor, factors: dict[str, torch.Tensor]) -> dict[str, float]:
+        """``readback/<factor>`` of images (N, 3, H, W) in [-1, 1] that should show ``factors`` ({name: (N,)}):
+        accuracy or MAE per carried factor (``readback.readback_scores``); empty without a read-back net."""
+        if self.readback is None:
+            return {}
+        scores = readback_scores(self.readback.net, torch.as_tensor(images), factors)
+        return {f"readback/{name}": value for name, value in scores.items()}
+
     def evaluate(self, images: torch.Tensor, cond: torch.Tensor, factors: dict[str, torch.Tensor]) -> dict[str, float]:
         """All metrics of a generated batch as a flat dict of floats.
 
@@ -158,9 +176,7 @@ class Evaluator:
         Returns ``edge_f1``, ``mask_iou``, ``readback/<factor>`` per carried factor, ``fd``, ``fd_real_real``.
         """
         images, cond = torch.as_tensor(images), torch.as_tensor(cond)
-        metrics = self.control_fidelity(images, cond)
-        if self.readback is not None:
-            scores = readback_scores(self.readback.net, images, factors)
-            metrics.update({f"readback/{name}": value for name, value in scores.items()})
+        metrics = self.control_fidelity(images, cond, factors)
+        metrics.update(self.factor_readback(images, factors))
         metrics.update(self.frechet(images))
         return metrics

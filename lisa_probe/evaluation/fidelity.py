@@ -7,7 +7,9 @@ compared with a pixel tolerance (``edge_f1``). ``edges`` conditions are outlines
 compared with the drawn outline itself, and ``mask_iou`` compares hole-filled silhouettes (meaningful only for
 closed outlines, e.g. shapes; digits' Canny edges are open). For ``canny`` conditions (user folders, no notion of
 foreground) the data module's Canny extractor is re-applied to the generated image and compared with the
-condition; ``mask_iou`` is NaN.
+condition; ``mask_iou`` is NaN. A condition that does not determine the object (shapes' ``pose``: position, size
+and rotation, the kind named by the prompt) is scored against the sample's true silhouette, rendered from its
+factors by the caller.
 """
 
 from __future__ import annotations
@@ -105,12 +107,15 @@ def edge_f1(pred: np.ndarray, ref: np.ndarray, tol: float = 1.0) -> float:
     return 0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall)
 
 
-def _sample_fidelity(image: np.ndarray, cond: np.ndarray, kind: str, tol: float) -> tuple[float, float]:
-    """(edge_f1, mask_iou) for one image (3,H,W) and its condition (C,H,W)."""
+def _sample_fidelity(image: np.ndarray, cond: np.ndarray, kind: str, tol: float,
+                     silhouette: np.ndarray | None) -> tuple[float, float]:
+    """(edge_f1, mask_iou) for one image (3,H,W) and its condition (C,H,W) (or its factors' silhouette (H,W) bool,
+    for kinds whose reference is one)."""
     reference = condition_kind(kind).reference
     if reference == "image_edges":
         return edge_f1(canny_edges(image), cond.max(axis=0) > 0.5, tol), float("nan")
-    pred, ref = foreground_mask(image), reference_mask(cond, kind)
+    pred = foreground_mask(image)
+    ref = silhouette if reference == "silhouette" else reference_mask(cond, kind)
     if reference == "filled_outline":
         return edge_f1(mask_boundary(pred), cond.max(axis=0) > 0.5, tol), mask_iou(ndi.binary_fill_holes(pred), ref)
     return edge_f1(mask_boundary(pred), mask_boundary(ref), tol), mask_iou(pred, ref)
@@ -126,17 +131,27 @@ def check_batch(images: np.ndarray | torch.Tensor, cond: np.ndarray | torch.Tens
 
 
 def fidelity_per_sample(images: np.ndarray | torch.Tensor, cond: np.ndarray | torch.Tensor, kind: str,
-                        tol: float = 1.0) -> dict[str, np.ndarray]:
+                        tol: float = 1.0, silhouettes: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Per-sample control fidelity of images (N,3,H,W) in [-1,1] vs conditions (N,C,H,W) in [0,1].
 
+    ``silhouettes`` (N,H,W) bool: the samples' true silhouettes, the reference of kinds whose condition does not
+    determine the object (reference ``"silhouette"``: shapes' ``pose``), and required for them.
     Returns ``{"edge_f1": (N,), "mask_iou": (N,)}`` float64 arrays (``mask_iou`` is NaN for ``canny``).
     """
-    if condition_kind(kind).reference is None:
+    reference = condition_kind(kind).reference
+    if reference is None:
         scored = [name for name, k in CONDITION_KINDS.items() if k.reference is not None]
         raise ValueError(f"condition kind {kind!r} has no reference to score control against; kinds that do: {scored}")
     check_batch(images, cond)
+    if reference == "silhouette" and (silhouettes is None or tuple(np.shape(silhouettes)) != (
+            images.shape[0], *images.shape[2:])):
+        raise ValueError(f"condition kind {kind!r} is scored against the samples' silhouettes: pass silhouettes of "
+                         f"shape (N, H, W) = ({images.shape[0]}, {images.shape[2]}, {images.shape[3]}), got "
+                         f"{None if silhouettes is None else tuple(np.shape(silhouettes))}")
     images, cond = _to_numpy(images), _to_numpy(cond)
-    scores = np.array([_sample_fidelity(image, c, kind, tol) for image, c in zip(images, cond)], dtype=np.float64)
+    references = silhouettes if reference == "silhouette" else [None] * len(images)
+    scores = np.array([_sample_fidelity(image, c, kind, tol, ref) for image, c, ref in zip(images, cond, references)],
+                      dtype=np.float64)
     scores = scores.reshape(-1, 2)
     return {"edge_f1": scores[:, 0], "mask_iou": scores[:, 1]}
 
@@ -148,6 +163,6 @@ def fidelity_means(per_sample: dict[str, np.ndarray]) -> dict[str, float]:
 
 
 def control_fidelity(images: np.ndarray | torch.Tensor, cond: np.ndarray | torch.Tensor, kind: str,
-                     tol: float = 1.0) -> dict[str, float]:
+                     tol: float = 1.0, silhouettes: np.ndarray | None = None) -> dict[str, float]:
     """Mean ``edge_f1`` and ``mask_iou`` of a batch (see :func:`fidelity_per_sample`)."""
-    return fidelity_means(fidelity_per_sample(images, cond, kind, tol))
+    return fidelity_means(fidelity_per_sample(images, cond, kind, tol, silhouettes))

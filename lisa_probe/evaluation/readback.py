@@ -146,12 +146,14 @@ class CachedReadback:
 
 def dataset_identity(dataset, dataset_kwargs: dict | None = None) -> dict:
     """What determines a dataset's samples: name, resolution, condition, seed and the extra ``build_dataset``
-    keyword arguments (a folder's ``root`` and ``split_fractions`` are taken from the dataset, with a digest of its
+    keyword arguments (a folder's ``root`` and ``split_fractions``, and shapes' ``label_prompts``, are taken from the dataset, with a digest of its
     files as ``content``; options it does not keep, such as ``factors_csv`` or ``carried_factors``, must be passed
     in ``dataset_kwargs``). JSON-ready."""
     kwargs = {"root": str(Path(dataset.root).resolve())} if getattr(dataset, "root", None) is not None else {}
     if getattr(dataset, "split_fractions", None) is not None:
         kwargs["split_fractions"] = list(dataset.split_fractions)
+    if getattr(dataset, "label_prompts", False):  # shapes with label prompts: the prompt carries kind and hue
+        kwargs["label_prompts"] = True
     kwargs.update(dataset_kwargs or {})
     identity = {"name": dataset.name, "resolution": int(dataset.resolution), "condition": dataset.condition,
                 "seed": int(dataset.seed)}

@@ -74,13 +74,18 @@ def build_side(main: torch.nn.Module, family: str, cond_channels: int, latent: b
 
 
 def null_context_for(main: torch.nn.Module, family: str, path: Path | None = None) -> dict[str, torch.Tensor]:
-    """The fixed null context: loaded from ``path/null_context.safetensors`` if present; else, for a UNet pipeline
-    with ``text_encoder/`` and ``tokenizer/`` (Stable Diffusion 1.x / 2.x), the empty prompt's embedding; else
-    zeros."""
+    """The fixed null context: loaded from ``path/null_context.safetensors`` if present; else, for a pipeline with
+    ``text_encoder/`` and ``tokenizer/`` (Stable Diffusion 1.x / 2.x, or a main net pretrained with label prompts),
+    the empty prompt's embedding (an SD3-style transformer needs an encoder with a projection, for ``pooled``);
+    else zeros."""
     if path is not None and (path / NULL_CONTEXT_FILE).exists():
         return load_file(path / NULL_CONTEXT_FILE)
-    if family == "unet" and path is not None and has_text_encoder(path):
-        return PromptEncoder.from_pipeline(path).empty()
+    if path is not None and has_text_encoder(path):
+        empty = PromptEncoder.from_pipeline(path).empty()
+        if family == "dit" and "pooled" not in empty:
+            raise ValueError(f"{path / 'text_encoder'} has no projection (a CLIPTextModel): an SD3-style transformer "
+                             "also reads a pooled projection (CLIPTextModelWithProjection)")
+        return empty
     if family == "unet":
         return {"context": torch.zeros(1, 1, main.config.cross_attention_dim)}
     return {"context": torch.zeros(1, 1, main.config.joint_attention_dim),

@@ -30,7 +30,7 @@ def test_every_kind_a_dataset_draws_is_drawn_with_its_channels(dataset):
 def test_extractors_and_references_exist_for_every_kind_that_names_them():
     assert {CONDITION_KINDS[name].extractor for name in extractor_kinds()} <= set(EXTRACTORS)
     references = {kind.reference for kind in CONDITION_KINDS.values()} - {None}
-    assert references <= set(REFERENCE_MASKS) | {"image_edges"}
+    assert references <= set(REFERENCE_MASKS) | {"image_edges", "silhouette"}
 
 
 @pytest.mark.parametrize("name", [name for name, kind in CONDITION_KINDS.items() if kind.reference is not None])
@@ -41,10 +41,13 @@ def test_scored_kinds_give_perfect_fidelity_to_their_own_reference(name):
     mask = (image[0, 0] > 0).numpy()
     outline = mask & ~np.pad(mask[1:-1, 1:-1] & mask[:-2, 1:-1] & mask[2:, 1:-1] & mask[1:-1, :-2] & mask[1:-1, 2:],
                              1)
-    cond = {"mask": mask, "filled_outline": outline, "positive": mask}.get(CONDITION_KINDS[name].reference)
+    reference = CONDITION_KINDS[name].reference
+    cond = {"mask": mask, "filled_outline": outline, "positive": mask, "silhouette": np.zeros_like(mask)}.get(reference)
     if cond is None:  # scored on the image's own edges: the extractor's output is its reference
         cond = EXTRACTORS["canny"](((image[0].permute(1, 2, 0) + 1) / 2).numpy()) > 0.5
-    scores = control_fidelity(image, torch.from_numpy(cond[None, None].astype(np.float32)), name)
+    silhouettes = mask[None] if reference == "silhouette" else None  # the object itself, not the (blank) condition
+    scores = control_fidelity(image, torch.from_numpy(cond[None, None].astype(np.float32)), name,
+                              silhouettes=silhouettes)
     assert scores[CONDITION_KINDS[name].control_metric] == pytest.approx(1.0)
 
 
