@@ -4,15 +4,21 @@ import csv
 
 import numpy as np
 import pytest
+import torch
 from diffusers import SD3Transformer2DModel, UNet2DConditionModel
 from PIL import Image
+from safetensors.torch import load_file
+from torch.utils.data import default_collate
 
 from lisa_probe.config import read_config
 from lisa_probe.configs import PretrainConfig
-from lisa_probe.main_training import pretrain
-from lisa_probe.models import load_main
+from lisa_probe.data import build_dataset
+from lisa_probe.main_training import MainNetObjective, pretrain
+from lisa_probe.models import build_main, load_main
+from lisa_probe.parameterization import Parameterization
 from lisa_probe.pretrain import main
 from lisa_probe.rundir import resolved_path
+from lisa_probe.text import PromptEncoder, prompt_embeddings
 from tests.conftest import launch_two_cpu_processes
 
 
@@ -44,7 +50,10 @@ def test_pretrain_writes_a_diffusers_main_net_with_grid_and_quality(tmp_path, ba
                                           (["--sample-steps", "0"], "--sample-steps must be >= 1, got 0"),
                                           (["--max-grad-norm", "nan"], "--max-grad-norm must be a finite number"),
                                           (["--seed", "-3"], "--seed must be a finite number in [0, "),
-                                          (["--skip-bad-files"], "applies to --dataset folder")])
+                                          (["--skip-bad-files"], "applies to --dataset folder"),
+                                          (["--dataset", "digits", "--label-prompts"], "applies to --dataset shapes"),
+                                          (["--label-prompts", "--proportion-empty-prompts", "2"],
+                                           "--proportion-empty-prompts must be a finite number in [0, 1]")])
 def test_bad_input_names_what_is_allowed(argv, message, capsys, tmp_path):
     with pytest.raises(SystemExit):
         main([*argv, "--out-dir", str(tmp_path / "runs")])
@@ -101,3 +110,42 @@ def test_pretrain_on_an_image_folder(tmp_path):
     assert load_main(run_dir)[0] == "unet" and (run_dir / "samples" / "step-2.png").exists()
     stored = read_config(run_dir / "config.yaml")["config"]["data_root"]  # relative to the run directory
     assert stored == "../../img" and resolved_path(stored, run_dir) == tmp_path / "img"
+
+
+@pytest.mark.parametrize("backbone", ["unet", "dit"])
+def test_pretraining_on_label_prompts_conditions_the_main_net_and_resumes_exactly(tmp_path, backbone):
+    """The run directory gets the label encoder (a pipeline's text_encoder/ + tokenizer/, whose empty prompt is the
+    null context); each sample is conditioned on its own prompt, dropped to the empty one at the set rate; the
+    evaluation scores the factors the prompts name; and a resumed run ends with the weights of an uninterrupted one
+    (same settings, same process: exact)."""
+    options = dict(backbone=backbone, preset="tiny", resolution=16, batch_size=4, label_prompts=True,
+                   proportion_empty_prompts=0.5, checkpoint_every=2, log_every=1)
+    whole = pretrain(PretrainConfig(**options, steps=4, eval_samples=8, sample_steps=2, out_dir=str(tmp_path / "a")))
+    assert (whole / "text_encoder" / "model.safetensors").exists() and (whole / "tokenizer" / "vocab.json").exists()
+    empty = PromptEncoder.from_pipeline(whole).empty()
+    null = load_main(whole)[3]
+    assert set(null) == set(empty) and all(torch.equal(null[name], empty[name]) for name in null)
+    with open(whole / "eval.csv", newline="") as handle:
+        metrics = {row["metric"]: float(row["value"]) for row in csv.DictReader(handle)}
+    assert {"readback/kind", "readback/hue", "readback/x"} <= set(metrics)
+
+    config = PretrainConfig(**options, steps=4, eval_samples=0, out_dir=str(tmp_path / "b"))
+    prompts = prompt_embeddings(config, config.dataset_kwargs(16, 0), tmp_path / "cache", ("train",), progress=False,
+                                pipeline=whole)
+    objective = MainNetObjective(backbone, build_main(backbone, "tiny", 16), Parameterization(
+        config.prediction_type), prompts=prompts, proportion_empty_prompts=0.5, pipeline=whole)
+    dataset = build_dataset("shapes", split="train", resolution=16, label_prompts=True, size=32)
+    batch = default_collate([dataset[i] for i in range(32)])
+    drawn = objective.draw(batch, torch.Generator().manual_seed(0))
+    dropped = [torch.equal(drawn["context"][i], empty["context"][0]) for i in range(32)]
+    kept = [torch.allclose(drawn["context"][i], prompts.lookup([batch["text"][i]])["context"][0]) for i in range(32)]
+    assert all(d or k for d, k in zip(dropped, kept)) and 5 <= sum(dropped) <= 27  # about half, each its own prompt
+    assert len({tuple(row[1:3].flatten().tolist()) for row in drawn["context"]}) > 2  # (row 0: the start token)
+
+    pretrain(PretrainConfig(**options, steps=2, eval_samples=0, out_dir=str(tmp_path / "c"), name="r"))
+    resumed = pretrain(PretrainConfig(**options, steps=4, eval_samples=0, out_dir=str(tmp_path / "c"), name="r",
+                                      resume="latest"))
+    reference = pretrain(PretrainConfig(**options, steps=4, eval_samples=0, out_dir=str(tmp_path / "d"), name="r"))
+    sub = "unet" if backbone == "unet" else "transformer"
+    first, second = (load_file(next((d / sub).glob("*.safetensors"))) for d in (resumed, reference))
+    assert all(torch.equal(first[name], second[name]) for name in first)

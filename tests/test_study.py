@@ -122,6 +122,28 @@ def test_an_arm_runs_at_its_own_seeds_and_quick_mode_picks_arms(tmp_path):
     assert [(p["seed"], p["arm"]) for p in quick] == [(0, "baseline"), (0, "fast")]
 
 
+def test_a_setting_runs_its_own_arms_and_settings_run_apart_share_their_runs(tmp_path, capsys):
+    """A setting with ``arms`` runs those only; ``--settings`` runs a subset into ``<name>-<setting>/`` while the
+    runs stay under the study's own run directory (so the whole study skips them); an unknown one is refused."""
+    from lisa_probe.study import planned_runs
+
+    settings = {"unet": TINY_STUDY["settings"]["unet"],
+                "second": {**TINY_STUDY["settings"]["unet"], "arms": ["baseline"]}}
+    path = write_study(tmp_path, settings=settings, seeds=[0])
+    assert [(p["setting"], p["arm"]) for p in planned_runs(load_study(path))] == [
+        ("second", "baseline"), ("unet", "baseline"), ("unet", "lisa")]  # (write_study's YAML sorts the keys)
+    with pytest.raises(SystemExit) as stop:
+        study_main([str(path), "--settings", "third", "--no-analysis"])
+    assert stop.value.code == 2 and "--settings names unknown settings ['third']" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+    results = run_study(path, analyze=False, settings=["second"])
+    assert results == tmp_path / "results" / "tiny-second"
+    runs = pd.read_csv(results / "runs.csv")
+    assert list(zip(runs["setting"], runs["arm"])) == [("second", "baseline")]
+    assert (tmp_path / "runs" / "tiny" / "second-baseline-s0" / "summary.json").exists()
+    assert "--settings second" in (results / "README.md").read_text()
+
+
 def test_curve_area_is_the_mean_fidelity_over_evaluations():
     runs = pd.DataFrame({"setting": ["s", "s"], "arm": ["baseline", "lisa"], "seed": [0, 0],
                          "control_metric": ["edge_f1", "edge_f1"]})
@@ -144,6 +166,8 @@ def test_curve_area_is_the_mean_fidelity_over_evaluations():
     ({"arms": {"lisa": {"lisa_weight": -1.0}}}, "--lisa-weight must be a finite number"),
     ({"settings": {"unet": {"pretrain": {"steps": 2}}}}, "settings.unet lacks 'train'"),
     ({"settings": {"unet": {**TINY_STUDY["settings"]["unet"], "extract": {}}}}, "unknown key(s) ['extract']"),
+    ({"settings": {"unet": {**TINY_STUDY["settings"]["unet"], "arms": ["lsia"]}}},
+     "settings.unet.arms names unknown arms ['lsia']"),
     ({"extract": {"sample": 4}}, "extract: unknown key(s) ['sample']"),
     ({"quick": {"settings": ["dit"]}}, "quick.settings names unknown settings ['dit']"),
     ({"quick": {"arms": ["lsia"]}}, "quick.arms names unknown arms ['lsia']"),

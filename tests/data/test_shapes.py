@@ -11,7 +11,7 @@ import torch
 from scipy.ndimage import binary_dilation, binary_erosion
 from torch.utils.data import default_collate
 
-from lisa_probe.data import DATASET_NAMES, build_dataset
+from lisa_probe.data import DATASET_NAMES, build_dataset, circular_distance
 from lisa_probe.data import shapes as S
 
 CARRIED = {"kind", "x", "y", "size", "rotation"}
@@ -195,3 +195,51 @@ def test_bad_arguments_name_the_value_and_the_choices():
     with pytest.raises(ValueError, match="resolution"):
         build_dataset("shapes", resolution=0)
     assert DATASET_NAMES == ("shapes", "digits", "folder", "captioned")
+
+
+def _pose_brute_force(factors, resolution, points=4001):
+    """The pose map drawn point by point: distance of each pixel centre to the circle and to ``points`` samples of
+    the clock hand, in pixels, through the same 1-px tent."""
+    centre = np.array([S._lerp(S.POSITION_RANGE, factors["x"]), S._lerp(S.POSITION_RANGE, factors["y"])])
+    radius = S.circumradius(factors)
+    angle = 2 * math.pi * factors["rotation"]
+    hand = centre + np.linspace(0, radius, points)[:, None] * np.array([math.cos(angle), math.sin(angle)])
+    grid = (np.arange(resolution) + 0.5) / resolution
+    pixels = np.stack(np.meshgrid(grid, grid, indexing="xy"), axis=-1).reshape(-1, 2)  # (u, v) per pixel, row-major
+    to_ring = np.abs(np.linalg.norm(pixels - centre, axis=1) - radius)
+    to_hand = np.linalg.norm(pixels[:, None, :] - hand[None], axis=2).min(axis=1)
+    distance = np.minimum(to_ring, to_hand).reshape(resolution, resolution) * resolution
+    return np.clip(1 - distance / S.EDGE_HALF_WIDTH, 0, 1)
+
+
+@pytest.mark.parametrize("rotation", [0.0, 0.13, 0.5, 0.81])
+def test_pose_map_matches_a_brute_force_drawing(rotation):
+    factors = dict(BASE, rotation=rotation, x=0.3, y=0.7, size=0.8)
+    # the hand is sampled every radius/4000: a pixel's distance to it is off by < 0.002 px
+    np.testing.assert_allclose(S.render(factors, 32)["pose"], _pose_brute_force(factors, 32), atol=3e-3)
+
+
+def test_pose_carries_position_size_and_rotation_but_not_kind_or_colour():
+    reference = S.render(BASE, 32)["pose"]
+    for name, value in {"kind": 3, "hue": 0.8, "background": 0.0, "texture": 2}.items():
+        assert np.array_equal(S.render(dict(BASE, **{name: value}), 32)["pose"], reference), name
+    for name, value in {"x": 0.1, "y": 0.9, "size": 0.0, "rotation": 0.6}.items():
+        assert not np.allclose(S.render(dict(BASE, **{name: value}), 32)["pose"], reference, atol=1e-3), name
+    specs = build_dataset("shapes", condition="pose", size=1).factor_specs
+    assert {name for name, spec in specs.items() if spec.carried} == {"x", "y", "size", "rotation"}
+
+
+def test_label_prompts_name_colour_and_kind_and_carry_them():
+    ds = build_dataset("shapes", split="val", condition="pose", size=40, label_prompts=True)
+    assert ds.captions() == [ds[i]["text"] for i in range(len(ds))]
+    for i in range(len(ds)):
+        factors = ds[i]["factors"]
+        colour, kind = ds[i]["text"].split()
+        assert kind == S.SHAPE_KINDS[factors["kind"]]
+        # the named hue bin is the nearest of k/8 on the circle
+        assert circular_distance(S.COLOUR_NAMES.index(colour) / 8, factors["hue"]) <= 1 / 16 + 1e-12
+    assert {name for name, spec in ds.factor_specs.items() if spec.carried} == {"kind", "hue", "x", "y", "size",
+                                                                                "rotation"}
+    assert [S.colour_name(h) for h in (0.0, 0.06, 0.07, 0.5, 0.93, 0.95)] == ["red", "red", "orange", "cyan",
+                                                                             "pink", "red"]
+    assert "text" not in build_dataset("shapes", size=1)[0] and build_dataset("shapes", size=2).captions() == ["", ""]

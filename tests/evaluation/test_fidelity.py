@@ -143,3 +143,30 @@ def test_digits_stroke_perfect_and_mismatched():
     mismatched = control_fidelity(batch["image"].roll(1, dims=0), batch["cond"], "stroke")
     assert matched["edge_f1"] > 0.95 and matched["mask_iou"] > 0.85
     assert mismatched["mask_iou"] < matched["mask_iou"] - 0.3
+
+
+def test_pose_is_scored_against_the_true_silhouette_which_needs_the_kind():
+    """A pose condition does not say the kind: the reference is the sample's silhouette. The true rendering scores
+    high, the same pose drawn as the next kind lower, and without silhouettes the score is refused."""
+    from lisa_probe.data.shapes import SHAPE_KINDS, silhouette
+    from lisa_probe.evaluation import Evaluator
+
+    dataset = build_dataset("shapes", split="val", resolution=32, condition="pose", size=12)
+    factors = [{**dataset[i]["factors"], "size": max(dataset[i]["factors"]["size"], 0.5)} for i in range(12)]
+    cond = torch.from_numpy(np.stack([render(f, 32)["pose"][None] for f in factors]))
+    silhouettes = np.stack([silhouette(f, 32) for f in factors])
+
+    def images(kind_shift):
+        shifted = [{**f, "kind": (f["kind"] + kind_shift) % len(SHAPE_KINDS)} for f in factors]
+        return torch.from_numpy(np.stack([render(f, 32)["image"].transpose(2, 0, 1) for f in shifted]) * 2 - 1)
+
+    true_kind = control_fidelity(images(0), cond, "pose", silhouettes=silhouettes)["mask_iou"]
+    other_kind = control_fidelity(images(1), cond, "pose", silhouettes=silhouettes)["mask_iou"]
+    assert true_kind > 0.9 and other_kind < true_kind - 0.15
+    with pytest.raises(ValueError, match="scored against the samples' silhouettes"):
+        control_fidelity(images(0), cond, "pose")
+    evaluator = Evaluator("pose", 32, 1, None, None, silhouette=silhouette)  # renders them from the factors
+    batch = {name: torch.tensor([f[name] for f in factors]) for name in factors[0]}
+    assert evaluator.control_fidelity(images(0), cond, batch)["mask_iou"] == pytest.approx(true_kind)
+    with pytest.raises(ValueError, match="pass their factors"):
+        evaluator.control_fidelity(images(0), cond)
