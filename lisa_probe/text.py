@@ -9,8 +9,8 @@ embedding is the null context (what a caption dropped by ``--proportion-empty-pr
 
 Embeddings of a dataset's prompts are computed once, before training, and cached on disk (``PromptEmbeddings``),
 keyed by the encoder's identity and the prompts, so that a training step costs a lookup instead of a text-encoder
-forward. SDXL's and SD3's several encoders (``text_encoder_2/``, ``text_encoder_3/``) are not read yet: such
-pipelines are refused by name (``check_single_text_encoder``).
+forward. SDXL's two CLIPs and SD3's CLIP-L, CLIP-G and optional T5 are combined as diffusers combines them
+(``PromptEncoder``).
 """
 
 from __future__ import annotations
@@ -25,15 +25,16 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
-from transformers import AutoTokenizer, CLIPTextModel, CLIPTextModelWithProjection
+from transformers import AutoTokenizer, CLIPTextModel, CLIPTextModelWithProjection, T5EncoderModel
 
-from lisa_probe.data import build_dataset
+from lisa_probe.data import build_dataset, check_choice
 
 TEXT_ENCODER_DIR = "text_encoder"
 TOKENIZER_DIR = "tokenizer"
-EXTRA_ENCODER_DIRS = ("text_encoder_2", "text_encoder_3")
 ENCODE_BATCH = 64
 CACHE_FORMAT = 2  # 2: every output of the encoder (context, pooled) is cached
+MAX_SEQUENCE_LENGTH = 77  # SD3's T5 tokens (diffusers' train_controlnet_sd3.py --max_sequence_length default)
+LAYOUTS = ("sd", "sdxl", "sd3")
 
 
 def has_text_encoder(pipeline: Path) -> bool:
@@ -42,63 +43,119 @@ def has_text_encoder(pipeline: Path) -> bool:
     return (pipeline / TEXT_ENCODER_DIR / "config.json").exists() and (pipeline / TOKENIZER_DIR).is_dir()
 
 
-def check_single_text_encoder(pipeline: Path) -> None:
-    """ValueError for a pipeline with more than one text encoder (SDXL, SD3), which this module does not read."""
-    extra = [name for name in EXTRA_ENCODER_DIRS if (Path(pipeline) / name).is_dir()]
-    if extra:
-        raise ValueError(f"{pipeline} has {', '.join(extra)}/ (an SDXL or SD3 pipeline): captions through several "
-                         "text encoders are not supported yet; train without captions (the null context), or with a "
-                         "null_context.safetensors beside the main net")
+def text_layout(pipeline: Path) -> str:
+    """Which text encoders a pipeline directory holds, as diffusers' pipelines combine them: ``sd`` (one CLIP:
+    SD 1.x / 2.x, or a label encoder), ``sdxl`` (``text_encoder_2/`` beside a UNet) or ``sd3`` (``text_encoder_2/``
+    and optionally the T5 ``text_encoder_3/`` beside a transformer)."""
+    pipeline = Path(pipeline)
+    if not (pipeline / "text_encoder_2").is_dir():
+        return "sd"
+    return "sd3" if (pipeline / "transformer").is_dir() else "sdxl"
+
+
+def _load_encoder(directory: Path, default_class):
+    """A transformers text encoder from ``directory`` (safetensors only), the class its config names among CLIP's
+    two and T5's encoder, else ``default_class``."""
+    if not any(directory.glob("*.safetensors")):
+        raise ValueError(f"{directory} holds no .safetensors weights (lisa_probe loads no pickle files); "
+                         f"convert it once with transformers' save_pretrained(..., safe_serialization=True)")
+    architectures = json.loads((directory / "config.json").read_text()).get("architectures") or []
+    known = {cls.__name__: cls for cls in (CLIPTextModel, CLIPTextModelWithProjection, T5EncoderModel)}
+    model_class = next((known[name] for name in architectures if name in known), default_class)
+    return model_class.from_pretrained(directory, use_safetensors=True).requires_grad_(False).eval()
+
+
+def _load_tokenizer(directory: Path):
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    if getattr(tokenizer, "model_max_length", 0) > 100_000:
+        raise ValueError(f"the tokenizer in {directory} has no model_max_length (set it in tokenizer_config.json, "
+                         "e.g. 77 for CLIP): padding to max_length would pad to ~1e30 tokens")
+    return tokenizer
 
 
 class PromptEncoder:
-    """A pipeline's tokenizer and CLIP text encoder (frozen, eval mode).
+    """A pipeline's tokenizers and text encoders (frozen, eval mode), combined as diffusers' pipelines and ControlNet
+    trainers combine them (``layout``, see ``text_layout``):
 
-    ``encode(prompts) -> {"context": (B, L, D)}`` as diffusers' ControlNet trainer computes it, plus ``"pooled"``
-    (B, P) for an encoder with a projection; ``identity`` is a digest of the encoder's and tokenizer's files (the
-    cache key's model part).
+    * ``sd``: ``{"context": (B, L, D)}``, the last hidden state of the tokens padded to ``model_max_length``, plus
+      ``"pooled"`` (B, P), ``text_embeds``, for an encoder with a projection (SD3-style label encoders);
+    * ``sdxl``: ``context`` = both CLIPs' penultimate hidden states concatenated (B, 77, D1 + D2), ``pooled`` = the
+      second one's ``text_embeds`` (B, P2) (SDXL's added ``text_embeds``; its ``time_ids`` come from the image size);
+    * ``sd3``: CLIP-L's and CLIP-G's penultimate states concatenated and zero-padded to the T5 width, followed by
+      T5's ``MAX_SEQUENCE_LENGTH`` tokens (zeros without ``text_encoder_3/``, as diffusers allows dropping T5):
+      ``context`` (B, 77 + 77, D_T5); ``pooled`` = both CLIPs' ``text_embeds`` concatenated (B, P1 + P2).
+
+    ``identity`` is a digest of the encoders' and tokenizers' files (the cache key's model part).
     """
 
-    def __init__(self, tokenizer, text_encoder: torch.nn.Module, identity: str):
-        if getattr(tokenizer, "model_max_length", 0) > 100_000:
-            raise ValueError("the tokenizer has no model_max_length (set it in tokenizer_config.json, e.g. 77 for "
-                             "CLIP): padding to max_length would pad to ~1e30 tokens")
-        self.tokenizer, self.text_encoder, self.identity = tokenizer, text_encoder.requires_grad_(False).eval(), identity
+    def __init__(self, tokenizers: list, text_encoders: list[torch.nn.Module], identity: str, layout: str = "sd",
+                 t5_width: int | None = None):
+        check_choice("text layout", layout, LAYOUTS)
+        self.tokenizers, self.text_encoders, self.identity = tokenizers, text_encoders, identity
+        self.layout, self.t5_width = layout, t5_width
 
     @classmethod
     def from_pipeline(cls, pipeline: Path) -> PromptEncoder:
-        """Load ``tokenizer/`` and ``text_encoder/`` (safetensors weights only) from a pipeline directory; a clear
-        error when they are missing."""
+        """Load the tokenizers and text encoders (safetensors weights only) of a pipeline directory; a clear error
+        when they are missing."""
         pipeline = Path(pipeline)
         if not has_text_encoder(pipeline):
             raise ValueError(f"{pipeline} has no {TEXT_ENCODER_DIR}/ and {TOKENIZER_DIR}/ to encode captions with "
                              f"(a Stable Diffusion pipeline directory has both)")
-        check_single_text_encoder(pipeline)
-        encoder_dir = pipeline / TEXT_ENCODER_DIR
-        if not any(encoder_dir.glob("*.safetensors")):
-            raise ValueError(f"{encoder_dir} holds no .safetensors weights (lisa_probe loads no pickle files); "
-                             f"convert it once with transformers' save_pretrained(..., safe_serialization=True)")
-        architectures = json.loads((encoder_dir / "config.json").read_text()).get("architectures") or []
-        model_class = CLIPTextModelWithProjection if "CLIPTextModelWithProjection" in architectures else CLIPTextModel
-        text_encoder = model_class.from_pretrained(encoder_dir, use_safetensors=True)
-        tokenizer = AutoTokenizer.from_pretrained(pipeline / TOKENIZER_DIR)
-        return cls(tokenizer, text_encoder, files_identity([encoder_dir, pipeline / TOKENIZER_DIR]))
+        layout = text_layout(pipeline)
+        suffixes = ["", "_2"] if layout != "sd" else [""]
+        if layout == "sd3" and (pipeline / "text_encoder_3").is_dir():
+            suffixes.append("_3")
+        for suffix in suffixes:
+            for part in ("text_encoder", "tokenizer"):
+                if not (pipeline / f"{part}{suffix}").is_dir():
+                    raise ValueError(f"{pipeline} has {'text_encoder' + suffix}/ or {'tokenizer' + suffix}/ but not "
+                                     f"both: a {layout} pipeline needs each text encoder's tokenizer")
+        defaults = {"": CLIPTextModel if layout == "sdxl" else CLIPTextModelWithProjection if layout == "sd3" else
+                    CLIPTextModel, "_2": CLIPTextModelWithProjection, "_3": T5EncoderModel}
+        encoders = [_load_encoder(pipeline / f"text_encoder{suffix}", defaults[suffix]) for suffix in suffixes]
+        tokenizers = [_load_tokenizer(pipeline / f"tokenizer{suffix}") for suffix in suffixes]
+        t5_width = None
+        if layout == "sd3":
+            t5_width = json.loads((pipeline / "transformer" / "config.json").read_text())["joint_attention_dim"]
+        identity = files_identity([pipeline / f"{part}{suffix}" for suffix in suffixes
+                                   for part in ("text_encoder", "tokenizer")])
+        return cls(tokenizers, encoders, identity, layout, t5_width)
+
+    def _run(self, index: int, prompts: list[str], max_length: int | None = None):
+        """The outputs (with hidden states) of encoder ``index`` on ``prompts`` padded to ``max_length`` (default:
+        its tokenizer's ``model_max_length``), truncated."""
+        tokenizer, encoder = self.tokenizers[index], self.text_encoders[index]
+        ids = tokenizer(prompts, max_length=max_length or tokenizer.model_max_length, padding="max_length",
+                        truncation=True, return_tensors="pt").input_ids
+        return encoder(ids.to(next(encoder.parameters()).device), output_hidden_states=True)
 
     @torch.no_grad()
     def encode(self, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
-        """``{"context": (B, L, D)}`` float32 for B prompts, L = the tokenizer's ``model_max_length``, the last
-        hidden state; with a projection also ``"pooled": (B, P)``, its ``text_embeds``."""
-        ids = self.tokenizer(list(prompts), max_length=self.tokenizer.model_max_length, padding="max_length",
-                             truncation=True, return_tensors="pt").input_ids
-        device = next(self.text_encoder.parameters()).device
-        output = self.text_encoder(ids.to(device))
-        encoded = {"context": output.last_hidden_state.float().cpu()}
-        if isinstance(self.text_encoder, CLIPTextModelWithProjection):
-            encoded["pooled"] = output.text_embeds.float().cpu()
-        return encoded
+        """``{"context": (B, L, D)}`` float32 for B prompts (and ``"pooled": (B, P)``), by the layout (class doc)."""
+        prompts = list(prompts)
+        if self.layout == "sd":
+            output = self._run(0, prompts)
+            encoded = {"context": output.last_hidden_state}
+            if isinstance(self.text_encoders[0], CLIPTextModelWithProjection):
+                encoded["pooled"] = output.text_embeds
+        else:
+            clips = [self._run(index, prompts) for index in (0, 1)]
+            context = torch.cat([output.hidden_states[-2] for output in clips], dim=-1)
+            if self.layout == "sdxl":
+                encoded = {"context": context, "pooled": clips[1].text_embeds}
+            else:
+                if len(self.text_encoders) > 2:
+                    t5 = self._run(2, prompts, MAX_SEQUENCE_LENGTH).last_hidden_state
+                else:
+                    t5 = context.new_zeros(len(prompts), MAX_SEQUENCE_LENGTH, self.t5_width)
+                context = torch.nn.functional.pad(context, (0, t5.shape[-1] - context.shape[-1]))
+                encoded = {"context": torch.cat([context, t5], dim=-2),
+                           "pooled": torch.cat([output.text_embeds for output in clips], dim=-1)}
+        return {name: value.float().cpu() for name, value in encoded.items()}
 
     def empty(self) -> dict[str, torch.Tensor]:
-        """The empty prompt's embedding (``context`` (1, L, D), ``pooled`` (1, P) with a projection): the
+        """The empty prompt's embedding (``context`` (1, L, D), ``pooled`` (1, P) where there is one): the
         unconditional (null) context."""
         return self.encode([""])
 
@@ -194,6 +251,5 @@ def prompt_embeddings(config, dataset_kwargs: dict, cache: Path, splits: tuple[s
                             progress=progress)
 
 
-__all__ = ["PromptEmbeddings", "PromptEncoder", "batch_context", "check_single_text_encoder", "drop_prompts",
-           "has_text_encoder",
-           "prompt_embeddings"]
+__all__ = ["PromptEmbeddings", "PromptEncoder", "batch_context", "drop_prompts", "has_text_encoder",
+           "prompt_embeddings", "text_layout"]

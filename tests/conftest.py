@@ -24,7 +24,12 @@ from lisa_probe.models import build_main, build_side, make_dual_branch
 from lisa_probe.models.build import null_context_for
 from lisa_probe.parameterization import Parameterization
 from tests.analysis.synthetic_store import FAST, write_synthetic
-from tests.tiny_pipelines import write_captioned_parquet, write_sd_pipeline
+from tests.tiny_pipelines import (
+    write_captioned_parquet,
+    write_sd3_pipeline,
+    write_sd_pipeline,
+    write_sdxl_pipeline,
+)
 
 # Tiny models run fastest on one thread, and OpenMP barriers thrash when the other core is busy.
 torch.set_num_threads(1)
@@ -130,6 +135,24 @@ def analysed(synthetic):
 def sd_pipeline(tmp_path_factory) -> Path:
     """A tiny SD 1.x-style pipeline directory (64 px, VAE factor 8, CLIP text encoder and tokenizer)."""
     return write_sd_pipeline(tmp_path_factory.mktemp("pipelines") / "sd")
+
+
+@pytest.fixture(scope="session")
+def sdxl_pipeline(tmp_path_factory) -> Path:
+    """A tiny SDXL-style pipeline directory (64 px; two CLIPs; a text_time UNet)."""
+    return write_sdxl_pipeline(tmp_path_factory.mktemp("pipelines") / "sdxl")
+
+
+@pytest.fixture(scope="session")
+def sd3_pipeline(tmp_path_factory) -> Path:
+    """A tiny SD3-style pipeline directory (64 px; CLIP-L, CLIP-G and T5 stand-ins; a transformer)."""
+    return write_sd3_pipeline(tmp_path_factory.mktemp("pipelines") / "sd3")
+
+
+@pytest.fixture(scope="session")
+def sd3_pipeline_without_t5(tmp_path_factory) -> Path:
+    """The SD3-style pipeline without text_encoder_3/ (diffusers allows dropping T5)."""
+    return write_sd3_pipeline(tmp_path_factory.mktemp("pipelines") / "sd3-no-t5", t5=False)
 
 
 @pytest.fixture(scope="session")

@@ -80,11 +80,38 @@ def test_caption_dropout_replaces_the_given_share_of_prompts():
     assert abs(dropped - 1200) < 4 * (4000 * 0.3 * 0.7) ** 0.5  # within 4 binomial standard deviations
 
 
-def test_a_pipeline_without_a_text_encoder_or_with_several_is_refused(sd_pipeline, tmp_path):
+def test_a_pipeline_without_a_text_encoder_or_without_a_second_tokenizer_is_refused(sd_pipeline, tmp_path):
     with pytest.raises(ValueError, match="has no text_encoder/ and tokenizer/"):
         PromptEncoder.from_pipeline(tmp_path)
-    sdxl = tmp_path / "sdxl"
-    shutil.copytree(sd_pipeline, sdxl)
-    shutil.copytree(sd_pipeline / "text_encoder", sdxl / "text_encoder_2")
-    with pytest.raises(ValueError, match="text_encoder_2/ .*several text encoders are not supported yet"):
-        PromptEncoder.from_pipeline(sdxl)
+    half = tmp_path / "half-sdxl"
+    shutil.copytree(sd_pipeline, half)
+    shutil.copytree(sd_pipeline / "text_encoder", half / "text_encoder_2")
+    with pytest.raises(ValueError, match="text_encoder_2/ or tokenizer_2/ but not both"):
+        PromptEncoder.from_pipeline(half)
+
+
+@pytest.mark.parametrize("fixture,layout", [("sdxl_pipeline", "sdxl"), ("sd3_pipeline", "sd3"),
+                                            ("sd3_pipeline_without_t5", "sd3")])
+def test_sdxl_and_sd3_prompts_are_what_diffusers_pipelines_encode(request, fixture, layout):
+    """SDXL: both CLIPs' penultimate states side by side, the second's text_embeds pooled; SD3: CLIP-L/G padded to the
+    T5 width and T5's 77 tokens after them (zeros without T5), both text_embeds pooled; as the pipelines'
+    ``encode_prompt`` computes them (the SD3 ControlNet trainer's max_sequence_length 77)."""
+    from diffusers import StableDiffusion3Pipeline, StableDiffusionXLPipeline
+
+    path = request.getfixturevalue(fixture)
+    encoder = PromptEncoder.from_pipeline(path)
+    assert encoder.layout == layout
+    ours = encoder.encode(PROMPTS + [""])
+    if layout == "sdxl":
+        context, _, pooled, _ = StableDiffusionXLPipeline.from_pretrained(path).encode_prompt(
+            PROMPTS + [""], do_classifier_free_guidance=False)
+    else:
+        missing = {} if (path / "text_encoder_3").is_dir() else {"text_encoder_3": None, "tokenizer_3": None}
+        pipe = StableDiffusion3Pipeline.from_pretrained(path, **missing)
+        context, _, pooled, _ = pipe.encode_prompt(PROMPTS + [""], PROMPTS + [""], PROMPTS + [""],
+                                                   do_classifier_free_guidance=False, max_sequence_length=77)
+        assert (context[:, 16:].abs().max() == 0) == bool(missing)  # the T5 part: zeros exactly without T5
+    # CPU kernels may differ in the last bits between two batchings of the same prompts
+    torch.testing.assert_close(ours["context"], context, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ours["pooled"], pooled, rtol=1e-5, atol=1e-5)
+    assert (ours["context"][0] - ours["context"][1]).abs().max() > 1e-3

@@ -218,14 +218,14 @@ def test_an_sd2_v_prediction_pipeline_trains_on_captions(tmp_path, captioned_dat
     assert read_summary(run)["steps"] == 2 and all(math.isfinite(float(r["loss"])) for r in read_metrics(run))
 
 
-def test_captions_for_a_pipeline_with_several_text_encoders_are_refused_by_name(tmp_path, sd_pipeline,
-                                                                                captioned_data, capsys):
-    sdxl_like = tmp_path / "sdxl-like"
-    shutil.copytree(sd_pipeline, sdxl_like)
-    shutil.copytree(sd_pipeline / "text_encoder", sdxl_like / "text_encoder_2")
+def test_a_pipeline_with_a_second_text_encoder_but_no_second_tokenizer_is_refused_by_name(tmp_path, sd_pipeline,
+                                                                                           captioned_data, capsys):
+    half_sdxl = tmp_path / "half-sdxl"
+    shutil.copytree(sd_pipeline, half_sdxl)
+    shutil.copytree(sd_pipeline / "text_encoder", half_sdxl / "text_encoder_2")
     with pytest.raises(SystemExit) as stop:
-        train_main(["--main", str(sdxl_like), "--dataset", "captioned", "--data-root", str(captioned_data),
+        train_main(["--main", str(half_sdxl), "--dataset", "captioned", "--data-root", str(captioned_data),
                     "--out-dir", str(tmp_path / "runs"), "--eval-samples", "0"])
     error = capsys.readouterr().err
-    assert stop.value.code == 2 and "text_encoder_2/ (an SDXL or SD3 pipeline)" in error
+    assert stop.value.code == 2 and "text_encoder_2/ or tokenizer_2/ but not both" in error
     assert not (tmp_path / "runs").exists()

@@ -14,9 +14,26 @@ from pathlib import Path
 import datasets
 import numpy as np
 import torch
-from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import (
+    AutoencoderKL,
+    DDPMScheduler,
+    EulerDiscreteScheduler,
+    FlowMatchEulerDiscreteScheduler,
+    SD3Transformer2DModel,
+    StableDiffusion3Pipeline,
+    StableDiffusionPipeline,
+    StableDiffusionXLPipeline,
+    UNet2DConditionModel,
+)
 from PIL import Image, ImageDraw
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from transformers import (
+    CLIPTextConfig,
+    CLIPTextModel,
+    CLIPTextModelWithProjection,
+    CLIPTokenizer,
+    T5Config,
+    T5EncoderModel,
+)
 
 from lisa_probe.text_labels import write_tokenizer as write_word_tokenizer
 
@@ -31,33 +48,96 @@ def write_tokenizer(directory: Path, max_length: int = MAX_LENGTH) -> CLIPTokeni
     return write_word_tokenizer(directory, WORDS, max_length)
 
 
+def tiny_clip(tokenizer: CLIPTokenizer, hidden: int = 32, projection: int | None = None, seed: int = 0):
+    """A tiny random CLIP text encoder (with a text projection of width ``projection`` when given)."""
+    torch.manual_seed(seed)
+    config = CLIPTextConfig(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                            pad_token_id=tokenizer.pad_token_id, hidden_size=hidden, intermediate_size=37,
+                            num_attention_heads=4, num_hidden_layers=2, max_position_embeddings=MAX_LENGTH,
+                            vocab_size=len(tokenizer), projection_dim=projection or hidden)
+    return CLIPTextModelWithProjection(config) if projection else CLIPTextModel(config)
+
+
+def tiny_vae(resolution: int, **config) -> AutoencoderKL:
+    """A tiny VAE that downsamples by 8, as SD's does (``config``: e.g. SD3's scaling and shift factors)."""
+    return AutoencoderKL(
+        sample_size=resolution, in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 8, 8, 8),
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=1,
+        norm_num_groups=8, **config)
+
+
+def save_with_tokenizers(pipeline, out: Path, staging: Path, tokenizer_dirs: tuple[str, ...]) -> Path:
+    """``pipeline.save_pretrained(out)`` (safetensors), each tokenizer folder given the word-level vocabulary files
+    (transformers 5 reads them only through ``from_pretrained``)."""
+    pipeline.save_pretrained(out, safe_serialization=True)
+    for directory in tokenizer_dirs:
+        for name in ("vocab.json", "merges.txt"):
+            shutil.copy(staging / name, out / directory / name)
+    shutil.rmtree(staging)
+    return out
+
+
 def write_sd_pipeline(out: Path, resolution: int = 64, prediction_type: str = "epsilon", seed: int = 0) -> Path:
     """A tiny SD 1.x-style pipeline (SD 2.x-v with ``prediction_type="v_prediction"``) in ``out``."""
     out = Path(out)
     staging = out.with_name(out.name + ".tokenizer")
     tokenizer = write_tokenizer(staging)
-    torch.manual_seed(seed)
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-        hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
-        max_position_embeddings=MAX_LENGTH, vocab_size=len(tokenizer)))
+    text_encoder = tiny_clip(tokenizer, seed=seed)
     unet = UNet2DConditionModel(
         sample_size=resolution // 8, in_channels=4, out_channels=4, block_out_channels=(32, 64), layers_per_block=1,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
         cross_attention_dim=32, attention_head_dim=8, norm_num_groups=32)
-    vae = AutoencoderKL(
-        sample_size=resolution, in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 8, 8, 8),
-        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=1,
-        norm_num_groups=8)
     scheduler = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False,
                               prediction_type=prediction_type, steps_offset=1)
-    StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
-                            safety_checker=None, feature_extractor=None, requires_safety_checker=False
-                            ).save_pretrained(out, safe_serialization=True)
-    for name in ("vocab.json", "merges.txt"):
-        shutil.copy(staging / name, out / "tokenizer" / name)
-    shutil.rmtree(staging)
-    return out
+    pipeline = StableDiffusionPipeline(vae=tiny_vae(resolution), text_encoder=text_encoder, tokenizer=tokenizer,
+                                       unet=unet, scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                       requires_safety_checker=False)
+    return save_with_tokenizers(pipeline, out, staging, ("tokenizer",))
+
+
+def write_sdxl_pipeline(out: Path, resolution: int = 64, seed: int = 0) -> Path:
+    """A tiny SDXL-style pipeline: two CLIPs (the second with a projection: the pooled ``text_embeds``), a
+    ``text_time`` UNet reading their concatenated tokens (32 + 32) and pooled text + 6 time ids, an Euler scheduler."""
+    out = Path(out)
+    staging = out.with_name(out.name + ".tokenizer")
+    tokenizer = write_tokenizer(staging)
+    unet = UNet2DConditionModel(
+        sample_size=resolution // 8, in_channels=4, out_channels=4, block_out_channels=(32, 64), layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=64, attention_head_dim=8, norm_num_groups=32, addition_embed_type="text_time",
+        addition_time_embed_dim=8, projection_class_embeddings_input_dim=6 * 8 + 32, use_linear_projection=True)
+    scheduler = EulerDiscreteScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                                       steps_offset=1, timestep_spacing="leading")
+    pipeline = StableDiffusionXLPipeline(vae=tiny_vae(resolution), text_encoder=tiny_clip(tokenizer, seed=seed),
+                                         text_encoder_2=tiny_clip(tokenizer, projection=32, seed=seed + 1),
+                                         tokenizer=tokenizer, tokenizer_2=tokenizer, unet=unet, scheduler=scheduler)
+    return save_with_tokenizers(pipeline, out, staging, ("tokenizer", "tokenizer_2"))
+
+
+def write_sd3_pipeline(out: Path, resolution: int = 64, t5: bool = True, seed: int = 0) -> Path:
+    """A tiny SD3-style pipeline: CLIP-L and CLIP-G stand-ins (16 wide each, projections of 16), an optional T5
+    encoder of width 32 (its tokenizer: the word-level CLIP one; diffusers' tests use a tiny T5 vocabulary), and a
+    transformer with ``joint_attention_dim`` 32 and ``pooled_projection_dim`` 32."""
+    out = Path(out)
+    staging = out.with_name(out.name + ".tokenizer")
+    tokenizer = write_tokenizer(staging)
+    torch.manual_seed(seed)
+    transformer = SD3Transformer2DModel(
+        sample_size=resolution // 8, patch_size=2, in_channels=4, out_channels=4, num_layers=2, attention_head_dim=8,
+        num_attention_heads=2, joint_attention_dim=32, caption_projection_dim=16, pooled_projection_dim=32,
+        pos_embed_max_size=resolution // 16)
+    text_encoder_3 = None
+    if t5:
+        torch.manual_seed(seed + 2)
+        text_encoder_3 = T5EncoderModel(T5Config(vocab_size=len(tokenizer), d_model=32, d_kv=8, d_ff=37,
+                                                 num_layers=2, num_heads=4, pad_token_id=tokenizer.pad_token_id))
+    pipeline = StableDiffusion3Pipeline(
+        transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+        vae=tiny_vae(resolution, scaling_factor=1.5305, shift_factor=0.0609),
+        text_encoder=tiny_clip(tokenizer, 16, 16, seed), tokenizer=tokenizer,
+        text_encoder_2=tiny_clip(tokenizer, 16, 16, seed + 1), tokenizer_2=tokenizer,
+        text_encoder_3=text_encoder_3, tokenizer_3=tokenizer if t5 else None)
+    return save_with_tokenizers(pipeline, out, staging, ("tokenizer", "tokenizer_2") + (("tokenizer_3",) if t5 else ()))
 
 
 def shape_row(index: int, resolution: int) -> dict:

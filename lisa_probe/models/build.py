@@ -28,7 +28,7 @@ from lisa_probe.data import check_choice
 from lisa_probe.models.dit import DiTDualBranch, dit_forward
 from lisa_probe.models.dual_branch import DualBranch
 from lisa_probe.models.presets import FAMILIES, PRESETS, dit_config, side_layers, unet_config
-from lisa_probe.models.unet import UNetDualBranch, unet_forward
+from lisa_probe.models.unet import UNetDualBranch, pooled_width, unet_forward
 from lisa_probe.parameterization import PREDICTION_TYPES, Parameterization
 from lisa_probe.text import PromptEncoder, has_text_encoder
 
@@ -87,7 +87,10 @@ def null_context_for(main: torch.nn.Module, family: str, path: Path | None = Non
                              "also reads a pooled projection (CLIPTextModelWithProjection)")
         return empty
     if family == "unet":
-        return {"context": torch.zeros(1, 1, main.config.cross_attention_dim)}
+        zeros = {"context": torch.zeros(1, 1, main.config.cross_attention_dim)}
+        if pooled_width(main) is not None:  # SDXL
+            zeros["pooled"] = torch.zeros(1, pooled_width(main))
+        return zeros
     return {"context": torch.zeros(1, 1, main.config.joint_attention_dim),
             "pooled": torch.zeros(1, main.config.pooled_projection_dim)}
 
@@ -99,7 +102,7 @@ def make_dual_branch(family: str, main, side, parameterization: Parameterization
     if family == "unet":
         if parameterization.prediction_type == "flow":
             raise ValueError("the unet backbone supports prediction types eps and v, not flow")
-        model = UNetDualBranch(main, side, parameterization, null_context["context"])
+        model = UNetDualBranch(main, side, parameterization, null_context["context"], null_context.get("pooled"))
     else:
         if parameterization.prediction_type != "flow":
             raise ValueError(f"the dit backbone uses flow matching, not {parameterization.prediction_type!r}")
