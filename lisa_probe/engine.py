@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator, PartialState
 from accelerate.state import AcceleratorState, GradientState
+from accelerate.tracking import TensorBoardTracker, WandBTracker
 from accelerate.utils import parse_flag_from_env
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -40,6 +41,7 @@ from lisa_probe.checkpointing import (
     temporary_checkpoint_dir,
 )
 from lisa_probe.config import SEED_MAX, check_number, config_defaults, option
+from lisa_probe.data import check_choice
 from lisa_probe.data_stream import batch_loader
 from lisa_probe.files import replace_dir, write_csv_atomic, write_json
 from lisa_probe.rundir import EVAL_FILE, METRICS_FILE
@@ -48,7 +50,10 @@ MIXED_PRECISION = ("no", "bf16", "fp16")
 # Config fields that may differ between an interrupted run and its resumption.
 RESUMABLE_CHANGES = ("steps", "resume", "checkpoint_every", "keep_checkpoints", "eval_every", "eval_schedule",
                      "probe_every", "probe_samples", "log_every", "num_workers", "eval_samples", "name", "out_dir",
-                     "overwrite")
+                     "overwrite", "report_to")
+# experiment trackers (accelerate's tracker classes): --report-to value -> the trackers, and the module each needs
+REPORT_TO = {"tensorboard": ("tensorboard",), "wandb": ("wandb",), "all": ("tensorboard", "wandb"), "none": ()}
+TRACKER_MODULES = {"tensorboard": "tensorboard", "wandb": "wandb"}
 
 
 def usable_cores() -> int:
@@ -150,8 +155,17 @@ class LoopConfig:
         "compute; diffusers' --gradient_checkpointing)"))
     use_8bit_adam: bool = field(default=False, metadata=option(
         "bitsandbytes' 8-bit AdamW instead of torch's (optional dependency: pip install 'lisa_probe[bnb]')"))
+    report_to: str = field(default="tensorboard", metadata=option(
+        "experiment trackers, as diffusers' --report_to (accelerate's trackers): tensorboard (<run>/tensorboard), "
+        "wandb (optional dependency: pip install 'lisa_probe[wandb]'), all, or none; metrics.csv and eval.csv are "
+        "always written", choices=tuple(REPORT_TO)))
 
     def __post_init__(self) -> None:
+        check_choice("report_to", self.report_to, REPORT_TO)
+        missing = [name for name in REPORT_TO[self.report_to] if importlib.util.find_spec(TRACKER_MODULES[name]) is None]
+        if missing:
+            raise ValueError(f"--report-to {self.report_to} needs {', '.join(missing)}, which is not installed: pip "
+                             f"install 'lisa_probe[{missing[0]}]' (or pip install {' '.join(missing)})")
         if self.use_8bit_adam and importlib.util.find_spec("bitsandbytes") is None:
             raise ValueError("--use-8bit-adam needs bitsandbytes, which is not installed: pip install "
                              "'lisa_probe[bnb]' (or pip install bitsandbytes)")
@@ -232,17 +246,36 @@ def _check_resume_config(state: dict, config: dict, checkpoint: Path, defaults: 
                          f"decay is laid out over steps={saved.get('steps')} (a constant schedule may change steps)")
 
 
-class MetricsLog:
-    """``metrics.csv`` (one row per logged step, columns fixed by the first row) plus TensorBoard scalars."""
+def make_trackers(report_to: str, run_dir: Path, start_step: int, config: dict) -> list:
+    """accelerate's trackers for ``--report-to``, started, with the run's config stored: TensorBoard in
+    ``<run>/tensorboard`` (a resume purges the events after its checkpoint's step), wandb in project ``lisa_probe``
+    under the run's name (resumed when it exists)."""
+    trackers = []
+    for name in REPORT_TO[report_to]:
+        if name == "tensorboard":
+            tracker = TensorBoardTracker("tensorboard", run_dir, purge_step=start_step + 1)
+        else:
+            tracker = WandBTracker("lisa_probe", name=run_dir.name, id=run_dir.name, dir=str(run_dir),
+                                   resume="allow")
+        tracker.start()
+        if start_step == 0:  # hyper-parameters: the scalar settings (TensorBoard takes no None or lists)
+            tracker.store_init_configuration({key: value for key, value in config.items()
+                                              if isinstance(value, (int, float, str, bool))})
+        trackers.append(tracker)
+    return trackers
 
-    def __init__(self, run_dir: Path, start_step: int, enabled: bool):
+
+class MetricsLog:
+    """``metrics.csv`` (one row per logged step, columns fixed by the first row) plus the ``--report-to`` trackers."""
+
+    def __init__(self, run_dir: Path, start_step: int, enabled: bool, report_to: str = "tensorboard",
+                 config: dict | None = None):
         self.path = run_dir / METRICS_FILE
         self.enabled = enabled
-        self.writer = None
+        self.trackers = []
         if enabled:
             self._truncate_after(start_step)
-            from torch.utils.tensorboard import SummaryWriter
-            self.writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=start_step + 1)
+            self.trackers = make_trackers(report_to, run_dir, start_step, config or {})
 
     def _truncate_after(self, step: int) -> None:
         """Keep the rows up to ``step`` (a resume's checkpoint), rewritten atomically; a torn last row (a kill while
@@ -278,12 +311,16 @@ class MetricsLog:
         if not self.enabled:
             return
         self._write({"step": step, **values})
-        for key, value in values.items():
-            self.writer.add_scalar(key, value, step)
+        self.track(step, values)
+
+    def track(self, step: int, values: dict[str, float]) -> None:
+        """Send scalars to the trackers only (evaluations: ``eval.csv`` is written apart)."""
+        for tracker in self.trackers:
+            tracker.log({key: float(value) for key, value in values.items()}, step=step)
 
     def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
+        for tracker in self.trackers:
+            tracker.finish()
 
 
 def save_checkpoint(accelerator: Accelerator, run_dir: Path, objective: Objective, optimizer, generator,
@@ -389,7 +426,7 @@ def _fit_loop(run_dir: Path, objective: Objective, dataset, config: LoopConfig,
     model, optimizer = accelerator.prepare(objective, optimizer)
     loader = batch_loader(dataset, config.batch_size, config.seed, accelerator.process_index,
                           accelerator.num_processes, start=state["micro_batches"], num_workers=config.num_workers)
-    metrics = MetricsLog(run_dir, state["step"], accelerator.is_main_process)
+    metrics = MetricsLog(run_dir, state["step"], accelerator.is_main_process, config.report_to, config_dict)
     progress = tqdm(total=config.steps, initial=state["step"], desc=run_dir.name,
                     disable=not accelerator.is_main_process, dynamic_ncols=True)
     sums: dict[str, float] = {}
@@ -494,7 +531,5 @@ def eval_log_rows(run_dir: Path, step: int, results: dict[str, float], metrics: 
     new_rows = [{"step": step, "metric": key, "value": value} for key, value in results.items()
                 if isinstance(value, (int, float)) and math.isfinite(value)]
     write_csv_atomic(path, ["step", "metric", "value"], rows + new_rows)
-    if metrics.writer is not None:
-        for row in new_rows:
-            metrics.writer.add_scalar(f"eval/{row['metric']}", float(row["value"]), step)
+    metrics.track(step, {f"eval/{row['metric']}": row["value"] for row in new_rows})
 

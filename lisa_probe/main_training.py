@@ -103,19 +103,20 @@ def make_quality_evaluation(objective: MainNetObjective, config: PretrainConfig,
         build_dataset(config.dataset, split="train", **dataset_options(config)),
         cache_dir=cache_dir(config.out_dir))
     shape = (config.eval_samples, objective.main.config.in_channels, config.resolution, config.resolution)
-    text = factors = None
+    text = factors = captions = None
     if objective.prompts is not None:
         val = build_dataset(config.dataset, split="val", **dataset_options(config))
         batch = default_collate([val[i] for i in range(min(config.eval_samples, len(val)))])
         shape, factors = (len(batch["text"]), *shape[1:]), batch["factors"]
-        text = batch_context(objective.prompts, batch)
+        text, captions = batch_context(objective.prompts, batch), list(batch["text"][:16])
 
     def evaluate(step: int) -> dict[str, float]:
         device = next(objective.main.parameters()).device
         on_device = None if text is None else {name: value.to(device) for name, value in text.items()}
         images = sample(lambda x, t: objective.predict(x, t, text=on_device), objective.parameterization,
                         fixed_noise(shape, config.seed + 1).to(device), config.sample_steps).clamp(-1, 1).cpu()
-        save_grid([("samples", to_uint8(images[:16]))], run_dir / SAMPLES_DIR / f"step-{step}.png")
+        save_grid([("samples", to_uint8(images[:16]))], run_dir / SAMPLES_DIR / f"step-{step}.png",
+                  captions=captions)
         named = {} if factors is None else evaluator.factor_readback(images, factors)
         return {**evaluator.frechet(images), **evaluator.shape_fit(images), **named}
 

@@ -40,6 +40,7 @@ class ControlEvaluation:
         dataset = build_dataset(config.dataset, split="val", **dataset_kwargs)
         batch = default_collate([dataset[i] for i in range(min(config.eval_samples, len(dataset)))])
         self.cond, self.factors = batch["cond"], batch["factors"]
+        self.captions = list(batch["text"]) if prompts is not None else None  # shown above the grid's columns
         self.context = batch_context(prompts, batch)  # the captions' embeddings, or None: the null context
         train_set = build_dataset(config.dataset, split="train", **dataset_kwargs)
         self.evaluator = Evaluator.for_dataset(train_set, cache_dir=cache_dir(config.out_dir))
@@ -73,7 +74,8 @@ class ControlEvaluation:
         results.update(self.evaluator.evaluate(controlled, self.cond, self.factors))
         n = GRID_COLUMNS
         save_grid([("condition", to_uint8(self.cond[:n], (0.0, 1.0))), ("main alone", to_uint8(self.main_alone[:n])),
-                   ("controlled", to_uint8(controlled[:n]))], self.run_dir / SAMPLES_DIR / f"step-{step}.png")
+                   ("controlled", to_uint8(controlled[:n]))], self.run_dir / SAMPLES_DIR / f"step-{step}.png",
+                  captions=None if self.captions is None else self.captions[:n])
         return results
 
 

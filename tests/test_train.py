@@ -543,3 +543,35 @@ def test_a_diffusers_trained_rgb_controlnet_is_fine_tuned_on_greyscale_condition
     run = train(tiny_config(tmp_path, side=str(tmp_path / "rgb-controlnet"), steps=2, lisa_weight=0.2))
     assert json.loads((run / "controlnet" / "config.json").read_text())["conditioning_channels"] == 3
     assert len(read_metrics(run)) == 2
+
+
+def test_report_to_sends_the_logged_scalars_to_the_trackers_and_none_to_none(tmp_path):
+    """TensorBoard (accelerate's tracker) gets every metrics.csv scalar at its step and the evaluations as eval/*, a
+    resume keeps one event per step; --report-to none writes no tracker files (metrics.csv stays)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = train(tiny_config(tmp_path, steps=2, checkpoint_every=1, eval_every=2, eval_samples=2, sample_steps=2,
+                            name="tb"))
+    train(tiny_config(tmp_path, steps=3, checkpoint_every=1, eval_every=2, eval_samples=2, sample_steps=2, name="tb",
+                      resume="latest"))
+    events = EventAccumulator(str(run / "tensorboard")).Reload()
+    logged = read_metrics(run)
+    loss = events.Scalars("loss")
+    assert [event.step for event in loss] == [int(row["step"]) for row in logged] == [1, 2, 3]
+    assert [event.value for event in loss] == pytest.approx([float(row["loss"]) for row in logged], rel=1e-6)
+    assert "eval/fd" in events.Tags()["scalars"]
+    quiet = train(tiny_config(tmp_path, steps=2, report_to="none", name="quiet"))
+    assert not (quiet / "tensorboard").exists() and len(read_metrics(quiet)) == 2
+
+
+def test_report_to_a_tracker_that_is_not_installed_names_the_extra(tmp_path, capsys, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
+    with pytest.raises(SystemExit) as stop:
+        train_main(["--main", make_main(tmp_path, "unet", "eps"), "--out-dir", str(tmp_path / "runs"),
+                    "--report-to", "all"])
+    error = capsys.readouterr().err
+    assert stop.value.code == 2 and "--report-to all needs wandb" in error and "lisa_probe[wandb]" in error
+    assert not (tmp_path / "runs").exists()
