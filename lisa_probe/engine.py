@@ -47,6 +47,7 @@ from lisa_probe.files import replace_dir, write_csv_atomic, write_json
 from lisa_probe.rundir import EVAL_FILE, METRICS_FILE
 
 MIXED_PRECISION = ("no", "bf16", "fp16")
+WEIGHT_DTYPES = {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}  # frozen modules' dtype
 # Config fields that may differ between an interrupted run and its resumption.
 RESUMABLE_CHANGES = ("steps", "resume", "checkpoint_every", "keep_checkpoints", "eval_every", "eval_schedule",
                      "probe_every", "probe_samples", "log_every", "num_workers", "eval_samples", "name", "out_dir",
@@ -137,7 +138,9 @@ class LoopConfig:
                                                                  "decay towards 0 over the run", choices=LR_SCHEDULES))
     weight_decay: float = field(default=1e-2, metadata=option("AdamW weight decay"))
     max_grad_norm: float = field(default=1.0, metadata=option("gradient clipping norm"))
-    mixed_precision: str = field(default="no", metadata=option("autocast precision", choices=MIXED_PRECISION))
+    mixed_precision: str = field(default="no", metadata=option(
+        "autocast precision; bf16 / fp16 also hold the frozen modules (main net, VAE) in that dtype, as diffusers' "
+        "trainers do (the trained weights stay fp32)", choices=MIXED_PRECISION))
     seed: int = field(default=0, metadata=option("seed of data order, noise and initialisation"))
     checkpoint_every: int = field(default=500, metadata=option("steps between checkpoints (0: only at the end)"))
     keep_checkpoints: int = field(default=2, metadata=option("checkpoints kept (0: all)"))
@@ -467,7 +470,8 @@ def _fit_loop(run_dir: Path, objective: Objective, dataset, config: LoopConfig,
         probed = {}
         if probe is not None and step % probe.every == 0 and accelerator.is_main_process:
             objective.eval()
-            probed = probe(step)
+            with accelerator.autocast():  # as training runs: frozen modules may hold the mixed-precision dtype
+                probed = probe(step)
             objective.train()
         if step % config.log_every == 0 or step == config.steps or probed:
             metrics.log(step, {**sums, "lr": lr, "seconds": state["train_seconds"], **probed})
@@ -481,7 +485,8 @@ def _fit_loop(run_dir: Path, objective: Objective, dataset, config: LoopConfig,
         if evaluate is not None and (step == config.steps or is_eval_step(step, config)):
             if accelerator.is_main_process:
                 objective.eval()
-                results = evaluate(step)
+                with accelerator.autocast():
+                    results = evaluate(step)
                 objective.train()
                 eval_log_rows(run_dir, step, results, metrics)
             accelerator.wait_for_everyone()

@@ -15,7 +15,7 @@ from lisa_probe.checkpointing import prepare_run_dir
 from lisa_probe.configs import TrainConfig
 from lisa_probe.data import build_dataset
 from lisa_probe.data.condition_kinds import condition_kind
-from lisa_probe.engine import Objective, Probe, fit, is_main_process, process_state
+from lisa_probe.engine import WEIGHT_DTYPES, Objective, Probe, fit, is_main_process, process_state
 from lisa_probe.hooks import capture
 from lisa_probe.lisa import LisaDecoder, lisa_distance, lisa_rows, lisa_target, lisa_weight
 from lisa_probe.models import DualBranch
@@ -154,6 +154,7 @@ def train(config: TrainConfig) -> Path:
     if config.main is None:
         config.main = str(ensure_default_main(Path(config.out_dir)))
     model, dataset_kwargs = build_dual_branch(config)
+    model.cast_frozen(WEIGHT_DTYPES[config.mixed_precision])
     model.parameterization.check_weighting(config.weighting())
     if config.side is None:  # a new side net (a resumed run loads its weights from the checkpoint)
         init_zero_modules(model, config.zero_init_scale, config.seed)

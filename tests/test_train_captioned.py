@@ -229,3 +229,23 @@ def test_a_pipeline_with_a_second_text_encoder_but_no_second_tokenizer_is_refuse
     error = capsys.readouterr().err
     assert stop.value.code == 2 and "text_encoder_2/ or tokenizer_2/ but not both" in error
     assert not (tmp_path / "runs").exists()
+
+
+def test_bf16_holds_the_frozen_main_net_and_vae_in_bf16_and_the_side_net_in_fp32(tmp_path, sd_pipeline,
+                                                                                 captioned_data, monkeypatch):
+    """As diffusers' trainers under --mixed_precision: the frozen modules in the weight dtype, the trained one in
+    fp32; training, the evaluation and the onset probe run (under autocast) to finite numbers."""
+    seen = {}
+    forward = SideNetObjective.forward
+
+    def recording(self, *args, **kwargs):
+        seen.update(main=self.model.main.dtype, vae=self.model.vae.dtype, side=self.model.side.dtype)
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(SideNetObjective, "forward", recording)
+    run = train(captioned_config(tmp_path, sd_pipeline, captioned_data, steps=2, mixed_precision="bf16",
+                                 eval_samples=2, eval_every=2, sample_steps=2, probe_every=2, probe_samples=2))
+    assert seen == {"main": torch.bfloat16, "vae": torch.bfloat16, "side": torch.float32}
+    rows = read_metrics(run)
+    assert all(math.isfinite(float(row["loss"])) for row in rows) and math.isfinite(float(rows[-1]["probe/explained"]))
+    assert (run / "samples" / "step-2.png").exists()  # the evaluation sampled and decoded through the bf16 VAE

@@ -149,6 +149,13 @@ class DualBranch(nn.Module):
     def _tokens_to_map(self, tokens: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def cast_frozen(self, dtype: torch.dtype) -> None:
+        """Hold the frozen modules (main net, VAE) in ``dtype`` (diffusers' ``weight_dtype`` under mixed precision:
+        half the memory; their forwards run under autocast); the side net stays as it is."""
+        self.main.to(dtype)
+        if self.vae is not None:
+            self.vae.to(dtype)
+
     # ----- model space (pixels, or VAE latents when the main net came with a ``vae/``) --------------------------
     @torch.no_grad()
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
