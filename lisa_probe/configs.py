@@ -191,6 +191,11 @@ class TrainConfig(LoopConfig, DataOptions, PromptDropout):
         f"main-net directory (diffusers layout); default: <out-dir>/{DEFAULT_MAIN_NAME}, pretrained if missing"))
     side: str | None = field(default=None, metadata=option("initialise the side net from this diffusers directory "
                                                          "instead of copying the main net"))
+    resolution: int | None = field(default=None, metadata=option(
+        "image size in pixels (diffusers' --resolution: images resized on their shorter side and centre-cropped); "
+        "default: the main net's native size"))
+    random_flip: bool = field(default=False, metadata=option(
+        "flip each training pair (image and condition together) left-right with probability 1/2"))
     lisa_main_prompt: str = field(default="caption", metadata=option(
         "pred_main in LISA's target gets the caption (the reference: estimates p(c | x_t, text)) or the empty prompt "
         "(the prior without text: another estimand)", choices=PROMPT_MODES))
@@ -261,6 +266,8 @@ class TrainConfig(LoopConfig, DataOptions, PromptDropout):
             check_number(name, getattr(self, name), 0)
         self.check_data_options()
         self.check_prompt_dropout()
+        if self.resolution is not None and self.resolution < 1:
+            raise ValueError(f"--resolution must be >= 1, got {self.resolution}")
         check_choice("LISA main prompt", self.lisa_main_prompt, PROMPT_MODES)
         if self.sample_steps < 1:
             raise ValueError(f"--sample-steps must be >= 1, got {self.sample_steps}")

@@ -9,7 +9,8 @@ from lisa_probe.data import build_dataset
 from lisa_probe.lisa import LisaDecoder
 from lisa_probe.main_training import pretrain
 from lisa_probe.models import DualBranch, build_side, check_side_matches, load_main, load_side, make_dual_branch
-from lisa_probe.models.build import load_safetensors_module
+from lisa_probe.models.build import load_safetensors_module, set_resolution
+from lisa_probe.models.dual_branch import vae_scale
 from lisa_probe.rundir import DECODER_DIR, SIDE_DIR, is_main_net_ready, read_run_config, run_dir_of
 
 
@@ -22,15 +23,13 @@ def ensure_default_main(out_dir: Path) -> Path:
     return path
 
 
-def vae_scale(vae) -> int:
-    """Pixels per latent cell of a VAE (1 without one)."""
-    return 1 if vae is None else 2 ** (len(vae.config.block_out_channels) - 1)
-
-
 def build_dual_branch(config, side_path: Path | None = None) -> tuple[DualBranch, dict]:
-    """DualBranch for a train config (main from ``config.main``; side from ``side_path``, ``config.side`` or a
-    copy of the main net) and the dataset keyword arguments matching it (resolution, condition, seed, root)."""
+    """DualBranch for a train config (main from ``config.main``, at ``config.resolution`` when it has one; side from
+    ``side_path``, ``config.side`` or a copy of the main net) and the dataset keyword arguments matching it
+    (resolution, condition, seed, root)."""
     family, main, parameterization, null_context, vae = load_main(Path(config.main))
+    if getattr(config, "resolution", None) is not None:
+        set_resolution(family, main, vae, config.resolution)
     dataset_kwargs = config.dataset_kwargs(main.config.sample_size * vae_scale(vae), config.seed)
     side_source = side_path or config.side
     if side_source is not None:

@@ -74,8 +74,11 @@ class SideNetObjective(Objective):
         """x0 (model space), cond, noise and timesteps of a batch; with captions, their embeddings after caption
         dropout (drawn last, so a run without dropout draws what it drew before): ``context`` (B, L, D) and, for an
         SD3-style transformer, ``pooled`` (B, P)."""
-        x0 = self.model.encode_images(batch["image"])
-        inputs = {"x0": x0, "cond": batch["cond"], "noise": torch.randn(x0.shape, generator=generator),
+        images, cond = batch["image"], batch["cond"]
+        if self.config.random_flip:  # the pair together; drawn only when asked
+            images, cond = flip_pairs(images, cond, torch.rand(len(images), generator=generator) < 0.5)
+        x0 = self.model.encode_images(images)
+        inputs = {"x0": x0, "cond": cond, "noise": torch.randn(x0.shape, generator=generator),
                   "timesteps": self.model.parameterization.sample_timesteps(x0.shape[0], generator,
                                                                             self.config.timestep_sampling,
                                                                             self.config.weighting())}
@@ -120,6 +123,13 @@ class SideNetObjective(Objective):
         return {"loss": diffusion + weight * lisa, "diffusion_loss": diffusion.detach(), "lisa_loss": lisa.detach(),
                 "lisa_target_norm": aux_target.float().pow(2).mean().detach(),
                 "lisa_weight": torch.tensor(weight, dtype=torch.float64)}
+
+
+def flip_pairs(images: torch.Tensor, cond: torch.Tensor, flip: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images (B, 3, H, W) and conditions (B, C, H, W) with the rows where ``flip`` (B,) bool is set mirrored
+    left-right, both alike."""
+    mask = flip[:, None, None, None]
+    return torch.where(mask, images.flip(-1), images), torch.where(mask, cond.flip(-1), cond)
 
 
 def init_zero_modules(model: DualBranch, scale: float, seed: int) -> None:

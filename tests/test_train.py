@@ -280,6 +280,7 @@ def test_two_processes_pretrain_then_train_a_dit_and_stop_together_on_nan(tmp_pa
     (["--weighting-scheme", "logit_normal", "--timestep-sampling", "cubic"],
      "--weighting-scheme 'logit_normal' draws the timesteps itself; it needs --timestep-sampling uniform"),
     (["--dataset", "folder"], "the folder dataset needs its location: --data-root PATH"),
+    (["--resolution", "15"], "--resolution 15 does not fit this main net: it takes multiples of 2"),
     (["--dataset", "folder", "--data-root", "{tmp}/missing"], "missing")])
 def test_cli_reports_bad_input_without_a_traceback(tmp_path, capsys, argv, message):
     """Bad options and inputs: one line naming the value and what is allowed, exit 2, and no run directory."""
@@ -575,3 +576,16 @@ def test_report_to_a_tracker_that_is_not_installed_names_the_extra(tmp_path, cap
     error = capsys.readouterr().err
     assert stop.value.code == 2 and "--report-to all needs wandb" in error and "lisa_probe[wandb]" in error
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_transformer_runs_at_a_smaller_resolution_and_refuses_one_beyond_its_position_embeddings(tmp_path):
+    from lisa_probe.runs import build_dual_branch
+
+    model, kwargs = build_dual_branch(tiny_config(tmp_path, "dit", "flow", resolution=8))
+    assert kwargs["resolution"] == 8 and model.sites[0].map_shape[1:] == (4, 4)  # 8 px / patch 2
+    with torch.no_grad():
+        out = model(torch.randn(2, 3, 8, 8), torch.tensor([0.2, 0.7]), torch.rand(2, 1, 8, 8), main_rows=2)
+    assert out.pred_full.shape == (2, 3, 8, 8)
+    with pytest.raises(ValueError, match="--resolution 32 does not fit this main net: it takes multiples of 2 up "
+                                         "to 16"):
+        build_dual_branch(tiny_config(tmp_path, "dit", "flow", resolution=32))

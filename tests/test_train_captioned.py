@@ -249,3 +249,35 @@ def test_bf16_holds_the_frozen_main_net_and_vae_in_bf16_and_the_side_net_in_fp32
     rows = read_metrics(run)
     assert all(math.isfinite(float(row["loss"])) for row in rows) and math.isfinite(float(rows[-1]["probe/explained"]))
     assert (run / "samples" / "step-2.png").exists()  # the evaluation sampled and decoded through the bf16 VAE
+
+
+def test_resolution_runs_the_pipeline_at_another_size(tmp_path, sd_pipeline, captioned_data):
+    """--resolution 32 on a 64-px pipeline: 32-px images (shorter side resized, centre crop), 4x4 latents, sites
+    at that size, a resumable run; sizes the UNet cannot take are refused naming what it can."""
+    config = captioned_config(tmp_path, sd_pipeline, captioned_data, steps=2, resolution=32, name="r32")
+    model, kwargs = build_dual_branch(config)
+    assert kwargs["resolution"] == 32 and model.main.config.sample_size == 4
+    assert build_dataset("captioned", split="train", **kwargs)[0]["image"].shape == (3, 32, 32)
+    native, _ = build_dual_branch(captioned_config(tmp_path, sd_pipeline, captioned_data))
+    assert [site.feature_shape[1:] for site in model.sites] == [
+        tuple(size // 2 for size in site.feature_shape[1:]) for site in native.sites]
+    run = train(config)
+    assert read_summary(run)["steps"] == 2
+    with pytest.raises(ValueError, match="--resolution 36 does not fit this main net: it takes multiples of 16"):
+        build_dual_branch(captioned_config(tmp_path, sd_pipeline, captioned_data, resolution=36))
+
+
+def test_random_flip_mirrors_image_and_condition_together_about_half_the_time(tmp_path, sd_pipeline, captioned_data):
+    config = captioned_config(tmp_path, sd_pipeline, captioned_data, random_flip=True)
+    model, kwargs = build_dual_branch(config)
+    objective = SideNetObjective(model, None, config, model.site_names[0])
+    dataset = build_dataset("captioned", split="train", **kwargs)
+    batch = default_collate([dataset[i] for i in range(16)])
+    captured = {}
+    model.encode_images = lambda images: captured.setdefault("images", images)
+    drawn = objective.draw(batch, torch.Generator().manual_seed(0))
+    flipped = [torch.equal(captured["images"][i], batch["image"][i].flip(-1)) for i in range(16)]
+    kept = [torch.equal(captured["images"][i], batch["image"][i]) for i in range(16)]
+    assert all(f or k for f, k in zip(flipped, kept)) and 3 <= sum(flipped) <= 13
+    for i in range(16):  # the condition goes with its image
+        assert torch.equal(drawn["cond"][i], batch["cond"][i].flip(-1) if flipped[i] else batch["cond"][i])

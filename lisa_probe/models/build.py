@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 
 from lisa_probe.data import check_choice
 from lisa_probe.models.dit import DiTDualBranch, dit_forward
-from lisa_probe.models.dual_branch import DualBranch
+from lisa_probe.models.dual_branch import DualBranch, vae_scale
 from lisa_probe.models.presets import FAMILIES, PRESETS, dit_config, side_layers, unet_config
 from lisa_probe.models.unet import UNetDualBranch, pooled_width, unet_forward
 from lisa_probe.parameterization import PREDICTION_TYPES, Parameterization
@@ -157,6 +157,22 @@ def load_main(path: Path, prediction_type: str | None = None):
                          f"not {prediction_type!r}")
     vae = load_safetensors_module(AutoencoderKL, path / "vae") if (path / "vae" / "config.json").exists() else None
     return family, main, parameterization, null_context_for(main, family, path), vae
+
+
+def set_resolution(family: str, main, vae: AutoencoderKL | None, resolution: int) -> None:
+    """Run ``main`` at ``resolution`` pixels instead of its native size (diffusers' ``--resolution``): its config's
+    ``sample_size`` becomes ``resolution`` / the VAE factor, which the sites, the evaluation and an SD3 ControlNet
+    built from it follow. ValueError naming the sizes a main net can take: a multiple of the VAE factor times the
+    UNet's down factor, or of the patch size up to the transformer's ``pos_embed_max_size`` patches."""
+    scale = vae_scale(vae)
+    if family == "unet":
+        step, largest = scale * 2 ** (len(main.config.block_out_channels) - 1), None
+    else:
+        step, largest = scale * main.config.patch_size, scale * main.config.patch_size * main.config.pos_embed_max_size
+    if resolution < step or resolution % step or (largest is not None and resolution > largest):
+        bound = f" up to {largest}" if largest is not None else ""
+        raise ValueError(f"--resolution {resolution} does not fit this main net: it takes multiples of {step}{bound}")
+    main.register_to_config(sample_size=resolution // scale)
 
 
 def save_null_context(path: Path, null_context: dict[str, torch.Tensor]) -> None:

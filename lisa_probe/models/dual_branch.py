@@ -69,6 +69,11 @@ def map_tensors(function: Callable[[torch.Tensor], torch.Tensor], state):
     return tuple(map_tensors(function, item) for item in state)
 
 
+def vae_scale(vae) -> int:
+    """Pixels per latent cell of a VAE (1 without one)."""
+    return 1 if vae is None else 2 ** (len(vae.config.block_out_channels) - 1)
+
+
 def repeat_channels(cond: torch.Tensor, want: int) -> torch.Tensor:
     """A (B, C, H, W) condition as the (B, ``want``, H, W) one a ControlNet takes: as it is when C = ``want``,
     repeated along channels when ``want`` is a multiple of C (a greyscale condition becomes RGB, as PIL's
@@ -148,6 +153,11 @@ class DualBranch(nn.Module):
 
     def _tokens_to_map(self, tokens: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+    @property
+    def pixel_scale(self) -> int:
+        """Image pixels per sample pixel: the VAE's downsampling factor (1 in pixel space)."""
+        return vae_scale(self.vae)
 
     def cast_frozen(self, dtype: torch.dtype) -> None:
         """Hold the frozen modules (main net, VAE) in ``dtype`` (diffusers' ``weight_dtype`` under mixed precision:

@@ -99,11 +99,6 @@ class UNetDualBranch(DualBranch):
             widths["pooled"] = pooled_width(self.main)
         return widths
 
-    @property
-    def pixel_scale(self) -> int:
-        """Image pixels per sample pixel: the VAE's downsampling factor (1 in pixel space)."""
-        return 1 if self.vae is None else 2 ** (len(self.vae.config.block_out_channels) - 1)
-
     def _added(self, x_t: torch.Tensor, context: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
         pixels = (x_t.shape[-2] * self.pixel_scale, x_t.shape[-1] * self.pixel_scale)
         return added_conditions(self.main, context, pixels, x_t.shape[0])
