@@ -196,6 +196,9 @@ class TrainConfig(LoopConfig, DataOptions, PromptDropout):
         "default: the main net's native size"))
     random_flip: bool = field(default=False, metadata=option(
         "flip each training pair (image and condition together) left-right with probability 1/2"))
+    cache_latents: bool = field(default=False, metadata=option(
+        "encode the training images through the VAE once, before training, and cache the latents on disk (a latent "
+        "main net; not with --random-flip)"))
     lisa_main_prompt: str = field(default="caption", metadata=option(
         "pred_main in LISA's target gets the caption (the reference: estimates p(c | x_t, text)) or the empty prompt "
         "(the prior without text: another estimand)", choices=PROMPT_MODES))
@@ -266,6 +269,8 @@ class TrainConfig(LoopConfig, DataOptions, PromptDropout):
             check_number(name, getattr(self, name), 0)
         self.check_data_options()
         self.check_prompt_dropout()
+        if self.cache_latents and self.random_flip:
+            raise ValueError("--cache-latents cannot be used with --random-flip: a flipped image has another latent")
         if self.resolution is not None and self.resolution < 1:
             raise ValueError(f"--resolution must be >= 1, got {self.resolution}")
         check_choice("LISA main prompt", self.lisa_main_prompt, PROMPT_MODES)

@@ -17,6 +17,7 @@ from lisa_probe.data import build_dataset
 from lisa_probe.data.condition_kinds import condition_kind
 from lisa_probe.engine import WEIGHT_DTYPES, Objective, Probe, fit, is_main_process, process_state
 from lisa_probe.hooks import capture
+from lisa_probe.latent_cache import LatentCache
 from lisa_probe.lisa import LisaDecoder, lisa_distance, lisa_rows, lisa_target, lisa_weight
 from lisa_probe.models import DualBranch
 from lisa_probe.onset import onset_signals
@@ -35,10 +36,10 @@ class SideNetObjective(Objective):
     """
 
     def __init__(self, model: DualBranch, decoder: LisaDecoder | None, config: TrainConfig, site: str,
-                 prompts: PromptEmbeddings | None = None):
+                 prompts: PromptEmbeddings | None = None, latents: LatentCache | None = None):
         super().__init__()
         self.model, self.decoder, self.config, self.site = model, decoder, config, site
-        self.prompts = prompts
+        self.prompts, self.latents = prompts, latents
 
     def modules_to_save(self) -> dict[str, torch.nn.Module]:
         modules = {"controlnet": self.model.side}
@@ -71,13 +72,13 @@ class SideNetObjective(Objective):
         return [{"params": params, "lr_scale": scales[name], "name": name} for name, params in sets.items() if params]
 
     def draw(self, batch: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
-        """x0 (model space), cond, noise and timesteps of a batch; with captions, their embeddings after caption
+        """x0 (model space: encoded, or read from the latent cache), cond, noise and timesteps of a batch; with captions, their embeddings after caption
         dropout (drawn last, so a run without dropout draws what it drew before): ``context`` (B, L, D) and, for an
         SD3-style transformer, ``pooled`` (B, P)."""
         images, cond = batch["image"], batch["cond"]
         if self.config.random_flip:  # the pair together; drawn only when asked
             images, cond = flip_pairs(images, cond, torch.rand(len(images), generator=generator) < 0.5)
-        x0 = self.model.encode_images(images)
+        x0 = self.model.encode_images(images) if self.latents is None else self.latents.lookup(batch["id"])
         inputs = {"x0": x0, "cond": cond, "noise": torch.randn(x0.shape, generator=generator),
                   "timesteps": self.model.parameterization.sample_timesteps(x0.shape[0], generator,
                                                                             self.config.timestep_sampling,
@@ -174,13 +175,15 @@ def train(config: TrainConfig) -> Path:
     model.check_condition(dataset.cond_channels)
     prompts = prompt_embeddings(config, dataset_kwargs, cache_dir(config.out_dir), ("train", "val"),
                                 progress=is_main_process())
+    latents = (LatentCache(model, dataset, Path(config.main) / "vae", cache_dir(config.out_dir) / "latents",
+                           dataset_kwargs, progress=is_main_process()) if config.cache_latents else None)
     run_dir = config.run_dir  # created once the inputs are known to be valid
     prepare_run_dir(run_dir, config.resume, config.overwrite, is_main_process())
     process_state().wait_for_everyone()
     decoder = build_decoder(model, site, config.seed) if config.lisa_weight > 0 else None
     if is_main_process():
         write_run_config(run_dir, replace(config, lisa_site=site), kind="train")  # the site resolved, saved
-    objective = SideNetObjective(model, decoder, config, site, prompts)
+    objective = SideNetObjective(model, decoder, config, site, prompts, latents)
     evaluation = (ControlEvaluation(model, config, dataset_kwargs, run_dir, prompts) if config.eval_samples > 0
                   else None)
     probe = (OnsetProbe(model, config, dataset_kwargs, config.probe_every, config.probe_samples, prompts)

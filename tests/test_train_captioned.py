@@ -281,3 +281,17 @@ def test_random_flip_mirrors_image_and_condition_together_about_half_the_time(tm
     assert all(f or k for f, k in zip(flipped, kept)) and 3 <= sum(flipped) <= 13
     for i in range(16):  # the condition goes with its image
         assert torch.equal(drawn["cond"][i], batch["cond"][i].flip(-1) if flipped[i] else batch["cond"][i])
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--cache-latents", "--random-flip"], "--cache-latents cannot be used with --random-flip"),
+    (["--cache-latents", "--main", "{pixel}", "--caption-column", "none"], "--cache-latents needs a latent main net")])
+def test_bad_latent_cache_options_exit_2_with_no_run_dir(tmp_path, sd_pipeline, captioned_data, capsys, argv,
+                                                         message):
+    argv = [make_main(tmp_path, "unet", "eps") if arg == "{pixel}" else arg for arg in argv]
+    with pytest.raises(SystemExit) as stop:
+        train_main(["--main", str(sd_pipeline), "--dataset", "captioned", "--data-root", str(captioned_data),
+                    "--out-dir", str(tmp_path / "runs"), "--eval-samples", "0", *argv])
+    error = capsys.readouterr().err
+    assert stop.value.code == 2 and message in error and "Traceback" not in error
+    assert not (tmp_path / "runs").exists()
