@@ -114,3 +114,31 @@ def test_sd3_arms_train_on_captions_and_drive_the_sd3_controlnet_pipeline(tmp_pa
                  height=64, width=64, output_type="np", max_sequence_length=77,
                  generator=torch.Generator().manual_seed(0)).images
     assert image.shape == (1, 64, 64, 3) and np.isfinite(image).all()
+
+
+@pytest.mark.parametrize("fixture", ["sdxl_pipeline", "sd3_pipeline"])
+def test_extraction_on_sdxl_and_sd3_runs_records_prompts_and_rebuilds_the_rows(tmp_path, request, fixture,
+                                                                              captioned_data):
+    """The stores' rows, rebuilt from the store and the prompt cache (tokens and pooled embeddings), give the stored
+    predictions again."""
+    from lisa_probe.analysis.inputs import rebuild_inputs
+    from lisa_probe.analysis.selection import open_run
+    from lisa_probe.configs import AnalyzeOptions
+    from lisa_probe.extract import main as extract_main
+    from lisa_probe.runs import load_run
+    from lisa_probe.store import FeatureStore
+
+    pipeline = request.getfixturevalue(fixture)
+    train_main(["--main", str(pipeline), "--dataset", "captioned", "--data-root", str(captioned_data), "--out-dir",
+                str(tmp_path / "runs"), "--steps", "1", "--batch-size", "2", "--eval-samples", "0", "--name", "run"])
+    run, store_path = tmp_path / "runs" / "run", tmp_path / "run.h5"
+    extract_main(["--ckpt", str(run), "--out", str(store_path), "--samples", "3", "--timesteps", "2"])
+    store = FeatureStore(store_path)
+    assert len(set(store.read("meta/prompt"))) > 1
+    config, model, _, dataset_kwargs = load_run(run)
+    selected = open_run(store_path, "run", AnalyzeOptions(n_splits=2))
+    x_t, steps, cond, context = rebuild_inputs(selected, model, config, dataset_kwargs, np.arange(len(selected.rows)))
+    assert set(context) == {"context", "pooled"}
+    with torch.no_grad():
+        rebuilt = model(x_t, steps, cond, context=context).pred_full.numpy()
+    np.testing.assert_allclose(rebuilt, store.read("scores/full")[selected.rows], rtol=1e-4, atol=1e-5)
