@@ -101,7 +101,7 @@ def make_quality_evaluation(objective: MainNetObjective, config: PretrainConfig,
     show what their prompts name (e.g. ``readback/kind``, ``readback/hue``)."""
     evaluator = Evaluator.for_dataset(
         build_dataset(config.dataset, split="train", **dataset_options(config)),
-        cache_dir=cache_dir(config.out_dir))
+        cache_dir=cache_dir(config.out_dir), dataset_kwargs=dataset_options(config))
     shape = (config.eval_samples, objective.main.config.in_channels, config.resolution, config.resolution)
     text = factors = captions = None
     if objective.prompts is not None:

@@ -43,7 +43,8 @@ class ControlEvaluation:
         self.captions = list(batch["text"]) if prompts is not None else None  # shown above the grid's columns
         self.context = batch_context(prompts, batch)  # the captions' embeddings, or None: the null context
         train_set = build_dataset(config.dataset, split="train", **dataset_kwargs)
-        self.evaluator = Evaluator.for_dataset(train_set, cache_dir=cache_dir(config.out_dir))
+        self.evaluator = Evaluator.for_dataset(train_set, cache_dir=cache_dir(config.out_dir),
+                                               dataset_kwargs=dataset_kwargs)
         image_shape = (self.model.main.config.in_channels, self.model.main.config.sample_size,
                        self.model.main.config.sample_size)
         self.noise = fixed_noise((len(self.cond), *image_shape), config.seed + 12345)

@@ -15,11 +15,12 @@ from safetensors.torch import load_file
 
 from lisa_probe.config import read_config
 from lisa_probe.configs import PretrainConfig, TrainConfig
+from lisa_probe.data import build_dataset
 from lisa_probe.engine import NonFiniteLossError
 from lisa_probe.main_training import pretrain
 from lisa_probe.models import build_main, build_side, load_main, save_main
 from lisa_probe.parameterization import Parameterization
-from lisa_probe.rundir import read_eval, read_summary
+from lisa_probe.rundir import read_eval, read_run_config, read_summary
 from lisa_probe.runs import build_dual_branch, load_run
 from lisa_probe.side_training import OnsetProbe, SideNetObjective, build_decoder, init_zero_modules, train
 from lisa_probe.train import main as train_main
@@ -589,3 +590,36 @@ def test_a_transformer_runs_at_a_smaller_resolution_and_refuses_one_beyond_its_p
     with pytest.raises(ValueError, match="--resolution 32 does not fit this main net: it takes multiples of 2 up "
                                          "to 16"):
         build_dual_branch(tiny_config(tmp_path, "dit", "flow", resolution=32))
+
+
+def test_a_folder_pair_with_captions_and_factors_trains_from_the_command_line(tmp_path, sd_pipeline):
+    """--dataset folder with --conditioning-dir (your conditions, used as they are), --captions-file (a caption per
+    image, through the pipeline's text encoder) and --factors-csv (recorded as factors, read back in evaluation)."""
+    rng = np.random.default_rng(0)
+    for directory in ("img", "cond"):
+        (tmp_path / directory).mkdir()
+    captions, factors = ["file,text"], ["file,size"]
+    for i in range(40):
+        Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(tmp_path / "img" / f"{i}.png")
+        Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(tmp_path / "cond" / f"{i}.jpg")
+        captions.append(f"{i}.png,a {'red' if i % 2 else 'blue'} circle")
+        factors.append(f"{i}.png,{i / 40}")
+    (tmp_path / "captions.csv").write_text("\n".join(captions) + "\n")
+    (tmp_path / "factors.csv").write_text("\n".join(factors) + "\n")
+    train_main(["--main", str(sd_pipeline), "--dataset", "folder", "--data-root", str(tmp_path / "img"),
+                "--conditioning-dir", str(tmp_path / "cond"), "--captions-file", str(tmp_path / "captions.csv"),
+                "--factors-csv", str(tmp_path / "factors.csv"), "--carried-factors", "size", "--out-dir",
+                str(tmp_path / "runs"), "--steps", "2", "--batch-size", "4", "--eval-every", "2", "--eval-samples",
+                "4", "--sample-steps", "2", "--name", "pair"])
+    config = read_run_config(tmp_path / "runs" / "pair", TrainConfig, "train")
+    dataset = build_dataset("folder", split="train", **config.dataset_kwargs(64, 0))
+    assert dataset.cond_channels == 3 and dataset[0]["text"] in {"a red circle", "a blue circle"}
+    assert dataset.captions() == [dataset[i]["text"] for i in range(len(dataset))]
+    assert "readback/size" in read_eval(tmp_path / "runs" / "pair")[2]
+
+
+def test_folder_options_on_another_dataset_are_refused(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        train_main(["--main", make_main(tmp_path, "unet", "eps"), "--conditioning-dir", str(tmp_path),
+                    "--out-dir", str(tmp_path / "runs")])
+    assert stop.value.code == 2 and "--conditioning-dir applies to --dataset folder" in capsys.readouterr().err

@@ -146,6 +146,16 @@ def column_spec(name: str, cells: list[str], carried: bool, source: str = "the f
     return FactorSpec(name, "categorical", carried, len(levels), f"from {source}, levels {levels}"), levels
 
 
+def read_captions_csv(path: Path) -> dict[str, str]:
+    """A captions CSV (``file`` and ``text`` columns, as the factors CSV names files): file name or stem -> caption."""
+    with open(path, newline="", encoding="utf-8-sig") as handle:
+        table = list(csv.DictReader(handle))
+    if not table or not {"file", "text"} <= set(table[0]):
+        raise ValueError(f"captions file {path} needs 'file' and 'text' columns and at least one row"
+                         f"{'; it has ' + ', '.join(table[0]) if table else ''}")
+    return {row["file"]: row["text"] or "" for row in table}
+
+
 def read_factors_csv(path: Path, carried_factors=()) -> tuple[dict, dict, dict]:
     """Read a factors CSV.
 
@@ -189,7 +199,7 @@ class FolderDataset(torch.utils.data.Dataset):
     """Images from a user directory; see the module docstring.
 
     Items: ``{"image": (3, H, W) in [-1, 1], "cond": (C, H, W) in [0, 1], "factors": dict (empty without a CSV),
-    "id": "folder/<split>/<file name>"}``; C = 1 for extractors and ``cond_mode="L"``, 3 for ``cond_mode="RGB"``.
+    "id": "folder/<split>/<file name>"}`` (and ``"text"`` with a captions file); C = 1 for extractors and ``cond_mode="L"``, 3 for ``cond_mode="RGB"``.
 
     Args:
         split, resolution, size: as in :func:`lisa_probe.data.build_dataset`; ``size`` keeps the split's first files.
@@ -204,6 +214,7 @@ class FolderDataset(torch.utils.data.Dataset):
         skip_bad: skip unreadable images, images under ``MIN_IMAGE_SIDE`` px and images without a condition / CSV
             row, with one warning listing each, instead of raising one error listing each.
         split_fractions: train / val / test fractions of the hash partition.
+        captions_file: CSV with ``file`` and ``text`` columns: each image's caption (items then have ``"text"``).
     """
 
     name = "folder"
@@ -211,7 +222,8 @@ class FolderDataset(torch.utils.data.Dataset):
     def __init__(self, split: str = "train", resolution: int = 32, condition: str | None = None, seed: int = 0,
                  size: int | None = None, *, root: str | Path, cond_dir: str | Path | None = None,
                  cond_mode: str = "L", factors_csv: str | Path | None = None, carried_factors=(),
-                 skip_bad: bool = False, split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)):
+                 skip_bad: bool = False, split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
+                 captions_file: str | Path | None = None):
         check_choice("split", split, SPLITS)
         check_choice("cond_mode", cond_mode, COND_MODES)
         self.split, self.seed = split, int(seed)
@@ -227,15 +239,21 @@ class FolderDataset(torch.utils.data.Dataset):
         elif carried_factors:
             raise ValueError("carried_factors needs a factors_csv")
         cond_files = self._index_cond_dir(Path(cond_dir)) if cond_dir is not None else None
+        captions = read_captions_csv(Path(captions_file)) if captions_file is not None else None
         self.files, self.factors, images, conds, bad = [], [], [], [], []
+        self.texts: list[str] | None = None if captions is None else []
         for path in self._split_files(split_fractions, size):
             if size is not None and len(self.files) >= size:
                 break
             try:
+                if captions is not None and captions.get(path.name, captions.get(path.stem)) is None:
+                    raise ValueError(f"image {path} has no row in the captions file")
                 loaded = self._load_one(path, cond_files, csv_rows, cond_mode)
             except (OSError, ValueError) as error:
                 bad.append(str(error))
                 continue
+            if captions is not None:
+                self.texts.append(captions.get(path.name, captions.get(path.stem)))
             self.files.append(path)
             images.append(loaded[0])
             conds.append(loaded[1])
@@ -308,11 +326,19 @@ class FolderDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.files)
 
+    def captions(self) -> list[str]:
+        """Every item's caption (empty prompts without a captions file)."""
+        return list(self.texts) if self.texts is not None else [""] * len(self.files)
+
     def __getitem__(self, index: int) -> dict:
         index = check_index(index, len(self.files))
         image = self.images[index].astype(np.float32) / 255.0
         cond = self._extract(image) if self.conds is None else self.conds[index].astype(np.float32) / 255.0
-        return make_sample(image, cond, dict(self.factors[index]), f"folder/{self.split}/{self.files[index].name}")
+        sample = make_sample(image, cond, dict(self.factors[index]), f"folder/{self.split}/{self.files[index].name}")
+        if self.texts is not None:
+            sample["text"] = self.texts[index]
+        return sample
 
 
-__all__ = ["FolderDataset", "condition_source", "fit_image", "list_images", "load_image", "read_factors_csv", "split_of"]
+__all__ = ["FolderDataset", "condition_source", "fit_image", "list_images", "load_image", "read_captions_csv",
+           "read_factors_csv", "split_of"]

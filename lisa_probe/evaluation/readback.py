@@ -32,6 +32,7 @@ from lisa_probe.provenance import code_version
 CACHE_FORMAT = 2  # bump when the architecture or the cache layout changes (2: circular heads)
 CIRCULAR = "circular"  # head spec of a circular factor of period 1 (rotation, hue)
 WEIGHTS_FILE, META_FILE = "weights.safetensors", "readback.json"
+IDENTITY_KEYS = ("resolution", "condition", "seed", "size")  # a dataset identity's own entries, not its kwargs
 
 
 @dataclass(frozen=True)
@@ -154,7 +155,7 @@ def dataset_identity(dataset, dataset_kwargs: dict | None = None) -> dict:
         kwargs["split_fractions"] = list(dataset.split_fractions)
     if getattr(dataset, "label_prompts", False):  # shapes with label prompts: the prompt carries kind and hue
         kwargs["label_prompts"] = True
-    kwargs.update(dataset_kwargs or {})
+    kwargs.update({key: value for key, value in (dataset_kwargs or {}).items() if key not in IDENTITY_KEYS})
     identity = {"name": dataset.name, "resolution": int(dataset.resolution), "condition": dataset.condition,
                 "seed": int(dataset.seed)}
     if kwargs:

@@ -161,7 +161,9 @@ class DualBranch(nn.Module):
 
     def cast_frozen(self, dtype: torch.dtype) -> None:
         """Hold the frozen modules (main net, VAE) in ``dtype`` (diffusers' ``weight_dtype`` under mixed precision:
-        half the memory; their forwards run under autocast); the side net stays as it is."""
+        half the memory; their forwards run under autocast); the side net stays as it is. float32 changes nothing."""
+        if dtype == torch.float32:
+            return
         self.main.to(dtype)
         if self.vae is not None:
             self.vae.to(dtype)

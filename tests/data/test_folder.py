@@ -215,3 +215,21 @@ def test_size_and_bad_arguments(tmp_path):
         build_dataset("folder", root=tmp_path)
     with pytest.raises(ValueError, match="'CMYK'.*'L', 'RGB'"):
         _folder(tmp_path, cond_mode="CMYK")
+
+
+def test_captions_from_a_csv_by_file_name_or_stem(tmp_path):
+    files = _write_images(tmp_path / "img")
+    rows = ["file,text"] + [f"{name if i % 2 else name.rsplit('.', 1)[0]},caption of {name}"
+                            for i, name in enumerate(files)]
+    (tmp_path / "captions.csv").write_text("\n".join(rows) + "\n")
+    ds = _folder(tmp_path, captions_file=tmp_path / "captions.csv")
+    assert {ds[i]["text"] for i in range(len(ds))} == {f"caption of {name}" for name in files}
+    assert ds.captions() == [ds[i]["text"] for i in range(len(ds))]
+    assert "text" not in _folder(tmp_path)[0] and _folder(tmp_path).captions() == [""] * len(files)
+    (tmp_path / "partial.csv").write_text("file,text\nrgb.png,only one\n")
+    with pytest.raises(ValueError, match="gray.jpg has no row in the captions file"):
+        _folder(tmp_path, captions_file=tmp_path / "partial.csv")
+    assert len(_folder(tmp_path, captions_file=tmp_path / "partial.csv", skip_bad=True)) == 1
+    (tmp_path / "wrong.csv").write_text("name,caption\nrgb.png,x\n")
+    with pytest.raises(ValueError, match="needs 'file' and 'text' columns and at least one row; it has name, caption"):
+        _folder(tmp_path, captions_file=tmp_path / "wrong.csv")
