@@ -6,7 +6,8 @@ to extract. The study pretrains each main net once, trains every (setting, arm, 
 checkpoint and at the end, runs the analysis, and writes ``experiments/results/<study>/``: ``runs.csv`` (one row per
 run), ``convergence.csv`` (per setting and arm: mean convergence step with a bootstrap 95% CI over seeds, and the
 baseline/LISA ratio), ``curves.csv`` and ``curves.png`` (control fidelity per step), ``curve_area.csv`` (its
-area under the curve), one ``analysis-<setting>/`` per setting, and a README with the headline numbers. Finished
+area under the curve), ``readback.csv`` (each factor read back from the final samples and from the main net alone),
+one ``analysis-<setting>/`` per setting, and a README with the headline numbers. Finished
 runs are skipped, so an interrupted study continues where it stopped. ``--quick`` applies the file's ``quick``
 overrides; ``--seeds`` and ``--settings`` run part of the plan (several processes can share a study that way).
 """
@@ -389,6 +390,24 @@ def curve_area_table(curves: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
+def readback_table(curves: pd.DataFrame) -> pd.DataFrame:
+    """Per (setting, arm, factor): the read-back score of the samples at a run's last evaluation and of the main net
+    alone (same noise, same prompts: the prior), means over seeds with the number of runs; accuracy for a
+    categorical factor (higher: better), MAE for a continuous one (lower: better). What the side branch adds to the
+    prior, factor by factor: in setting 5 the condition carries x, y, size and rotation, the prompt kind and hue."""
+    rows = []
+    for (run, setting, arm), curve in curves.groupby(["run", "setting", "arm"]):
+        last = curve[curve["step"] == curve["step"].max()].set_index("metric")["value"]
+        for metric, alone in curve[curve["metric"].str.startswith("main_alone/readback/")].groupby("metric"):
+            factor = metric.rsplit("/", 1)[-1]
+            rows.append({"setting": setting, "arm": arm, "factor": factor,
+                         "final": last.get(f"readback/{factor}", np.nan), "main_alone": alone["value"].iloc[0]})
+    if not rows:
+        return pd.DataFrame(columns=["setting", "arm", "factor", "n_runs", "final", "main_alone"])
+    table = pd.DataFrame(rows).groupby(["setting", "arm", "factor"])
+    return table.size().rename("n_runs").to_frame().join(table.mean(numeric_only=True)).reset_index()
+
+
 def training_curves(out_dir: Path, runs: pd.DataFrame) -> pd.DataFrame:
     """Long table (run, setting, arm, seed, step, metric, value) of every run's evaluations."""
     rows = []
@@ -413,7 +432,7 @@ def plot_curves(curves: pd.DataFrame, runs: pd.DataFrame, path: Path) -> None:
 
 
 def write_readme(results: Path, study: dict, runs: pd.DataFrame, convergence: pd.DataFrame, areas: pd.DataFrame,
-                 onset: dict[str, pd.DataFrame], seconds: float, command: str) -> None:
+                 onset: dict[str, pd.DataFrame], readback: pd.DataFrame, seconds: float, command: str) -> None:
     """A short README with the headline tables (the interpretation is added by hand after reading them)."""
     final_cols = ["setting", "arm"] + [c for c in runs.columns if c.startswith("final/") and "main_alone" not in c]
     final = runs[final_cols].groupby(["setting", "arm"]).mean(numeric_only=True).reset_index()
@@ -437,6 +456,9 @@ def write_readme(results: Path, study: dict, runs: pd.DataFrame, convergence: pd
                  "![t50 vs lr](t50_vs_lr.png)", ""]
     if (results / "probe_signals.png").exists():
         text += ["## Onset probe and norms", "", "![onset probe](probe_signals.png)", ""]
+    if len(readback):
+        text += ["## What the samples show, factor by factor (read-back at the last evaluation, beside the main net "
+                 "alone; accuracy for kind, MAE otherwise)", "", readback.to_markdown(index=False, floatfmt=".3g"), ""]
     (results / "README.md").write_text("\n".join(text))
 
 
@@ -476,6 +498,8 @@ def run_study(path: Path, quick: bool = False, analyze: bool = True, seeds: list
     areas = curve_area_table(curves, runs)
     areas.to_csv(results / "curve_area.csv", index=False)
     onset = onset_outputs(results, study, out_dir, curves, runs)
+    readback = readback_table(curves)
+    readback.to_csv(results / "readback.csv", index=False)
     if analyze:
         for setting, paths in stores.items():
             report_stores(paths, results / f"analysis-{setting}", AnalyzeOptions(), overwrite=True,
@@ -484,7 +508,7 @@ def run_study(path: Path, quick: bool = False, analyze: bool = True, seeds: list
     command = f"python -m lisa_probe.study {path}" + (" --quick" if quick else "") + \
         (f" --seeds {','.join(map(str, seeds))}" if seeds else "") + \
         (f" --settings {','.join(settings)}" if settings else "")
-    write_readme(results, study, runs, convergence, areas, onset, time.perf_counter() - started, command)
+    write_readme(results, study, runs, convergence, areas, onset, readback, time.perf_counter() - started, command)
     return results
 
 

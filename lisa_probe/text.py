@@ -111,8 +111,8 @@ class PromptEncoder:
                 if not (pipeline / f"{part}{suffix}").is_dir():
                     raise ValueError(f"{pipeline} has {'text_encoder' + suffix}/ or {'tokenizer' + suffix}/ but not "
                                      f"both: a {layout} pipeline needs each text encoder's tokenizer")
-        defaults = {"": CLIPTextModel if layout == "sdxl" else CLIPTextModelWithProjection if layout == "sd3" else
-                    CLIPTextModel, "_2": CLIPTextModelWithProjection, "_3": T5EncoderModel}
+        defaults = {"": CLIPTextModelWithProjection if layout == "sd3" else CLIPTextModel,  # when configs say none
+                    "_2": CLIPTextModelWithProjection, "_3": T5EncoderModel}
         encoders = [_load_encoder(pipeline / f"text_encoder{suffix}", defaults[suffix]) for suffix in suffixes]
         tokenizers = [_load_tokenizer(pipeline / f"tokenizer{suffix}") for suffix in suffixes]
         t5_width = None

@@ -144,6 +144,24 @@ def test_a_setting_runs_its_own_arms_and_settings_run_apart_share_their_runs(tmp
     assert "--settings second" in (results / "README.md").read_text()
 
 
+def test_readback_table_sets_the_final_samples_beside_the_main_net_alone():
+    from lisa_probe.study import readback_table
+
+    rows = []
+    for seed, (x_final, kind_final) in enumerate([(0.10, 0.5), (0.20, 0.7)]):
+        run = f"s-baseline-s{seed}"
+        rows += [(run, "s", "baseline", seed, 10, "main_alone/readback/x", 0.30),
+                 (run, "s", "baseline", seed, 10, "main_alone/readback/kind", 0.25),
+                 (run, "s", "baseline", seed, 10, "readback/x", 0.29), (run, "s", "baseline", seed, 20, "readback/x",
+                                                                          x_final),
+                 (run, "s", "baseline", seed, 20, "readback/kind", kind_final)]
+    curves = pd.DataFrame(rows, columns=["run", "setting", "arm", "seed", "step", "metric", "value"])
+    table = readback_table(curves).set_index("factor")
+    assert table.loc["x", "final"] == pytest.approx(0.15) and table.loc["x", "main_alone"] == pytest.approx(0.30)
+    assert table.loc["kind", "final"] == pytest.approx(0.6) and table.loc["kind", "n_runs"] == 2
+    assert readback_table(curves[~curves["metric"].str.startswith("main_alone")]).empty
+
+
 def test_curve_area_is_the_mean_fidelity_over_evaluations():
     runs = pd.DataFrame({"setting": ["s", "s"], "arm": ["baseline", "lisa"], "seed": [0, 0],
                          "control_metric": ["edge_f1", "edge_f1"]})
