@@ -215,6 +215,9 @@ class TrainConfig(LoopConfig, DataOptions, PromptDropout):
         "default: the main net's native size"))
     random_flip: bool = field(default=False, metadata=option(
         "flip each training pair (image and condition together) left-right with probability 1/2"))
+    random_crop: bool = field(default=False, metadata=option(
+        "captioned: crop the training images (and their conditions alike) at a random place after resizing the "
+        "shorter side, anew each epoch (diffusers' --random_crop; default: centre crop, also for validation)"))
     cache_latents: bool = field(default=False, metadata=option(
         "encode the training images through the VAE once, before training, and cache the latents on disk (a latent "
         "main net; not with --random-flip)"))
@@ -288,8 +291,12 @@ class TrainConfig(LoopConfig, DataOptions, PromptDropout):
             check_number(name, getattr(self, name), 0)
         self.check_data_options()
         self.check_prompt_dropout()
-        if self.cache_latents and self.random_flip:
-            raise ValueError("--cache-latents cannot be used with --random-flip: a flipped image has another latent")
+        for augmentation in ("random_flip", "random_crop"):
+            if self.cache_latents and getattr(self, augmentation):
+                raise ValueError(f"--cache-latents cannot be used with --{augmentation.replace('_', '-')}: an "
+                                 "augmented image has another latent")
+        if self.random_crop and self.dataset != "captioned":
+            raise ValueError(f"--random-crop applies to --dataset captioned, not {self.dataset!r}")
         if self.resolution is not None and self.resolution < 1:
             raise ValueError(f"--resolution must be >= 1, got {self.resolution}")
         check_choice("LISA main prompt", self.lisa_main_prompt, PROMPT_MODES)

@@ -14,7 +14,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 
 class ResumableBatchSampler(Sampler[list[int]]):
-    """Yields this process's index lists for global micro-batches ``start, start + 1, ...`` (endless).
+    """Yields this process's index lists for global micro-batches ``start, start + 1, ...`` (endless); with ``draws``,
+    each index i of epoch e as the draw number ``e * N + i``.
 
     Args:
         dataset_size: number of samples N.
@@ -25,11 +26,11 @@ class ResumableBatchSampler(Sampler[list[int]]):
     """
 
     def __init__(self, dataset_size: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1,
-                 start: int = 0):
+                 start: int = 0, draws: bool = False):
         if dataset_size < 1 or batch_size < 1:
             raise ValueError(f"need a non-empty dataset and batch size, got {dataset_size} and {batch_size}")
         self.dataset_size, self.batch_size, self.seed = dataset_size, batch_size, seed
-        self.rank, self.world_size, self.start = rank, world_size, start
+        self.rank, self.world_size, self.start, self.draws = rank, world_size, start, draws
 
     def _permutation(self, epoch: int) -> torch.Tensor:
         generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
@@ -44,7 +45,8 @@ class ResumableBatchSampler(Sampler[list[int]]):
             indices = []
             while len(indices) < global_batch:
                 take = min(global_batch - len(indices), self.dataset_size - offset)
-                indices += permutation[offset:offset + take].tolist()
+                taken = permutation[offset:offset + take]
+                indices += (taken + epoch * self.dataset_size if self.draws else taken).tolist()
                 offset += take
                 if offset == self.dataset_size:
                     epoch, offset = epoch + 1, 0
@@ -54,7 +56,9 @@ class ResumableBatchSampler(Sampler[list[int]]):
 
 def batch_loader(dataset: Dataset, batch_size: int, seed: int, rank: int = 0, world_size: int = 1,
                  start: int = 0, num_workers: int = 0) -> DataLoader:
-    """An endless DataLoader over ``dataset`` following ``ResumableBatchSampler``."""
-    sampler = ResumableBatchSampler(len(dataset), batch_size, seed, rank, world_size, start)
+    """An endless DataLoader over ``dataset`` following ``ResumableBatchSampler``; a dataset whose ``takes_draws`` is
+    set (random crops) gets draw numbers ``epoch * N + index`` instead of indices."""
+    sampler = ResumableBatchSampler(len(dataset), batch_size, seed, rank, world_size, start,
+                                    draws=getattr(dataset, "takes_draws", False))
     return DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers, collate_fn=default_collate,
                       persistent_workers=num_workers > 0)

@@ -171,7 +171,8 @@ def train(config: TrainConfig) -> Path:
         init_zero_modules(model, config.zero_init_scale, config.seed)
     site = config.lisa_site or model.default_lisa_site()
     model.site(site)
-    dataset = build_dataset(config.dataset, split="train", **dataset_kwargs)
+    dataset = build_dataset(config.dataset, split="train", **dataset_kwargs,
+                            **({"random_crop": True} if config.random_crop else {}))  # training only; val: centre
     model.check_condition(dataset.cond_channels)
     prompts = prompt_embeddings(config, dataset_kwargs, cache_dir(config.out_dir), ("train", "val"),
                                 progress=is_main_process())

@@ -25,3 +25,13 @@ def test_ranks_partition_the_global_batch():
     ranks = [take(ResumableBatchSampler(12, 2, seed=2, rank=r, world_size=2), 3) for r in range(2)]
     for k in range(3):
         assert sorted(ranks[0][k] + ranks[1][k]) == sorted(single[k])
+
+
+def test_draw_numbers_are_the_indices_plus_epoch_times_n():
+    """With ``draws`` (random crops), index i of epoch e comes as e * N + i: the same order, told apart by epoch."""
+    plain = [i for batch in take(ResumableBatchSampler(10, 5, seed=3), 6) for i in batch]
+    drawn = [d for batch in take(ResumableBatchSampler(10, 5, seed=3, draws=True), 6) for d in batch]
+    assert [d % 10 for d in drawn] == plain
+    assert [d // 10 for d in drawn] == [0] * 10 + [1] * 10 + [2] * 10
+    assert take(ResumableBatchSampler(10, 5, seed=3, start=3, draws=True), 3) == \
+        take(ResumableBatchSampler(10, 5, seed=3, draws=True), 6)[3:]

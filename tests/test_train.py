@@ -282,6 +282,7 @@ def test_two_processes_pretrain_then_train_a_dit_and_stop_together_on_nan(tmp_pa
      "--weighting-scheme 'logit_normal' draws the timesteps itself; it needs --timestep-sampling uniform"),
     (["--dataset", "folder"], "the folder dataset needs its location: --data-root PATH"),
     (["--resolution", "15"], "--resolution 15 does not fit this main net: it takes multiples of 2"),
+    (["--random-crop"], "--random-crop applies to --dataset captioned, not 'shapes'"),
     (["--dataset", "folder", "--data-root", "{tmp}/missing"], "missing")])
 def test_cli_reports_bad_input_without_a_traceback(tmp_path, capsys, argv, message):
     """Bad options and inputs: one line naming the value and what is allowed, exit 2, and no run directory."""

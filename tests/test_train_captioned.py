@@ -267,6 +267,18 @@ def test_resolution_runs_the_pipeline_at_another_size(tmp_path, sd_pipeline, cap
         build_dual_branch(captioned_config(tmp_path, sd_pipeline, captioned_data, resolution=36))
 
 
+def test_a_run_with_random_crops_and_flips_resumes_exactly(tmp_path, sd_pipeline, captioned_data):
+    """The crops come from (seed, draw number) and the flips from the run's generator: a resumed run ends with the
+    side net of an uninterrupted one (same settings, same process)."""
+    options = dict(random_crop=True, random_flip=True, resolution=32, checkpoint_every=1)
+    whole = train(captioned_config(tmp_path, sd_pipeline, captioned_data, steps=3, name="whole", **options))
+    train(captioned_config(tmp_path, sd_pipeline, captioned_data, steps=2, name="parts", **options))
+    parts = train(captioned_config(tmp_path, sd_pipeline, captioned_data, steps=3, name="parts", resume="latest",
+                                   **options))
+    first, second = side_weights(whole / "controlnet"), side_weights(parts / "controlnet")
+    assert all(torch.equal(first[name], second[name]) for name in first)
+
+
 def test_random_flip_mirrors_image_and_condition_together_about_half_the_time(tmp_path, sd_pipeline, captioned_data):
     config = captioned_config(tmp_path, sd_pipeline, captioned_data, random_flip=True)
     model, kwargs = build_dual_branch(config)
@@ -285,6 +297,7 @@ def test_random_flip_mirrors_image_and_condition_together_about_half_the_time(tm
 
 @pytest.mark.parametrize("argv,message", [
     (["--cache-latents", "--random-flip"], "--cache-latents cannot be used with --random-flip"),
+    (["--cache-latents", "--random-crop"], "--cache-latents cannot be used with --random-crop"),
     (["--cache-latents", "--main", "{pixel}", "--caption-column", "none"], "--cache-latents needs a latent main net")])
 def test_bad_latent_cache_options_exit_2_with_no_run_dir(tmp_path, sd_pipeline, captioned_data, capsys, argv,
                                                          message):

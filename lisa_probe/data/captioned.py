@@ -72,6 +72,9 @@ def named_split(table: datasets.DatasetDict, split: str) -> str | None:
     return next((name for name in SPLIT_NAMES[split] if name in table), None)
 
 
+CROP_STREAM = 7  # the random-crop draws' stream in np.random.default_rng([seed, CROP_STREAM, draw])
+
+
 class CaptionedDataset(torch.utils.data.Dataset):
     """Rows of a ``datasets`` table; see the module docstring.
 
@@ -86,13 +89,14 @@ class CaptionedDataset(torch.utils.data.Dataset):
                  conditioning_image_column: str = "conditioning_image", caption_column: str | None = "text",
                  cond_source: str = "column", cond_mode: str = "RGB", factor_columns: tuple[str, ...] = (),
                  carried_factors: tuple[str, ...] = (), val_fraction: float = 0.1, split_seed: int = 0,
-                 max_train_samples: int | None = None):
+                 max_train_samples: int | None = None, random_crop: bool = False):
         check_choice("split", split, SPLITS)
         check_choice("condition source", cond_source, COND_SOURCES)
         check_choice("conditioning image mode", cond_mode, COND_MODES)
         if not 0 <= val_fraction < 0.5:
             raise ValueError(f"val_fraction must be in [0, 0.5), got {val_fraction!r}")
         self.split, self.seed, self.root = split, int(seed), Path(root)
+        self.takes_draws = bool(random_crop)  # the loader then passes draw numbers (``__getitem__``)
         self._base = self.root if self.root.is_dir() else self.root.parent  # where relative image paths start
         self.resolution = check_resolution(resolution)
         self.image_column, self.conditioning_image_column = image_column, conditioning_image_column
@@ -168,16 +172,23 @@ class CaptionedDataset(torch.utils.data.Dataset):
         return [first_caption(captions[row]) for row in self.rows]
 
     def __getitem__(self, index: int) -> dict:
+        """Item ``index``, centre-cropped; with ``random_crop``, ``index`` is a draw number d (the loader's ``epoch
+        * N + i``): item ``d % N`` cropped at a place drawn from (seed, d), the same for its image and condition, so
+        that every epoch crops anew and a resumed run draws the same crops."""
+        centering = (0.5, 0.5)
+        if self.takes_draws:
+            centering = tuple(np.random.default_rng([self.seed, CROP_STREAM, int(index)]).random(2))
+            index = int(index) % len(self.rows)
         index = check_index(index, len(self.rows))
         row_index = self.rows[index]
         row = self.table[row_index]
         image = fit_image(as_pil(row[self.image_column], self._base), self.resolution, "RGB", (255, 255, 255),
-                          Image.Resampling.BILINEAR).astype(np.float32) / 255.0
+                          Image.Resampling.BILINEAR, centering).astype(np.float32) / 255.0
         if self._extract is not None:
             cond = self._extract(image)
         else:
-            cond = fit_image(as_pil(row[self.conditioning_image_column], self._base), self.resolution, self.cond_mode, (0, 0, 0),
-                             Image.Resampling.BILINEAR).astype(np.float32) / 255.0
+            cond = fit_image(as_pil(row[self.conditioning_image_column], self._base), self.resolution, self.cond_mode,
+                             (0, 0, 0), Image.Resampling.BILINEAR, centering).astype(np.float32) / 255.0
         factors = {name: values[row_index] for name, values in self._factors.items()}
         sample = make_sample(image, cond, factors, f"captioned/{self.split}/{self.table_split}-{row_index}")
         sample["text"] = first_caption(row[self.caption_column]) if self.caption_column is not None else ""

@@ -109,10 +109,12 @@ def load_image(path: Path, resolution: int, mode: str = "RGB", background: tuple
 
 
 def fit_image(image: Image.Image, resolution: int, mode: str = "RGB", background: tuple[int, int, int] = (255, 255, 255),
-              resample: Image.Resampling = Image.Resampling.BICUBIC) -> np.ndarray:
+              resample: Image.Resampling = Image.Resampling.BICUBIC,
+              centering: tuple[float, float] = (0.5, 0.5)) -> np.ndarray:
     """An image as displayed (EXIF orientation applied; 16/32-bit and float images scaled to 8 bits, see
     ``_to_8_bit``), transparency flattened onto ``background``, the shorter side resized to ``resolution`` and
-    centre-cropped; ValueError for an image under ``MIN_IMAGE_SIDE`` px.
+    cropped at ``centering`` (PIL's: (0.5, 0.5) the centre, (0, 0) the top left); ValueError for an image under
+    ``MIN_IMAGE_SIDE`` px.
 
     Returns:
         uint8 array (H, W, C) with H = W = ``resolution`` and C = 3 for ``mode="RGB"``, 1 for ``mode="L"``.
@@ -121,7 +123,7 @@ def fit_image(image: Image.Image, resolution: int, mode: str = "RGB", background
         raise ValueError(f"{image.size[0]}x{image.size[1]} px is smaller than the {MIN_IMAGE_SIDE} px this dataset "
                          "reads (it would be upscaled to nothing but blur)")
     flat = _flatten_alpha(_to_8_bit(ImageOps.exif_transpose(image)), background).convert(mode)
-    fitted = ImageOps.fit(flat, (resolution, resolution), method=resample, centering=(0.5, 0.5))
+    fitted = ImageOps.fit(flat, (resolution, resolution), method=resample, centering=centering)
     return np.asarray(fitted, dtype=np.uint8).reshape(resolution, resolution, -1)
 
 

@@ -6,6 +6,7 @@ import datasets
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from lisa_probe.data import build_dataset
 from lisa_probe.data.captioned import CaptionedDataset
@@ -132,3 +133,26 @@ def test_the_folder_dataset_points_a_parquet_path_to_the_captioned_one(captioned
         build_dataset("folder", root=next((captioned_data / "data").glob("*.parquet")))
     with pytest.raises(ValueError, match="no image files .*--dataset captioned"):
         build_dataset("folder", root=captioned_data)
+
+
+def test_random_crops_move_each_epoch_and_keep_image_and_condition_together(tmp_path):
+    """Wide images (the shorter side resized to 32, so only the long side can be cropped): a draw number d gives
+    item d % N, cropped at a place drawn from (seed, d), the same place for its image and its condition (here the
+    same picture); without random crops items are centre-cropped."""
+    rng = np.random.default_rng(0)
+    pictures = [Image.fromarray(rng.integers(0, 256, (32, 96, 3), dtype=np.uint8)) for _ in range(4)]
+    rows = [{"image": picture, "conditioning_image": picture, "text": f"row {i}"} for i, picture in enumerate(pictures)]
+    table = datasets.Dataset.from_list(rows).cast_column("image", datasets.Image())
+    table.cast_column("conditioning_image", datasets.Image()).to_parquet(str(tmp_path / "wide.parquet"))
+    cropped = build(tmp_path / "wide.parquet", val_fraction=0.0, random_crop=True)
+    centred = build(tmp_path / "wide.parquet", val_fraction=0.0)
+    n = len(cropped)
+    first, later = cropped[1], cropped[1 + 2 * n]  # the same row in epochs 0 and 2
+    assert first["text"] == later["text"] == centred[1]["text"]
+    assert not torch.equal(first["image"], later["image"])
+    for item in (first, later):  # the condition is in [0, 1], the image in [-1, 1]: the same pixels
+        torch.testing.assert_close(item["cond"] * 2 - 1, item["image"], rtol=0, atol=1e-6)
+    middle = np.asarray(pictures[centred.rows[1]].resize((96, 32)))[:, 32:64] / 127.5 - 1
+    np.testing.assert_allclose(centred[1]["image"].permute(1, 2, 0).numpy(), middle, atol=1e-6)
+    assert torch.equal(cropped[1]["image"], build(tmp_path / "wide.parquet", val_fraction=0.0,
+                                                  random_crop=True)[1]["image"])  # deterministic
