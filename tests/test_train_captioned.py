@@ -54,9 +54,11 @@ def diffusers_prediction(pipeline_dir: Path, controlnet, x_t, timesteps, cond, p
                          mid_block_additional_residual=mid).sample
 
 
-def test_baseline_and_lisa_train_on_captions_and_drive_diffusers_pipeline(tmp_path, sd_pipeline, captioned_data):
+def test_baseline_and_lisa_train_on_captions_and_drive_diffusers_pipeline(tmp_path, sd_pipeline, captioned_data,
+                                                                            monkeypatch):
     """Both arms train from the command line on a parquet dataset; the exported ControlNet drives
     StableDiffusionControlNetPipeline from a PIL control image and a prompt, with no lisa_probe code."""
+    monkeypatch.setenv("LISA_PROBE_CACHE", str(tmp_path / "cache"))  # this test's prompt caches alone
     common = ["--main", str(sd_pipeline), "--dataset", "captioned", "--data-root", str(captioned_data),
               "--out-dir", str(tmp_path / "runs"), "--steps", "3", "--batch-size", "4", "--eval-every", "3",
               "--eval-samples", "2", "--sample-steps", "2", "--probe-every", "3", "--probe-samples", "2",
