@@ -2,6 +2,7 @@
 through the main net's label encoder (context and pooled for the SD3-style transformer), extraction with them."""
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -78,13 +79,20 @@ def test_extraction_records_the_label_prompts_and_rebuilds_the_rows(tmp_path, la
     store = FeatureStore(store_path)
     val = build_dataset("shapes", split="val", resolution=16, condition="pose", label_prompts=True, size=6)
     assert list(store.read("meta/prompt")) == [val[i]["text"] for i in range(6) for _ in range(2)]
+    assert_rows_rebuild(run, store_path)
+
+
+def assert_rows_rebuild(run: Path, store_path: Path) -> None:
+    """The store's rows, rebuilt from the store and the prompt cache (tokens and pooled embeddings), give the stored
+    predictions again (within float noise: the extraction ran other batches)."""
     config, model, _, dataset_kwargs = load_run(run)
     selected = open_run(store_path, "run", AnalyzeOptions(n_splits=2))
     x_t, steps, cond, context = rebuild_inputs(selected, model, config, dataset_kwargs, np.arange(len(selected.rows)))
     assert set(context) == {"context", "pooled"}
     with torch.no_grad():
         rebuilt = model(x_t, steps, cond, context=context).pred_full.numpy()
-    np.testing.assert_allclose(rebuilt, store.read("scores/full")[selected.rows], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(rebuilt, FeatureStore(store_path).read("scores/full")[selected.rows], rtol=1e-4,
+                               atol=1e-5)
 
 
 def test_label_prompts_without_a_label_encoder_exit_2_with_no_run_dir(tmp_path, capsys):

@@ -19,6 +19,7 @@ from lisa_probe.rundir import read_summary
 from lisa_probe.text import PromptEncoder
 from lisa_probe.train import main as train_main
 from tests.test_train import read_metrics
+from tests.test_train_labels import assert_rows_rebuild
 from tests.tiny_pipelines import shape_row
 
 PROMPTS = ["a big red circle", "a small blue square", ""]
@@ -121,11 +122,7 @@ def test_extraction_on_sdxl_and_sd3_runs_records_prompts_and_rebuilds_the_rows(t
                                                                               captioned_data):
     """The stores' rows, rebuilt from the store and the prompt cache (tokens and pooled embeddings), give the stored
     predictions again."""
-    from lisa_probe.analysis.inputs import rebuild_inputs
-    from lisa_probe.analysis.selection import open_run
-    from lisa_probe.configs import AnalyzeOptions
     from lisa_probe.extract import main as extract_main
-    from lisa_probe.runs import load_run
     from lisa_probe.store import FeatureStore
 
     pipeline = request.getfixturevalue(fixture)
@@ -135,10 +132,4 @@ def test_extraction_on_sdxl_and_sd3_runs_records_prompts_and_rebuilds_the_rows(t
     extract_main(["--ckpt", str(run), "--out", str(store_path), "--samples", "3", "--timesteps", "2"])
     store = FeatureStore(store_path)
     assert len(set(store.read("meta/prompt"))) > 1
-    config, model, _, dataset_kwargs = load_run(run)
-    selected = open_run(store_path, "run", AnalyzeOptions(n_splits=2))
-    x_t, steps, cond, context = rebuild_inputs(selected, model, config, dataset_kwargs, np.arange(len(selected.rows)))
-    assert set(context) == {"context", "pooled"}
-    with torch.no_grad():
-        rebuilt = model(x_t, steps, cond, context=context).pred_full.numpy()
-    np.testing.assert_allclose(rebuilt, store.read("scores/full")[selected.rows], rtol=1e-4, atol=1e-5)
+    assert_rows_rebuild(run, store_path)
