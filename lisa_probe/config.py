@@ -16,6 +16,7 @@ import typing
 from pathlib import Path
 
 import yaml
+from safetensors import SafetensorError
 
 
 def option(text: str, **extra) -> dict:
@@ -106,11 +107,11 @@ def cli_errors(prog: str):
     """Report the errors a user's input or the machine causes as ``<prog>: error: <message>`` with exit status 2, as
     argparse does for a bad option, instead of a traceback: ``ValueError`` (a bad site, a resume from another
     config), ``OSError`` and its subclasses (a missing, unreadable or corrupt file, an existing output, a full
-    disk) and ``FloatingPointError`` (a non-finite loss). Other exceptions are bugs and keep their
+    disk), ``SafetensorError`` (a damaged weights file) and ``FloatingPointError`` (a non-finite loss). Other exceptions are bugs and keep their
     traceback."""
     try:
         yield
-    except (ValueError, OSError, FloatingPointError) as error:
+    except (ValueError, OSError, FloatingPointError, SafetensorError) as error:
         print(f"{prog}: error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
 

@@ -26,6 +26,14 @@ DEFAULT_PREDICTION_TYPE = {"unet": "v", "dit": "flow"}
 
 
 PROMPT_MODES = ("caption", "empty")
+MODE_SCALE_MAX = 7.235  # the largest --mode-scale whose density stays in [0, 1] (tests/test_configs.py computes it)
+
+
+def check_run_name(name: str) -> None:
+    """ValueError unless ``name`` is one directory name: a run stays inside ``--out-dir``."""
+    if not name or name in (".", "..") or "/" in name or "\\" in name or Path(name).is_absolute():
+        raise ValueError(f"--name must be one directory name inside --out-dir (no '/', '\\', '.' or '..'), "
+                         f"got {name!r}")
 
 
 def names_list(text: str) -> tuple[str, ...]:
@@ -139,7 +147,12 @@ class PromptDropout:
         "captions replaced by the empty prompt, at random, in training (diffusers' caption dropout)"))
 
     def check_prompt_dropout(self) -> None:
+        """The proportion in [0, 1], and above 0 only for data with captions (``DataOptions.has_captions``)."""
         check_number("proportion_empty_prompts", self.proportion_empty_prompts, 0, 1)
+        if self.proportion_empty_prompts > 0 and not self.has_captions:
+            raise ValueError(f"--proportion-empty-prompts {self.proportion_empty_prompts:g} needs captions; "
+                             f"--dataset {self.dataset} has none here (a captioned table with a caption column, "
+                             "--captions-file, or --label-prompts)")
 
 
 @dataclass
@@ -190,6 +203,7 @@ class PretrainConfig(LoopConfig, DataOptions, PromptDropout):
                              "use a value > 0 for eps or v, 0 (off) for any prediction type")
         if self.name is None:
             self.name = f"main-{self.backbone}-{self.prediction_type}-{self.dataset}{self.resolution}"
+        check_run_name(self.name)
 
     @property
     def run_dir(self) -> Path:
@@ -282,6 +296,12 @@ class TrainConfig(LoopConfig, DataOptions, PromptDropout):
             raise ValueError(f"--weighting-scheme {self.weighting_scheme!r} draws the timesteps itself; it needs "
                              f"--timestep-sampling uniform, got {self.timestep_sampling!r}")
         check_number("logit_std", self.logit_std, 0, low_open=True)
+        check_number("logit_mean", self.logit_mean)
+        # diffusers' mode density u' = 1 - u - s (cos^2(pi u / 2) - 1 + u) stays in [0, 1] for s in [-1, 7.235]
+        check_number("mode_scale", self.mode_scale, -1, MODE_SCALE_MAX)
+        if not self.has_captions and self.lisa_main_prompt != "caption":
+            raise ValueError(f"--lisa-main-prompt {self.lisa_main_prompt} needs captions; --dataset {self.dataset} "
+                             "has none here (without captions pred_main gets the empty prompt anyway)")
         if self.probe_every < 0 or self.probe_samples < 1:
             raise ValueError(f"--probe-every must be >= 0 and --probe-samples >= 1, got {self.probe_every} and "
                              f"{self.probe_samples}")
@@ -308,6 +328,7 @@ class TrainConfig(LoopConfig, DataOptions, PromptDropout):
         if self.name is None:
             arm = f"lisa{self.lisa_weight:g}" if self.lisa_weight > 0 else "baseline"
             self.name = f"{self.dataset}-{self.condition or 'default'}-{arm}-s{self.seed}"
+        check_run_name(self.name)
 
     @property
     def run_dir(self) -> Path:

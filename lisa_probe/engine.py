@@ -25,6 +25,7 @@ from accelerate import Accelerator, PartialState
 from accelerate.state import AcceleratorState, GradientState
 from accelerate.tracking import TensorBoardTracker, WandBTracker
 from accelerate.utils import parse_flag_from_env
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
@@ -41,7 +42,7 @@ from lisa_probe.checkpointing import (
     temporary_checkpoint_dir,
 )
 from lisa_probe.config import SEED_MAX, check_number, config_defaults, option
-from lisa_probe.data import check_choice
+from lisa_probe.data import DataError, check_choice
 from lisa_probe.data_stream import batch_loader
 from lisa_probe.files import replace_dir, write_csv_atomic, write_json
 from lisa_probe.rundir import EVAL_FILE, METRICS_FILE
@@ -330,21 +331,30 @@ def save_checkpoint(accelerator: Accelerator, run_dir: Path, objective: Objectiv
                     state: dict) -> Path | None:
     """Write ``checkpoint-<step>`` atomically: modules, optimizer, per-rank RNG, trainer state."""
     step = state["step"]
-    tmp = run_dir / f".checkpoint-{step}.tmp"
-    if accelerator.is_main_process:
-        temporary_checkpoint_dir(run_dir, step)
-        for name, module in objective.modules_to_save().items():
-            module.save_pretrained(tmp / name)
-        tensors, meta = optimizer_to_safe(optimizer)
-        save_file(tensors, tmp / "optimizer.safetensors")
-        write_json(tmp / "optimizer.json", meta)
-    accelerator.wait_for_everyone()
-    save_rng(tmp / f"rng-{accelerator.process_index}.safetensors", generator)
-    accelerator.wait_for_everyone()
-    final = None
-    if accelerator.is_main_process:
-        write_json(tmp / "trainer_state.json", state)
-        final = finalize_checkpoint(tmp, step)
+    tmp = None
+    try:
+        if accelerator.is_main_process:
+            tmp = temporary_checkpoint_dir(run_dir, step)
+            for name, module in objective.modules_to_save().items():
+                module.save_pretrained(tmp / name)
+            tensors, meta = optimizer_to_safe(optimizer)
+            save_file(tensors, tmp / "optimizer.safetensors")
+            write_json(tmp / "optimizer.json", meta)
+        accelerator.wait_for_everyone()
+        tmp = run_dir / f".checkpoint-{step}.tmp"
+        save_rng(tmp / f"rng-{accelerator.process_index}.safetensors", generator)
+        accelerator.wait_for_everyone()
+        final = None
+        if accelerator.is_main_process:
+            write_json(tmp / "trainer_state.json", state)
+            final = finalize_checkpoint(tmp, step)
+    except (OSError, SafetensorError) as error:  # a full disk, a read-only directory ...
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        kept = list_checkpoints(run_dir)
+        raise OSError(f"writing checkpoint-{step} in {run_dir} failed ({type(error).__name__}: {error}); nothing "
+                      "half-written is kept; " + (f"the last complete checkpoint is {kept[-1]}" if kept
+                                                  else "no checkpoint had been saved yet")) from error
     accelerator.wait_for_everyone()
     return final
 
@@ -437,7 +447,11 @@ def _fit_loop(run_dir: Path, objective: Objective, dataset, config: LoopConfig,
     model.train()
     while state["step"] < config.steps:
         started = time.perf_counter()
-        batch = next(batches)
+        try:
+            batch = next(batches)
+        except DataError as error:
+            kept = stop_on_data_error(accelerator, run_dir, objective, optimizer, generator, state, config)
+            raise DataError(f"{error}; {kept}") from error
         state["micro_batches"] += 1
         with accelerator.accumulate(model):
             inputs = objective.draw(batch, generator)
@@ -495,6 +509,20 @@ def _fit_loop(run_dir: Path, objective: Objective, dataset, config: LoopConfig,
     export_modules(accelerator, run_dir, objective)
     accelerator.wait_for_everyone()
     return state
+
+
+def stop_on_data_error(accelerator: Accelerator, run_dir: Path, objective: Objective, optimizer, generator,
+                       state: dict, config: LoopConfig) -> str:
+    """What a run stopped by unreadable data keeps: a checkpoint of the last finished step, written now when the
+    error came before a step's first micro-batch in a single process (the state then is exactly that step's), else
+    the last one saved. Returns the sentence that says which one to resume from."""
+    at_step_start = state["micro_batches"] % config.grad_accum == 0 and state["step"] > 0
+    if at_step_start and accelerator.num_processes == 1 and not (run_dir / f"checkpoint-{state['step']}").exists():
+        save_checkpoint(accelerator, run_dir, objective, optimizer, generator, with_grad_scaler(accelerator, state))
+    kept = list_checkpoints(run_dir)
+    if not kept:
+        return f"training stopped at step {state['step']} with no checkpoint saved: mend the data and start again"
+    return f"training stopped at step {state['step']}: mend the data and continue from {kept[-1]} with --resume latest"
 
 
 def with_grad_scaler(accelerator: Accelerator, state: dict) -> dict:

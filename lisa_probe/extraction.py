@@ -27,7 +27,7 @@ from torch.utils.data import default_collate
 from tqdm.auto import tqdm
 
 from lisa_probe.configs import ExtractConfig, ForeignRun
-from lisa_probe.data import build_dataset
+from lisa_probe.data import build_dataset, check_items
 from lisa_probe.engine import process_state
 from lisa_probe.hooks import capture
 from lisa_probe.models import DualBranch
@@ -38,7 +38,7 @@ from lisa_probe.runs import build_dual_branch, load_run
 from lisa_probe.sampling import ROW_NOISE_CONVENTION, row_noise
 from lisa_probe.store import FeatureStoreWriter, make_layout, merge_shards, shard_path, shard_range
 from lisa_probe.store.writer import check_finished_store
-from lisa_probe.text import PromptEmbeddings, prompt_embeddings
+from lisa_probe.text import PromptEmbeddings, prompt_embeddings, text_layout
 from lisa_probe.validation import cache_dir
 
 
@@ -203,37 +203,84 @@ def write_rows(writer: FeatureStoreWriter, extractor: Extractor, rows: range, li
         progress.update(len(batch) - skip)
 
 
-INPUTS_VERSION = 1
+INPUTS_VERSION = 2  # 2: targets, timestep values, preprocessing, splits, digests and text per layout spelled out
+
+PROMPT_RECIPES = {
+    "sd": "the main net's tokenizer/ (padded to its model_max_length, truncated) and text_encoder/: its last hidden "
+          "state is context (1, L, D); an encoder with a projection (CLIPTextModelWithProjection) also gives pooled = "
+          "text_embeds",
+    "sdxl": "tokenizer/ + text_encoder/ and tokenizer_2/ + text_encoder_2/ (each padded to 77 tokens, truncated): "
+            "context = both encoders' penultimate hidden states (hidden_states[-2]) concatenated on the last axis; "
+            "pooled = text_encoder_2's text_embeds; the UNet's added conditions are text_embeds = pooled and time_ids "
+            "= (h, w, 0, 0, h, w) with (h, w) the image size in pixels (no crop, original size = target size)",
+    "sd3": "CLIP-L (tokenizer/ + text_encoder/) and CLIP-G (tokenizer_2/ + text_encoder_2/), each padded to 77 tokens: "
+           "their penultimate hidden states concatenated on the last axis and zero-padded to T5's width, followed on "
+           "the token axis by T5's (tokenizer_3/ + text_encoder_3/) last hidden state of 77 tokens, or by 77 zero "
+           "tokens when the pipeline has no text_encoder_3/; pooled = both CLIPs' text_embeds concatenated",
+}
+TARGET_RECIPES = {
+    "eps": "y = noise",
+    "v": "y = alpha_t * noise - sigma_t * x0",
+    "flow": "y = noise - x0",
+}
 
 
 def input_recipe(model: DualBranch, dataset, timesteps: torch.Tensor, config: ExtractConfig,
-                 captions: bool = False) -> dict:
-    """The store's ``inputs`` attr: enough to rebuild every row's model inputs ``(x_t, t, cond, context)`` from the
-    store, the data and the main net without lisa_probe (``docs/CONTRACTS.md``, feature store)."""
+                 captions: bool = False, text: str | None = None) -> dict:
+    """The store's ``inputs`` attr: enough to rebuild every row's model inputs ``(x_t, t, cond, context)`` and its
+    target from the store, the data and the main net without lisa_probe (``docs/CONTRACTS.md``, feature store).
+    ``text``: the main net's text layout (``text.text_layout``: sd, sdxl, sd3) when rows are text-conditioned."""
     context = {name: tensor.detach().float().cpu() for name, tensor in model.context(1).items()}
+    kind = model.parameterization.prediction_type
+    resolution = model.main.config.sample_size * model.pixel_scale
+    captioned = dataset.name == "captioned"
     return {
         "version": INPUTS_VERSION,
         "rows": "sample-major, then timestep, then noise draw: row r is sample r // (n_timesteps * draws) of the "
                 "split, at timestep index (r // draws) % n_timesteps, draw r % draws",
+        "draws": int(config.draws),
         "samples": f"the first {config.samples} samples of the {config.split!r} split of the dataset of attr 'config' "
-                   "(dataset, condition, seed, data_root), each {'image': (3, H, W) in [-1, 1], 'cond': (C, H, W) in "
-                   "[0, 1]} as lisa_probe.data builds it",
+                   "(dataset, condition, seed, data_root and the column options), each {'image': (3, H, W) in "
+                   "[-1, 1], 'cond': (C, H, W) in [0, 1]} as lisa_probe.data builds it; meta/sample_id names each",
+        "split": (f"{config.split!r} of the table: its own 'validation' (or 'val') / 'test' split when it has a "
+                  "validation split, else a partition of its rows by p = int(sha1(f'0:{row}').hexdigest()[:8], 16) / "
+                  "2**32: train below 1 - 2 * val_fraction, then val, then test (val_fraction in attr 'config'); sample ids read 'captioned/<split>/<table split>-"
+                  "<row index in that table split>'" if captioned else
+                  f"{config.split!r}, as the dataset's own deterministic split (sample ids '<dataset>/<split>/...')"),
+        "resolution": int(resolution),
+        "preprocessing": ("images and conditioning images: EXIF-transposed, alpha flattened (white / black), "
+                          "converted to RGB (conditioning: the config's cond_mode), resized on the shorter side to "
+                          f"{resolution} px with bilinear filtering and centre-cropped (PIL ImageOps.fit), then "
+                          "image / 127.5 - 1 and cond / 255" if captioned or dataset.name == "folder" else
+                          f"drawn procedurally at {resolution} px (no resizing)"),
         "timesteps": [float(t) for t in timesteps],
+        "timestep_value": ("meta/t is what the nets receive: an integer step in [0, num_train_timesteps) as a float "
+                           "for eps / v; for flow, 1000 * sigma (a float in (0, 1000]), which SD3's transformer and "
+                           "ControlNet receive as their timestep"),
         "row_noise": {"convention": ROW_NOISE_CONVENTION, "seed": config.seed},
         "x0": "the image" if model.vae is None else
-              "(vae.encode(image).latent_dist.mode() - vae.config.shift_factor or 0) * vae.config.scaling_factor",
+              "(vae.encode(image).latent_dist.mode() - (vae.config.shift_factor or 0)) * vae.config.scaling_factor "
+              "(the posterior's mode: rows are deterministic; training draws latent_dist.sample())",
         "x_t": "alpha_t * x0 + sigma_t * noise; eps/v: alpha_t = sqrt(alphas_cumprod[t]), sigma_t = sqrt(1 - "
                "alphas_cumprod[t]) from scheduler/; flow: alpha_t = 1 - t / 1000, sigma_t = t / 1000",
+        "target": TARGET_RECIPES[kind] + " (scores/target)",
         "condition": {"kind": dataset.condition, "channels": int(dataset.cond_channels),
                       "fed_as": condition_recipe(model)},
         "context": {name: {"shape": list(tensor.shape), "all_zero": bool(not tensor.any()),
                            "sha256": hashlib.sha256(tensor.numpy().tobytes()).hexdigest()}
                     for name, tensor in context.items()},
+        "context_sha256": "SHA-256 of the null context tensor's bytes as float32, C order, on the CPU",
         "context_source": "the main net's null_context.safetensors when it has one, else the empty prompt through its "
-                          "text_encoder/ when it has one, else zeros",
-        "prompts": ("each row's meta/prompt through the main net's tokenizer (padded to model_max_length, truncated) "
-                    "and text_encoder (last hidden state); the empty prompt is the null context"
-                    if captions else "none: every row has the null context"),
+                          "text encoders when it has them (as 'prompts' says), else zeros",
+        "prompts": (f"each row's meta/prompt through {PROMPT_RECIPES[text or 'sd']}; the empty prompt is the null "
+                    "context" if captions else "none: every row has the null context"),
+        "dataset_sha256": "each dataset's 'sha256' attr: SHA-256 over its rows in order, the raw bytes of numeric "
+                          "rows (C order, the stored dtype), length-prefixed UTF-8 of string rows",
+        "paths": "config.main, config.data_root, 'checkpoint' and 'run' are relative to the store's directory",
+        "probe_batch": ("training's onset probe (not stored here): the first probe_samples val samples, sample k at "
+                        "the k mod 4-th of 4 evenly spaced timesteps (bin centres, low to high noise), noise "
+                        "randn((n, C, H, W), Generator().manual_seed(seed + 4242)), x0 the posterior's mode; pred_main "
+                        "gets each sample's caption"),
     }
 
 
@@ -278,6 +325,7 @@ def extract(config: ExtractConfig) -> Path:
     model.check_condition(dataset.cond_channels)
     if config.samples > len(dataset):
         raise ValueError(f"--samples {config.samples} exceeds the {config.split} split's {len(dataset)} samples")
+    check_items(dataset, min(config.batch_size, config.samples), "the first batch")  # before any file is made
     prompts = (prompt_embeddings(owner, dataset_kwargs, cache_dir(out.parent), (config.split,),
                                  progress=state.is_local_main_process) if config.prompt == "caption" else None)
     extractor = Extractor(model, decoder, dataset, parse_sites(config.sites, model),
@@ -285,7 +333,8 @@ def extract(config: ExtractConfig) -> Path:
     rows = shard_rows(extractor.n_rows, config.batch_size, state.process_index, state.num_processes)
     sharded = state.num_processes > 1
     target = shard_path(out, state.process_index, state.num_processes) if sharded else out
-    inputs = input_recipe(model, dataset, extractor.timesteps, config, captions=prompts is not None)
+    inputs = input_recipe(model, dataset, extractor.timesteps, config, captions=prompts is not None,
+                          text=text_layout(Path(owner.main)) if prompts is not None else None)
     layout, attrs = extractor.layout(lisa_site), store_attrs(config, model, run_config, side_dir, lisa_site, inputs)
     shard = (state.process_index, state.num_processes) if sharded else None
     if sharded and config.resume and target.exists():  # a finished shard of an interrupted run is kept

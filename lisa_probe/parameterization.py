@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
+import diffusers
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, FlowMatchEulerDiscreteScheduler
 from diffusers.training_utils import compute_density_for_timestep_sampling, compute_loss_weighting_for_sd3
@@ -94,8 +95,13 @@ class Parameterization:
 
     @classmethod
     def from_scheduler_config(cls, config: dict) -> Parameterization:
-        """Rebuild from a diffusers scheduler config (``scheduler/scheduler_config.json``)."""
-        if config.get("_class_name", "").startswith("FlowMatch"):
+        """Rebuild from a diffusers scheduler config (``scheduler/scheduler_config.json``); ValueError for a
+        ``_class_name`` that is not one of diffusers' schedulers."""
+        class_name = config.get("_class_name", "")
+        if class_name and not (class_name.endswith("Scheduler") and hasattr(diffusers.schedulers, class_name)):
+            raise ValueError(f"scheduler _class_name {class_name!r} is not a diffusers scheduler (e.g. "
+                             "DDPMScheduler, EulerDiscreteScheduler, FlowMatchEulerDiscreteScheduler)")
+        if class_name.startswith("FlowMatch"):
             if config.get("use_dynamic_shifting"):
                 raise ValueError("scheduler option use_dynamic_shifting=True is not supported: lisa_probe applies a "
                                  "fixed shift (the scheduler's 'shift')")
@@ -124,7 +130,9 @@ class Parameterization:
             self.check_weighting(weighting)
             u = compute_density_for_timestep_sampling(weighting.name, batch_size, weighting.logit_mean,
                                                       weighting.logit_std, weighting.mode_scale, generator=generator)
-            return self._train_timesteps[(u * self.num_train_timesteps).long()]
+            # u < 1 always in exact arithmetic; a float sigmoid can round to 1.0 (the last index, as u -> 1)
+            index = (u * self.num_train_timesteps).long().clamp(0, self.num_train_timesteps - 1)
+            return self._train_timesteps[index]
         if sampling == "cubic":
             u = torch.rand(batch_size, generator=generator, dtype=torch.float64)
             steps = ((1 - u**3) * self.num_train_timesteps).long().clamp(0, self.num_train_timesteps - 1)

@@ -11,9 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import default_collate
 
-from lisa_probe.checkpointing import prepare_run_dir
+from lisa_probe.checkpointing import prepare_run_dir, resolve_resume
 from lisa_probe.configs import TrainConfig
-from lisa_probe.data import build_dataset
+from lisa_probe.data import build_dataset, check_items
 from lisa_probe.data.condition_kinds import condition_kind
 from lisa_probe.engine import WEIGHT_DTYPES, Objective, Probe, fit, is_main_process, process_state
 from lisa_probe.hooks import capture
@@ -24,6 +24,7 @@ from lisa_probe.onset import onset_signals
 from lisa_probe.rundir import write_run_config
 from lisa_probe.runs import build_dual_branch, ensure_default_main
 from lisa_probe.sampling import fixed_noise
+from lisa_probe.store.integrity import OutputLock
 from lisa_probe.text import PromptEmbeddings, batch_context, drop_prompts, prompt_embeddings
 from lisa_probe.validation import ControlEvaluation, cache_dir, write_summary
 
@@ -72,13 +73,15 @@ class SideNetObjective(Objective):
         return [{"params": params, "lr_scale": scales[name], "name": name} for name, params in sets.items() if params]
 
     def draw(self, batch: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
-        """x0 (model space: encoded, or read from the latent cache), cond, noise and timesteps of a batch; with captions, their embeddings after caption
+        """x0 (model space: a draw from the VAE's posterior, encoded now or read from the latent cache, for a latent
+        main net; the pixels otherwise), cond, noise and timesteps of a batch; with captions, their embeddings after caption
         dropout (drawn last, so a run without dropout draws what it drew before): ``context`` (B, L, D) and, for an
         SD3-style transformer, ``pooled`` (B, P)."""
         images, cond = batch["image"], batch["cond"]
         if self.config.random_flip:  # the pair together; drawn only when asked
             images, cond = flip_pairs(images, cond, torch.rand(len(images), generator=generator) < 0.5)
-        x0 = self.model.encode_images(images) if self.latents is None else self.latents.lookup(batch["id"])
+        x0 = (self.model.encode_images(images, generator) if self.latents is None  # a posterior draw (latent nets)
+              else self.latents.lookup(batch["id"], generator))
         inputs = {"x0": x0, "cond": cond, "noise": torch.randn(x0.shape, generator=generator),
                   "timesteps": self.model.parameterization.sample_timesteps(x0.shape[0], generator,
                                                                             self.config.timestep_sampling,
@@ -161,9 +164,15 @@ def build_decoder(model: DualBranch, site: str, seed: int) -> LisaDecoder:
 
 
 def train(config: TrainConfig) -> Path:
-    """Train a side net; returns the run directory."""
+    """Train a side net; returns the run directory.
+
+    Everything the run reads is built and checked first (model, the data splits it uses and their first batch, the
+    prompt and latent caches, the checkpoint named by ``--resume``); only then is the run directory created, so a
+    failed start leaves nothing behind. The directory is locked (``<run_dir>.lock``) while this process trains into
+    it: a second run into the same directory, ``--overwrite`` included, is refused.
+    """
     if config.main is None:
-        config.main = str(ensure_default_main(Path(config.out_dir)))
+        config = replace(config, main=str(ensure_default_main(Path(config.out_dir))))
     model, dataset_kwargs = build_dual_branch(config)
     model.cast_frozen(WEIGHT_DTYPES[config.mixed_precision])
     model.parameterization.check_weighting(config.weighting())
@@ -171,28 +180,49 @@ def train(config: TrainConfig) -> Path:
         init_zero_modules(model, config.zero_init_scale, config.seed)
     site = config.lisa_site or model.default_lisa_site()
     model.site(site)
+    run_dir = config.run_dir
+    resolve_resume(run_dir, config.resume)  # a --resume path that is no checkpoint: refused before anything is made
     dataset = build_dataset(config.dataset, split="train", **dataset_kwargs,
                             **({"random_crop": True} if config.random_crop else {}))  # training only; val: centre
     model.check_condition(dataset.cond_channels)
+    check_items(dataset, config.batch_size, "the first training batch")
+    check_validation_split(config, dataset_kwargs)
     prompts = prompt_embeddings(config, dataset_kwargs, cache_dir(config.out_dir), ("train", "val"),
                                 progress=is_main_process())
     latents = (LatentCache(model, dataset, Path(config.main) / "vae", cache_dir(config.out_dir) / "latents",
                            dataset_kwargs, progress=is_main_process()) if config.cache_latents else None)
-    run_dir = config.run_dir  # created once the inputs are known to be valid
-    prepare_run_dir(run_dir, config.resume, config.overwrite, is_main_process())
-    process_state().wait_for_everyone()
-    decoder = build_decoder(model, site, config.seed) if config.lisa_weight > 0 else None
-    if is_main_process():
-        write_run_config(run_dir, replace(config, lisa_site=site), kind="train")  # the site resolved, saved
-    objective = SideNetObjective(model, decoder, config, site, prompts, latents)
     evaluation = (ControlEvaluation(model, config, dataset_kwargs, run_dir, prompts) if config.eval_samples > 0
                   else None)
     probe = (OnsetProbe(model, config, dataset_kwargs, config.probe_every, config.probe_samples, prompts)
              if config.probe_every > 0 else None)
-    state = fit(run_dir, objective, dataset, config, evaluate=evaluation, probe=probe)
-    if is_main_process():
-        write_summary(run_dir, config, state, condition_kind(dataset.condition).control_metric)
+    lock = OutputLock(run_dir, what="run directory") if is_main_process() else None
+    try:
+        prepare_run_dir(run_dir, config.resume, config.overwrite, is_main_process())  # the inputs are valid
+        process_state().wait_for_everyone()
+        decoder = build_decoder(model, site, config.seed) if config.lisa_weight > 0 else None
+        if is_main_process():
+            write_run_config(run_dir, replace(config, lisa_site=site), kind="train")  # the site resolved, saved
+        objective = SideNetObjective(model, decoder, config, site, prompts, latents)
+        state = fit(run_dir, objective, dataset, config, evaluate=evaluation, probe=probe)
+        if is_main_process():
+            write_summary(run_dir, config, state, condition_kind(dataset.condition).control_metric)
+    finally:
+        if lock is not None:
+            lock.release()
     return run_dir
+
+
+def check_validation_split(config: TrainConfig, dataset_kwargs: dict) -> None:
+    """ValueError when the val split cannot give what the run takes from it (the onset probe's ``--probe-samples``)
+    and ``DataError`` when its first items cannot be read; nothing is checked when the run uses no val split."""
+    wanted = max(config.eval_samples, config.probe_samples if config.probe_every > 0 else 0)
+    if wanted == 0 and not config.has_captions:
+        return
+    val = build_dataset(config.dataset, split="val", **dataset_kwargs)
+    if config.probe_every > 0 and config.probe_samples > len(val):
+        raise ValueError(f"--probe-samples {config.probe_samples} is more than the {len(val)} samples of the val "
+                         f"split; use at most {len(val)}")
+    check_items(val, wanted, "the validation samples")
 
 
 class OnsetProbe(Probe):
@@ -208,7 +238,7 @@ class OnsetProbe(Probe):
                  prompts: PromptEmbeddings | None = None):
         self.model, self.every = model, every
         dataset = build_dataset(config.dataset, split="val", **dataset_kwargs)
-        batch = default_collate([dataset[i] for i in range(min(samples, len(dataset)))])
+        batch = default_collate([dataset[i] for i in range(samples)])  # train() checked that there are as many
         self.context = batch_context(prompts, batch)
         parameterization = model.parameterization
         self.bins = torch.arange(len(batch["cond"])) % self.BINS

@@ -29,8 +29,10 @@ from lisa_probe.config import SEED_MAX, cli_errors, config_from_dict
 from lisa_probe.configs import AnalyzeOptions, ExtractConfig, PretrainConfig, TrainConfig, names_list
 from lisa_probe.extraction import extract
 from lisa_probe.main_training import pretrain
+from lisa_probe.models.build import build_main, build_side, make_dual_branch, null_context_for, set_resolution
 from lisa_probe.onset import Onset, first_step_above, fit_onset
 from lisa_probe.onset_figures import lr_slope, plot_onset_fits, plot_probe_signals, plot_t50_vs_lr
+from lisa_probe.parameterization import Parameterization
 from lisa_probe.provenance import code_version
 from lisa_probe.rundir import is_finished, is_main_net_ready, read_eval, read_metrics, read_run_config, read_summary
 from lisa_probe.side_training import train
@@ -137,14 +139,38 @@ def check_study(study, path: Path) -> None:
 
 
 def check_run_configs(study: dict, path: Path) -> None:
-    """Build the pretraining and training config of every planned run, so that an unknown option or a bad value
-    (named with its run) stops the study before any main net is pretrained."""
+    """Build the pretraining and training config of every planned run, and check each training config against its
+    setting's main net (built untrained: its sites and the sizes it takes), so that an unknown option, a bad value
+    or an option that does not fit the setting (named with its run) stops the study before any main net is
+    pretrained."""
+    checked = set()
     for plan in planned_runs(study):
         setting = study["settings"][plan["setting"]]
         where = f"{path}: run {plan['setting']}-{plan['arm']}-s{plan['seed']}"
-        config_from_dict(PretrainConfig, {**setting["pretrain"], "name": "check"}, f"{where}, pretrain")
-        config_from_dict(TrainConfig, {**setting["train"], **plan["overrides"], "main": "check",
-                                       "name": "check", "seed": plan["seed"]}, f"{where}, train")
+        pretrain_config = config_from_dict(PretrainConfig, {**setting["pretrain"], "name": "check"},
+                                           f"{where}, pretrain")
+        train_config = config_from_dict(TrainConfig, {**setting["train"], **plan["overrides"], "main": "check",
+                                                      "name": "check", "seed": plan["seed"]}, f"{where}, train")
+        fit_key = (plan["setting"], train_config.lisa_site, train_config.resolution)
+        if fit_key not in checked:
+            try:
+                check_train_fits_main(pretrain_config, train_config)
+            except ValueError as error:
+                raise ValueError(f"{where}, train: {error}") from error
+            checked.add(fit_key)
+
+
+def check_train_fits_main(pretrain_config: PretrainConfig, train_config: TrainConfig) -> None:
+    """ValueError when the training options name a site or a resolution that the main net ``pretrain_config`` makes
+    does not have (checked on an untrained net of the same architecture)."""
+    family = pretrain_config.backbone
+    main = build_main(family, pretrain_config.preset, pretrain_config.resolution)
+    if train_config.resolution is not None:
+        set_resolution(family, main, None, train_config.resolution)
+    model = make_dual_branch(family, main, build_side(main, family, cond_channels=1),
+                             Parameterization(pretrain_config.prediction_type), null_context_for(main, family))
+    if train_config.lisa_site is not None:
+        model.site(train_config.lisa_site)
 
 
 def load_study(path: Path, quick: bool = False) -> dict:

@@ -18,11 +18,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer, CLIPTextModel, CLIPTextModelWithProjection, T5EncoderModel
@@ -49,8 +50,23 @@ def text_layout(pipeline: Path) -> str:
     and optionally the T5 ``text_encoder_3/`` beside a transformer)."""
     pipeline = Path(pipeline)
     if not (pipeline / "text_encoder_2").is_dir():
+        unet_config = read_json_config(pipeline / "unet" / "config.json") if (pipeline / "unet").is_dir() else {}
+        if unet_config.get("addition_embed_type") == "text_time":
+            raise ValueError(f"{pipeline} is an SDXL pipeline (its UNet's addition_embed_type is 'text_time') without "
+                             "text_encoder_2/ and tokenizer_2/: SDXL's prompts need both text encoders")
         return "sd"
     return "sd3" if (pipeline / "transformer").is_dir() else "sdxl"
+
+
+def read_json_config(path: Path) -> dict:
+    """A model's ``config.json`` as a dict; ValueError naming the file when it is not a JSON object."""
+    try:
+        config = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path} is not a readable JSON config ({type(error).__name__}: {error})") from error
+    if not isinstance(config, dict):
+        raise ValueError(f"{path} is not a JSON object")
+    return config
 
 
 def _load_encoder(directory: Path, default_class):
@@ -59,14 +75,20 @@ def _load_encoder(directory: Path, default_class):
     if not any(directory.glob("*.safetensors")):
         raise ValueError(f"{directory} holds no .safetensors weights (lisa_probe loads no pickle files); "
                          f"convert it once with transformers' save_pretrained(..., safe_serialization=True)")
-    architectures = json.loads((directory / "config.json").read_text()).get("architectures") or []
+    architectures = read_json_config(directory / "config.json").get("architectures") or []
     known = {cls.__name__: cls for cls in (CLIPTextModel, CLIPTextModelWithProjection, T5EncoderModel)}
     model_class = next((known[name] for name in architectures if name in known), default_class)
-    return model_class.from_pretrained(directory, use_safetensors=True).requires_grad_(False).eval()
+    try:
+        return model_class.from_pretrained(directory, use_safetensors=True).requires_grad_(False).eval()
+    except (OSError, ValueError, KeyError, TypeError, SafetensorError) as error:
+        raise ValueError(f"cannot load the text encoder in {directory} ({type(error).__name__}: {error})") from error
 
 
 def _load_tokenizer(directory: Path):
-    tokenizer = AutoTokenizer.from_pretrained(directory)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(directory)
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"cannot load the tokenizer in {directory} ({type(error).__name__}: {error})") from error
     if getattr(tokenizer, "model_max_length", 0) > 100_000:
         raise ValueError(f"the tokenizer in {directory} has no model_max_length (set it in tokenizer_config.json, "
                          "e.g. 77 for CLIP): padding to max_length would pad to ~1e30 tokens")
@@ -117,7 +139,7 @@ class PromptEncoder:
         tokenizers = [_load_tokenizer(pipeline / f"tokenizer{suffix}") for suffix in suffixes]
         t5_width = None
         if layout == "sd3":
-            t5_width = json.loads((pipeline / "transformer" / "config.json").read_text())["joint_attention_dim"]
+            t5_width = read_json_config(pipeline / "transformer" / "config.json")["joint_attention_dim"]
         identity = files_identity([pipeline / f"{part}{suffix}" for suffix in suffixes
                                    for part in ("text_encoder", "tokenizer")])
         return cls(tokenizers, encoders, identity, layout, t5_width)
@@ -190,10 +212,28 @@ class PromptEmbeddings:
         self.index = {prompt: i for i, prompt in enumerate(self.prompts)}
         key = hashlib.sha256(json.dumps([CACHE_FORMAT, encoder.identity, self.prompts]).encode()).hexdigest()
         self.path = Path(cache_dir) / f"prompts-{key[:24]}.safetensors"
+        if self.path.exists() and not self._readable():
+            warnings.warn(f"prompt cache {self.path} is damaged or holds non-finite values: encoding it anew",
+                          stacklevel=2)
+            self.path.unlink(missing_ok=True)
         if not self.path.exists():
             self._compute(encoder, progress)
         self._file = safe_open(str(self.path), framework="pt")
         self._rows = {name: self._file.get_slice(name) for name in self._file.keys()}
+
+    def _readable(self) -> bool:
+        """Whether the cache file opens, lists this set's prompts and holds one finite row per prompt of each output."""
+        try:
+            with safe_open(str(self.path), framework="pt") as handle:
+                if json.loads((handle.metadata() or {}).get("prompts", "null")) != self.prompts:
+                    return False
+                for name in handle.keys():
+                    values = handle.get_tensor(name)
+                    if len(values) != len(self.prompts) or not torch.isfinite(values).all():
+                        return False
+                return "context" in handle.keys()
+        except (SafetensorError, OSError, ValueError):
+            return False
 
     def _compute(self, encoder: PromptEncoder, progress: bool) -> None:
         chunks = [encoder.empty()]  # "" sorts first; alone, so that it is the null context to the bit
@@ -201,9 +241,13 @@ class PromptEmbeddings:
             chunks.append(encoder.encode(self.prompts[start:start + ENCODE_BATCH]))
         self.path.parent.mkdir(parents=True, exist_ok=True)
         staging = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")  # processes may encode at once
-        save_file({name: torch.cat([chunk[name] for chunk in chunks]).contiguous() for name in chunks[0]}, staging,
-                  metadata={"prompts": json.dumps(self.prompts), "text_encoder": encoder.identity})
-        staging.replace(self.path)  # atomic: a reader never sees half a file
+        try:
+            save_file({name: torch.cat([chunk[name] for chunk in chunks]).contiguous() for name in chunks[0]},
+                      staging, metadata={"prompts": json.dumps(self.prompts), "text_encoder": encoder.identity})
+            staging.replace(self.path)  # atomic: a reader never sees half a file
+        except (SafetensorError, OSError) as error:  # a full disk
+            staging.unlink(missing_ok=True)
+            raise OSError(f"writing the prompt cache {self.path} failed: {error}") from error
 
     def lookup(self, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
         """``{"context": (B, L, D)}`` (and ``"pooled": (B, P)``) of B prompts of this set (KeyError naming a prompt

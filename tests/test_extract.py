@@ -600,7 +600,7 @@ def test_the_store_says_how_to_rebuild_a_row_without_lisa_probe(nets, stores):
     ``inputs`` attr to rebuild rows' x_t and recompute pred_full with diffusers' own UNet and ControlNet."""
     store = FeatureStore(stores["unet"])
     recipe = store.attrs["inputs"]
-    assert recipe["version"] == 1 and recipe["condition"]["kind"] == "edges" and recipe["condition"]["channels"] == 1
+    assert recipe["version"] == 2 and recipe["condition"]["kind"] == "edges" and recipe["condition"]["channels"] == 1
     main_dir = resolved_path(store.attrs["config"]["main"], stores["unet"].parent)
     side_dir = resolved_path(store.attrs["checkpoint"], stores["unet"].parent)
     unet = UNet2DConditionModel.from_pretrained(main_dir / "unet").eval()

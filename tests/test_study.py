@@ -193,7 +193,11 @@ def test_curve_area_is_the_mean_fidelity_over_evaluations():
     ({"arms": {"lisa": {"lisa_weight": 0.2, "seeds": [5]}}}, "arms.lisa.seeds [5] are not among the study's seeds"),
     ({"arms": {"lisa": {"lisa_weight": 0.2, "seeds": 1}}}, "arms.lisa.seeds must be a list of seeds"),
     ({"sweep": {"setting": "dit", "seed": 0, "values": {}}}, "sweep.setting 'dit' is not a setting"),
-    ({"surprise": 1}, "unknown key(s) ['surprise']")])
+    ({"surprise": 1}, "unknown key(s) ['surprise']"),
+    ({"arms": {"lisa": {"lisa_weight": 0.2, "lisa_site": "down.99"}}}, "train: unknown site 'down.99'; valid sites"),
+    ({"arms": {"lisa": {"lisa_weight": 0.2, "resolution": 15}}}, "train: --resolution 15 does not fit this main net"),
+    ({"arms": {"lisa": {"lisa_weight": 0.2, "proportion_empty_prompts": 0.5}}},
+     "--proportion-empty-prompts 0.5 needs captions")])
 def test_a_bad_study_file_is_refused_before_anything_is_made(tmp_path, capsys, change, message):
     """The file is checked whole (shape, then every run's configs) before any main net is pretrained: exit 2, the
     file and key named, and no run or results directory."""

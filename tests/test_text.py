@@ -1,11 +1,16 @@
 """Prompts through the pipeline's tokenizer and text encoder, the prompt-embedding cache and caption dropout."""
 
+import math
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import save_file
 from transformers import CLIPTextModel, CLIPTokenizer
 
+import lisa_probe.text
 from lisa_probe.models import load_main
 from lisa_probe.text import PromptEmbeddings, PromptEncoder, drop_prompts
 
@@ -56,6 +61,35 @@ def test_cached_embeddings_equal_uncached_ones_and_are_read_back_without_encodin
     torch.testing.assert_close(again.lookup(wanted)["context"], cached.lookup(wanted)["context"], rtol=0, atol=0)
     with pytest.raises(KeyError, match="'a tiny cross' was not encoded"):
         again.lookup(["a tiny cross"])
+
+
+@pytest.mark.parametrize("damage", ["zero-bytes", "truncated", "non-finite"])
+def test_a_damaged_prompt_cache_is_encoded_anew(sd_pipeline, tmp_path, damage):
+    encoder = PromptEncoder.from_pipeline(sd_pipeline)
+    cached = PromptEmbeddings(encoder, PROMPTS, tmp_path, progress=False)
+    good = cached.lookup(PROMPTS)["context"]
+    if damage == "zero-bytes":
+        cached.path.write_bytes(b"")
+    elif damage == "truncated":
+        cached.path.write_bytes(cached.path.read_bytes()[: cached.path.stat().st_size // 2])
+    else:
+        metadata = cached._file.metadata()
+        save_file({"context": torch.full_like(cached._rows["context"][0:len(cached.prompts)], math.nan)}, cached.path,
+                  metadata=metadata)
+    with pytest.warns(UserWarning, match="encoding it anew"):
+        again = PromptEmbeddings(encoder, PROMPTS, tmp_path, progress=False)
+    torch.testing.assert_close(again.lookup(PROMPTS)["context"], good)
+
+
+def test_a_prompt_cache_that_cannot_be_written_leaves_no_staging_file(sd_pipeline, tmp_path, monkeypatch):
+    def full_disk(tensors, path, metadata=None):
+        Path(path).write_bytes(b"half")
+        raise SafetensorError("Error while serializing: IoError(No space left on device (os error 28))")
+
+    monkeypatch.setattr(lisa_probe.text, "save_file", full_disk)
+    with pytest.raises(OSError, match=r"writing the prompt cache .*prompts-.*\.safetensors failed: .*No space left"):
+        PromptEmbeddings(PromptEncoder.from_pipeline(sd_pipeline), PROMPTS, tmp_path, progress=False)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_the_cache_key_changes_with_the_prompts_and_the_text_encoder(sd_pipeline, tmp_path):

@@ -588,7 +588,7 @@ def test_a_transformer_runs_at_a_smaller_resolution_and_refuses_one_beyond_its_p
     with torch.no_grad():
         out = model(torch.randn(2, 3, 8, 8), torch.tensor([0.2, 0.7]), torch.rand(2, 1, 8, 8), main_rows=2)
     assert out.pred_full.shape == (2, 3, 8, 8)
-    with pytest.raises(ValueError, match="--resolution 32 does not fit this main net: it takes multiples of 2 up "
+    with pytest.raises(ValueError, match="--resolution 32 does not fit this main net: it takes multiples of 2 from 2 up "
                                          "to 16"):
         build_dual_branch(tiny_config(tmp_path, "dit", "flow", resolution=32))
 

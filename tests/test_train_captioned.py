@@ -288,7 +288,7 @@ def test_random_flip_mirrors_image_and_condition_together_about_half_the_time(tm
     dataset = build_dataset("captioned", split="train", **kwargs)
     batch = default_collate([dataset[i] for i in range(16)])
     captured = {}
-    model.encode_images = lambda images: captured.setdefault("images", images)
+    model.encode_images = lambda images, generator=None: captured.setdefault("images", images)
     drawn = objective.draw(batch, torch.Generator().manual_seed(0))
     flipped = [torch.equal(captured["images"][i], batch["image"][i].flip(-1)) for i in range(16)]
     kept = [torch.equal(captured["images"][i], batch["image"][i]) for i in range(16)]

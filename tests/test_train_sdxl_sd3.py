@@ -132,4 +132,9 @@ def test_extraction_on_sdxl_and_sd3_runs_records_prompts_and_rebuilds_the_rows(t
     extract_main(["--ckpt", str(run), "--out", str(store_path), "--samples", "3", "--timesteps", "2"])
     store = FeatureStore(store_path)
     assert len(set(store.read("meta/prompt"))) > 1
+    recipe = store.attrs["inputs"]  # the recipe names this layout's text encoders, not SD 1.x's
+    wanted = {"sdxl_pipeline": "time_ids = (h, w, 0, 0, h, w)", "sd3_pipeline": "T5's (tokenizer_3/ + text_encoder_3/)"}
+    assert wanted[fixture] in recipe["prompts"] and "last hidden state is context" not in recipe["prompts"]
+    assert recipe["resolution"] == 64 and recipe["draws"] == 1 and "captioned/<split>/<table split>-" in recipe["split"]
+    assert recipe["target"].startswith("y = noise - x0" if fixture == "sd3_pipeline" else "y = noise")
     assert_rows_rebuild(run, store_path)

@@ -11,10 +11,14 @@ wide features by a PCA fitted on the training rows of that split only, so no tes
 * DCI (Eastwood & Williams 2018): importance matrix (D, F) from per-factor gradient boosting
   (``importance="gbt"``, as disentanglement_lib) or an L1 linear model (``importance="lasso"``, fast);
   disentanglement and completeness from its normalised entropies, informativeness = held-out accuracy
-  (categorical) or R² (continuous, circular). A factor the model does not predict better than chance on held-out
-  rows (R² ≤ 0; accuracy ≤ the majority class's share) contributes no importance — its importances are noise
-  (LassoCV keeps a few tiny coefficients on codes unrelated to the factor, which the entropy weighting would
-  trust fully) — and D and C are NaN when no factor is predicted.
+  (categorical) or R² (continuous, circular). A factor contributes importance only when the model predicts it
+  *significantly* better than chance on held-out rows: its score above chance (R² > 0; accuracy > the majority
+  class's share) and a permutation test of the held-out predictions against ``permutations_for(F)`` shuffles of the
+  held-out labels at level ``ALPHA`` / F (Bonferroni over the F factors); otherwise its importances are noise
+  (LassoCV keeps a few tiny coefficients on codes unrelated to the factor when R² > 0 by luck, which the entropy
+  weighting would trust fully). A column whose importance mass is below ``MIN_MASS`` of the largest column's also
+  counts as none. C is NaN when no factor is predicted, D when fewer than two are (with one factor every code
+  trivially serves one factor: D would be 1 for any codes).
 * MIG (Chen et al. 2018): codes discretised into ``n_bins`` histogram bins; gap between the two codes with
   the highest mutual information with a factor, divided by the factor's entropy.
 * SAP (Kumar et al. 2018): per (code, factor) score — squared correlation (continuous) or held-out
@@ -47,6 +51,9 @@ IMPORTANCE_MODELS = {
     ("lasso", "continuous"): lambda seed: make_pipeline(StandardScaler(), LassoCV(cv=5, random_state=seed)),
 }
 IMPORTANCES = tuple(dict.fromkeys(method for method, _ in IMPORTANCE_MODELS))  # ("gbt", "lasso")
+ALPHA = 0.05  # family-wise level of the informativeness tests over a DCI's factors
+MIN_PERMUTATIONS = 199  # shuffles of the held-out labels per factor: at least this, and enough for ALPHA / F
+MIN_MASS = 1e-3  # an importance column below this share of the largest column's is none
 
 
 def reduce_features(
@@ -228,23 +235,38 @@ def _feature_importance(model) -> np.ndarray:
 
 
 def _fit_factor(codes: np.ndarray, y: np.ndarray, kind: str, importance: str, train: np.ndarray, test: np.ndarray,
-                seed: int) -> tuple[np.ndarray, float, float]:
-    """(importance (D,), held-out score, its chance level) of one factor's model: accuracy vs the majority class's
-    share (categorical), R² vs 0 (continuous), ``circular_r2`` vs 0 of one regressor per coordinate of the point on
-    the circle, importances averaged (circular)."""
+                seed: int, permutations: int = MIN_PERMUTATIONS) -> tuple[np.ndarray, float, float, float]:
+    """(importance (D,), held-out score, its chance level, permutation p-value of the score) of one factor's model:
+    accuracy vs the majority class's share (categorical), R² vs 0 (continuous), ``circular_r2`` vs 0 of one
+    regressor per coordinate of the point on the circle, importances averaged (circular). The p-value compares the
+    score of the held-out predictions with their scores against ``permutations`` seeded shuffles of the held-out
+    labels (no refit: it tests whether these predictions carry the factor)."""
     if kind == "circular":
         models = [IMPORTANCE_MODELS[importance, "continuous"](seed).fit(codes[train], target[train])
                   for target in circle_points(y).T]
-        points = np.column_stack([model.predict(codes[test]) for model in models])
+        predicted = turns_of(np.column_stack([model.predict(codes[test]) for model in models]))
         weights = np.mean([_feature_importance(model) for model in models], axis=0)
-        return weights, circular_r2(y[test], turns_of(points)), 0.0
-    model = IMPORTANCE_MODELS[importance, kind](seed).fit(codes[train], y[train])
-    if kind == "categorical":
-        _, counts = np.unique(y[train], return_counts=True)
-        chance = float(np.mean(y[test] == np.unique(y[train])[np.argmax(counts)]))
+        score, chance = circular_r2, 0.0
     else:
-        chance = 0.0
-    return _feature_importance(model), float(model.score(codes[test], y[test])), chance
+        model = IMPORTANCE_MODELS[importance, kind](seed).fit(codes[train], y[train])
+        predicted, weights = model.predict(codes[test]), _feature_importance(model)
+        if kind == "categorical":
+            _, counts = np.unique(y[train], return_counts=True)
+            chance = float(np.mean(y[test] == np.unique(y[train])[np.argmax(counts)]))
+            def score(truth, guess): return float(np.mean(truth == guess))
+        else:
+            chance = 0.0
+            def score(truth, guess): return float(1 - np.sum((truth - guess) ** 2) / np.sum((truth - truth.mean()) ** 2))
+    observed = score(y[test], predicted)
+    rng = np.random.default_rng(seed)
+    shuffled = [score(rng.permutation(y[test]), predicted) for _ in range(permutations)]
+    p_value = (1 + sum(value >= observed for value in shuffled)) / (1 + permutations)
+    return weights, observed, chance, float(p_value)
+
+
+def permutations_for(n_factors: int) -> int:
+    """Shuffles per factor test: enough that the smallest p-value is half the Bonferroni level ``ALPHA / F``."""
+    return max(MIN_PERMUTATIONS, int(np.ceil(2 * n_factors / ALPHA)) - 1)
 
 
 def dci(
@@ -267,8 +289,9 @@ def dci(
             ``LassoCV`` on standardised codes).
 
     Returns:
-        ``DCIResult``; ``informativeness`` is the mean of the per-factor held-out scores; disentanglement and
-        completeness are NaN when no factor beats chance (no importance to weigh).
+        ``DCIResult``; ``informativeness`` is the mean of the per-factor held-out scores; completeness is NaN when
+        no factor is predicted significantly better than chance, disentanglement when fewer than two are (module
+        docstring).
     """
     if importance not in IMPORTANCES:
         raise ValueError(f"importance must be one of {IMPORTANCES}, got {importance!r}")
@@ -277,12 +300,15 @@ def dci(
     kinds = _kinds(kinds, factors.shape[1])
     matrix, scores = np.zeros((codes.shape[1], factors.shape[1])), np.zeros(factors.shape[1])
     for j, (y, kind) in enumerate(zip(factors.T, kinds)):
-        matrix[:, j], scores[j], chance = _fit_factor(codes, y, kind, importance, train, test, seed)
-        if scores[j] <= chance:
+        matrix[:, j], scores[j], chance, p_value = _fit_factor(codes, y, kind, importance, train, test, seed,
+                                                               permutations_for(factors.shape[1]))
+        if scores[j] <= chance or p_value > ALPHA / factors.shape[1]:
             matrix[:, j] = 0.0
-    predicted = matrix.sum() > 0
+    mass = matrix.sum(axis=0)
+    matrix[:, mass < MIN_MASS * mass.max()] = 0.0
+    predicted = int((matrix.sum(axis=0) > 0).sum())
     return DCIResult(
-        disentanglement=dci_disentanglement(matrix) if predicted else float("nan"),
+        disentanglement=dci_disentanglement(matrix) if predicted >= 2 else float("nan"),
         completeness=dci_completeness(matrix) if predicted else float("nan"),
         informativeness=float(scores.mean()),
         importance=matrix,

@@ -39,7 +39,7 @@ CONTROLS = ("none", "shuffled_pairs")
 READOUT_GRID = 4
 
 
-MIN_CHUNK_SAMPLES = 2  # whole samples per streamed chunk at least: the shuffled pairs need another sample per row
+MIN_CHUNK_SAMPLES = 2  # whole samples per streamed chunk at least
 
 
 @dataclass
@@ -96,16 +96,14 @@ def shuffle_within(bins: np.ndarray, samples: np.ndarray, rng: np.random.Generat
     return perm
 
 
-def _pairings(values: np.ndarray, shuffled: np.ndarray) -> dict[str, np.ndarray]:
-    """``{control: (k, ...)}``: the rows as they are and paired as ``shuffled`` says (``shuffle_within``)."""
-    return {"none": values, "shuffled_pairs": values[shuffled]}
-
-
-def update_spatial(stats: dict, site: str, maps: np.ndarray, estimates: Mapping[str, np.ndarray], folds: np.ndarray,
-                   bins: np.ndarray, shuffled: np.ndarray, n_splits: int) -> None:
+def update_spatial(stats: dict, site: str, maps: np.ndarray, estimates: Mapping[str, np.ndarray],
+                   partners: Mapping[str, np.ndarray], folds: np.ndarray, bins: np.ndarray, n_splits: int) -> None:
     """Add a chunk to the spatial read-out statistics of ``site``: features maps (k, C, H, W) against every estimate
-    (k, Cs, Hs, Ws) resampled to (H, W), per bin and control."""
-    targets = {name: _pairings(resample_to(values, maps.shape[-2:]), shuffled) for name, values in estimates.items()}
+    (k, Cs, Hs, Ws) resampled to (H, W) (control ``none``) and against the estimate of each row's partner
+    (``shuffled_pairs``, ``partner_estimates``), per bin."""
+    targets = {name: {"none": resample_to(values, maps.shape[-2:]),
+                      "shuffled_pairs": resample_to(partners[name], maps.shape[-2:])}
+               for name, values in estimates.items()}
     for b in np.unique(bins):
         rows = bins == b
         for (estimate, controls), control in product(targets.items(), CONTROLS):
@@ -115,12 +113,13 @@ def update_spatial(stats: dict, site: str, maps: np.ndarray, estimates: Mapping[
             add_spatial_rows(stats[key], maps[rows], controls[control][rows], folds[rows])
 
 
-def update_decoder(sums: dict, decoded: np.ndarray, estimates: Mapping[str, np.ndarray], bins: np.ndarray,
-                   shuffled: np.ndarray) -> None:
-    """Add a chunk of decoder outputs (k, C, H, W) against every estimate, per bin and control."""
+def update_decoder(sums: dict, decoded: np.ndarray, estimates: Mapping[str, np.ndarray],
+                   partners: Mapping[str, np.ndarray], bins: np.ndarray) -> None:
+    """Add a chunk of decoder outputs (k, C, H, W) against every estimate (``none``) and its rows' partners'
+    (``shuffled_pairs``), per bin."""
     for (estimate, values), b in product(estimates.items(), np.unique(bins)):
         rows = bins == b
-        for control, paired in _pairings(values, shuffled).items():
+        for control, paired in (("none", values), ("shuffled_pairs", partners[estimate])):
             sums.setdefault((int(b), estimate, control), DecoderAlignmentSums()).update(decoded[rows], paired[rows])
 
 
@@ -152,9 +151,11 @@ def row_summaries(chunk: Mapping[str, np.ndarray], sites: Sequence[str],
 
 @dataclass
 class StreamChunk:
-    """One chunk of whole samples (k rows): store ``rows`` (k,), their timestep ``bins``, ``folds`` and
+    """One chunk of whole samples (k rows): its ``positions`` among the analysed rows, store ``rows`` (k,), their
+    timestep ``bins``, ``folds`` and
     ``samples`` (k,), ``in_summary`` (k,) bool, and ``data`` ``{dataset: (k, *row_shape)}``."""
 
+    positions: slice
     rows: np.ndarray
     bins: np.ndarray
     folds: np.ndarray
@@ -176,8 +177,28 @@ def stream_chunks(run: Run, names: Sequence[str], chunk_rows: int, n_splits: int
         seen = int(rank[-1]) + 1
         position = np.minimum(np.searchsorted(run.rows, rows), max(len(run.rows) - 1, 0))
         in_summary = run.rows[position] == rows if len(run.rows) else np.zeros(len(rows), dtype=bool)
-        yield StreamChunk(rows, run.t_bins_of(run.store.read("meta/t", rows)), rank % n_splits, samples, in_summary,
+        yield StreamChunk(part, rows, run.t_bins_of(run.store.read("meta/t", rows)), rank % n_splits, samples, in_summary,
                           {name: run.store.read(name, rows) for name in names})
+
+
+SCORE_NAMES = ("scores/target", "scores/main", "scores/full")
+
+
+def score_estimates(scores: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The two likelihood-score estimates of rows (k, ...) from their ``scores/*``: ``model`` = full − main,
+    ``oracle`` = target − main."""
+    main = scores["scores/main"]
+    return {"model": scores["scores/full"] - main, "oracle": scores["scores/target"] - main}
+
+
+def stream_pairing(run: Run, seed: int) -> np.ndarray:
+    """(n,) the partner of every analysed row for the ``shuffled_pairs`` control, as a position among the analysed
+    rows: a row of another sample in the same timestep bin (``shuffle_within`` over all of them, from ``seed``). It
+    is drawn once from the rows' sample ids and timesteps, so the control does not depend on how the pass is
+    chunked (``--chunk-rows``)."""
+    rows = run.store_rows(slice(0, run.n_stream_rows))
+    samples, bins = run.store.read("meta/sample_id", rows), run.t_bins_of(run.store.read("meta/t", rows))
+    return shuffle_within(bins, samples, np.random.default_rng(seed))
 
 
 def stream_run(run: Run, options: AnalyzeOptions) -> Streamed:
@@ -187,12 +208,12 @@ def stream_run(run: Run, options: AnalyzeOptions) -> Streamed:
     row_bytes = sum(run.store.layout[name].row_nbytes for name in names)
     chunk_rows = options.chunk_rows or ITER_BYTES // row_bytes
     parts, spatial, decoder = defaultdict(list), {}, {}
-    rng = np.random.default_rng(options.seed)
+    partner = stream_pairing(run, options.seed)
     with tqdm(total=run.n_stream_rows, unit="row", desc=f"{run.label}: stream") as progress:
         for chunk in stream_chunks(run, names, chunk_rows, options.n_splits):
-            shuffled = shuffle_within(chunk.bins, chunk.samples, rng)
-            main = chunk.data["scores/main"]
-            estimates = {"model": chunk.data["scores/full"] - main, "oracle": chunk.data["scores/target"] - main}
+            estimates = score_estimates(chunk.data)
+            partners = score_estimates({name: run.store.read(name, run.store_rows(partner[chunk.positions]))
+                                        for name in SCORE_NAMES})
             kept = chunk.in_summary
             if kept.any():
                 summaries = row_summaries({name: values[kept] for name, values in chunk.data.items()}, run.sites,
@@ -202,9 +223,9 @@ def stream_run(run: Run, options: AnalyzeOptions) -> Streamed:
             for site in run.sites:
                 maps = feature_maps(chunk.data[f"features/{site}"])
                 if maps is not None:
-                    update_spatial(spatial, site, maps, estimates, chunk.folds, chunk.bins, shuffled, options.n_splits)
+                    update_spatial(spatial, site, maps, estimates, partners, chunk.folds, chunk.bins, options.n_splits)
             if run.lisa_site:
-                update_decoder(decoder, chunk.data["scores/decoded"], estimates, chunk.bins, shuffled)
+                update_decoder(decoder, chunk.data["scores/decoded"], estimates, partners, chunk.bins)
             progress.update(len(chunk.rows))
     summaries = {key: np.concatenate(values) for key, values in parts.items()}
 

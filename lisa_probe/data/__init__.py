@@ -68,6 +68,22 @@ class FactorSpec:
             raise ValueError(f"factor {self.name!r}: n_classes must be set exactly when kind is 'categorical'")
 
 
+class DataError(ValueError):
+    """An item that cannot be read (a corrupt or missing image, one too small), naming its file, row and column.
+    Raised while training runs, it stops the run with a checkpoint to resume from once the data are mended
+    (``engine.fit``)."""
+
+
+def check_items(dataset, count: int, what: str) -> None:
+    """Read the first ``count`` items of ``dataset`` (a run's first batch), so that data that cannot be read stop a
+    command before it creates anything; ``DataError`` as ``__getitem__`` raises it, prefixed with ``what``."""
+    for index in range(min(count, len(dataset))):
+        try:
+            dataset[index]
+        except DataError as error:
+            raise DataError(f"{what}: {error}") from error
+
+
 def check_choice(what: str, value, allowed: Iterable) -> None:
     """Raise ``ValueError`` naming ``value`` and listing ``allowed`` unless ``value`` is one of them."""
     allowed = tuple(allowed)
@@ -135,5 +151,5 @@ def build_dataset(name: str, split: str = "train", resolution: int = 32, conditi
     return cls(split=split, resolution=resolution, condition=condition, seed=seed, size=size, **kwargs)
 
 
-__all__ = ["DATASET_NAMES", "SPLITS", "FactorSpec", "build_dataset", "check_choice", "check_index",
+__all__ = ["DATASET_NAMES", "SPLITS", "DataError", "FactorSpec", "build_dataset", "check_choice", "check_index", "check_items",
            "check_resolution", "make_sample"]

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 from pathlib import Path
 
 import datasets
@@ -32,7 +33,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from lisa_probe.data import SPLITS, check_choice, check_index, check_resolution, make_sample
+from lisa_probe.data import SPLITS, DataError, check_choice, check_index, check_resolution, make_sample
 from lisa_probe.data.folder import (
     COND_MODES,
     HF_DATA_SUFFIXES,
@@ -49,22 +50,49 @@ DATA_FILE_BUILDERS = {".parquet": "parquet", ".arrow": "arrow", ".jsonl": "json"
 
 
 def load_table(root: Path) -> datasets.DatasetDict:
-    """The splits ``datasets`` finds at ``root`` (see the module docstring); ValueError naming ``root`` otherwise."""
+    """The splits ``datasets`` finds at ``root`` (see the module docstring); ValueError naming ``root`` (and the split
+    or file) when it does not exist, cannot be read, or has a split without rows."""
     root = Path(root)
     if not root.exists():
         raise ValueError(f"dataset {root} does not exist")
+    if root.is_file() and root.suffix not in HF_DATA_SUFFIXES:
+        raise ValueError(f"dataset file {root} is not one of {', '.join(HF_DATA_SUFFIXES)}")
+    if root.is_dir() and (root / "dataset_dict.json").exists():
+        check_saved_splits(root)
     try:
         if root.is_file():
-            if root.suffix not in HF_DATA_SUFFIXES:
-                raise ValueError(f"dataset file {root} is not one of {', '.join(HF_DATA_SUFFIXES)}")
-            return datasets.load_dataset(DATA_FILE_BUILDERS[root.suffix], data_files={"train": str(root)})
-        if (root / "dataset_dict.json").exists() or (root / "state.json").exists():
+            table = datasets.load_dataset(DATA_FILE_BUILDERS[root.suffix], data_files={"train": str(root)})
+        elif (root / "dataset_dict.json").exists() or (root / "state.json").exists():
             loaded = datasets.load_from_disk(str(root))
-            return loaded if isinstance(loaded, datasets.DatasetDict) else datasets.DatasetDict(train=loaded)
-        return datasets.load_dataset(str(root))
-    except (FileNotFoundError, datasets.exceptions.DatasetNotFoundError, datasets.exceptions.DataFilesNotFoundError) \
-            as error:
+            table = loaded if isinstance(loaded, datasets.DatasetDict) else datasets.DatasetDict(train=loaded)
+        else:
+            table = datasets.load_dataset(str(root))
+    except (datasets.exceptions.DatasetNotFoundError, datasets.exceptions.DataFilesNotFoundError) as error:
         raise ValueError(f"datasets cannot read {root}: {error}") from error
+    except (ValueError, OSError, IndexError, KeyError, TypeError, UnicodeDecodeError) as error:
+        # an empty data file ("corresponds to no data"), a damaged parquet / arrow file, a malformed jsonl ...
+        reason = "it holds no rows" if "corresponds to no data" in str(error) else f"{type(error).__name__}: {error}"
+        raise ValueError(f"datasets cannot read {root} ({reason}); expected parquet / arrow / jsonl / csv data "
+                         "with image, conditioning image and caption columns".replace("\n", " ")) from error
+    empty = [name for name, split in table.items() if len(split) == 0]
+    if empty:
+        raise ValueError(f"dataset {root}: split(s) {', '.join(empty)} hold no rows")
+    return table
+
+
+def check_saved_splits(root: Path) -> None:
+    """ValueError naming a split of a ``save_to_disk`` directory that holds no data files (``datasets`` itself fails
+    with an IndexError on one)."""
+    try:
+        splits = json.loads((root / "dataset_dict.json").read_text())["splits"]
+        states = {name: json.loads((root / name / "state.json").read_text()) for name in splits}
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"{root} is not a readable save_to_disk directory ({type(error).__name__}: {error})") \
+            from error
+    empty = [name for name, state in states.items() if not state.get("_data_files")]
+    if empty:
+        raise ValueError(f"dataset {root}: split(s) {', '.join(empty)} hold no rows (save_to_disk wrote no data "
+                         "files for them); drop them or add rows")
 
 
 def named_split(table: datasets.DatasetDict, split: str) -> str | None:
@@ -111,6 +139,11 @@ class CaptionedDataset(torch.utils.data.Dataset):
             raise ValueError(f"{self.root} has no {split} split (its splits: {', '.join(table)})")
         self.table, self.table_split = table[source], source
         self._check_columns(factor_columns, carried_factors)
+        self._fingerprint = self.table._fingerprint  # before the casts below: caches key on the data alone
+        self.image_columns = [self.image_column] + ([self.conditioning_image_column] if cond_source == "column" else [])
+        for column in self.image_columns:  # decoded by ``as_pil``, so that an error names its row and column
+            if isinstance(self.table.features[column], datasets.Image):
+                self.table = self.table.cast_column(column, datasets.Image(decode=False))
         fractions = (1 - 2 * val_fraction, val_fraction, val_fraction)
         rows = [i for i in range(len(self.table))
                 if not partition or split_of(f"{split_seed}:{i}", fractions) == split]
@@ -125,6 +158,7 @@ class CaptionedDataset(torch.utils.data.Dataset):
             raise ValueError(f"the {split} split of {self.root} is empty ({len(self.table)} rows in its "
                              f"{source!r} split; val_fraction {val_fraction})")
         self.rows = rows
+        self._check_cells()
         self.condition, self._extract, self.cond_channels = condition_source(condition, cond_source == "column",
                                                                              cond_mode)
         self.factor_specs, self.factor_levels, self._factors = self._read_factors(factor_columns, carried_factors)
@@ -145,6 +179,25 @@ class CaptionedDataset(torch.utils.data.Dataset):
         for factor in carried_factors:
             check_choice("carried factor (of the factor columns)", factor, factor_columns)
 
+    def _check_cells(self) -> None:
+        """ValueError naming the first row whose caption is not a string (or a non-empty list of strings, as diffusers'
+        trainer reads them) or whose image cell names a file that does not exist; no image is decoded."""
+        where = f"{self.root} ({self.table_split} split)"
+        if self.caption_column is not None:
+            captions = self.table[self.caption_column]
+            for row in self.rows:
+                cell = captions[row]
+                if not (isinstance(cell, str) or (isinstance(cell, (list, tuple)) and cell
+                                                  and all(isinstance(item, str) for item in cell))):
+                    raise ValueError(f"{where}, row {row}, column {self.caption_column!r}: a caption must be a string "
+                                     f"or a non-empty list of strings, got {type(cell).__name__} {cell!r:.60}")
+        for column in self.image_columns:
+            cells = self.table[column]
+            for row in self.rows:
+                path = image_path(cells[row], self._base)
+                if path is not None and not path.is_file():
+                    raise ValueError(f"{where}, row {row}, column {column!r}: image file {path} does not exist")
+
     def _read_factors(self, factor_columns, carried_factors):
         specs, levels, values = {}, {}, {}
         for column in factor_columns:
@@ -159,7 +212,7 @@ class CaptionedDataset(torch.utils.data.Dataset):
     def content_digest(self) -> str:
         """SHA-1 (hex) of the table's fingerprint (``datasets``' hash of its contents) and of the row selection:
         read-back caches key on it."""
-        return hashlib.sha1(f"{self.table._fingerprint}\0{self.rows}".encode()).hexdigest()
+        return hashlib.sha1(f"{self._fingerprint}\0{self.rows}".encode()).hexdigest()
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -182,17 +235,36 @@ class CaptionedDataset(torch.utils.data.Dataset):
         index = check_index(index, len(self.rows))
         row_index = self.rows[index]
         row = self.table[row_index]
-        image = fit_image(as_pil(row[self.image_column], self._base), self.resolution, "RGB", (255, 255, 255),
-                          Image.Resampling.BILINEAR, centering).astype(np.float32) / 255.0
+        image = self._read_image(row, row_index, self.image_column, "RGB", (255, 255, 255), centering)
         if self._extract is not None:
             cond = self._extract(image)
         else:
-            cond = fit_image(as_pil(row[self.conditioning_image_column], self._base), self.resolution, self.cond_mode,
-                             (0, 0, 0), Image.Resampling.BILINEAR, centering).astype(np.float32) / 255.0
+            cond = self._read_image(row, row_index, self.conditioning_image_column, self.cond_mode, (0, 0, 0),
+                                    centering)
         factors = {name: values[row_index] for name, values in self._factors.items()}
         sample = make_sample(image, cond, factors, f"captioned/{self.split}/{self.table_split}-{row_index}")
         sample["text"] = first_caption(row[self.caption_column]) if self.caption_column is not None else ""
         return sample
+
+
+    def _read_image(self, row: dict, row_index: int, column: str, mode: str, background, centering) -> np.ndarray:
+        """One image cell fitted to the resolution, (H, W, C) float32 in [0, 1]; ``DataError`` naming the file, row
+        and column of an image that cannot be decoded or is too small."""
+        try:
+            return fit_image(as_pil(row[column], self._base), self.resolution, mode, background,
+                             Image.Resampling.BILINEAR, centering).astype(np.float32) / 255.0
+        except (OSError, ValueError, Image.DecompressionBombError) as error:
+            raise DataError(f"{self.root} ({self.table_split} split), row {row_index}, column {column!r}: "
+                            f"{type(error).__name__}: {error}") from error
+
+
+def image_path(cell, base: Path) -> Path | None:
+    """The file an image cell names (a path string, or an undecoded cell with a path and no bytes), else None."""
+    if isinstance(cell, str):
+        return base / cell
+    if isinstance(cell, dict) and cell.get("bytes") is None and cell.get("path"):
+        return base / cell["path"]
+    return None
 
 
 def as_pil(cell, base: Path) -> Image.Image:
@@ -201,19 +273,20 @@ def as_pil(cell, base: Path) -> Image.Image:
     if isinstance(cell, Image.Image):
         return cell
     if isinstance(cell, dict) and cell.get("bytes") is not None:
-        return Image.open(io.BytesIO(cell["bytes"]))
-    if isinstance(cell, dict) and cell.get("path"):
-        return Image.open(base / cell["path"])
-    if isinstance(cell, str):
-        return Image.open(base / cell)
+        image = Image.open(io.BytesIO(cell["bytes"]))
+        image.load()
+        return image
+    path = image_path(cell, base)
+    if path is not None:
+        with Image.open(path) as image:
+            image.load()
+            return image
     raise ValueError(f"cannot read an image from a cell of type {type(cell).__name__}")
 
 
 def first_caption(cell) -> str:
-    """A caption cell as one string: a list of captions gives its first one, None gives the empty prompt."""
-    if isinstance(cell, (list, tuple)):
-        return str(cell[0]) if cell else ""
-    return "" if cell is None else str(cell)
+    """A caption cell (checked by ``CaptionedDataset._check_cells``) as one string: a list gives its first one."""
+    return cell[0] if isinstance(cell, (list, tuple)) else cell
 
 
 __all__ = ["COND_SOURCES", "CaptionedDataset", "load_table"]

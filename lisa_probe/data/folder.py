@@ -148,14 +148,42 @@ def column_spec(name: str, cells: list[str], carried: bool, source: str = "the f
     return FactorSpec(name, "categorical", carried, len(levels), f"from {source}, levels {levels}"), levels
 
 
+def read_csv_rows(path: Path, what: str) -> list[dict]:
+    """The rows of a UTF-8 CSV (a byte-order mark, as Excel writes, is dropped); ValueError naming ``path`` for a file
+    that is not UTF-8 text, and naming the lines of a ``file`` value given twice."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            table = list(csv.DictReader(handle))
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{what} {path} is not a UTF-8 text CSV ({error.reason} at byte {error.start})") from error
+    except csv.Error as error:
+        raise ValueError(f"{what} {path} is not a readable CSV: {error}") from error
+    seen: dict[str, int] = {}
+    for line, row in enumerate(table, start=2):
+        name = row.get("file")
+        if name is not None and name in seen:
+            raise ValueError(f"{what} {path}: file {name!r} has two rows (lines {seen[name]} and {line}); keep one")
+        seen[name] = line
+    return table
+
+
 def read_captions_csv(path: Path) -> dict[str, str]:
     """A captions CSV (``file`` and ``text`` columns, as the factors CSV names files): file name or stem -> caption."""
-    with open(path, newline="", encoding="utf-8-sig") as handle:
-        table = list(csv.DictReader(handle))
+    table = read_csv_rows(path, "captions file")
     if not table or not {"file", "text"} <= set(table[0]):
         raise ValueError(f"captions file {path} needs 'file' and 'text' columns and at least one row"
                          f"{'; it has ' + ', '.join(table[0]) if table else ''}")
     return {row["file"]: row["text"] or "" for row in table}
+
+
+def check_named_files(names, root: Path, source: str) -> None:
+    """ValueError naming the first entry of ``names`` (file names or stems, from ``source``) that is no image of
+    ``root``."""
+    files = list_images(root)
+    known = {path.name for path in files} | {path.stem for path in files}
+    unknown = sorted(set(names) - known)
+    if unknown:
+        raise ValueError(f"{source} names {len(unknown)} file(s) that are not images in {root}, e.g. {unknown[0]!r}")
 
 
 def read_factors_csv(path: Path, carried_factors=()) -> tuple[dict, dict, dict]:
@@ -165,8 +193,7 @@ def read_factors_csv(path: Path, carried_factors=()) -> tuple[dict, dict, dict]:
         ``(rows, specs, levels)``: file name -> {factor: int | float}, factor -> FactorSpec, and categorical
         factor -> list of original values (code i stands for ``levels[factor][i]``).
     """
-    with open(path, newline="", encoding="utf-8-sig") as handle:  # -sig: a byte-order mark (Excel) is dropped
-        table = list(csv.DictReader(handle))
+    table = read_csv_rows(path, "factors CSV")
     if not table or "file" not in table[0]:
         raise ValueError(f"factors CSV {path} needs a 'file' column and at least one row")
     columns = [c for c in table[0] if c != "file"]
@@ -242,6 +269,8 @@ class FolderDataset(torch.utils.data.Dataset):
             raise ValueError("carried_factors needs a factors_csv")
         cond_files = self._index_cond_dir(Path(cond_dir)) if cond_dir is not None else None
         captions = read_captions_csv(Path(captions_file)) if captions_file is not None else None
+        if captions is not None and self.root.is_dir():
+            check_named_files(captions, self.root, f"captions file {captions_file}")
         self.files, self.factors, images, conds, bad = [], [], [], [], []
         self.texts: list[str] | None = None if captions is None else []
         for path in self._split_files(split_fractions, size):

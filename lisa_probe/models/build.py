@@ -163,15 +163,19 @@ def set_resolution(family: str, main, vae: AutoencoderKL | None, resolution: int
     """Run ``main`` at ``resolution`` pixels instead of its native size (diffusers' ``--resolution``): its config's
     ``sample_size`` becomes ``resolution`` / the VAE factor, which the sites, the evaluation and an SD3 ControlNet
     built from it follow. ValueError naming the sizes a main net can take: a multiple of the VAE factor times the
-    UNet's down factor, or of the patch size up to the transformer's ``pos_embed_max_size`` patches."""
+    UNet's down factor from twice that factor (its deepest feature map at least 2 x 2, which its group norms need in
+    training), or of the patch size up to the transformer's ``pos_embed_max_size`` patches."""
     scale = vae_scale(vae)
     if family == "unet":
-        step, largest = scale * 2 ** (len(main.config.block_out_channels) - 1), None
+        step = scale * 2 ** (len(main.config.block_out_channels) - 1)
+        smallest, largest = 2 * step, None
     else:
         step, largest = scale * main.config.patch_size, scale * main.config.patch_size * main.config.pos_embed_max_size
-    if resolution < step or resolution % step or (largest is not None and resolution > largest):
+        smallest = step
+    if resolution < smallest or resolution % step or (largest is not None and resolution > largest):
         bound = f" up to {largest}" if largest is not None else ""
-        raise ValueError(f"--resolution {resolution} does not fit this main net: it takes multiples of {step}{bound}")
+        raise ValueError(f"--resolution {resolution} does not fit this main net: it takes multiples of {step} from "
+                         f"{smallest}{bound}")
     main.register_to_config(sample_size=resolution // scale)
 
 

@@ -170,14 +170,24 @@ class DualBranch(nn.Module):
 
     # ----- model space (pixels, or VAE latents when the main net came with a ``vae/``) --------------------------
     @torch.no_grad()
-    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+    def encode_images(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Images (B, 3, H, W) in [-1, 1] -> model-space samples (identity in pixel space; scaled VAE latents, on the
-        VAE's device, whatever device the images come from)."""
+        VAE's device, whatever device the images come from). With ``generator`` (training, as diffusers' trainers'
+        ``latent_dist.sample()``) a draw from the VAE's posterior, its noise from ``generator``; without, the
+        posterior's mode (deterministic: feature stores, the evaluation, the onset probe)."""
         if self.vae is None:
             return images
-        latents = self.vae.encode(images.to(device=self.vae.device, dtype=self.vae.dtype)).latent_dist.mode()
+        mean, std = self.encode_posterior(images)
+        return mean if generator is None else draw_latents(mean, std, generator)
+
+    @torch.no_grad()
+    def encode_posterior(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The VAE posterior of images (B, 3, H, W) in [-1, 1] in model space: its mean (= mode) and standard
+        deviation, both (B, C, h, w), scaled and shifted as the latents the main net sees."""
+        posterior = self.vae.encode(images.to(device=self.vae.device, dtype=self.vae.dtype)).latent_dist
         shift = self.vae.config.get("shift_factor") or 0.0
-        return (latents - shift) * self.vae.config.scaling_factor
+        scale = self.vae.config.scaling_factor
+        return (posterior.mean - shift) * scale, posterior.std * scale
 
     @torch.no_grad()
     def decode_samples(self, samples: torch.Tensor) -> torch.Tensor:
@@ -308,3 +318,10 @@ class DualBranch(nn.Module):
     def _rest(self, state: tuple, residuals: list[torch.Tensor] | None) -> torch.Tensor:
         """The main net from ``_shared_prefix``'s state to the prediction (B, C, H, W), adding the residuals."""
         raise NotImplementedError
+
+
+def draw_latents(mean: torch.Tensor, std: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """A draw ``mean + std * ε`` (B, C, h, w) from a VAE posterior in model space, ε from the CPU ``generator`` (so
+    that a resumed run draws the same latents), on ``mean``'s device and dtype."""
+    noise = torch.randn(mean.shape, generator=generator, dtype=torch.float32)
+    return mean + std * noise.to(device=mean.device, dtype=mean.dtype)

@@ -47,6 +47,15 @@ CHUNK_BYTES = 1 << 20
 PROGRESS_ATTRS = ("rows_done", "complete")
 
 
+def committed_rows(path: Path) -> int | None:
+    """The ``rows_done`` of an unfinished store at ``path``; None when it cannot be read (then it is not touched)."""
+    try:
+        with h5py.File(path, "r") as handle:
+            return int(handle.attrs["rows_done"])
+    except (OSError, KeyError, ValueError, TypeError):
+        return None
+
+
 def partial_path(path: str | os.PathLike) -> Path:
     """``<path>.partial``: where an unfinished store lives."""
     path = Path(path)
@@ -195,6 +204,8 @@ class FeatureStoreWriter:
             if self.path.exists() and not overwrite:
                 raise FileExistsError(f"feature store {self.path} already exists; pass --overwrite to replace it")
             self._digests = RowDigests(self.fields)
+            if self.partial_path.exists() and not resume and committed_rows(self.partial_path) == 0:
+                self.partial_path.unlink()  # a partial with nothing committed (killed as it was made): nothing lost
             if self.partial_path.exists() and resume:
                 self._file = self._resume(create_kwargs)
             elif self.partial_path.exists() and not overwrite:

@@ -176,6 +176,36 @@ def test_codes_independent_of_the_factors_have_no_disentanglement(importance):
     assert result.informativeness_per_factor[1] <= 0  # held-out R² of noise
 
 
+@pytest.mark.parametrize("importance,draws", [("gbt", 8), ("lasso", 30)])
+def test_pure_noise_codes_are_never_scored_as_disentangled_over_many_draws(importance, draws):
+    """Over many noise draws (where a factor's held-out R² is sometimes above 0 by luck), the significance gate keeps
+    every draw's disentanglement NaN (fewer than two factors predicted) and any completeness NaN; a factor that does
+    pass by luck holds a p-value within the Bonferroni level."""
+    kinds = ["categorical", "continuous", "continuous", "circular"]
+    lucky = 0
+    for draw in range(draws):
+        rng = np.random.default_rng(100 + draw)
+        n = 240
+        factors = np.column_stack([rng.integers(0, 3, n), rng.normal(size=n), rng.normal(size=n), rng.random(n)])
+        result = dci(rng.normal(size=(n, 6)), factors, np.arange(n), kinds, importance=importance, seed=draw)
+        assert np.isnan(result.disentanglement), (draw, result)
+        lucky += int(result.importance.any())
+    assert lucky <= max(1, draws // 10)
+
+
+def test_dci_needs_two_predicted_factors_for_disentanglement():
+    """One informative factor beside noise: completeness is scored, disentanglement is NaN (with one factor every
+    code trivially serves one factor); two informative factors in separate codes: D near 1."""
+    rng = np.random.default_rng(0)
+    n = 400
+    a, b, noise = rng.normal(size=n), rng.normal(size=n), rng.normal(size=n)
+    codes = np.column_stack([a + 0.05 * rng.normal(size=n), b + 0.05 * rng.normal(size=n), rng.normal(size=n)])
+    one = dci(codes, np.column_stack([a, noise]), np.arange(n), ["continuous"] * 2, importance="lasso")
+    assert np.isnan(one.disentanglement) and one.completeness > 0.8
+    two = dci(codes, np.column_stack([a, b]), np.arange(n), ["continuous"] * 2, importance="lasso")
+    assert two.disentanglement > 0.9 and two.completeness > 0.9
+
+
 def test_circular_factors_are_scored_around_the_circle():
     """A closed case: code 0 is the rotation's point on the circle folded into one number (cos), code 1 its sin,
     code 2 noise. Treated as circular, DCI predicts the rotation almost perfectly from codes 0-1 and SAP's best

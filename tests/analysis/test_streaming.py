@@ -119,3 +119,19 @@ def test_tiny_chunks_still_pair_other_samples(synthetic):
     shuffled = values(table, method="decoder", metric="cosine", estimate="model", control="shuffled_pairs")
     assert abs(shuffled[0]) < 0.15
     assert values(table, method="decoder", metric="cosine", estimate="model", control="none")[0] > 0.99
+
+
+def test_the_shuffled_pairs_control_does_not_depend_on_the_chunking(synthetic):
+    """The control pairs each row with a partner drawn once over all rows (seeded), so streaming in chunks of 1,
+    30 or all rows gives the same control rows (they differed by up to 0.044 in R² when pairs were drawn per
+    chunk)."""
+    tables = []
+    for chunk_rows in (1, 30, 10_000):
+        options = replace(FAST, chunk_rows=chunk_rows, t_bins=1, sites=["spatial"])
+        run = open_run(synthetic, f"chunks-{chunk_rows}", options)
+        table = alignment_table(run, stream_run(run, options), options)
+        tables.append(table[table["control"] == "shuffled_pairs"].sort_values(
+            ["method", "site", "estimate", "metric"])["value"].to_numpy())
+    assert len(tables[0]) > 0
+    for other in tables[1:]:
+        np.testing.assert_allclose(other, tables[0], rtol=1e-6, atol=1e-9)

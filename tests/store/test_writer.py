@@ -402,6 +402,17 @@ def test_a_kill_while_the_file_is_created_leaves_no_partial(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["feats.h5", "reference.h5"]
 
 
+def test_a_kill_before_the_first_commit_leaves_nothing_that_blocks_a_plain_rerun(tmp_path):
+    """Killed after the partial was made but before any row was committed: the partial holds nothing, so a rerun
+    without --resume or --overwrite replaces it instead of refusing."""
+    path = tmp_path / "feats.h5"
+    child = run_child("die-before-commit", path, 0)
+    child.wait()
+    assert child.returncode == -signal.SIGKILL and partial_path(path).exists()
+    write_store(path)
+    assert_same_store(path, write_store(tmp_path / "reference.h5"))
+
+
 @pytest.mark.slow
 def test_a_full_disk_never_publishes_a_store(tmp_path):
     """The disk fills up (a file-size limit on the writer process) at points from early to the very end: the
