@@ -23,12 +23,12 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from lisa_probe.configs import ExtractConfig
 from lisa_probe.data import build_dataset
-from lisa_probe.extraction import Extractor, parse_sites, parse_timesteps, write_rows
+from lisa_probe.diffusion.parameterization import Parameterization
+from lisa_probe.extraction.config import ExtractConfig
+from lisa_probe.extraction.extractor import Extractor, parse_sites, parse_timesteps, write_rows
 from lisa_probe.models import build_main, build_side, make_dual_branch
 from lisa_probe.models.build import null_context_for
-from lisa_probe.parameterization import Parameterization
 from lisa_probe.store import FeatureStoreWriter
 from lisa_probe.store.schema import COMPRESSIONS
 

@@ -33,14 +33,14 @@ import time
 import torch
 import torch.nn.functional as F
 
-from lisa_probe.configs import TrainConfig
-from lisa_probe.hooks import capture
-from lisa_probe.lisa import lisa_distance, lisa_target
+from lisa_probe.diffusion.parameterization import Parameterization
 from lisa_probe.models import build_main, build_side, make_dual_branch
 from lisa_probe.models.build import default_prediction_type, null_context_for
-from lisa_probe.parameterization import Parameterization
+from lisa_probe.models.hooks import capture
 from lisa_probe.provenance import code_version
-from lisa_probe.side_training import SideNetObjective, build_decoder
+from lisa_probe.training.config import TrainConfig
+from lisa_probe.training.lisa import lisa_distance, lisa_target
+from lisa_probe.training.side_net import SideNetObjective, build_decoder
 
 ARMS = ("baseline", "lisa", "lisa-half", "lisa-batched", "lisa-batched-half", "reference")
 UNSHARED = "unshared-main-alone"

@@ -15,7 +15,7 @@ untrained side net as ``random-init``). Per run, site and timestep bin it measur
   fitted on DCI's and SAP's training rows, and a 2-D embedding (UMAP, or PCA with ``--no-umap``) of one site;
 * **per-site decomposition** of the score: add-one-in from the store's ``decompose/<site>`` rows, and with
   ``--attribution-samples K`` leave-one-out / add-one-in / integrated gradients / Shapley of the reloaded model
-  (``lisa_probe.attribution``) at the inputs of K of the store's samples;
+  (``lisa_probe.analysis.attribution``) at the inputs of K of the store's samples;
 * **training curves** from the run directory's ``eval.csv`` and ``summary.json``.
 
 Outputs in ``--out``: ``alignment.csv``, ``probes.csv``, ``carried_summary.csv``, ``disentanglement.csv``,
@@ -35,12 +35,8 @@ import shlex
 import sys
 from dataclasses import fields
 
-from lisa_probe.analysis.disentanglement import IMPORTANCES
-from lisa_probe.analysis.report import report_stores
-from lisa_probe.analysis.selection import RANDOM_LABEL, comma_list
-from lisa_probe.analysis.streaming import MIN_CHUNK_SAMPLES
-from lisa_probe.config import cli_errors
-from lisa_probe.configs import AnalyzeOptions
+from lisa_probe.analysis.config import IMPORTANCES, MIN_CHUNK_SAMPLES, RANDOM_LABEL, AnalyzeOptions, comma_list
+from lisa_probe.options import cli_errors
 
 
 def parser() -> argparse.ArgumentParser:
@@ -85,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as error:
         cli.error(str(error))
     command = shlex.join(["python", "-m", "lisa_probe.analyze", *(sys.argv[1:] if argv is None else argv)])
+    from lisa_probe.analysis.report import report_stores  # once the options parsed: --help stays quick
+
     with cli_errors(cli.prog):
         report = report_stores(args.stores, args.out, options, args.labels, args.random_reference, args.overwrite,
                                command)

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lisa_probe.configs import ExtractConfig, TrainConfig
-from lisa_probe.extraction import extract
+from lisa_probe.diffusion.parameterization import Parameterization
+from lisa_probe.extraction.config import ExtractConfig
+from lisa_probe.extraction.extractor import extract
 from lisa_probe.models import build_main, save_main
-from lisa_probe.parameterization import Parameterization
 from lisa_probe.rundir import is_finished, is_main_net_ready, is_run, resolved_path
-from lisa_probe.side_training import train
 from lisa_probe.store import FeatureStore
+from lisa_probe.training.config import TrainConfig
+from lisa_probe.training.side_net import train
 
 
 def run_of_store(store: str | Path) -> str:

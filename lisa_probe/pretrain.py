@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import sys
 
-from lisa_probe.config import cli_errors, parse_config
-from lisa_probe.configs import PretrainConfig
-from lisa_probe.engine import end_processes, is_main_process
-from lisa_probe.main_training import pretrain
+from lisa_probe.options import cli_errors, parse_config
+from lisa_probe.training.config import PretrainConfig
 
 
 def main(argv: list[str] | None = None) -> int:
     prog = "python -m lisa_probe.pretrain"
     config = parse_config(PretrainConfig, argv, prog, __doc__.splitlines()[0])
+    # the library is imported once the options parsed: --help stays quick
+    from lisa_probe.training.engine import end_processes, is_main_process
+    from lisa_probe.training.main_net import pretrain
+
     with cli_errors(prog):
         run_dir = pretrain(config)
     if is_main_process():

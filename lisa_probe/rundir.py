@@ -23,8 +23,8 @@ from pathlib import Path
 
 import yaml
 
-from lisa_probe.config import config_from_dict, read_config
 from lisa_probe.files import write_text_atomic
+from lisa_probe.options import config_from_dict, read_config
 from lisa_probe.provenance import code_version
 
 CONFIG_FILE = "config.yaml"
@@ -124,3 +124,8 @@ def read_summary(run_dir: str | os.PathLike) -> dict:
     """``summary.json`` of a finished run (empty for an unfinished one)."""
     path = Path(run_dir) / SUMMARY_FILE
     return json.loads(path.read_text()) if path.exists() else {}
+
+
+def cache_dir(out_dir: str | Path) -> Path:
+    """Where caches live (read-back networks, prompt embeddings, VAE latents): ``$LISA_PROBE_CACHE`` or ``<out_dir>/cache``."""
+    return Path(os.environ.get("LISA_PROBE_CACHE") or Path(out_dir) / "cache")

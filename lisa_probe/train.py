@@ -13,16 +13,18 @@ from __future__ import annotations
 import json
 import sys
 
-from lisa_probe.config import cli_errors, parse_config
-from lisa_probe.configs import TrainConfig
-from lisa_probe.engine import end_processes, is_main_process
-from lisa_probe.rundir import read_summary
-from lisa_probe.side_training import train
+from lisa_probe.options import cli_errors, parse_config
+from lisa_probe.training.config import TrainConfig
 
 
 def main(argv: list[str] | None = None) -> int:
     prog = "python -m lisa_probe.train"
     config = parse_config(TrainConfig, argv, prog, __doc__.splitlines()[0])
+    # the library (torch, diffusers, accelerate) is imported once the options parsed: --help stays quick
+    from lisa_probe.rundir import read_summary
+    from lisa_probe.training.engine import end_processes, is_main_process
+    from lisa_probe.training.side_net import train
+
     with cli_errors(prog):
         run_dir = train(config)
     if is_main_process():

@@ -20,9 +20,9 @@ import lisa_probe.evaluation.readback as readback_module
 from lisa_probe.analysis.report_tables import alignment_table
 from lisa_probe.analysis.selection import open_run
 from lisa_probe.analysis.streaming import stream_run
+from lisa_probe.diffusion.parameterization import Parameterization
 from lisa_probe.models import build_main, build_side, make_dual_branch
 from lisa_probe.models.build import null_context_for
-from lisa_probe.parameterization import Parameterization
 from tests.analysis.synthetic_store import FAST, write_synthetic
 from tests.tiny_pipelines import (
     write_captioned_parquet,

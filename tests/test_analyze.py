@@ -13,13 +13,14 @@ from lisa_probe.analysis.report_tables import (
     TABLES,
 )
 from lisa_probe.analyze import main
-from lisa_probe.configs import ExtractConfig, TrainConfig
-from lisa_probe.extraction import extract
+from lisa_probe.diffusion.parameterization import Parameterization
+from lisa_probe.extraction.config import ExtractConfig
+from lisa_probe.extraction.extractor import extract
 from lisa_probe.models import build_main, build_side, save_main
-from lisa_probe.parameterization import Parameterization
 from lisa_probe.rundir import read_eval, resolved_path
-from lisa_probe.side_training import train
 from lisa_probe.store import FeatureStore, FeatureStoreWriter, make_layout
+from lisa_probe.training.config import TrainConfig
+from lisa_probe.training.side_net import train
 from tests.analysis.synthetic_store import SCORE, TIMESTEPS, synthetic_rows
 
 # ------------------------------------------------------------------------------------------ end to end

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from lisa_probe.attribution import attribution_table, rank_bins, score_objectives
-from lisa_probe.hooks import capture
-from lisa_probe.lisa import LisaDecoder
+from lisa_probe.analysis.attribution import attribution_table, rank_bins, score_objectives
+from lisa_probe.models.hooks import capture
+from lisa_probe.training.lisa import LisaDecoder
 from tests.conftest import tiny_dual_branch
 
 B = 3

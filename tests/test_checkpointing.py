@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from lisa_probe.checkpointing import (
+from lisa_probe.training.checkpoints import (
     finalize_checkpoint,
     list_checkpoints,
     load_rng,

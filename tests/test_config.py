@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from lisa_probe.config import (
+from lisa_probe.options import (
     add_dataclass_arguments,
     check_number,
     config_defaults,

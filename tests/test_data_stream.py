@@ -2,7 +2,7 @@
 
 import itertools
 
-from lisa_probe.data_stream import ResumableBatchSampler
+from lisa_probe.data.stream import ResumableBatchSampler
 
 
 def take(sampler, n):

@@ -8,12 +8,11 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from lisa_probe.engine import (
-    LoopConfig,
+from lisa_probe.training.config import LoopConfig, eval_steps
+from lisa_probe.training.engine import (
     _check_resume_config,
     all_finite,
     cpu_only,
-    eval_steps,
     is_eval_step,
     learning_rate,
     load_grad_scaler,

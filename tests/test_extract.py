@@ -19,13 +19,14 @@ import pytest
 import torch
 from diffusers import ControlNetModel, DDPMScheduler, UNet2DConditionModel
 
-import lisa_probe.extraction as extract_module
+import lisa_probe.extraction.extractor as extract_module
+from lisa_probe.analysis.config import AnalyzeOptions
 from lisa_probe.analysis.selection import open_run
-from lisa_probe.config import read_config
-from lisa_probe.configs import AnalyzeOptions, ExtractConfig, ForeignRun, TrainConfig
 from lisa_probe.data import build_dataset
+from lisa_probe.diffusion.parameterization import Parameterization
 from lisa_probe.extract import main
-from lisa_probe.extraction import (
+from lisa_probe.extraction.config import ExtractConfig, ForeignRun
+from lisa_probe.extraction.extractor import (
     Extractor,
     extract,
     parse_sites,
@@ -34,15 +35,16 @@ from lisa_probe.extraction import (
     row_noise,
     shard_rows,
 )
-from lisa_probe.hooks import capture
-from lisa_probe.lisa import LisaDecoder
 from lisa_probe.models import build_main, build_side, load_main, load_side, make_dual_branch, save_main
-from lisa_probe.parameterization import Parameterization
+from lisa_probe.models.hooks import capture
+from lisa_probe.options import read_config
 from lisa_probe.provenance import code_version, file_digest
 from lisa_probe.rundir import resolved_path, stored_path
-from lisa_probe.side_training import train
 from lisa_probe.store import SCHEMA_VERSION, FeatureStore, FeatureStoreWriter, partial_path, shard_path
 from lisa_probe.store.integrity import verify_digests
+from lisa_probe.training.config import TrainConfig
+from lisa_probe.training.lisa import LisaDecoder
+from lisa_probe.training.side_net import train
 from tests.conftest import REPO, assert_same_model_outputs, launch_two_cpu_processes
 
 FAMILIES = {"unet": "eps", "dit": "flow"}

@@ -14,13 +14,13 @@ from diffusers import ControlNetModel, UNet2DConditionModel
 from PIL import Image
 from safetensors import SafetensorError
 
-import lisa_probe.engine
+import lisa_probe.training.engine
 from lisa_probe.data import DataError
 from lisa_probe.data.shapes import ShapesDataset
 from lisa_probe.extract import main as extract_main
-from lisa_probe.side_training import train
 from lisa_probe.store.integrity import OutputLock
 from lisa_probe.train import main as train_main
+from lisa_probe.training.side_net import train
 from tests.test_train import make_main, side_weights, tiny_config
 from tests.tiny_pipelines import shape_row, write_sdxl_pipeline
 
@@ -219,7 +219,7 @@ def test_a_checkpoint_that_cannot_be_written_leaves_no_temporary_directory(tmp_p
     def full_disk(*args, **kwargs):
         raise SafetensorError("Error while serializing: IoError(No space left on device (os error 28))")
 
-    monkeypatch.setattr(lisa_probe.engine, "save_file", full_disk)
+    monkeypatch.setattr(lisa_probe.training.engine, "save_file", full_disk)
     config = tiny_config(tmp_path, name="full", steps=2, checkpoint_every=1)
     with pytest.raises(SystemExit) as stop:
         train_main(["--main", config.main, "--out-dir", config.out_dir, "--name", "full", "--steps", "2",

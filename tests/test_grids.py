@@ -3,7 +3,7 @@
 import numpy as np
 from PIL import Image
 
-from lisa_probe.grids import save_grid, wrap
+from lisa_probe.evaluation.grids import save_grid, wrap
 
 
 def test_wrap_breaks_between_words_within_the_width():

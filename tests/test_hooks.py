@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from lisa_probe.hooks import capture, capture_modules
+from lisa_probe.models.hooks import capture, capture_modules
 
 
 def test_captures_input_and_output_and_removes_hooks():

@@ -10,9 +10,9 @@ from safetensors.torch import save_file
 from torch.utils.data import default_collate
 
 from lisa_probe.data import build_dataset
-from lisa_probe.latent_cache import LatentCache
-from lisa_probe.runs import build_dual_branch
-from lisa_probe.side_training import SideNetObjective, train
+from lisa_probe.training.latent_cache import LatentCache
+from lisa_probe.training.loading import build_dual_branch
+from lisa_probe.training.side_net import SideNetObjective, train
 from tests.test_train import read_metrics
 from tests.test_train_captioned import captioned_config
 

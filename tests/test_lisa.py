@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from lisa_probe.lisa import LisaDecoder, lisa_distance, lisa_rows, lisa_target, lisa_weight, sinusoidal_embedding
+from lisa_probe.training.lisa import LisaDecoder, lisa_distance, lisa_target, sinusoidal_embedding
+from lisa_probe.training.lisa_schedule import lisa_rows, lisa_weight
 
 
 @pytest.mark.parametrize("channels,in_size,out_size", [(16, 4, 16), (64, 8, 8), (600, 2, 16)])

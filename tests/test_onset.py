@@ -5,7 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from lisa_probe.onset import MIN_RISE, first_step_above, fit_onset, logistic, onset_signals
+from lisa_probe.study.onset import MIN_RISE, first_step_above, fit_onset, logistic
+from lisa_probe.training.onset_probe import onset_signals
 
 
 @pytest.mark.parametrize("t50,width", [(300.0, 20.0), (150.0, 30.0), (900.0, 5.0)])

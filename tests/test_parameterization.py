@@ -8,7 +8,8 @@ import torch
 from diffusers import DDPMScheduler, FlowMatchEulerDiscreteScheduler
 from diffusers.training_utils import compute_density_for_timestep_sampling
 
-from lisa_probe.parameterization import Parameterization, WeightingScheme
+from lisa_probe.diffusion.parameterization import Parameterization
+from lisa_probe.diffusion.weighting import WeightingScheme
 
 
 @pytest.fixture

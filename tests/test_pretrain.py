@@ -10,15 +10,15 @@ from PIL import Image
 from safetensors.torch import load_file
 from torch.utils.data import default_collate
 
-from lisa_probe.config import read_config
-from lisa_probe.configs import PretrainConfig
 from lisa_probe.data import build_dataset
-from lisa_probe.main_training import MainNetObjective, pretrain
+from lisa_probe.diffusion.parameterization import Parameterization
 from lisa_probe.models import build_main, load_main
-from lisa_probe.parameterization import Parameterization
+from lisa_probe.options import read_config
 from lisa_probe.pretrain import main
 from lisa_probe.rundir import resolved_path
-from lisa_probe.text import PromptEncoder, prompt_embeddings
+from lisa_probe.text.prompts import PromptEncoder, prompt_embeddings
+from lisa_probe.training.config import PretrainConfig
+from lisa_probe.training.main_net import MainNetObjective, pretrain
 from tests.conftest import launch_two_cpu_processes
 
 
@@ -64,9 +64,9 @@ def test_bad_input_names_what_is_allowed(argv, message, capsys, tmp_path):
 def test_min_snr_default_and_weighted_loss():
     import torch
 
-    from lisa_probe.main_training import MainNetObjective
+    from lisa_probe.diffusion.parameterization import Parameterization
     from lisa_probe.models import build_main
-    from lisa_probe.parameterization import Parameterization
+    from lisa_probe.training.main_net import MainNetObjective
 
     assert PretrainConfig().min_snr_gamma == 5.0 and PretrainConfig(backbone="dit").min_snr_gamma == 0.0
     main_net = build_main("unet", "tiny", 16, seed=0)

@@ -6,10 +6,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lisa_probe.configs import ExtractConfig, TrainConfig
-from lisa_probe.extraction import extract
+from lisa_probe.diffusion.parameterization import Parameterization
+from lisa_probe.extraction.config import ExtractConfig
+from lisa_probe.extraction.extractor import extract
 from lisa_probe.models import build_main, save_main
-from lisa_probe.parameterization import Parameterization
 from lisa_probe.rundir import (
     CONFIG_FILE,
     RELATIVE_TO_RUN,
@@ -19,8 +19,9 @@ from lisa_probe.rundir import (
     run_dir_of,
     stored_path,
 )
-from lisa_probe.side_training import train
 from lisa_probe.store import FeatureStore
+from lisa_probe.training.config import TrainConfig
+from lisa_probe.training.side_net import train
 
 
 def test_stored_paths_are_relative_and_resolve_back(tmp_path):

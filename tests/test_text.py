@@ -10,9 +10,9 @@ from safetensors import SafetensorError
 from safetensors.torch import save_file
 from transformers import CLIPTextModel, CLIPTokenizer
 
-import lisa_probe.text
+import lisa_probe.text.prompts
 from lisa_probe.models import load_main
-from lisa_probe.text import PromptEmbeddings, PromptEncoder, drop_prompts
+from lisa_probe.text.prompts import PromptEmbeddings, PromptEncoder, drop_prompts
 
 PROMPTS = ["a big red circle", "a small blue square", "a big green square"]
 
@@ -86,7 +86,7 @@ def test_a_prompt_cache_that_cannot_be_written_leaves_no_staging_file(sd_pipelin
         Path(path).write_bytes(b"half")
         raise SafetensorError("Error while serializing: IoError(No space left on device (os error 28))")
 
-    monkeypatch.setattr(lisa_probe.text, "save_file", full_disk)
+    monkeypatch.setattr(lisa_probe.text.prompts, "save_file", full_disk)
     with pytest.raises(OSError, match=r"writing the prompt cache .*prompts-.*\.safetensors failed: .*No space left"):
         PromptEmbeddings(PromptEncoder.from_pipeline(sd_pipeline), PROMPTS, tmp_path, progress=False)
     assert list(tmp_path.iterdir()) == []

@@ -1,5 +1,5 @@
 """The label text encoder: a word-level tokenizer and a random CLIP written into a pipeline directory, read back by
-``lisa_probe.text`` as any Stable Diffusion pipeline's encoder (context and, for SD3-style transformers, pooled)."""
+``lisa_probe.text.prompts`` as any Stable Diffusion pipeline's encoder (context and, for SD3-style transformers, pooled)."""
 
 import pytest
 import torch
@@ -8,8 +8,8 @@ from transformers import CLIPTextModelWithProjection, CLIPTokenizer
 from lisa_probe.data.shapes import LABEL_WORDS
 from lisa_probe.models import build_main
 from lisa_probe.models.build import null_context_for
-from lisa_probe.text import PromptEmbeddings, PromptEncoder
-from lisa_probe.text_labels import LABEL_MAX_LENGTH, main_context_widths, write_label_encoder
+from lisa_probe.text.labels import LABEL_MAX_LENGTH, main_context_widths, write_label_encoder
+from lisa_probe.text.prompts import PromptEmbeddings, PromptEncoder
 
 
 @pytest.fixture(scope="module")

@@ -13,18 +13,19 @@ from diffusers import ControlNetModel, SD3ControlNetModel
 from PIL import Image
 from safetensors.torch import load_file
 
-from lisa_probe.config import read_config
-from lisa_probe.configs import PretrainConfig, TrainConfig
 from lisa_probe.data import build_dataset
-from lisa_probe.engine import NonFiniteLossError
-from lisa_probe.main_training import pretrain
+from lisa_probe.diffusion.parameterization import Parameterization
 from lisa_probe.models import build_main, build_side, load_main, save_main
-from lisa_probe.parameterization import Parameterization
+from lisa_probe.options import read_config
 from lisa_probe.rundir import read_eval, read_run_config, read_summary
-from lisa_probe.runs import build_dual_branch, load_run
-from lisa_probe.side_training import OnsetProbe, SideNetObjective, build_decoder, init_zero_modules, train
 from lisa_probe.train import main as train_main
-from lisa_probe.validation import ControlEvaluation
+from lisa_probe.training.config import PretrainConfig, TrainConfig
+from lisa_probe.training.control_evaluation import ControlEvaluation
+from lisa_probe.training.engine import NonFiniteLossError
+from lisa_probe.training.loading import build_dual_branch, load_run
+from lisa_probe.training.main_net import pretrain
+from lisa_probe.training.onset_probe import OnsetProbe
+from lisa_probe.training.side_net import SideNetObjective, build_decoder, init_zero_modules, train
 from tests.conftest import launch_two_cpu_processes
 
 
@@ -213,11 +214,11 @@ TWO_PROCESS_SCRIPT = """
 import sys
 from pathlib import Path
 
-from lisa_probe.engine import NonFiniteLossError, end_processes, process_state
-from lisa_probe.configs import PretrainConfig
-from lisa_probe.main_training import pretrain
-from lisa_probe.configs import TrainConfig
-from lisa_probe.side_training import SideNetObjective, train
+from lisa_probe.training.engine import NonFiniteLossError, end_processes, process_state
+from lisa_probe.training.config import PretrainConfig
+from lisa_probe.training.main_net import pretrain
+from lisa_probe.training.config import TrainConfig
+from lisa_probe.training.side_net import SideNetObjective, train
 from lisa_probe.train import main as train_main
 
 out = Path(sys.argv[1])
@@ -581,7 +582,7 @@ def test_report_to_a_tracker_that_is_not_installed_names_the_extra(tmp_path, cap
 
 
 def test_a_transformer_runs_at_a_smaller_resolution_and_refuses_one_beyond_its_position_embeddings(tmp_path):
-    from lisa_probe.runs import build_dual_branch
+    from lisa_probe.training.loading import build_dual_branch
 
     model, kwargs = build_dual_branch(tiny_config(tmp_path, "dit", "flow", resolution=8))
     assert kwargs["resolution"] == 8 and model.sites[0].map_shape[1:] == (4, 4)  # 8 px / patch 2

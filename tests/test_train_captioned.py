@@ -14,19 +14,19 @@ from PIL import Image
 from torch.utils.data import default_collate
 from transformers import CLIPTextModel, CLIPTokenizer
 
+from lisa_probe.analysis.config import AnalyzeOptions
 from lisa_probe.analysis.inputs import rebuild_inputs
 from lisa_probe.analysis.selection import open_run
 from lisa_probe.analyze import main as analyze_main
-from lisa_probe.configs import AnalyzeOptions, TrainConfig
 from lisa_probe.data import build_dataset
 from lisa_probe.extract import main as extract_main
-from lisa_probe.rundir import read_summary
-from lisa_probe.runs import build_dual_branch, load_run
-from lisa_probe.side_training import SideNetObjective, train
+from lisa_probe.rundir import cache_dir, read_summary
 from lisa_probe.store import FeatureStore
-from lisa_probe.text import prompt_embeddings
+from lisa_probe.text.prompts import prompt_embeddings
 from lisa_probe.train import main as train_main
-from lisa_probe.validation import cache_dir
+from lisa_probe.training.config import TrainConfig
+from lisa_probe.training.loading import build_dual_branch, load_run
+from lisa_probe.training.side_net import SideNetObjective, train
 from tests.test_train import make_main, read_metrics, side_weights
 from tests.tiny_pipelines import shape_row, write_sd_pipeline
 

@@ -9,18 +9,19 @@ import pytest
 import torch
 from torch.utils.data import default_collate
 
+from lisa_probe.analysis.config import AnalyzeOptions
 from lisa_probe.analysis.inputs import rebuild_inputs
 from lisa_probe.analysis.selection import open_run
-from lisa_probe.configs import AnalyzeOptions, PretrainConfig
 from lisa_probe.data import build_dataset
 from lisa_probe.extract import main as extract_main
-from lisa_probe.main_training import pretrain
 from lisa_probe.rundir import read_eval, read_summary
-from lisa_probe.runs import load_run
-from lisa_probe.side_training import SideNetObjective
 from lisa_probe.store import FeatureStore
-from lisa_probe.text import PromptEncoder
+from lisa_probe.text.prompts import PromptEncoder
 from lisa_probe.train import main as train_main
+from lisa_probe.training.config import PretrainConfig
+from lisa_probe.training.loading import load_run
+from lisa_probe.training.main_net import pretrain
+from lisa_probe.training.side_net import SideNetObjective
 from tests.test_train import make_main
 
 
@@ -50,9 +51,10 @@ def test_both_arms_train_on_a_pose_condition_with_label_prompts_and_score_prompt
 
 
 def test_a_drawn_batch_carries_each_samples_prompt_tokens_and_pooled_projection(tmp_path, labelled_dit):
-    from lisa_probe.configs import TrainConfig
-    from lisa_probe.runs import build_dual_branch
-    from lisa_probe.text import prompt_embeddings
+    from lisa_probe.training.config import TrainConfig
+
+    from lisa_probe.text.prompts import prompt_embeddings
+    from lisa_probe.training.loading import build_dual_branch
 
     config = TrainConfig(main=str(labelled_dit), dataset="shapes", label_prompts=True, condition="pose",
                          out_dir=str(tmp_path), lisa_weight=0.0)

@@ -16,7 +16,7 @@ from diffusers import (
 
 from lisa_probe.models import build_side, load_main, make_dual_branch
 from lisa_probe.rundir import read_summary
-from lisa_probe.text import PromptEncoder
+from lisa_probe.text.prompts import PromptEncoder
 from lisa_probe.train import main as train_main
 from tests.test_train import read_metrics
 from tests.test_train_labels import assert_rows_rebuild

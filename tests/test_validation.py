@@ -2,7 +2,7 @@
 
 import pytest
 
-from lisa_probe.validation import convergence_step
+from lisa_probe.training.control_evaluation import convergence_step
 
 EVALUATIONS = {100: {"edge_f1": 0.12}, 25: {"edge_f1": 0.05}, 50: {"edge_f1": 0.49}, 75: {"edge_f1": 0.5},
                125: {"edge_f1": 0.71, "mask_iou": 0.4}}

@@ -3,7 +3,7 @@
 Nothing is downloaded. The pipeline is diffusers' layout (``unet/ vae/ text_encoder/ tokenizer/ scheduler/
 model_index.json``, via ``StableDiffusionPipeline.save_pretrained``) with the sizes of diffusers' test dummies; the
 VAE downsamples by 8 as SD's does. The tokenizer is CLIP's byte-level BPE over a handmade vocabulary in which
-every caption word is one token (``lisa_probe.text_labels.write_tokenizer``).
+every caption word is one token (``lisa_probe.text.labels.write_tokenizer``).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from transformers import (
     T5EncoderModel,
 )
 
-from lisa_probe.text_labels import write_tokenizer as write_word_tokenizer
+from lisa_probe.text.labels import write_tokenizer as write_word_tokenizer
 
 COLOURS = {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (40, 80, 220), "yellow": (230, 210, 40)}
 SHAPES = ("circle", "square")

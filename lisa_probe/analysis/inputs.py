@@ -9,9 +9,9 @@ import torch
 
 from lisa_probe.analysis.selection import Run
 from lisa_probe.data import build_dataset
-from lisa_probe.sampling import row_noise
-from lisa_probe.text import prompt_embeddings
-from lisa_probe.validation import cache_dir
+from lisa_probe.diffusion.sampling import row_noise
+from lisa_probe.rundir import cache_dir
+from lisa_probe.text.prompts import prompt_embeddings
 
 
 def rebuild_inputs(run: Run, model, config, dataset_kwargs: dict, index: np.ndarray):

@@ -6,7 +6,9 @@ no longer need (``plt.close(fig)``): the figure-level seaborn functions register
 left to matplotlib (inline in a notebook, Agg without a display), so notebooks show the figures.
 """
 
+from collections import defaultdict
 from collections.abc import Mapping
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -155,3 +157,18 @@ def plot_training_curves(metrics: pd.DataFrame, convergence_steps: Mapping[str, 
         for run, step in (convergence_steps or {}).items():
             ax.axvline(step, color=palette[run], linestyle="--", linewidth=1)
     return grid.figure
+
+
+class Figures:
+    """Saves figures under ``<out>/figures`` and remembers them by report section."""
+
+    def __init__(self, out: Path) -> None:
+        self.out, self.sections = out, defaultdict(list)
+        (out / "figures").mkdir(parents=True, exist_ok=True)
+
+    def save(self, section: str, name: str, figure: Figure, caption: str) -> None:
+        """Write ``figures/<name>.png``, close the figure and list it under ``section`` with ``caption``."""
+        path = Path("figures") / f"{name}.png"
+        figure.savefig(self.out / path, dpi=90, bbox_inches="tight")
+        plt.close(figure)
+        self.sections[section].append((caption, path.as_posix()))

@@ -5,18 +5,17 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from itertools import product
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from matplotlib import pyplot as plt
-from matplotlib.figure import Figure
 from threadpoolctl import threadpool_limits
 
+from lisa_probe.analysis.config import AnalyzeOptions
 from lisa_probe.analysis.plots import (
+    Figures,
     plot_alignment_vs_t,
     plot_decomposition_bars,
     plot_decomposition_heatmap,
@@ -26,7 +25,6 @@ from lisa_probe.analysis.plots import (
 from lisa_probe.analysis.report_tables import TABLES, run_tables
 from lisa_probe.analysis.selection import Run, open_run, run_labels
 from lisa_probe.analysis.streaming import ESTIMATES, READOUT_GRID
-from lisa_probe.configs import AnalyzeOptions
 from lisa_probe.provenance import code_version
 
 ALIGNMENT_FIGURES = (("decoder", "cosine"), ("ridge", "r2"), ("spatial_ridge", "r2"), ("cka", "cka_debiased"))
@@ -36,21 +34,6 @@ DISENTANGLEMENT_FIGURES = (("dci", "disentanglement"), ("mig", "mig"), ("sap", "
 
 
 FIGURED_METHOD = {"store": "add_one_in", "model": "integrated_gradients"}
-
-
-class Figures:
-    """Saves figures under ``<out>/figures`` and remembers them by report section."""
-
-    def __init__(self, out: Path) -> None:
-        self.out, self.sections = out, defaultdict(list)
-        (out / "figures").mkdir(parents=True, exist_ok=True)
-
-    def save(self, section: str, name: str, figure: Figure, caption: str) -> None:
-        """Write ``figures/<name>.png``, close the figure and list it under ``section`` with ``caption``."""
-        path = Path("figures") / f"{name}.png"
-        figure.savefig(self.out / path, dpi=90, bbox_inches="tight")
-        plt.close(figure)
-        self.sections[section].append((caption, path.as_posix()))
 
 
 def _has(table: pd.DataFrame, **equal) -> pd.DataFrame:

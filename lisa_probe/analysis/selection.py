@@ -14,12 +14,10 @@ import pandas as pd
 from lisa_probe.analysis.alignment import (
     fold_ids,
 )
-from lisa_probe.configs import AnalyzeOptions
+from lisa_probe.analysis.config import RANDOM_LABEL, AnalyzeOptions, comma_list
 from lisa_probe.rundir import resolved_path
 from lisa_probe.store import FeatureStore
 from lisa_probe.store.reader import SCAN_ROWS
-
-RANDOM_LABEL = "random-init"
 
 
 @dataclass
@@ -194,6 +192,3 @@ def checkpoint_dirs(run: Run) -> list[Path]:
     return [holder, holder.parent]
 
 
-def comma_list(text: str) -> list[str]:
-    """'a, b,c' -> ['a', 'b', 'c']."""
-    return [item.strip() for item in text.split(",") if item.strip()]

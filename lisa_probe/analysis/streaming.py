@@ -25,8 +25,8 @@ from lisa_probe.analysis.alignment import (
     other_sample_pairing,
     resample_to,
 )
+from lisa_probe.analysis.config import MIN_CHUNK_SAMPLES, AnalyzeOptions
 from lisa_probe.analysis.selection import Run
-from lisa_probe.configs import AnalyzeOptions
 from lisa_probe.models.dual_branch import tokens_to_map
 from lisa_probe.store.reader import ITER_BYTES, iter_whole_sample_chunks, pool_rows
 
@@ -39,7 +39,6 @@ CONTROLS = ("none", "shuffled_pairs")
 READOUT_GRID = 4
 
 
-MIN_CHUNK_SAMPLES = 2  # whole samples per streamed chunk at least
 
 
 @dataclass

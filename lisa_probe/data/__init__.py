@@ -16,11 +16,15 @@ lazily by :func:`build_dataset`, so importing this package stays cheap.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+from lisa_probe.options import check_choice
+
+if TYPE_CHECKING:
+    import torch
 
 DATASET_NAMES = ("shapes", "digits", "folder", "captioned")
 SPLITS = ("train", "val", "test")
@@ -84,13 +88,6 @@ def check_items(dataset, count: int, what: str) -> None:
             raise DataError(f"{what}: {error}") from error
 
 
-def check_choice(what: str, value, allowed: Iterable) -> None:
-    """Raise ``ValueError`` naming ``value`` and listing ``allowed`` unless ``value`` is one of them."""
-    allowed = tuple(allowed)
-    if value not in allowed:
-        raise ValueError(f"unknown {what} {value!r}; allowed: {', '.join(map(repr, allowed))}")
-
-
 def check_resolution(resolution: int) -> int:
     """Return ``resolution`` as an int, raising ``ValueError`` unless it is a positive integer."""
     if int(resolution) != resolution or resolution < 1:
@@ -115,6 +112,8 @@ def make_sample(image: np.ndarray, cond: np.ndarray, factors: dict, sample_id: s
         cond = cond[:, :, None]
     image_chw = np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32) * 2.0 - 1.0
     cond_chw = np.ascontiguousarray(cond.transpose(2, 0, 1), dtype=np.float32)
+    import torch  # here, not at the top: the data options import this package, and --help must not load torch
+
     return {"image": torch.from_numpy(image_chw), "cond": torch.from_numpy(cond_chw), "factors": factors,
             "id": sample_id}
 

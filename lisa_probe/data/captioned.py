@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from lisa_probe.data import SPLITS, DataError, check_choice, check_index, check_resolution, make_sample
+from lisa_probe.data import SPLITS, DataError, check_index, check_resolution, make_sample
 from lisa_probe.data.folder import (
     COND_MODES,
     HF_DATA_SUFFIXES,
@@ -43,6 +43,7 @@ from lisa_probe.data.folder import (
     fit_image,
     split_of,
 )
+from lisa_probe.options import check_choice
 
 COND_SOURCES = ("column", "extractor")
 SPLIT_NAMES = {"train": ("train",), "val": ("validation", "val"), "test": ("test",)}

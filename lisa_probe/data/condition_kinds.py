@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lisa_probe.data import check_choice
+from lisa_probe.options import check_choice
 
 # How fidelity reads a condition's reference (``evaluation.fidelity.REFERENCE_MASKS``):
 #   "filled_outline": an outline whose filled inside is the object; "mask": a foreground mask;

@@ -13,8 +13,8 @@ from skimage.feature import canny as _skimage_canny
 from skimage.filters import sobel as _skimage_sobel
 from skimage.filters import threshold_otsu
 
-from lisa_probe.data import check_choice
 from lisa_probe.data.condition_kinds import CONDITION_KINDS, extractor_kinds
+from lisa_probe.options import check_choice
 
 CANNY_SIGMA = 1.0
 FLAT_GRADIENT = 1e-6  # a Sobel peak below this (grey levels per pixel) is rounding noise of a flat image

@@ -21,8 +21,9 @@ import torch.nn.functional as F
 from skimage.feature import canny
 from sklearn.datasets import load_digits
 
-from lisa_probe.data import SPLITS, FactorSpec, check_choice, check_index, check_resolution, make_sample
+from lisa_probe.data import SPLITS, FactorSpec, check_index, check_resolution, make_sample
 from lisa_probe.data.condition_kinds import check_dataset_condition, kinds_of_dataset
+from lisa_probe.options import check_choice
 
 CONDITIONS = kinds_of_dataset("digits")  # ("stroke", "edges"), from the registry
 SPLIT_FRACTIONS = (0.8, 0.1, 0.1)

@@ -24,9 +24,10 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from lisa_probe.data import SPLITS, FactorSpec, check_choice, check_index, check_resolution, make_sample
+from lisa_probe.data import SPLITS, FactorSpec, check_index, check_resolution, make_sample
 from lisa_probe.data.condition_kinds import DEFAULT_CONDITION
 from lisa_probe.data.conditions import get_extractor
+from lisa_probe.options import check_choice
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 COND_MODES = ("L", "RGB")

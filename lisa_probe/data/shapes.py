@@ -34,8 +34,9 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from lisa_probe.data import SPLITS, FactorSpec, check_choice, check_index, check_resolution, make_sample
+from lisa_probe.data import SPLITS, FactorSpec, check_index, check_resolution, make_sample
 from lisa_probe.data.condition_kinds import check_dataset_condition, kinds_of_dataset
+from lisa_probe.options import check_choice
 
 SHAPE_KINDS = ("triangle", "square", "ellipse", "cross")
 TEXTURES = ("solid", "coarse_stripes", "fine_stripes")

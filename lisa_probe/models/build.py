@@ -3,7 +3,7 @@
 A main-net directory uses the diffusers pipeline layout, so a local Stable Diffusion / SD3 checkpoint works as is:
 ``unet/`` or ``transformer/`` (``save_pretrained`` format), ``scheduler/scheduler_config.json`` (prediction type and
 schedule), optional ``vae/`` (latent-space training), optional ``tokenizer/`` + ``text_encoder/`` (captions, and the
-empty prompt as the null context: ``lisa_probe.text``) and optional ``null_context.safetensors`` (a fixed text
+empty prompt as the null context: ``lisa_probe.text.prompts``) and optional ``null_context.safetensors`` (a fixed text
 context: ``context`` (1, L, D) and, for SD3, ``pooled`` (1, P); it wins over the text encoder's empty prompt; zeros
 when neither is there).
 """
@@ -24,13 +24,14 @@ from diffusers import (
 )
 from safetensors.torch import load_file, save_file
 
-from lisa_probe.data import check_choice
+from lisa_probe.diffusion.parameterization import Parameterization
+from lisa_probe.diffusion.weighting import PREDICTION_TYPES
 from lisa_probe.models.dit import DiTDualBranch, dit_forward
 from lisa_probe.models.dual_branch import DualBranch, vae_scale
 from lisa_probe.models.presets import FAMILIES, PRESETS, dit_config, side_layers, unet_config
 from lisa_probe.models.unet import UNetDualBranch, pooled_width, unet_forward
-from lisa_probe.parameterization import PREDICTION_TYPES, Parameterization
-from lisa_probe.text import PromptEncoder, has_text_encoder
+from lisa_probe.options import check_choice
+from lisa_probe.text.prompts import PromptEncoder, has_text_encoder
 
 MAIN_SUBFOLDER = {"unet": "unet", "dit": "transformer"}
 MAIN_CLASS = {"unet": UNet2DConditionModel, "dit": SD3Transformer2DModel}

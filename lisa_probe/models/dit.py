@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 from diffusers import SD3ControlNetModel, SD3Transformer2DModel
 
-from lisa_probe.hooks import capture_modules
 from lisa_probe.models.dual_branch import DualBranch, Site, check_condition_channels, repeat_channels, tokens_to_map
+from lisa_probe.models.hooks import capture_modules
 
 
 def dit_forward(main: SD3Transformer2DModel, x_t: torch.Tensor, timesteps: torch.Tensor,

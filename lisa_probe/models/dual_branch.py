@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from lisa_probe.parameterization import Parameterization
+from lisa_probe.diffusion.parameterization import Parameterization
+from lisa_probe.models.presets import MAIN_PASSES
 
 
 def tokens_to_map(tokens, height: int, width: int):
@@ -59,7 +60,6 @@ class DualOutput:
     pred_main: torch.Tensor | None
 
 
-MAIN_PASSES = ("separate", "batched")
 
 
 def map_tensors(function: Callable[[torch.Tensor], torch.Tensor], state):

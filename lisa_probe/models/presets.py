@@ -8,6 +8,8 @@ from __future__ import annotations
 
 FAMILIES = ("unet", "dit")
 PRESETS = ("tiny", "small")
+# how pred_main's unshared part runs beside pred_full (DualBranch.forward): a no-grad pass, or in the same batch
+MAIN_PASSES = ("separate", "batched")
 
 NULL_CONTEXT_DIM = {"tiny": 8, "small": 32}
 

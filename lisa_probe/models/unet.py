@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 from diffusers import ControlNetModel, UNet2DConditionModel
 
-from lisa_probe.hooks import capture_modules
 from lisa_probe.models.dual_branch import DualBranch, Site, repeat_channels
+from lisa_probe.models.hooks import capture_modules
 
 UNSUPPORTED_UNET_OPTIONS = ("class_embed_type", "encoder_hid_dim_type")
 SUPPORTED_ADDITIONS = (None, "text_time")  # addition_embed_type: none (SD 1.x / 2.x) or SDXL's pooled text + time ids

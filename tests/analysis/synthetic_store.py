@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 
 from lisa_probe.analysis.alignment import resample_to
-from lisa_probe.configs import AnalyzeOptions
+from lisa_probe.analysis.config import AnalyzeOptions
 from lisa_probe.store import FeatureStoreWriter, make_layout
 
 N_SAMPLES, TIMESTEPS, SCORE = 100, (100.0, 700.0), (1, 8, 8)

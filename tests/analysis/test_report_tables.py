@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from lisa_probe.analysis.report import Figures
+from lisa_probe.analysis.config import AnalyzeOptions
+from lisa_probe.analysis.plots import Figures
 from lisa_probe.analysis.report_tables import (
     disentanglement_tables,
     embed,
@@ -15,7 +16,6 @@ from lisa_probe.analysis.report_tables import (
     store_decomposition,
 )
 from lisa_probe.analysis.selection import open_run
-from lisa_probe.configs import AnalyzeOptions
 from tests.analysis.synthetic_store import DECOMPOSE, FAST, values, write_synthetic
 
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 from diffusers import ControlNetModel, SD3Transformer2DModel, UNet2DConditionModel
 
-from lisa_probe.hooks import capture
+from lisa_probe.diffusion.parameterization import Parameterization
 from lisa_probe.models import (
     build_main,
     build_side,
@@ -15,7 +15,7 @@ from lisa_probe.models import (
     save_main,
 )
 from lisa_probe.models.build import null_context_for
-from lisa_probe.parameterization import Parameterization
+from lisa_probe.models.hooks import capture
 from tests.conftest import tiny_dual_branch
 
 
@@ -231,8 +231,9 @@ def test_latent_unet_with_vae(tmp_path):
     out = model(latents, torch.tensor([10, 500]), torch.rand(2, 1, 64, 64), main_rows=2)
     assert out.pred_full.shape == (2, 4, 8, 8)
     # a new side net for this layout, as train builds it, takes RGB control images (diffusers' pipelines feed PIL)
-    from lisa_probe.configs import TrainConfig
-    from lisa_probe.runs import build_dual_branch
+    from lisa_probe.training.config import TrainConfig
+
+    from lisa_probe.training.loading import build_dual_branch
 
     built, _ = build_dual_branch(TrainConfig(main=str(tmp_path), out_dir=str(tmp_path / "runs")))
     assert built.side.config.conditioning_channels == 3 and built.cond_channels == 3

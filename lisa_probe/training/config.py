@@ -1,32 +1,25 @@
-"""The settings of every command in one place: dataclasses whose fields are the command-line options
-(``config.parse_config``) and whose ``__post_init__`` validates them (type, range, finiteness, choices), so that
-library code, the study and notebooks build the same objects the CLIs do.
-
-``PretrainConfig`` (main nets), ``TrainConfig`` (side nets), ``ExtractConfig`` / ``ForeignRun`` (feature stores),
-``AnalyzeOptions`` (analysis).
-"""
+"""The settings of training: ``LoopConfig`` (the loop's, shared by both trainers), ``PretrainConfig`` (main nets)
+and ``TrainConfig`` (side nets), whose fields are the command-line options (``options.parse_config``) and whose
+``__post_init__`` validates them; the config fields a resume may change (``RESUMABLE_CHANGES``). Light: importing
+it loads no torch, so ``--help`` is quick."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+import functools
+import importlib.util
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from lisa_probe.analysis.disentanglement import IMPORTANCES
-from lisa_probe.config import SEED_MAX, check_number, option
-from lisa_probe.data import DATASET_NAMES, check_choice
-from lisa_probe.engine import LoopConfig
-from lisa_probe.lisa import DISTANCES, SCHEDULES, lisa_rows, lisa_weight
-from lisa_probe.models import MAIN_PASSES
-from lisa_probe.models.presets import FAMILIES, PRESETS
-from lisa_probe.parameterization import PREDICTION_TYPES, TIMESTEP_SAMPLINGS, WEIGHTING_SCHEMES, WeightingScheme
-from lisa_probe.store.schema import COMPRESSIONS
+from lisa_probe.data.options import PROMPT_MODES, DataOptions
+from lisa_probe.diffusion.weighting import PREDICTION_TYPES, TIMESTEP_SAMPLINGS, WEIGHTING_SCHEMES, WeightingScheme
+from lisa_probe.models.presets import FAMILIES, MAIN_PASSES, PRESETS
+from lisa_probe.options import SEED_MAX, check_choice, check_number, option
+from lisa_probe.training.lisa_schedule import DISTANCES, SCHEDULES, lisa_rows, lisa_weight
 
 # v for the UNet: at the default 1200 steps v-prediction reached FD 17.5 where eps reached 38.2 (docs/CONTRACTS.md).
 DEFAULT_PREDICTION_TYPE = {"unet": "v", "dit": "flow"}
-
-
-PROMPT_MODES = ("caption", "empty")
-MODE_SCALE_MAX = 7.235  # the largest --mode-scale whose density stays in [0, 1] (tests/test_configs.py computes it)
+MODE_SCALE_MAX = 7.235  # the largest --mode-scale whose density stays in [0, 1] (tests/training/test_config.py)
+MIXED_PRECISION = ("no", "bf16", "fp16")
 
 
 def check_run_name(name: str) -> None:
@@ -36,106 +29,106 @@ def check_run_name(name: str) -> None:
                          f"got {name!r}")
 
 
-def names_list(text: str) -> tuple[str, ...]:
-    """A comma-separated option as a tuple of names ('' gives none)."""
-    return tuple(name.strip() for name in text.split(",") if name.strip())
+# Config fields that may differ between an interrupted run and its resumption.
+RESUMABLE_CHANGES = ("steps", "resume", "checkpoint_every", "keep_checkpoints", "eval_every", "eval_schedule",
+                     "probe_every", "probe_samples", "log_every", "num_workers", "eval_samples", "name", "out_dir",
+                     "overwrite", "report_to")
+# experiment trackers (accelerate's tracker classes): --report-to value -> the trackers, and the module each needs
+REPORT_TO = {"tensorboard": ("tensorboard",), "wandb": ("wandb",), "all": ("tensorboard", "wandb"), "none": ()}
+TRACKER_MODULES = {"tensorboard": "tensorboard", "wandb": "wandb"}
+
+
+LR_SCHEDULES = ("constant", "cosine")
+
+
+@functools.lru_cache(maxsize=8)
+def eval_steps(schedule: str, total: int) -> frozenset[int]:
+    """The steps ``schedule`` evaluates at, up to ``total``: ``"EVERY@UNTIL,...,EVERY"`` segments (see
+    ``LoopConfig.eval_schedule``); ValueError naming the text for anything else."""
+    steps, start = [], 0
+    parts = [part.strip() for part in schedule.split(",")]
+    try:
+        for k, part in enumerate(parts):
+            every, _, until = part.partition("@")
+            every = int(every)
+            stop = int(until) if until else total
+            if every < 1 or stop <= start or (not until and k != len(parts) - 1) or (until and k == len(parts) - 1):
+                raise ValueError
+            steps += range(start + every, min(stop, total) + 1, every)
+            start = stop
+    except ValueError:
+        raise ValueError(f"--eval-schedule {schedule!r}: expected segments EVERY@UNTIL with UNTIL increasing, then a "
+                         "last EVERY, e.g. '10@200,50@1000,100'") from None
+    return frozenset(steps)
 
 
 @dataclass
-class DataOptions:
-    """Where a side net's data come from: the dataset and, for ``captioned`` (a ``datasets`` table) and ``folder``,
-    its location and columns (option names as diffusers' ControlNet trainer's: ``--image-column`` ...)."""
+class LoopConfig:
+    """Optimisation and bookkeeping settings shared by ``pretrain`` and ``train``."""
 
-    dataset: str = field(default="shapes", metadata=option("training data (captioned: a `datasets` table with image, "
-                                                           "conditioning image and caption columns)",
-                                                           choices=DATASET_NAMES))
-    condition: str | None = field(default=None, metadata=option(
-        "condition kind (default: the dataset's; for your own conditioning images a label, e.g. canny, which picks "
-        "its control metric)"))
-    data_root: str | None = field(default=None, metadata=option(
-        "folder: the image directory; captioned: a load_dataset directory, a save_to_disk directory or a data file "
-        "(parquet, arrow, jsonl, csv)"))
-    skip_bad_files: bool = field(default=False, metadata=option("folder dataset: skip unreadable or tiny images "
-                                                               "(listed in a warning) instead of stopping"))
-    image_column: str = field(default="image", metadata=option("captioned: the target image column"))
-    conditioning_image_column: str = field(default="conditioning_image", metadata=option(
-        "captioned: the conditioning image column"))
-    caption_column: str | None = field(default="text", metadata=option("captioned: the caption column (none: no "
-                                                                       "captions, the empty prompt)"))
-    cond_source: str = field(default="column", metadata=option(
-        "captioned: conditions from the conditioning image column, or made from the image by --condition's "
-        "extractor", choices=("column", "extractor")))
-    cond_mode: str = field(default="RGB", metadata=option("captioned, folder with --conditioning-dir: conditioning "
-                                                          "images as RGB (3 channels, what diffusers' pipelines "
-                                                          "take) or L (1)", choices=("RGB", "L")))
-    factor_columns: str = field(default="", metadata=option("captioned: comma-separated columns recorded as factors "
-                                                            "for the analysis"))
-    carried_factors: str = field(default="", metadata=option("captioned, folder: the factor columns the condition "
-                                                             "carries"))
-    val_fraction: float = field(default=0.1, metadata=option(
-        "captioned without a validation split: the fraction of rows each for val and test (by a hash of the row)"))
-    max_train_samples: int | None = field(default=None, metadata=option(
-        "captioned: keep this many training rows (drawn with --seed)"))
-    conditioning_dir: str | None = field(default=None, metadata=option(
-        "folder: a directory of your conditioning images, each named as its image (any image extension)"))
-    captions_file: str | None = field(default=None, metadata=option(
-        "folder: a CSV with 'file' and 'text' columns, each image's caption"))
-    factors_csv: str | None = field(default=None, metadata=option(
-        "folder: a CSV with a 'file' column and factor columns, recorded as factors for the analysis"))
-    label_prompts: bool = field(default=False, metadata=option(
-        "shapes: each sample's caption names its colour and kind ('red square'); pretraining with it writes a "
-        "label text encoder beside the main net and conditions the main net on these prompts"))
+    steps: int = field(default=1000, metadata=option("optimizer steps"))
+    batch_size: int = field(default=16, metadata=option("micro-batch size per process"))
+    grad_accum: int = field(default=1, metadata=option("gradient accumulation micro-batches per step"))
+    lr: float = field(default=1e-4, metadata=option("AdamW learning rate"))
+    lr_warmup_steps: int = field(default=0, metadata=option("linear warm-up steps"))
+    lr_schedule: str = field(default="constant", metadata=option("learning rate after warm-up: constant, or cosine "
+                                                                 "decay towards 0 over the run", choices=LR_SCHEDULES))
+    weight_decay: float = field(default=1e-2, metadata=option("AdamW weight decay"))
+    max_grad_norm: float = field(default=1.0, metadata=option("gradient clipping norm"))
+    mixed_precision: str = field(default="no", metadata=option(
+        "autocast precision; bf16 / fp16 also hold the frozen modules (main net, VAE) in that dtype, as diffusers' "
+        "trainers do (the trained weights stay fp32)", choices=MIXED_PRECISION))
+    seed: int = field(default=0, metadata=option("seed of data order, noise and initialisation"))
+    checkpoint_every: int = field(default=500, metadata=option("steps between checkpoints (0: only at the end)"))
+    keep_checkpoints: int = field(default=2, metadata=option("checkpoints kept (0: all)"))
+    eval_every: int = field(default=250, metadata=option("steps between evaluations (0: only at the end)"))
+    eval_schedule: str | None = field(default=None, metadata=option(
+        "evaluation steps dense where an onset is, replacing --eval-every: segments EVERY@UNTIL, then a last EVERY, "
+        "e.g. '10@200,50@1000,100' (every 10 steps to 200, every 50 to 1000, then every 100)"))
+    eval_samples: int = field(default=64, metadata=option("samples per evaluation (0: no evaluation)"))
+    log_every: int = field(default=10, metadata=option("steps between metrics.csv rows"))
+    num_workers: int = field(default=0, metadata=option("DataLoader worker processes"))
+    resume: str | None = field(default=None, metadata=option("'latest' or a checkpoint directory to resume from"))
+    overwrite: bool = field(default=False, metadata=option("replace an existing run directory of the same name"))
+    gradient_checkpointing: bool = field(default=False, metadata=option(
+        "recompute the trained net's activations in the backward pass instead of keeping them (less memory, more "
+        "compute; diffusers' --gradient_checkpointing)"))
+    use_8bit_adam: bool = field(default=False, metadata=option(
+        "bitsandbytes' 8-bit AdamW instead of torch's (optional dependency: pip install 'lisa_probe[bnb]')"))
+    report_to: str = field(default="tensorboard", metadata=option(
+        "experiment trackers, as diffusers' --report_to (accelerate's trackers): tensorboard (<run>/tensorboard), "
+        "wandb (optional dependency: pip install 'lisa_probe[wandb]'), all, or none; metrics.csv and eval.csv are "
+        "always written", choices=tuple(REPORT_TO)))
 
-    def check_data_options(self) -> None:
-        """ValueError for data options that do not fit together."""
-        check_choice("dataset", self.dataset, DATASET_NAMES)
-        if self.skip_bad_files and self.dataset != "folder":
-            raise ValueError(f"--skip-bad-files applies to --dataset folder, not {self.dataset!r}")
-        check_number("val_fraction", self.val_fraction, 0, 0.5, high_open=True)
-        if self.max_train_samples is not None and self.max_train_samples < 1:
-            raise ValueError(f"--max-train-samples must be >= 1, got {self.max_train_samples}")
-        if self.dataset == "captioned" and self.data_root is None:
-            raise ValueError("--dataset captioned needs --data-root (a load_dataset directory or a data file)")
-        for name in ("conditioning_dir", "captions_file", "factors_csv"):
-            if getattr(self, name) is not None and self.dataset != "folder":
-                raise ValueError(f"--{name.replace('_', '-')} applies to --dataset folder, not {self.dataset!r}")
-        if self.label_prompts and self.dataset != "shapes":
-            raise ValueError(f"--label-prompts applies to --dataset shapes, not {self.dataset!r} (a captioned "
-                             "dataset brings its own captions)")
-
-    @property
-    def has_captions(self) -> bool:
-        """Whether the samples carry a caption (``"text"``): a captioned table's caption column or label prompts."""
-        return (self.label_prompts or (self.dataset == "captioned" and self.caption_column is not None)
-                or (self.dataset == "folder" and self.captions_file is not None))
-
-    def dataset_kwargs(self, resolution: int, seed: int) -> dict:
-        """``build_dataset`` keyword arguments (besides the name) of these options at ``resolution``."""
-        kwargs = {"resolution": resolution, "condition": self.condition, "seed": seed}
-        if self.data_root is not None:
-            kwargs["root"] = self.data_root
-        if self.skip_bad_files:
-            kwargs["skip_bad"] = True
-        if self.label_prompts:
-            kwargs["label_prompts"] = True
-        if self.dataset == "folder":
-            if self.conditioning_dir is not None:
-                kwargs.update(cond_dir=self.conditioning_dir, cond_mode=self.cond_mode)
-            if self.captions_file is not None:
-                kwargs["captions_file"] = self.captions_file
-            if self.factors_csv is not None:
-                kwargs.update(factors_csv=self.factors_csv, carried_factors=names_list(self.carried_factors))
-        if self.dataset == "captioned":
-            kwargs.update(image_column=self.image_column, conditioning_image_column=self.conditioning_image_column,
-                          caption_column=self.caption_column, cond_source=self.cond_source, cond_mode=self.cond_mode,
-                          factor_columns=names_list(self.factor_columns),
-                          carried_factors=names_list(self.carried_factors), val_fraction=self.val_fraction,
-                          max_train_samples=self.max_train_samples)
-        return kwargs
+    def __post_init__(self) -> None:
+        check_choice("report_to", self.report_to, REPORT_TO)
+        missing = [name for name in REPORT_TO[self.report_to] if importlib.util.find_spec(TRACKER_MODULES[name]) is None]
+        if missing:
+            raise ValueError(f"--report-to {self.report_to} needs {', '.join(missing)}, which is not installed: pip "
+                             f"install 'lisa_probe[{missing[0]}]' (or pip install {' '.join(missing)})")
+        if self.use_8bit_adam and importlib.util.find_spec("bitsandbytes") is None:
+            raise ValueError("--use-8bit-adam needs bitsandbytes, which is not installed: pip install "
+                             "'lisa_probe[bnb]' (or pip install bitsandbytes)")
+        for name in ("steps", "batch_size", "grad_accum", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("checkpoint_every", "keep_checkpoints", "eval_every", "eval_samples", "num_workers",
+                     "lr_warmup_steps"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        check_number("lr", self.lr, 0, low_open=True)
+        check_number("weight_decay", self.weight_decay, 0)
+        check_number("max_grad_norm", self.max_grad_norm, 0, low_open=True)
+        check_number("seed", self.seed, 0, SEED_MAX)
+        if self.mixed_precision not in MIXED_PRECISION:
+            raise ValueError(f"unknown mixed_precision {self.mixed_precision!r}; allowed: {', '.join(MIXED_PRECISION)}")
+        if self.eval_schedule is not None:
+            eval_steps(self.eval_schedule, self.steps)
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"unknown lr_schedule {self.lr_schedule!r}; allowed: {', '.join(LR_SCHEDULES)}")
 
 
-
-# learning-rate factors of the side net's parameter groups (side_training.SideNetObjective.param_groups)
+# learning-rate factors of the side net's parameter groups (side_net.SideNetObjective.param_groups)
 LR_SCALES = ("lr_scale_zero_modules", "lr_scale_trunk", "lr_scale_cond_embedding", "lr_scale_decoder")
 
 
@@ -210,9 +203,7 @@ class PretrainConfig(LoopConfig, DataOptions, PromptDropout):
         return Path(self.out_dir) / self.name
 
 
-DEFAULT_MAIN_NAME = PretrainConfig().name
-# learning-rate factors of the side net's parameter groups (side_training.SideNetObjective.param_groups)
-LR_SCALES = ("lr_scale_zero_modules", "lr_scale_trunk", "lr_scale_cond_embedding", "lr_scale_decoder")
+DEFAULT_MAIN_NAME = "main-unet-v-shapes32"  # PretrainConfig()'s name: the default main net under --out-dir
 
 
 @dataclass
@@ -333,99 +324,3 @@ class TrainConfig(LoopConfig, DataOptions, PromptDropout):
     @property
     def run_dir(self) -> Path:
         return Path(self.out_dir) / self.name
-
-
-SPLITS = ("train", "val", "test")
-
-
-
-@dataclass
-class ExtractConfig(DataOptions):
-    """What to extract and where (the data options are for --controlnet; a --ckpt run brings its own)."""
-
-    out: str = field(default="", metadata=option("output .h5 path (required)"))
-    ckpt: str | None = field(default=None, metadata=option("lisa_probe run or checkpoint directory"))
-    controlnet: str | None = field(default=None, metadata=option("a plain diffusers side-net directory (with --main)"))
-    main: str | None = field(default=None, metadata=option("main-net directory for --controlnet"))
-    prompt: str = field(default="caption", metadata=option(
-        "captioned data: each row's caption through the main net's text encoder, or the empty prompt for every row",
-        choices=PROMPT_MODES))
-    sites: str = field(default="all", metadata=option("comma-separated site names, or 'all'"))
-    timesteps: str = field(default="8", metadata=option("a number of evenly spaced timesteps, or a comma list of "
-                                                      "timesteps as fed to the model ('500,' for one)"))
-    samples: int = field(default=256, metadata=option("number of samples"))
-    draws: int = field(default=1, metadata=option("noise draws per (sample, timestep)"))
-    split: str = field(default="val", metadata=option("data split", choices=SPLITS))
-    batch_size: int = field(default=32, metadata=option("rows per forward pass"))
-    seed: int = field(default=0, metadata=option("noise seed"))
-    residuals: bool = field(default=False, metadata=option("also store the residual leaving each site"))
-    decompose: bool = field(default=False, metadata=option("also store the prediction with only one site's gate "
-                                                         "open, per extracted site"))
-    feature_dtype: str = field(default="float16", metadata=option("feature dtype", choices=("float16", "float32")))
-    compression: str = field(default="none", metadata=option("HDF5 compression (none: dense float16 features do not "
-                                                            "compress; see bench/bench_extract.py)", choices=COMPRESSIONS))
-    resume: bool = field(default=False, metadata=option("continue an interrupted extraction"))
-    overwrite: bool = field(default=False, metadata=option("replace an existing output"))
-
-    def __post_init__(self) -> None:
-        if not self.out:
-            raise ValueError("--out is required (e.g. features/<run>.h5)")
-        self.check_data_options()
-        check_choice("prompt", self.prompt, PROMPT_MODES)
-        if (self.ckpt is None) == (self.controlnet is None):
-            raise ValueError("give either --ckpt (a lisa_probe run) or --controlnet with --main (a diffusers side net)")
-        if self.controlnet is not None and self.main is None:
-            raise ValueError("--controlnet needs --main (the main-net directory it was trained for)")
-        for name in ("samples", "draws", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        check_number("seed", self.seed, 0, SEED_MAX)
-        if Path(self.out).is_dir():
-            raise ValueError(f"--out {self.out} is a directory; give the path of an .h5 file, e.g. {self.out}/x.h5")
-        if self.resume and self.overwrite:
-            raise ValueError("--resume and --overwrite exclude each other: continue the unfinished store, or start over")
-
-
-@dataclass
-class ForeignRun(DataOptions):
-    """Stand-in train config for a side net that lisa_probe did not train."""
-
-    main: str = ""
-    side: str = ""
-    seed: int = 0
-
-    @classmethod
-    def of(cls, config: ExtractConfig) -> ForeignRun:
-        """The stand-in for ``extract --controlnet … --main …`` with its data options."""
-        data = {f.name: getattr(config, f.name) for f in fields(DataOptions)}
-        return cls(main=config.main, side=config.controlnet, **data)
-
-
-@dataclass
-class AnalyzeOptions:
-    """What to analyse; the command line's options (see ``main``)."""
-
-    sites: list[str] | None = None  # None: every site of each store
-    max_rows: int | None = None  # at most this many rows per store (whole samples, drawn with ``seed``)
-    summary_rows: int = 20_000  # rows (whole samples, drawn with ``seed``) kept for the analyses that need rows
-    t_bins: int | None = None  # merge the timestep grid into this many contiguous bins (None: one per timestep)
-    umap: bool = True  # False: a 2-D PCA instead of UMAP (no numba JIT)
-    embedding_site: str | None = None  # default: the LISA site, else the middle site
-    attribution_samples: int = 0  # K samples for the model-based decomposition (0: none)
-    ig_steps: int = 32  # integrated-gradients steps of the model-based decomposition
-    shapley_samples: int = 25  # Shapley-sampling permutations of the model-based decomposition
-    dci_importance: str = "gbt"
-    pca_components: int = 10
-    n_splits: int = 5
-    chunk_rows: int | None = None  # rows per streamed chunk, in whole samples (default: ~16 MiB of rows)
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        for name, low in (("max_rows", 1), ("summary_rows", 1), ("t_bins", 1), ("attribution_samples", 0), ("ig_steps", 1),
-                          ("shapley_samples", 1), ("pca_components", 1), ("n_splits", 2), ("chunk_rows", 1)):
-            value = getattr(self, name)
-            if value is not None and value < low:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= {low}, got {value}")
-        check_number("seed", self.seed, 0, SEED_MAX)
-        if self.dci_importance not in IMPORTANCES:
-            raise ValueError(f"--dci-importance must be one of {', '.join(IMPORTANCES)}, got {self.dci_importance!r}")

@@ -14,8 +14,6 @@ overrides; ``--seeds`` and ``--settings`` run part of the plan (several processe
 
 from __future__ import annotations
 
-import argparse
-import sys
 import time
 from pathlib import Path
 
@@ -23,19 +21,21 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from lisa_probe.analysis.config import AnalyzeOptions
 from lisa_probe.analysis.report import report_stores
-from lisa_probe.checkpointing import list_checkpoints
-from lisa_probe.config import SEED_MAX, cli_errors, config_from_dict
-from lisa_probe.configs import AnalyzeOptions, ExtractConfig, PretrainConfig, TrainConfig, names_list
-from lisa_probe.extraction import extract
-from lisa_probe.main_training import pretrain
+from lisa_probe.diffusion.parameterization import Parameterization
+from lisa_probe.extraction.config import ExtractConfig
+from lisa_probe.extraction.extractor import extract
 from lisa_probe.models.build import build_main, build_side, make_dual_branch, null_context_for, set_resolution
-from lisa_probe.onset import Onset, first_step_above, fit_onset
-from lisa_probe.onset_figures import lr_slope, plot_onset_fits, plot_probe_signals, plot_t50_vs_lr
-from lisa_probe.parameterization import Parameterization
+from lisa_probe.options import SEED_MAX, config_from_dict
 from lisa_probe.provenance import code_version
 from lisa_probe.rundir import is_finished, is_main_net_ready, read_eval, read_metrics, read_run_config, read_summary
-from lisa_probe.side_training import train
+from lisa_probe.study.figures import lr_slope, plot_onset_fits, plot_probe_signals, plot_t50_vs_lr
+from lisa_probe.study.onset import Onset, first_step_above, fit_onset
+from lisa_probe.training.checkpoints import list_checkpoints
+from lisa_probe.training.config import PretrainConfig, TrainConfig
+from lisa_probe.training.main_net import pretrain
+from lisa_probe.training.side_net import train
 
 STUDY_KEYS = ("name", "settings", "arms", "seeds", "sweep", "extract", "quick", "out_dir", "results_dir")
 
@@ -536,37 +536,3 @@ def run_study(path: Path, quick: bool = False, analyze: bool = True, seeds: list
         (f" --settings {','.join(settings)}" if settings else "")
     write_readme(results, study, runs, convergence, areas, onset, readback, time.perf_counter() - started, command)
     return results
-
-
-def seed_list(text: str) -> list[int]:
-    """``"0,1,2"`` -> ``[0, 1, 2]`` (argparse reports a bad list, or a seed outside [0, SEED_MAX], as an invalid
-    seed list)."""
-    seeds = [int(value) for value in text.split(",")]
-    if any(not 0 <= seed <= SEED_MAX for seed in seeds):
-        raise ValueError(text)
-    return seeds
-
-
-seed_list.__name__ = "seed list"
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lisa_probe.study", description=__doc__.splitlines()[0])
-    parser.add_argument("study", type=Path, help="study file, e.g. experiments/lisa_claims.yaml")
-    parser.add_argument("--quick", action="store_true", help="apply the file's quick overrides (one seed, few steps)")
-    parser.add_argument("--no-analysis", action="store_true", help="train and summarise only")
-    parser.add_argument("--seeds", type=seed_list,
-                        help="comma-separated seeds replacing the file's (finished runs are reused)")
-    parser.add_argument("--settings", type=names_list,
-                        help="comma-separated settings to run (results in <name>-<settings>/; runs are shared)")
-    args = parser.parse_args(argv)
-    with cli_errors(parser.prog):
-        results = run_study(args.study, args.quick, not args.no_analysis, args.seeds,
-                            list(args.settings) if args.settings else None)
-    print(f"results in {results}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
-

@@ -1,7 +1,7 @@
 """Pretraining a main net, unconditionally or on label prompts: the objective (EMA, min-SNR weighting, label
 dropout), the quality evaluation and ``pretrain(PretrainConfig)``; ``python -m lisa_probe.pretrain`` is its command
 line. The run directory is itself a diffusers-layout main-net directory (``unet/`` or ``transformer/`` +
-``scheduler/``, and with label prompts ``tokenizer/`` + ``text_encoder/``: ``lisa_probe.text_labels``)."""
+``scheduler/``, and with label prompts ``tokenizer/`` + ``text_encoder/``: ``lisa_probe.text.labels``)."""
 
 from __future__ import annotations
 
@@ -11,20 +11,20 @@ from pathlib import Path
 import torch
 from torch.utils.data import default_collate
 
-from lisa_probe.checkpointing import prepare_run_dir
-from lisa_probe.configs import PretrainConfig
 from lisa_probe.data import build_dataset
 from lisa_probe.data.shapes import LABEL_WORDS
-from lisa_probe.engine import Objective, fit, is_main_process, process_state
+from lisa_probe.diffusion.parameterization import Parameterization
+from lisa_probe.diffusion.sampling import fixed_noise, sample
 from lisa_probe.evaluation import Evaluator
-from lisa_probe.grids import save_grid, to_uint8
+from lisa_probe.evaluation.grids import save_grid, to_uint8
 from lisa_probe.models.build import MAIN_FORWARD, build_main, null_context_for
-from lisa_probe.parameterization import Parameterization
-from lisa_probe.rundir import SAMPLES_DIR, write_run_config
-from lisa_probe.sampling import fixed_noise, sample
-from lisa_probe.text import PromptEmbeddings, batch_context, drop_prompts, has_text_encoder, prompt_embeddings
-from lisa_probe.text_labels import main_context_widths, write_label_encoder
-from lisa_probe.validation import cache_dir
+from lisa_probe.rundir import SAMPLES_DIR, cache_dir, is_main_net_ready, write_run_config
+from lisa_probe.seeds import derive_seed
+from lisa_probe.text.labels import main_context_widths, write_label_encoder
+from lisa_probe.text.prompts import PromptEmbeddings, batch_context, drop_prompts, has_text_encoder, prompt_embeddings
+from lisa_probe.training.checkpoints import prepare_run_dir
+from lisa_probe.training.config import DEFAULT_MAIN_NAME, PretrainConfig
+from lisa_probe.training.engine import Objective, fit, is_main_process, process_state
 
 
 class MainNetObjective(Objective):
@@ -114,7 +114,7 @@ def make_quality_evaluation(objective: MainNetObjective, config: PretrainConfig,
         device = next(objective.main.parameters()).device
         on_device = None if text is None else {name: value.to(device) for name, value in text.items()}
         images = sample(lambda x, t: objective.predict(x, t, text=on_device), objective.parameterization,
-                        fixed_noise(shape, config.seed + 1).to(device), config.sample_steps).clamp(-1, 1).cpu()
+                        fixed_noise(shape, derive_seed(config.seed, "main_eval")).to(device), config.sample_steps).clamp(-1, 1).cpu()
         save_grid([("samples", to_uint8(images[:16]))], run_dir / SAMPLES_DIR / f"step-{step}.png",
                   captions=captions)
         named = {} if factors is None else evaluator.factor_readback(images, factors)
@@ -148,3 +148,12 @@ def pretrain(config: PretrainConfig) -> Path:
         parameterization.to_scheduler().save_pretrained(run_dir / "scheduler")
     process_state().wait_for_everyone()  # the other processes may load this main net next (lisa_probe.train)
     return run_dir
+
+
+def ensure_default_main(out_dir: Path) -> Path:
+    """The default main net under ``out_dir``: pretrained (or its interrupted pretraining resumed) if missing."""
+    path = Path(out_dir) / DEFAULT_MAIN_NAME
+    if not is_main_net_ready(path):
+        print(f"default main net not found at {path}: pretraining it first")
+        pretrain(PretrainConfig(out_dir=str(out_dir), resume="latest"))
+    return path

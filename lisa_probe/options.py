@@ -89,6 +89,13 @@ def flag(name: str) -> str:
     return f"--{name.replace('_', '-')}"
 
 
+def check_choice(what: str, value, allowed) -> None:
+    """Raise ``ValueError`` naming ``value`` and listing ``allowed`` unless ``value`` is one of them."""
+    allowed = tuple(allowed)
+    if value not in allowed:
+        raise ValueError(f"unknown {what} {value!r}; allowed: {', '.join(map(repr, allowed))}")
+
+
 def check_number(name: str, value: float, low: float | None = None, high: float | None = None,
                  low_open: bool = False, high_open: bool = False) -> None:
     """Refuse a non-finite ``value`` of option ``name`` or one outside [low, high] (``low_open``/``high_open``:

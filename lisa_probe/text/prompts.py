@@ -3,7 +3,7 @@
 A Stable Diffusion 1.x / 2.x pipeline directory holds ``tokenizer/`` and ``text_encoder/`` (a CLIP text model); the
 embedding of a prompt is what diffusers' ``train_controlnet.py`` feeds the UNet: the tokens padded to the tokenizer's
 ``model_max_length`` (truncated), through the text encoder, its last hidden state (1, L, D). A text encoder with a
-projection (``CLIPTextModelWithProjection``, e.g. the label encoder ``text_labels`` writes for an SD3-style
+projection (``CLIPTextModelWithProjection``, e.g. the label encoder ``text.labels`` writes for an SD3-style
 transformer) also gives the pooled projection ``pooled`` (1, P) that SD3 transformers read. The empty prompt's
 embedding is the null context (what a caption dropped by ``--proportion-empty-prompts`` becomes).
 
@@ -28,7 +28,8 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer, CLIPTextModel, CLIPTextModelWithProjection, T5EncoderModel
 
-from lisa_probe.data import build_dataset, check_choice
+from lisa_probe.data import build_dataset
+from lisa_probe.options import check_choice
 
 TEXT_ENCODER_DIR = "text_encoder"
 TOKENIZER_DIR = "tokenizer"

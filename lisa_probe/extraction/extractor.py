@@ -26,20 +26,19 @@ from accelerate import PartialState
 from torch.utils.data import default_collate
 from tqdm.auto import tqdm
 
-from lisa_probe.configs import ExtractConfig, ForeignRun
 from lisa_probe.data import build_dataset, check_items
-from lisa_probe.engine import process_state
-from lisa_probe.hooks import capture
+from lisa_probe.diffusion.parameterization import FLOW_TIMESTEP_SCALE
+from lisa_probe.diffusion.sampling import ROW_NOISE_CONVENTION, row_noise
+from lisa_probe.extraction.config import ExtractConfig, ForeignRun
 from lisa_probe.models import DualBranch
-from lisa_probe.parameterization import FLOW_TIMESTEP_SCALE
+from lisa_probe.models.hooks import capture
 from lisa_probe.provenance import code_version, file_digest
-from lisa_probe.rundir import PATH_FIELDS, SIDE_DIR, run_dir_of, stored_path
-from lisa_probe.runs import build_dual_branch, load_run
-from lisa_probe.sampling import ROW_NOISE_CONVENTION, row_noise
+from lisa_probe.rundir import PATH_FIELDS, SIDE_DIR, cache_dir, run_dir_of, stored_path
 from lisa_probe.store import FeatureStoreWriter, make_layout, merge_shards, shard_path, shard_range
 from lisa_probe.store.writer import check_finished_store
-from lisa_probe.text import PromptEmbeddings, prompt_embeddings, text_layout
-from lisa_probe.validation import cache_dir
+from lisa_probe.text.prompts import PromptEmbeddings, prompt_embeddings, text_layout
+from lisa_probe.training.engine import process_state
+from lisa_probe.training.loading import build_dual_branch, load_run
 
 
 def load_model(config: ExtractConfig):

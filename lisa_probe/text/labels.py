@@ -2,7 +2,7 @@
 
 A main net pretrained with ``--label-prompts`` is conditioned on a short prompt naming some of each sample's
 factors (the shapes dataset: ``"red square"``). Its run directory then holds ``tokenizer/`` and ``text_encoder/`` in
-the Stable Diffusion pipeline layout, so that everything that reads a pipeline's text encoder (``lisa_probe.text``:
+the Stable Diffusion pipeline layout, so that everything that reads a pipeline's text encoder (``lisa_probe.text.prompts``:
 training on captions, caption dropout, the empty prompt as the null context, extraction with prompts, diffusers'
 own pipelines) reads this one unchanged. The encoder is never trained: a random transformer keeps its tokens
 distinct, and the main net's attention learns to read them.
@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-from lisa_probe.text import TEXT_ENCODER_DIR, TOKENIZER_DIR
+from lisa_probe.text.prompts import TEXT_ENCODER_DIR, TOKENIZER_DIR
 
 LABEL_MAX_LENGTH = 8  # <start>, up to 6 words, <end>: label prompts are short
 ENCODER_SIZE = {"intermediate_size": 64, "num_attention_heads": 4, "num_hidden_layers": 2}

@@ -6,27 +6,22 @@ that evaluations at different steps and in different runs are comparable.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
 from torch.utils.data import default_collate
 
 from lisa_probe.data import build_dataset
+from lisa_probe.diffusion.sampling import fixed_noise, sample
 from lisa_probe.evaluation import Evaluator
+from lisa_probe.evaluation.grids import save_grid, to_uint8
 from lisa_probe.files import write_json
-from lisa_probe.grids import save_grid, to_uint8
 from lisa_probe.provenance import code_version
-from lisa_probe.rundir import SAMPLES_DIR, SUMMARY_FILE, read_eval, read_metrics
-from lisa_probe.sampling import fixed_noise, sample
-from lisa_probe.text import batch_context
+from lisa_probe.rundir import SAMPLES_DIR, SUMMARY_FILE, cache_dir, read_eval, read_metrics
+from lisa_probe.seeds import derive_seed
+from lisa_probe.text.prompts import batch_context
 
 GRID_COLUMNS = 8
-
-
-def cache_dir(out_dir: str | Path) -> Path:
-    """Where read-back networks are cached: ``$LISA_PROBE_CACHE`` or ``<out_dir>/cache``."""
-    return Path(os.environ.get("LISA_PROBE_CACHE") or Path(out_dir) / "cache")
 
 
 class ControlEvaluation:
@@ -47,7 +42,7 @@ class ControlEvaluation:
                                                dataset_kwargs=dataset_kwargs)
         image_shape = (self.model.main.config.in_channels, self.model.main.config.sample_size,
                        self.model.main.config.sample_size)
-        self.noise = fixed_noise((len(self.cond), *image_shape), config.seed + 12345)
+        self.noise = fixed_noise((len(self.cond), *image_shape), derive_seed(config.seed, "side_eval"))
         self.main_alone: torch.Tensor | None = None
 
     def _sample(self, predict) -> torch.Tensor:

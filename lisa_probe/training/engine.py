@@ -9,15 +9,12 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import functools
-import importlib.util
 import json
 import math
 import os
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -30,7 +27,13 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
-from lisa_probe.checkpointing import (
+from lisa_probe.data import DataError
+from lisa_probe.data.stream import batch_loader
+from lisa_probe.files import replace_dir, write_csv_atomic, write_json
+from lisa_probe.options import config_defaults
+from lisa_probe.rundir import EVAL_FILE, METRICS_FILE
+from lisa_probe.seeds import derive_seed
+from lisa_probe.training.checkpoints import (
     finalize_checkpoint,
     list_checkpoints,
     load_rng,
@@ -41,23 +44,9 @@ from lisa_probe.checkpointing import (
     save_rng,
     temporary_checkpoint_dir,
 )
-from lisa_probe.config import SEED_MAX, check_number, config_defaults, option
-from lisa_probe.data import DataError, check_choice
-from lisa_probe.data_stream import batch_loader
-from lisa_probe.files import replace_dir, write_csv_atomic, write_json
-from lisa_probe.rundir import EVAL_FILE, METRICS_FILE
+from lisa_probe.training.config import REPORT_TO, RESUMABLE_CHANGES, LoopConfig, eval_steps
 
-MIXED_PRECISION = ("no", "bf16", "fp16")
 WEIGHT_DTYPES = {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}  # frozen modules' dtype
-# Config fields that may differ between an interrupted run and its resumption.
-RESUMABLE_CHANGES = ("steps", "resume", "checkpoint_every", "keep_checkpoints", "eval_every", "eval_schedule",
-                     "probe_every", "probe_samples", "log_every", "num_workers", "eval_samples", "name", "out_dir",
-                     "overwrite", "report_to")
-# experiment trackers (accelerate's tracker classes): --report-to value -> the trackers, and the module each needs
-REPORT_TO = {"tensorboard": ("tensorboard",), "wandb": ("wandb",), "all": ("tensorboard", "wandb"), "none": ()}
-TRACKER_MODULES = {"tensorboard": "tensorboard", "wandb": "wandb"}
-
-
 def usable_cores() -> int:
     """Cores this process may run on (its CPU affinity; ``os.cpu_count()`` counts the host's cores, which in a
     container can be many more than the ones it is given)."""
@@ -86,30 +75,6 @@ def is_main_process() -> bool:
     return process_state().is_main_process
 
 
-LR_SCHEDULES = ("constant", "cosine")
-
-
-@functools.lru_cache(maxsize=8)
-def eval_steps(schedule: str, total: int) -> frozenset[int]:
-    """The steps ``schedule`` evaluates at, up to ``total``: ``"EVERY@UNTIL,...,EVERY"`` segments (see
-    ``LoopConfig.eval_schedule``); ValueError naming the text for anything else."""
-    steps, start = [], 0
-    parts = [part.strip() for part in schedule.split(",")]
-    try:
-        for k, part in enumerate(parts):
-            every, _, until = part.partition("@")
-            every = int(every)
-            stop = int(until) if until else total
-            if every < 1 or stop <= start or (not until and k != len(parts) - 1) or (until and k == len(parts) - 1):
-                raise ValueError
-            steps += range(start + every, min(stop, total) + 1, every)
-            start = stop
-    except ValueError:
-        raise ValueError(f"--eval-schedule {schedule!r}: expected segments EVERY@UNTIL with UNTIL increasing, then a "
-                         "last EVERY, e.g. '10@200,50@1000,100'") from None
-    return frozenset(steps)
-
-
 def is_eval_step(step: int, config: LoopConfig) -> bool:
     """Whether ``step`` (1-based) evaluates: on ``eval_schedule`` when given, else every ``eval_every`` steps."""
     if config.eval_schedule is not None:
@@ -124,72 +89,6 @@ def learning_rate(step: int, config: LoopConfig) -> float:
         return config.lr * warmup
     progress = (step - config.lr_warmup_steps) / max(1, config.steps - config.lr_warmup_steps)
     return config.lr * 0.5 * (1 + math.cos(math.pi * progress))
-
-
-@dataclass
-class LoopConfig:
-    """Optimisation and bookkeeping settings shared by ``pretrain`` and ``train``."""
-
-    steps: int = field(default=1000, metadata=option("optimizer steps"))
-    batch_size: int = field(default=16, metadata=option("micro-batch size per process"))
-    grad_accum: int = field(default=1, metadata=option("gradient accumulation micro-batches per step"))
-    lr: float = field(default=1e-4, metadata=option("AdamW learning rate"))
-    lr_warmup_steps: int = field(default=0, metadata=option("linear warm-up steps"))
-    lr_schedule: str = field(default="constant", metadata=option("learning rate after warm-up: constant, or cosine "
-                                                                 "decay towards 0 over the run", choices=LR_SCHEDULES))
-    weight_decay: float = field(default=1e-2, metadata=option("AdamW weight decay"))
-    max_grad_norm: float = field(default=1.0, metadata=option("gradient clipping norm"))
-    mixed_precision: str = field(default="no", metadata=option(
-        "autocast precision; bf16 / fp16 also hold the frozen modules (main net, VAE) in that dtype, as diffusers' "
-        "trainers do (the trained weights stay fp32)", choices=MIXED_PRECISION))
-    seed: int = field(default=0, metadata=option("seed of data order, noise and initialisation"))
-    checkpoint_every: int = field(default=500, metadata=option("steps between checkpoints (0: only at the end)"))
-    keep_checkpoints: int = field(default=2, metadata=option("checkpoints kept (0: all)"))
-    eval_every: int = field(default=250, metadata=option("steps between evaluations (0: only at the end)"))
-    eval_schedule: str | None = field(default=None, metadata=option(
-        "evaluation steps dense where an onset is, replacing --eval-every: segments EVERY@UNTIL, then a last EVERY, "
-        "e.g. '10@200,50@1000,100' (every 10 steps to 200, every 50 to 1000, then every 100)"))
-    eval_samples: int = field(default=64, metadata=option("samples per evaluation (0: no evaluation)"))
-    log_every: int = field(default=10, metadata=option("steps between metrics.csv rows"))
-    num_workers: int = field(default=0, metadata=option("DataLoader worker processes"))
-    resume: str | None = field(default=None, metadata=option("'latest' or a checkpoint directory to resume from"))
-    overwrite: bool = field(default=False, metadata=option("replace an existing run directory of the same name"))
-    gradient_checkpointing: bool = field(default=False, metadata=option(
-        "recompute the trained net's activations in the backward pass instead of keeping them (less memory, more "
-        "compute; diffusers' --gradient_checkpointing)"))
-    use_8bit_adam: bool = field(default=False, metadata=option(
-        "bitsandbytes' 8-bit AdamW instead of torch's (optional dependency: pip install 'lisa_probe[bnb]')"))
-    report_to: str = field(default="tensorboard", metadata=option(
-        "experiment trackers, as diffusers' --report_to (accelerate's trackers): tensorboard (<run>/tensorboard), "
-        "wandb (optional dependency: pip install 'lisa_probe[wandb]'), all, or none; metrics.csv and eval.csv are "
-        "always written", choices=tuple(REPORT_TO)))
-
-    def __post_init__(self) -> None:
-        check_choice("report_to", self.report_to, REPORT_TO)
-        missing = [name for name in REPORT_TO[self.report_to] if importlib.util.find_spec(TRACKER_MODULES[name]) is None]
-        if missing:
-            raise ValueError(f"--report-to {self.report_to} needs {', '.join(missing)}, which is not installed: pip "
-                             f"install 'lisa_probe[{missing[0]}]' (or pip install {' '.join(missing)})")
-        if self.use_8bit_adam and importlib.util.find_spec("bitsandbytes") is None:
-            raise ValueError("--use-8bit-adam needs bitsandbytes, which is not installed: pip install "
-                             "'lisa_probe[bnb]' (or pip install bitsandbytes)")
-        for name in ("steps", "batch_size", "grad_accum", "log_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("checkpoint_every", "keep_checkpoints", "eval_every", "eval_samples", "num_workers",
-                     "lr_warmup_steps"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        check_number("lr", self.lr, 0, low_open=True)
-        check_number("weight_decay", self.weight_decay, 0)
-        check_number("max_grad_norm", self.max_grad_norm, 0, low_open=True)
-        check_number("seed", self.seed, 0, SEED_MAX)
-        if self.mixed_precision not in MIXED_PRECISION:
-            raise ValueError(f"unknown mixed_precision {self.mixed_precision!r}; allowed: {', '.join(MIXED_PRECISION)}")
-        if self.eval_schedule is not None:
-            eval_steps(self.eval_schedule, self.steps)
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise ValueError(f"unknown lr_schedule {self.lr_schedule!r}; allowed: {', '.join(LR_SCHEDULES)}")
 
 
 class Objective(nn.Module):
@@ -224,7 +123,7 @@ class Objective(nn.Module):
 
 class Probe:
     """Cheap measurements of the model every ``every`` steps, logged in ``metrics.csv`` and TensorBoard with the
-    step's row (``side_training.OnsetProbe``): ``probe(step) -> {column: value}`` on the main process."""
+    step's row (``training.onset_probe.OnsetProbe``): ``probe(step) -> {column: value}`` on the main process."""
 
     every: int
 
@@ -423,7 +322,7 @@ def _fit_loop(run_dir: Path, objective: Objective, dataset, config: LoopConfig,
     optimizer = make_optimizer(groups, config)
     if config.gradient_checkpointing:
         objective.enable_gradient_checkpointing()
-    generator = torch.Generator().manual_seed(config.seed * 1_000_003 + accelerator.process_index)
+    generator = torch.Generator().manual_seed(derive_seed(config.seed, "process", accelerator.process_index))
     state = {"step": 0, "micro_batches": 0, "train_seconds": 0.0, "config": config_dict,
              "world_size": accelerator.num_processes}
     checkpoint = resolve_resume(run_dir, config.resume)

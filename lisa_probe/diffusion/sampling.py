@@ -7,7 +7,8 @@ from collections.abc import Callable
 import torch
 from tqdm.auto import tqdm
 
-from lisa_probe.parameterization import Parameterization
+from lisa_probe.diffusion.parameterization import Parameterization
+from lisa_probe.seeds import derive_seed
 
 Predictor = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -35,7 +36,7 @@ def row_noise(shape: tuple[int, ...], seed: int, rows: range) -> torch.Tensor:
     """Noise (len(rows), *shape) on the CPU, each row from its own generator seeded by (seed, row): the feature
     store's convention (``ROW_NOISE_CONVENTION``, recorded in each store), so any program can rebuild a row's
     input."""
-    return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(seed * 1_000_003 + row))
+    return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(derive_seed(seed, "row_noise", row)))
                         for row in rows])
 
 

@@ -18,39 +18,15 @@ import torch
 from diffusers import DDIMScheduler, DDPMScheduler, FlowMatchEulerDiscreteScheduler
 from diffusers.training_utils import compute_density_for_timestep_sampling, compute_loss_weighting_for_sd3
 
-from lisa_probe.data import check_choice
+from lisa_probe.diffusion.weighting import PREDICTION_TYPES, TIMESTEP_SAMPLINGS, WeightingScheme
+from lisa_probe.options import check_choice
 
-PREDICTION_TYPES = ("eps", "v", "flow")
 FLOW_TIMESTEP_SCALE = 1000.0
 
 
 def _expand(coef: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """Reshape per-sample coefficients (B,) to broadcast against ``like`` (B, ...)."""
     return coef.to(device=like.device, dtype=like.dtype).reshape(-1, *([1] * (like.ndim - 1)))
-
-
-TIMESTEP_SAMPLINGS = ("uniform", "cubic")
-# diffusers' SD3 trainers' --weighting_scheme: logit_normal and mode shape the timestep density, sigma_sqrt and cosmap
-# weight the loss, none does neither (flow matching only)
-WEIGHTING_SCHEMES = ("none", "sigma_sqrt", "logit_normal", "mode", "cosmap")
-
-
-@dataclass(frozen=True)
-class WeightingScheme:
-    """An SD3 weighting scheme and its parameters (diffusers' ``--weighting_scheme``, ``--logit_mean``,
-    ``--logit_std``, ``--mode_scale``)."""
-
-    name: str = "none"
-    logit_mean: float = 0.0
-    logit_std: float = 1.0
-    mode_scale: float = 1.29
-
-    def __post_init__(self) -> None:
-        check_choice("weighting scheme", self.name, WEIGHTING_SCHEMES)
-
-    @property
-    def shapes_density(self) -> bool:
-        return self.name in ("logit_normal", "mode")
 
 
 @dataclass

@@ -16,9 +16,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
-DISTANCES = ("mse", "cosine")
-SCHEDULES = ("constant", "linear_decay", "cutoff")
-DECODER_FILE = "lisa_decoder.safetensors"
+from lisa_probe.training.lisa_schedule import DISTANCES
 
 
 def sinusoidal_embedding(timesteps: torch.Tensor, dim: int = 256) -> torch.Tensor:
@@ -75,23 +73,3 @@ def lisa_distance(decoded: torch.Tensor, target: torch.Tensor, distance: str = "
     if distance == "cosine":
         return (1 - F.cosine_similarity(decoded.flatten(1).float(), target.flatten(1).float(), dim=1)).mean()
     raise ValueError(f"unknown LISA distance {distance!r}; allowed: {', '.join(DISTANCES)}")
-
-
-def lisa_weight(step: int, weight: float, schedule: str = "constant", end_step: int | None = None) -> float:
-    """lambda at optimisation ``step``: constant; linear decay to 0 at ``end_step``; or cut to 0 from ``end_step``."""
-    if schedule not in SCHEDULES:
-        raise ValueError(f"unknown LISA schedule {schedule!r}; allowed: {', '.join(SCHEDULES)}")
-    if schedule == "constant":
-        return weight
-    if end_step is None or end_step <= 0:
-        raise ValueError(f"LISA schedule {schedule!r} needs a positive end step, got {end_step}")
-    if schedule == "cutoff":
-        return weight if step < end_step else 0.0
-    return weight * max(0.0, 1.0 - step / end_step)
-
-
-def lisa_rows(batch_size: int, fraction: float) -> int:
-    """Number of leading batch rows that get the LISA term (at least one when fraction > 0)."""
-    if not 0.0 < fraction <= 1.0:
-        raise ValueError(f"LISA batch fraction must be in (0, 1], got {fraction}")
-    return max(1, math.ceil(batch_size * fraction))

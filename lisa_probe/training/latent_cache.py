@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from lisa_probe.evaluation.readback import dataset_identity
 from lisa_probe.models.dual_branch import draw_latents
-from lisa_probe.text import files_identity
+from lisa_probe.text.prompts import files_identity
 
 CACHE_FORMAT = 2  # 2: the posterior's mean and std (1 held the mode alone)
 CHECK_ROWS = 1024  # rows read at a time when a cache file is checked

@@ -1,26 +1,16 @@
-"""Run directories: the default main net, rebuilding a DualBranch from a config, loading a trained run."""
+"""Rebuilding a DualBranch from a config and loading a trained run (no training code: analysis imports this)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from lisa_probe.configs import DEFAULT_MAIN_NAME, PretrainConfig, TrainConfig
 from lisa_probe.data import build_dataset
-from lisa_probe.lisa import LisaDecoder
-from lisa_probe.main_training import pretrain
 from lisa_probe.models import DualBranch, build_side, check_side_matches, load_main, load_side, make_dual_branch
 from lisa_probe.models.build import load_safetensors_module, set_resolution
 from lisa_probe.models.dual_branch import vae_scale
-from lisa_probe.rundir import DECODER_DIR, SIDE_DIR, is_main_net_ready, read_run_config, run_dir_of
-
-
-def ensure_default_main(out_dir: Path) -> Path:
-    """The default main net under ``out_dir``: pretrained (or its interrupted pretraining resumed) if missing."""
-    path = Path(out_dir) / DEFAULT_MAIN_NAME
-    if not is_main_net_ready(path):
-        print(f"default main net not found at {path}: pretraining it first")
-        pretrain(PretrainConfig(out_dir=str(out_dir), resume="latest"))
-    return path
+from lisa_probe.rundir import DECODER_DIR, SIDE_DIR, read_run_config, run_dir_of
+from lisa_probe.training.config import TrainConfig
+from lisa_probe.training.lisa import LisaDecoder
 
 
 def build_dual_branch(config, side_path: Path | None = None) -> tuple[DualBranch, dict]:

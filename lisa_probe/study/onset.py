@@ -64,20 +64,3 @@ def first_step_above(steps: np.ndarray, fidelity: np.ndarray, level: float) -> f
     """The first evaluated step whose fidelity reaches ``level`` (NaN if none)."""
     reached = np.flatnonzero(np.asarray(fidelity, dtype=np.float64) >= level)
     return float(np.asarray(steps)[reached[0]]) if len(reached) else math.nan
-
-
-def onset_signals(target: np.ndarray, full: np.ndarray, main: np.ndarray) -> dict[str, float]:
-    """How much of the condition a side branch already supplies, without sampling, on rows (N, ...):
-
-    * ``explained``: the share of the main net's error the side branch removes, ``1 − ‖y − full‖² / ‖y − main‖²``
-      (sums over all rows and elements): 0 while its residuals are zero, 1 when ``full`` is the target;
-    * ``cosine``: the mean over rows of the cosine between the model's likelihood-score estimate ``full − main``
-      and the oracle one ``y − main`` (0 for a row where either is zero).
-    """
-    y, full, main = (np.asarray(a, dtype=np.float64).reshape(len(a), -1) for a in (target, full, main))
-    model, oracle = full - main, y - main
-    norms = np.linalg.norm(model, axis=1) * np.linalg.norm(oracle, axis=1)
-    cosine = np.divide(np.sum(model * oracle, axis=1), norms, out=np.zeros(len(y)), where=norms > 0)
-    error_main = float(np.sum(oracle**2))
-    explained = 1.0 - float(np.sum((y - full) ** 2)) / error_main if error_main > 0 else math.nan
-    return {"explained": explained, "cosine": float(cosine.mean())}

@@ -23,8 +23,8 @@ import torch
 from tqdm.auto import tqdm
 
 from lisa_probe.analysis.decomposition import METHODS, decomposition_table
-from lisa_probe.hooks import capture
 from lisa_probe.models import DualBranch
+from lisa_probe.models.hooks import capture
 
 Objective = Callable[[torch.Tensor], torch.Tensor]
 EPS = 1e-12

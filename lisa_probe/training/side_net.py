@@ -9,24 +9,25 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import default_collate
 
-from lisa_probe.checkpointing import prepare_run_dir, resolve_resume
-from lisa_probe.configs import TrainConfig
 from lisa_probe.data import build_dataset, check_items
 from lisa_probe.data.condition_kinds import condition_kind
-from lisa_probe.engine import WEIGHT_DTYPES, Objective, Probe, fit, is_main_process, process_state
-from lisa_probe.hooks import capture
-from lisa_probe.latent_cache import LatentCache
-from lisa_probe.lisa import LisaDecoder, lisa_distance, lisa_rows, lisa_target, lisa_weight
 from lisa_probe.models import DualBranch
-from lisa_probe.onset import onset_signals
-from lisa_probe.rundir import write_run_config
-from lisa_probe.runs import build_dual_branch, ensure_default_main
-from lisa_probe.sampling import fixed_noise
+from lisa_probe.models.hooks import capture
+from lisa_probe.rundir import cache_dir, write_run_config
+from lisa_probe.seeds import derive_seed
 from lisa_probe.store.integrity import OutputLock
-from lisa_probe.text import PromptEmbeddings, batch_context, drop_prompts, prompt_embeddings
-from lisa_probe.validation import ControlEvaluation, cache_dir, write_summary
+from lisa_probe.text.prompts import PromptEmbeddings, drop_prompts, prompt_embeddings
+from lisa_probe.training.checkpoints import prepare_run_dir, resolve_resume
+from lisa_probe.training.config import TrainConfig
+from lisa_probe.training.control_evaluation import ControlEvaluation, write_summary
+from lisa_probe.training.engine import WEIGHT_DTYPES, Objective, fit, is_main_process, process_state
+from lisa_probe.training.latent_cache import LatentCache
+from lisa_probe.training.lisa import LisaDecoder, lisa_distance, lisa_target
+from lisa_probe.training.lisa_schedule import lisa_rows, lisa_weight
+from lisa_probe.training.loading import build_dual_branch
+from lisa_probe.training.main_net import ensure_default_main
+from lisa_probe.training.onset_probe import OnsetProbe
 
 
 class SideNetObjective(Objective):
@@ -141,7 +142,7 @@ def init_zero_modules(model: DualBranch, scale: float, seed: int) -> None:
     diffusion loss reaches the trunk from step 1; ``scale = 0`` keeps ControlNet's zero initialisation."""
     if scale == 0:
         return
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + 7)
+    generator = torch.Generator().manual_seed(derive_seed(seed, "zero_init"))
     with torch.no_grad():
         for name in model.site_names:
             weight = model.site_module(name).weight
@@ -223,50 +224,3 @@ def check_validation_split(config: TrainConfig, dataset_kwargs: dict) -> None:
         raise ValueError(f"--probe-samples {config.probe_samples} is more than the {len(val)} samples of the val "
                          f"split; use at most {len(val)}")
     check_items(val, wanted, "the validation samples")
-
-
-class OnsetProbe(Probe):
-    """The onset signal of a side net, without sampling, on a fixed probe batch every ``every`` steps: the first
-    ``samples`` validation samples, each at one of ``BINS`` evenly spaced timesteps (sample k at bin k mod BINS),
-    fixed noise. Columns: ``probe/explained`` and ``probe/cosine`` (``onset.onset_signals``) overall and per bin
-    (``…/t<b>``, low to high noise), ``probe/residual_norm/<site>`` (mean L2 norm per row of the residual the site
-    adds) and ``probe/zero_weight_norm/<site>`` (Frobenius norm of its zero module's weight)."""
-
-    BINS = 4
-
-    def __init__(self, model: DualBranch, config: TrainConfig, dataset_kwargs: dict, every: int, samples: int,
-                 prompts: PromptEmbeddings | None = None):
-        self.model, self.every = model, every
-        dataset = build_dataset(config.dataset, split="val", **dataset_kwargs)
-        batch = default_collate([dataset[i] for i in range(samples)])  # train() checked that there are as many
-        self.context = batch_context(prompts, batch)
-        parameterization = model.parameterization
-        self.bins = torch.arange(len(batch["cond"])) % self.BINS
-        self.timesteps = parameterization.evenly_spaced_timesteps(self.BINS)[self.bins]
-        x0 = model.encode_images(batch["image"])
-        noise = fixed_noise(tuple(x0.shape), config.seed + 4242)
-        self.x_t = parameterization.add_noise(x0, noise, self.timesteps)
-        self.target = parameterization.target(x0, noise, self.timesteps)
-        self.cond = batch["cond"]
-
-    @torch.no_grad()
-    def __call__(self, step: int) -> dict[str, float]:
-        device = next(self.model.side.parameters()).device
-        sites = self.model.site_names
-        with capture(self.model, sites, what=("residual",), detach=True) as records:
-            context = None if self.context is None else {k: v.to(device) for k, v in self.context.items()}
-            out = self.model(self.x_t.to(device), self.timesteps.to(device), self.cond.to(device),
-                             main_rows=len(self.cond), context=context)
-        target, full, main = (a.float().cpu().numpy() for a in (self.target, out.pred_full, out.pred_main))
-        values = {f"probe/{key}": value for key, value in onset_signals(target, full, main).items()}
-        for b in range(self.BINS):
-            rows = (self.bins == b).numpy()
-            if not rows.any():  # a probe batch of fewer samples than bins
-                continue
-            values.update({f"probe/{key}/t{b}": value
-                           for key, value in onset_signals(target[rows], full[rows], main[rows]).items()})
-        for site in sites:
-            residual = records[site]["residual"].float()
-            values[f"probe/residual_norm/{site}"] = float(residual.flatten(1).norm(dim=1).mean())
-            values[f"probe/zero_weight_norm/{site}"] = float(self.model.site_module(site).weight.norm())
-        return values

@@ -12,6 +12,8 @@ from collections.abc import Iterator
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
+from lisa_probe.seeds import derive_seed
+
 
 class ResumableBatchSampler(Sampler[list[int]]):
     """Yields this process's index lists for global micro-batches ``start, start + 1, ...`` (endless); with ``draws``,
@@ -33,7 +35,7 @@ class ResumableBatchSampler(Sampler[list[int]]):
         self.rank, self.world_size, self.start, self.draws = rank, world_size, start, draws
 
     def _permutation(self, epoch: int) -> torch.Tensor:
-        generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        generator = torch.Generator().manual_seed(derive_seed(self.seed, "data_order", epoch))
         return torch.randperm(self.dataset_size, generator=generator)
 
     def __iter__(self) -> Iterator[list[int]]:

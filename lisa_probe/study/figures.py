@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from lisa_probe.onset import logistic
+from lisa_probe.study.onset import logistic
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

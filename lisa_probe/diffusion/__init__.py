@@ -1,0 +1,1 @@
+"""The noise process: parameterisations (eps / v / flow targets, schedules, SD3 weighting) and samplers."""

@@ -1,0 +1,1 @@
+"""Feature extraction into HDF5 stores: settings (``config``) and the extractor (``extractor``)."""

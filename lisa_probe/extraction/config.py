@@ -1,0 +1,74 @@
+"""The settings of extraction: ``ExtractConfig`` (``python -m lisa_probe.extract``) and ``ForeignRun``, the
+stand-in train config of a side net lisa_probe did not train. Light: no torch at import."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from lisa_probe.data import SPLITS
+from lisa_probe.data.options import PROMPT_MODES, DataOptions
+from lisa_probe.options import SEED_MAX, check_choice, check_number, option
+from lisa_probe.store.schema import COMPRESSIONS
+
+
+@dataclass
+class ExtractConfig(DataOptions):
+    """What to extract and where (the data options are for --controlnet; a --ckpt run brings its own)."""
+
+    out: str = field(default="", metadata=option("output .h5 path (required)"))
+    ckpt: str | None = field(default=None, metadata=option("lisa_probe run or checkpoint directory"))
+    controlnet: str | None = field(default=None, metadata=option("a plain diffusers side-net directory (with --main)"))
+    main: str | None = field(default=None, metadata=option("main-net directory for --controlnet"))
+    prompt: str = field(default="caption", metadata=option(
+        "captioned data: each row's caption through the main net's text encoder, or the empty prompt for every row",
+        choices=PROMPT_MODES))
+    sites: str = field(default="all", metadata=option("comma-separated site names, or 'all'"))
+    timesteps: str = field(default="8", metadata=option("a number of evenly spaced timesteps, or a comma list of "
+                                                      "timesteps as fed to the model ('500,' for one)"))
+    samples: int = field(default=256, metadata=option("number of samples"))
+    draws: int = field(default=1, metadata=option("noise draws per (sample, timestep)"))
+    split: str = field(default="val", metadata=option("data split", choices=SPLITS))
+    batch_size: int = field(default=32, metadata=option("rows per forward pass"))
+    seed: int = field(default=0, metadata=option("noise seed"))
+    residuals: bool = field(default=False, metadata=option("also store the residual leaving each site"))
+    decompose: bool = field(default=False, metadata=option("also store the prediction with only one site's gate "
+                                                         "open, per extracted site"))
+    feature_dtype: str = field(default="float16", metadata=option("feature dtype", choices=("float16", "float32")))
+    compression: str = field(default="none", metadata=option("HDF5 compression (none: dense float16 features do not "
+                                                            "compress; see bench/bench_extract.py)", choices=COMPRESSIONS))
+    resume: bool = field(default=False, metadata=option("continue an interrupted extraction"))
+    overwrite: bool = field(default=False, metadata=option("replace an existing output"))
+
+    def __post_init__(self) -> None:
+        if not self.out:
+            raise ValueError("--out is required (e.g. features/<run>.h5)")
+        self.check_data_options()
+        check_choice("prompt", self.prompt, PROMPT_MODES)
+        if (self.ckpt is None) == (self.controlnet is None):
+            raise ValueError("give either --ckpt (a lisa_probe run) or --controlnet with --main (a diffusers side net)")
+        if self.controlnet is not None and self.main is None:
+            raise ValueError("--controlnet needs --main (the main-net directory it was trained for)")
+        for name in ("samples", "draws", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        check_number("seed", self.seed, 0, SEED_MAX)
+        if Path(self.out).is_dir():
+            raise ValueError(f"--out {self.out} is a directory; give the path of an .h5 file, e.g. {self.out}/x.h5")
+        if self.resume and self.overwrite:
+            raise ValueError("--resume and --overwrite exclude each other: continue the unfinished store, or start over")
+
+
+@dataclass
+class ForeignRun(DataOptions):
+    """Stand-in train config for a side net that lisa_probe did not train."""
+
+    main: str = ""
+    side: str = ""
+    seed: int = 0
+
+    @classmethod
+    def of(cls, config: ExtractConfig) -> ForeignRun:
+        """The stand-in for ``extract --controlnet … --main …`` with its data options."""
+        data = {f.name: getattr(config, f.name) for f in fields(DataOptions)}
+        return cls(main=config.main, side=config.controlnet, **data)
