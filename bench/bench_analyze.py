@@ -59,9 +59,9 @@ def peak_rss_mb() -> float:
 
 def child(store: str, chunk_rows: int | None) -> None:
     """Run the streamed alignment analysis on ``store`` and print a JSON line of measurements."""
-    from lisa_probe.analysis.config import AnalyzeOptions
     from threadpoolctl import threadpool_limits
 
+    from lisa_probe.analysis.config import AnalyzeOptions
     from lisa_probe.analysis.report_tables import alignment_table
     from lisa_probe.analysis.selection import open_run
     from lisa_probe.analysis.streaming import stream_run

@@ -56,14 +56,17 @@ def score_objectives(model: DualBranch, x_t: torch.Tensor, timesteps: torch.Tens
     Args:
         x_t: (B, C, H, W) noisy samples in model space; timesteps: (B,) as fed to the model; cond: (B, Cc, Hc, Wc).
         decoder: a LISA decoder ``D(feature map, timesteps)``; adds ``lisa_alignment``.
-        lisa_site: the decoder's hooked site (default: ``model.default_lisa_site()``).
+        lisa_site: the decoder's hooked site (the run's ``lisa_site``, as its store records it); needed with a
+            decoder.
         context: per-row text conditioning (``DualBranch.context``; None: the null context).
 
     Returns:
         ``{"likelihood_projection": f, ["lisa_alignment": f]}``, each ``f(gates (B, S)) -> (B,)``; ``pred_main`` and
         the directions are computed once here (all gates open), so only ``pred_full(gates)`` is recomputed per call.
     """
-    site = lisa_site or model.default_lisa_site()
+    if decoder is not None and lisa_site is None:
+        raise ValueError("a LISA decoder needs its site (lisa_site): the run's config.yaml and its stores record it")
+    site = lisa_site
     hook = capture(model, [site], detach=True) if decoder is not None else nullcontext({})
     with torch.no_grad(), hook as records:
         out = model(x_t, timesteps, cond, main_rows=len(x_t), context=context)

@@ -319,7 +319,7 @@ def extract(config: ExtractConfig) -> Path:
     run_config = asdict(owner)
     model = model.to(state.device)
     decoder = decoder.to(state.device).eval() if decoder is not None else None
-    lisa_site = (run_config.get("lisa_site") or model.default_lisa_site()) if decoder is not None else None
+    lisa_site = run_config.get("lisa_site") if decoder is not None else None  # resolved once, by train / load_run
     dataset = build_dataset(run_config["dataset"], split=config.split, **dataset_kwargs)
     model.check_condition(dataset.cond_channels)
     if config.samples > len(dataset):

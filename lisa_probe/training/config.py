@@ -1,6 +1,6 @@
 """The settings of training: ``LoopConfig`` (the loop's, shared by both trainers), ``PretrainConfig`` (main nets)
 and ``TrainConfig`` (side nets), whose fields are the command-line options (``options.parse_config``) and whose
-``__post_init__`` validates them; the config fields a resume may change (``RESUMABLE_CHANGES``). Light: importing
+``__post_init__`` validates them; each config's fields that a resume may change (``resumable_changes``, beside its fields). Light: importing
 it loads no torch, so ``--help`` is quick."""
 
 from __future__ import annotations
@@ -9,11 +9,12 @@ import functools
 import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 from lisa_probe.data.options import PROMPT_MODES, DataOptions
 from lisa_probe.diffusion.weighting import PREDICTION_TYPES, TIMESTEP_SAMPLINGS, WEIGHTING_SCHEMES, WeightingScheme
 from lisa_probe.models.presets import FAMILIES, MAIN_PASSES, PRESETS
-from lisa_probe.options import SEED_MAX, check_choice, check_number, option
+from lisa_probe.options import SEED_MAX, check_choice, check_number, flag, option
 from lisa_probe.training.lisa_schedule import DISTANCES, SCHEDULES, lisa_rows, lisa_weight
 
 # v for the UNet: at the default 1200 steps v-prediction reached FD 17.5 where eps reached 38.2 (docs/CONTRACTS.md).
@@ -30,9 +31,6 @@ def check_run_name(name: str) -> None:
 
 
 # Config fields that may differ between an interrupted run and its resumption.
-RESUMABLE_CHANGES = ("steps", "resume", "checkpoint_every", "keep_checkpoints", "eval_every", "eval_schedule",
-                     "probe_every", "probe_samples", "log_every", "num_workers", "eval_samples", "name", "out_dir",
-                     "overwrite", "report_to")
 # experiment trackers (accelerate's tracker classes): --report-to value -> the trackers, and the module each needs
 REPORT_TO = {"tensorboard": ("tensorboard",), "wandb": ("wandb",), "all": ("tensorboard", "wandb"), "none": ()}
 TRACKER_MODULES = {"tensorboard": "tensorboard", "wandb": "wandb"}
@@ -65,6 +63,11 @@ def eval_steps(schedule: str, total: int) -> frozenset[int]:
 @dataclass
 class LoopConfig:
     """Optimisation and bookkeeping settings shared by ``pretrain`` and ``train``."""
+
+    # fields that may differ between an interrupted run and its resumption (the engine's resume check)
+    resumable_changes: ClassVar[tuple[str, ...]] = (
+        "steps", "resume", "checkpoint_every", "keep_checkpoints", "eval_every", "eval_schedule", "log_every",
+        "num_workers", "eval_samples", "overwrite", "report_to")
 
     steps: int = field(default=1000, metadata=option("optimizer steps"))
     batch_size: int = field(default=16, metadata=option("micro-batch size per process"))
@@ -111,21 +114,21 @@ class LoopConfig:
                              "'lisa_probe[bnb]' (or pip install bitsandbytes)")
         for name in ("steps", "batch_size", "grad_accum", "log_every"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise ValueError(f"{flag(name)} must be >= 1, got {getattr(self, name)}")
         for name in ("checkpoint_every", "keep_checkpoints", "eval_every", "eval_samples", "num_workers",
                      "lr_warmup_steps"):
             if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+                raise ValueError(f"{flag(name)} must be >= 0, got {getattr(self, name)}")
         check_number("lr", self.lr, 0, low_open=True)
         check_number("weight_decay", self.weight_decay, 0)
         check_number("max_grad_norm", self.max_grad_norm, 0, low_open=True)
         check_number("seed", self.seed, 0, SEED_MAX)
         if self.mixed_precision not in MIXED_PRECISION:
-            raise ValueError(f"unknown mixed_precision {self.mixed_precision!r}; allowed: {', '.join(MIXED_PRECISION)}")
+            raise ValueError(f"--mixed-precision {self.mixed_precision!r} is not one of: {', '.join(MIXED_PRECISION)}")
         if self.eval_schedule is not None:
             eval_steps(self.eval_schedule, self.steps)
         if self.lr_schedule not in LR_SCHEDULES:
-            raise ValueError(f"unknown lr_schedule {self.lr_schedule!r}; allowed: {', '.join(LR_SCHEDULES)}")
+            raise ValueError(f"--lr-schedule {self.lr_schedule!r} is not one of: {', '.join(LR_SCHEDULES)}")
 
 
 # learning-rate factors of the side net's parameter groups (side_net.SideNetObjective.param_groups)
@@ -151,6 +154,8 @@ class PromptDropout:
 @dataclass
 class PretrainConfig(LoopConfig, DataOptions, PromptDropout):
     """Main-net pretraining settings (defaults: the demo's main net, <= 10 minutes on 2 CPU cores)."""
+
+    resumable_changes: ClassVar[tuple[str, ...]] = (*LoopConfig.resumable_changes, "name", "out_dir")
 
     backbone: str = field(default="unet", metadata={"help": "main-net family", "choices": FAMILIES})
     preset: str = field(default="small", metadata={"help": "built-in size", "choices": PRESETS})
@@ -210,6 +215,9 @@ DEFAULT_MAIN_NAME = "main-unet-v-shapes32"  # PretrainConfig()'s name: the defau
 class TrainConfig(LoopConfig, DataOptions, PromptDropout):
     """Side-net training settings. Defaults are the embedded demo (LISA on; ~4 minutes on 2 CPU cores once the main
     net exists)."""
+
+    resumable_changes: ClassVar[tuple[str, ...]] = (*LoopConfig.resumable_changes, "probe_every", "probe_samples",
+                                                    "name", "out_dir")
 
     main: str | None = field(default=None, metadata=option(
         f"main-net directory (diffusers layout); default: <out-dir>/{DEFAULT_MAIN_NAME}, pretrained if missing"))

@@ -44,9 +44,11 @@ from lisa_probe.training.checkpoints import (
     save_rng,
     temporary_checkpoint_dir,
 )
-from lisa_probe.training.config import REPORT_TO, RESUMABLE_CHANGES, LoopConfig, eval_steps
+from lisa_probe.training.config import REPORT_TO, LoopConfig, eval_steps
 
 WEIGHT_DTYPES = {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}  # frozen modules' dtype
+
+
 def usable_cores() -> int:
     """Cores this process may run on (its CPU affinity; ``os.cpu_count()`` counts the host's cores, which in a
     container can be many more than the ones it is given)."""
@@ -135,12 +137,14 @@ class NonFiniteLossError(FloatingPointError):
     """Raised when a loss is NaN or inf; nothing is saved for that step."""
 
 
-def _check_resume_config(state: dict, config: dict, checkpoint: Path, defaults: dict) -> None:
-    """Refuse a resume whose settings differ from the checkpoint's, except ``RESUMABLE_CHANGES`` and options the
-    checkpoint predates (missing from its config) that are now at their ``defaults``: those reproduce the old run."""
+def _check_resume_config(state: dict, config: dict, checkpoint: Path, defaults: dict,
+                         resumable: tuple[str, ...] = LoopConfig.resumable_changes) -> None:
+    """Refuse a resume whose settings differ from the checkpoint's, except the ``resumable`` fields (the config
+    class's ``resumable_changes``) and options the checkpoint predates (missing from its config) that are now at
+    their ``defaults``: those reproduce the old run."""
     saved = {**{k: v for k, v in defaults.items() if k in config}, **state["config"]}
     differing = sorted(k for k in set(saved) | set(config)
-                       if k not in RESUMABLE_CHANGES and saved.get(k) != config.get(k))
+                       if k not in resumable and saved.get(k) != config.get(k))
     if differing:
         details = "; ".join(f"{k}: checkpoint {saved.get(k)!r} vs now {config.get(k)!r}" for k in differing)
         raise ValueError(f"cannot resume from {checkpoint}: it was made with another config ({details})")
@@ -328,7 +332,8 @@ def _fit_loop(run_dir: Path, objective: Objective, dataset, config: LoopConfig,
     checkpoint = resolve_resume(run_dir, config.resume)
     if checkpoint is not None:
         saved = load_checkpoint(checkpoint, objective, optimizer, generator, accelerator.process_index)
-        _check_resume_config(saved, config_dict, checkpoint, config_defaults(type(config)))
+        _check_resume_config(saved, config_dict, checkpoint, config_defaults(type(config)),
+                             type(config).resumable_changes)
         if saved["world_size"] != accelerator.num_processes:
             raise ValueError(f"{checkpoint} was made with {saved['world_size']} processes, now "
                              f"{accelerator.num_processes}: resume with the same number")

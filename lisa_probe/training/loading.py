@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from lisa_probe.data import build_dataset
@@ -42,4 +43,6 @@ def load_run(checkpoint: Path):
     model, dataset_kwargs = build_dual_branch(config, side_path=checkpoint / SIDE_DIR)
     decoder_dir = checkpoint / DECODER_DIR
     decoder = load_safetensors_module(LisaDecoder, decoder_dir) if (decoder_dir / "config.json").exists() else None
+    if config.lisa_site is None:  # a run from before train saved the site it resolved: the same default, once
+        config = replace(config, lisa_site=model.default_lisa_site())
     return config, model.eval(), decoder, dataset_kwargs

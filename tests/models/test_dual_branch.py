@@ -232,7 +232,6 @@ def test_latent_unet_with_vae(tmp_path):
     assert out.pred_full.shape == (2, 4, 8, 8)
     # a new side net for this layout, as train builds it, takes RGB control images (diffusers' pipelines feed PIL)
     from lisa_probe.training.config import TrainConfig
-
     from lisa_probe.training.loading import build_dual_branch
 
     built, _ = build_dual_branch(TrainConfig(main=str(tmp_path), out_dir=str(tmp_path / "runs")))

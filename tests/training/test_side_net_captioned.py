@@ -27,8 +27,8 @@ from lisa_probe.train import main as train_main
 from lisa_probe.training.config import TrainConfig
 from lisa_probe.training.loading import build_dual_branch, load_run
 from lisa_probe.training.side_net import SideNetObjective, train
-from tests.test_train import make_main, read_metrics, side_weights
 from tests.tiny_pipelines import shape_row, write_sd_pipeline
+from tests.training.test_side_net import make_main, read_metrics, side_weights
 
 
 def captioned_config(tmp_path, sd_pipeline, captioned_data, **overrides) -> TrainConfig:
@@ -69,7 +69,7 @@ def test_baseline_and_lisa_train_on_captions_and_drive_diffusers_pipeline(tmp_pa
         assert read_summary(run)["steps"] == 3 and (run / "samples" / "step-3.png").exists()
         rows = read_metrics(run)
         assert ("lisa_loss" in rows[0]) == (name == "lisa") and "probe/explained" in rows[-1]
-    # both arms encode the same captions with the same encoder: one cache entry (reuse itself: tests/test_text.py)
+    # both arms encode the same captions with the same encoder: one cache entry (reuse itself: tests/text/test_prompts.py)
     assert len(list((cache_dir(tmp_path / "runs") / "prompts").glob("prompts-*.safetensors"))) == 1
     controlnet = ControlNetModel.from_pretrained(tmp_path / "runs" / "lisa" / "controlnet")
     assert controlnet.config.conditioning_channels == 3

@@ -18,9 +18,9 @@ from lisa_probe.models import build_side, load_main, make_dual_branch
 from lisa_probe.rundir import read_summary
 from lisa_probe.text.prompts import PromptEncoder
 from lisa_probe.train import main as train_main
-from tests.test_train import read_metrics
-from tests.test_train_labels import assert_rows_rebuild
 from tests.tiny_pipelines import shape_row
+from tests.training.test_side_net import read_metrics
+from tests.training.test_side_net_labels import assert_rows_rebuild
 
 PROMPTS = ["a big red circle", "a small blue square", ""]
 

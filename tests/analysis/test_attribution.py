@@ -90,7 +90,9 @@ def test_lisa_alignment_projects_on_the_decoder_output():
     decoder = LisaDecoder(channels, height, model.main.config.out_channels, model.main.config.sample_size).eval()
     torch.nn.init.normal_(decoder.out.weight, std=0.1)  # the zero-initialised output would give no direction
     x_t, timesteps, cond = inputs(model)
-    objectives = score_objectives(model, x_t, timesteps, cond, decoder=decoder)
+    with pytest.raises(ValueError, match="a LISA decoder needs its site"):
+        score_objectives(model, x_t, timesteps, cond, decoder=decoder)
+    objectives = score_objectives(model, x_t, timesteps, cond, decoder=decoder, lisa_site=site)
     assert set(objectives) == {"likelihood_projection", "lisa_alignment"}
     with torch.no_grad(), capture(model, [site]) as records:
         out = model(x_t, timesteps, cond, main_rows=B)

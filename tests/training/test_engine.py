@@ -45,7 +45,7 @@ def test_unknown_schedule_names_allowed():
                                                     ("checkpoint_every", -1, ">= 0"), ("eval_every", -5, ">= 0"),
                                                     ("eval_samples", -1, ">= 0"), ("keep_checkpoints", -2, ">= 0")])
 def test_out_of_range_counts_name_the_value_and_the_bound(field_name, value, bound):
-    with pytest.raises(ValueError, match=f"{field_name} must be {bound}, got {value}"):
+    with pytest.raises(ValueError, match=f"--{field_name.replace('_', '-')} must be {bound}, got {value}"):
         LoopConfig(**{field_name: value})
 
 

@@ -22,7 +22,7 @@ from lisa_probe.training.config import PretrainConfig
 from lisa_probe.training.loading import load_run
 from lisa_probe.training.main_net import pretrain
 from lisa_probe.training.side_net import SideNetObjective
-from tests.test_train import make_main
+from tests.training.test_side_net import make_main
 
 
 @pytest.fixture(scope="module")
@@ -51,9 +51,8 @@ def test_both_arms_train_on_a_pose_condition_with_label_prompts_and_score_prompt
 
 
 def test_a_drawn_batch_carries_each_samples_prompt_tokens_and_pooled_projection(tmp_path, labelled_dit):
-    from lisa_probe.training.config import TrainConfig
-
     from lisa_probe.text.prompts import prompt_embeddings
+    from lisa_probe.training.config import TrainConfig
     from lisa_probe.training.loading import build_dual_branch
 
     config = TrainConfig(main=str(labelled_dit), dataset="shapes", label_prompts=True, condition="pose",

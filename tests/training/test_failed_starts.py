@@ -21,8 +21,8 @@ from lisa_probe.extract import main as extract_main
 from lisa_probe.store.integrity import OutputLock
 from lisa_probe.train import main as train_main
 from lisa_probe.training.side_net import train
-from tests.test_train import make_main, side_weights, tiny_config
 from tests.tiny_pipelines import shape_row, write_sdxl_pipeline
+from tests.training.test_side_net import make_main, side_weights, tiny_config
 
 ROWS = 40
 

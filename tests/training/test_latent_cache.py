@@ -13,8 +13,8 @@ from lisa_probe.data import build_dataset
 from lisa_probe.training.latent_cache import LatentCache
 from lisa_probe.training.loading import build_dual_branch
 from lisa_probe.training.side_net import SideNetObjective, train
-from tests.test_train import read_metrics
-from tests.test_train_captioned import captioned_config
+from tests.training.test_side_net import read_metrics
+from tests.training.test_side_net_captioned import captioned_config
 
 
 def test_cached_latents_equal_encoded_ones_and_train_as_without_the_cache(tmp_path, sd_pipeline, captioned_data,
