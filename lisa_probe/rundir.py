@@ -34,7 +34,8 @@ SUMMARY_FILE = "summary.json"
 SIDE_DIR = "controlnet"
 DECODER_DIR = "lisa_decoder"
 SAMPLES_DIR = "samples"
-SCHEDULER_CONFIG = Path("scheduler") / "scheduler_config.json"
+SCHEDULER_DIR = "scheduler"
+SCHEDULER_CONFIG = Path(SCHEDULER_DIR) / "scheduler_config.json"
 PATH_FIELDS = ("main", "side", "data_root")
 RELATIVE_TO_RUN = "relative-to-run"
 

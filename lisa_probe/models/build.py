@@ -31,6 +31,7 @@ from lisa_probe.models.dual_branch import DualBranch, vae_scale
 from lisa_probe.models.presets import FAMILIES, PRESETS, dit_config, side_layers, unet_config
 from lisa_probe.models.unet import UNetDualBranch, pooled_width, unet_forward
 from lisa_probe.options import check_choice
+from lisa_probe.rundir import SCHEDULER_CONFIG, SCHEDULER_DIR
 from lisa_probe.text.prompts import PromptEncoder, has_text_encoder
 
 MAIN_SUBFOLDER = {"unet": "unet", "dit": "transformer"}
@@ -128,7 +129,7 @@ def save_main(path: Path, family: str, main, parameterization: Parameterization)
     """Write a main net in the diffusers layout (``unet/`` or ``transformer/`` + ``scheduler/``)."""
     path = Path(path)
     main.save_pretrained(path / MAIN_SUBFOLDER[family])
-    parameterization.to_scheduler().save_pretrained(path / "scheduler")
+    parameterization.to_scheduler().save_pretrained(path / SCHEDULER_DIR)
 
 
 def detect_family(path: Path) -> str:
@@ -147,7 +148,7 @@ def load_main(path: Path, prediction_type: str | None = None):
     path = Path(path)
     family = detect_family(path)
     main = load_safetensors_module(MAIN_CLASS[family], path / MAIN_SUBFOLDER[family])
-    scheduler_file = path / "scheduler" / "scheduler_config.json"
+    scheduler_file = path / SCHEDULER_CONFIG
     if scheduler_file.exists():
         parameterization = Parameterization.from_scheduler_config(json.loads(scheduler_file.read_text()))
     else:

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from lisa_probe.study.onset import logistic
+from lisa_probe.study.tables import control_curves
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -132,3 +133,16 @@ def plot_probe_signals(probes: pd.DataFrame, path: Path) -> Figure:
     figure.savefig(path, dpi=110)
     plt.close(figure)
     return figure
+
+
+def plot_curves(curves: pd.DataFrame, runs: pd.DataFrame, path: Path) -> None:
+    """Control fidelity vs step, one panel per setting, mean and 95% CI over seeds per arm."""
+    import seaborn as sns
+
+    data = control_curves(curves, runs)
+    if data.empty:
+        return
+    grid = sns.relplot(data=data, x="step", y="value", hue="arm", col="setting", kind="line",
+                       errorbar=("ci", 95), facet_kws={"sharex": False}, height=3)
+    grid.set_ylabels("control fidelity")
+    grid.savefig(path, dpi=120)

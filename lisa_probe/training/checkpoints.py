@@ -1,4 +1,5 @@
-"""Resumable training state without pickle: safetensors for tensors, JSON for the rest.
+"""Resumable training state without pickle: safetensors for tensors, JSON for the rest; writing, reading and
+exporting a training objective's modules (``objective.modules_to_save()``: an ``engine.Objective``).
 
 A checkpoint directory ``checkpoint-<step>/`` holds the trained modules in diffusers ``save_pretrained`` format
 (one subfolder each), ``optimizer.safetensors`` + ``optimizer.json``, ``rng-<rank>.safetensors`` and
@@ -8,14 +9,17 @@ A checkpoint directory ``checkpoint-<step>/`` holds the trained modules in diffu
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 from pathlib import Path
 
 import torch
+from accelerate import Accelerator
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from lisa_probe.files import replace_dir
+from lisa_probe.files import replace_dir, write_json
 
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
 
@@ -101,9 +105,14 @@ def prune_checkpoints(run_dir: Path, keep: int) -> None:
             shutil.rmtree(old)
 
 
+def temporary_checkpoint_path(run_dir: Path, step: int) -> Path:
+    """Where checkpoint ``step`` is written before ``finalize_checkpoint`` renames it."""
+    return Path(run_dir) / f".checkpoint-{step}.tmp"
+
+
 def temporary_checkpoint_dir(run_dir: Path, step: int) -> Path:
     """A fresh temporary directory for checkpoint ``step`` (renamed by ``finalize_checkpoint``)."""
-    tmp = Path(run_dir) / f".checkpoint-{step}.tmp"
+    tmp = temporary_checkpoint_path(run_dir, step)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     return tmp
@@ -114,3 +123,73 @@ def finalize_checkpoint(tmp: Path, step: int) -> Path:
     final = tmp.parent / f"checkpoint-{step}"
     replace_dir(tmp, final)
     return final
+
+
+def save_checkpoint(accelerator: Accelerator, run_dir: Path, objective: torch.nn.Module, optimizer, generator,
+                    state: dict) -> Path | None:
+    """Write ``checkpoint-<step>`` atomically: modules, optimizer, per-rank RNG, trainer state."""
+    step = state["step"]
+    tmp = None
+    try:
+        if accelerator.is_main_process:
+            tmp = temporary_checkpoint_dir(run_dir, step)
+            for name, module in objective.modules_to_save().items():
+                module.save_pretrained(tmp / name)
+            tensors, meta = optimizer_to_safe(optimizer)
+            save_file(tensors, tmp / "optimizer.safetensors")
+            write_json(tmp / "optimizer.json", meta)
+        accelerator.wait_for_everyone()
+        tmp = temporary_checkpoint_path(run_dir, step)  # made by the main process above
+        save_rng(tmp / f"rng-{accelerator.process_index}.safetensors", generator)
+        accelerator.wait_for_everyone()
+        final = None
+        if accelerator.is_main_process:
+            write_json(tmp / "trainer_state.json", state)
+            final = finalize_checkpoint(tmp, step)
+    except (OSError, SafetensorError) as error:  # a full disk, a read-only directory ...
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        kept = list_checkpoints(run_dir)
+        raise OSError(f"writing checkpoint-{step} in {run_dir} failed ({type(error).__name__}: {error}); nothing "
+                      "half-written is kept; " + (f"the last complete checkpoint is {kept[-1]}" if kept
+                                                  else "no checkpoint had been saved yet")) from error
+    accelerator.wait_for_everyone()
+    return final
+
+
+def load_checkpoint(checkpoint: Path, objective: torch.nn.Module, optimizer, generator, rank: int) -> dict:
+    """Restore modules, optimizer and this rank's RNG from ``checkpoint``; returns the trainer state."""
+    for name, module in objective.modules_to_save().items():
+        module.load_state_dict(load_file(checkpoint / name / "diffusion_pytorch_model.safetensors"))
+    optimizer_from_safe(optimizer, load_file(checkpoint / "optimizer.safetensors"),
+                        json.loads((checkpoint / "optimizer.json").read_text()))
+    rng_file = checkpoint / f"rng-{rank}.safetensors"
+    if not rng_file.exists():
+        raise ValueError(f"{checkpoint} has no RNG state for process {rank}: resume with the same number of processes")
+    load_rng(rng_file, generator)
+    return json.loads((checkpoint / "trainer_state.json").read_text())
+
+
+def export_modules(accelerator: Accelerator, run_dir: Path, objective: torch.nn.Module) -> None:
+    """Save the final modules at the top of the run directory (diffusers format, written then renamed)."""
+    if not accelerator.is_main_process:
+        return
+    for name, module in objective.modules_to_save().items():
+        tmp = run_dir / f".{name}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        module.save_pretrained(tmp)
+        replace_dir(tmp, run_dir / name)
+
+
+def with_grad_scaler(accelerator: Accelerator, state: dict) -> dict:
+    """A copy of the trainer ``state`` with fp16's gradient-scaler state (scale, growth tracker: plain numbers) when
+    the run has a scaler, so that a resumed run scales its first steps as the uninterrupted one."""
+    if accelerator.scaler is None:
+        return dict(state)
+    return {**state, "grad_scaler": accelerator.scaler.state_dict()}
+
+
+def load_grad_scaler(accelerator: Accelerator, saved: dict) -> None:
+    """Restore the gradient scaler saved by ``with_grad_scaler`` (nothing to do without one)."""
+    if accelerator.scaler is not None and "grad_scaler" in saved:
+        accelerator.scaler.load_state_dict(saved["grad_scaler"])

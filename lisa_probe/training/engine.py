@@ -7,12 +7,9 @@ are skipped, RNG restored), ``metrics.csv`` + TensorBoard, a progress bar, and a
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import json
 import math
 import os
-import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -20,31 +17,26 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator, PartialState
 from accelerate.state import AcceleratorState, GradientState
-from accelerate.tracking import TensorBoardTracker, WandBTracker
 from accelerate.utils import parse_flag_from_env
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
 from lisa_probe.data import DataError
 from lisa_probe.data.stream import batch_loader
-from lisa_probe.files import replace_dir, write_csv_atomic, write_json
 from lisa_probe.options import config_defaults
-from lisa_probe.rundir import EVAL_FILE, METRICS_FILE
 from lisa_probe.seeds import derive_seed
 from lisa_probe.training.checkpoints import (
-    finalize_checkpoint,
+    export_modules,
     list_checkpoints,
-    load_rng,
-    optimizer_from_safe,
-    optimizer_to_safe,
+    load_checkpoint,
+    load_grad_scaler,
     prune_checkpoints,
     resolve_resume,
-    save_rng,
-    temporary_checkpoint_dir,
+    save_checkpoint,
+    with_grad_scaler,
 )
-from lisa_probe.training.config import REPORT_TO, LoopConfig, eval_steps
+from lisa_probe.training.config import LoopConfig, eval_steps
+from lisa_probe.training.metrics import MetricsLog, eval_log_rows
 
 WEIGHT_DTYPES = {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}  # frozen modules' dtype
 
@@ -151,139 +143,6 @@ def _check_resume_config(state: dict, config: dict, checkpoint: Path, defaults: 
     if config.get("lr_schedule") == "cosine" and saved.get("steps") != config.get("steps"):
         raise ValueError(f"cannot resume from {checkpoint} with steps={config.get('steps')}: its cosine learning-rate "
                          f"decay is laid out over steps={saved.get('steps')} (a constant schedule may change steps)")
-
-
-def make_trackers(report_to: str, run_dir: Path, start_step: int, config: dict) -> list:
-    """accelerate's trackers for ``--report-to``, started, with the run's config stored: TensorBoard in
-    ``<run>/tensorboard`` (a resume purges the events after its checkpoint's step), wandb in project ``lisa_probe``
-    under the run's name (resumed when it exists)."""
-    trackers = []
-    for name in REPORT_TO[report_to]:
-        if name == "tensorboard":
-            tracker = TensorBoardTracker("tensorboard", run_dir, purge_step=start_step + 1)
-        else:
-            tracker = WandBTracker("lisa_probe", name=run_dir.name, id=run_dir.name, dir=str(run_dir),
-                                   resume="allow")
-        tracker.start()
-        if start_step == 0:  # hyper-parameters: the scalar settings (TensorBoard takes no None or lists)
-            tracker.store_init_configuration({key: value for key, value in config.items()
-                                              if isinstance(value, (int, float, str, bool))})
-        trackers.append(tracker)
-    return trackers
-
-
-class MetricsLog:
-    """``metrics.csv`` (one row per logged step, columns fixed by the first row) plus the ``--report-to`` trackers."""
-
-    def __init__(self, run_dir: Path, start_step: int, enabled: bool, report_to: str = "tensorboard",
-                 config: dict | None = None):
-        self.path = run_dir / METRICS_FILE
-        self.enabled = enabled
-        self.trackers = []
-        if enabled:
-            self._truncate_after(start_step)
-            self.trackers = make_trackers(report_to, run_dir, start_step, config or {})
-
-    def _truncate_after(self, step: int) -> None:
-        """Keep the rows up to ``step`` (a resume's checkpoint), rewritten atomically; a torn last row (a kill while
-        it was appended: cells missing) is dropped."""
-        if not self.path.exists():
-            return
-        with open(self.path, newline="") as handle:
-            reader = csv.DictReader(handle)
-            rows = [row for row in reader if None not in row.values() and None not in row]
-            columns = reader.fieldnames
-        if columns:
-            write_csv_atomic(self.path, columns, [row for row in rows if int(row["step"]) <= step])
-
-    def _write(self, row: dict) -> None:
-        """Append ``row`` under the file's header (written first for a new file). A row with columns the header
-        lacks (the onset probe's, at its first step) rewrites the file atomically with the union of columns, the
-        earlier rows blank in the new ones."""
-        if self.path.exists():
-            with open(self.path, newline="") as handle:
-                columns = next(csv.reader(handle), [])
-            if set(row) - set(columns):
-                with open(self.path, newline="") as handle:
-                    earlier = list(csv.DictReader(handle))
-                columns += [key for key in row if key not in columns]
-                write_csv_atomic(self.path, columns, [{key: item.get(key, "") for key in columns} for item in earlier])
-        else:
-            columns = list(row)
-            write_csv_atomic(self.path, columns, [])
-        with open(self.path, "a", newline="") as handle:
-            csv.DictWriter(handle, fieldnames=columns, restval="").writerow(row)
-
-    def log(self, step: int, values: dict[str, float]) -> None:
-        if not self.enabled:
-            return
-        self._write({"step": step, **values})
-        self.track(step, values)
-
-    def track(self, step: int, values: dict[str, float]) -> None:
-        """Send scalars to the trackers only (evaluations: ``eval.csv`` is written apart)."""
-        for tracker in self.trackers:
-            tracker.log({key: float(value) for key, value in values.items()}, step=step)
-
-    def close(self) -> None:
-        for tracker in self.trackers:
-            tracker.finish()
-
-
-def save_checkpoint(accelerator: Accelerator, run_dir: Path, objective: Objective, optimizer, generator,
-                    state: dict) -> Path | None:
-    """Write ``checkpoint-<step>`` atomically: modules, optimizer, per-rank RNG, trainer state."""
-    step = state["step"]
-    tmp = None
-    try:
-        if accelerator.is_main_process:
-            tmp = temporary_checkpoint_dir(run_dir, step)
-            for name, module in objective.modules_to_save().items():
-                module.save_pretrained(tmp / name)
-            tensors, meta = optimizer_to_safe(optimizer)
-            save_file(tensors, tmp / "optimizer.safetensors")
-            write_json(tmp / "optimizer.json", meta)
-        accelerator.wait_for_everyone()
-        tmp = run_dir / f".checkpoint-{step}.tmp"
-        save_rng(tmp / f"rng-{accelerator.process_index}.safetensors", generator)
-        accelerator.wait_for_everyone()
-        final = None
-        if accelerator.is_main_process:
-            write_json(tmp / "trainer_state.json", state)
-            final = finalize_checkpoint(tmp, step)
-    except (OSError, SafetensorError) as error:  # a full disk, a read-only directory ...
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
-        kept = list_checkpoints(run_dir)
-        raise OSError(f"writing checkpoint-{step} in {run_dir} failed ({type(error).__name__}: {error}); nothing "
-                      "half-written is kept; " + (f"the last complete checkpoint is {kept[-1]}" if kept
-                                                  else "no checkpoint had been saved yet")) from error
-    accelerator.wait_for_everyone()
-    return final
-
-
-def load_checkpoint(checkpoint: Path, objective: Objective, optimizer, generator, rank: int) -> dict:
-    """Restore modules, optimizer and this rank's RNG from ``checkpoint``; returns the trainer state."""
-    for name, module in objective.modules_to_save().items():
-        module.load_state_dict(load_file(checkpoint / name / "diffusion_pytorch_model.safetensors"))
-    optimizer_from_safe(optimizer, load_file(checkpoint / "optimizer.safetensors"),
-                        json.loads((checkpoint / "optimizer.json").read_text()))
-    rng_file = checkpoint / f"rng-{rank}.safetensors"
-    if not rng_file.exists():
-        raise ValueError(f"{checkpoint} has no RNG state for process {rank}: resume with the same number of processes")
-    load_rng(rng_file, generator)
-    return json.loads((checkpoint / "trainer_state.json").read_text())
-
-
-def export_modules(accelerator: Accelerator, run_dir: Path, objective: Objective) -> None:
-    """Save the final modules at the top of the run directory (diffusers format, written then renamed)."""
-    if not accelerator.is_main_process:
-        return
-    for name, module in objective.modules_to_save().items():
-        tmp = run_dir / f".{name}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        module.save_pretrained(tmp)
-        replace_dir(tmp, run_dir / name)
 
 
 def fit(run_dir: Path, objective: Objective, dataset, config: LoopConfig,
@@ -429,20 +288,6 @@ def stop_on_data_error(accelerator: Accelerator, run_dir: Path, objective: Objec
     return f"training stopped at step {state['step']}: mend the data and continue from {kept[-1]} with --resume latest"
 
 
-def with_grad_scaler(accelerator: Accelerator, state: dict) -> dict:
-    """A copy of the trainer ``state`` with fp16's gradient-scaler state (scale, growth tracker: plain numbers) when
-    the run has a scaler, so that a resumed run scales its first steps as the uninterrupted one."""
-    if accelerator.scaler is None:
-        return dict(state)
-    return {**state, "grad_scaler": accelerator.scaler.state_dict()}
-
-
-def load_grad_scaler(accelerator: Accelerator, saved: dict) -> None:
-    """Restore the gradient scaler saved by ``with_grad_scaler`` (nothing to do without one)."""
-    if accelerator.scaler is not None and "grad_scaler" in saved:
-        accelerator.scaler.load_state_dict(saved["grad_scaler"])
-
-
 def all_finite(accelerator: Accelerator, loss: torch.Tensor) -> bool:
     """Whether ``loss`` is finite on every process (a collective: all stop together instead of the others waiting
     in the next gradient all-reduce for the one that stopped)."""
@@ -456,17 +301,3 @@ def end_processes() -> None:
     """Take down the process group of a launched run (the CLIs call it last; nothing to do in one process)."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
-
-
-def eval_log_rows(run_dir: Path, step: int, results: dict[str, float], metrics: MetricsLog) -> None:
-    """Append evaluation results to ``eval.csv`` (long form: step, metric, value) and TensorBoard."""
-    path = run_dir / EVAL_FILE
-    rows = []
-    if path.exists():
-        with open(path, newline="") as handle:
-            rows = [row for row in csv.DictReader(handle) if int(row["step"]) < step]
-    new_rows = [{"step": step, "metric": key, "value": value} for key, value in results.items()
-                if isinstance(value, (int, float)) and math.isfinite(value)]
-    write_csv_atomic(path, ["step", "metric", "value"], rows + new_rows)
-    metrics.track(step, {f"eval/{row['metric']}": row["value"] for row in new_rows})
-

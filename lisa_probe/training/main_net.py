@@ -17,8 +17,8 @@ from lisa_probe.diffusion.parameterization import Parameterization
 from lisa_probe.diffusion.sampling import fixed_noise, sample
 from lisa_probe.evaluation import Evaluator
 from lisa_probe.evaluation.grids import save_grid, to_uint8
-from lisa_probe.models.build import MAIN_FORWARD, build_main, null_context_for
-from lisa_probe.rundir import SAMPLES_DIR, cache_dir, is_main_net_ready, write_run_config
+from lisa_probe.models.build import MAIN_FORWARD, MAIN_SUBFOLDER, build_main, null_context_for
+from lisa_probe.rundir import SAMPLES_DIR, SCHEDULER_DIR, cache_dir, is_main_net_ready, write_run_config
 from lisa_probe.seeds import derive_seed
 from lisa_probe.text.labels import main_context_widths, write_label_encoder
 from lisa_probe.text.prompts import PromptEmbeddings, batch_context, drop_prompts, has_text_encoder, prompt_embeddings
@@ -54,7 +54,7 @@ class MainNetObjective(Objective):
 
     def modules_to_save(self) -> dict[str, torch.nn.Module]:
         """The EMA weights are the main net (``unet/`` or ``transformer/``); the raw weights resume training."""
-        name = "unet" if self.family == "unet" else "transformer"
+        name = MAIN_SUBFOLDER[self.family]
         return {name: self.ema, f"{name}_raw": self.main}
 
     @torch.no_grad()
@@ -145,7 +145,7 @@ def pretrain(config: PretrainConfig) -> Path:
     evaluation = make_quality_evaluation(objective, config, run_dir) if config.eval_samples > 0 else None
     fit(run_dir, objective, dataset, config, evaluate=evaluation)
     if is_main_process():
-        parameterization.to_scheduler().save_pretrained(run_dir / "scheduler")
+        parameterization.to_scheduler().save_pretrained(run_dir / SCHEDULER_DIR)
     process_state().wait_for_everyone()  # the other processes may load this main net next (lisa_probe.train)
     return run_dir
 

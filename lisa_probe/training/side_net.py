@@ -14,7 +14,7 @@ from lisa_probe.data import build_dataset, check_items
 from lisa_probe.data.condition_kinds import condition_kind
 from lisa_probe.models import DualBranch
 from lisa_probe.models.hooks import capture
-from lisa_probe.rundir import cache_dir, write_run_config
+from lisa_probe.rundir import DECODER_DIR, SIDE_DIR, cache_dir, write_run_config
 from lisa_probe.seeds import derive_seed
 from lisa_probe.store.integrity import OutputLock
 from lisa_probe.text.prompts import PromptEmbeddings, drop_prompts, prompt_embeddings
@@ -44,9 +44,9 @@ class SideNetObjective(Objective):
         self.prompts, self.latents = prompts, latents
 
     def modules_to_save(self) -> dict[str, torch.nn.Module]:
-        modules = {"controlnet": self.model.side}
+        modules = {SIDE_DIR: self.model.side}
         if self.decoder is not None:
-            modules["lisa_decoder"] = self.decoder
+            modules[DECODER_DIR] = self.decoder
         return modules
 
     def parameter_sets(self) -> dict[str, list[torch.nn.Parameter]]:

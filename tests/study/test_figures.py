@@ -6,7 +6,7 @@ import pytest
 
 from lisa_probe.study.figures import lr_slope, plot_onset_fits, plot_probe_signals, plot_t50_vs_lr
 from lisa_probe.study.onset import logistic
-from lisa_probe.study.runner import lr_sweep_table, onset_summary, onset_table
+from lisa_probe.study.tables import lr_sweep_table, onset_summary, onset_table
 
 T50 = {"baseline": 200.0, "lisa": 100.0, "flat": None}
 

@@ -8,15 +8,9 @@ import yaml
 from lisa_probe.rundir import read_eval
 from lisa_probe.study.cli import main as study_main
 from lisa_probe.study.onset import logistic
-from lisa_probe.study.runner import (
-    bootstrap_ci,
-    convergence_table,
-    curve_area_table,
-    load_study,
-    onset_summary,
-    onset_table,
-    run_study,
-)
+from lisa_probe.study.runner import run_study
+from lisa_probe.study.spec import load_study
+from lisa_probe.study.tables import bootstrap_ci, convergence_table, curve_area_table, onset_summary, onset_table
 from tests.conftest import REPO
 
 TINY_STUDY = {
@@ -98,7 +92,7 @@ def test_never_converged_runs_count_their_own_steps():
 
 
 def test_planned_runs_put_seeds_outermost(tmp_path):
-    from lisa_probe.study.runner import planned_runs
+    from lisa_probe.study.spec import planned_runs
 
     study = load_study(write_study(tmp_path))
     plans = planned_runs(study)
@@ -108,7 +102,7 @@ def test_planned_runs_put_seeds_outermost(tmp_path):
 def test_an_arm_runs_at_its_own_seeds_and_quick_mode_picks_arms(tmp_path):
     """An arm with ``seeds`` runs only at those (seeds still outermost); quick mode keeps the arms it names and runs
     them at its own seeds."""
-    from lisa_probe.study.runner import planned_runs
+    from lisa_probe.study.spec import planned_runs
 
     arms = {"baseline": {"lisa_weight": 0.0}, "lisa": {"lisa_weight": 0.2},
             "fast": {"lisa_weight": 0.0, "lr": 1e-3, "seeds": [1]}}
@@ -125,7 +119,7 @@ def test_an_arm_runs_at_its_own_seeds_and_quick_mode_picks_arms(tmp_path):
 def test_a_setting_runs_its_own_arms_and_settings_run_apart_share_their_runs(tmp_path, capsys):
     """A setting with ``arms`` runs those only; ``--settings`` runs a subset into ``<name>-<setting>/`` while the
     runs stay under the study's own run directory (so the whole study skips them); an unknown one is refused."""
-    from lisa_probe.study.runner import planned_runs
+    from lisa_probe.study.spec import planned_runs
 
     settings = {"unet": TINY_STUDY["settings"]["unet"],
                 "second": {**TINY_STUDY["settings"]["unet"], "arms": ["baseline"]}}
@@ -145,7 +139,7 @@ def test_a_setting_runs_its_own_arms_and_settings_run_apart_share_their_runs(tmp
 
 
 def test_readback_table_sets_the_final_samples_beside_the_main_net_alone():
-    from lisa_probe.study.runner import readback_table
+    from lisa_probe.study.tables import readback_table
 
     rows = []
     for seed, (x_final, kind_final) in enumerate([(0.10, 0.5), (0.20, 0.7)]):

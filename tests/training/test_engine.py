@@ -8,6 +8,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from lisa_probe.training.checkpoints import load_grad_scaler, with_grad_scaler
 from lisa_probe.training.config import LoopConfig, eval_steps
 from lisa_probe.training.engine import (
     _check_resume_config,
@@ -15,8 +16,6 @@ from lisa_probe.training.engine import (
     cpu_only,
     is_eval_step,
     learning_rate,
-    load_grad_scaler,
-    with_grad_scaler,
 )
 
 

@@ -14,7 +14,7 @@ from diffusers import ControlNetModel, UNet2DConditionModel
 from PIL import Image
 from safetensors import SafetensorError
 
-import lisa_probe.training.engine
+import lisa_probe.training.checkpoints
 from lisa_probe.data import DataError
 from lisa_probe.data.shapes import ShapesDataset
 from lisa_probe.extract import main as extract_main
@@ -219,7 +219,7 @@ def test_a_checkpoint_that_cannot_be_written_leaves_no_temporary_directory(tmp_p
     def full_disk(*args, **kwargs):
         raise SafetensorError("Error while serializing: IoError(No space left on device (os error 28))")
 
-    monkeypatch.setattr(lisa_probe.training.engine, "save_file", full_disk)
+    monkeypatch.setattr(lisa_probe.training.checkpoints, "save_file", full_disk)
     config = tiny_config(tmp_path, name="full", steps=2, checkpoint_every=1)
     with pytest.raises(SystemExit) as stop:
         train_main(["--main", config.main, "--out-dir", config.out_dir, "--name", "full", "--steps", "2",
