@@ -62,9 +62,9 @@ def child(store: str, chunk_rows: int | None) -> None:
     from threadpoolctl import threadpool_limits
 
     from lisa_probe.analysis.config import AnalyzeOptions
-    from lisa_probe.analysis.report_tables import alignment_table
-    from lisa_probe.analysis.selection import open_run
-    from lisa_probe.analysis.streaming import stream_run
+    from lisa_probe.analysis.report.selection import open_run
+    from lisa_probe.analysis.report.streaming import stream_run
+    from lisa_probe.analysis.report.tables import alignment_table
 
     options = AnalyzeOptions(chunk_rows=chunk_rows)
     before = peak_rss_mb()

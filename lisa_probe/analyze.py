@@ -15,7 +15,7 @@ untrained side net as ``random-init``). Per run, site and timestep bin it measur
   fitted on DCI's and SAP's training rows, and a 2-D embedding (UMAP, or PCA with ``--no-umap``) of one site;
 * **per-site decomposition** of the score: add-one-in from the store's ``decompose/<site>`` rows, and with
   ``--attribution-samples K`` leave-one-out / add-one-in / integrated gradients / Shapley of the reloaded model
-  (``lisa_probe.analysis.attribution``) at the inputs of K of the store's samples;
+  (``lisa_probe.analysis.report.attribution``) at the inputs of K of the store's samples;
 * **training curves** from the run directory's ``eval.csv`` and ``summary.json``.
 
 Outputs in ``--out``: ``alignment.csv``, ``probes.csv``, ``carried_summary.csv``, ``disentanglement.csv``,
@@ -33,42 +33,21 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
-from dataclasses import fields
 
-from lisa_probe.analysis.config import IMPORTANCES, MIN_CHUNK_SAMPLES, RANDOM_LABEL, AnalyzeOptions, comma_list
-from lisa_probe.options import cli_errors
+from lisa_probe.analysis.config import RANDOM_LABEL, AnalyzeOptions
+from lisa_probe.options import add_dataclass_arguments, cli_errors, config_from_args
 
 
 def parser() -> argparse.ArgumentParser:
-    """The command line: the stores, ``--out`` and friends, and one option per ``AnalyzeOptions`` field."""
-    default = AnalyzeOptions()
+    """The command line: the stores, ``--out`` and what the report is written as, then one option per
+    ``AnalyzeOptions`` field (``options.add_dataclass_arguments``, as every command builds its options)."""
     p = argparse.ArgumentParser(prog="python -m lisa_probe.analyze", description=__doc__.splitlines()[0])
     p.add_argument("stores", nargs="+", help="feature stores (.h5) written by lisa_probe.extract")
     p.add_argument("--out", required=True, help="report directory (e.g. reports/<name>/)")
     p.add_argument("--labels", help="comma-separated run labels (default: the stores' file stems)")
     p.add_argument("--random-reference", help=f"store of an untrained side net, analysed as {RANDOM_LABEL!r}")
     p.add_argument("--overwrite", action="store_true", help="replace the report in a non-empty --out")
-    p.add_argument("--sites", type=comma_list, help="comma-separated sites (default: every site of each store)")
-    p.add_argument("--max-rows", type=int, help="at most this many rows per store (whole samples)")
-    p.add_argument("--summary-rows", type=int, default=default.summary_rows,
-                   help="rows (whole samples) kept for probes, pooled read-outs, DCI/MIG/SAP, the embedding and the "
-                        "decomposition; the spatial and decoder read-outs stream every row (%(default)s)")
-    p.add_argument("--t-bins", type=int, help="merge the timestep grid into this many bins (default: one per t)")
-    p.add_argument("--no-umap", dest="umap", action="store_false", help="embed with PCA instead of UMAP")
-    p.add_argument("--embedding-site", help="site to embed (default: the LISA site, else the middle site)")
-    p.add_argument("--attribution-samples", type=int, default=default.attribution_samples,
-                   help="samples for the model-based decomposition (default: %(default)s)")
-    p.add_argument("--ig-steps", type=int, default=default.ig_steps, help="integrated-gradients steps (%(default)s)")
-    p.add_argument("--shapley-samples", type=int, default=default.shapley_samples,
-                   help="Shapley-sampling permutations (%(default)s)")
-    p.add_argument("--dci-importance", choices=IMPORTANCES, default=default.dci_importance,
-                   help="DCI importance model (%(default)s)")
-    p.add_argument("--pca-components", type=int, default=default.pca_components,
-                   help="PCA components before DCI/MIG/SAP (%(default)s)")
-    p.add_argument("--n-splits", type=int, default=default.n_splits, help="cross-validation folds (%(default)s)")
-    p.add_argument("--chunk-rows", type=int, help="rows per streamed chunk, rounded to whole samples, at least "
-                   f"{MIN_CHUNK_SAMPLES} (default: ~16 MiB of rows)")
-    p.add_argument("--seed", type=int, default=default.seed, help="seed of subsets, shuffles and fits (%(default)s)")
+    add_dataclass_arguments(p, AnalyzeOptions)
     return p
 
 
@@ -77,11 +56,11 @@ def main(argv: list[str] | None = None) -> int:
     cli = parser()
     args = cli.parse_args(argv)
     try:
-        options = AnalyzeOptions(**{option.name: getattr(args, option.name) for option in fields(AnalyzeOptions)})
+        options = config_from_args(AnalyzeOptions, args)
     except ValueError as error:
         cli.error(str(error))
     command = shlex.join(["python", "-m", "lisa_probe.analyze", *(sys.argv[1:] if argv is None else argv)])
-    from lisa_probe.analysis.report import report_stores  # once the options parsed: --help stays quick
+    from lisa_probe.analysis.report.report import report_stores  # once the options parsed: --help stays quick
 
     with cli_errors(cli.prog):
         report = report_stores(args.stores, args.out, options, args.labels, args.random_reference, args.overwrite,

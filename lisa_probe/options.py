@@ -44,24 +44,30 @@ def _parse_bool(text: str) -> bool:
 
 
 def add_dataclass_arguments(parser: argparse.ArgumentParser, cls) -> None:
-    """Add one ``--field-name`` option per field of dataclass ``cls`` (help text from ``metadata['help']``)."""
+    """Add one ``--field-name`` option per field of dataclass ``cls`` (help text from ``metadata['help']``; a
+    ``parse`` entry converts the text instead of the field's type; a bool field with ``off_flag`` gets that option,
+    which sets it false, instead of ``--field-name [BOOL]``)."""
     hints = typing.get_type_hints(cls)
     for field in dataclasses.fields(cls):
         scalar, optional = _field_type(field, hints)
-        convert = _parse_bool if scalar is bool else scalar
+        default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
+        if "off_flag" in field.metadata:
+            parser.add_argument(field.metadata["off_flag"], dest=field.name, action="store_false", default=default,
+                                help=field.metadata.get("help", ""))
+            continue
+        convert = field.metadata.get("parse") or (_parse_bool if scalar is bool else scalar)
 
         def parse(text, convert=convert, optional=optional):
             return None if optional and text.lower() == "none" else convert(text)
 
-        parse.__name__ = scalar.__name__  # argparse names it in "invalid int value: 'abc'"
-        default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
+        parse.__name__ = getattr(scalar, "__name__", "value")  # argparse names it in "invalid int value: 'abc'"
         flag = {"nargs": "?", "const": True} if scalar is bool else {}  # a bare --flag means true
         choices = field.metadata.get("choices")
         text = field.metadata.get("help", "")
         if "default" not in text and default != "":  # a help text that explains its own default keeps it
             text += f" (default: {default})"
         parser.add_argument(f"--{field.name.replace('_', '-')}", dest=field.name, type=parse, default=default,
-                            choices=choices, metavar=None if choices else scalar.__name__.upper(), help=text,
+                            choices=choices, metavar=None if choices else parse.__name__.upper(), help=text,
                             **flag)
 
 

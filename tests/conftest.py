@@ -17,9 +17,9 @@ import pytest
 import torch
 
 import lisa_probe.evaluation.readback as readback_module
-from lisa_probe.analysis.report_tables import alignment_table
-from lisa_probe.analysis.selection import open_run
-from lisa_probe.analysis.streaming import stream_run
+from lisa_probe.analysis.report.selection import open_run
+from lisa_probe.analysis.report.streaming import stream_run
+from lisa_probe.analysis.report.tables import alignment_table
 from lisa_probe.diffusion.parameterization import Parameterization
 from lisa_probe.models import build_main, build_side, make_dual_branch
 from lisa_probe.models.build import null_context_for

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lisa_probe.analysis.report_tables import (
+from lisa_probe.analysis.report.tables import (
     TABLES,
 )
 from lisa_probe.analyze import main

@@ -113,7 +113,7 @@ def test_the_settings_and_the_analysis_package_load_no_heavy_library():
     light = loaded_by("import lisa_probe.training.config, lisa_probe.extraction.config, lisa_probe.analysis.config, "
                       "lisa_probe.analysis")
     assert not {name for name in light if name.split(".")[0] in HEAVY}
-    report = loaded_by("import lisa_probe.analysis.report")
+    report = loaded_by("import lisa_probe.analysis.report.report")
     assert not report & {"lisa_probe.training.engine", "lisa_probe.training.side_net", "lisa_probe.training.main_net"}
 
 

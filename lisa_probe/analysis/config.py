@@ -3,9 +3,9 @@ Light: no torch at import."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from lisa_probe.options import SEED_MAX, check_number
+from lisa_probe.options import SEED_MAX, check_number, option
 
 IMPORTANCES = ("gbt", "lasso")  # DCI's importance models (analysis.disentanglement.IMPORTANCE_MODELS)
 RANDOM_LABEL = "random-init"  # the run label of --random-reference's store
@@ -19,22 +19,34 @@ def comma_list(text: str) -> list[str]:
 
 @dataclass
 class AnalyzeOptions:
-    """What to analyse; the command line's options (see ``main``)."""
+    """What to analyse: every field is an option of ``python -m lisa_probe.analyze`` (``options.parse_config``'s
+    mechanism, as for the other commands)."""
 
-    sites: list[str] | None = None  # None: every site of each store
-    max_rows: int | None = None  # at most this many rows per store (whole samples, drawn with ``seed``)
-    summary_rows: int = 20_000  # rows (whole samples, drawn with ``seed``) kept for the analyses that need rows
-    t_bins: int | None = None  # merge the timestep grid into this many contiguous bins (None: one per timestep)
-    umap: bool = True  # False: a 2-D PCA instead of UMAP (no numba JIT)
-    embedding_site: str | None = None  # default: the LISA site, else the middle site
-    attribution_samples: int = 0  # K samples for the model-based decomposition (0: none)
-    ig_steps: int = 32  # integrated-gradients steps of the model-based decomposition
-    shapley_samples: int = 25  # Shapley-sampling permutations of the model-based decomposition
-    dci_importance: str = "gbt"
-    pca_components: int = 10
-    n_splits: int = 5
-    chunk_rows: int | None = None  # rows per streamed chunk, in whole samples (default: ~16 MiB of rows)
-    seed: int = 0
+    sites: list[str] | None = field(default=None, metadata=option(
+        "comma-separated sites (default: every site of each store)", parse=comma_list))
+    max_rows: int | None = field(default=None, metadata=option(
+        "at most this many rows per store (whole samples, drawn with --seed; default: all)"))
+    summary_rows: int = field(default=20_000, metadata=option(
+        "rows (whole samples, drawn with --seed) kept for probes, pooled read-outs, DCI/MIG/SAP, the embedding and "
+        "the decomposition; the spatial and decoder read-outs stream every row"))
+    t_bins: int | None = field(default=None, metadata=option(
+        "merge the timestep grid into this many contiguous bins (default: one per timestep)"))
+    umap: bool = field(default=True, metadata=option("embed with a 2-D PCA instead of UMAP (no numba JIT)",
+                                                     off_flag="--no-umap"))
+    embedding_site: str | None = field(default=None, metadata=option(
+        "site to embed (default: the LISA site, else the middle site)"))
+    attribution_samples: int = field(default=0, metadata=option(
+        "samples for the model-based decomposition (0: none)"))
+    ig_steps: int = field(default=32, metadata=option("integrated-gradients steps of the model-based decomposition"))
+    shapley_samples: int = field(default=25, metadata=option("Shapley-sampling permutations of the model-based "
+                                                             "decomposition"))
+    dci_importance: str = field(default="gbt", metadata=option("DCI importance model", choices=IMPORTANCES))
+    pca_components: int = field(default=10, metadata=option("PCA components before DCI/MIG/SAP"))
+    n_splits: int = field(default=5, metadata=option("cross-validation folds"))
+    chunk_rows: int | None = field(default=None, metadata=option(
+        f"rows per streamed chunk, rounded to whole samples, at least {MIN_CHUNK_SAMPLES} (default: ~16 MiB of "
+        "rows)"))
+    seed: int = field(default=0, metadata=option("seed of subsets, shuffles and fits"))
 
     def __post_init__(self) -> None:
         for name, low in (("max_rows", 1), ("summary_rows", 1), ("t_bins", 1), ("attribution_samples", 0), ("ig_steps", 1),

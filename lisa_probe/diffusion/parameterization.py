@@ -1,6 +1,6 @@
 """One place for the forward processes and prediction conversions of eps, v and flow parameterisations.
 
-Notation (DESIGN.md): ``x_t = alpha_t x0 + sigma_t eps`` for eps/v on a DDPM schedule, ``x_t = (1 - t) x0 + t eps``
+Notation (docs/DESIGN.md): ``x_t = alpha_t x0 + sigma_t eps`` for eps/v on a DDPM schedule, ``x_t = (1 - t) x0 + t eps``
 for rectified flow (SD3). Training targets: eps, ``v = alpha_t eps - sigma_t x0``, ``u = eps - x0``.
 
 Timesteps are what the network is fed: integers in ``[0, num_train_timesteps)`` for eps/v, floats
@@ -211,7 +211,7 @@ class Parameterization:
     def delta_to_score_scale(self, timesteps: torch.Tensor) -> torch.Tensor:
         """Factor k_t (B,) with ``pred_full - pred_main = k_t * likelihood score``.
 
-        -sigma for eps, -sigma/alpha for v, -t/(1-t) for flow (DESIGN.md table). For v and flow it diverges as
+        -sigma for eps, -sigma/alpha for v, -t/(1-t) for flow (docs/DESIGN.md, table). For v and flow it diverges as
         alpha -> 0 (flow's t = 1, pure noise, which training draws but extraction's ``evenly_spaced_timesteps``
         never reaches).
         """

@@ -20,6 +20,9 @@ class ExtractConfig(DataOptions):
     ckpt: str | None = field(default=None, metadata=option("lisa_probe run or checkpoint directory"))
     controlnet: str | None = field(default=None, metadata=option("a plain diffusers side-net directory (with --main)"))
     main: str | None = field(default=None, metadata=option("main-net directory for --controlnet"))
+    resolution: int | None = field(default=None, metadata=option(
+        "--controlnet: image size in pixels, as train's --resolution (default: the main net's native size; a --ckpt "
+        "run brings its own)"))
     prompt: str = field(default="caption", metadata=option(
         "captioned data: each row's caption through the main net's text encoder, or the empty prompt for every row",
         choices=PROMPT_MODES))
@@ -49,6 +52,11 @@ class ExtractConfig(DataOptions):
             raise ValueError("give either --ckpt (a lisa_probe run) or --controlnet with --main (a diffusers side net)")
         if self.controlnet is not None and self.main is None:
             raise ValueError("--controlnet needs --main (the main-net directory it was trained for)")
+        if self.resolution is not None and self.ckpt is not None:
+            raise ValueError(f"--resolution {self.resolution} applies to --controlnet; a --ckpt run extracts at the "
+                             "resolution it was trained at")
+        if self.resolution is not None and self.resolution < 1:
+            raise ValueError(f"--resolution must be >= 1, got {self.resolution}")
         for name in ("samples", "draws", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
@@ -66,9 +74,10 @@ class ForeignRun(DataOptions):
     main: str = ""
     side: str = ""
     seed: int = 0
+    resolution: int | None = None
 
     @classmethod
     def of(cls, config: ExtractConfig) -> ForeignRun:
         """The stand-in for ``extract --controlnet … --main …`` with its data options."""
         data = {f.name: getattr(config, f.name) for f in fields(DataOptions)}
-        return cls(main=config.main, side=config.controlnet, **data)
+        return cls(main=config.main, side=config.controlnet, resolution=config.resolution, **data)

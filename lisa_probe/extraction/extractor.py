@@ -93,11 +93,12 @@ class Extractor:
     """Computes the store's row blocks for a model, a dataset and a timestep grid (on the model's device)."""
 
     def __init__(self, model: DualBranch, decoder, dataset, sites: list[str], timesteps: torch.Tensor,
-                 config: ExtractConfig, prompts: PromptEmbeddings | None = None):
+                 config: ExtractConfig, prompts: PromptEmbeddings | None = None, has_captions: bool = False):
         self.model, self.decoder, self.dataset, self.sites = model, decoder, dataset, sites
         self.timesteps, self.config = timesteps, config
         self.prompts = prompts  # the captions' embeddings (--prompt caption), or None: the null context
-        self.has_captions = "text" in dataset[0]  # the rows' prompts then go to meta/prompt
+        self.has_captions = has_captions  # the data options' decision (DataOptions.has_captions): rows' prompts
+        # then go to meta/prompt
         self.per_sample = len(timesteps) * config.draws
         self.device = next(model.parameters()).device
 
@@ -325,10 +326,10 @@ def extract(config: ExtractConfig) -> Path:
     if config.samples > len(dataset):
         raise ValueError(f"--samples {config.samples} exceeds the {config.split} split's {len(dataset)} samples")
     check_items(dataset, min(config.batch_size, config.samples), "the first batch")  # before any file is made
-    prompts = (prompt_embeddings(owner, dataset_kwargs, cache_dir(out.parent), (config.split,),
-                                 progress=state.is_local_main_process) if config.prompt == "caption" else None)
+    prompts = (prompt_embeddings(owner, [dataset], cache_dir(out.parent), progress=state.is_local_main_process)
+               if config.prompt == "caption" else None)
     extractor = Extractor(model, decoder, dataset, parse_sites(config.sites, model),
-                          parse_timesteps(config.timesteps, model), config, prompts)
+                          parse_timesteps(config.timesteps, model), config, prompts, has_captions=owner.has_captions)
     rows = shard_rows(extractor.n_rows, config.batch_size, state.process_index, state.num_processes)
     sharded = state.num_processes > 1
     target = shard_path(out, state.process_index, state.num_processes) if sharded else out

@@ -32,7 +32,7 @@ from lisa_probe.models.presets import FAMILIES, PRESETS, dit_config, side_layers
 from lisa_probe.models.unet import UNetDualBranch, pooled_width, unet_forward
 from lisa_probe.options import check_choice
 from lisa_probe.rundir import SCHEDULER_CONFIG, SCHEDULER_DIR
-from lisa_probe.text.prompts import PromptEncoder, has_text_encoder
+from lisa_probe.text.prompts import has_text_encoder, prompt_encoder
 
 MAIN_SUBFOLDER = {"unet": "unet", "dit": "transformer"}
 MAIN_CLASS = {"unet": UNet2DConditionModel, "dit": SD3Transformer2DModel}
@@ -83,7 +83,7 @@ def null_context_for(main: torch.nn.Module, family: str, path: Path | None = Non
     if path is not None and (path / NULL_CONTEXT_FILE).exists():
         return load_file(path / NULL_CONTEXT_FILE)
     if path is not None and has_text_encoder(path):
-        empty = PromptEncoder.from_pipeline(path).empty()
+        empty = prompt_encoder(path).empty()  # the same encoder the run's captions use (loaded once)
         if family == "dit" and "pooled" not in empty:
             raise ValueError(f"{path / 'text_encoder'} has no projection (a CLIPTextModel): an SD3-style transformer "
                              "also reads a pooled projection (CLIPTextModelWithProjection)")

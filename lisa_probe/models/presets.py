@@ -1,7 +1,7 @@
 """Built-in main-net configurations (diffusers configs, no weights) for the pixel-space built-in data.
 
 ``tiny`` keeps a training step well under a second (tests); ``small`` is for CPU experiments. Attention only runs at
-the lowest resolution: full-resolution attention costs ~5x per step on 2 CPU cores (DESIGN.md pitfalls).
+the lowest resolution: full-resolution attention costs ~5x per step on 2 CPU cores (docs/DESIGN.md, pitfalls).
 """
 
 from __future__ import annotations

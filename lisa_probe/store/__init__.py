@@ -1,4 +1,4 @@
-"""HDF5 feature store (schema in ``schema.py`` and DESIGN.md "Feature store"): one row per (sample, timestep,
+"""HDF5 feature store (schema in ``schema.py`` and docs/DESIGN.md, "Feature store"): one row per (sample, timestep,
 noise draw) with meta, hooked features and predictions; written by ``FeatureStoreWriter``, read by ``FeatureStore``.
 """
 

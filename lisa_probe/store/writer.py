@@ -1,6 +1,6 @@
 """Write a feature store: crash-safe, resumable, row-ordered; plus sharding helpers and shard merging.
 
-Storage choices (see DESIGN.md, "Feature store"):
+Storage choices (see docs/DESIGN.md, "Feature store"):
 
 * Every dataset is created up front with its final row count ``n_rows`` (the extraction knows it:
   n_samples × n_timesteps × n_draws), so a resumed write never reshapes anything and the reader can check each

@@ -21,7 +21,7 @@ import pandas as pd
 import yaml
 
 from lisa_probe.analysis.config import AnalyzeOptions
-from lisa_probe.analysis.report import report_stores
+from lisa_probe.analysis.report.report import report_stores
 from lisa_probe.extraction.config import ExtractConfig
 from lisa_probe.extraction.extractor import extract
 from lisa_probe.rundir import is_finished, is_main_net_ready

@@ -15,6 +15,7 @@ forward. SDXL's two CLIPs and SD3's CLIP-L, CLIP-G and optional T5 are combined 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -28,7 +29,6 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer, CLIPTextModel, CLIPTextModelWithProjection, T5EncoderModel
 
-from lisa_probe.data import build_dataset
 from lisa_probe.options import check_choice
 
 TEXT_ENCODER_DIR = "text_encoder"
@@ -183,6 +183,22 @@ class PromptEncoder:
         return self.encode([""])
 
 
+def prompt_encoder(pipeline: Path) -> PromptEncoder:
+    """The pipeline's ``PromptEncoder``, loaded once per process while its files stay the same (the null context and
+    a run's captions share it: the text encoders are loaded once per command, not once per use)."""
+    pipeline = Path(pipeline).resolve()
+    parts = sorted(path for path in pipeline.glob("t*_*") if path.is_dir()
+                   and path.name.split("_")[0] in ("text", "tokenizer")) + sorted(pipeline.glob("tokenizer*"))
+    return _loaded_encoder(str(pipeline), files_identity(sorted(set(parts))))
+
+
+@functools.lru_cache(maxsize=1)
+def _loaded_encoder(pipeline: str, identity: str) -> PromptEncoder:
+    """``PromptEncoder.from_pipeline`` memoised on the pipeline and its text files' identity (one kept: the one in
+    use)."""
+    return PromptEncoder.from_pipeline(Path(pipeline))
+
+
 def files_identity(directories: Sequence[Path]) -> str:
     """SHA-256 over the names, sizes and modification times of every file in ``directories`` (and the contents of
     their small JSON / text files): it changes when a model's files do, without reading gigabytes of weights."""
@@ -276,12 +292,13 @@ def drop_prompts(prompts: Sequence[str], proportion: float, generator: torch.Gen
     return [prompt if kept else "" for prompt, kept in zip(prompts, keep.tolist())]
 
 
-def prompt_embeddings(config, dataset_kwargs: dict, cache: Path, splits: tuple[str, ...],
-                      progress: bool = True, pipeline: Path | None = None) -> PromptEmbeddings | None:
-    """The cached embeddings (under ``cache/prompts``) of every caption of a captioned dataset's ``splits`` (a
-    captioned table's, or shapes' label prompts) through the text encoder of ``pipeline`` (default: the config's
-    ``main``); None for a dataset without captions. ``config``: a ``TrainConfig``, ``PretrainConfig`` or
-    ``ForeignRun`` (``DataOptions``). ValueError when the captions have no text encoder."""
+def prompt_embeddings(config, datasets: Sequence, cache: Path, progress: bool = True,
+                      pipeline: Path | None = None) -> PromptEmbeddings | None:
+    """The cached embeddings (under ``cache/prompts``) of every caption of ``datasets`` (the splits a command uses,
+    built once by it: a captioned table's, a folder's captions file or shapes' label prompts) through the text
+    encoder of ``pipeline`` (default: the config's ``main``); None for data without captions. ``config``: a
+    ``TrainConfig``, ``PretrainConfig`` or ``ForeignRun`` (``DataOptions``). ValueError when the captions have no
+    text encoder."""
     if not config.has_captions:
         return None
     pipeline = Path(config.main if pipeline is None else pipeline)
@@ -290,10 +307,8 @@ def prompt_embeddings(config, dataset_kwargs: dict, cache: Path, splits: tuple[s
                   "train without them with --caption-column none")
         raise ValueError(f"the dataset has captions but the main net {pipeline} has no text_encoder/ and "
                          f"tokenizer/; {remedy}")
-    captions = [caption for split in splits
-                for caption in build_dataset(config.dataset, split=split, **dataset_kwargs).captions()]
-    return PromptEmbeddings(PromptEncoder.from_pipeline(pipeline), captions, Path(cache) / "prompts",
-                            progress=progress)
+    captions = [caption for dataset in datasets for caption in dataset.captions()]
+    return PromptEmbeddings(prompt_encoder(pipeline), captions, Path(cache) / "prompts", progress=progress)
 
 
 __all__ = ["PromptEmbeddings", "PromptEncoder", "batch_context", "drop_prompts", "has_text_encoder",

@@ -11,7 +11,6 @@ from pathlib import Path
 import torch
 from torch.utils.data import default_collate
 
-from lisa_probe.data import build_dataset
 from lisa_probe.diffusion.sampling import fixed_noise, sample
 from lisa_probe.evaluation import Evaluator
 from lisa_probe.evaluation.grids import save_grid, to_uint8
@@ -30,14 +29,14 @@ class ControlEvaluation:
     The main net alone is sampled once from the same noise (``main_alone/<metric>``) as the reference point.
     """
 
-    def __init__(self, model, config, dataset_kwargs: dict, run_dir: Path, prompts=None):
+    def __init__(self, model, config, val, train_set, dataset_kwargs: dict, run_dir: Path, prompts=None):
+        """``val``: the run's val split (its first ``config.eval_samples`` conditions are sampled); ``train_set``: its
+        train split, centre-cropped (the read-back net trains on it, cached by ``dataset_kwargs``)."""
         self.model, self.config, self.run_dir = model, config, Path(run_dir)
-        dataset = build_dataset(config.dataset, split="val", **dataset_kwargs)
-        batch = default_collate([dataset[i] for i in range(min(config.eval_samples, len(dataset)))])
+        batch = default_collate([val[i] for i in range(min(config.eval_samples, len(val)))])
         self.cond, self.factors = batch["cond"], batch["factors"]
         self.captions = list(batch["text"]) if prompts is not None else None  # shown above the grid's columns
         self.context = batch_context(prompts, batch)  # the captions' embeddings, or None: the null context
-        train_set = build_dataset(config.dataset, split="train", **dataset_kwargs)
         self.evaluator = Evaluator.for_dataset(train_set, cache_dir=cache_dir(config.out_dir),
                                                dataset_kwargs=dataset_kwargs)
         image_shape = (self.model.main.config.in_channels, self.model.main.config.sample_size,

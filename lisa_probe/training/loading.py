@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
+from typing import NamedTuple
+
+import torch
 
 from lisa_probe.data import build_dataset
+from lisa_probe.diffusion.parameterization import Parameterization
 from lisa_probe.models import DualBranch, build_side, check_side_matches, load_main, load_side, make_dual_branch
 from lisa_probe.models.build import load_safetensors_module, set_resolution
 from lisa_probe.models.dual_branch import vae_scale
@@ -14,24 +18,48 @@ from lisa_probe.training.config import TrainConfig
 from lisa_probe.training.lisa import LisaDecoder
 
 
-def build_dual_branch(config, side_path: Path | None = None) -> tuple[DualBranch, dict]:
-    """DualBranch for a train config (main from ``config.main``, at ``config.resolution`` when it has one; side from
-    ``side_path``, ``config.side`` or a copy of the main net) and the dataset keyword arguments matching it
-    (resolution, condition, seed, root)."""
+class MainNet(NamedTuple):
+    """A loaded main net and what comes with it (``models.load_main``), at the run's resolution."""
+
+    family: str
+    main: torch.nn.Module
+    parameterization: Parameterization
+    null_context: dict
+    vae: torch.nn.Module | None
+
+
+def load_main_net(config) -> tuple[MainNet, dict]:
+    """The main net of a train config (or ``ForeignRun``) from ``config.main``, at ``config.resolution`` when it has
+    one (the one place a run's resolution is decided), and the dataset keyword arguments matching it (resolution,
+    condition, seed, root and the data options)."""
     family, main, parameterization, null_context, vae = load_main(Path(config.main))
-    if getattr(config, "resolution", None) is not None:
+    if config.resolution is not None:
         set_resolution(family, main, vae, config.resolution)
-    dataset_kwargs = config.dataset_kwargs(main.config.sample_size * vae_scale(vae), config.seed)
+    return (MainNet(family, main, parameterization, null_context, vae),
+            config.dataset_kwargs(main.config.sample_size * vae_scale(vae), config.seed))
+
+
+def attach_side(net: MainNet, config, cond_channels: int, side_path: Path | None = None) -> DualBranch:
+    """The DualBranch of ``net`` with its side net from ``side_path``, ``config.side`` or a new copy of the main net
+    for a condition of ``cond_channels`` channels (an SD-style ControlNet takes RGB: 3 for a 1-channel condition)."""
     side_source = side_path or config.side
     if side_source is not None:
-        side = load_side(Path(side_source), family)
-        check_side_matches(family, main, side)
+        side = load_side(Path(side_source), net.family)
+        check_side_matches(net.family, net.main, side)
     else:
-        cond_channels = build_dataset(config.dataset, split="val", **dataset_kwargs).cond_channels
-        if family == "unet" and vae is not None and cond_channels == 1:
+        if net.family == "unet" and net.vae is not None and cond_channels == 1:
             cond_channels = 3  # an SD-style ControlNet takes RGB control images (PIL's in diffusers' pipelines)
-        side = build_side(main, family, cond_channels, latent=vae is not None, seed=config.seed)
-    return make_dual_branch(family, main, side, parameterization, null_context, vae), dataset_kwargs
+        side = build_side(net.main, net.family, cond_channels, latent=net.vae is not None, seed=config.seed)
+    return make_dual_branch(net.family, net.main, side, net.parameterization, net.null_context, net.vae)
+
+
+def build_dual_branch(config, side_path: Path | None = None) -> tuple[DualBranch, dict]:
+    """``load_main_net`` then ``attach_side`` (a new side net sized for the val split's condition) in one call, for
+    those that hold no dataset yet; returns the DualBranch and the dataset keyword arguments."""
+    net, dataset_kwargs = load_main_net(config)
+    needs_channels = (side_path or config.side) is None
+    cond_channels = build_dataset(config.dataset, split="val", **dataset_kwargs).cond_channels if needs_channels else 0
+    return attach_side(net, config, cond_channels, side_path), dataset_kwargs
 
 
 def load_run(checkpoint: Path):

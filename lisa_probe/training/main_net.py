@@ -94,18 +94,18 @@ def dataset_options(config: PretrainConfig) -> dict:
     return config.dataset_kwargs(config.resolution, config.seed)
 
 
-def make_quality_evaluation(objective: MainNetObjective, config: PretrainConfig, run_dir: Path):
+def make_quality_evaluation(objective: MainNetObjective, config: PretrainConfig, run_dir: Path, splits: dict):
     """An ``evaluate(step)`` closure: samples a fixed-noise batch, saves a grid, returns quality numbers (``fd`` and,
     for datasets that draw silhouettes, ``shape_fit_iou`` / ``shape_fit_f1``, each beside its real-image value).
     With prompts, the samples are conditioned on the first val prompts, and ``readback/<factor>`` says whether they
-    show what their prompts name (e.g. ``readback/kind``, ``readback/hue``)."""
-    evaluator = Evaluator.for_dataset(
-        build_dataset(config.dataset, split="train", **dataset_options(config)),
-        cache_dir=cache_dir(config.out_dir), dataset_kwargs=dataset_options(config))
+    show what their prompts name (e.g. ``readback/kind``, ``readback/hue``). ``splits``: the run's ``train`` and
+    ``val`` datasets, built once by ``pretrain``."""
+    evaluator = Evaluator.for_dataset(splits["train"], cache_dir=cache_dir(config.out_dir),
+                                      dataset_kwargs=dataset_options(config))
     shape = (config.eval_samples, objective.main.config.in_channels, config.resolution, config.resolution)
     text = factors = captions = None
     if objective.prompts is not None:
-        val = build_dataset(config.dataset, split="val", **dataset_options(config))
+        val = splits["val"]
         batch = default_collate([val[i] for i in range(min(config.eval_samples, len(val)))])
         shape, factors = (len(batch["text"]), *shape[1:]), batch["factors"]
         text, captions = batch_context(objective.prompts, batch), list(batch["text"][:16])
@@ -125,7 +125,9 @@ def make_quality_evaluation(objective: MainNetObjective, config: PretrainConfig,
 
 def pretrain(config: PretrainConfig) -> Path:
     """Run pretraining; returns the run directory (a diffusers main-net directory)."""
-    dataset = build_dataset(config.dataset, split="train", **dataset_options(config))
+    used = ("train", "val") if config.has_captions else ("train",)  # val: the prompts of the evaluation samples
+    splits = {split: build_dataset(config.dataset, split=split, **dataset_options(config)) for split in used}
+    dataset = splits["train"]
     run_dir = config.run_dir  # created once the data is known to load
     prepare_run_dir(run_dir, config.resume, config.overwrite, is_main_process())
     process_state().wait_for_everyone()
@@ -138,11 +140,10 @@ def pretrain(config: PretrainConfig) -> Path:
         if is_main_process() and not has_text_encoder(run_dir):  # a resumed run keeps its encoder
             write_label_encoder(run_dir, LABEL_WORDS, main_context_widths(main, config.backbone), config.seed)
         process_state().wait_for_everyone()
-        prompts = prompt_embeddings(config, dataset_options(config), cache_dir(config.out_dir), ("train", "val"),
-                                    pipeline=run_dir)
+        prompts = prompt_embeddings(config, list(splits.values()), cache_dir(config.out_dir), pipeline=run_dir)
     objective = MainNetObjective(config.backbone, main, parameterization, config.ema_decay, config.min_snr_gamma,
                                  prompts, config.proportion_empty_prompts, run_dir)
-    evaluation = make_quality_evaluation(objective, config, run_dir) if config.eval_samples > 0 else None
+    evaluation = make_quality_evaluation(objective, config, run_dir, splits) if config.eval_samples > 0 else None
     fit(run_dir, objective, dataset, config, evaluate=evaluation)
     if is_main_process():
         parameterization.to_scheduler().save_pretrained(run_dir / SCHEDULER_DIR)

@@ -10,7 +10,6 @@ import numpy as np
 import torch
 from torch.utils.data import default_collate
 
-from lisa_probe.data import build_dataset
 from lisa_probe.diffusion.sampling import fixed_noise
 from lisa_probe.models import DualBranch
 from lisa_probe.models.hooks import capture
@@ -46,11 +45,11 @@ class OnsetProbe(Probe):
 
     BINS = 4
 
-    def __init__(self, model: DualBranch, config: TrainConfig, dataset_kwargs: dict, every: int, samples: int,
+    def __init__(self, model: DualBranch, config: TrainConfig, val, every: int, samples: int,
                  prompts: PromptEmbeddings | None = None):
+        """``val``: the run's val split, of at least ``samples`` items (``side_net.run_splits`` checks it)."""
         self.model, self.every = model, every
-        dataset = build_dataset(config.dataset, split="val", **dataset_kwargs)
-        batch = default_collate([dataset[i] for i in range(samples)])  # train() checked that there are as many
+        batch = default_collate([val[i] for i in range(samples)])
         self.context = batch_context(prompts, batch)
         parameterization = model.parameterization
         self.bins = torch.arange(len(batch["cond"])) % self.BINS

@@ -25,7 +25,7 @@ from lisa_probe.training.engine import WEIGHT_DTYPES, Objective, fit, is_main_pr
 from lisa_probe.training.latent_cache import LatentCache
 from lisa_probe.training.lisa import LisaDecoder, lisa_distance, lisa_target
 from lisa_probe.training.lisa_schedule import lisa_rows, lisa_weight
-from lisa_probe.training.loading import build_dual_branch
+from lisa_probe.training.loading import attach_side, load_main_net
 from lisa_probe.training.main_net import ensure_default_main
 from lisa_probe.training.onset_probe import OnsetProbe
 
@@ -174,7 +174,9 @@ def train(config: TrainConfig) -> Path:
     """
     if config.main is None:
         config = replace(config, main=str(ensure_default_main(Path(config.out_dir))))
-    model, dataset_kwargs = build_dual_branch(config)
+    net, dataset_kwargs = load_main_net(config)
+    splits = run_splits(config, dataset_kwargs)  # every split the run uses, built once and checked
+    model = attach_side(net, config, splits["train"].cond_channels)
     model.cast_frozen(WEIGHT_DTYPES[config.mixed_precision])
     model.parameterization.check_weighting(config.weighting())
     if config.side is None:  # a new side net (a resumed run loads its weights from the checkpoint)
@@ -183,18 +185,16 @@ def train(config: TrainConfig) -> Path:
     model.site(site)
     run_dir = config.run_dir
     resolve_resume(run_dir, config.resume)  # a --resume path that is no checkpoint: refused before anything is made
-    dataset = build_dataset(config.dataset, split="train", **dataset_kwargs,
-                            **({"random_crop": True} if config.random_crop else {}))  # training only; val: centre
+    dataset = (build_dataset(config.dataset, split="train", **dataset_kwargs, random_crop=True)
+               if config.random_crop else splits["train"])  # crops for training only; evaluation: centre
     model.check_condition(dataset.cond_channels)
     check_items(dataset, config.batch_size, "the first training batch")
-    check_validation_split(config, dataset_kwargs)
-    prompts = prompt_embeddings(config, dataset_kwargs, cache_dir(config.out_dir), ("train", "val"),
-                                progress=is_main_process())
+    prompts = prompt_embeddings(config, list(splits.values()), cache_dir(config.out_dir), progress=is_main_process())
     latents = (LatentCache(model, dataset, Path(config.main) / "vae", cache_dir(config.out_dir) / "latents",
                            dataset_kwargs, progress=is_main_process()) if config.cache_latents else None)
-    evaluation = (ControlEvaluation(model, config, dataset_kwargs, run_dir, prompts) if config.eval_samples > 0
-                  else None)
-    probe = (OnsetProbe(model, config, dataset_kwargs, config.probe_every, config.probe_samples, prompts)
+    evaluation = (ControlEvaluation(model, config, splits["val"], splits["train"], dataset_kwargs, run_dir, prompts)
+                  if config.eval_samples > 0 else None)
+    probe = (OnsetProbe(model, config, splits["val"], config.probe_every, config.probe_samples, prompts)
              if config.probe_every > 0 else None)
     lock = OutputLock(run_dir, what="run directory") if is_main_process() else None
     try:
@@ -213,14 +213,17 @@ def train(config: TrainConfig) -> Path:
     return run_dir
 
 
-def check_validation_split(config: TrainConfig, dataset_kwargs: dict) -> None:
-    """ValueError when the val split cannot give what the run takes from it (the onset probe's ``--probe-samples``)
-    and ``DataError`` when its first items cannot be read; nothing is checked when the run uses no val split."""
+def run_splits(config: TrainConfig, dataset_kwargs: dict) -> dict:
+    """``{"train": ..., "val": ...}``: the splits a side-net run uses, each built once (val only when the run uses it:
+    evaluation, the onset probe, captions to encode); ValueError when the val split cannot give what the run takes
+    from it (``--probe-samples``) and ``DataError`` when its first items cannot be read."""
+    splits = {"train": build_dataset(config.dataset, split="train", **dataset_kwargs)}
     wanted = max(config.eval_samples, config.probe_samples if config.probe_every > 0 else 0)
     if wanted == 0 and not config.has_captions:
-        return
-    val = build_dataset(config.dataset, split="val", **dataset_kwargs)
+        return splits
+    val = splits["val"] = build_dataset(config.dataset, split="val", **dataset_kwargs)
     if config.probe_every > 0 and config.probe_samples > len(val):
         raise ValueError(f"--probe-samples {config.probe_samples} is more than the {len(val)} samples of the val "
                          f"split; use at most {len(val)}")
     check_items(val, wanted, "the validation samples")
+    return splits

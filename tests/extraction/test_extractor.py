@@ -21,7 +21,7 @@ from diffusers import ControlNetModel, DDPMScheduler, UNet2DConditionModel
 
 import lisa_probe.extraction.extractor as extract_module
 from lisa_probe.analysis.config import AnalyzeOptions
-from lisa_probe.analysis.selection import open_run
+from lisa_probe.analysis.report.selection import open_run
 from lisa_probe.data import build_dataset
 from lisa_probe.diffusion.parameterization import Parameterization
 from lisa_probe.extract import main
@@ -627,3 +627,20 @@ def test_the_store_says_how_to_rebuild_a_row_without_lisa_probe(nets, stores):
                         mid_block_additional_residual=mid).sample
         np.testing.assert_allclose(store.read("scores/full", [row])[0], full[0].numpy(), atol=1e-4)
         assert store.read("meta/t", [row])[0] == t
+
+
+def test_a_foreign_controlnet_is_extracted_at_the_resolution_asked_and_a_run_keeps_its_own(tmp_path, sd_pipeline,
+                                                                                         captioned_data, capsys):
+    """``--resolution`` is decided once (``training.loading.build_dual_branch``) for a run and for ``--controlnet``
+    alike; a --ckpt run extracts at its own resolution, so the option is refused with it."""
+    ControlNetModel.from_unet(UNet2DConditionModel.from_pretrained(sd_pipeline / "unet")).save_pretrained(
+        tmp_path / "theirs")
+    out = tmp_path / "r32.h5"
+    main(["--controlnet", str(tmp_path / "theirs"), "--main", str(sd_pipeline), "--dataset", "captioned",
+                  "--data-root", str(captioned_data), "--out", str(out), "--samples", "2", "--timesteps", "1",
+                  "--split", "train", "--resolution", "32"])
+    store = FeatureStore(out)
+    assert store.attrs["inputs"]["resolution"] == 32 and store.read("scores/full").shape[-1] == 4  # 32 px / VAE 8
+    with pytest.raises(SystemExit) as stop:
+        main(["--ckpt", str(tmp_path / "run"), "--out", str(tmp_path / "x.h5"), "--resolution", "32"])
+    assert stop.value.code == 2 and "--resolution 32 applies to --controlnet" in capsys.readouterr().err

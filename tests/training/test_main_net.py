@@ -130,7 +130,8 @@ def test_pretraining_on_label_prompts_conditions_the_main_net_and_resumes_exactl
     assert {"readback/kind", "readback/hue", "readback/x"} <= set(metrics)
 
     config = PretrainConfig(**options, steps=4, eval_samples=0, out_dir=str(tmp_path / "b"))
-    prompts = prompt_embeddings(config, config.dataset_kwargs(16, 0), tmp_path / "cache", ("train",), progress=False,
+    prompts = prompt_embeddings(config, [build_dataset(config.dataset, split="train", **config.dataset_kwargs(16, 0))],
+                                tmp_path / "cache", progress=False,
                                 pipeline=whole)
     objective = MainNetObjective(backbone, build_main(backbone, "tiny", 16), Parameterization(
         config.prediction_type), prompts=prompts, proportion_empty_prompts=0.5, pipeline=whole)

@@ -466,7 +466,8 @@ def test_the_onset_probe_logs_into_metrics_csv(tmp_path):
     zero modules' weights grow from 0."""
     config = tiny_config(tmp_path, steps=4, probe_every=2, probe_samples=8, lisa_weight=0.0)
     model, dataset_kwargs = build_dual_branch(config)
-    fresh = OnsetProbe(model, config, dataset_kwargs, every=2, samples=8)(0)
+    val = build_dataset(config.dataset, split="val", **dataset_kwargs)
+    fresh = OnsetProbe(model, config, val, every=2, samples=8)(0)
     assert fresh["probe/explained"] == 0.0 and fresh["probe/cosine"] == 0.0
     assert all(fresh[f"probe/{kind}/{site}"] == 0.0 for kind in ("residual_norm", "zero_weight_norm")
                for site in model.site_names)

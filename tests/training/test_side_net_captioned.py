@@ -15,14 +15,15 @@ from torch.utils.data import default_collate
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from lisa_probe.analysis.config import AnalyzeOptions
-from lisa_probe.analysis.inputs import rebuild_inputs
-from lisa_probe.analysis.selection import open_run
+from lisa_probe.analysis.report.inputs import rebuild_inputs
+from lisa_probe.analysis.report.selection import open_run
 from lisa_probe.analyze import main as analyze_main
 from lisa_probe.data import build_dataset
+from lisa_probe.data.captioned import CaptionedDataset
 from lisa_probe.extract import main as extract_main
 from lisa_probe.rundir import cache_dir, read_summary
 from lisa_probe.store import FeatureStore
-from lisa_probe.text.prompts import prompt_embeddings
+from lisa_probe.text.prompts import PromptEncoder, _loaded_encoder, prompt_embeddings
 from lisa_probe.train import main as train_main
 from lisa_probe.training.config import TrainConfig
 from lisa_probe.training.loading import build_dual_branch, load_run
@@ -89,7 +90,8 @@ def test_the_training_forward_is_diffusers_forward_with_the_captions(tmp_path, s
     with torch.no_grad():
         for parameter in model.side.controlnet_down_blocks.parameters():  # open the zero-convs
             parameter.normal_(0, 0.1)
-    prompts = prompt_embeddings(config, dataset_kwargs, tmp_path / 'cache', ('train', 'val'))
+    prompts = prompt_embeddings(config, [build_dataset("captioned", split=split, **dataset_kwargs) for split in ("train", "val")],
+                                    tmp_path / 'cache')
     dataset = build_dataset("captioned", split="train", **dataset_kwargs)
     batch = default_collate([dataset[i] for i in range(3)])
     objective = SideNetObjective(model, None, config, model.default_lisa_site(), prompts)
@@ -108,7 +110,8 @@ def test_caption_dropout_feeds_the_empty_prompt(tmp_path, sd_pipeline, captioned
     for proportion in (0.0, 1.0):
         config = captioned_config(tmp_path, sd_pipeline, captioned_data, proportion_empty_prompts=proportion)
         model, dataset_kwargs = build_dual_branch(config)
-        prompts = prompt_embeddings(config, dataset_kwargs, tmp_path / 'cache', ('train', 'val'))
+        prompts = prompt_embeddings(config, [build_dataset("captioned", split=split, **dataset_kwargs) for split in ("train", "val")],
+                                    tmp_path / 'cache')
         objective = SideNetObjective(model, None, config, model.default_lisa_site(), prompts)
         contexts[proportion] = objective.draw(batch, torch.Generator().manual_seed(0))["context"]
         torch.testing.assert_close(contexts[proportion], (prompts.lookup(batch["text"])["context"] if proportion == 0
@@ -310,3 +313,26 @@ def test_bad_latent_cache_options_exit_2_with_no_run_dir(tmp_path, sd_pipeline, 
     error = capsys.readouterr().err
     assert stop.value.code == 2 and message in error and "Traceback" not in error
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_run_builds_each_split_once_and_loads_the_text_encoder_once(tmp_path, sd_pipeline, captioned_data,
+                                                                     monkeypatch):
+    """One decision in one place: train() builds the train and val splits once and passes them on (evaluation,
+    onset probe, prompt cache, side-net channels), and the null context and the captions share one loaded encoder."""
+    built, loaded = [], []
+    init, from_pipeline = CaptionedDataset.__init__, PromptEncoder.from_pipeline.__func__
+
+    def counting_init(self, split="train", *args, **kwargs):
+        built.append(split)
+        init(self, split, *args, **kwargs)
+
+    def counting_load(cls, pipeline):
+        loaded.append(pipeline)
+        return from_pipeline(cls, pipeline)
+
+    monkeypatch.setattr(CaptionedDataset, "__init__", counting_init)
+    monkeypatch.setattr(PromptEncoder, "from_pipeline", classmethod(counting_load))
+    _loaded_encoder.cache_clear()
+    train(captioned_config(tmp_path, sd_pipeline, captioned_data, steps=2, eval_samples=2, eval_every=2,
+                           sample_steps=2, probe_every=2, probe_samples=2, name="once"))
+    assert sorted(built) == ["train", "val"] and len(loaded) == 1

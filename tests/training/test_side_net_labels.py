@@ -10,8 +10,8 @@ import torch
 from torch.utils.data import default_collate
 
 from lisa_probe.analysis.config import AnalyzeOptions
-from lisa_probe.analysis.inputs import rebuild_inputs
-from lisa_probe.analysis.selection import open_run
+from lisa_probe.analysis.report.inputs import rebuild_inputs
+from lisa_probe.analysis.report.selection import open_run
 from lisa_probe.data import build_dataset
 from lisa_probe.extract import main as extract_main
 from lisa_probe.rundir import read_eval, read_summary
@@ -58,7 +58,8 @@ def test_a_drawn_batch_carries_each_samples_prompt_tokens_and_pooled_projection(
     config = TrainConfig(main=str(labelled_dit), dataset="shapes", label_prompts=True, condition="pose",
                          out_dir=str(tmp_path), lisa_weight=0.0)
     model, kwargs = build_dual_branch(config)
-    prompts = prompt_embeddings(config, kwargs, tmp_path / "cache", ("train",), progress=False)
+    prompts = prompt_embeddings(config, [build_dataset("shapes", split="train", **kwargs)], tmp_path / "cache",
+                                progress=False)
     objective = SideNetObjective(model, None, config, model.site_names[0], prompts=prompts)
     dataset = build_dataset("shapes", split="train", **kwargs, size=8)
     batch = default_collate([dataset[i] for i in range(8)])

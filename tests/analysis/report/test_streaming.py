@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 from lisa_probe.analysis.alignment import DecoderAlignmentSums, decoder_alignment, spatial_ridge_readout
-from lisa_probe.analysis.report_tables import (
+from lisa_probe.analysis.report.selection import grid_bins, open_run
+from lisa_probe.analysis.report.streaming import shuffle_within, stream_run
+from lisa_probe.analysis.report.tables import (
     alignment_table,
 )
-from lisa_probe.analysis.selection import grid_bins, open_run
-from lisa_probe.analysis.streaming import shuffle_within, stream_run
 from lisa_probe.store import FeatureStore
 from tests.analysis.synthetic_store import FAST, N_SAMPLES, TIMESTEPS, values
 

@@ -22,9 +22,9 @@ from lisa_probe.analysis.plots import (
     plot_probe_selectivity,
     plot_training_curves,
 )
-from lisa_probe.analysis.report_tables import TABLES, run_tables
-from lisa_probe.analysis.selection import Run, open_run, run_labels
-from lisa_probe.analysis.streaming import ESTIMATES, READOUT_GRID
+from lisa_probe.analysis.report.selection import Run, open_run, run_labels
+from lisa_probe.analysis.report.streaming import ESTIMATES, READOUT_GRID
+from lisa_probe.analysis.report.tables import TABLES, run_tables
 from lisa_probe.provenance import code_version
 
 ALIGNMENT_FIGURES = (("decoder", "cosine"), ("ridge", "r2"), ("spatial_ridge", "r2"), ("cka", "cka_debiased"))

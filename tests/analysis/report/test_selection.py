@@ -5,7 +5,7 @@
 import numpy as np
 import pytest
 
-from lisa_probe.analysis.selection import grid_bins, select_rows
+from lisa_probe.analysis.report.selection import grid_bins, select_rows
 
 
 def test_timestep_bins_and_row_selection():

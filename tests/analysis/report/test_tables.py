@@ -1,4 +1,4 @@
-"""The tables of one run (``analysis.report_tables``) on the synthetic store."""
+"""The tables of one run (``analysis.report.tables``) on the synthetic store."""
 
 
 from dataclasses import replace
@@ -9,13 +9,13 @@ import torch
 
 from lisa_probe.analysis.config import AnalyzeOptions
 from lisa_probe.analysis.plots import Figures
-from lisa_probe.analysis.report_tables import (
+from lisa_probe.analysis.report.selection import open_run
+from lisa_probe.analysis.report.tables import (
     disentanglement_tables,
     embed,
     run_tables,
     store_decomposition,
 )
-from lisa_probe.analysis.selection import open_run
 from tests.analysis.synthetic_store import DECOMPOSE, FAST, values, write_synthetic
 
 

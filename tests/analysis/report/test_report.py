@@ -4,8 +4,8 @@
 
 import pytest
 
-import lisa_probe.analysis.report as report_module
-from lisa_probe.analysis.report import prepare_out, publish_out
+import lisa_probe.analysis.report.report as report_module
+from lisa_probe.analysis.report.report import prepare_out, publish_out
 from lisa_probe.analyze import main
 from tests.analysis.synthetic_store import write_synthetic
 

@@ -26,7 +26,7 @@ from lisa_probe.analysis.alignment import (
     resample_to,
 )
 from lisa_probe.analysis.config import MIN_CHUNK_SAMPLES, AnalyzeOptions
-from lisa_probe.analysis.selection import Run
+from lisa_probe.analysis.report.selection import Run
 from lisa_probe.models.dual_branch import tokens_to_map
 from lisa_probe.store.reader import ITER_BYTES, iter_whole_sample_chunks, pool_rows
 

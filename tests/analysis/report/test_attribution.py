@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from lisa_probe.analysis.attribution import attribution_table, rank_bins, score_objectives
+from lisa_probe.analysis.report.attribution import attribution_table, rank_bins, score_objectives
 from lisa_probe.models.hooks import capture
 from lisa_probe.training.lisa import LisaDecoder
 from tests.conftest import tiny_dual_branch

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from lisa_probe.analysis.selection import Run
+from lisa_probe.analysis.report.selection import Run
 from lisa_probe.data import build_dataset
 from lisa_probe.diffusion.sampling import row_noise
 from lisa_probe.rundir import cache_dir
@@ -36,8 +36,7 @@ def rebuild_inputs(run: Run, model, config, dataset_kwargs: dict, index: np.ndar
     steps = torch.as_tensor(run.meta["t"].to_numpy()[index]).to(dtype)
     context = None
     if "meta/prompt" in run.store.layout and args.get("prompt", "caption") == "caption":
-        prompts = prompt_embeddings(config, dataset_kwargs, cache_dir(run.store.paths[0].parent), (args["split"],),
-                                    progress=False)
+        prompts = prompt_embeddings(config, [dataset], cache_dir(run.store.paths[0].parent), progress=False)
         context = prompts.lookup(list(run.store.read("meta/prompt", rows)))
     return (model.parameterization.add_noise(x0, noise, steps), steps, torch.stack([s["cond"] for s in samples]),
             context)

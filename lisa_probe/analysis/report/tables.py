@@ -16,18 +16,18 @@ from tqdm.auto import tqdm
 from lisa_probe.analysis.alignment import (
     readout_table,
 )
-from lisa_probe.analysis.attribution import attribution_table
 from lisa_probe.analysis.config import AnalyzeOptions
 from lisa_probe.analysis.disentanglement import disentanglement_table, reduce_features
 from lisa_probe.analysis.embedding import embedding_table, umap_embed
-from lisa_probe.analysis.inputs import rebuild_inputs
 from lisa_probe.analysis.plots import (
     Figures,
     plot_umap_grid,
 )
 from lisa_probe.analysis.probes import carried_summary, probe_table
-from lisa_probe.analysis.selection import Run, checkpoint_dirs, side_net_dir
-from lisa_probe.analysis.streaming import CONTROLS, ESTIMATES, Streamed, stream_run
+from lisa_probe.analysis.report.attribution import attribution_table
+from lisa_probe.analysis.report.inputs import rebuild_inputs
+from lisa_probe.analysis.report.selection import Run, checkpoint_dirs, side_net_dir
+from lisa_probe.analysis.report.streaming import CONTROLS, ESTIMATES, Streamed, stream_run
 from lisa_probe.analysis.tables import long_table
 from lisa_probe.models.dual_branch import middle_site
 from lisa_probe.provenance import file_digest
