@@ -339,27 +339,6 @@ def readout_table(
     return long_table(rows, **ids)
 
 
-def spatial_readout_table(
-    F: np.ndarray,
-    S: np.ndarray,
-    groups: np.ndarray,
-    alphas: np.ndarray = DEFAULT_ALPHAS,
-    n_splits: int = 5,
-    seed: int = 0,
-    **ids,
-) -> pd.DataFrame:
-    """``spatial_ridge_readout`` of S (N, Cs, Hs, Ws) from F (N, C, H, W) as a long table.
-
-    Returns:
-        long table, method ``spatial_ridge``, metric ``r2``, column ``control`` in {``none``, ``shuffled_pairs``}
-        (the shuffle pairs every feature map with another sample's whole score map).
-    """
-    def measure(f: np.ndarray, s: np.ndarray) -> dict[str, float]:
-        return {"r2": spatial_ridge_readout(f, s, groups, alphas, n_splits)}
-
-    return long_table(_controlled_rows(measure, F, S, "spatial_ridge", groups, seed), **ids)
-
-
 class DecoderAlignmentSums:
     """``decoder_alignment`` over rows fed chunk by chunk: sums of per-row cosines and relative errors, the squared
     error and the first two moments of the estimate's elements (so the R²'s SST is around the grand mean of all

@@ -22,7 +22,7 @@ from diffusers import (
     SD3Transformer2DModel,
     UNet2DConditionModel,
 )
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from lisa_probe.diffusion.parameterization import Parameterization
 from lisa_probe.diffusion.weighting import PREDICTION_TYPES
@@ -179,11 +179,6 @@ def set_resolution(family: str, main, vae: AutoencoderKL | None, resolution: int
         raise ValueError(f"--resolution {resolution} does not fit this main net: it takes multiples of {step} from "
                          f"{smallest}{bound}")
     main.register_to_config(sample_size=resolution // scale)
-
-
-def save_null_context(path: Path, null_context: dict[str, torch.Tensor]) -> None:
-    """Store a fixed context beside a main net (e.g. a precomputed empty-prompt embedding)."""
-    save_file({k: v.contiguous() for k, v in null_context.items()}, Path(path) / NULL_CONTEXT_FILE)
 
 
 def load_side(path: Path, family: str) -> torch.nn.Module:

@@ -35,7 +35,9 @@ class LisaDecoder(ModelMixin, ConfigMixin):
 
     @register_to_config
     def __init__(self, in_channels: int, in_size: int, out_channels: int, out_size: int,
-                 time_embed_dim: int = 256, min_channels: int = 64):
+                 time_embed_dim: int = 256, min_channels: int = 64, site: str | None = None):
+        """``site``: the hooked site it decodes, recorded in the decoder's own ``config.json`` (None in decoders
+        saved before it was; the run's ``config.yaml`` holds it too)."""
         super().__init__()
         if out_size % in_size or (out_size // in_size) & (out_size // in_size - 1):
             raise ValueError(f"decoder needs a power-of-two upsampling, got {in_size} -> {out_size}")

@@ -161,7 +161,7 @@ def build_decoder(model: DualBranch, site: str, seed: int) -> LisaDecoder:
     out_size = model.main.config.sample_size
     torch.manual_seed(seed)
     return LisaDecoder(in_channels=channels, in_size=height, out_channels=model.main.config.out_channels,
-                       out_size=out_size, min_channels=min(64, max(8, channels // 4)))
+                       out_size=out_size, min_channels=min(64, max(8, channels // 4)), site=site)
 
 
 def train(config: TrainConfig) -> Path:

@@ -3,6 +3,7 @@
 import pytest
 import torch
 from diffusers import ControlNetModel, SD3Transformer2DModel, UNet2DConditionModel
+from safetensors.torch import save_file
 
 from lisa_probe.diffusion.parameterization import Parameterization
 from lisa_probe.models import (
@@ -14,7 +15,7 @@ from lisa_probe.models import (
     make_dual_branch,
     save_main,
 )
-from lisa_probe.models.build import null_context_for
+from lisa_probe.models.build import NULL_CONTEXT_FILE, null_context_for
 from lisa_probe.models.hooks import capture
 from tests.conftest import tiny_dual_branch
 
@@ -114,11 +115,10 @@ def test_a_context_of_the_wrong_width_is_refused_naming_the_shapes(dual_branch):
 
 
 def test_a_null_context_of_the_wrong_width_is_refused(tmp_path):
-    from lisa_probe.models.build import save_null_context
 
     main = build_main("unet", "tiny", 16)
     save_main(tmp_path, "unet", main, Parameterization("eps"))
-    save_null_context(tmp_path, {"context": torch.zeros(1, 77, 768)})
+    save_file({"context": torch.zeros(1, 77, 768)}, tmp_path / NULL_CONTEXT_FILE)
     family, main, parameterization, null_context, _ = load_main(tmp_path)
     with pytest.raises(ValueError, match=rf"shape \(1, 77, 768\), but this main net takes width "
                                          rf"{main.config.cross_attention_dim}"):
@@ -193,14 +193,13 @@ def test_local_diffusers_directory_round_trip(tmp_path, family, kind, main_class
 
 
 def test_null_context_stored_beside_the_main_net(tmp_path):
-    """A precomputed prompt embedding saved with save_null_context replaces the zero context."""
-    from lisa_probe.models.build import save_null_context
+    """A precomputed prompt embedding saved as null_context.safetensors replaces the zero context."""
 
     main = build_main("unet", "tiny", 16)
     save_main(tmp_path, "unet", main, Parameterization("eps"))
     assert torch.count_nonzero(load_main(tmp_path)[3]["context"]) == 0
     embedding = torch.randn(1, 3, main.config.cross_attention_dim)
-    save_null_context(tmp_path, {"context": embedding})
+    save_file({"context": embedding.contiguous()}, tmp_path / NULL_CONTEXT_FILE)
     torch.testing.assert_close(load_main(tmp_path)[3]["context"], embedding, rtol=0, atol=0)
 
 

@@ -61,6 +61,9 @@ def test_lisa_run_writes_a_plain_diffusers_side_net(tmp_path, family, kind):
     # the first LISA loss equals the target norm: the decoder's output layer starts at zero
     assert float(rows[0]["lisa_loss"]) == pytest.approx(float(rows[0]["lisa_target_norm"]), rel=1e-5)
     assert (run_dir / "lisa_decoder" / "diffusion_pytorch_model.safetensors").exists()
+    # the site resolved once is saved in config.yaml and in the decoder's own folder
+    site = read_config(run_dir / "config.yaml")["config"]["lisa_site"]
+    assert site and json.loads((run_dir / "lisa_decoder" / "config.json").read_text())["site"] == site
     side_class = ControlNetModel if family == "unet" else SD3ControlNetModel
     side = side_class.from_pretrained(run_dir / "controlnet")  # diffusers alone, no lisa_probe code
     assert isinstance(side, side_class)
