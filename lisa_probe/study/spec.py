@@ -3,6 +3,7 @@ against its setting's main net before anything runs, the quick overrides, and th
 
 from __future__ import annotations
 
+from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 
 import yaml
@@ -12,46 +13,105 @@ from lisa_probe.models.build import build_main, build_side, make_dual_branch, nu
 from lisa_probe.options import SEED_MAX, config_from_dict
 from lisa_probe.training.config import PretrainConfig, TrainConfig
 
-STUDY_KEYS = ("name", "settings", "arms", "seeds", "sweep", "extract", "quick", "out_dir", "results_dir")
-
-
-SETTING_KEYS = ("pretrain", "train", "arms")  # arms: the arms this setting runs (default: all)
-EXTRACT_KEYS = ("samples", "timesteps", "batch_size", "arms")
-QUICK_KEYS = ("settings", "arms", "seeds", "pretrain", "train", "extract", "sweep")
 ARM_SEEDS = "seeds"  # the one key of an arm that is not a train option: the study seeds this arm runs at
 # an arm that changes only these (and keeps lisa_weight 0) belongs to the learning-rate sweep with the baseline
 LR_SWEEP_OPTIONS = {"lr", "steps", "eval_schedule", "eval_every", "checkpoint_every", "lisa_weight", ARM_SEEDS}
-SWEEP_KEYS = ("setting", "seed", "base", "values")
 
 
-def _expect(value, kind: type | tuple[type, ...], where: str, what: str) -> None:
-    """ValueError naming ``where`` (file and key) unless ``value`` is a ``kind`` (bools are not numbers)."""
-    if not isinstance(value, kind) or (isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple)
-                                                                                 else (kind,))):
-        raise ValueError(f"{where} must be {what}, got {value!r}")
+# The study file's sections, checked by the same machinery as every command's settings (options.config_from_dict:
+# unknown keys refused naming the allowed ones, each value's type), then for what only the whole file can say.
+@dataclass
+class StudySpec:
+    """A study file: its ``name``, ``settings`` (name -> ``SettingSpec``), ``arms`` (name -> train-option overrides,
+    optionally with the ``seeds`` the arm runs at), ``seeds``, and optional ``sweep``, ``extract``, ``quick``,
+    ``out_dir`` and ``results_dir``."""
+
+    name: str
+    settings: dict
+    arms: dict
+    seeds: list
+    sweep: dict | None = None
+    extract: dict | None = None
+    quick: dict | None = None
+    out_dir: str | None = None
+    results_dir: str | None = None
 
 
-def _expect_mapping(value, where: str, allowed: tuple[str, ...] | None = None) -> None:
-    """``value`` is a mapping with string keys (only ``allowed`` ones, when given)."""
-    _expect(value, dict, where, "a mapping")
-    unknown = sorted(str(key) for key in value if allowed is not None and key not in allowed)
-    if unknown:
-        raise ValueError(f"{where}: unknown key(s) {unknown}; allowed: {', '.join(allowed)}")
+@dataclass
+class SettingSpec:
+    """One setting: a main net to pretrain (``pretrain``: PretrainConfig options), its side nets' training options
+    (``train``) and the arms it runs (default: all)."""
+
+    pretrain: dict
+    train: dict
+    arms: list | None = None
+
+
+@dataclass
+class ExtractSpec:
+    """What to extract from each run (``ExtractConfig`` options) and from which arms (default: all)."""
+
+    samples: int | None = None
+    timesteps: int | None = None
+    batch_size: int | None = None
+    arms: list | None = None
+
+
+@dataclass
+class SweepSpec:
+    """A one-setting sweep: each value of each option (``values``: option -> list) on top of ``base``."""
+
+    setting: str
+    seed: int
+    values: dict
+    base: dict | None = None
+
+
+@dataclass
+class QuickSpec:
+    """``--quick``'s overrides: a subset of settings, arms and seeds, and options merged into every setting."""
+
+    settings: list | None = None
+    arms: list | None = None
+    seeds: list | None = None
+    pretrain: dict | None = None
+    train: dict | None = None
+    extract: dict | None = None
+    sweep: dict | None = None
+
+
+def spec_from_dict(cls, values, where: str):
+    """``cls`` (a spec dataclass) from ``values`` read at ``where``: ValueError naming ``where`` for a value that is
+    not a mapping or lacks a required key, and ``config_from_dict``'s for unknown keys and wrong types."""
+    if not isinstance(values, dict):
+        raise ValueError(f"{where} must be a mapping, got {values!r}")
+    required = [item.name for item in fields(cls) if item.default is MISSING]
+    missing = [name for name in required if name not in values]
+    if missing:
+        raise ValueError(f"{where} lacks {missing[0]!r}")
+    return config_from_dict(cls, values, where)
+
+
+def _expect_mapping(value, where: str) -> None:
+    """``value`` is a mapping (of options)."""
+    if not isinstance(value, dict):
+        raise ValueError(f"{where} must be a mapping, got {value!r}")
 
 
 def _expect_seeds(value, where: str) -> None:
-    _expect(value, list, where, "a list of seeds, e.g. [0, 1, 2]")
+    if not isinstance(value, list):
+        raise ValueError(f"{where} must be a list of seeds, e.g. [0, 1, 2], got {value!r}")
     if not value:
         raise ValueError(f"{where} is empty")
     for seed in value:
-        _expect(seed, int, where, f"a list of integer seeds in [0, {SEED_MAX}]")
-        if not 0 <= seed <= SEED_MAX:
-            raise ValueError(f"{where}: seed {seed} outside [0, {SEED_MAX}]")
+        if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= SEED_MAX:
+            raise ValueError(f"{where} must be a list of integer seeds in [0, {SEED_MAX}], got {seed!r}")
 
 
 def expect_names(names, known: dict, where: str, what: str) -> None:
     """``names`` is a list of keys of ``known`` (the study's settings or arms)."""
-    _expect(names, list, where, f"a list of {what[:-1]} names")
+    if not isinstance(names, list):
+        raise ValueError(f"{where} must be a list of {what[:-1]} names, got {names!r}")
     missing = [name for name in names if name not in known]
     if missing:
         raise ValueError(f"{where} names unknown {what} {missing}; known: {', '.join(known)}")
@@ -59,58 +119,48 @@ def expect_names(names, known: dict, where: str, what: str) -> None:
 
 def check_study(study, path: Path) -> None:
     """Refuse a study of the wrong shape, naming the file and the key: what ``load_study`` promises before anything
-    is trained."""
-    _expect_mapping(study, f"study file {path}", STUDY_KEYS)
-    for key in ("name", "settings", "arms", "seeds"):
-        if key not in study:
-            raise ValueError(f"study file {path} lacks {key!r}")
-    _expect(study["name"], str, f"{path}: name", "a string")
+    is trained. Each section is read into its spec dataclass (``spec_from_dict``), then the file is checked as a
+    whole (names that must exist, seeds)."""
+    spec = spec_from_dict(StudySpec, study, f"study file {path}")
     for key in ("settings", "arms"):
-        _expect_mapping(study[key], f"{path}: {key}")
-        if not study[key]:
+        _expect_mapping(getattr(spec, key), f"{path}: {key}")
+        if not getattr(spec, key):
             raise ValueError(f"{path}: {key} is empty")
-    for name, setting in study["settings"].items():
-        _expect_mapping(setting, f"{path}: settings.{name}", SETTING_KEYS)
-        for part in ("pretrain", "train"):
-            if part not in setting:
-                raise ValueError(f"{path}: settings.{name} lacks {part!r}")
-            _expect_mapping(setting[part], f"{path}: settings.{name}.{part}")
-        if "arms" in setting:
-            expect_names(setting["arms"], study["arms"], f"{path}: settings.{name}.arms", "arms")
-    _expect_seeds(study["seeds"], f"{path}: seeds")
-    for name, overrides in study["arms"].items():
+    for name, setting in spec.settings.items():
+        setting = spec_from_dict(SettingSpec, setting, f"{path}: settings.{name}")
+        _expect_mapping(setting.pretrain, f"{path}: settings.{name}.pretrain")
+        _expect_mapping(setting.train, f"{path}: settings.{name}.train")
+        if setting.arms is not None:
+            expect_names(setting.arms, spec.arms, f"{path}: settings.{name}.arms", "arms")
+    _expect_seeds(spec.seeds, f"{path}: seeds")
+    for name, overrides in spec.arms.items():
         _expect_mapping(overrides, f"{path}: arms.{name}")
         if ARM_SEEDS in overrides:
             _expect_seeds(overrides[ARM_SEEDS], f"{path}: arms.{name}.seeds")
-            outside = sorted(set(overrides[ARM_SEEDS]) - set(study["seeds"]))
+            outside = sorted(set(overrides[ARM_SEEDS]) - set(spec.seeds))
             if outside:
-                raise ValueError(f"{path}: arms.{name}.seeds {outside} are not among the study's seeds "
-                                 f"{study['seeds']}")
-    extract = study.get("extract") or {}
-    _expect_mapping(extract, f"{path}: extract", EXTRACT_KEYS)
-    quick = study.get("quick") or {}
-    _expect_mapping(quick, f"{path}: quick", QUICK_KEYS)
-    for key in ("pretrain", "train", "extract"):
-        _expect_mapping(quick.get(key) or {}, f"{path}: quick.{key}", EXTRACT_KEYS if key == "extract" else None)
-    for where, names, part in ((f"{path}: quick.settings", quick.get("settings"), "settings"),
-                               (f"{path}: quick.arms", quick.get("arms"), "arms"),
-                               (f"{path}: extract.arms", extract.get("arms"), "arms"),
-                               (f"{path}: quick.extract.arms", (quick.get("extract") or {}).get("arms"), "arms")):
+                raise ValueError(f"{path}: arms.{name}.seeds {outside} are not among the study's seeds {spec.seeds}")
+    extract = spec_from_dict(ExtractSpec, spec.extract or {}, f"{path}: extract")
+    quick = spec_from_dict(QuickSpec, spec.quick or {}, f"{path}: quick")
+    quick_extract = spec_from_dict(ExtractSpec, quick.extract or {}, f"{path}: quick.extract")
+    for where, names, part in ((f"{path}: quick.settings", quick.settings, "settings"),
+                               (f"{path}: quick.arms", quick.arms, "arms"),
+                               (f"{path}: extract.arms", extract.arms, "arms"),
+                               (f"{path}: quick.extract.arms", quick_extract.arms, "arms")):
         if names is not None:
-            expect_names(names, study[part], where, part)
-    if "seeds" in quick:
-        _expect_seeds(quick["seeds"], f"{path}: quick.seeds")
-    for where, sweep in ((f"{path}: sweep", study.get("sweep")), (f"{path}: quick.sweep", quick.get("sweep"))):
+            expect_names(names, getattr(spec, part), where, part)
+    if quick.seeds is not None:
+        _expect_seeds(quick.seeds, f"{path}: quick.seeds")
+    for where, sweep in ((f"{path}: sweep", spec.sweep), (f"{path}: quick.sweep", quick.sweep)):
         if sweep:
-            _expect_mapping(sweep, where, SWEEP_KEYS)
-            if sweep.get("setting") not in study["settings"]:
-                raise ValueError(f"{where}.setting {sweep.get('setting')!r} is not a setting; known: "
-                                 f"{', '.join(study['settings'])}")
-            _expect_seeds([sweep.get("seed")], f"{where}.seed")
-            _expect_mapping(sweep.get("base") or {}, f"{where}.base")
-            _expect_mapping(sweep.get("values"), f"{where}.values")
-            for option, values in sweep["values"].items():
-                _expect(values, list, f"{where}.values.{option}", "a list of values")
+            sweep = spec_from_dict(SweepSpec, sweep, where)
+            if sweep.setting not in spec.settings:
+                raise ValueError(f"{where}.setting {sweep.setting!r} is not a setting; known: "
+                                 f"{', '.join(spec.settings)}")
+            _expect_seeds([sweep.seed], f"{where}.seed")
+            for option, values in sweep.values.items():
+                if not isinstance(values, list):
+                    raise ValueError(f"{where}.values.{option} must be a list of values, got {values!r}")
 
 
 def check_run_configs(study: dict, path: Path) -> None:
