@@ -10,7 +10,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "lisa_probe"
 # the command lines: they parse first and import the library after, inside main() (so --help is quick)
 CLI_MODULES = {"lisa_probe.train", "lisa_probe.pretrain", "lisa_probe.extract", "lisa_probe.analyze",
-               "lisa_probe.study.cli", "lisa_probe.study.__main__"}
+               "lisa_probe.study.cli", "lisa_probe.study.__main__", "lisa_probe.study.restate"}
 # stages that must not import one another: the analysis reads stores and loads runs, never trains
 FORBIDDEN = {"lisa_probe.analysis": ("lisa_probe.training.engine", "lisa_probe.training.side_net",
                                      "lisa_probe.training.main_net", "lisa_probe.study", "lisa_probe.extraction"),

@@ -28,7 +28,15 @@ def write_readme(results: Path, study: dict, runs: pd.DataFrame, convergence: pd
     if len(onset["onset_summary"]):
         text += ["## Onset (logistic fit of control fidelity vs step; `onset.csv` per run)", "",
                  onset["onset_summary"].to_markdown(index=False, floatfmt=".3g"), "",
+                 "t50: geometric mean over the seeds with an observed onset, 95 % t-interval on log t50; runs whose "
+                 "onset lies after their last step are counted as right-censored, never given a number.", "",
                  "![fitted onsets](onset_fits.png)", ""]
+        if len(onset.get("onset_paired", [])):
+            text += ["### Paired by seed (same data order and noise): arm / baseline t50", "",
+                     onset["onset_paired"].to_markdown(index=False, floatfmt=".3g"), "",
+                     "ratio: geometric mean of the per-seed ratios with its paired 95 % t-interval; p_equivalence: "
+                     "two one-sided tests against ±margin; mde: the smallest ratio − 1 this many pairs detect with "
+                     "80 % power.", ""]
     if onset["lr_sweep"]["lr"].nunique() >= 2:
         text += ["## Onset vs learning rate", "", onset["lr_sweep"].to_markdown(index=False, floatfmt=".3g"), "",
                  f"Slope of log t50 on log lr: **{lr_slope(onset['lr_sweep']):.2f}** (−1: t50 ∝ 1/lr).", "",

@@ -35,6 +35,7 @@ from lisa_probe.study.tables import (
     lr_sweep_table,
     onset_summary,
     onset_table,
+    paired_onset_table,
     probe_curves,
     readback_table,
     run_table,
@@ -80,14 +81,16 @@ def extract_run(run_dir: Path, study: dict, features_dir: Path) -> list[Path]:
 
 def onset_outputs(results: Path, study: dict, out_dir: Path, curves: pd.DataFrame,
                   runs: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    """Write the onset tables (``onset.csv``, ``onset_summary.csv``, ``lr_sweep.csv``, ``probe_curves.csv``) and
-    figures (``onset_fits.png``, ``t50_vs_lr.png``, ``probe_signals.png``); returns the tables."""
+    """Write the onset tables (``onset.csv``, ``onset_summary.csv``, ``onset_paired.csv``, ``lr_sweep.csv``,
+    ``probe_curves.csv``) and figures (``onset_fits.png``, ``t50_vs_lr.png``, ``probe_signals.png``); returns the
+    tables."""
     onsets = onset_table(curves, runs)
     summary = onset_summary(onsets, curves, runs)
+    paired = paired_onset_table(onsets)
     sweep = lr_sweep_table(study, onsets, runs)
     probes = probe_curves(out_dir, runs)
-    for name, table in (("onset", onsets), ("onset_summary", summary), ("lr_sweep", sweep),
-                        ("probe_curves", probes)):
+    for name, table in (("onset", onsets), ("onset_summary", summary), ("onset_paired", paired),
+                        ("lr_sweep", sweep), ("probe_curves", probes)):
         table.to_csv(results / f"{name}.csv", index=False)
     if len(onsets):
         plot_onset_fits(control_curves(curves, runs), onsets, summary, results / "onset_fits.png")
@@ -95,7 +98,7 @@ def onset_outputs(results: Path, study: dict, out_dir: Path, curves: pd.DataFram
         plot_t50_vs_lr(sweep, results / "t50_vs_lr.png")
     if len(probes):
         plot_probe_signals(probes, results / "probe_signals.png")
-    return {"onset_summary": summary, "lr_sweep": sweep}
+    return {"onset_summary": summary, "onset_paired": paired, "lr_sweep": sweep}
 
 
 def run_study(path: Path, quick: bool = False, analyze: bool = True, seeds: list[int] | None = None,

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import scipy.stats
 
 from lisa_probe.rundir import read_eval, read_metrics, read_run_config, read_summary
 from lisa_probe.study.onset import Onset, first_step_above, fit_onset
@@ -30,23 +31,74 @@ def run_table(out_dir: Path, plans: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def bootstrap_ci(values: np.ndarray, seed: int = 0, n: int = 2000) -> tuple[float, float]:
-    """95% percentile bootstrap interval of the mean of ``values`` (n,)."""
+EQUIVALENCE_MARGIN = 0.10  # |arm / baseline − 1| of t50 within which two arms count as equivalent
+POWER = 0.80  # the power at which the minimum detectable effect is stated
+
+
+def t_interval(values: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """Student-t interval of the mean of ``values`` (n,) (NaN for n < 2): with 3 seeds a percentile bootstrap has
+    10 distinct resamples and is just the seeds' range."""
+    values = np.asarray(values, dtype=np.float64)
     if len(values) < 2:
         return float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    means = rng.choice(values, size=(n, len(values)), replace=True).mean(axis=1)
-    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+    half = scipy.stats.t.ppf(0.5 + level / 2, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values))
+    return float(values.mean() - half), float(values.mean() + half)
+
+
+def paired_log_ratio_test(differences: np.ndarray, margin: float = EQUIVALENCE_MARGIN, alpha: float = 0.05) -> dict:
+    """Paired comparison of an arm with the baseline from per-seed differences of log t50 (n,): the mean ratio
+    ``exp(mean)`` with its paired t-interval, the paired t-test's p-value, a two one-sided tests (TOST) p-value
+    for equivalence within ``±margin`` of the ratio (equivalent when < ``alpha``), and the minimum detectable
+    effect at ``POWER`` (as a ratio − 1, two-sided ``alpha``): ``(t_{1−α/2} + t_{POWER}) · sd / √n``."""
+    d = np.asarray(differences, dtype=np.float64)
+    n = len(d)
+    if n < 2:
+        return {"n_pairs": n, "ratio": float(np.exp(d.mean())) if n else np.nan, "ratio_ci_low": np.nan,
+                "ratio_ci_high": np.nan, "p_difference": np.nan, "p_equivalence": np.nan, "equivalent": False,
+                "mde": np.nan}
+    mean, se = d.mean(), d.std(ddof=1) / np.sqrt(n)
+    low, high = t_interval(d, 1 - alpha)
+    dist = scipy.stats.t(n - 1)
+    if se == 0:
+        p_difference = 0.0 if mean else 1.0
+        p_equivalence = 0.0 if abs(mean) < np.log1p(margin) else 1.0
+    else:
+        p_difference = float(2 * dist.sf(abs(mean) / se))
+        lower, upper = np.log1p(-margin), np.log1p(margin)  # the margin on the log scale (of the ratio)
+        p_equivalence = float(max(dist.sf((mean - lower) / se), dist.cdf((mean - upper) / se)))
+    mde = (dist.ppf(1 - alpha / 2) + dist.ppf(POWER)) * d.std(ddof=1) / np.sqrt(n)
+    return {"n_pairs": n, "ratio": float(np.exp(mean)), "ratio_ci_low": float(np.exp(low)),
+            "ratio_ci_high": float(np.exp(high)), "p_difference": p_difference, "p_equivalence": p_equivalence,
+            "equivalent": bool(p_equivalence < alpha), "mde": float(np.expm1(mde))}
+
+
+def paired_onset_table(onsets: pd.DataFrame, margin: float = EQUIVALENCE_MARGIN) -> pd.DataFrame:
+    """Per (setting, arm other than the baseline): the seeds where both it and the baseline have an observed onset,
+    the per-seed ratios arm / baseline of t50 and ``paired_log_ratio_test`` of their logs (same seed: same data
+    order and noise), with the margin the equivalence was tested at. Censored or missing onsets are counted, not
+    paired."""
+    rows = []
+    for setting, group in onsets.groupby("setting"):
+        base = group[group["arm"] == "baseline"].set_index("seed")["t50"]
+        for arm, arm_rows in group[group["arm"] != "baseline"].groupby("arm"):
+            paired = arm_rows.set_index("seed")["t50"].to_frame("arm").join(base.rename("baseline"), how="inner")
+            both = paired.dropna()
+            ratios = both["arm"] / both["baseline"]
+            rows.append({"setting": setting, "arm": arm, "seeds": ",".join(str(int(s)) for s in both.index),
+                         "unpaired": len(paired) - len(both),
+                         "ratios": ",".join(f"{r:.3f}" for r in ratios), "margin": margin,
+                         **paired_log_ratio_test(np.log(ratios.to_numpy()), margin)})
+    return pd.DataFrame(rows)
 
 
 def convergence_table(runs: pd.DataFrame) -> pd.DataFrame:
     """Per (setting, arm) of ``runs`` (``run_table``): mean convergence step (a run that never converged counts as
-    its own total ``steps``, which an arm or sweep may override; ``n_converged`` says how many did converge),
-    bootstrap CI, and the baseline / arm ratio of mean steps."""
+    its own total ``steps``, which an arm or sweep may override; ``n_converged`` says how many did converge), its
+    95 % t-interval over seeds, and the baseline / arm ratio of mean steps."""
     rows = []
     for (setting, arm), group in runs.groupby(["setting", "arm"]):
         steps = group["convergence_step"].astype(float).fillna(group["steps"].astype(float)).to_numpy()
-        low, high = bootstrap_ci(steps)
+        low, high = t_interval(steps)
         rows.append({"setting": setting, "arm": arm, "n_runs": len(group),
                      "n_converged": int(group["convergence_step"].notna().sum()), "mean_step": steps.mean(),
                      "ci_low": low, "ci_high": high})
@@ -73,15 +125,16 @@ def onset_table(curves: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
         steps, fidelity = curve["step"].to_numpy(dtype=float), curve["value"].to_numpy(dtype=float)
         onset = fit_onset(steps, fidelity) if len(curve) >= 4 else Onset(np.nan, np.nan, np.nan, np.nan)
         rows.append({"run": run, "setting": setting, "arm": arm, "seed": seed, "t50": onset.t50,
-                     "width": onset.width, "low": onset.low, "high": onset.high, "last_step": steps[-1],
-                     "final": fidelity[-1]})
+                     "censored": onset.censored, "width": onset.width, "low": onset.low, "high": onset.high,
+                     "last_step": steps[-1], "final": fidelity[-1]})
     return pd.DataFrame(rows)
 
 
 def onset_summary(onsets: pd.DataFrame, curves: pd.DataFrame, runs: pd.DataFrame,
                   fraction: float = 0.8) -> pd.DataFrame:
-    """Per (setting, arm): runs, runs with an onset, mean ``t50`` over those with its bootstrap CI over seeds, and
-    the speed-up against the setting's baseline arm three ways:
+    """Per (setting, arm): runs, runs with an observed onset, right-censored runs (onset after the last step), the
+    geometric mean ``t50`` over the observed ones with its 95 % t-interval on log t50 and their seeds, and the
+    speed-up against the setting's baseline arm three ways:
 
     * ``speedup_t50``: baseline mean t50 / arm mean t50;
     * ``step_to_level``: mean first step at which a run reaches ``fraction`` × the baseline's mean final fidelity (a
@@ -98,8 +151,9 @@ def onset_summary(onsets: pd.DataFrame, curves: pd.DataFrame, runs: pd.DataFrame
         target = control[(control["setting"] == setting) & (control["arm"] == "baseline")
                          & (control["step"] == last)]["value"].mean()
         for arm, arm_rows in group.groupby("arm"):
-            found = arm_rows["t50"].dropna().to_numpy()
-            low, high = bootstrap_ci(found)
+            observed = arm_rows.dropna(subset=["t50"])
+            found = observed["t50"].to_numpy()
+            low, high = np.exp(t_interval(np.log(found))) if len(found) else (np.nan, np.nan)
             reach_level, reach_final = [], []
             for record in arm_rows.itertuples():
                 curve = control[control["run"] == record.run].sort_values("step")
@@ -107,7 +161,10 @@ def onset_summary(onsets: pd.DataFrame, curves: pd.DataFrame, runs: pd.DataFrame
                 reach_level.append(np.nan_to_num(first_step_above(steps, values, level), nan=record.last_step))
                 reach_final.append(np.nan_to_num(first_step_above(steps, values, target), nan=record.last_step))
             rows.append({"setting": setting, "arm": arm, "n_runs": len(arm_rows), "n_onset": len(found),
-                         "t50": found.mean() if len(found) else np.nan, "t50_ci_low": low, "t50_ci_high": high,
+                         "n_censored_right": int((arm_rows.get("censored", pd.Series(dtype=str)) == "right").sum()),
+                         "seeds": ",".join(str(int(seed)) for seed in observed["seed"]),
+                         "t50": float(np.exp(np.log(found).mean())) if len(found) else np.nan,
+                         "t50_ci_low": low, "t50_ci_high": high,
                          "step_to_level": float(np.mean(reach_level)),
                          "reach_baseline_final": float(np.mean(reach_final)) / last})
     table = pd.DataFrame(rows)
@@ -141,13 +198,13 @@ def probe_curves(out_dir: Path, runs: pd.DataFrame) -> pd.DataFrame:
 
 def curve_area_table(curves: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
     """Per (setting, arm): control fidelity averaged over a run's evaluations (the area under its training curve
-    divided by its length; threshold-free, higher = faster), mean over seeds with a bootstrap CI, and the arm's
+    divided by its length; threshold-free, higher = faster), mean over seeds with its 95 % t-interval, and the arm's
     difference to the baseline's mean."""
     data = control_curves(curves, runs)
     per_run = data.groupby(["setting", "arm", "seed"])["value"].mean().reset_index()
     rows = []
     for (setting, arm), group in per_run.groupby(["setting", "arm"]):
-        low, high = bootstrap_ci(group["value"].to_numpy())
+        low, high = t_interval(group["value"].to_numpy())
         rows.append({"setting": setting, "arm": arm, "n_runs": len(group), "mean_fidelity": group["value"].mean(),
                      "ci_low": low, "ci_high": high})
     table = pd.DataFrame(rows)

@@ -49,3 +49,27 @@ def test_onset_signals_closed_cases():
     assert half["explained"] == pytest.approx(0.75) and half["cosine"] == pytest.approx(1.0)
     assert onset_signals(target, main - (target - main), main)["cosine"] == pytest.approx(-1.0)
     assert math.isnan(onset_signals(main, main, main)["explained"])
+
+
+@pytest.mark.parametrize("last_step,expected", [(200, "right"), (250, "right"), (1200, "")])
+def test_an_onset_still_to_come_is_right_censored_never_a_number_at_the_bound(last_step, expected):
+    """A curve with its onset at step 300 (width 60) evaluated to step 200 or 250 is still rising at its last step:
+    censored, t50 NaN (the bounded fit used to return the last step); evaluated to 1200 the onset is observed. One
+    that has not yet risen by MIN_RISE has no onset, also NaN."""
+    steps = np.arange(10, last_step + 1, 10, dtype=float)
+    fidelity = logistic(steps, 300.0, 60.0, 0.1, 0.7) + np.random.default_rng(2).normal(0, 0.005, len(steps))
+    onset = fit_onset(steps, fidelity)
+    assert onset.censored == expected
+    if expected:
+        assert math.isnan(onset.t50) and not onset.found
+    else:
+        assert onset.t50 == pytest.approx(300.0, abs=15)
+    early = fit_onset(steps[:6], fidelity[:6])
+    assert math.isnan(early.t50) and early.high - early.low < MIN_RISE
+
+
+def test_an_onset_before_the_first_step_is_left_censored():
+    steps = np.arange(100, 1001, 50, dtype=float)
+    fidelity = logistic(steps, 60.0, 40.0, 0.1, 0.7)
+    onset = fit_onset(steps, fidelity, min_rise=0.0)
+    assert onset.censored == "left" and math.isnan(onset.t50)
