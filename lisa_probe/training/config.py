@@ -258,6 +258,16 @@ class TrainConfig(LoopConfig, DataOptions, PromptDropout):
     mode_scale: float = field(default=1.29, metadata=option("scale of the mode weighting scheme"))
     conditioning_scale: float = field(default=1.0, metadata=option(
         "scale of the side net's residuals in training (diffusers' controlnet_conditioning_scale; 1: as at inference)"))
+    train_size: int | None = field(default=None, metadata=option(
+        "shapes, digits: train on this fixed subset of the training split (its first N samples), for many epochs: the "
+        "regime where a regulariser can act (default: the whole split)"))
+    lisa_decoder_channels: int | None = field(default=None, metadata=option(
+        "the LISA decoder's narrowest channel count (its size relative to the side net; default: min(64, max(8, "
+        "C / 4)) for a site of C channels, 64 as the reference's for SD-sized features)"))
+    cond_embedding_init_scale: float = field(default=0.0, metadata=option(
+        "initial weights of the condition embedding's zero-initialised output (ControlNet's "
+        "controlnet_cond_embedding.conv_out, the SD3 ControlNet's pos_embed_input) ~ N(0, (scale / sqrt(fan_in))^2) "
+        "instead of zeros: the gate opened slightly from step 1"))
     zero_init_scale: float = field(default=0.0, metadata=option(
         "initial weights of a new side net's zero modules ~ N(0, (scale / sqrt(fan_in))^2) instead of zeros"))
     lr_scale_zero_modules: float = field(default=1.0, metadata=option("learning-rate factor of the zero modules "
@@ -306,6 +316,15 @@ class TrainConfig(LoopConfig, DataOptions, PromptDropout):
                              f"{self.probe_samples}")
         check_number("conditioning_scale", self.conditioning_scale, 0)
         check_number("zero_init_scale", self.zero_init_scale, 0)
+        check_number("cond_embedding_init_scale", self.cond_embedding_init_scale, 0)
+        if self.train_size is not None:
+            if self.dataset not in ("shapes", "digits"):
+                raise ValueError(f"--train-size applies to the built-in datasets (shapes, digits), not "
+                                 f"{self.dataset!r}; a captioned table takes --max-train-samples")
+            if self.train_size < 1:
+                raise ValueError(f"--train-size must be >= 1, got {self.train_size}")
+        if self.lisa_decoder_channels is not None and self.lisa_decoder_channels < 1:
+            raise ValueError(f"--lisa-decoder-channels must be >= 1, got {self.lisa_decoder_channels}")
         for name in LR_SCALES:
             check_number(name, getattr(self, name), 0)
         self.check_data_options()

@@ -150,18 +150,38 @@ def init_zero_modules(model: DualBranch, scale: float, seed: int) -> None:
             weight.copy_(torch.randn(weight.shape, generator=generator) * scale / fan_in**0.5)
 
 
-def build_decoder(model: DualBranch, site: str, seed: int) -> LisaDecoder:
+def build_decoder(model: DualBranch, site: str, seed: int, min_channels: int | None = None) -> LisaDecoder:
     """A LISA decoder from ``site``'s feature map to the prediction's shape.
 
-    Channels halve per stage down to ``min(64, C / 4)``: 64 as in the reference for SD-sized features (C >= 256),
-    narrower for the small built-in presets, where 64-channel convolutions at full resolution would cost more than
-    the side net itself.
+    Channels halve per stage down to ``min_channels`` (``--lisa-decoder-channels``), by default ``min(64, C / 4)``:
+    64 as in the reference for SD-sized features (C >= 256), narrower for the small built-in presets, where
+    64-channel convolutions at full resolution would cost more than the side net itself.
     """
     channels, height, _ = model.site(site).map_shape
     out_size = model.main.config.sample_size
     torch.manual_seed(seed)
+    floor = min(64, max(8, channels // 4)) if min_channels is None else min_channels
     return LisaDecoder(in_channels=channels, in_size=height, out_channels=model.main.config.out_channels,
-                       out_size=out_size, min_channels=min(64, max(8, channels // 4)), site=site)
+                       out_size=out_size, min_channels=floor, site=site)
+
+
+def condition_gate(model: DualBranch) -> torch.nn.Module:
+    """The condition embedding's zero-initialised output: ControlNet's ``controlnet_cond_embedding.conv_out``, the
+    SD3 ControlNet's ``pos_embed_input`` projection."""
+    side = model.side
+    embedding = getattr(side, "controlnet_cond_embedding", None)
+    return embedding.conv_out if embedding is not None else side.pos_embed_input.proj
+
+
+def init_condition_gate(model: DualBranch, scale: float, seed: int) -> None:
+    """Give a new side net's condition-embedding output weights ~ N(0, (scale / sqrt(fan_in))²) (bias 0); ``scale =
+    0`` keeps ControlNet's zero initialisation."""
+    if scale == 0:
+        return
+    generator = torch.Generator().manual_seed(derive_seed(seed, "cond_gate_init"))
+    with torch.no_grad():
+        weight = condition_gate(model).weight
+        weight.copy_(torch.randn(weight.shape, generator=generator) * scale / weight[0].numel() ** 0.5)
 
 
 def train(config: TrainConfig) -> Path:
@@ -181,6 +201,7 @@ def train(config: TrainConfig) -> Path:
     model.parameterization.check_weighting(config.weighting())
     if config.side is None:  # a new side net (a resumed run loads its weights from the checkpoint)
         init_zero_modules(model, config.zero_init_scale, config.seed)
+        init_condition_gate(model, config.cond_embedding_init_scale, config.seed)
     site = config.lisa_site or model.default_lisa_site()
     model.site(site)
     run_dir = config.run_dir
@@ -200,7 +221,8 @@ def train(config: TrainConfig) -> Path:
     try:
         prepare_run_dir(run_dir, config.resume, config.overwrite, is_main_process())  # the inputs are valid
         process_state().wait_for_everyone()
-        decoder = build_decoder(model, site, config.seed) if config.lisa_weight > 0 else None
+        decoder = (build_decoder(model, site, config.seed, config.lisa_decoder_channels) if config.lisa_weight > 0
+                   else None)
         if is_main_process():
             write_run_config(run_dir, replace(config, lisa_site=site), kind="train")  # the site resolved, saved
         objective = SideNetObjective(model, decoder, config, site, prompts, latents)
@@ -217,7 +239,8 @@ def run_splits(config: TrainConfig, dataset_kwargs: dict) -> dict:
     """``{"train": ..., "val": ...}``: the splits a side-net run uses, each built once (val only when the run uses it:
     evaluation, the onset probe, captions to encode); ValueError when the val split cannot give what the run takes
     from it (``--probe-samples``) and ``DataError`` when its first items cannot be read."""
-    splits = {"train": build_dataset(config.dataset, split="train", **dataset_kwargs)}
+    splits = {"train": build_dataset(config.dataset, split="train", **dataset_kwargs,
+                                     **({"size": config.train_size} if config.train_size is not None else {}))}
     wanted = max(config.eval_samples, config.probe_samples if config.probe_every > 0 else 0)
     if wanted == 0 and not config.has_captions:
         return splits

@@ -25,7 +25,15 @@ from lisa_probe.training.engine import NonFiniteLossError
 from lisa_probe.training.loading import build_dual_branch, load_run
 from lisa_probe.training.main_net import pretrain
 from lisa_probe.training.onset_probe import OnsetProbe
-from lisa_probe.training.side_net import SideNetObjective, build_decoder, init_zero_modules, train
+from lisa_probe.training.side_net import (
+    SideNetObjective,
+    build_decoder,
+    condition_gate,
+    init_condition_gate,
+    init_zero_modules,
+    run_splits,
+    train,
+)
 from tests.conftest import launch_two_cpu_processes
 
 
@@ -629,3 +637,44 @@ def test_folder_options_on_another_dataset_are_refused(tmp_path, capsys):
         train_main(["--main", make_main(tmp_path, "unet", "eps"), "--conditioning-dir", str(tmp_path),
                     "--out-dir", str(tmp_path / "runs")])
     assert stop.value.code == 2 and "--conditioning-dir applies to --dataset folder" in capsys.readouterr().err
+
+
+def test_train_size_keeps_a_fixed_subset_for_many_epochs(tmp_path):
+    """--train-size N: the run's training split is its first N samples (the same ones every epoch)."""
+    config = tiny_config(tmp_path, train_size=4, steps=3, batch_size=4, name="small-set")
+    _, kwargs = build_dual_branch(config)
+    subset = run_splits(config, kwargs)["train"]
+    whole = build_dataset("shapes", split="train", **kwargs)
+    assert len(subset) == 4 and [subset[i]["id"] for i in range(4)] == [whole[i]["id"] for i in range(4)]
+    assert read_summary(train(config))["steps"] == 3  # three epochs of the four samples
+
+
+def test_the_lisa_decoder_width_is_an_option_and_is_saved(tmp_path):
+    config = tiny_config(tmp_path, lisa_decoder_channels=4, steps=1, name="narrow")
+    run = train(config)
+    decoder_config = json.loads((run / "lisa_decoder" / "config.json").read_text())
+    assert decoder_config["min_channels"] == 4
+    model, _ = build_dual_branch(config)
+    site = model.default_lisa_site()
+    default = build_decoder(model, site, 0)
+    narrow = build_decoder(model, site, 0, min_channels=4)
+    count = lambda module: sum(p.numel() for p in module.parameters())  # noqa: E731
+    assert count(narrow) < count(default) and narrow.config.min_channels == 4
+
+
+@pytest.mark.parametrize("family,kind", [("unet", "eps"), ("dit", "flow")])
+def test_the_condition_gate_opens_by_the_init_scale(tmp_path, family, kind):
+    """--cond-embedding-init-scale s: the condition embedding's zero-initialised output gets N(0, (s/√fan_in)²)
+    weights (seeded), 0 keeps it zero as ControlNet's."""
+    config = tiny_config(tmp_path, family, kind)
+    model, _ = build_dual_branch(config)
+    gate = condition_gate(model).weight
+    assert not gate.any()
+    init_condition_gate(model, 0.0, 0)
+    assert not gate.any()
+    init_condition_gate(model, 0.5, 0)
+    expected = 0.5 / gate[0].numel() ** 0.5
+    assert gate.any() and gate.std().item() == pytest.approx(expected, rel=0.35)
+    again, _ = build_dual_branch(config)
+    init_condition_gate(again, 0.5, 0)
+    assert torch.equal(condition_gate(again).weight, gate)  # seeded
