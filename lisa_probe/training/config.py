@@ -217,7 +217,7 @@ class TrainConfig(LoopConfig, DataOptions, PromptDropout):
     net exists)."""
 
     resumable_changes: ClassVar[tuple[str, ...]] = (*LoopConfig.resumable_changes, "probe_every", "probe_samples",
-                                                    "name", "out_dir")
+                                                    "probe_grad_split", "name", "out_dir")
 
     main: str | None = field(default=None, metadata=option(
         f"main-net directory (diffusers layout); default: <out-dir>/{DEFAULT_MAIN_NAME}, pretrained if missing"))
@@ -280,6 +280,10 @@ class TrainConfig(LoopConfig, DataOptions, PromptDropout):
     probe_every: int = field(default=0, metadata=option(
         "steps between onset-signal measurements on a fixed probe batch, logged in metrics.csv (0: none)"))
     probe_samples: int = field(default=32, metadata=option("validation samples in the onset probe batch"))
+    probe_grad_split: bool = field(default=False, metadata=option(
+        "with the onset probe and LISA: also log, per parameter group (trunk up to the LISA site, rest of the trunk, "
+        "condition embedding, zero modules, decoder), the norms of the diffusion and weighted LISA gradients, their "
+        "cosine and the relative change LISA makes to AdamW's step (grad/<group>/* in metrics.csv)"))
     name: str | None = field(default=None, metadata=option("run name (default: derived from the settings)"))
     out_dir: str = field(default="runs", metadata=option("parent of run directories"))
     eval_samples: int = field(default=64, metadata=option("validation conditions sampled per evaluation (0: no "
@@ -311,6 +315,9 @@ class TrainConfig(LoopConfig, DataOptions, PromptDropout):
         if not self.has_captions and self.lisa_main_prompt != "caption":
             raise ValueError(f"--lisa-main-prompt {self.lisa_main_prompt} needs captions; --dataset {self.dataset} "
                              "has none here (without captions pred_main gets the empty prompt anyway)")
+        if self.probe_grad_split and (self.probe_every == 0 or self.lisa_weight == 0):
+            raise ValueError("--probe-grad-split needs the onset probe (--probe-every > 0) and LISA (--lisa-weight > "
+                             f"0), got --probe-every {self.probe_every} and --lisa-weight {self.lisa_weight:g}")
         if self.probe_every < 0 or self.probe_samples < 1:
             raise ValueError(f"--probe-every must be >= 0 and --probe-samples >= 1, got {self.probe_every} and "
                              f"{self.probe_samples}")

@@ -121,6 +121,9 @@ class Probe:
 
     every: int
 
+    def bind(self, objective: Objective, optimizer: torch.optim.Optimizer) -> None:
+        """Called once by ``fit`` before the loop with the objective and its optimizer; nothing by default."""
+
     def __call__(self, step: int) -> dict[str, float]:
         raise NotImplementedError
 
@@ -200,6 +203,8 @@ def _fit_loop(run_dir: Path, objective: Objective, dataset, config: LoopConfig,
                      train_seconds=saved.get("train_seconds", 0.0))
         load_grad_scaler(accelerator, saved)
     model, optimizer = accelerator.prepare(objective, optimizer)
+    if probe is not None:
+        probe.bind(objective, optimizer)
     loader = batch_loader(dataset, config.batch_size, config.seed, accelerator.process_index,
                           accelerator.num_processes, start=state["micro_batches"], num_workers=config.num_workers)
     metrics = MetricsLog(run_dir, state["step"], accelerator.is_main_process, config.report_to, config_dict)

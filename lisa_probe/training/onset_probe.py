@@ -17,6 +17,7 @@ from lisa_probe.seeds import derive_seed
 from lisa_probe.text.prompts import PromptEmbeddings, batch_context
 from lisa_probe.training.config import TrainConfig
 from lisa_probe.training.engine import Probe
+from lisa_probe.training.grad_split import gradient_split
 
 
 def onset_signals(target: np.ndarray, full: np.ndarray, main: np.ndarray) -> dict[str, float]:
@@ -41,14 +42,17 @@ class OnsetProbe(Probe):
     ``samples`` validation samples, each at one of ``BINS`` evenly spaced timesteps (sample k at bin k mod BINS),
     fixed noise. Columns: ``probe/explained`` and ``probe/cosine`` (``onset_signals``) overall and per bin
     (``…/t<b>``, low to high noise), ``probe/residual_norm/<site>`` (mean L2 norm per row of the residual the site
-    adds) and ``probe/zero_weight_norm/<site>`` (Frobenius norm of its zero module's weight)."""
+    adds) and ``probe/zero_weight_norm/<site>`` (Frobenius norm of its zero module's weight); with ``grad_split``
+    (``--probe-grad-split``), also ``grad/<group>/*`` of ``grad_split.gradient_split`` on the same batch, with the
+    objective and optimizer the loop binds (``bind``)."""
 
     BINS = 4
 
     def __init__(self, model: DualBranch, config: TrainConfig, val, every: int, samples: int,
-                 prompts: PromptEmbeddings | None = None):
+                 prompts: PromptEmbeddings | None = None, grad_split: bool = False):
         """``val``: the run's val split, of at least ``samples`` items (``side_net.run_splits`` checks it)."""
-        self.model, self.every = model, every
+        self.model, self.every, self.grad_split = model, every, grad_split
+        self.objective = self.optimizer = None
         batch = default_collate([val[i] for i in range(samples)])
         self.context = batch_context(prompts, batch)
         parameterization = model.parameterization
@@ -56,9 +60,23 @@ class OnsetProbe(Probe):
         self.timesteps = parameterization.evenly_spaced_timesteps(self.BINS)[self.bins]
         x0 = model.encode_images(batch["image"])
         noise = fixed_noise(tuple(x0.shape), derive_seed(config.seed, "probe"))
+        self.x0, self.noise = x0, noise
         self.x_t = parameterization.add_noise(x0, noise, self.timesteps)
         self.target = parameterization.target(x0, noise, self.timesteps)
         self.cond = batch["cond"]
+
+    def bind(self, objective, optimizer) -> None:
+        """The objective (``SideNetObjective``) and optimizer of the run, for the gradient split."""
+        self.objective, self.optimizer = objective, optimizer
+
+    def split_gradients(self, step: int) -> dict[str, float]:
+        """``grad_split.gradient_split`` of the objective's terms on the probe batch at ``step``."""
+        device = next(self.model.side.parameters()).device
+        context = {} if self.context is None else {k: v.to(device) for k, v in self.context.items()}
+        with torch.enable_grad():
+            terms = self.objective.loss_terms(self.x0.to(device), self.cond.to(device), self.noise.to(device),
+                                              self.timesteps.to(device), step, **context)
+            return gradient_split(terms, self.objective.parameter_sets(), self.optimizer)
 
     @torch.no_grad()
     def __call__(self, step: int) -> dict[str, float]:
@@ -80,4 +98,6 @@ class OnsetProbe(Probe):
             residual = records[site]["residual"].float()
             values[f"probe/residual_norm/{site}"] = float(residual.flatten(1).norm(dim=1).mean())
             values[f"probe/zero_weight_norm/{site}"] = float(self.model.site_module(site).weight.norm())
+        if self.grad_split and self.objective is not None:
+            values.update(self.split_gradients(step))
         return values

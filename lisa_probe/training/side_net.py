@@ -99,8 +99,10 @@ class SideNetObjective(Objective):
         return torch.full((len(self.model.sites),), self.config.conditioning_scale,
                           device=next(self.model.side.parameters()).device)
 
-    def forward(self, x0, cond, noise, timesteps, step, **text):
-        """Losses of a drawn batch; ``text``: its prompt embeddings (``draw``), none for the null context."""
+    def loss_terms(self, x0, cond, noise, timesteps, step, **text) -> dict[str, torch.Tensor]:
+        """The objective's terms of a drawn batch, with their graphs: ``diffusion`` (scalar) and, with a decoder,
+        ``lisa`` (scalar, unweighted), ``weight`` (λ at ``step``, float64 scalar) and ``lisa_target_norm``;
+        ``text``: the batch's prompt embeddings (``draw``), none for the null context."""
         parameterization = self.model.parameterization
         x_t = parameterization.add_noise(x0, noise, timesteps)
         target = parameterization.target(x0, noise, timesteps)
@@ -119,15 +121,24 @@ class SideNetObjective(Objective):
             per_sample = (out.pred_full.float() - target.float()).pow(2).flatten(1).mean(1)
             diffusion = (weights.to(per_sample.device) * per_sample).mean()
         if not rows:
-            return {"loss": diffusion, "diffusion_loss": diffusion.detach()}
+            return {"diffusion": diffusion}
         feature = self.model.feature_to_map(self.site, records[self.site]["feature"][:rows])
         decoded = self.decoder(feature, timesteps[:rows])
         aux_target = lisa_target(target[:rows], out.pred_main)
-        lisa = lisa_distance(decoded, aux_target, self.config.lisa_distance)
         weight = lisa_weight(step, self.config.lisa_weight, self.config.lisa_schedule, self.config.lisa_end_step)
+        return {"diffusion": diffusion, "lisa": lisa_distance(decoded, aux_target, self.config.lisa_distance),
+                "weight": torch.tensor(weight, dtype=torch.float64),
+                "lisa_target_norm": aux_target.float().pow(2).mean().detach()}
+
+    def forward(self, x0, cond, noise, timesteps, step, **text):
+        """Losses of a drawn batch (``loss_terms``): ``loss`` = diffusion + λ · LISA, and their detached logs."""
+        terms = self.loss_terms(x0, cond, noise, timesteps, step, **text)
+        diffusion = terms["diffusion"]
+        if "lisa" not in terms:
+            return {"loss": diffusion, "diffusion_loss": diffusion.detach()}
+        weight, lisa = float(terms["weight"]), terms["lisa"]
         return {"loss": diffusion + weight * lisa, "diffusion_loss": diffusion.detach(), "lisa_loss": lisa.detach(),
-                "lisa_target_norm": aux_target.float().pow(2).mean().detach(),
-                "lisa_weight": torch.tensor(weight, dtype=torch.float64)}
+                "lisa_target_norm": terms["lisa_target_norm"], "lisa_weight": terms["weight"]}
 
 
 def flip_pairs(images: torch.Tensor, cond: torch.Tensor, flip: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -215,8 +226,8 @@ def train(config: TrainConfig) -> Path:
                            dataset_kwargs, progress=is_main_process()) if config.cache_latents else None)
     evaluation = (ControlEvaluation(model, config, splits["val"], splits["train"], dataset_kwargs, run_dir, prompts)
                   if config.eval_samples > 0 else None)
-    probe = (OnsetProbe(model, config, splits["val"], config.probe_every, config.probe_samples, prompts)
-             if config.probe_every > 0 else None)
+    probe = (OnsetProbe(model, config, splits["val"], config.probe_every, config.probe_samples, prompts,
+                        grad_split=config.probe_grad_split) if config.probe_every > 0 else None)
     lock = OutputLock(run_dir, what="run directory") if is_main_process() else None
     try:
         prepare_run_dir(run_dir, config.resume, config.overwrite, is_main_process())  # the inputs are valid

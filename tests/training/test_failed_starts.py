@@ -156,6 +156,7 @@ def test_a_broken_pipeline_is_named(tmp_path, sd_pipeline, captioned_data, capsy
     (["--train-size", "0"], "--train-size must be >= 1, got 0"),
     (["--dataset", "folder", "--data-root", "{runs}", "--train-size", "5"], "--train-size applies to the built-in"),
     (["--lisa-decoder-channels", "0"], "--lisa-decoder-channels must be >= 1, got 0"),
+    (["--probe-grad-split"], "--probe-grad-split needs the onset probe (--probe-every > 0) and LISA"),
     (["--cond-embedding-init-scale", "-1"], "--cond-embedding-init-scale must be a finite number in [0, inf]"),
 ])
 def test_options_that_cannot_apply_are_refused_before_anything_is_made(tmp_path, capsys, argv, message):
