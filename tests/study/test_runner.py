@@ -10,7 +10,7 @@ from lisa_probe.rundir import read_eval
 from lisa_probe.study.cli import main as study_main
 from lisa_probe.study.onset import logistic
 from lisa_probe.study.runner import run_study
-from lisa_probe.study.spec import load_study
+from lisa_probe.study.spec import load_study, planned_runs
 from lisa_probe.study.tables import convergence_table, curve_area_table, onset_summary, onset_table, t_interval
 from tests.conftest import REPO
 
@@ -94,7 +94,6 @@ def test_never_converged_runs_count_their_own_steps():
 
 
 def test_planned_runs_put_seeds_outermost(tmp_path):
-    from lisa_probe.study.spec import planned_runs
 
     study = load_study(write_study(tmp_path))
     plans = planned_runs(study)
@@ -104,7 +103,6 @@ def test_planned_runs_put_seeds_outermost(tmp_path):
 def test_an_arm_runs_at_its_own_seeds_and_quick_mode_picks_arms(tmp_path):
     """An arm with ``seeds`` runs only at those (seeds still outermost); quick mode keeps the arms it names and runs
     them at its own seeds."""
-    from lisa_probe.study.spec import planned_runs
 
     arms = {"baseline": {"lisa_weight": 0.0}, "lisa": {"lisa_weight": 0.2},
             "fast": {"lisa_weight": 0.0, "lr": 1e-3, "seeds": [1]}}
@@ -121,7 +119,6 @@ def test_an_arm_runs_at_its_own_seeds_and_quick_mode_picks_arms(tmp_path):
 def test_a_setting_runs_its_own_arms_and_settings_run_apart_share_their_runs(tmp_path, capsys):
     """A setting with ``arms`` runs those only; ``--settings`` runs a subset into ``<name>-<setting>/`` while the
     runs stay under the study's own run directory (so the whole study skips them); an unknown one is refused."""
-    from lisa_probe.study.spec import planned_runs
 
     settings = {"unet": TINY_STUDY["settings"]["unet"],
                 "second": {**TINY_STUDY["settings"]["unet"], "arms": ["baseline"]}}
@@ -252,3 +249,10 @@ def test_the_committed_study_files_are_valid(quick):
     for path in sorted((REPO / "experiments").glob("*.yaml")):
         study = load_study(path, quick=quick)
         assert study["seeds"] and study["arms"], path
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "experiments").glob("*.yaml")), ids=lambda path: path.stem)
+def test_every_committed_study_file_loads_and_plans(path):
+    """The study files in experiments/ pass the spec and every run's config checks, whole and in quick mode."""
+    for quick in (False, True):
+        assert planned_runs(load_study(path, quick=quick))
