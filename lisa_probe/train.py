@@ -10,7 +10,6 @@ except that it builds no decoder and adds no LISA term.
 
 from __future__ import annotations
 
-import json
 import sys
 
 from lisa_probe.options import cli_errors, parse_config
@@ -22,6 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     config = parse_config(TrainConfig, argv, prog, __doc__.splitlines()[0])
     # the library (torch, diffusers, accelerate) is imported once the options parsed: --help stays quick
     from lisa_probe.rundir import read_summary
+    from lisa_probe.training.control_evaluation import summary_lines
     from lisa_probe.training.engine import end_processes, is_main_process
     from lisa_probe.training.side_net import train
 
@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     if is_main_process():
         summary = read_summary(run_dir)
         print(f"side net written to {run_dir}")
-        print(json.dumps(summary["final"], indent=2))
+        print("\n".join(summary_lines(summary)))
     end_processes()
     return 0
 

@@ -107,3 +107,19 @@ def write_summary(run_dir: Path, config, state: dict, metric: str | None) -> dic
     }
     write_json(Path(run_dir) / SUMMARY_FILE, summary)
     return summary
+
+
+def summary_lines(summary: dict) -> list[str]:
+    """The end-of-run console summary of a ``summary.json``, the same lines whether or not the run evaluated:
+    steps and time per step, the convergence step of its control metric, and the final evaluation."""
+    seconds = summary.get("seconds_per_step")
+    metric = summary.get("control_metric")
+    step = summary.get("convergence_step")
+    convergence = ("no control metric for this condition" if metric is None else
+                   f"{metric} >= {summary.get('convergence_threshold')}: "
+                   f"{'not reached' if step is None else f'step {step}'}")
+    final = summary.get("final") or {}
+    return [f"steps: {summary.get('steps')} ({'?' if seconds is None else f'{seconds:.3g}'} s/step)",
+            f"convergence ({convergence})",
+            "final: " + (", ".join(f"{key} {value:.4g}" for key, value in final.items()) if final
+                         else "not evaluated (--eval-samples 0)")]

@@ -207,6 +207,8 @@ def _fit_loop(run_dir: Path, objective: Objective, dataset, config: LoopConfig,
         probe.bind(objective, optimizer)
     loader = batch_loader(dataset, config.batch_size, config.seed, accelerator.process_index,
                           accelerator.num_processes, start=state["micro_batches"], num_workers=config.num_workers)
+    if checkpoint is not None and accelerator.is_main_process:
+        print(f"resuming from {checkpoint.name} (step {state['step']} of {config.steps})")
     metrics = MetricsLog(run_dir, state["step"], accelerator.is_main_process, config.report_to, config_dict)
     progress = tqdm(total=config.steps, initial=state["step"], desc=run_dir.name,
                     disable=not accelerator.is_main_process, dynamic_ncols=True)
@@ -248,7 +250,7 @@ def _fit_loop(run_dir: Path, objective: Objective, dataset, config: LoopConfig,
         step = state["step"]
         objective.after_step(step)
         progress.update(1)
-        progress.set_postfix(loss=f"{sums['loss']:.4f}")
+        progress.set_postfix(progress_postfix(sums))
         probed = {}
         if probe is not None and step % probe.every == 0 and accelerator.is_main_process:
             objective.eval()
@@ -277,6 +279,15 @@ def _fit_loop(run_dir: Path, objective: Objective, dataset, config: LoopConfig,
     export_modules(accelerator, run_dir, objective)
     accelerator.wait_for_everyone()
     return state
+
+
+def progress_postfix(sums: dict[str, float]) -> dict[str, str]:
+    """The progress bar's figures of a step: the loss and, when the objective logs them apart, its diffusion and LISA
+    parts (so a LISA run's bar compares with a baseline's on the diffusion loss)."""
+    shown = {"loss": "loss", "diffusion_loss": "diffusion", "lisa_loss": "lisa"}
+    if "lisa_loss" not in sums:
+        shown = {"loss": "loss"}
+    return {label: f"{sums[key]:.4f}" for key, label in shown.items() if key in sums}
 
 
 def stop_on_data_error(accelerator: Accelerator, run_dir: Path, objective: Objective, optimizer, generator,

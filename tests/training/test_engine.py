@@ -16,6 +16,7 @@ from lisa_probe.training.engine import (
     cpu_only,
     is_eval_step,
     learning_rate,
+    progress_postfix,
 )
 
 
@@ -102,3 +103,9 @@ def test_an_evaluation_schedule_is_dense_where_asked():
     for bad in ("10@50", "10,20", "0@50,10", "10@50,5@40,10", "x@3,1"):
         with pytest.raises(ValueError, match=f"--eval-schedule '{bad}'"):
             LoopConfig(steps=100, eval_schedule=bad)
+
+
+def test_the_progress_bar_shows_the_diffusion_and_lisa_losses_apart():
+    assert progress_postfix({"loss": 1.25, "diffusion_loss": 1.0, "lisa_loss": 1.25, "grad_norm": 3.0}) == {
+        "loss": "1.2500", "diffusion": "1.0000", "lisa": "1.2500"}
+    assert progress_postfix({"loss": 0.5, "diffusion_loss": 0.5}) == {"loss": "0.5000"}  # a baseline: one figure

@@ -100,12 +100,13 @@ def test_baseline_builds_no_decoder_and_samples_at_the_same_cost(tmp_path):
     torch.testing.assert_close(model(x, t, c).pred_full, plain, rtol=1e-5, atol=1e-6)
 
 
-def test_resume_continues_exactly(tmp_path):
+def test_resume_continues_exactly(tmp_path, capsys):
     common = dict(grad_accum=2, checkpoint_every=2, lisa_fraction=0.5)
     straight = train(tiny_config(tmp_path, name="straight", steps=4, **common))
     interrupted = train(tiny_config(tmp_path, name="resumed", steps=2, **common))
+    capsys.readouterr()
     resumed = train(tiny_config(tmp_path, name="resumed", steps=4, resume="latest", **common))
-    assert resumed == interrupted
+    assert resumed == interrupted and "resuming from checkpoint-2 (step 2 of 4)" in capsys.readouterr().out
     for name in ("controlnet", "lisa_decoder"):
         a, b = side_weights(straight / name), side_weights(resumed / name)
         assert a.keys() == b.keys()
