@@ -17,6 +17,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import yaml
 
@@ -24,7 +25,7 @@ from lisa_probe.analysis.config import AnalyzeOptions
 from lisa_probe.analysis.report.report import report_stores
 from lisa_probe.extraction.config import ExtractConfig
 from lisa_probe.extraction.extractor import extract
-from lisa_probe.rundir import is_finished, is_main_net_ready
+from lisa_probe.rundir import is_finished, is_main_net_ready, read_summary
 from lisa_probe.study.figures import plot_curves, plot_onset_fits, plot_probe_signals, plot_t50_vs_lr
 from lisa_probe.study.readme import write_readme
 from lisa_probe.study.spec import expect_names, load_study, planned_runs
@@ -47,6 +48,29 @@ from lisa_probe.training.main_net import pretrain
 from lisa_probe.training.side_net import train
 
 
+def run_name(plan: dict) -> str:
+    """The run directory name of a planned run: ``<setting>-<arm>-s<seed>``."""
+    return f"{plan['setting']}-{plan['arm']}-s{plan['seed']}"
+
+
+def plan_text(study: dict, plans: list[dict], out_dir: Path) -> str:
+    """What a study is about to do, printed before it starts: the runs (finished ones are reused), their training
+    steps, the main nets to pretrain, and an estimate from the seconds per step of the runs already finished (none
+    before the first)."""
+    steps = {run_name(plan): {**study["settings"][plan["setting"]]["train"], **plan["overrides"]}.get("steps", 600)
+             for plan in plans}
+    finished = [name for name in steps if is_finished(out_dir / name)]
+    todo = sum(steps[name] for name in steps if name not in finished)
+    mains = sum(not is_main_net_ready(out_dir / f"main-{setting}") for setting in {p["setting"] for p in plans})
+    rates = [read_summary(out_dir / name).get("seconds_per_step") for name in finished]
+    rates = [rate for rate in rates if rate]
+    estimate = ("nothing to train" if todo == 0 else
+                f"about {todo * float(np.mean(rates)) / 60:.0f} min of training at the finished runs' "
+                f"{np.mean(rates):.2f} s/step" if rates else "no estimate until a run has finished")
+    return (f"study {study['name']}: {len(plans)} runs ({len(finished)} finished, reused), {todo} training steps to "
+            f"go, {mains} main net(s) to pretrain first; {estimate}")
+
+
 def run_one(study: dict, plan: dict, out_dir: Path) -> Path:
     """Pretrain (once per setting) and train one planned run; skipped when its summary exists."""
     setting = study["settings"][plan["setting"]]
@@ -54,7 +78,7 @@ def run_one(study: dict, plan: dict, out_dir: Path) -> Path:
     main_dir = out_dir / pretrain_options["name"]
     if not is_main_net_ready(main_dir):
         pretrain(PretrainConfig(**pretrain_options, resume="latest"))
-    name = f"{plan['setting']}-{plan['arm']}-s{plan['seed']}"
+    name = run_name(plan)
     run_dir = out_dir / name
     if is_finished(run_dir):
         return run_dir
@@ -122,6 +146,7 @@ def run_study(path: Path, quick: bool = False, analyze: bool = True, seeds: list
         directory.mkdir(parents=True, exist_ok=True)
     (results / "study.yaml").write_text(yaml.safe_dump(study, sort_keys=False))
     plans = planned_runs(study)
+    print(plan_text(study, plans, out_dir))
     stores: dict[str, list[Path]] = {}
     for plan in plans:
         run_dir = run_one(study, plan, out_dir)

@@ -1,5 +1,7 @@
 """The study runner end to end on tiny settings (the --quick path with tiny models)."""
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -9,7 +11,7 @@ import yaml
 from lisa_probe.rundir import read_eval
 from lisa_probe.study.cli import main as study_main
 from lisa_probe.study.onset import logistic
-from lisa_probe.study.runner import run_study
+from lisa_probe.study.runner import plan_text, run_name, run_study
 from lisa_probe.study.spec import load_study, planned_runs
 from lisa_probe.study.tables import convergence_table, curve_area_table, onset_summary, onset_table, t_interval
 from tests.conftest import REPO
@@ -43,8 +45,10 @@ def test_quick_overrides(tmp_path):
 
 
 @pytest.mark.slow
-def test_study_trains_every_arm_and_seed_and_summarises(tmp_path):
+def test_study_trains_every_arm_and_seed_and_summarises(tmp_path, capsys):
     results = run_study(write_study(tmp_path), analyze=False)
+    assert ("study tiny: 4 runs (0 finished, reused), 16 training steps to go, 1 main net(s) to pretrain first; "
+            "no estimate until a run has finished") in capsys.readouterr().out
     runs = pd.read_csv(results / "runs.csv")
     assert sorted(zip(runs["arm"], runs["seed"])) == [("baseline", 0), ("baseline", 1), ("lisa", 0), ("lisa", 1)]
     convergence = pd.read_csv(results / "convergence.csv")
@@ -66,6 +70,9 @@ def test_study_trains_every_arm_and_seed_and_summarises(tmp_path):
     stamp = (tmp_path / "runs" / "tiny" / "unet-lisa-s0" / "summary.json").stat().st_mtime
     run_study(write_study(tmp_path), analyze=False)
     assert (tmp_path / "runs" / "tiny" / "unet-lisa-s0" / "summary.json").stat().st_mtime == stamp
+    again = capsys.readouterr().out
+    assert "4 runs (4 finished, reused), 0 training steps to go, 0 main net(s) to pretrain first; nothing to train" \
+        in again
 
 
 def test_t_interval_and_never_converged_runs():
@@ -256,3 +263,17 @@ def test_every_committed_study_file_loads_and_plans(path):
     """The study files in experiments/ pass the spec and every run's config checks, whole and in quick mode."""
     for quick in (False, True):
         assert planned_runs(load_study(path, quick=quick))
+
+
+def test_the_plan_estimates_the_remaining_training_from_the_finished_runs(tmp_path):
+    """Two of four runs finished at 0.5 s/step: the other two's 8 steps take about 0 min (4 s) — and the text says
+    which rate it used."""
+    study = load_study(write_study(tmp_path))
+    plans = planned_runs(study)
+    out_dir = tmp_path / "runs" / "tiny"
+    for plan in plans[:2]:
+        (out_dir / run_name(plan)).mkdir(parents=True)
+        (out_dir / run_name(plan) / "summary.json").write_text(json.dumps({"seconds_per_step": 0.5}))
+    text = plan_text(study, plans, out_dir)
+    assert "4 runs (2 finished, reused), 8 training steps to go, 1 main net(s)" in text
+    assert "about 0 min of training at the finished runs' 0.50 s/step" in text
