@@ -30,6 +30,8 @@ from pathlib import Path
 
 import datasets
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 from PIL import Image
 
@@ -193,11 +195,11 @@ class CaptionedDataset(torch.utils.data.Dataset):
                     raise ValueError(f"{where}, row {row}, column {self.caption_column!r}: a caption must be a string "
                                      f"or a non-empty list of strings, got {type(cell).__name__} {cell!r:.60}")
         for column in self.image_columns:
-            cells = self.table[column]
+            named = named_files(self.table.data.column(column))
             for row in self.rows:
-                path = image_path(cells[row], self._base)
-                if path is not None and not path.is_file():
-                    raise ValueError(f"{where}, row {row}, column {column!r}: image file {path} does not exist")
+                if named[row] is not None and not (self._base / named[row]).is_file():
+                    raise ValueError(f"{where}, row {row}, column {column!r}: image file {self._base / named[row]} "
+                                     "does not exist")
 
     def _read_factors(self, factor_columns, carried_factors):
         specs, levels, values = {}, {}, {}
@@ -257,6 +259,18 @@ class CaptionedDataset(torch.utils.data.Dataset):
         except (OSError, ValueError, Image.DecompressionBombError) as error:
             raise DataError(f"{self.root} ({self.table_split} split), row {row_index}, column {column!r}: "
                             f"{type(error).__name__}: {error}") from error
+
+
+def named_files(column: pa.ChunkedArray) -> list[str | None]:
+    """The file each cell of an image column names (a path string, or an Image cell's ``path`` where it holds no
+    ``bytes``; None otherwise), read from the Arrow column without touching the image bytes."""
+    if pa.types.is_struct(column.type):
+        paths = pc.struct_field(column, "path")
+        return pc.if_else(pc.is_null(pc.struct_field(column, "bytes")), paths,
+                          pa.scalar(None, paths.type)).to_pylist()
+    if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+        return column.to_pylist()
+    return [None] * len(column)
 
 
 def image_path(cell, base: Path) -> Path | None:

@@ -35,6 +35,7 @@ TEXT_ENCODER_DIR = "text_encoder"
 TOKENIZER_DIR = "tokenizer"
 ENCODE_BATCH = 64
 CACHE_FORMAT = 2  # 2: every output of the encoder (context, pooled) is cached
+CHECK_ROWS = 1024  # rows read at a time when a cache file is checked
 MAX_SEQUENCE_LENGTH = 77  # SD3's T5 tokens (diffusers' train_controlnet_sd3.py --max_sequence_length default)
 LAYOUTS = ("sd", "sdxl", "sd3")
 
@@ -187,9 +188,9 @@ def prompt_encoder(pipeline: Path) -> PromptEncoder:
     """The pipeline's ``PromptEncoder``, loaded once per process while its files stay the same (the null context and
     a run's captions share it: the text encoders are loaded once per command, not once per use)."""
     pipeline = Path(pipeline).resolve()
-    parts = sorted(path for path in pipeline.glob("t*_*") if path.is_dir()
-                   and path.name.split("_")[0] in ("text", "tokenizer")) + sorted(pipeline.glob("tokenizer*"))
-    return _loaded_encoder(str(pipeline), files_identity(sorted(set(parts))))
+    parts = sorted(path for path in pipeline.iterdir()
+                   if path.is_dir() and path.name.startswith(("text_encoder", "tokenizer")))
+    return _loaded_encoder(str(pipeline), files_identity(parts))
 
 
 @functools.lru_cache(maxsize=1)
@@ -244,10 +245,13 @@ class PromptEmbeddings:
             with safe_open(str(self.path), framework="pt") as handle:
                 if json.loads((handle.metadata() or {}).get("prompts", "null")) != self.prompts:
                     return False
-                for name in handle.keys():
-                    values = handle.get_tensor(name)
-                    if len(values) != len(self.prompts) or not torch.isfinite(values).all():
+                for name in handle.keys():  # a block of rows at a time: a large cache is not loaded whole
+                    values = handle.get_slice(name)
+                    if values.get_shape()[0] != len(self.prompts):
                         return False
+                    for start in range(0, len(self.prompts), CHECK_ROWS):
+                        if not torch.isfinite(values[start:start + CHECK_ROWS]).all():
+                            return False
                 return "context" in handle.keys()
         except (SafetensorError, OSError, ValueError):
             return False
