@@ -135,17 +135,20 @@ class RidgeSufficientStats:
         if (self.n == 0).any():
             raise ValueError(f"empty folds: {np.flatnonzero(self.n == 0).tolist()}")
         every = frozenset(range(len(self.n)))
-        path = cache(self._ridge_path)
+        alphas = np.asarray(alphas, dtype=np.float64)
+        path = cache(lambda train: self._ridge_path(train, alphas))
         sse = 0.0
         for k in every:
-            inner = [sum(self._sse(j, *path(every - {k, j})(a)) for j in every - {k}) for a in alphas]
-            sse += self._sse(k, *path(every - {k})(alphas[int(np.argmin(inner))]))
+            inner = sum(self._sse(j, *path(every - {k, j})) for j in every - {k})  # (A,) pooled over inner folds
+            best = int(np.argmin(inner))
+            W, b = path(every - {k})
+            sse += self._sse(k, W[best : best + 1], b[best : best + 1])[0]
         n, sy, syy = self.n.sum(), self.sy.sum(axis=0), self.syy.sum()
         sst = syy - sy @ sy / n
         return float(1.0 - sse / sst) if sst > 0 else float("nan")
 
-    def _ridge_path(self, train: frozenset[int]) -> Callable[[float], tuple[np.ndarray, np.ndarray]]:
-        """Fit on the folds in ``train``; return ``alpha -> (W (D, K), b (K,))`` from one eigendecomposition."""
+    def _ridge_path(self, train: frozenset[int], alphas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Fit on the folds in ``train`` at every alpha (A,) from one eigendecomposition: (W (A, D, K), b (A, K))."""
         idx = sorted(train)
         n = self.n[idx].sum()
         mx, my = self.sx[idx].sum(axis=0) / n, self.sy[idx].sum(axis=0) / n
@@ -155,22 +158,18 @@ class RidgeSufficientStats:
         scale[scale < EPS] = 1.0
         evals, evecs = np.linalg.eigh(cxx / np.outer(scale, scale))
         projected = evecs.T @ (cxy / scale[:, None])
+        W = evecs @ (projected / (evals[None, :, None] + alphas[:, None, None])) / scale[:, None]
+        return W, my - mx @ W
 
-        def coef(alpha: float) -> tuple[np.ndarray, np.ndarray]:
-            w = evecs @ (projected / (evals + alpha)[:, None]) / scale[:, None]
-            return w, my - mx @ w
-
-        return coef
-
-    def _sse(self, k: int, w: np.ndarray, b: np.ndarray) -> float:
-        """Σ‖y − x W − b‖² over the rows of fold k, from that fold's statistics."""
-        return float(
+    def _sse(self, k: int, W: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """(A,) Σ‖y − x W_a − b_a‖² over the rows of fold k, from that fold's statistics, for W (A, D, K), b (A, K)."""
+        return (
             self.syy[k]
-            - 2 * np.sum(self.sxy[k] * w)
+            - 2 * np.einsum("dk,adk->a", self.sxy[k], W)
             - 2 * b @ self.sy[k]
-            + np.sum((self.sxx[k] @ w) * w)
-            + 2 * (self.sx[k] @ w) @ b
-            + self.n[k] * b @ b
+            + np.einsum("adk,adk->a", self.sxx[k] @ W, W)
+            + 2 * np.einsum("ak,ak->a", self.sx[k] @ W, b)
+            + self.n[k] * np.einsum("ak,ak->a", b, b)
         )
 
 

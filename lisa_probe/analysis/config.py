@@ -3,6 +3,7 @@ Light: no torch at import."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 from lisa_probe.options import SEED_MAX, check_number, option
@@ -10,6 +11,11 @@ from lisa_probe.options import SEED_MAX, check_number, option
 IMPORTANCES = ("gbt", "lasso")  # DCI's importance models (analysis.disentanglement.IMPORTANCE_MODELS)
 RANDOM_LABEL = "random-init"  # the run label of --random-reference's store
 MIN_CHUNK_SAMPLES = 2  # whole samples per streamed chunk at least
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask where the platform has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def comma_list(text: str) -> list[str]:
@@ -24,6 +30,9 @@ class AnalyzeOptions:
 
     sites: list[str] | None = field(default=None, metadata=option(
         "comma-separated sites (default: every site of each store)", parse=comma_list))
+    factors: list[str] | None = field(default=None, metadata=option(
+        "comma-separated generating factors to probe and score (default: every factor of each store)",
+        parse=comma_list))
     max_rows: int | None = field(default=None, metadata=option(
         "at most this many rows per store (whole samples, drawn with --seed; default: all)"))
     summary_rows: int = field(default=20_000, metadata=option(
@@ -47,10 +56,14 @@ class AnalyzeOptions:
         f"rows per streamed chunk, rounded to whole samples, at least {MIN_CHUNK_SAMPLES} (default: ~16 MiB of "
         "rows)"))
     seed: int = field(default=0, metadata=option("seed of subsets, shuffles and fits"))
+    jobs: int = field(default_factory=usable_cpus, metadata=option(
+        "worker processes for the probes and DCI / MIG / SAP (default: the CPUs this process may use; the numbers "
+        "do not depend on it)"))
 
     def __post_init__(self) -> None:
         for name, low in (("max_rows", 1), ("summary_rows", 1), ("t_bins", 1), ("attribution_samples", 0), ("ig_steps", 1),
-                          ("shapley_samples", 1), ("pca_components", 1), ("n_splits", 2), ("chunk_rows", 1)):
+                          ("shapley_samples", 1), ("pca_components", 1), ("n_splits", 2), ("chunk_rows", 1),
+                          ("jobs", 1)):
             value = getattr(self, name)
             if value is not None and value < low:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= {low}, got {value}")

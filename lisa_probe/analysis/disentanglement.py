@@ -34,7 +34,6 @@ import scipy.stats
 from sklearn.decomposition import PCA
 from sklearn.ensemble import GradientBoostingClassifier, GradientBoostingRegressor
 from sklearn.linear_model import LassoCV, LogisticRegression
-from sklearn.metrics import mutual_info_score
 from sklearn.model_selection import GroupShuffleSplit
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
@@ -108,6 +107,18 @@ def _discrete_factors(factors: np.ndarray, kinds: list[str], n_bins: int) -> np.
     return np.stack(columns, axis=1)
 
 
+def mutual_information(a: np.ndarray, b: np.ndarray) -> float:
+    """Mutual information (nats) of two label vectors a, b (N,) from their contingency table: sklearn's
+    ``mutual_info_score`` in plain numpy (no input validation, ~50x faster on a few hundred rows)."""
+    _, a = np.unique(a, return_inverse=True)
+    b_levels, b = np.unique(b, return_inverse=True)
+    joint = np.bincount(a.reshape(-1) * len(b_levels) + b.reshape(-1), minlength=(a.max() + 1) * len(b_levels))
+    joint = joint.reshape(-1, len(b_levels)) / len(a)
+    outer = np.outer(joint.sum(axis=1), joint.sum(axis=0))
+    held = joint > 0
+    return max(float(np.sum(joint[held] * (np.log(joint[held]) - np.log(outer[held])))), 0.0)
+
+
 def mig_per_factor(
     codes: np.ndarray, factors: np.ndarray, kinds: Sequence[str] | None = None, n_bins: int = 20
 ) -> np.ndarray:
@@ -126,8 +137,8 @@ def mig_per_factor(
     if codes.shape[1] < 2:
         raise ValueError("MIG needs at least two codes")
     c, y = histogram_discretize(codes, n_bins), _discrete_factors(factors, _kinds(kinds, factors.shape[1]), n_bins)
-    mi = np.array([[mutual_info_score(y_j, c_i) for y_j in y.T] for c_i in c.T])
-    entropy = np.array([mutual_info_score(y_j, y_j) for y_j in y.T])
+    mi = np.array([[mutual_information(y_j, c_i) for y_j in y.T] for c_i in c.T])
+    entropy = np.array([mutual_information(y_j, y_j) for y_j in y.T])
     top = np.sort(mi, axis=0)[::-1]
     with np.errstate(divide="ignore", invalid="ignore"):
         return (top[0] - top[1]) / entropy

@@ -283,6 +283,18 @@ class DualBranch(nn.Module):
             pred_main = self._rest(map_tensors(lambda tensor: tensor[:main_rows], state), None)
         return DualOutput(pred_full, pred_main)
 
+    def gated_prediction(self, x_t: torch.Tensor, timesteps: torch.Tensor, cond: torch.Tensor,
+                         context: dict[str, torch.Tensor] | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+        """``gates (B, S) -> pred_full (B, C, H, W)`` at fixed inputs, for many gate settings (attributions): the
+        side residuals and the main net's shared prefix do not depend on the gates, so they are computed once here
+        (without gradients) and each call runs only the rest of the main net (``_rest``) on the gated residuals —
+        the same operations as ``forward(..., gates=gates).pred_full``, differentiable in the gates."""
+        context = self.context(x_t.shape[0], context)
+        with torch.no_grad():
+            residuals = self._side_residuals(x_t, timesteps, cond, context)
+            state = self._shared_prefix(x_t, timesteps, context)
+        return lambda gates: self._rest(state, gate_residuals(residuals, gates))
+
     def predict_main(self, x_t: torch.Tensor, timesteps: torch.Tensor,
                      context: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         """Main net alone (B, C, H, W) through diffusers' own forward (no residuals); ``context`` as in forward."""

@@ -11,7 +11,7 @@ from lisa_probe.store import FeatureStoreWriter, make_layout
 
 N_SAMPLES, TIMESTEPS, SCORE = 100, (100.0, 700.0), (1, 8, 8)
 DECOMPOSE = {"spatial": 0.25, "pooled": 0.75}  # decompose/<site> = main + share · (full − main)
-FAST = AnalyzeOptions(umap=False, dci_importance="lasso", pca_components=4)
+FAST = AnalyzeOptions(umap=False, dci_importance="lasso", pca_components=4, jobs=1)
 
 
 def synthetic_rows(rng: np.random.Generator) -> dict[str, np.ndarray]:

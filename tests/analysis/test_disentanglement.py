@@ -13,6 +13,7 @@ from lisa_probe.analysis.disentanglement import (
     histogram_discretize,
     mig,
     mig_per_factor,
+    mutual_information,
     reduce_features,
     sap,
 )
@@ -105,6 +106,16 @@ def test_mig_matches_contingency_table():
         mi = sorted((mutual_info(c, y) for c in binned.T), reverse=True)
         expected.append((mi[0] - mi[1]) / mutual_info(y, y))
     np.testing.assert_allclose(mig_per_factor(codes, factors), expected, rtol=1e-10)
+
+
+def test_mutual_information_is_sklearns_mutual_info_score():
+    from sklearn.metrics import mutual_info_score
+
+    rng = np.random.default_rng(4)
+    for n, levels in ((7, 2), (200, 5), (500, 40)):
+        a = rng.integers(0, levels, n)
+        for b in (rng.integers(0, levels + 3, n) - 2, a * 3 + 1, np.zeros(n), a.astype(str)):
+            assert mutual_information(a, b) == pytest.approx(mutual_info_score(a, b), abs=1e-12)
 
 
 def test_sap(identity):

@@ -153,6 +153,20 @@ def test_per_sample_gates_and_gradients_through_gates(dual_branch):
     assert gates.grad.abs().sum() > 0
 
 
+def test_gated_prediction_is_the_forward_with_gates_and_its_gradient(dual_branch):
+    x, t, c = inputs(dual_branch)
+    predict = dual_branch.gated_prediction(x, t, c)
+    for seed in range(2):
+        gates = torch.rand(3, len(dual_branch.sites), generator=torch.Generator().manual_seed(seed))
+        forward_gates, reused_gates = gates.clone().requires_grad_(True), gates.clone().requires_grad_(True)
+        expected, got = dual_branch(x, t, c, gates=forward_gates).pred_full, predict(reused_gates)
+        torch.testing.assert_close(got, expected, rtol=0, atol=0)  # the same operations on the same tensors
+        expected.square().sum().backward()
+        got.square().sum().backward()
+        torch.testing.assert_close(reused_gates.grad, forward_gates.grad, rtol=0, atol=0)
+        assert forward_gates.grad.abs().sum() > 0
+
+
 def test_gradients_reach_side_net_only():
     model = tiny_dual_branch("unet", "eps")
     x, t, c = inputs(model)

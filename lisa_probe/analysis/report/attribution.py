@@ -36,14 +36,31 @@ def _unit_rows(values: torch.Tensor) -> torch.Tensor:
     return rows / rows.norm(dim=1, keepdim=True).clamp_min(EPS)
 
 
-def _projection(model: DualBranch, x_t: torch.Tensor, timesteps: torch.Tensor, cond: torch.Tensor,
-                pred_main: torch.Tensor, direction: torch.Tensor, context=None) -> Objective:
-    """``gates (B, S) -> (B,)``: ``(pred_full(gates) − pred_main) · direction`` per example (flattened)."""
-    device = x_t.device
+def _memoised(predict: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``predict`` keeping its outputs at gate settings that carry no gradient: the objectives of one batch ask for
+    the same settings (leave-one-out, add-one-in, the seeded Shapley permutations), so a second objective reuses the
+    first one's forwards. Settings with ``requires_grad`` (integrated gradients) always run."""
+    outputs = {}
+
+    def memo(gates: torch.Tensor) -> torch.Tensor:
+        if gates.requires_grad:
+            return predict(gates)
+        key = (tuple(gates.shape), gates.detach().cpu().numpy().tobytes())
+        if key not in outputs:
+            with torch.no_grad():
+                outputs[key] = predict(gates)
+        return outputs[key]
+
+    return memo
+
+
+def _projection(predict: Callable[[torch.Tensor], torch.Tensor], pred_main: torch.Tensor,
+                direction: torch.Tensor, device: torch.device) -> Objective:
+    """``gates (B, S) -> (B,)``: ``(predict(gates) − pred_main) · direction`` per example (flattened), ``predict``
+    being ``DualBranch.gated_prediction`` at the inputs."""
 
     def objective(gates: torch.Tensor) -> torch.Tensor:
-        pred_full = model(x_t, timesteps, cond, gates=gates.to(device), context=context).pred_full
-        return ((pred_full - pred_main).flatten(1) * direction).sum(dim=1)
+        return ((predict(gates.to(device)) - pred_main).flatten(1) * direction).sum(dim=1)
 
     return objective
 
@@ -61,8 +78,10 @@ def score_objectives(model: DualBranch, x_t: torch.Tensor, timesteps: torch.Tens
         context: per-row text conditioning (``DualBranch.context``; None: the null context).
 
     Returns:
-        ``{"likelihood_projection": f, ["lisa_alignment": f]}``, each ``f(gates (B, S)) -> (B,)``; ``pred_main`` and
-        the directions are computed once here (all gates open), so only ``pred_full(gates)`` is recomputed per call.
+        ``{"likelihood_projection": f, ["lisa_alignment": f]}``, each ``f(gates (B, S)) -> (B,)``; ``pred_main``, the
+        directions, the side residuals and the main net's shared prefix are computed once here, so each call runs
+        only the part of the main net the gated residuals enter (``DualBranch.gated_prediction``), and the objectives
+        share the predictions at gate settings without gradients (``_memoised``).
     """
     if decoder is not None and lisa_site is None:
         raise ValueError("a LISA decoder needs its site (lisa_site): the run's config.yaml and its stores record it")
@@ -75,8 +94,8 @@ def score_objectives(model: DualBranch, x_t: torch.Tensor, timesteps: torch.Tens
         with torch.no_grad():
             decoded = decoder(model.feature_to_map(site, records[site]["feature"]), timesteps)
         directions["lisa_alignment"] = _unit_rows(decoded)
-    return {name: _projection(model, x_t, timesteps, cond, out.pred_main, direction, context)
-            for name, direction in directions.items()}
+    predict = _memoised(model.gated_prediction(x_t, timesteps, cond, context))
+    return {name: _projection(predict, out.pred_main, direction, x_t.device) for name, direction in directions.items()}
 
 
 def rank_bins(values: np.ndarray) -> np.ndarray:

@@ -35,6 +35,7 @@ class Run:
     bin_t: np.ndarray  # (n_bins,) mean timestep of each bin
     t_grid: np.ndarray  # (n_t,) the analysed rows' distinct timesteps, increasing
     t_grid_bin: np.ndarray  # (n_t,) the bin of each of them
+    factor_names: list[str] = field(default_factory=list)  # the store's factors under analysis (``--factors``)
     stream_rows: np.ndarray | None = None  # (N,) the analysed store rows (None: all of them)
     n_samples: int = 0  # samples among the analysed rows
     notes: list[str] = field(default_factory=list)
@@ -70,7 +71,8 @@ class Run:
         """``{name: (y (n,), kind, carried)}`` over the summary rows in ``mask``, leaving out factors constant there;
         a factor with a ``period`` is ``"circular"``, its values in turns (``y / period mod 1``)."""
         factors = {}
-        for name, spec in self.store.factors.items():
+        for name in self.factor_names:
+            spec = self.store.factors[name]
             y = self.meta[name].to_numpy()[mask]
             if len(np.unique(y)) > 1:
                 if spec["period"]:
@@ -145,6 +147,10 @@ def open_run(path: str | Path, label: str, options: AnalyzeOptions) -> Run:
     unknown = [site for site in sites if site not in store.sites]
     if unknown:
         raise ValueError(f"unknown site(s) {unknown} in {path}; valid sites: {', '.join(store.sites)}")
+    factor_names = list(store.factors) if options.factors is None else options.factors
+    unknown = [name for name in factor_names if name not in store.factors]
+    if unknown:
+        raise ValueError(f"unknown factor(s) {unknown} in {path}; its factors: {', '.join(store.factors) or 'none'}")
     if options.embedding_site not in (None, *sites):
         raise ValueError(f"--embedding-site {options.embedding_site!r} is not among the analysed sites of {path}: "
                          f"{', '.join(sites)}")
@@ -161,7 +167,8 @@ def open_run(path: str | Path, label: str, options: AnalyzeOptions) -> Run:
         raise ValueError(f"--summary-rows {options.summary_rows} keeps {n_summary} of {path}'s {scan.n_samples} "
                          f"samples; cross-validation needs at least --n-splits ({options.n_splits})")
     t_grid_bin, bin_t = grid_bins(scan.t_grid, options.t_bins)
-    run = Run(label, store, list(sites), rows, meta, bin_t, scan.t_grid, t_grid_bin, stream_rows, scan.n_samples)
+    run = Run(label, store, list(sites), rows, meta, bin_t, scan.t_grid, t_grid_bin, factor_names, stream_rows,
+              scan.n_samples)
     run.meta = meta.assign(t_bin=run.t_bins_of(meta["t"].to_numpy()),
                            fold=fold_ids(meta["sample_id"].to_numpy(), options.n_splits))
     return run

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from joblib import Parallel, delayed
 from matplotlib.figure import Figure
 from tqdm.auto import tqdm
 
@@ -17,17 +18,19 @@ from lisa_probe.analysis.alignment import (
     readout_table,
 )
 from lisa_probe.analysis.config import AnalyzeOptions
-from lisa_probe.analysis.disentanglement import disentanglement_table, reduce_features
+from lisa_probe.analysis.disentanglement import reduce_features
 from lisa_probe.analysis.embedding import embedding_table, umap_embed
+from lisa_probe.analysis.factor_tables import factor_tables
 from lisa_probe.analysis.plots import (
     Figures,
     plot_umap_grid,
 )
-from lisa_probe.analysis.probes import carried_summary, probe_table
+from lisa_probe.analysis.probes import carried_summary
 from lisa_probe.analysis.report.attribution import attribution_table
 from lisa_probe.analysis.report.inputs import rebuild_inputs
 from lisa_probe.analysis.report.selection import Run, checkpoint_dirs, side_net_dir
 from lisa_probe.analysis.report.streaming import CONTROLS, ESTIMATES, Streamed, stream_run
+from lisa_probe.analysis.report.timing import StageTimes
 from lisa_probe.analysis.tables import long_table
 from lisa_probe.models.dual_branch import middle_site
 from lisa_probe.provenance import file_digest
@@ -82,16 +85,15 @@ def alignment_table(run: Run, streamed: Streamed, options: AnalyzeOptions) -> pd
 
 def disentanglement_tables(run: Run, streamed: Streamed, options: AnalyzeOptions) -> tuple[pd.DataFrame, pd.DataFrame]:
     """``(probe_table, disentanglement_table)`` rows of every site and timestep bin, on pooled features (DCI / MIG /
-    SAP after a PCA to ``pca_components`` fitted on the training rows of their split)."""
-    probes, codes_tables = [], []
-    combos = list(product(run.sites, run.bins()))
-    for site, (b, t, rows) in tqdm(combos, desc=f"{run.label}: probes, DCI", unit="site·bin"):
-        ids = {"run": run.label, "site": site, "t": t, "t_bin": b}
-        X, factors, groups = streamed.pooled[site][rows], run.factors(rows), run.groups[rows]
-        probes.append(probe_table(X, factors, groups, options.n_splits, options.seed, **ids))
-        codes_tables.append(disentanglement_table(X, factors, groups, options.dci_importance, seed=options.seed,
-                                                  pca_components=options.pca_components, **ids))
-    return pd.concat(probes, ignore_index=True), pd.concat(codes_tables, ignore_index=True)
+    SAP after a PCA to ``pca_components`` fitted on the training rows of their split): ``factor_tables`` of each,
+    on ``--jobs`` worker processes (each fit is seeded: the tables do not depend on the number of jobs; the workers
+    import only ``analysis.factor_tables`` and what it needs, not torch)."""
+    work = [delayed(factor_tables)(streamed.pooled[site][rows], run.factors(rows), run.groups[rows], options,
+                                   run=run.label, site=site, t=t, t_bin=b)
+            for site, (b, t, rows) in product(run.sites, run.bins())]
+    results = Parallel(n_jobs=options.jobs, return_as="generator")(work)
+    probes, codes = zip(*tqdm(results, total=len(work), desc=f"{run.label}: probes, DCI", unit="site·bin"))
+    return pd.concat(probes, ignore_index=True), pd.concat(codes, ignore_index=True)
 
 
 def embedding_site(run: Run, options: AnalyzeOptions) -> str:
@@ -191,28 +193,36 @@ def training_table(run: Run) -> pd.DataFrame | None:
     return pd.concat([table, pd.DataFrame(extra, columns=table.columns)], ignore_index=True)
 
 
-def analyze_run(run: Run, options: AnalyzeOptions, figures: Figures) -> dict[str, pd.DataFrame | None]:
-    """All tables of one run (the embedding figure is saved on the way)."""
-    streamed = stream_run(run, options)
+def analyze_run(run: Run, options: AnalyzeOptions, figures: Figures,
+                times: StageTimes) -> dict[str, pd.DataFrame | None]:
+    """All tables of one run (the embedding figure is saved on the way), each stage timed into ``times``."""
+    with times.stage("stream"):
+        streamed = stream_run(run, options)
+    with times.stage("alignment"):
+        alignment = alignment_table(run, streamed, options)
     probes = codes = None
     if run.factors():
-        probes, codes = disentanglement_tables(run, streamed, options)
+        with times.stage("probes_dci_mig_sap"):
+            probes, codes = disentanglement_tables(run, streamed, options)
     else:
         run.notes.append("the store has no (varying) generating factors: no probes, DCI, MIG or SAP")
-    embedding, figure = embed(run, streamed, options)
-    figures.save("embedding", f"embedding_{run.label}", figure, run.label)
+    with times.stage("embedding"):
+        embedding, figure = embed(run, streamed, options)
+        figures.save("embedding", f"embedding_{run.label}", figure, run.label)
     decomposition = [store_decomposition(run, streamed)] if streamed.add_one_in else []
     if options.attribution_samples > 0:
-        decomposition.append(model_decomposition(run, options))
+        with times.stage("model_decomposition"):
+            decomposition.append(model_decomposition(run, options))
     decomposition = [table for table in decomposition if table is not None]
-    return {"alignment": alignment_table(run, streamed, options), "probes": probes, "disentanglement": codes,
+    return {"alignment": alignment, "probes": probes, "disentanglement": codes,
             "embedding": embedding, "training": training_table(run),
             "decomposition": pd.concat(decomposition, ignore_index=True) if decomposition else None}
 
 
-def run_tables(runs: Sequence[Run], options: AnalyzeOptions, figures: Figures) -> dict[str, pd.DataFrame]:
+def run_tables(runs: Sequence[Run], options: AnalyzeOptions, figures: Figures,
+               times: StageTimes) -> dict[str, pd.DataFrame]:
     """Every table of ``TABLES``, the runs' rows concatenated (a run without rows for a table adds none)."""
-    per_run = [analyze_run(run, options, figures) for run in runs]
+    per_run = [analyze_run(run, options, figures, times) for run in runs]
     tables = {}
     for name in per_run[0]:
         parts = [tables_of_run[name] for tables_of_run in per_run if tables_of_run[name] is not None]

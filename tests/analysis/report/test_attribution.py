@@ -101,3 +101,31 @@ def test_lisa_alignment_projects_on_the_decoder_output():
         value = objectives["lisa_alignment"](torch.ones(B, len(model.sites)))
     np.testing.assert_allclose(value.numpy(), expected.numpy(), rtol=1e-4, atol=1e-6)
     assert torch.allclose(objectives["lisa_alignment"](torch.zeros(B, len(model.sites))), torch.zeros(B), atol=1e-5)
+
+
+def test_objectives_share_their_forwards_without_gradients_and_not_with(monkeypatch):
+    model = tiny_dual_branch("unet", "eps").eval().requires_grad_(False)
+    site = model.default_lisa_site()
+    channels, height, _ = model.site(site).map_shape
+    torch.manual_seed(0)
+    decoder = LisaDecoder(channels, height, model.main.config.out_channels, model.main.config.sample_size).eval()
+    torch.nn.init.normal_(decoder.out.weight, std=0.1)
+    x_t, timesteps, cond = inputs(model)
+    objectives = score_objectives(model, x_t, timesteps, cond, decoder=decoder, lisa_site=site)
+    calls = []
+    rest = model._rest
+    monkeypatch.setattr(model, "_rest", lambda *args: calls.append(1) or rest(*args))
+    gates = torch.rand(B, len(model.sites), generator=torch.Generator().manual_seed(2))
+    first = objectives["likelihood_projection"](gates)
+    second = objectives["lisa_alignment"](gates)
+    assert len(calls) == 1  # the second objective reused the first one's forward at the same gates
+    objectives["lisa_alignment"](gates + 0.5)
+    assert len(calls) == 2
+    fresh = score_objectives(model, x_t, timesteps, cond, decoder=decoder, lisa_site=site)
+    np.testing.assert_array_equal(first.numpy(), fresh["likelihood_projection"](gates).numpy())
+    np.testing.assert_array_equal(second.numpy(), fresh["lisa_alignment"](gates).numpy())
+    traced = gates.clone().requires_grad_(True)  # gradients: always a fresh forward, and they flow to the gates
+    calls.clear()
+    objectives["likelihood_projection"](traced).sum().backward()
+    objectives["lisa_alignment"](traced).sum().backward()
+    assert len(calls) == 2 and traced.grad.abs().sum() > 0

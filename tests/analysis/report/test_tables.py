@@ -4,18 +4,21 @@
 from dataclasses import replace
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
 from lisa_probe.analysis.config import AnalyzeOptions
 from lisa_probe.analysis.plots import Figures
 from lisa_probe.analysis.report.selection import open_run
+from lisa_probe.analysis.report.streaming import stream_run
 from lisa_probe.analysis.report.tables import (
     disentanglement_tables,
     embed,
     run_tables,
     store_decomposition,
 )
+from lisa_probe.analysis.report.timing import StageTimes
 from tests.analysis.synthetic_store import DECOMPOSE, FAST, values, write_synthetic
 
 
@@ -27,6 +30,21 @@ def test_probes_find_the_encoded_factor_only(analysed):
     assert (np.abs(values(selectivity, site="factor", factor="random")) < 0.2).all()
     assert {"dci", "mig", "sap"} <= set(codes["method"])
     assert set(codes["t_bin"]) == {0, 1}
+
+
+def test_worker_processes_give_the_same_tables_and_factors_can_be_chosen(synthetic):
+    run = open_run(synthetic, "synthetic", replace(FAST, sites=["factor"]))
+    streamed = stream_run(run, FAST)
+    one = disentanglement_tables(run, streamed, FAST)
+    two = disentanglement_tables(run, streamed, replace(FAST, jobs=2))
+    for a, b in zip(one, two):
+        pd.testing.assert_frame_equal(a, b)
+    assert set(one[0]["factor"]) == {"encoded", "random"}
+    chosen = open_run(synthetic, "synthetic", replace(FAST, sites=["factor"], factors=["encoded"]))
+    probes, codes = disentanglement_tables(chosen, streamed, FAST)
+    assert set(probes["factor"]) == {"encoded"} and set(codes["factor"]) == {"encoded", "all"}
+    with pytest.raises(ValueError, match=r"unknown factor\(s\) \['colour'\] .* its factors: encoded, random"):
+        open_run(synthetic, "synthetic", replace(FAST, factors=["colour"]))
 
 
 def test_store_decomposition_projects_each_site_on_the_score(analysed):
@@ -41,7 +59,7 @@ def test_store_decomposition_projects_each_site_on_the_score(analysed):
 
 def test_a_store_without_factors_gets_alignment_and_decomposition_only(tmp_path):
     run = open_run(write_synthetic(tmp_path / "plain.h5", with_factors=False), "plain", replace(FAST, t_bins=1))
-    tables = run_tables([run], FAST, Figures(tmp_path / "report"))
+    tables = run_tables([run], FAST, Figures(tmp_path / "report"), StageTimes())
     assert tables["probes"].empty and tables["embedding"].empty and tables["carried_summary"].empty
     assert len(tables["alignment"]) and len(tables["decomposition"])
     assert "no (varying) generating factors" in run.notes[0]
