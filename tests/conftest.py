@@ -159,3 +159,28 @@ def sd3_pipeline_without_t5(tmp_path_factory) -> Path:
 def captioned_data(tmp_path_factory) -> Path:
     """A 40-row captioned parquet dataset (image, conditioning_image, text, colour, size) at 64 px."""
     return write_captioned_parquet(tmp_path_factory.mktemp("data") / "captioned")
+
+
+@pytest.fixture(scope="session")
+def foreign_stores(tmp_path_factory, sd_pipeline, captioned_data) -> dict[str, Path]:
+    """Stores of ControlNets we did not train (``extract --controlnet``): ``shapes`` (a tiny UNet main net, a
+    perturbed random ControlNet, the shapes data with its factors, ``--decompose``) and ``captioned`` (the tiny SD
+    pipeline's UNet as a ControlNet on captioned data without factor columns)."""
+    from diffusers import ControlNetModel, UNet2DConditionModel
+
+    from lisa_probe.extraction.config import ExtractConfig
+    from lisa_probe.extraction.extractor import extract
+    from lisa_probe.models import save_main
+
+    root = tmp_path_factory.mktemp("foreign")
+    model = tiny_dual_branch("unet", "eps")
+    save_main(root / "main", "unet", model.main, Parameterization("eps"))
+    model.side.save_pretrained(root / "theirs-shapes")
+    ControlNetModel.from_unet(UNet2DConditionModel.from_pretrained(sd_pipeline / "unet")).save_pretrained(
+        root / "theirs-captioned")
+    shapes = extract(ExtractConfig(out=str(root / "theirs-shapes.h5"), controlnet=str(root / "theirs-shapes"),
+                                   main=str(root / "main"), samples=12, timesteps="2", decompose=True))
+    captioned = extract(ExtractConfig(out=str(root / "theirs-captioned.h5"), controlnet=str(root / "theirs-captioned"),
+                                      main=str(sd_pipeline), dataset="captioned", data_root=str(captioned_data),
+                                      split="train", samples=12, timesteps="2"))
+    return {"shapes": Path(shapes), "captioned": Path(captioned)}

@@ -134,3 +134,17 @@ def test_a_store_with_too_few_samples_is_refused_by_name(tmp_path, capsys):
     error = capsys.readouterr().err
     assert stop.value.code == 2 and f"{path} holds 1 sample(s)" in error and "--n-splits (5)" in error
     assert not (tmp_path / "report").exists()
+
+
+@pytest.mark.slow
+def test_a_foreign_controlnets_store_and_a_factorless_captioned_store_are_analysed(foreign_stores, tmp_path):
+    out = tmp_path / "report"
+    main([str(foreign_stores["shapes"]), str(foreign_stores["captioned"]), "--out", str(out), "--no-umap",
+          "--dci-importance", "lasso", "--attribution-samples", "1", "--jobs", "1"])
+    tables = {name: pd.read_csv(out / f"{name}.csv") for name in TABLES}
+    assert set(tables["alignment"]["run"]) == {"theirs-shapes", "theirs-captioned"}
+    assert set(tables["probes"]["run"]) == {"theirs-shapes"}  # the captioned store has no factors
+    report = (out / "report.md").read_text()
+    assert "model-based decomposition skipped: the store is of a side net extracted with --controlnet" in report
+    assert "no (varying) generating factors" in report
+    assert set(tables["decomposition"]["source"]) == {"store"}

@@ -1,4 +1,5 @@
-"""The notebooks' runs and stores: named ones kept, runs read from named stores, tiny ones built otherwise."""
+"""The notebooks' runs and stores: named ones kept (missing ones an error), runs read from named stores, tiny
+ones built only when nothing is named."""
 
 import shutil
 from pathlib import Path
@@ -26,9 +27,17 @@ def test_tiny_runs_then_the_runs_of_named_stores(tmp_path):
     assert named_runs == runs and all(s.startswith(str(tmp_path / "third")) for s in new_stores)
 
 
-def test_stores_whose_runs_are_elsewhere_need_run_dirs(tmp_path):
+def test_a_store_whose_run_is_not_here_has_no_run_and_missing_paths_are_errors(tmp_path, capsys):
     runs, stores = runs_and_stores([], [], tmp_path / "work", **TINY)
-    shutil.rmtree(runs[0])
-    with pytest.raises(ValueError, match="name them in RUN_DIRS") as error:
-        runs_and_stores([], stores, tmp_path / "work", **TINY)
-    assert stores[0] in str(error.value) and stores[1] not in str(error.value)
+    assert "no STORES or RUN_DIRS named: building tiny demo runs" in capsys.readouterr().out
+    shutil.rmtree(runs[0])  # as for a foreign ControlNet's store or one moved from another machine
+    assert runs_and_stores([], stores, tmp_path / "work", **TINY) == ([None, runs[1]], stores)
+    assert capsys.readouterr().out == ""  # named stores: no demo
+    typo = str(tmp_path / "feature" / "lisa.h5")
+    with pytest.raises(FileNotFoundError, match=f"STORES not found: {typo}") as error:
+        runs_and_stores([], [stores[1], typo], tmp_path / "fresh", **TINY)
+    assert stores[1] not in str(error.value) and not (tmp_path / "fresh").exists()
+    with pytest.raises(FileNotFoundError, match="RUN_DIRS not found: runs/nope"):
+        runs_and_stores(["runs/nope"], [], tmp_path / "fresh", **TINY)
+    with pytest.raises(ValueError, match="RUN_DIRS names 1 runs for 2 STORES"):
+        runs_and_stores([runs[1]], stores, tmp_path / "fresh", **TINY)

@@ -68,3 +68,27 @@ def test_notebook_runs(path, tmp_path, monkeypatch):
     images = [output for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs
               if "image/png" in output.get("data", {})]
     assert len(images) >= 2, "the notebook's figures are not shown inline"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda path: path.stem)
+def test_notebook_runs_on_foreign_and_factorless_stores(path, foreign_stores, tmp_path, monkeypatch):
+    """A foreign ControlNet's store (no run here) and a captioned store without factors: every notebook runs,
+    says what it skips and why, and builds no demo runs."""
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    stores = [str(foreign_stores["shapes"]), str(foreign_stores["captioned"])]
+    notebook = execute_notebook(path, {**OVERRIDES, "STORES": stores}, tmp_path, timeout=300)
+    text = "".join(output.get("text", "") for cell in notebook.cells if cell.cell_type == "code"
+                   for output in cell.outputs)
+    assert "building tiny demo runs" not in text and not (tmp_path / "notebook_work" / "runs").exists()
+    expected = {"01_quickstart": "no run directory here, so no training curves",
+                "02_disentanglement": "no generating factors in common",
+                "03_decomposition": "the model-based decomposition needs one"}[path.stem]
+    assert expected in text
+
+
+@pytest.mark.slow
+def test_a_missing_store_path_fails_naming_it(tmp_path):
+    with pytest.raises(Exception, match="STORES not found: features/typo.h5") as error:
+        execute_notebook(NOTEBOOKS[1], {**OVERRIDES, "STORES": ["features/typo.h5"]}, tmp_path, timeout=120)
+    assert type(error.value).__name__ == "CellExecutionError" and not (tmp_path / "notebook_work").exists()

@@ -53,6 +53,7 @@ IMPORTANCES = tuple(dict.fromkeys(method for method, _ in IMPORTANCE_MODELS))  #
 ALPHA = 0.05  # family-wise level of the informativeness tests over a DCI's factors
 MIN_PERMUTATIONS = 199  # shuffles of the held-out labels per factor: at least this, and enough for ALPHA / F
 MIN_MASS = 1e-3  # an importance column below this share of the largest column's is none
+NEGLIGIBLE = 0.1  # a DCI disentanglement beside a completeness or informativeness below this is flagged
 
 
 def reduce_features(
@@ -346,10 +347,13 @@ def disentanglement_table(
     their held-out rows do not shape the codes; None: use the codes as given.
 
     Returns:
-        long table with columns ``[*ids, method, factor, kind, carried, metric, value]``. Per-factor rows
+        long table with columns ``[*ids, method, factor, kind, carried, flag, metric, value]``. Per-factor rows
         (method ``dci`` metrics ``completeness, informativeness``; ``mig`` metric ``mig``; ``sap`` metric
         ``sap``) carry the factor's name, kind and carried flag; aggregate rows have ``factor="all"``, empty
-        kind/carried and add ``dci``/``disentanglement``.
+        kind/carried and add ``dci``/``disentanglement``. ``flag`` says why a value should not be read (empty:
+        nothing): ``undefined`` (NaN), and on DCI's disentanglement ``negligible completeness`` /
+        ``negligible informativeness`` when that aggregate is below ``NEGLIGIBLE`` — a D of 1.0 from codes that
+        hold almost none of the factors says nothing.
     """
     names, ys, kinds, carried = zip(*iter_factors(factors))
     y = np.column_stack(ys)
@@ -379,4 +383,9 @@ def disentanglement_table(
         {"method": method, "factor": "all", "kind": None, "carried": None, "metric": metric, "value": value}
         for (method, metric), value in aggregate.items()
     ]
+    for row in rows:
+        row["flag"] = "undefined" if not np.isfinite(row["value"]) else ""
+        if row["metric"] == "disentanglement" and not row["flag"]:
+            row["flag"] = ", ".join(f"negligible {name}" for name in ("completeness", "informativeness")
+                                    if aggregate["dci", name] < NEGLIGIBLE)
     return long_table(rows, **ids)

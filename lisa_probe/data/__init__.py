@@ -57,6 +57,8 @@ class FactorSpec:
         description: what the value means (range, units, class names).
         period: for a circular continuous factor (rotation, hue), the value at which it wraps back to 0; None for
             a linear one. Values ``v`` and ``v + period`` describe the same sample.
+        levels: a categorical factor's class names, class i named ``levels[i]`` (stores keep them for legends and
+            tables); None: the classes are named by their index.
     """
 
     name: str
@@ -65,11 +67,14 @@ class FactorSpec:
     n_classes: int | None = None
     description: str = ""
     period: float | None = None
+    levels: tuple[str, ...] | None = None
 
     def __post_init__(self):
         check_choice("factor kind", self.kind, FACTOR_KINDS)
         if (self.kind == "categorical") != (self.n_classes is not None):
             raise ValueError(f"factor {self.name!r}: n_classes must be set exactly when kind is 'categorical'")
+        if self.levels is not None and len(self.levels) != self.n_classes:
+            raise ValueError(f"factor {self.name!r}: {len(self.levels)} level names for {self.n_classes} classes")
 
 
 class DataError(ValueError):

@@ -146,7 +146,8 @@ def column_spec(name: str, cells: list[str], carried: bool, source: str = "the f
         levels = sorted({int(number) for number in numbers})
     else:
         return FactorSpec(name, "continuous", carried, None, f"from {source}"), None
-    return FactorSpec(name, "categorical", carried, len(levels), f"from {source}, levels {levels}"), levels
+    return FactorSpec(name, "categorical", carried, len(levels), f"from {source}, levels {levels}",
+                      levels=tuple(map(str, levels))), levels
 
 
 def read_csv_rows(path: Path, what: str) -> list[dict]:

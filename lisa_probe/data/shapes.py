@@ -59,7 +59,8 @@ EDGE_HALF_WIDTH = 1.0  # pixels
 FAR_PX = 2.0  # the SDF is evaluated up to this many pixels outside the circumcircle, +inf beyond
 
 FACTOR_SPECS = {
-    "kind": FactorSpec("kind", "categorical", True, len(SHAPE_KINDS), f"shape kind, classes {SHAPE_KINDS}"),
+    "kind": FactorSpec("kind", "categorical", True, len(SHAPE_KINDS), f"shape kind, classes {SHAPE_KINDS}",
+                       levels=SHAPE_KINDS),
     "x": FactorSpec("x", "continuous", True, None, f"horizontal position in [0, 1]: centre u in {POSITION_RANGE}"),
     "y": FactorSpec("y", "continuous", True, None, f"vertical position in [0, 1] (down): centre v in {POSITION_RANGE}"),
     "size": FactorSpec("size", "continuous", True, None, f"size in [0, 1]: circumradius in {RADIUS_RANGE} of the side"),
@@ -68,7 +69,8 @@ FACTOR_SPECS = {
     "hue": FactorSpec("hue", "continuous", False, None, "hue of the shape colour in [0, 1)", period=1.0),
     "background": FactorSpec("background", "continuous", False, None,
                              f"background brightness in [0, 1]: grey level in {BACKGROUND_RANGE}"),
-    "texture": FactorSpec("texture", "categorical", False, len(TEXTURES), f"colour texture, classes {TEXTURES}"),
+    "texture": FactorSpec("texture", "categorical", False, len(TEXTURES), f"colour texture, classes {TEXTURES}",
+                          levels=TEXTURES),
 }
 
 

@@ -113,7 +113,8 @@ class Extractor:
         size = self.model.main.config.sample_size
         score_shape = (self.model.main.config.out_channels, size, size)
         return make_layout({s: self.model.site(s).feature_shape for s in self.sites}, score_shape,
-                           {n: {"kind": f.kind, "carried": f.carried, "period": f.period} for n, f in specs.items()},
+                           {n: {"kind": f.kind, "carried": f.carried, "period": f.period, "levels": f.levels}
+                            for n, f in specs.items()},
                            residual_shapes={s: self.model.site(s).residual_shape for s in self.sites}
                            if self.config.residuals else None,
                            decoded=lisa_site is not None,

@@ -191,10 +191,13 @@ class FeatureStore:
 
     @property
     def factors(self) -> dict[str, dict[str, Any]]:
-        """``{factor name: {"kind": "categorical"|"continuous", "carried": bool, "period": float | None}}``
-        (``period``: where a circular factor wraps; None for linear ones and in stores written before it)."""
+        """``{factor name: {"kind": "categorical"|"continuous", "carried": bool, "period": float | None, "levels":
+        tuple[str, ...] | None}}`` (``period``: where a circular factor wraps; None for linear ones and in stores
+        written before it; ``levels``: a categorical factor's class names, class i named ``levels[i]``; None where
+        the data named none)."""
         return {name.rsplit("/", 1)[1]: {"kind": fld.attrs["kind"], "carried": bool(fld.attrs["carried"]),
-                                         "period": fld.attrs.get("period")}
+                                         "period": fld.attrs.get("period"),
+                                         "levels": tuple(fld.attrs["levels"]) if "levels" in fld.attrs else None}
                 for name, fld in self.layout.items() if name.startswith("meta/factors/")}
 
     @property

@@ -13,7 +13,8 @@ meta/noise_level       float32        ``()`` sigma of the noise draw
 meta/draw              int32          ``()`` index of the noise draw
 meta/factors/<name>    float32|int64  ``()``; attrs ``kind`` ("categorical"|"continuous"), ``carried`` (bool),
                                             ``period`` (float, circular continuous factors only: the value at
-                                            which it wraps to 0, e.g. 1.0 for rotation and hue)
+                                            which it wraps to 0, e.g. 1.0 for rotation and hue), ``levels``
+                                            (categorical factors the data names: class i is ``levels[i]``)
 features/<site>        float16|32     ``(C, H, W)`` or ``(N, D)`` tokens: hooked side-net feature
 residuals/<site>       float16|32     optional: the residual the site adds to the main net
 scores/target          float32        ``(C, H, W)`` training target y
@@ -181,8 +182,9 @@ def make_layout(
     """Build a full schema layout.
 
     ``feature_shapes``: ``{site: (C, H, W) or (N, D)}``; ``score_shape``: ``(C, H, W)`` of a prediction;
-    ``factors``: ``{name: {"kind": "categorical"|"continuous", "carried": bool[, "period": float]}}``
-    (categorical -> int64, continuous -> float32; ``period`` for a circular continuous factor); ``residual_shapes`` adds ``residuals/<site>``; ``decoded`` adds ``scores/decoded``;
+    ``factors``: ``{name: {"kind": "categorical"|"continuous", "carried": bool[, "period": float][, "levels":
+    [str]]}}`` (categorical -> int64, continuous -> float32; ``period`` for a circular continuous factor; ``levels``:
+    a categorical factor's class names); ``residual_shapes`` adds ``residuals/<site>``; ``decoded`` adds ``scores/decoded``;
     ``decompose_sites`` adds ``decompose/<site>``; ``prompts`` adds ``meta/prompt``.
     """
     layout = {"meta/sample_id": Field((), dtype_name(sample_id_dtype)), "meta/t": Field((), "float32"),
@@ -194,6 +196,8 @@ def make_layout(
         attrs = {"kind": spec["kind"], "carried": bool(spec["carried"])}
         if spec.get("period") is not None:
             attrs["period"] = float(spec["period"])
+        if spec.get("levels") is not None:
+            attrs["levels"] = [str(level) for level in spec["levels"]]
         layout[f"meta/factors/{name}"] = Field((), dtype, attrs)
     layout.update({f"features/{site}": Field(tuple(shape), feature_dtype) for site, shape in feature_shapes.items()})
     layout.update({f"residuals/{site}": Field(tuple(shape), feature_dtype)

@@ -166,7 +166,8 @@ def test_disentanglement_table(identity):
         "colour": (factors[:, 2], "categorical", False),
     }
     table = disentanglement_table(codes, named, groups, importance="lasso", run="lisa", t_bin=0)
-    assert list(table.columns) == ["run", "t_bin", "method", "factor", "kind", "carried", "metric", "value"]
+    assert list(table.columns) == ["run", "t_bin", "method", "factor", "kind", "carried", "flag", "metric",
+                                   "value"]
     assert len(table) == 4 * 3 + 5
     aggregate = table[table.factor == "all"].set_index("metric")["value"]
     assert aggregate["disentanglement"] > 0.9 and aggregate["mig"] > 0.9
@@ -232,3 +233,22 @@ def test_circular_factors_are_scored_around_the_circle():
     assert circular.importance[2, 0] < 0.05 * circular.importance[:2, 0].min()
     assert sap(codes, turns[:, None], groups, ["circular"]) < 0.1  # cos and sin each explain half: no gap
     assert sap(codes[:, [0, 2]], turns[:, None], groups, ["circular"]) > 0.4
+
+
+def test_degenerate_values_are_flagged(monkeypatch):
+    """A DCI disentanglement beside a negligible completeness (or informativeness) and every NaN get a flag."""
+    from lisa_probe.analysis import disentanglement as module
+
+    rng = np.random.default_rng(5)
+    codes, groups = rng.normal(size=(60, 4)), np.repeat(np.arange(30), 2)
+    factors = {"a": (rng.integers(0, 2, 60), "categorical", True), "b": (rng.normal(size=60), "continuous", False)}
+    for completeness, informativeness, expected in ((0.08, 0.5, "negligible completeness"), (0.5, 0.05,
+                                                    "negligible informativeness"), (0.5, 0.5, "")):
+        result = module.DCIResult(1.0, completeness, informativeness, np.ones((4, 2)), np.array([0.1, np.nan]),
+                                  np.array([0.5, 0.5]))
+        monkeypatch.setattr(module, "dci", lambda *args, result=result, **kwargs: result)
+        table = disentanglement_table(codes, factors, groups, importance="lasso")
+        flags = table.set_index(["method", "factor", "metric"])["flag"]
+        assert flags["dci", "all", "disentanglement"] == expected
+        assert flags["dci", "b", "completeness"] == "undefined" and flags["dci", "a", "completeness"] == ""
+        assert list(table.columns[-3:]) == ["flag", "metric", "value"]

@@ -14,7 +14,9 @@ import pandas as pd
 from threadpoolctl import threadpool_limits
 
 from lisa_probe.analysis.config import AnalyzeOptions
+from lisa_probe.analysis.disentanglement import NEGLIGIBLE
 from lisa_probe.analysis.plots import (
+    ERROR_BARS,
     Figures,
     plot_alignment_vs_t,
     plot_decomposition_bars,
@@ -44,25 +46,37 @@ def _has(table: pd.DataFrame, **equal) -> pd.DataFrame:
 
 
 def alignment_figures(figures: Figures, table: pd.DataFrame) -> None:
-    """Per method (decoder cosine, pooled and spatial ridge R², CKA) and estimate: the value against t per site."""
+    """Per method (decoder cosine, pooled and spatial ridge R², CKA) and estimate: the value against t, one panel
+    per site, the arms overlaid with the shuffled-pairs control."""
     for (method, metric), estimate in product(ALIGNMENT_FIGURES, ESTIMATES):
         data = _has(table, method=method, metric=metric, estimate=estimate)
-        if len(data):
+        if data["value"].notna().any():
             figures.save("alignment", f"alignment_{method}_{metric}_{estimate}",
-                         plot_alignment_vs_t(data, metric, method, x="t"),
-                         f"{method} {metric} against the {estimate} estimate (dashed: shuffled pairs)")
+                         plot_alignment_vs_t(data, metric, method),
+                         f"{method} {metric} against the {estimate} estimate per site; solid: the features' own "
+                         f"pairs, dashed: shuffled pairs (the control); {ERROR_BARS}")
+
+
+def readable(codes: pd.DataFrame) -> pd.DataFrame:
+    """The disentanglement rows with every flagged value (``flag``: undefined, or a DCI disentanglement beside a
+    negligible completeness or informativeness) set to NaN: drawn as gaps, left out of the report's means."""
+    return codes.assign(value=codes["value"].where(codes["flag"].fillna("") == ""))
 
 
 def disentanglement_figures(figures: Figures, probes: pd.DataFrame, codes: pd.DataFrame) -> None:
     """Probe selectivity of carried vs not-carried factors per site; DCI disentanglement, MIG and SAP against t."""
-    figures.save("probes", "probe_selectivity", plot_probe_selectivity(probes, col="site"),
-                 "probe selectivity (task − chance-level control) of carried vs not-carried factors, per site")
-    overall = codes[(codes["factor"] == "all") & codes["value"].notna()]
+    figures.save("probes", "probe_selectivity", plot_probe_selectivity(probes),
+                 "probe selectivity (task − chance-level control) per site, of the factors the condition carries "
+                 "and of those it does not; error bars: 95 % t-intervals across an arm's runs (seeds) where it has "
+                 "several, else across the factors × timestep bins averaged into the bar")
+    overall = readable(codes[codes["factor"] == "all"])
     for method, metric in DISENTANGLEMENT_FIGURES:
-        if not len(_has(overall, method=method, metric=metric)):
-            continue  # undefined for every run (no factor predicted above chance)
+        if not _has(overall, method=method, metric=metric)["value"].notna().any():
+            continue  # undefined or flagged for every run (no factor predicted above chance)
         figures.save("disentanglement", f"disentanglement_{method}_{metric}",
-                     plot_alignment_vs_t(overall, metric, method, x="t"), f"{method} {metric} (all factors)")
+                     plot_alignment_vs_t(overall, metric, method),
+                     f"{method} {metric} (all factors) per site; gaps: undefined or flagged values "
+                     f"(disentanglement.csv's flag column); {ERROR_BARS}")
 
 
 def decomposition_figures(figures: Figures, table: pd.DataFrame) -> None:
@@ -71,8 +85,8 @@ def decomposition_figures(figures: Figures, table: pd.DataFrame) -> None:
     for (source, objective), data in table.groupby(["source", "objective"], sort=False):
         method = FIGURED_METHOD[source]
         name = f"decomposition_{source}_{objective}_{method}"
-        caption = f"{method} attributions of {objective} ({source}-based)"
-        figures.save("decomposition", name, plot_decomposition_heatmap(data, method), caption + ", site × t bin")
+        caption = f"mean {method} attributions of {objective} ({source}-based) over the examples"
+        figures.save("decomposition", name, plot_decomposition_heatmap(data, method), caption + ", site × t")
         figures.save("decomposition", name + "_bars", plot_decomposition_bars(data, method), caption + ", stacked")
 
 
@@ -84,11 +98,14 @@ def training_summary(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def training_figure(figures: Figures, table: pd.DataFrame) -> None:
-    """The evaluation curves with each run's convergence step."""
+    """The evaluation curves (metrics with two or more evaluations in a run) with each run's convergence step."""
     curves = table[table["step"].notna()]
+    if curves.groupby(["metric", "run"])["step"].nunique().max() < 2:
+        return  # one evaluation per run: the table has it, there is no curve to draw
     steps = table[table["metric"] == "convergence_step"].set_index("run")["value"].to_dict()
     figures.save("training", "training_curves", plot_training_curves(curves, steps),
-                 "evaluation metrics during training (dashed: convergence step)")
+                 "evaluation metrics during training, the arms overlaid (dashed: convergence step; bands: 95 % "
+                 "t-intervals across an arm's runs where it has several)")
 
 
 def headline(table: pd.DataFrame, index: Sequence[str], runs: Sequence[str]) -> str:
@@ -118,6 +135,12 @@ def provenance(runs: Sequence[Run]) -> str:
                           for run in runs)
     return (pd.DataFrame(rows).to_markdown(index=False)
             + f"\n\n<details><summary>run configs</summary>\n\n{configs}\n\n</details>\n")
+
+
+def flagged_count(codes: pd.DataFrame) -> str:
+    """'k of n values' flagged among the all-factor rows of a disentanglement table."""
+    overall = codes[codes["factor"] == "all"]
+    return f"{int((overall['flag'].fillna('') != '').sum())} of {len(overall)} values"
 
 
 def _figure_lines(figures: Figures, section: str) -> str:
@@ -159,8 +182,10 @@ def write_report(out: Path, runs: Sequence[Run], tables: Mapping[str, pd.DataFra
         + headline(probes, ["factor", "carried", "metric"], labels),
         _figure_lines(figures, "probes"),
         "### DCI, MIG, SAP\n\nOn pooled features reduced by a PCA fitted on the training rows of DCI's and SAP's "
-        "split, all factors, mean over timestep bins:\n\n"
-        + headline(codes[codes["factor"] == "all"], ["method", "metric", "site"], labels),
+        "split, all factors, mean over timestep bins of the readable values (flagged ones, undefined or a DCI "
+        f"disentanglement beside a completeness or informativeness below {NEGLIGIBLE}, are left out; "
+        f"{flagged_count(codes)} flagged):\n\n"
+        + headline(readable(codes[codes["factor"] == "all"]), ["method", "metric", "site"], labels),
         _figure_lines(figures, "disentanglement"),
         "### Embedding\n\n" + headline(tables["embedding"], ["site", "method", "factor", "metric"], labels),
         embedding_grid(figures),

@@ -3,7 +3,11 @@ and grouped cross-validation folds), run labels, and where a store's side net an
 
 from __future__ import annotations
 
+import json
+import os
+import re
 import zlib
+from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +22,9 @@ from lisa_probe.analysis.config import RANDOM_LABEL, AnalyzeOptions, comma_list
 from lisa_probe.rundir import resolved_path
 from lisa_probe.store import FeatureStore
 from lisa_probe.store.reader import SCAN_ROWS
+from lisa_probe.training.config import LoopConfig
+
+RUN_ONLY_KEYS = frozenset({"seed", "name", "out_dir", *LoopConfig.resumable_changes})  # not what makes an arm
 
 
 @dataclass
@@ -184,6 +191,26 @@ def run_labels(stores: Sequence[str], labels: str | None, random_reference: str 
     if len(set(labels_seen)) != len(labels_seen):
         raise ValueError(f"run labels must be unique, got {labels_seen}; name them with --labels")
     return pairs
+
+
+def arm_names(runs: Sequence[Run]) -> dict[str, str]:
+    """``{run label: arm}``: runs whose stores' configs agree but for ``RUN_ONLY_KEYS`` (seed, name, output and
+    schedule options) form one arm, named by their labels' common prefix less a trailing seed part
+    (``lisa-s0``, ``lisa-s1`` -> ``lisa``; the labels joined with ``+`` when that leaves nothing or a name taken);
+    a run alone is its own arm."""
+    groups = defaultdict(list)
+    for run in runs:
+        config = {key: value for key, value in run.store.attrs["config"].items() if key not in RUN_ONLY_KEYS}
+        groups[json.dumps(config, sort_keys=True, default=str)].append(run.label)
+    names, taken = {}, {run.label for run in runs}
+    for labels in groups.values():
+        arm = labels[0]
+        if len(labels) > 1:
+            arm = re.sub(r"[-_.]+(s|seed)?$", "", os.path.commonprefix(labels))
+            arm = arm if arm and arm not in taken else "+".join(labels)
+        taken.add(arm)
+        names.update(dict.fromkeys(labels, arm))
+    return names
 
 
 def side_net_dir(run: Run) -> Path:

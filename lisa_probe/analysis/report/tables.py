@@ -28,7 +28,7 @@ from lisa_probe.analysis.plots import (
 from lisa_probe.analysis.probes import carried_summary
 from lisa_probe.analysis.report.attribution import attribution_table
 from lisa_probe.analysis.report.inputs import rebuild_inputs
-from lisa_probe.analysis.report.selection import Run, checkpoint_dirs, side_net_dir
+from lisa_probe.analysis.report.selection import Run, arm_names, checkpoint_dirs, side_net_dir
 from lisa_probe.analysis.report.streaming import CONTROLS, ESTIMATES, Streamed, stream_run
 from lisa_probe.analysis.report.timing import StageTimes
 from lisa_probe.analysis.tables import long_table
@@ -45,7 +45,7 @@ FACTOR_COLUMNS = ["method", "factor", "kind", "carried"]
 
 EMPTY_COLUMNS = {  # columns of a table no run has rows for
     "probes": ["run", "site", "t", "t_bin", *FACTOR_COLUMNS, "score", "metric", "value"],
-    "disentanglement": ["run", "site", "t", "t_bin", *FACTOR_COLUMNS, "metric", "value"],
+    "disentanglement": ["run", "site", "t", "t_bin", *FACTOR_COLUMNS, "flag", "metric", "value"],
     "embedding": ["run", "site", *FACTOR_COLUMNS, "metric", "value"],
     "decomposition": ["run", "source", "objective", "t", "t_bin", "method", "example", "site", "metric", "value"],
     "training": ["run", "step", "metric", "value"],
@@ -123,7 +123,7 @@ def embed(run: Run, streamed: Streamed, options: AnalyzeOptions) -> tuple[pd.Dat
         table = embedding_table(E, factors, run.groups, n_splits=options.n_splits, method=method, run=run.label,
                                 site=site)
         table["carried"] = table["carried"].astype(object).where(table["factor"] != "timestep", None)
-    figure = plot_umap_grid(E, labels)
+    figure = plot_umap_grid(E, labels, levels={name: spec["levels"] for name, spec in run.store.factors.items()})
     figure.suptitle(f"{run.label}: {method} of {site}", y=1.02)
     return table, figure
 
@@ -148,6 +148,11 @@ def model_decomposition(run: Run, options: AnalyzeOptions) -> pd.DataFrame | Non
     """``attribution_table`` (``source="model"``) of the reloaded run at all rows of ``attribution_samples`` random
     samples; None, with a note, when the store's checkpoint is not a loadable lisa_probe run (or its data changed)."""
     checkpoint = side_net_dir(run)
+    if run.store.attrs["extract_args"].get("controlnet"):
+        run.notes.append("model-based decomposition skipped: the store is of a side net extracted with --controlnet, "
+                         "with no lisa_probe run to rebuild its inputs from; the store-based decomposition (extract "
+                         "--decompose) needs none")
+        return None
     if Path(run.store.attrs["checkpoint"]).is_absolute():  # a store's attrs are not trusted to point anywhere
         run.notes.append(f"model-based decomposition skipped: the store records its side net by the absolute path "
                          f"{checkpoint} (written before v0.1 stored paths relative to the store); extract it again")
@@ -221,10 +226,14 @@ def analyze_run(run: Run, options: AnalyzeOptions, figures: Figures,
 
 def run_tables(runs: Sequence[Run], options: AnalyzeOptions, figures: Figures,
                times: StageTimes) -> dict[str, pd.DataFrame]:
-    """Every table of ``TABLES``, the runs' rows concatenated (a run without rows for a table adds none)."""
+    """Every table of ``TABLES``, the runs' rows concatenated (a run without rows for a table adds none), with each
+    run's ``arm`` (``arm_names``) beside its ``run`` column."""
     per_run = [analyze_run(run, options, figures, times) for run in runs]
+    arms = arm_names(runs)
     tables = {}
     for name in per_run[0]:
         parts = [tables_of_run[name] for tables_of_run in per_run if tables_of_run[name] is not None]
-        tables[name] = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=EMPTY_COLUMNS[name])
+        table = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=EMPTY_COLUMNS[name])
+        table.insert(1, "arm", table["run"].map(arms))
+        tables[name] = table
     return {**tables, "carried_summary": carried_summary(tables["probes"])}
