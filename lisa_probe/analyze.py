@@ -19,7 +19,9 @@ untrained side net as ``random-init``). Per run, site and timestep bin it measur
 * **training curves** from the run directory's ``eval.csv`` and ``summary.json``.
 
 Outputs in ``--out``: ``alignment.csv``, ``probes.csv``, ``carried_summary.csv``, ``disentanglement.csv``,
-``embedding.csv``, ``decomposition.csv``, ``training.csv`` (long form), ``figures/*.png`` and ``report.md``.
+``embedding.csv``, ``decomposition.csv``, ``training.csv`` (long form, each with the run's ``arm``), ``figures/*.png``,
+``report.md`` and ``report.html`` (the same report as one self-contained page: figures embedded, how to read each
+metric, provenance).
 
 Memory: one streamed pass per store reads ~16 MiB of rows at a time (``--chunk-rows``), in whole samples, at least
 ``MIN_CHUNK_SAMPLES`` per chunk. It fills accumulators whose size does not depend on the number of rows (the spatial
@@ -65,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     with cli_errors(cli.prog):
         report = report_stores(args.stores, args.out, options, args.labels, args.random_reference, args.overwrite,
                                command)
-    print(f"report written to {report}")
+    print(f"report written to {report} and {report.with_name('report.html')}")
     return 0
 
 

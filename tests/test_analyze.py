@@ -74,6 +74,10 @@ def test_cli_writes_every_table_figure_and_the_report(stores, tmp_path):
     linked = set(re.findall(r"\]\((figures/[^)]+\.png)\)", report))
     on_disk = {path.relative_to(out).as_posix() for path in (out / "figures").glob("*.png")}
     assert linked == on_disk and len(on_disk) >= 15
+    page = (out / "report.html").read_text()  # the same report, self-contained: every figure embedded
+    assert re.findall(r'<img[^>]+src="([^"]{0,30})', page) and all(
+        src.startswith("data:image/png;base64,") for src in re.findall(r'<img[^>]+src="([^"]{0,30})', page))
+    assert len(re.findall(r"<img", page)) == len(re.findall(r"!\[", report)) and "How to read this report" in page
     assert {"figures/embedding_lisa.png", "figures/training_curves.png",
             "figures/decomposition_model_lisa_alignment_integrated_gradients.png"} <= on_disk
     for text in ("lisa vs baseline vs random-init", FeatureStore(stores["lisa"]).attrs["checkpoint_hash"][:12],

@@ -10,7 +10,14 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from lisa_probe.notebook_runs import execute_notebook, inject_overrides, main, parse_override
+from lisa_probe.notebook_runs import (
+    NOTEBOOK_DIR,
+    execute_notebook,
+    inject_overrides,
+    main,
+    notebook_path,
+    parse_override,
+)
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
 OVERRIDES = {"USE_UMAP": False}
@@ -37,6 +44,28 @@ def test_the_command_line_parses_literals_and_refuses_bad_input(tmp_path, capsys
         main([str(tmp_path / "out"), "--notebooks", str(tmp_path / "missing.ipynb")])
     assert stop.value.code == 2 and "no such notebook" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_notebooks_by_name_and_a_run_that_goes_past_a_failing_one(tmp_path, capsys):
+    assert notebook_path("03_decomposition") == notebook_path("03_decomposition.ipynb") == \
+        NOTEBOOK_DIR / "03_decomposition.ipynb"
+    cells = {"bad": ["X = 1", "raise ValueError(f'boom {X}')", "print('never')"], "good": ["X = 1", "print(X + 1)"]}
+    for name, sources in cells.items():
+        notebook = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "python3", "language": "python",
+                                                                     "display_name": "Python 3"}})
+        notebook.cells = [nbformat.v4.new_code_cell(source) for source in sources]
+        notebook.cells[0].metadata["tags"] = ["parameters"]
+        nbformat.write(notebook, tmp_path / f"{name}.ipynb")
+    out = tmp_path / "out"
+    assert main([str(out), "--notebooks", str(tmp_path / "bad.ipynb"), str(tmp_path / "good.ipynb"),
+                 "--set", "X=7", "--workdir", str(tmp_path)]) == 1
+    printed = capsys.readouterr().out
+    assert "\x1b" not in printed and "FAILED  bad: ValueError: boom 7" in printed and "ok      good:" in printed
+    assert "1 of 2 notebooks ran; failed: bad" in printed
+    bad = nbformat.read(out / "bad.ipynb", as_version=4)
+    assert bad.cells[2].outputs[0]["output_type"] == "error" and not bad.cells[3].outputs  # stopped there
+    assert nbformat.read(out / "good.ipynb", as_version=4).cells[2].outputs[0]["text"] == "8\n"
+    assert "boom 7" in (out / "bad.html").read_text() and (out / "good.html").stat().st_size > 0
 
 
 def test_notebooks_found():

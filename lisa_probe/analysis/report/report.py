@@ -1,4 +1,5 @@
-"""A report directory: the tables as CSV, seaborn figures and ``report.md``, written to a staging directory and
+"""A report directory: the tables as CSV, figures, ``report.md`` and the same as one self-contained
+``report.html``, written to a staging directory and
 published at the end (``prepare_out`` / ``publish_out``), so a failing analysis leaves a previous report whole."""
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from lisa_probe.analysis.plots import (
     plot_probe_selectivity,
     plot_training_curves,
 )
+from lisa_probe.analysis.report.html import write_html
 from lisa_probe.analysis.report.selection import Run, open_run, run_labels
 from lisa_probe.analysis.report.streaming import ESTIMATES, READOUT_GRID
 from lisa_probe.analysis.report.tables import TABLES, run_tables
@@ -37,6 +39,34 @@ DISENTANGLEMENT_FIGURES = (("dci", "disentanglement"), ("mig", "mig"), ("sap", "
 
 
 FIGURED_METHOD = {"store": "add_one_in", "model": "integrated_gradients"}
+
+
+READING = """## How to read this report
+
+* **Runs and arms.** Each store is a run; runs whose configs differ only in seed (and output or schedule options)
+  form an *arm*, drawn as one line or bar. With several runs in an arm, error bars and bands are 95 % t-intervals
+  across its runs (seeds); with one run, across the rows averaged into a point where there are several, and absent
+  where a point is a single value. Timestep axes run from low noise (left) to high noise (right).
+* **Alignment** asks whether the side features carry the likelihood score, estimated as `model` = full − main (what
+  the side net adds) or `oracle` = target − main. `decoder cosine`: the LISA decoder's output against the estimate
+  (1: same direction, 0: unrelated). `ridge` / `spatial_ridge` R²: share of the estimate's variance a cross-validated
+  linear read-out of the features explains (0: none; below 0: worse than the mean). `cka` (debiased): similarity of
+  the two representations' geometry (0: none, 1: identical up to rotation and scale). Every value sits beside its
+  **shuffled-pairs control** (dashed), the same measure with features paired to another sample's estimate: read the
+  gap between the solid and the dashed line, not the level.
+* **Probes.** Selectivity = a linear probe's held-out score minus a control task's (a random label per sample), so
+  0 is chance. *Carried* factors are those the condition determines (shape, position); a side branch should encode
+  those and not the others.
+* **DCI, MIG, SAP** (0 to 1, higher: more disentangled) score whether each feature direction serves one factor.
+  A DCI disentanglement is only meaningful when its completeness and informativeness are not negligible; flagged
+  values (`flag` in `disentanglement.csv`) are left out of means and drawn as gaps.
+* **Decomposition.** How much of the side net's effect on the prediction (projected on the score's direction) comes
+  from each injection site: `add_one_in` opens one site alone, `integrated_gradients` and `shapley_sampling` share the
+  whole effect among the sites. The sites interact (the main net is nonlinear in the residuals), so single-site
+  effects need not sum to the whole (`all_sites`).
+* **Training.** The runs' own evaluations (control fidelity, e.g. edge F1) over steps, and the step at which each
+  run first reaches the control metric's threshold (`convergence_step`, `--convergence-threshold`).
+"""
 
 
 def _has(table: pd.DataFrame, **equal) -> pd.DataFrame:
@@ -169,6 +199,7 @@ def write_report(out: Path, runs: Sequence[Run], tables: Mapping[str, pd.DataFra
         f"`{command}` (code version {code_version()})",
         "## Runs\n\n" + provenance(runs),
         "## Notes\n\n" + "\n".join(notes) if notes else "",
+        READING,
         "## Alignment with the likelihood score\n\nEstimates in prediction units: `model` = full − main, `oracle` = "
         "target − main. `ridge` / `cka` (debiased): mean-pooled features vs the estimate on a "
         f"{READOUT_GRID}×{READOUT_GRID} grid; `spatial_ridge`: one linear map shared by all positions; `decoder`: the "
@@ -222,7 +253,7 @@ def publish_out(staging: Path, out: Path) -> None:
     ``report.md``) and keeping any other file there."""
     out.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(out / "figures", ignore_errors=True)
-    for name in (*(f"{table}.csv" for table in TABLES), "report.md"):
+    for name in (*(f"{table}.csv" for table in TABLES), "report.md", "report.html"):
         (out / name).unlink(missing_ok=True)
     for item in staging.iterdir():
         item.rename(out / item.name)
@@ -252,7 +283,9 @@ def analyze(runs: Sequence[Run], out: Path, options: AnalyzeOptions, command: st
             if len(tables["training"]):
                 training_figure(figures, tables["training"])
         with times.stage("report"):
-            return write_report(out, runs, tables, figures, command)
+            path = write_report(out, runs, tables, figures, command)
+            write_html(path)
+            return path
 
 
 def report_stores(stores: Sequence[str | Path], out: str | Path, options: AnalyzeOptions,
