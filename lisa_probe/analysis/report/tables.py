@@ -4,7 +4,9 @@ disentanglement, embedding, decomposition (from the store and from the reloaded 
 from __future__ import annotations
 
 import sys
+import threading
 from collections.abc import Sequence
+from functools import cache
 from itertools import product
 from pathlib import Path
 
@@ -96,6 +98,17 @@ def disentanglement_tables(run: Run, streamed: Streamed, options: AnalyzeOptions
     return pd.concat(probes, ignore_index=True), pd.concat(codes, ignore_index=True)
 
 
+@cache
+def umap_warmup() -> threading.Thread:
+    """A background thread (started once per process) that embeds 64 random points with UMAP, compiling its numba
+    functions (~10 s on one core). Started while the probes run in worker processes, where this process only waits,
+    it takes the compilation off the critical path; ``embed`` joins it before the first real embedding."""
+    points = np.random.default_rng(0).normal(size=(64, 8))
+    thread = threading.Thread(target=umap_embed, args=(points,), name="umap-warmup", daemon=True)
+    thread.start()
+    return thread
+
+
 def embedding_site(run: Run, options: AnalyzeOptions) -> str:
     """The site to embed: ``--embedding-site``, else the LISA site, else the middle one of the analysed sites."""
     if options.embedding_site is not None:
@@ -111,6 +124,7 @@ def embed(run: Run, streamed: Streamed, options: AnalyzeOptions) -> tuple[pd.Dat
     X = streamed.pooled[site]
     method = "umap" if options.umap else "pca"
     if options.umap:
+        umap_warmup().join()
         E = umap_embed(X, seed=options.seed)
     else:
         E = reduce_features(X, 2, options.seed)
@@ -208,6 +222,8 @@ def analyze_run(run: Run, options: AnalyzeOptions, figures: Figures,
     probes = codes = None
     if run.factors():
         with times.stage("probes_dci_mig_sap"):
+            if options.umap and options.jobs > 1:
+                umap_warmup()  # compiles while this process waits on the workers
             probes, codes = disentanglement_tables(run, streamed, options)
     else:
         run.notes.append("the store has no (varying) generating factors: no probes, DCI, MIG or SAP")
