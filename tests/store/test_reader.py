@@ -58,7 +58,7 @@ def test_description(store_path):
     store = FeatureStore(store_path)
     assert store.n_rows == N_ROWS and store.sites == ["down.2", "block.1"]
     np.testing.assert_array_equal(store.timesteps, np.sort(TIMESTEPS))
-    assert store.factors == {name: {**spec, "period": None} for name, spec in FACTORS.items()}
+    assert store.factors == {name: {**spec, "period": None, "levels": None} for name, spec in FACTORS.items()}
     assert store.attrs["config"] == {"a": {"x": [1, 2]}, "b": 1} and store.attrs["note"] == "extra"
     assert store.attrs["parameterization"] == "flow" and store.attrs["schema_version"] == "1"
     assert store.compression == "lzf"

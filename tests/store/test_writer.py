@@ -101,7 +101,7 @@ def test_round_trip_all_dataset_kinds(tmp_path, sample_id_dtype):
     store = FeatureStore(path)
     assert store.n_rows == N_ROWS and store.sites == ["down.1", "block.0"]
     assert store.attrs == {"schema_version": "1", **ATTRS}
-    assert store.factors == {name: {**spec, "period": None} for name, spec in FACTORS.items()}
+    assert store.factors == {name: {**spec, "period": None, "levels": None} for name, spec in FACTORS.items()}
     for name, fld in layout.items():
         values = store.read(name)
         assert values.shape == (N_ROWS, *fld.shape), name
