@@ -120,7 +120,9 @@ def plot_alignment_vs_t(table: pd.DataFrame, metric: str = "r2", method: str = "
                 low, high = _extent(line, low, high)
         ax.set_title(site)
     _with_origin(axes, low if np.isfinite(low) else 0.0, high if np.isfinite(high) else 1.0)
+    pad = 0.05 * float(grid[-1] - grid[0]) or 1.0
     for ax in axes:
+        ax.set_xlim(grid[0] - pad, grid[-1] + pad)  # the whole timestep grid, undefined ends included
         ax.set_xlabel(NOISE_LABEL if ax.get_subplotspec().is_last_row() else "")
         ax.set_ylabel(f"{method} {metric}" if ax.get_subplotspec().is_first_col() else "")
     handles, labels = axes[0].get_legend_handles_labels()

@@ -75,6 +75,8 @@ def test_missing_and_flagged_points_are_gaps_not_joined_lines(tmp_path):
     assert np.isnan(line.get_ydata()[1]) and drawn(fig, tmp_path, "gap")  # matplotlib breaks the line there
     single = plots.plot_alignment_vs_t(table[table["control"] == "none"])  # one run: no interval, no bars
     assert np.isnan(single.axes[0].containers[0].lines[2][0].get_segments()).all()
+    ends = table.assign(value=table["value"].where(table["t"] == 100.0))  # only the first timestep defined
+    assert plots.plot_alignment_vs_t(ends).axes[0].get_xlim()[1] > 900.0  # the axis still spans every timestep
     with pytest.raises(ValueError, match="no rows"):
         plots.plot_alignment_vs_t(table.assign(value=np.nan))
 
