@@ -14,12 +14,16 @@ from lisa_probe.store.schema import COMPRESSIONS
 
 @dataclass
 class ExtractConfig(DataOptions):
-    """What to extract and where (the data options are for --controlnet; a --ckpt run brings its own)."""
+    """What to extract and where. The data options say which data: a ``--ckpt`` run brings its own and any given here
+    (``data_overrides``: those not at their defaults) replace the run's; ``--controlnet`` has only these."""
 
     out: str = field(default="", metadata=option("output .h5 path (required)"))
     ckpt: str | None = field(default=None, metadata=option("lisa_probe run or checkpoint directory"))
     controlnet: str | None = field(default=None, metadata=option("a plain diffusers side-net directory (with --main)"))
     main: str | None = field(default=None, metadata=option("main-net directory for --controlnet"))
+    decoder: str | None = field(default=None, metadata=option(
+        "--controlnet: a LISA decoder directory (a run's lisa_decoder/, or the run) whose output is stored as "
+        "scores/decoded, at the site its config names"))
     resolution: int | None = field(default=None, metadata=option(
         "--controlnet: image size in pixels, as train's --resolution (default: the main net's native size; a --ckpt "
         "run brings its own)"))
@@ -55,6 +59,9 @@ class ExtractConfig(DataOptions):
         if self.resolution is not None and self.ckpt is not None:
             raise ValueError(f"--resolution {self.resolution} applies to --controlnet; a --ckpt run extracts at the "
                              "resolution it was trained at")
+        if self.decoder is not None and self.ckpt is not None:
+            raise ValueError(f"--decoder {self.decoder} applies to --controlnet; a --ckpt run's own LISA decoder is "
+                             "used when it has one")
         if self.resolution is not None and self.resolution < 1:
             raise ValueError(f"--resolution must be >= 1, got {self.resolution}")
         for name in ("samples", "draws", "batch_size"):
@@ -66,6 +73,13 @@ class ExtractConfig(DataOptions):
         if self.resume and self.overwrite:
             raise ValueError("--resume and --overwrite exclude each other: continue the unfinished store, or start over")
 
+    def data_overrides(self) -> dict:
+        """The data options given with values other than their defaults: what replaces a ``--ckpt`` run's own (an
+        option left at its default keeps the run's value)."""
+        defaults = DataOptions()
+        return {f.name: getattr(self, f.name) for f in fields(DataOptions)
+                if getattr(self, f.name) != getattr(defaults, f.name)}
+
 
 @dataclass
 class ForeignRun(DataOptions):
@@ -75,6 +89,7 @@ class ForeignRun(DataOptions):
     side: str = ""
     seed: int = 0
     resolution: int | None = None
+    lisa_site: str | None = None  # the site of --decoder's LISA decoder
 
     @classmethod
     def of(cls, config: ExtractConfig) -> ForeignRun:

@@ -28,8 +28,8 @@ Root attributes: ``schema_version``, ``config`` and ``extract_args`` (canonical 
 ``checkpoint_hash``, ``code_version``, ``parameterization`` ("eps"|"v"|"flow"), optional ``inputs`` (JSON: how
 every row's inputs and target are made, ``extraction.input_recipe``: row order, split and ids, resolution,
 preprocessing, timestep values, noise, x0 / x_t / target formulas, condition, context and prompts per text layout,
-what each ``sha256`` covers, paths, the onset probe's conventions), any extra scalar attrs of the
-caller, and the writer's bookkeeping: ``n_rows``, ``rows_done``, ``complete``, ``layout`` (JSON of the fields, in
+what each ``sha256`` covers, paths, the onset probe's conventions), optional ``factor_sources`` (JSON: where
+factors added after extraction came from, ``store.factors``), any extra scalar attrs of the caller, and the writer's bookkeeping: ``n_rows``, ``rows_done``, ``complete``, ``layout`` (JSON of the fields, in
 order) and, for shards, ``shard_rank`` / ``shard_world_size``.
 """
 

@@ -554,10 +554,15 @@ def test_resume_refuses_a_stale_finished_shard(nets, tmp_path, monkeypatch):
 
 
 # ----------------------------------------------------------------------------------------------------- LISA run
-def test_lisa_run_stores_decoded_scores(nets, tmp_path):
-    config = TrainConfig(main=nets["unet"][0], out_dir=str(tmp_path / "runs"), steps=2, batch_size=4,
-                                      eval_samples=0, checkpoint_every=0)
-    run_dir = train(config)
+@pytest.fixture(scope="module")
+def lisa_run(nets, tmp_path_factory) -> Path:
+    """A two-step LISA run of the 16 px UNet on shapes (edges)."""
+    return train(TrainConfig(main=nets["unet"][0], out_dir=str(tmp_path_factory.mktemp("runs")), steps=2,
+                             batch_size=4, eval_samples=0, checkpoint_every=0))
+
+
+def test_lisa_run_stores_decoded_scores(nets, lisa_run, tmp_path):
+    run_dir = lisa_run
     out = extract(ExtractConfig(out=str(tmp_path / "f.h5"), ckpt=str(run_dir), samples=2, timesteps="2", draws=1,
                                 batch_size=4))
     store = FeatureStore(out)
@@ -584,6 +589,68 @@ def test_lisa_run_stores_decoded_scores(nets, tmp_path):
     assert store.layout["scores/decoded"].shape == store.layout["scores/target"].shape
     np.testing.assert_allclose(store.read("scores/decoded", [0])[0], decoded[0].numpy(), atol=1e-4)
 
+
+
+def write_folder_data(root: Path, count: int = 12) -> tuple[Path, Path]:
+    """``count`` 16 px images of a light square at a varying place, and a factors CSV (``place``: left / right,
+    ``shade``: a number)."""
+    from PIL import Image
+
+    (root / "images").mkdir(parents=True)
+    lines = ["file,place,shade"]
+    for index in range(count):
+        pixels = np.full((16, 16, 3), 40, dtype=np.uint8)
+        left = index % 2 == 0
+        pixels[4:12, (2 if left else 8):(8 if left else 14)] = 200 + index
+        Image.fromarray(pixels).save(root / "images" / f"img{index:02d}.png")
+        lines.append(f"img{index:02d}.png,{'left' if left else 'right'},{0.5 + index / 10}")
+    (root / "factors.csv").write_text("\n".join(lines) + "\n")
+    return root / "images", root / "factors.csv"
+
+
+def test_a_run_extracted_on_other_data_records_that_data(lisa_run, tmp_path):
+    """--ckpt honours the data options given (here: a folder of images with a factors CSV instead of the run's
+    shapes): the rows, factors and the store's config are the given data's; options not given keep the run's."""
+    images, factors = write_folder_data(tmp_path / "data")
+    out = extract(ExtractConfig(out=str(tmp_path / "f.h5"), ckpt=str(lisa_run), dataset="folder",
+                                data_root=str(images), factors_csv=str(factors), carried_factors="place",
+                                split="train", samples=3, timesteps="1", batch_size=4))
+    store = FeatureStore(out)
+    config = store.attrs["config"]
+    assert config["dataset"] == "folder" and resolved_path(config["data_root"], out.parent) == images
+    assert config["lisa_weight"] == read_config(lisa_run / "config.yaml")["config"]["lisa_weight"]
+    assert set(store.factors) == {"place", "shade"} and store.factors["place"]["carried"]
+    assert store.factors["place"]["levels"] == ("left", "right")
+    dataset = build_dataset("folder", split="train", resolution=16, root=str(images), factors_csv=str(factors))
+    assert list(store.read("meta/sample_id").astype(str)) == [dataset[i]["id"] for i in range(3)]
+    np.testing.assert_allclose(store.read("meta/factors/shade"), [dataset[i]["factors"]["shade"] for i in range(3)])
+
+
+def test_a_foreign_controlnet_gets_a_lisa_decoder(nets, lisa_run, tmp_path, capsys):
+    """--controlnet with --decoder stores scores/decoded at the decoder's site: the same store as extracting the run
+    itself; a decoder that does not fit the side net, or --decoder with --ckpt, is refused by name."""
+    common = {"samples": 2, "timesteps": "2", "batch_size": 4}
+    ours = FeatureStore(extract(ExtractConfig(out=str(tmp_path / "run.h5"), ckpt=str(lisa_run), **common)))
+    theirs = FeatureStore(extract(ExtractConfig(out=str(tmp_path / "theirs.h5"), controlnet=str(lisa_run / "controlnet"),
+                                                main=nets["unet"][0], decoder=str(lisa_run), **common)))
+    assert theirs.attrs["lisa_site"] == ours.attrs["lisa_site"] != ""
+    for name in ("scores/decoded", "scores/full", f"features/{ours.attrs['lisa_site']}"):
+        np.testing.assert_array_equal(theirs.read(name), ours.read(name), err_msg=name)
+    with pytest.raises(ValueError, match=r"--decoder .*lisa_decoder decodes site 'down.\d', which this side net does "
+                                         r"not have \(its sites: block.0, block.1\)"):
+        extract(ExtractConfig(out=str(tmp_path / "dit.h5"), controlnet=nets["dit"][1], main=nets["dit"][0],
+                              decoder=str(lisa_run / "lisa_decoder"), **common))
+    with pytest.raises(ValueError, match=r"--decoder .*lisa_decoder decodes \(channels, size\) .* but site down.\d of "
+                                         r"this side net gives"):
+        extract(ExtractConfig(out=str(tmp_path / "32.h5"), controlnet=nets["unet32"][1], main=nets["unet32"][0],
+                              decoder=str(lisa_run / "lisa_decoder"), **common))
+    with pytest.raises(ValueError, match="holds no LISA decoder"):
+        extract(ExtractConfig(out=str(tmp_path / "none.h5"), controlnet=nets["unet"][1], main=nets["unet"][0],
+                              decoder=str(tmp_path), **common))
+    with pytest.raises(SystemExit) as stop:
+        main(["--ckpt", str(lisa_run), "--out", str(tmp_path / "x.h5"), "--decoder", str(lisa_run)])
+    assert stop.value.code == 2 and f"--decoder {lisa_run} applies to --controlnet" in capsys.readouterr().err
+    assert not any((tmp_path / name).exists() for name in ("dit.h5", "32.h5", "none.h5", "x.h5"))
 
 
 def test_factor_periods_reach_the_store_and_the_analysis(stores):
