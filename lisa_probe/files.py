@@ -1,11 +1,15 @@
-"""Files written so that an interrupted run never leaves one half-written: a temporary name, then a rename."""
+"""Files written so that an interrupted run never leaves one half-written (a temporary name, then a rename), and
+one writer per output (``OutputLock``)."""
 
 from __future__ import annotations
 
 import csv
+import fcntl
 import io
 import json
+import os
 import shutil
+import socket
 from pathlib import Path
 
 
@@ -41,3 +45,63 @@ def write_csv_atomic(path: Path, columns, rows: list[dict]) -> None:
     writer.writeheader()
     writer.writerows(rows)
     write_text_atomic(path, text.getvalue())
+
+
+class OutputBusyError(FileExistsError):
+    """Another process is writing the same output."""
+
+
+def lock_path(path: str | os.PathLike) -> Path:
+    """``<path>.lock``: the lock file of an output being written (removed when the writer ends)."""
+    path = Path(path)
+    return path.with_name(path.name + ".lock")
+
+
+class OutputLock:
+    """An exclusive lock on ``<path>.lock`` (``fcntl.flock``), held until ``release`` (or the end of a ``with``).
+
+    Without ``wait`` a held lock is refused at once (``OutputBusyError`` naming the holder: one writer per output);
+    with ``wait`` the caller blocks until the holder is done (caches that one process fills and the others then
+    read). The lock file records the holder's host and pid. It is deleted on release, so a finished run leaves no
+    ``.lock`` behind; a holder checks after locking that the file it locked is still the one at ``<path>.lock``
+    (another holder may have deleted it in between) and retries otherwise. A killed holder's lock is released by the
+    kernel, so a stale lock file never blocks a later run.
+    """
+
+    def __init__(self, path: str | os.PathLike, what: str = "feature store", wait: bool = False) -> None:
+        self.path = lock_path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            except BlockingIOError:
+                holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
+                os.close(fd)
+                raise OutputBusyError(f"{what} {Path(path)} is being written by another process ({holder}; lock "
+                                      f"{self.path}); wait for it to finish, or stop it and run again with "
+                                      "--resume") from None
+            try:
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
+        self._fd: int | None = fd
+
+    def release(self) -> None:
+        """Delete the lock file and unlock (idempotent)."""
+        if self._fd is None:
+            return
+        self.path.unlink(missing_ok=True)
+        os.close(self._fd)
+        self._fd = None
+
+    def __enter__(self) -> OutputLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()

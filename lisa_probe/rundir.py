@@ -127,6 +127,11 @@ def read_summary(run_dir: str | os.PathLike) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
+def sample_grid_path(run_dir: str | os.PathLike, step: int) -> Path:
+    """``<run>/samples/step-<step>.png``: the validation grid drawn at an evaluation."""
+    return Path(run_dir) / SAMPLES_DIR / f"step-{step}.png"
+
+
 def cache_dir(out_dir: str | Path) -> Path:
     """Where caches live (read-back networks, prompt embeddings, VAE latents): ``$LISA_PROBE_CACHE`` or ``<out_dir>/cache``."""
     return Path(os.environ.get("LISA_PROBE_CACHE") or Path(out_dir) / "cache")

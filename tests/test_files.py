@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from lisa_probe.files import replace_dir, write_csv_atomic, write_json, write_text_atomic
+from lisa_probe.files import OutputBusyError, OutputLock, replace_dir, write_csv_atomic, write_json, write_text_atomic
 
 
 def test_atomic_writes_leave_only_the_file(tmp_path):
@@ -44,3 +44,28 @@ def test_replace_dir_swaps_whole_directories(tmp_path):
     replace_dir(new, final)
     assert [p.name for p in final.iterdir()] == ["new.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["controlnet"]
+
+
+def test_a_waiting_lock_gets_the_output_once_the_holder_is_done(tmp_path):
+    """``OutputLock(wait=True)`` blocks until the holder releases (a thread stands in for another process: flock
+    locks belong to open files), then holds the lock itself; without ``wait`` a held lock is refused; no lock file is
+    left after either."""
+    import threading
+    import time
+
+    order = []
+    holder = OutputLock(tmp_path / "cache-entry", what="cache")
+    with pytest.raises(OutputBusyError, match="feature store .*cache-entry is being written by another process"):
+        OutputLock(tmp_path / "cache-entry")
+
+    def waiter():
+        with OutputLock(tmp_path / "cache-entry", wait=True):
+            order.append("waiter")
+
+    thread = threading.Thread(target=waiter)
+    thread.start()
+    time.sleep(0.3)
+    order.append("holder done")
+    holder.release()
+    thread.join(timeout=10)
+    assert order == ["holder done", "waiter"] and not list(tmp_path.iterdir())

@@ -3,7 +3,7 @@ values of the data stage. Light: importing it loads no torch, so command lines p
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from lisa_probe.data import DATASET_NAMES
 from lisa_probe.options import check_choice, check_number, option
@@ -77,6 +77,13 @@ class DataOptions:
         if self.label_prompts and self.dataset != "shapes":
             raise ValueError(f"--label-prompts applies to --dataset shapes, not {self.dataset!r} (a captioned "
                              "dataset brings its own captions)")
+
+    def data_overrides(self) -> dict:
+        """The data options set to values other than their defaults: what replaces a run's own data options in the
+        commands that read a run (``extract --ckpt``, ``sample``); an option left at its default keeps the run's."""
+        defaults = DataOptions()
+        return {f.name: getattr(self, f.name) for f in fields(DataOptions)
+                if getattr(self, f.name) != getattr(defaults, f.name)}
 
     @property
     def has_captions(self) -> bool:

@@ -19,14 +19,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from filelock import FileLock
 from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from lisa_probe.data import build_dataset, circular_distance
-from lisa_probe.files import replace_dir
+from lisa_probe.files import OutputLock, replace_dir
 from lisa_probe.provenance import code_version
 
 CACHE_FORMAT = 2  # bump when the architecture or the cache layout changes (2: circular heads)
@@ -300,11 +299,11 @@ def _save(path: Path, net: ReadbackNet, meta: dict) -> None:
     replace_dir(staging, path)
 
 
-def cache_lock(path: Path) -> FileLock:
-    """The inter-process lock of cache entry ``path`` (``<path>.lock``): runs that share a cache directory (a
-    baseline and a LISA run started together) train a missing read-back net once; the others wait, then load it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return FileLock(str(path.with_name(f"{path.name}.lock")))
+def cache_lock(path: Path) -> OutputLock:
+    """The inter-process lock of cache entry ``path`` (``<path>.lock``, deleted when released): runs that share a
+    cache directory (a baseline and a LISA run started together) train a missing read-back net once; the others
+    wait, then load it."""
+    return OutputLock(path, what="read-back cache", wait=True)
 
 
 def load_or_train_readback(dataset, cache_dir: str | Path, config: ReadbackConfig | None = None,

@@ -73,13 +73,6 @@ class ExtractConfig(DataOptions):
         if self.resume and self.overwrite:
             raise ValueError("--resume and --overwrite exclude each other: continue the unfinished store, or start over")
 
-    def data_overrides(self) -> dict:
-        """The data options given with values other than their defaults: what replaces a ``--ckpt`` run's own (an
-        option left at its default keeps the run's value)."""
-        defaults = DataOptions()
-        return {f.name: getattr(self, f.name) for f in fields(DataOptions)
-                if getattr(self, f.name) != getattr(defaults, f.name)}
-
 
 @dataclass
 class ForeignRun(DataOptions):

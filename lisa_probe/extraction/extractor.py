@@ -46,7 +46,7 @@ from lisa_probe.training.loading import build_dual_branch, load_run
 def load_model(config: ExtractConfig):
     """(DualBranch, decoder or None, dataset kwargs, the run's TrainConfig or a ForeignRun, side-net directory).
 
-    A ``--ckpt`` run keeps its own data options except those given here (``ExtractConfig.data_overrides``), which
+    A ``--ckpt`` run keeps its own data options except those given here (``DataOptions.data_overrides``), which
     replace the run's and are checked with its config; ``--controlnet`` takes a LISA decoder from ``--decoder``."""
     if config.ckpt is not None:
         run_config, model, decoder, dataset_kwargs = load_run(Path(config.ckpt))

@@ -1,8 +1,6 @@
-"""What makes a published feature store trustworthy: one writer per output, and data checked before publishing.
+"""What makes a published feature store trustworthy: data checked before publishing (one writer per output is
+``files.OutputLock``).
 
-* ``OutputLock``: an inter-process lock on the file a writer produces, taken before anything is opened for
-  writing, so that a second extraction to the same ``--out`` (even with ``--overwrite``) is refused instead of
-  truncating the first one's file.
 * ``RowDigests``: a SHA-256 per dataset over the rows in order, kept while writing; ``verify_digests`` re-reads a
   closed file and compares, so a write that failed silently (a full disk: HDF5 can lose a chunk while h5py frees
   a dataset, where errors are not raised) is found before the file gets its final name.
@@ -10,10 +8,7 @@
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
-import os
-import socket
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -21,58 +16,6 @@ import h5py
 import numpy as np
 
 DIGEST_ATTR = "sha256"  # dataset attr: hex SHA-256 of the dataset's rows (``RowDigests``)
-
-
-class OutputBusyError(FileExistsError):
-    """Another process is writing the same output."""
-
-
-def lock_path(path: str | os.PathLike) -> Path:
-    """``<path>.lock``: the lock file of an output being written (removed when the writer ends)."""
-    path = Path(path)
-    return path.with_name(path.name + ".lock")
-
-
-class OutputLock:
-    """An exclusive, non-blocking lock on ``<path>.lock`` (``fcntl.flock``), held until ``release``.
-
-    The lock file records the holder's host and pid, which the refusal names. It is deleted on release; a holder
-    checks after locking that the file it locked is still the one at ``<path>.lock`` (another holder may have
-    deleted it in between) and retries otherwise. A killed holder's lock is released by the kernel, so a stale
-    lock file never blocks a later run.
-    """
-
-    def __init__(self, path: str | os.PathLike, what: str = "feature store") -> None:
-        self.path = lock_path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
-                os.close(fd)
-                raise OutputBusyError(f"{what} {Path(path)} is being written by another process ({holder}; lock "
-                                      f"{self.path}); wait for it to finish, or stop it and run again with "
-                                      "--resume") from None
-            try:
-                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
-            except FileNotFoundError:
-                same = False
-            if same:
-                break
-            os.close(fd)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
-        self._fd: int | None = fd
-
-    def release(self) -> None:
-        """Delete the lock file and unlock (idempotent)."""
-        if self._fd is None:
-            return
-        self.path.unlink(missing_ok=True)
-        os.close(self._fd)
-        self._fd = None
 
 
 def _update(digest: hashlib._Hash, rows: np.ndarray) -> None:

@@ -8,7 +8,7 @@ Storage choices (see docs/DESIGN.md, "Feature store"):
 * All datasets are chunked along rows with the same ``chunk_rows``, chosen so that the widest dataset's chunk is
   ~1 MiB, and compressed with ``none`` | ``lzf`` | ``gzip`` (the writer's default lzf; ``extract`` passes its
   ``--compression``, default none; ``bench/bench_store.py`` measures them).
-* One writer per output: ``integrity.OutputLock`` on ``<path>.lock`` is taken before any file is opened for
+* One writer per output: ``files.OutputLock`` on ``<path>.lock`` is taken before any file is opened for
   writing (a second writer is refused with ``OutputBusyError`` naming the holder) and released at the end.
 * The file is written at ``<path>.partial`` and renamed to ``path`` by ``close()`` once all rows are written
   (root attr ``complete`` = True) and the closed file has passed its read-back check: every dataset's SHA-256
@@ -35,8 +35,9 @@ from typing import TYPE_CHECKING, Any
 import h5py
 import numpy as np
 
+from lisa_probe.files import OutputLock
 from lisa_probe.store import schema
-from lisa_probe.store.integrity import DIGEST_ATTR, OutputLock, RowDigests, verify_digests
+from lisa_probe.store.integrity import DIGEST_ATTR, RowDigests, verify_digests
 from lisa_probe.store.reader import FeatureStore, read_header
 from lisa_probe.store.schema import Field
 

@@ -146,6 +146,20 @@ class PromptEncoder:
                                    for part in ("text_encoder", "tokenizer")])
         return cls(tokenizers, encoders, identity, layout, t5_width)
 
+    def token_limits(self) -> list[int]:
+        """The number of tokens each encoder reads (longer prompts are truncated to it)."""
+        return [MAX_SEQUENCE_LENGTH if index == 2 else tokenizer.model_max_length
+                for index, tokenizer in enumerate(self.tokenizers)]
+
+    def overlong(self, prompts: Sequence[str]) -> int:
+        """How many of ``prompts`` have more tokens (with the special ones) than some encoder reads: diffusers'
+        pipelines truncate them with a warning, as ``encode`` does."""
+        too_long = set()
+        for tokenizer, limit in zip(self.tokenizers, self.token_limits()):
+            lengths = [len(ids) for ids in tokenizer(list(prompts), truncation=False).input_ids]
+            too_long.update(index for index, length in enumerate(lengths) if length > limit)
+        return len(too_long)
+
     def _run(self, index: int, prompts: list[str], max_length: int | None = None):
         """The outputs (with hidden states) of encoder ``index`` on ``prompts`` padded to ``max_length`` (default:
         its tokenizer's ``model_max_length``), truncated."""
@@ -238,6 +252,12 @@ class PromptEmbeddings:
             self._compute(encoder, progress)
         self._file = safe_open(str(self.path), framework="pt")
         self._rows = {name: self._file.get_slice(name) for name in self._file.keys()}
+        counted = (self._file.metadata() or {}).get("overlong")  # counted when encoded (caches before: now)
+        self.overlong = int(counted) if counted is not None else encoder.overlong(self.prompts)
+        if self.overlong:
+            warnings.warn(f"{self.overlong} of the {len(self.prompts) - 1} distinct captions are longer than the text "
+                          f"encoder reads ({'/'.join(map(str, encoder.token_limits()))} tokens) and are truncated, "
+                          "as diffusers' pipelines truncate them", stacklevel=2)
 
     def _readable(self) -> bool:
         """Whether the cache file opens, lists this set's prompts and holds one finite row per prompt of each output."""
@@ -264,7 +284,8 @@ class PromptEmbeddings:
         staging = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")  # processes may encode at once
         try:
             save_file({name: torch.cat([chunk[name] for chunk in chunks]).contiguous() for name in chunks[0]},
-                      staging, metadata={"prompts": json.dumps(self.prompts), "text_encoder": encoder.identity})
+                      staging, metadata={"prompts": json.dumps(self.prompts), "text_encoder": encoder.identity,
+                                         "overlong": str(encoder.overlong(self.prompts))})
             staging.replace(self.path)  # atomic: a reader never sees half a file
         except (SafetensorError, OSError) as error:  # a full disk
             staging.unlink(missing_ok=True)

@@ -16,7 +16,7 @@ from lisa_probe.evaluation import Evaluator
 from lisa_probe.evaluation.grids import save_grid, to_uint8
 from lisa_probe.files import write_json
 from lisa_probe.provenance import code_version
-from lisa_probe.rundir import SAMPLES_DIR, SUMMARY_FILE, cache_dir, read_eval, read_metrics
+from lisa_probe.rundir import SUMMARY_FILE, cache_dir, read_eval, read_metrics, sample_grid_path
 from lisa_probe.seeds import derive_seed
 from lisa_probe.text.prompts import batch_context
 
@@ -69,7 +69,7 @@ class ControlEvaluation:
         results.update(self.evaluator.evaluate(controlled, self.cond, self.factors))
         n = GRID_COLUMNS
         save_grid([("condition", to_uint8(self.cond[:n], (0.0, 1.0))), ("main alone", to_uint8(self.main_alone[:n])),
-                   ("controlled", to_uint8(controlled[:n]))], self.run_dir / SAMPLES_DIR / f"step-{step}.png",
+                   ("controlled", to_uint8(controlled[:n]))], sample_grid_path(self.run_dir, step),
                   captions=None if self.captions is None else self.captions[:n])
         return results
 

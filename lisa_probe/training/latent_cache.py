@@ -22,13 +22,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from filelock import FileLock
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch.utils.data import default_collate
 from tqdm.auto import tqdm
 
 from lisa_probe.evaluation.readback import dataset_identity
+from lisa_probe.files import OutputLock
 from lisa_probe.models.dual_branch import draw_latents
 from lisa_probe.text.prompts import files_identity
 
@@ -50,7 +50,7 @@ class LatentCache:
         key = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
         self.path = Path(cache_dir) / f"latents-{key[:24]}.safetensors"
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(self.path) + ".lock"):  # processes of one run: one encodes, the others wait and read
+        with OutputLock(self.path, what="latent cache", wait=True):  # one process encodes, the others wait, read
             if self.path.exists() and not self._readable(len(dataset)):
                 warnings.warn(f"latent cache {self.path} is damaged or holds non-finite values: encoding it anew",
                               stacklevel=2)

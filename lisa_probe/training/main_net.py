@@ -18,7 +18,7 @@ from lisa_probe.diffusion.sampling import fixed_noise, sample
 from lisa_probe.evaluation import Evaluator
 from lisa_probe.evaluation.grids import save_grid, to_uint8
 from lisa_probe.models.build import MAIN_FORWARD, MAIN_SUBFOLDER, build_main, null_context_for
-from lisa_probe.rundir import SAMPLES_DIR, SCHEDULER_DIR, cache_dir, is_main_net_ready, write_run_config
+from lisa_probe.rundir import SCHEDULER_DIR, cache_dir, is_main_net_ready, sample_grid_path, write_run_config
 from lisa_probe.seeds import derive_seed
 from lisa_probe.text.labels import main_context_widths, write_label_encoder
 from lisa_probe.text.prompts import PromptEmbeddings, batch_context, drop_prompts, has_text_encoder, prompt_embeddings
@@ -115,7 +115,7 @@ def make_quality_evaluation(objective: MainNetObjective, config: PretrainConfig,
         on_device = None if text is None else {name: value.to(device) for name, value in text.items()}
         images = sample(lambda x, t: objective.predict(x, t, text=on_device), objective.parameterization,
                         fixed_noise(shape, derive_seed(config.seed, "main_eval")).to(device), config.sample_steps).clamp(-1, 1).cpu()
-        save_grid([("samples", to_uint8(images[:16]))], run_dir / SAMPLES_DIR / f"step-{step}.png",
+        save_grid([("samples", to_uint8(images[:16]))], sample_grid_path(run_dir, step),
                   captions=captions)
         named = {} if factors is None else evaluator.factor_readback(images, factors)
         return {**evaluator.frechet(images), **evaluator.shape_fit(images), **named}

@@ -7,10 +7,12 @@ import csv
 import math
 from pathlib import Path
 
+import numpy as np
 from accelerate.tracking import TensorBoardTracker, WandBTracker
+from PIL import Image
 
 from lisa_probe.files import write_csv_atomic
-from lisa_probe.rundir import EVAL_FILE, METRICS_FILE
+from lisa_probe.rundir import EVAL_FILE, METRICS_FILE, sample_grid_path
 from lisa_probe.training.config import REPORT_TO
 
 
@@ -86,13 +88,27 @@ class MetricsLog:
         for tracker in self.trackers:
             tracker.log({key: float(value) for key, value in values.items()}, step=step)
 
+    def track_image(self, step: int, name: str, path: Path) -> None:
+        """Send the image at ``path`` (a PNG) to the trackers as ``name`` at ``step``: TensorBoard's image tab,
+        wandb's media panel."""
+        if not self.trackers:
+            return
+        with Image.open(path) as image:
+            pixels = np.asarray(image.convert("RGB"))
+        for tracker in self.trackers:
+            if isinstance(tracker, TensorBoardTracker):
+                tracker.log_images({name: pixels[None]}, step=step, dataformats="NHWC")
+            else:
+                tracker.log_images({name: [pixels]}, step=step)
+
     def close(self) -> None:
         for tracker in self.trackers:
             tracker.finish()
 
 
 def eval_log_rows(run_dir: Path, step: int, results: dict[str, float], metrics: MetricsLog) -> None:
-    """Append evaluation results to ``eval.csv`` (long form: step, metric, value) and TensorBoard."""
+    """Append evaluation results to ``eval.csv`` (long form: step, metric, value) and send them to the trackers, with
+    the evaluation's sample grid (``rundir.sample_grid_path``) as the image ``validation`` when it drew one."""
     path = run_dir / EVAL_FILE
     rows = []
     if path.exists():
@@ -102,3 +118,6 @@ def eval_log_rows(run_dir: Path, step: int, results: dict[str, float], metrics: 
                 if isinstance(value, (int, float)) and math.isfinite(value)]
     write_csv_atomic(path, ["step", "metric", "value"], rows + new_rows)
     metrics.track(step, {f"eval/{row['metric']}": row["value"] for row in new_rows})
+    grid = sample_grid_path(run_dir, step)
+    if grid.exists():
+        metrics.track_image(step, "validation", grid)

@@ -12,11 +12,11 @@ import torch.nn.functional as F
 
 from lisa_probe.data import build_dataset, check_items
 from lisa_probe.data.condition_kinds import condition_kind
+from lisa_probe.files import OutputLock
 from lisa_probe.models import DualBranch
 from lisa_probe.models.hooks import capture
 from lisa_probe.rundir import DECODER_DIR, SIDE_DIR, cache_dir, write_run_config
 from lisa_probe.seeds import derive_seed
-from lisa_probe.store.integrity import OutputLock
 from lisa_probe.text.prompts import PromptEmbeddings, drop_prompts, prompt_embeddings
 from lisa_probe.training.checkpoints import prepare_run_dir, resolve_resume
 from lisa_probe.training.config import TrainConfig

@@ -17,6 +17,7 @@ import h5py
 import numpy as np
 import pytest
 
+from lisa_probe.files import OutputBusyError, lock_path
 from lisa_probe.store import (
     FeatureStore,
     FeatureStoreWriter,
@@ -27,7 +28,7 @@ from lisa_probe.store import (
     shard_range,
     validate_layout,
 )
-from lisa_probe.store.integrity import DIGEST_ATTR, OutputBusyError, lock_path
+from lisa_probe.store.integrity import DIGEST_ATTR
 from lisa_probe.store.writer import StoreWriteError, check_finished_store
 
 N_SAMPLES, N_T, N_DRAWS = 5, 3, 2

@@ -149,3 +149,27 @@ def test_sdxl_and_sd3_prompts_are_what_diffusers_pipelines_encode(request, fixtu
     torch.testing.assert_close(ours["context"], context, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(ours["pooled"], pooled, rtol=1e-5, atol=1e-5)
     assert (ours["context"][0] - ours["context"][1]).abs().max() > 1e-3
+
+
+def test_captions_longer_than_the_encoder_reads_are_counted_once_and_reported(sd_pipeline, tmp_path, monkeypatch):
+    """As diffusers warns about truncated prompts: the distinct over-long captions are counted when the set is
+    encoded (a brute-force count by the tokenizer alone agrees), stored with the cache and reported by every command
+    that opens it, in one warning."""
+    encoder = PromptEncoder.from_pipeline(sd_pipeline)
+    limit = encoder.token_limits()[0]
+    long_ones = [" ".join(["red"] * limit), " ".join(["blue square"] * limit)]
+    prompts = PROMPTS + long_ones + long_ones[:1]
+    tokenizer = CLIPTokenizer.from_pretrained(sd_pipeline / "tokenizer")
+    expected = sum(len(tokenizer(p).input_ids) > limit for p in set(prompts))
+    assert expected == 2
+    with pytest.warns(UserWarning, match=rf"2 of the 5 distinct captions are longer than the text encoder reads "
+                                         rf"\({limit} tokens\) and are truncated") as caught:
+        cached = PromptEmbeddings(encoder, prompts, tmp_path, progress=False)
+    assert cached.overlong == 2 and len([w for w in caught if "truncated" in str(w.message)]) == 1
+
+    def no_counting(prompts):
+        raise AssertionError("counted again")
+
+    monkeypatch.setattr(encoder, "overlong", no_counting)
+    with pytest.warns(UserWarning, match="2 of the 5 distinct captions"):
+        assert PromptEmbeddings(encoder, prompts, tmp_path, progress=False).overlong == 2

@@ -18,7 +18,7 @@ import lisa_probe.training.checkpoints
 from lisa_probe.data import DataError
 from lisa_probe.data.shapes import ShapesDataset
 from lisa_probe.extract import main as extract_main
-from lisa_probe.store.integrity import OutputLock
+from lisa_probe.files import OutputLock
 from lisa_probe.train import main as train_main
 from lisa_probe.training.side_net import train
 from tests.tiny_pipelines import shape_row, write_sdxl_pipeline
@@ -201,7 +201,7 @@ def test_a_bad_captions_file_is_named(tmp_path, capsys, captions, message):
     assert not (tmp_path / "runs").exists()
 
 
-def test_a_run_directory_in_use_is_not_replaced(tmp_path, capsys):
+def test_a_run_directory_in_use_is_not_replaced(tmp_path, capsys, monkeypatch):
     """Another live run holds the directory's lock: --overwrite is refused naming it, and its files stay."""
     config = tiny_config(tmp_path, name="busy")
     config.run_dir.mkdir(parents=True)
@@ -216,8 +216,10 @@ def test_a_run_directory_in_use_is_not_replaced(tmp_path, capsys):
     error = capsys.readouterr().err
     assert stop.value.code == 2 and "run directory" in error and "is being written by another process" in error
     assert (config.run_dir / "config.yaml").read_text() == "kind: train\n"
-    train(tiny_config(tmp_path, name="busy", overwrite=True, steps=2))  # free again: the lock file is gone after it
-    assert not (tmp_path / "runs" / "busy.lock").exists()
+    # free again; after a run that evaluated (the read-back cache's lock) no lock file is left anywhere
+    monkeypatch.setenv("LISA_PROBE_CACHE", str(tmp_path / "cache"))
+    train(tiny_config(tmp_path, name="busy", overwrite=True, steps=2, eval_samples=4, eval_every=2))
+    assert list((tmp_path / "cache").glob("readback-*")) and not list(tmp_path.rglob("*.lock"))
 
 
 def test_a_checkpoint_that_cannot_be_written_leaves_no_temporary_directory(tmp_path, capsys, monkeypatch):

@@ -577,6 +577,14 @@ def test_report_to_sends_the_logged_scalars_to_the_trackers_and_none_to_none(tmp
     assert [event.step for event in loss] == [int(row["step"]) for row in logged] == [1, 2, 3]
     assert [event.value for event in loss] == pytest.approx([float(row["loss"]) for row in logged], rel=1e-6)
     assert "eval/fd" in events.Tags()["scalars"]
+    images = events.Images("validation")  # the evaluation's sample grid, as written to samples/
+    assert [event.step for event in images] == [2, 3]
+    from io import BytesIO
+
+    from PIL import Image
+
+    sent = np.asarray(Image.open(BytesIO(images[0].encoded_image_string)).convert("RGB"))
+    np.testing.assert_array_equal(sent, np.asarray(Image.open(run / "samples" / "step-2.png").convert("RGB")))
     quiet = train(tiny_config(tmp_path, steps=2, report_to="none", name="quiet"))
     assert not (quiet / "tensorboard").exists() and len(read_metrics(quiet)) == 2
 

@@ -1,0 +1,70 @@
+"""The settings of ``python -m lisa_probe.sample``: ``SampleConfig``. Light: no torch at import."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lisa_probe.data import SPLITS
+from lisa_probe.data.options import PROMPT_MODES, DataOptions, names_list
+from lisa_probe.options import SEED_MAX, check_choice, check_number, option
+
+
+def parse_scales(text: str) -> tuple[float, ...]:
+    """``"1"`` or ``"0.5,1,1.5"`` -> the conditioning scales, each a finite number >= 0 (ValueError naming the text)."""
+    try:
+        scales = tuple(float(part) for part in names_list(text))
+    except ValueError:
+        scales = ()
+    if not scales or any(not 0 <= scale < float("inf") for scale in scales):
+        raise ValueError(f"--conditioning-scale {text!r}: expected finite numbers >= 0, e.g. '1' or '0.5,1,1.5'")
+    return scales
+
+
+@dataclass
+class SampleConfig(DataOptions):
+    """What to draw and where. The data options say which conditions and prompts: a run's own, with any given here
+    (``data_overrides``) replacing them; with ControlNets only, the options given."""
+
+    out: str = field(default="", metadata=option("output directory (required), e.g. samples/<name>/"))
+    main: str | None = field(default=None, metadata=option(
+        "main-net (pipeline) directory of the ControlNet sources (default: the runs' own; they must share it)"))
+    labels: str | None = field(default=None, metadata=option("comma-separated labels of the sources (default: their "
+                                                             "directory names)"))
+    resolution: int | None = field(default=None, metadata=option(
+        "ControlNet sources only: image size in pixels (default: the main net's native size; runs bring their own)"))
+    prompt: str = field(default="caption", metadata=option(
+        "captioned data: each sample's caption, or the empty prompt for every sample", choices=PROMPT_MODES))
+    split: str = field(default="val", metadata=option("data split the conditions come from", choices=SPLITS))
+    samples: int = field(default=8, metadata=option("conditions sampled (the grid's columns)"))
+    steps: int = field(default=20, metadata=option("sampler steps (DDIM for eps / v, Euler for flow; train's "
+                                                   "--sample-steps)"))
+    seed: int = field(default=0, metadata=option(
+        "noise seed: every source starts from the same noise (with a run's seed and steps: its validation grid's)"))
+    conditioning_scale: str = field(default="1", metadata=option(
+        "scale of every site's residual, as diffusers' controlnet_conditioning_scale; a comma list sweeps it (a "
+        "grid row per source and scale)"))
+    batch_size: int = field(default=8, metadata=option("images per forward pass"))
+    overwrite: bool = field(default=False, metadata=option("replace a non-empty --out"))
+
+    def __post_init__(self) -> None:
+        if not self.out:
+            raise ValueError("--out is required (e.g. samples/<name>/)")
+        self.check_data_options()
+        check_choice("prompt", self.prompt, PROMPT_MODES)
+        for name in ("samples", "steps", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.resolution is not None and self.resolution < 1:
+            raise ValueError(f"--resolution must be >= 1, got {self.resolution}")
+        check_number("seed", self.seed, 0, SEED_MAX)
+        parse_scales(self.conditioning_scale)
+        out = Path(self.out)
+        if out.exists() and not out.is_dir():
+            raise ValueError(f"--out {self.out} is a file; give a directory")
+        if out.is_dir() and any(out.iterdir()) and not self.overwrite:
+            raise ValueError(f"--out {self.out} is not empty; pass --overwrite to replace it")
+
+    @property
+    def scales(self) -> tuple[float, ...]:
+        return parse_scales(self.conditioning_scale)
