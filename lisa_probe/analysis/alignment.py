@@ -7,7 +7,13 @@
 * ``shuffled_pairs``: the reference point every ``*_table`` reports beside the real pairing.
 * ``RidgeSufficientStats``: the ridge readout from per-fold sufficient statistics accumulated chunk by
   chunk, for feature stores larger than memory; ``ridge_readout`` is this with a single chunk.
+
+Every table row carries ``half``, the half-width of the 95 % t-interval of the metric across the sample-grouped
+cross-validation folds (``fold_half``): an interval across samples for a single run; across seeds the figures use
+the seeds instead.
 """
+
+from __future__ import annotations
 
 import zlib
 from collections.abc import Callable, Iterator, Mapping
@@ -19,6 +25,7 @@ import torch
 from sklearn.model_selection import GroupKFold
 from torch.nn.functional import interpolate
 
+from lisa_probe.analysis.intervals import t_interval
 from lisa_probe.analysis.tables import long_table
 
 DEFAULT_ALPHAS = np.logspace(-3, 3, 7)
@@ -132,20 +139,29 @@ class RidgeSufficientStats:
         folds and ``alpha`` chosen by an inner cross-validation over the same remaining folds (minimum
         pooled squared error). SST is taken around the mean of all rows.
         """
+        return self.cv_r2_folds(alphas)[0]
+
+    def cv_r2_folds(self, alphas: np.ndarray = DEFAULT_ALPHAS) -> tuple[float, np.ndarray]:
+        """``(cv_r2, per-fold R² (n_splits,))``: each test fold's 1 − SSE_k / SST_k (SST_k around that fold's own
+        mean; NaN for a fold whose targets are constant), from the same fits as ``cv_r2``: the spread of a read-out
+        across sample-disjoint folds, for an interval across samples."""
         if (self.n == 0).any():
             raise ValueError(f"empty folds: {np.flatnonzero(self.n == 0).tolist()}")
         every = frozenset(range(len(self.n)))
         alphas = np.asarray(alphas, dtype=np.float64)
         path = cache(lambda train: self._ridge_path(train, alphas))
-        sse = 0.0
+        fold_sse = np.zeros(len(self.n))
         for k in every:
             inner = sum(self._sse(j, *path(every - {k, j})) for j in every - {k})  # (A,) pooled over inner folds
             best = int(np.argmin(inner))
             W, b = path(every - {k})
-            sse += self._sse(k, W[best : best + 1], b[best : best + 1])[0]
+            fold_sse[k] = self._sse(k, W[best : best + 1], b[best : best + 1])[0]
         n, sy, syy = self.n.sum(), self.sy.sum(axis=0), self.syy.sum()
         sst = syy - sy @ sy / n
-        return float(1.0 - sse / sst) if sst > 0 else float("nan")
+        fold_sst = self.syy - np.einsum("fk,fk->f", self.sy, self.sy) / self.n
+        with np.errstate(divide="ignore", invalid="ignore"):
+            per_fold = np.where(fold_sst > 0, 1.0 - fold_sse / fold_sst, np.nan)
+        return (float(1.0 - fold_sse.sum() / sst) if sst > 0 else float("nan")), per_fold
 
     def _ridge_path(self, train: frozenset[int], alphas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Fit on the folds in ``train`` at every alpha (A,) from one eigendecomposition: (W (A, D, K), b (A, K))."""
@@ -242,7 +258,7 @@ def linear_cka(X: np.ndarray, Y: np.ndarray, debiased: bool = False) -> float:
     """Linear CKA between X (N, D) and Y (N, K) (Kornblith et al. 2019, feature-space form).
 
     ‖XcᵀYc‖²_F / (‖XcᵀXc‖_F ‖YcᵀYc‖_F) with column-centred Xc, Yc; ``debiased`` replaces each HSIC by the
-    unbiased estimator of Song et al. (2012) (needs N > 3). Invariant to orthogonal transforms and isotropic
+    unbiased estimator of Song et al. (2012) (NaN for N < 4); NaN where either side is constant. Invariant to orthogonal transforms and isotropic
     scaling of either side; ≈ 0 for independent X, Y (exactly in expectation when debiased).
     """
     x, y = _rows(X), _rows(Y)
@@ -256,7 +272,10 @@ def linear_cka(X: np.ndarray, Y: np.ndarray, debiased: bool = False) -> float:
         rows_a, rows_b = np.sum(a * a, axis=1), np.sum(b * b, axis=1)
         return value - n / (n - 2) * rows_a @ rows_b + rows_a.sum() * rows_b.sum() / ((n - 1) * (n - 2))
 
-    return float(hsic(x, y) / np.sqrt(hsic(x, x) * hsic(y, y)))
+    if debiased and len(x) < 4:
+        return float("nan")  # the unbiased HSIC divides by (n - 1)(n - 2)(n - 3)
+    scale = hsic(x, x) * hsic(y, y)
+    return float(hsic(x, y) / np.sqrt(scale)) if scale > 0 else float("nan")
 
 
 def other_sample_pairing(samples: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -292,25 +311,43 @@ def shuffled_pairs(Y: np.ndarray, groups: np.ndarray | None = None, seed: int = 
     return Y[other_sample_pairing(samples, np.random.default_rng(seed))]
 
 
+def fold_half(values: np.ndarray) -> float:
+    """Half-width of the 95 % t-interval of per-fold values (folds hold disjoint samples): the interval across
+    samples reported beside a pooled value (NaN below two finite folds)."""
+    return t_interval(values)[1]
+
+
+def per_fold(measure: Callable[[np.ndarray, np.ndarray], Mapping[str, float]], a: np.ndarray, b: np.ndarray,
+             folds: np.ndarray) -> dict[str, tuple[float, float]]:
+    """``{metric: (value on all rows, fold_half of its values on each fold's rows)}``."""
+    whole = measure(a, b)
+    parts = [measure(a[folds == k], b[folds == k]) for k in np.unique(folds)]
+    return {metric: (value, fold_half(np.array([part[metric] for part in parts]))) for metric, value in whole.items()}
+
+
 def _controlled_rows(
-    measure: Callable[[np.ndarray, np.ndarray], Mapping[str, float]],
+    measure: Callable[[np.ndarray, np.ndarray], Mapping[str, tuple[float, float]]],
     a: np.ndarray,
     b: np.ndarray,
     method: str,
     groups: np.ndarray | None,
     seed: int,
 ) -> Iterator[dict]:
-    """Rows of ``measure(a, b)`` with ``control="none"`` and of ``measure(a, shuffled_pairs(b, groups))``."""
+    """Rows of ``measure(a, b)`` (``{metric: (value, half)}``) with ``control="none"`` and of
+    ``measure(a, shuffled_pairs(b, groups))``."""
     for control, paired in (("none", b), ("shuffled_pairs", shuffled_pairs(b, groups, seed))):
-        for metric, value in measure(a, paired).items():
-            yield {"method": method, "control": control, "metric": metric, "value": value}
+        for metric, (value, half) in measure(a, paired).items():
+            yield {"method": method, "control": control, "metric": metric, "value": value, "half": half}
 
 
 def decoder_alignment_table(decoded: np.ndarray, estimate: np.ndarray, groups: np.ndarray | None = None,
-                            seed: int = 0, **ids) -> pd.DataFrame:
+                            seed: int = 0, n_splits: int = 5, **ids) -> pd.DataFrame:
     """``decoder_alignment`` as a long table: method ``decoder``, metrics ``cosine, rel_error, r2``, both controls
-    (``groups`` (N,): sample ids, so that the shuffled pairs never pair a row with its own sample)."""
-    return long_table(_controlled_rows(decoder_alignment, decoded, estimate, "decoder", groups, seed), **ids)
+    (``groups`` (N,): sample ids, so that the shuffled pairs never pair a row with its own sample, and the folds of
+    the ``half`` column: ``per_fold`` over ``n_splits`` sample-grouped folds)."""
+    folds = fold_ids(np.arange(len(decoded)) if groups is None else groups, n_splits)
+    return long_table(_controlled_rows(lambda x, y: per_fold(decoder_alignment, x, y, folds), decoded, estimate,
+                                       "decoder", groups, seed), **ids)
 
 
 def readout_table(
@@ -327,13 +364,22 @@ def readout_table(
 
     Returns:
         long table, method ``ridge`` (metric ``r2``) and ``cka`` (metric ``cka`` or ``cka_debiased``),
-        column ``control`` in {``none``, ``shuffled_pairs``}.
+        column ``control`` in {``none``, ``shuffled_pairs``}, and ``half``: the 95 % t-interval's half-width across
+        the ``n_splits`` sample-grouped folds (the ridge's out-of-fold R² per test fold; CKA on each fold's rows).
     """
     cka_name = "cka_debiased" if debiased else "cka"
+    folds = fold_ids(groups, n_splits)
+
+    def ridge(x: np.ndarray, y: np.ndarray) -> dict[str, tuple[float, float]]:
+        stats = RidgeSufficientStats(x.shape[1], int(np.prod(y.shape[1:])), n_splits)
+        stats.update(x, y, folds)
+        value, folds_r2 = stats.cv_r2_folds(alphas)
+        return {"r2": (value, fold_half(folds_r2))}
+
     rows = [
-        *_controlled_rows(lambda x, y: {"r2": ridge_readout(x, y, groups, alphas, n_splits)}, X, Y, "ridge", groups,
-                          seed),
-        *_controlled_rows(lambda x, y: {cka_name: linear_cka(x, y, debiased)}, X, Y, "cka", groups, seed),
+        *_controlled_rows(ridge, X, Y, "ridge", groups, seed),
+        *_controlled_rows(lambda x, y: per_fold(lambda u, v: {cka_name: linear_cka(u, v, debiased)}, x, y, folds),
+                          X, Y, "cka", groups, seed),
     ]
     return long_table(rows, **ids)
 
@@ -360,6 +406,11 @@ class DecoderAlignmentSums:
         self.sse += float(np.sum((d - e) ** 2))
         self.total += float(e.sum())
         self.squares += float(np.sum(e * e))
+
+    def add(self, other: DecoderAlignmentSums) -> None:
+        """Add the sums of ``other`` (the rows of another fold or chunk)."""
+        for name in ("rows", "elements", "cosine", "rel_error", "sse", "total", "squares"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
 
     def metrics(self) -> dict[str, float]:
         """``{"cosine", "rel_error", "r2"}`` as ``decoder_alignment`` defines them (``r2`` NaN for a constant

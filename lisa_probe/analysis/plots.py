@@ -2,8 +2,8 @@
 
 Every function returns a ``matplotlib.figure.Figure`` and never shows it. Arms (the ``arm`` column, default the
 run: runs that differ only in their seed form one arm) are overlaid on shared axes; error bars are 95 %
-t-intervals across an arm's runs where it has several, else across the rows averaged into the point
-(``arm_points``, ``ERROR_BARS``). Timesteps are drawn as values with the noise direction marked (``NOISE_LABEL``);
+t-intervals across an arm's runs where it has several, else across the rows averaged into the point, or
+across folds for a point measured once (``arm_points``, ``ERROR_BARS``). Timesteps are drawn as values with the noise direction marked (``NOISE_LABEL``);
 small multiples wrap after ``MAX_COLUMNS`` panels. Close figures you
 no longer need (``plt.close(fig)``): the figure-level seaborn functions register them with pyplot. The backend is
 left to matplotlib (inline in a notebook, Agg without a display), so notebooks show the figures.
@@ -16,14 +16,16 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-import scipy.stats
 import seaborn as sns
 from matplotlib.figure import Figure
 
+from lisa_probe.analysis.intervals import t_interval
+
 NOISE_LABEL = "timestep t   (low noise ← → high noise)"
 MAX_COLUMNS = 4  # small multiples wrap after this many panels: a figure stays under ~2000 px at the saved dpi
-ERROR_BARS = ("error bars: 95 % t-intervals across an arm's runs (seeds) where it has several, else across the "
-              "rows averaged into the point; none where a point is one value")
+ERROR_BARS = ("error bars: 95 % t-intervals across an arm's runs (seeds) where it has several; with one run, across "
+              "the rows averaged into the point, or for a point measured once (a read-out, CKA, the decoder's "
+              "alignment) across the sample-grouped cross-validation folds (the table's half column)")
 
 
 def _select(table: pd.DataFrame, **equal) -> pd.DataFrame:
@@ -35,28 +37,17 @@ def _select(table: pd.DataFrame, **equal) -> pd.DataFrame:
     return selected
 
 
-def t_interval(values: np.ndarray) -> tuple[float, float, int]:
-    """(mean, half-width of the 95 % t-interval, n) of the finite ``values`` (half-width NaN below two)."""
-    values = np.asarray(values, dtype=np.float64)
-    values = values[np.isfinite(values)]
-    n = len(values)
-    if n == 0:
-        return float("nan"), float("nan"), 0
-    if n < 2:
-        return float(values[0]), float("nan"), 1
-    half = scipy.stats.t.ppf(0.975, n - 1) * values.std(ddof=1) / np.sqrt(n)
-    return float(values.mean()), float(half), n
-
-
 def arm_points(data: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
     """Mean and 95 % t-interval of ``value`` per ``arm`` (default: ``run``) and ``keys``: across the arm's runs
-    (each run's rows averaged first) where it has several, else across the rows. Columns ``[arm, *keys, mean,
-    half, n]``."""
+    (each run's rows averaged first) where it has several, else across the rows, and for a single row its own
+    ``half`` column where the table has one (an interval across folds). Columns ``[arm, *keys, mean, half, n]``."""
     data = data if "arm" in data else data.assign(arm=data["run"])
     rows = []
     for group, part in data.groupby(["arm", *keys], sort=False, dropna=False):
         runs = part.groupby("run", sort=False)["value"].mean()
         mean, half, n = t_interval(runs.to_numpy() if len(runs) > 1 else part["value"].to_numpy())
+        if len(part) == 1 and "half" in part:  # one run, one measurement: its own interval across folds
+            half = float(part["half"].iloc[0])
         rows.append({**dict(zip(["arm", *keys], group)), "mean": mean, "half": half, "n": n})
     return pd.DataFrame(rows, columns=["arm", *keys, "mean", "half", "n"])
 

@@ -27,7 +27,7 @@ from PIL import Image
 from torch.utils.data import default_collate
 from tqdm.auto import tqdm
 
-from lisa_probe.analysis.plots import t_interval
+from lisa_probe.analysis.intervals import t_interval
 from lisa_probe.data import build_dataset, check_items
 from lisa_probe.data.condition_kinds import condition_kind
 from lisa_probe.data.options import names_list

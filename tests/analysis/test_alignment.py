@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+from scipy import stats
 from sklearn.linear_model import Ridge
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
@@ -80,7 +81,8 @@ def test_decoder_alignment_table_has_shuffled_reference():
     rng = np.random.default_rng(2)
     estimate = rng.normal(size=(200, 4))
     table = decoder_alignment_table(estimate + 0.1 * rng.normal(size=(200, 4)), estimate, run="lisa", t_bin=0)
-    assert list(table.columns) == ["run", "t_bin", "method", "control", "metric", "value"]
+    assert list(table.columns) == ["run", "t_bin", "method", "control", "half", "metric", "value"]
+    assert (table["half"] > 0).all()
     value = table.set_index(["control", "metric"])["value"]
     assert value["none", "cosine"] > 0.99 and abs(value["shuffled_pairs", "cosine"]) < 0.1
     assert value["shuffled_pairs", "r2"] < 0
@@ -198,10 +200,31 @@ def test_linear_cka(debiased):
     assert linear_cka(X, Y, debiased) == pytest.approx(gram_cka(X - X.mean(0), Y - Y.mean(0), debiased), rel=1e-8)
 
 
+def test_per_fold_r2_is_each_test_folds_own_r2(linear_data):
+    """``cv_r2_folds``: the pooled R² as ``cv_r2`` and, per test fold, 1 − SSE/SST of that fold's out-of-fold
+    predictions around its own mean, recomputed with sklearn (one alpha: no inner choice to replicate)."""
+    X, Y, groups = linear_data
+    folds = fold_ids(groups, 5)
+    stats = RidgeSufficientStats(8, 3)
+    stats.update(X, Y, folds)
+    pooled, per_fold = stats.cv_r2_folds(np.array([1.0]))
+    assert pooled == stats.cv_r2(np.array([1.0]))
+    for k in range(5):
+        model = make_pipeline(StandardScaler(), Ridge(alpha=1.0)).fit(X[folds != k], Y[folds != k])
+        y = Y[folds == k]
+        expected = 1 - ((model.predict(X[folds == k]) - y) ** 2).sum() / ((y - y.mean(axis=0)) ** 2).sum()
+        assert per_fold[k] == pytest.approx(expected, abs=1e-6)
+
+
 def test_readout_table(linear_data):
     X, Y, groups = linear_data
     table = readout_table(X, Y, groups, debiased=True, run="base", site="down.5", t_bin=1)
-    assert list(table.columns) == ["run", "site", "t_bin", "method", "control", "metric", "value"]
+    assert list(table.columns) == ["run", "site", "t_bin", "method", "control", "half", "metric", "value"]
+    half = table.set_index(["method", "control"])["half"]
+    folds = fold_ids(groups, 5)
+    cka_folds = np.array([linear_cka(X[folds == k], Y[folds == k], True) for k in range(5)])
+    expected = stats.t.ppf(0.975, 4) * cka_folds.std(ddof=1) / np.sqrt(5)
+    assert half["cka", "none"] == pytest.approx(expected) and (table["half"] > 0).all()
     value = table.set_index(["method", "control"])["value"]
     assert value["ridge", "none"] > 0.9 and value["ridge", "shuffled_pairs"] <= 0.05
     assert value["cka", "none"] > 0.3 and abs(value["cka", "shuffled_pairs"]) < 0.05

@@ -67,6 +67,17 @@ def test_alignment_overlays_the_arms_with_their_control_on_shared_axes(tmp_path)
     np.testing.assert_allclose(bars, half.to_numpy())
 
 
+def test_a_single_runs_points_carry_their_interval_across_folds(tmp_path):
+    """One run, one value per point: the error bar is the row's own ``half`` (across cross-validation folds)."""
+    table = alignment_rows({"lisa": ["lisa"]}, sites=("mid",)).assign(half=0.125)
+    fig = plots.plot_alignment_vs_t(table)
+    segments = fig.axes[0].containers[0].lines[2][0].get_segments()
+    np.testing.assert_allclose([(segment[1, 1] - segment[0, 1]) / 2 for segment in segments], 0.125)
+    assert "cross-validation folds" in plots.ERROR_BARS
+    points = plots.arm_points(table.drop(columns="half"), ["site", "t", "control"])
+    assert points["half"].isna().all()  # without the column there is nothing to draw: no invented bars
+
+
 def test_missing_and_flagged_points_are_gaps_not_joined_lines(tmp_path):
     table = alignment_rows({"lisa": ["lisa"]}, sites=("mid",), ts=(100.0, 500.0, 900.0))
     table.loc[(table["t"] == 500.0) & (table["control"] == "none"), "value"] = np.nan
@@ -156,11 +167,3 @@ def test_training_curves_have_no_single_point_panels_and_overlay_arms(tmp_path):
     assert all(len(ax.lines) == 2 + 2 for ax in fig.axes)  # two curves + two convergence markers
     with pytest.raises(ValueError, match="two or more finite points"):
         plots.plot_training_curves(metrics[metrics["metric"] == "main_alone/edge_f1"])
-
-
-def test_t_interval_against_scipy():
-    values = RNG.normal(size=7)
-    mean, half, n = plots.t_interval(np.r_[values, np.nan])
-    low, high = stats.t.interval(0.95, 6, loc=values.mean(), scale=stats.sem(values))
-    assert n == 7 and mean == pytest.approx(values.mean()) and half == pytest.approx((high - low) / 2)
-    assert np.isnan(plots.t_interval([1.0])[1]) and plots.t_interval([])[2] == 0

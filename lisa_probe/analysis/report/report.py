@@ -45,8 +45,9 @@ READING = """## How to read this report
 
 * **Runs and arms.** Each store is a run; runs whose configs differ only in seed (and output or schedule options)
   form an *arm*, drawn as one line or bar. With several runs in an arm, error bars and bands are 95 % t-intervals
-  across its runs (seeds); with one run, across the rows averaged into a point where there are several, and absent
-  where a point is a single value. Timestep axes run from low noise (left) to high noise (right).
+  across its runs (seeds); with one run, across the rows averaged into a point where there are several, and for a
+  value measured once on all rows (a read-out's R², CKA, the decoder's alignment) across the five sample-grouped
+  cross-validation folds (each fold holds other samples; the `half` column of `alignment.csv`). Timestep axes run from low noise (left) to high noise (right).
 * **Alignment** asks whether the side features carry the likelihood score, estimated as `model` = full − main (what
   the side net adds) or `oracle` = target − main. `decoder cosine`: the LISA decoder's output against the estimate
   (1: same direction, 0: unrelated). `ridge` / `spatial_ridge` R²: share of the estimate's variance a cross-validated

@@ -52,7 +52,7 @@ class Streamed:
         effect: (n,) ‖full − main‖, the side branch's whole contribution.
         add_one_in: ``{site: (n,)}`` ``(decompose/<site> − main) · u`` with u the unit direction of ``full − main``.
         spatial: ``{(site, t_bin, estimate, control): RidgeSufficientStats}`` of the spatial read-out.
-        decoder: ``{(t_bin, estimate, control): DecoderAlignmentSums}`` (empty without ``scores/decoded``).
+        decoder: ``{(t_bin, estimate, control, fold): DecoderAlignmentSums}`` (empty without ``scores/decoded``).
     """
 
     pooled: dict[str, np.ndarray]
@@ -113,13 +113,16 @@ def update_spatial(stats: dict, site: str, maps: np.ndarray, estimates: Mapping[
 
 
 def update_decoder(sums: dict, decoded: np.ndarray, estimates: Mapping[str, np.ndarray],
-                   partners: Mapping[str, np.ndarray], bins: np.ndarray) -> None:
+                   partners: Mapping[str, np.ndarray], folds: np.ndarray, bins: np.ndarray) -> None:
     """Add a chunk of decoder outputs (k, C, H, W) against every estimate (``none``) and its rows' partners'
-    (``shuffled_pairs``), per bin."""
-    for (estimate, values), b in product(estimates.items(), np.unique(bins)):
-        rows = bins == b
+    (``shuffled_pairs``), per bin and fold."""
+    for (estimate, values), b, k in product(estimates.items(), np.unique(bins), np.unique(folds)):
+        rows = (bins == b) & (folds == k)
+        if not rows.any():
+            continue
         for control, paired in (("none", values), ("shuffled_pairs", partners[estimate])):
-            sums.setdefault((int(b), estimate, control), DecoderAlignmentSums()).update(decoded[rows], paired[rows])
+            sums.setdefault((int(b), estimate, control, int(k)), DecoderAlignmentSums()).update(decoded[rows],
+                                                                                               paired[rows])
 
 
 def stream_names(run: Run) -> list[str]:
@@ -224,7 +227,7 @@ def stream_run(run: Run, options: AnalyzeOptions) -> Streamed:
                 if maps is not None:
                     update_spatial(spatial, site, maps, estimates, partners, chunk.folds, chunk.bins, options.n_splits)
             if run.lisa_site:
-                update_decoder(decoder, chunk.data["scores/decoded"], estimates, partners, chunk.bins)
+                update_decoder(decoder, chunk.data["scores/decoded"], estimates, partners, chunk.folds, chunk.bins)
             progress.update(len(chunk.rows))
     summaries = {key: np.concatenate(values) for key, values in parts.items()}
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from functools import cache
 from itertools import product
 from pathlib import Path
@@ -17,6 +17,8 @@ from matplotlib.figure import Figure
 from tqdm.auto import tqdm
 
 from lisa_probe.analysis.alignment import (
+    DecoderAlignmentSums,
+    fold_half,
     readout_table,
 )
 from lisa_probe.analysis.config import AnalyzeOptions
@@ -74,15 +76,29 @@ def alignment_table(run: Run, streamed: Streamed, options: AnalyzeOptions) -> pd
                                         run.groups[rows], n_splits=options.n_splits, debiased=True,
                                         seed=options.seed, **_ids(run, site, b, t, estimate)))
             if (site, b, estimate, "none") in streamed.spatial:
-                measured = [{"method": "spatial_ridge", "control": control, "metric": "r2",
-                             "value": streamed.spatial[site, b, estimate, control].cv_r2()} for control in CONTROLS]
+                measured = []
+                for control in CONTROLS:
+                    value, folds = streamed.spatial[site, b, estimate, control].cv_r2_folds()
+                    measured.append({"method": "spatial_ridge", "control": control, "metric": "r2", "value": value,
+                                     "half": fold_half(folds)})
                 tables.append(long_table(measured, **_ids(run, site, b, t, estimate)))
         if streamed.decoder:
-            measured = [{"method": "decoder", "control": control, "metric": metric, "value": value}
-                        for control in CONTROLS
-                        for metric, value in streamed.decoder[b, estimate, control].metrics().items()]
+            measured = [{"method": "decoder", "control": control, **row}
+                        for control in CONTROLS for row in decoder_rows(streamed.decoder, b, estimate, control)]
             tables.append(long_table(measured, **_ids(run, run.lisa_site, b, t, estimate)))
     return pd.concat(tables, ignore_index=True)
+
+
+def decoder_rows(sums: Mapping[tuple, DecoderAlignmentSums], b: int, estimate: str, control: str) -> list[dict]:
+    """``[{metric, value, half}]`` of the decoder alignment in bin ``b``: the metrics of all folds' rows together,
+    and ``fold_half`` of each fold's."""
+    folds = [part for key, part in sums.items() if key[:3] == (b, estimate, control)]
+    whole = DecoderAlignmentSums()
+    for part in folds:
+        whole.add(part)
+    by_fold = [part.metrics() for part in folds]
+    return [{"metric": metric, "value": value, "half": fold_half(np.array([m[metric] for m in by_fold]))}
+            for metric, value in whole.metrics().items()]
 
 
 def disentanglement_tables(run: Run, streamed: Streamed, options: AnalyzeOptions) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -33,7 +33,9 @@ def test_readouts_of_features_that_encode_the_score(analysed):
     assert (values(table, **decoder, control="none") > 0.99).all()
     assert (np.abs(values(table, **decoder, control="shuffled_pairs")) < 0.2).all()
     assert set(table.loc[table["method"] == "decoder", "site"]) == {"spatial"}
-    assert list(table.columns) == ["run", "site", "t", "t_bin", "estimate", "method", "control", "metric", "value"]
+    assert list(table.columns) == ["run", "site", "t", "t_bin", "estimate", "method", "control", "half", "metric",
+                                   "value"]
+    assert (table["half"] > 0).all()  # every point has its interval across the folds
     np.testing.assert_array_equal(np.unique(table["t"]), TIMESTEPS)
 
 
