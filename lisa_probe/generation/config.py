@@ -1,4 +1,5 @@
-"""The settings of ``python -m lisa_probe.sample``: ``SampleConfig``. Light: no torch at import."""
+"""The settings of the commands that sample from side nets: ``DrawConfig`` (shared), ``SampleConfig`` (``python -m
+lisa_probe.sample``). Light: no torch at import."""
 
 from __future__ import annotations
 
@@ -22,34 +23,30 @@ def parse_scales(text: str) -> tuple[float, ...]:
 
 
 @dataclass
-class SampleConfig(DataOptions):
-    """What to draw and where. The data options say which conditions and prompts: a run's own, with any given here
-    (``data_overrides``) replacing them; with ControlNets only, the options given."""
+class DrawConfig(DataOptions):
+    """What every command that samples from side nets takes: the data options (which conditions and prompts: a
+    run's own, with any given here, ``data_overrides``, replacing them; with ControlNets only, the options given),
+    the main net, the samples and the sampler."""
 
-    out: str = field(default="", metadata=option("output directory (required), e.g. samples/<name>/"))
+    out: str = field(default="", metadata=option("output directory (required)"))
     main: str | None = field(default=None, metadata=option(
         "main-net (pipeline) directory of the ControlNet sources (default: the runs' own; they must share it)"))
-    labels: str | None = field(default=None, metadata=option("comma-separated labels of the sources (default: their "
-                                                             "directory names)"))
     resolution: int | None = field(default=None, metadata=option(
         "ControlNet sources only: image size in pixels (default: the main net's native size; runs bring their own)"))
     prompt: str = field(default="caption", metadata=option(
         "captioned data: each sample's caption, or the empty prompt for every sample", choices=PROMPT_MODES))
     split: str = field(default="val", metadata=option("data split the conditions come from", choices=SPLITS))
-    samples: int = field(default=8, metadata=option("conditions sampled (the grid's columns)"))
+    samples: int = field(default=8, metadata=option("conditions sampled"))
     steps: int = field(default=20, metadata=option("sampler steps (DDIM for eps / v, Euler for flow; train's "
                                                    "--sample-steps)"))
     seed: int = field(default=0, metadata=option(
-        "noise seed: every source starts from the same noise (with a run's seed and steps: its validation grid's)"))
-    conditioning_scale: str = field(default="1", metadata=option(
-        "scale of every site's residual, as diffusers' controlnet_conditioning_scale; a comma list sweeps it (a "
-        "grid row per source and scale)"))
+        "noise seed: every row starts from the same noise (with a run's seed and steps: its validation grid's)"))
     batch_size: int = field(default=8, metadata=option("images per forward pass"))
     overwrite: bool = field(default=False, metadata=option("replace a non-empty --out"))
 
     def __post_init__(self) -> None:
         if not self.out:
-            raise ValueError("--out is required (e.g. samples/<name>/)")
+            raise ValueError("--out is required (a directory)")
         self.check_data_options()
         check_choice("prompt", self.prompt, PROMPT_MODES)
         for name in ("samples", "steps", "batch_size"):
@@ -58,12 +55,26 @@ class SampleConfig(DataOptions):
         if self.resolution is not None and self.resolution < 1:
             raise ValueError(f"--resolution must be >= 1, got {self.resolution}")
         check_number("seed", self.seed, 0, SEED_MAX)
-        parse_scales(self.conditioning_scale)
         out = Path(self.out)
         if out.exists() and not out.is_dir():
             raise ValueError(f"--out {self.out} is a file; give a directory")
         if out.is_dir() and any(out.iterdir()) and not self.overwrite:
             raise ValueError(f"--out {self.out} is not empty; pass --overwrite to replace it")
+
+
+@dataclass
+class SampleConfig(DrawConfig):
+    """``python -m lisa_probe.sample``: the sources side by side, at one or more conditioning scales."""
+
+    labels: str | None = field(default=None, metadata=option("comma-separated labels of the sources (default: their "
+                                                             "directory names)"))
+    conditioning_scale: str = field(default="1", metadata=option(
+        "scale of every site's residual, as diffusers' controlnet_conditioning_scale; a comma list sweeps it (a "
+        "grid row per source and scale)"))
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        parse_scales(self.conditioning_scale)
 
     @property
     def scales(self) -> tuple[float, ...]:

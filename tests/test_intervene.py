@@ -1,0 +1,54 @@
+"""``python -m lisa_probe.intervene``: maps and interventions of a LISA run end to end, and bad input as one line,
+exit 2, nothing made."""
+
+import json
+import re
+
+import pandas as pd
+import pytest
+
+from lisa_probe.intervene import main
+from lisa_probe.training.config import TrainConfig
+from lisa_probe.training.side_net import train
+from tests.training.test_side_net import make_main
+
+
+@pytest.fixture(scope="module")
+def lisa_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("intervene")
+    return train(TrainConfig(main=make_main(root, "unet", "eps"), out_dir=str(root / "runs"), steps=1, batch_size=2,
+                             eval_samples=0, checkpoint_every=0, lisa_weight=0.2))
+
+
+def test_maps_and_interventions_of_a_run(lisa_run, tmp_path, capsys):
+    out = tmp_path / "causal"
+    assert main([str(lisa_run), "--out", str(out), "--samples", "3", "--steps", "3", "--windows", "3",
+                 "--sites", "down.1,mid", "--map-timesteps", "2", "--map-figures", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("full model: edge_f1 ") and "of its add-one-in map inside the condition" in printed
+    table = pd.read_csv(out / "interventions.csv")
+    assert len(table) == 1 + 3 * (1 + 3) + 3  # full; down.1, mid, all off (whole + 3 windows); all only x 3
+    assert set(table["metric"]) == {"edge_f1"} and (table["n"] == 3).all()
+    maps = pd.read_csv(out / "maps.csv")
+    assert set(maps["method"]) == {"add_one_in", "leave_one_out", "residual", "full", "decoder", "oracle", "support"}
+    assert set(maps.loc[maps["method"] == "add_one_in", "site"]) == {"down.1", "mid"}
+    assert len(maps) == 2 * 3 * (3 * 2 + 3 + 1)  # timesteps x samples x (3 methods x 2 sites + 3 references + area)
+    figures = sorted(path.name for path in (out / "figures").iterdir())
+    assert figures[0] == "interventions.png" and len(figures) == 1 + 2
+    record = json.loads((out / "intervene.json").read_text())
+    assert record["sites"] == ["down.1", "mid"] and len(record["windows"]) == 3 and record["decoder"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--sites", "down.1,nope"], "unknown site 'nope'; valid sites: down.0"),
+    (["--windows", "9", "--steps", "3"], "--windows 9: between 1 and the 3 sampler steps"),
+    (["--windows", "0"], "--windows must be >= 1"),
+    (["--dataset", "shapes", "--condition", "nope"], "nope"),
+])
+def test_bad_input_is_one_line_and_makes_nothing(lisa_run, tmp_path, capsys, argv, message):
+    before = sorted(tmp_path.rglob("*"))
+    with pytest.raises(SystemExit) as stop:
+        main([str(lisa_run), "--out", str(tmp_path / "causal"), "--samples", "2", "--steps", "3", *argv])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and re.search(message, err), err
+    assert sorted(tmp_path.rglob("*")) == before
