@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     with cli_errors(PROG):
         out, lines = intervene(source, config, command)
     print("\n".join(lines))
-    print(f"maps and interventions written to {out}")
+    print(f"results written to {out}")
     return 0
 
 

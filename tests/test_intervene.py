@@ -39,10 +39,29 @@ def test_maps_and_interventions_of_a_run(lisa_run, tmp_path, capsys):
     assert record["sites"] == ["down.1", "mid"] and len(record["windows"]) == 3 and record["decoder"]
 
 
+def test_patching_and_steering_of_a_run(lisa_run, tmp_path):
+    """The tables' shapes: patching per site and all, per measure; probes per site and factor the measures read;
+    steering per site, direction (the probes' and a random one), alpha and measure."""
+    out = tmp_path / "use"
+    assert main([str(lisa_run), "--out", str(out), "--samples", "2", "--steps", "2", "--analyses", "patching,steering",
+                 "--patch-factor", "x", "--sites", "mid", "--probe-samples", "8", "--steer-alphas=-1,1"]) == 0
+    patching = pd.read_csv(out / "patching.csv")
+    assert list(patching["patched"].unique()) == ["mid", "all"] and len(patching) == 2 * 3
+    probes = pd.read_csv(out / "probes.csv")
+    assert set(probes["factor"]) == {"x", "y", "size"} and set(probes["site"]) == {"mid"}
+    steering = pd.read_csv(out / "steering.csv")
+    assert set(steering["direction"]) == {"x", "y", "size", "random"} and len(steering) == 4 * 2 * 3
+    record = json.loads((out / "intervene.json").read_text())
+    assert "with 'x' from sample" in record["donors"] and not (out / "maps.csv").exists()
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--sites", "down.1,nope"], "unknown site 'nope'; valid sites: down.0"),
     (["--windows", "9", "--steps", "3"], "--windows 9: between 1 and the 3 sampler steps"),
     (["--windows", "0"], "--windows must be >= 1"),
+    (["--analyses", "maps,nope"], "--analyses 'maps,nope': choose from maps, interventions, patching, steering"),
+    (["--analyses", "patching", "--patch-factor", "nope"], "--patch-factor 'nope' is not a factor"),
+    (["--steer-alphas", "a"], "--steer-alphas 'a': expected numbers"),
     (["--dataset", "shapes", "--condition", "nope"], "nope"),
 ])
 def test_bad_input_is_one_line_and_makes_nothing(lisa_run, tmp_path, capsys, argv, message):

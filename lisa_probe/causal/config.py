@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from lisa_probe.generation.config import DrawConfig
 from lisa_probe.options import option
 
+ANALYSES = ("maps", "interventions", "patching", "steering")
+
 
 @dataclass
 class InterveneConfig(DrawConfig):
@@ -16,6 +18,16 @@ class InterveneConfig(DrawConfig):
     windows: int = field(default=4, metadata=option("noise windows the sampler's steps are cut into"))
     map_timesteps: int = field(default=3, metadata=option("evenly spaced timesteps the site maps are taken at"))
     map_figures: int = field(default=2, metadata=option("samples whose maps are drawn (per map timestep)"))
+    analyses: str = field(default="maps,interventions", metadata=option(
+        "comma-separated: maps, interventions, patching (each site's residuals from another sample's condition), "
+        "steering (along probe directions and a random one); each costs sampling passes (docs/commands.md)"))
+    patch_factor: str | None = field(default=None, metadata=option(
+        "patching donors: each sample's own scene with this factor from another sample (data that draws scenes "
+        "from factors: shapes); default: another sample's whole condition"))
+    steer_alphas: str = field(default="-2,2", metadata=option(
+        "steering strengths, in standard deviations of the features along the direction (a list starting with a "
+        "minus sign as --steer-alphas=-2,2)"))
+    probe_samples: int = field(default=64, metadata=option("samples the steering probes are fitted on"))
     decoder: str | None = field(default=None, metadata=option(
         "a ControlNet source's LISA decoder (a run's lisa_decoder/, or the run) for the decoder map; a run's own is "
         "used when it has one"))
@@ -25,5 +37,24 @@ class InterveneConfig(DrawConfig):
         for name in ("windows", "map_timesteps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        unknown = [name for name in self.analysis_names if name not in ANALYSES]
+        if unknown or not self.analysis_names:
+            raise ValueError(f"--analyses {self.analyses!r}: choose from {', '.join(ANALYSES)}")
+        try:
+            alphas = [float(part) for part in self.steer_alphas.split(",") if part.strip()]
+        except ValueError:
+            alphas = []
+        if not alphas:
+            raise ValueError(f"--steer-alphas {self.steer_alphas!r}: expected numbers, e.g. '-2,2'")
+        if self.probe_samples < 4:
+            raise ValueError(f"--probe-samples must be >= 4, got {self.probe_samples}")
         if self.map_figures < 0:
             raise ValueError(f"--map-figures must be >= 0, got {self.map_figures}")
+
+    @property
+    def analysis_names(self) -> tuple[str, ...]:
+        return tuple(name.strip() for name in self.analyses.split(",") if name.strip())
+
+    @property
+    def alphas(self) -> tuple[float, ...]:
+        return tuple(float(part) for part in self.steer_alphas.split(",") if part.strip())

@@ -12,12 +12,22 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+import torch
 from tqdm.auto import tqdm
 
 from lisa_probe.causal.config import InterveneConfig
 from lisa_probe.causal.figures import plot_intervention_effects, plot_site_maps
 from lisa_probe.causal.interventions import intervention_table, noise_windows, standard_interventions
 from lisa_probe.causal.maps import condition_support, site_maps, summarise, support_table
+from lisa_probe.causal.patching import (
+    FACTOR_MEASURES,
+    donor_index,
+    one_factor_donors,
+    patch_table,
+    probe_directions,
+    site_features,
+    steer_table,
+)
 from lisa_probe.data.condition_kinds import condition_kind
 from lisa_probe.diffusion.sampling import row_noise
 from lisa_probe.evaluation.grids import to_uint8
@@ -70,48 +80,90 @@ def map_rows(setup: Setup, config: InterveneConfig, sites: list[str], decoder, o
         for index in range(min(config.map_figures, len(x0))):
             figure = plot_site_maps(maps, index, to_uint8(images[index:index + 1])[0], batch["cond"][index].numpy(),
                                     sites, float(t))
-            figure.savefig(out / "figures" / f"maps-sample{index}-t{float(t):.0f}.png", dpi=90, bbox_inches="tight")
-            plt.close(figure)
+            save_figure(figure, out / "figures" / f"maps-sample{index}-t{float(t):.0f}.png")
     return pd.concat(tables, ignore_index=True)
 
 
+def probe_rows(setup: Setup, config: InterveneConfig, sites: list[str]) -> tuple[dict, pd.DataFrame]:
+    """Probe directions of the continuous factors a measure reads (``FACTOR_MEASURES``) and a random one per site,
+    fitted on the mean-pooled features of the first ``--probe-samples`` samples of the split at mid noise (with
+    the null text context)."""
+    model, dataset = setup.models[0], setup.dataset
+    count = min(config.probe_samples, len(dataset))
+    items = [dataset[index] for index in range(count)]
+    factors = {name: np.array([item["factors"][name] for item in items], dtype=np.float64)
+               for name in FACTOR_MEASURES if name in getattr(dataset, "factor_specs", {})}
+    device = setup.drawing.device
+    t = model.parameterization.evenly_spaced_timesteps(1)
+    features = site_features(model, torch.stack([item["image"] for item in items]).to(device),
+                               torch.stack([item["cond"] for item in items]).to(device), t, sites, config.seed)
+    return probe_directions(features, factors, np.arange(count), config.seed)
+
+
 def intervene(source: str, config: InterveneConfig, command: str, progress: bool = True) -> tuple[Path, list[str]]:
-    """Maps and interventions of ``source`` (a run, a checkpoint or a ControlNet with ``--main``) written to
-    ``config.out``: ``maps.csv`` (per sample), ``maps_summary.csv`` (mean and 95 % t-interval across samples),
-    ``interventions.csv``, ``figures/`` and ``intervene.json``. Returns the directory and summary lines."""
+    """The analyses ``config.analyses`` of ``source`` (a run, a checkpoint or a ControlNet with ``--main``) written
+    to ``config.out``: ``maps.csv`` (per sample) and ``maps_summary.csv`` (mean and 95 % t-interval across samples),
+    ``interventions.csv``, ``patching.csv``, ``probes.csv`` and ``steering.csv``, ``figures/`` and
+    ``intervene.json``. Returns the directory and summary lines."""
     out = Path(config.out)
+    chosen = config.analysis_names
     setup = prepare([source], None, config, progress)
     model = setup.models[0]
     sites = chosen_sites(config.sites, model)
     decoder = source_decoder(setup, config)
     kind = setup.dataset.condition
     metric = condition_kind(kind, setup.dataset.cond_channels).control_metric
-    if metric is None:
+    if metric is None and "interventions" in chosen:
         raise ValueError(f"condition kind {kind!r} has no control metric to measure interventions with (give "
                          "--condition canny for your own edge-like conditions)")
-    windows = noise_windows(model, config.steps, config.windows)
-    interventions = standard_interventions(sites, windows)
+    windows = noise_windows(model, config.steps, config.windows) if "interventions" in chosen else []
+    donors = None
+    if "patching" in chosen:
+        donors = (one_factor_donors(setup.dataset, setup.batch["factors"], config.patch_factor)
+                  if config.patch_factor else setup.batch["cond"][donor_index(len(setup.batch["cond"]))])
     staging = out.parent / f".{out.name}.{os.getpid()}.tmp"
     shutil.rmtree(staging, ignore_errors=True)
     (staging / "figures").mkdir(parents=True)
+    lines = []
     try:
-        maps = map_rows(setup, config, sites, decoder, staging)
-        maps.to_csv(staging / "maps.csv", index=False)
-        summary = summarise(maps)
-        summary.to_csv(staging / "maps_summary.csv", index=False)
-        total = (len(interventions) + 1) * len(setup.drawing.batches())
-        with tqdm(total=total, desc="interventions", unit="batch", disable=not progress) as bar:
-            table = intervention_table(model, setup.drawing, interventions, kind, [metric], setup.silhouettes(), bar)
-        table.to_csv(staging / "interventions.csv", index=False)
-        figure = plot_intervention_effects(table, metric)
-        figure.savefig(staging / "figures" / "interventions.png", dpi=90, bbox_inches="tight")
-        plt.close(figure)
+        if "maps" in chosen:
+            maps = map_rows(setup, config, sites, decoder, staging)
+            maps.to_csv(staging / "maps.csv", index=False)
+            summary = summarise(maps)
+            summary.to_csv(staging / "maps_summary.csv", index=False)
+            lines += map_lines(summary)
+        if "interventions" in chosen:
+            interventions = standard_interventions(sites, windows)
+            total = (len(interventions) + 1) * len(setup.drawing.batches())
+            with tqdm(total=total, desc="interventions", unit="batch", disable=not progress) as bar:
+                table = intervention_table(model, setup.drawing, interventions, kind, [metric], setup.silhouettes(),
+                                           bar)
+            table.to_csv(staging / "interventions.csv", index=False)
+            save_figure(plot_intervention_effects(table, metric), staging / "figures" / "interventions.png")
+            lines = intervention_lines(table, metric) + lines
+        if "patching" in chosen:
+            with tqdm(total=(len(sites) + 2) * len(setup.drawing.batches()), desc="patching", unit="batch",
+                      disable=not progress) as bar:
+                patched = patch_table(model, setup.drawing, donors, sites, bar)
+            patched.to_csv(staging / "patching.csv", index=False)
+            lines += [f"patching {row.patched}: {row.measure} moved {row.value:.2f} ± {row.half:.2f} of the way to "
+                      f"the donor's (n {row.n})" for row in patched.itertuples() if row.n >= 2]
+        if "steering" in chosen:
+            directions, probes = probe_rows(setup, config, sites)
+            probes.to_csv(staging / "probes.csv", index=False)
+            passes = 1 + sum(len(by_site) for by_site in directions.values()) * len(config.alphas)
+            with tqdm(total=passes * len(setup.drawing.batches()), desc="steering", unit="batch",
+                      disable=not progress) as bar:
+                steering = steer_table(model, setup.drawing, directions, config.alphas, bar)
+            steering.to_csv(staging / "steering.csv", index=False)
         record = {"code_version": code_version(), "command": command, "config": asdict(config),
                   "source": {"label": setup.sources[0].label, "path": stored_path(setup.sources[0].path, out),
                              "side_sha256": file_digest(setup.sources[0].side_dir)},
                   "sites": sites, "windows": windows, "condition": kind, "metric": metric,
                   "sample_ids": list(setup.batch["id"]), "prompts": setup.captions, "noise": setup.noise_recipe,
                   "map_noise": f"row_noise(shape, seed={config.seed}, rows=sample index)",
+                  "donors": (f"each sample's scene with {config.patch_factor!r} from sample (i + N // 2) mod N"
+                             if config.patch_factor else "the condition of sample (i + N // 2) mod N"),
                   "decoder": decoder is not None}
         (staging / RECORD_FILE).write_text(json.dumps(record, indent=2, sort_keys=True))
         if out.is_dir() and not any(out.iterdir()):
@@ -120,18 +172,25 @@ def intervene(source: str, config: InterveneConfig, command: str, progress: bool
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return out, summary_lines(table, summary, metric)
+    return out, lines
 
 
-def summary_lines(table: pd.DataFrame, maps: pd.DataFrame, metric: str) -> list[str]:
-    """The largest intervention effects and each site's share of its add-one-in map inside the condition."""
+def save_figure(figure, path: Path) -> None:
+    figure.savefig(path, dpi=90, bbox_inches="tight")
+    plt.close(figure)
+
+
+def intervention_lines(table: pd.DataFrame, metric: str) -> list[str]:
+    """The full model's control and the three largest intervention effects."""
     lines = [f"full model: {metric} {table.loc[table['intervention'] == 'full', 'value'].iloc[0]:.3f}"]
     worst = table[table["intervention"] != "full"].sort_values("effect").head(3)
-    lines += [f"{row.intervention}: {metric} {row.value:.3f} (effect {row.effect:+.3f} ± {row.half:.3f})"
-              for row in worst.itertuples()]
+    return lines + [f"{row.intervention}: {metric} {row.value:.3f} (effect {row.effect:+.3f} ± {row.half:.3f})"
+                    for row in worst.itertuples()]
+
+
+def map_lines(maps: pd.DataFrame) -> list[str]:
+    """Each site's share of its add-one-in map inside the condition, beside the support's share of the area."""
     inside = maps[(maps["method"] == "add_one_in") & (maps["metric"] == "inside_fraction")]
     area = maps[maps["metric"] == "area_fraction"]["mean"].mean()
-    for site, part in inside.groupby("site", sort=False):
-        lines.append(f"{site}: {part['mean'].mean():.2f} of its add-one-in map inside the condition (area "
-                     f"{area:.2f})")
-    return lines
+    return [f"{site}: {part['mean'].mean():.2f} of its add-one-in map inside the condition (area {area:.2f})"
+            for site, part in inside.groupby("site", sort=False)]

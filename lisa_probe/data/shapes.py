@@ -316,6 +316,12 @@ class ShapesDataset(torch.utils.data.Dataset):
             sample["text"] = label_prompt(factors)
         return sample
 
+    def condition_from_factors(self, factors: dict) -> torch.Tensor:
+        """The (1, H, W) condition in [0, 1] of a scene with these factors (a sample's with some replaced: donors that
+        differ from a sample in one factor)."""
+        sdf = signed_distance(factors, self.resolution)
+        return torch.from_numpy(_CONDITION_FNS[self.condition](sdf, factors).astype(np.float32))[None]
+
     def captions(self) -> list[str]:
         """Every item's label prompt, in order (no images rendered); empty prompts without ``label_prompts``."""
         if not self.label_prompts:

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from lisa_probe.data import build_dataset, check_items
 from lisa_probe.data.condition_kinds import condition_kind
-from lisa_probe.diffusion.sampling import fixed_noise, sample
+from lisa_probe.diffusion.sampling import Predictor, fixed_noise, sample
 from lisa_probe.extraction.config import ForeignRun
 from lisa_probe.generation.config import DrawConfig
 from lisa_probe.generation.sources import Source, attach_sources, read_sources, shared_setting
@@ -49,24 +49,32 @@ class Drawing:
         size = self.config.batch_size
         return [slice(start, start + size) for start in range(0, len(self.cond), size)]
 
-    @torch.no_grad()
     def images(self, model: DualBranch, gates_at: GateSchedule | None, progress: tqdm | None = None) -> torch.Tensor:
         """(N, 3, H, W) in [-1, 1] on the CPU: the main net alone (``gates_at`` None) or the full model with the
         site gates ``gates_at(t)`` (S,) at each sampler step's timestep ``t`` (None there: every gate open)."""
+        def predictor(rows: slice, cond: torch.Tensor, context: dict | None) -> Predictor:
+            if gates_at is None:
+                return lambda x, t: model.predict_main(x, t, context)
+
+            def predict(x, t):
+                gates = gates_at(float(t[0]))
+                return model(x, t, cond, gates=None if gates is None else gates.to(self.device),
+                             context=context).pred_full
+            return predict
+
+        return self.draw(model, predictor, progress)
+
+    @torch.no_grad()
+    def draw(self, model: DualBranch, predictor: Callable[[slice, torch.Tensor, dict | None], Predictor],
+             progress: tqdm | None = None) -> torch.Tensor:
+        """(N, 3, H, W) in [-1, 1] on the CPU, sampled batch by batch with ``predictor(rows, cond, context)``'s
+        ``predict(x_t, t)`` for the samples ``rows`` (their conditions and context on the device)."""
         drawn = []
         for rows in self.batches():
             cond = self.cond[rows].to(self.device)
             context = None if self.context is None else {k: v[rows].to(self.device) for k, v in self.context.items()}
-            if gates_at is None:
-                def predict(x, t):
-                    return model.predict_main(x, t, context)
-            else:
-                def predict(x, t):
-                    gates = gates_at(float(t[0]))
-                    return model(x, t, cond, gates=None if gates is None else gates.to(self.device),
-                                 context=context).pred_full
-            samples = sample(predict, model.parameterization, self.noise[rows].to(self.device), self.config.steps,
-                             clip_sample=model.vae is None)
+            samples = sample(predictor(rows, cond, context), model.parameterization, self.noise[rows].to(self.device),
+                             self.config.steps, clip_sample=model.vae is None)
             drawn.append(model.decode_samples(samples).float().cpu())
             if progress is not None:
                 progress.update(1)

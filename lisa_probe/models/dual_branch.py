@@ -6,7 +6,7 @@ whose input is the side feature ``h`` and whose output is the residual added to 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -294,6 +294,20 @@ class DualBranch(nn.Module):
             residuals = self._side_residuals(x_t, timesteps, cond, context)
             state = self._shared_prefix(x_t, timesteps, context)
         return lambda gates: self._rest(state, gate_residuals(residuals, gates))
+
+    def patched_prediction(self, x_t: torch.Tensor, timesteps: torch.Tensor, cond: torch.Tensor,
+                           donor_cond: torch.Tensor, patched: Sequence[str],
+                           context: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """``pred_full`` (B, C, H, W) with the residuals of the sites named in ``patched`` computed from
+        ``donor_cond`` (B, Cc, Hc, Wc) instead of ``cond`` at the same ``x_t``, ``t`` and context (activation
+        patching of the side branch at those sites). No site patched is ``forward(...).pred_full``; every site
+        patched is ``forward`` on ``donor_cond`` (the same operations: tested bit for bit)."""
+        context = self.context(x_t.shape[0], context)
+        chosen = {self.site_names.index(self.site(name).name) for name in patched}
+        own = self._side_residuals(x_t, timesteps, cond, context)
+        donor = self._side_residuals(x_t, timesteps, donor_cond, context) if chosen else own
+        mixed = [donor[k] if k in chosen else residual for k, residual in enumerate(own)]
+        return self._rest(self._shared_prefix(x_t, timesteps, context), mixed)
 
     def predict_main(self, x_t: torch.Tensor, timesteps: torch.Tensor,
                      context: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
