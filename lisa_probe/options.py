@@ -46,7 +46,9 @@ def _parse_bool(text: str) -> bool:
 def add_dataclass_arguments(parser: argparse.ArgumentParser, cls) -> None:
     """Add one ``--field-name`` option per field of dataclass ``cls`` (help text from ``metadata['help']``; a
     ``parse`` entry converts the text instead of the field's type; a bool field with ``off_flag`` gets that option,
-    which sets it false, instead of ``--field-name [BOOL]``)."""
+    which sets it false, instead of ``--field-name [BOOL]``). ``cls.option_aliases`` (``{field: ("--other_name",
+    ...)}``) adds other spellings of an option (diffusers' trainers' names), shown beside ours in ``--help``; an alias
+    in ``cls.alias_implies`` (``{alias: {field: value}}``) also sets those fields (``ImpliedAlias``)."""
     hints = typing.get_type_hints(cls)
     for field in dataclasses.fields(cls):
         scalar, optional = _field_type(field, hints)
@@ -61,14 +63,37 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls) -> None:
             return None if optional and text.lower() == "none" else convert(text)
 
         parse.__name__ = getattr(scalar, "__name__", "value")  # argparse names it in "invalid int value: 'abc'"
-        flag = {"nargs": "?", "const": True} if scalar is bool else {}  # a bare --flag means true
+        bare = {"nargs": "?", "const": True} if scalar is bool else {}  # a bare --flag means true
         choices = field.metadata.get("choices")
         text = field.metadata.get("help", "")
         if "default" not in text and default != "":  # a help text that explains its own default keeps it
             text += f" (default: {default})"
-        parser.add_argument(f"--{field.name.replace('_', '-')}", dest=field.name, type=parse, default=default,
-                            choices=choices, metavar=None if choices else parse.__name__.upper(), help=text,
-                            **flag)
+        aliases = getattr(cls, "option_aliases", {}).get(field.name, ())
+        plain = [alias for alias in aliases if alias not in getattr(cls, "alias_implies", {})]
+        common = dict(dest=field.name, type=parse, choices=choices, metavar=None if choices else parse.__name__.upper(),
+                      **bare)
+        parser.add_argument(flag(field.name), *plain, default=default, help=text, **common)
+        for alias in aliases:
+            if alias not in plain:
+                implied = cls.alias_implies[alias]
+                parser.add_argument(alias, action=ImpliedAlias, implies=implied, default=argparse.SUPPRESS,
+                                    help=f"as {flag(field.name)}, with "
+                                         + ", ".join(f"{flag(key)} {value}" for key, value in implied.items()),
+                                    **common)
+
+
+class ImpliedAlias(argparse.Action):
+    """An alias of another tool's option that also sets options of ours it implies (``implies``: ``{field: value}``),
+    e.g. diffusers' ``--train_data_dir DIR``: ``--data-root DIR --dataset captioned``."""
+
+    def __init__(self, option_strings, dest, implies: dict, **kwargs):
+        super().__init__(option_strings, dest, **kwargs)
+        self.implies = implies
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        for key, value in self.implies.items():
+            setattr(namespace, key, value)
 
 
 def config_from_args(cls, namespace: argparse.Namespace):

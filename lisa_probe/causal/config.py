@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from lisa_probe.generation.config import DrawConfig
 from lisa_probe.options import option
@@ -58,3 +59,37 @@ class InterveneConfig(DrawConfig):
     @property
     def alphas(self) -> tuple[float, ...]:
         return tuple(float(part) for part in self.steer_alphas.split(",") if part.strip())
+
+
+@dataclass
+class DictionaryConfig:
+    """``python -m lisa_probe.dictionary``: a sparse autoencoder on one site of a feature store."""
+
+    out: str = field(default="", metadata=option("output directory (required)"))
+    site: str | None = field(default=None, metadata=option("site (default: the store's LISA site, else its middle one)"))
+    expansion: int = field(default=8, metadata=option("latents per feature channel (K = expansion x C)"))
+    k: int = field(default=8, metadata=option("active latents per position (TopK)"))
+    steps: int = field(default=2000, metadata=option("training steps"))
+    batch_size: int = field(default=1024, metadata=option("positions per step"))
+    lr: float = field(default=1e-3, metadata=option("Adam learning rate"))
+    seed: int = field(default=0, metadata=option("seed of the initialisation and the batches"))
+    max_rows: int | None = field(default=None, metadata=option("store rows used (default: all)"))
+    top: int = field(default=6, metadata=option("latents drawn in figures/top_latents.png"))
+    resume: bool = field(default=False, metadata=option("continue an interrupted training in --out"))
+    overwrite: bool = field(default=False, metadata=option("replace a non-empty --out"))
+
+    def __post_init__(self) -> None:
+        if not self.out:
+            raise ValueError("--out is required (a directory)")
+        for name in ("expansion", "k", "steps", "batch_size", "top"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.max_rows is not None and self.max_rows < 1:
+            raise ValueError(f"--max-rows must be >= 1, got {self.max_rows}")
+        if not self.lr > 0:
+            raise ValueError(f"--lr must be > 0, got {self.lr}")
+        if self.resume and self.overwrite:
+            raise ValueError("--resume and --overwrite exclude each other")
+        out = Path(self.out)
+        if out.is_dir() and any(out.iterdir()) and not (self.overwrite or self.resume):
+            raise ValueError(f"--out {self.out} is not empty; pass --resume to continue it or --overwrite")

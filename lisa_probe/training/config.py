@@ -211,11 +211,32 @@ class PretrainConfig(LoopConfig, DataOptions, PromptDropout):
 DEFAULT_MAIN_NAME = "main-unet-v-shapes32"  # PretrainConfig()'s name: the default main net under --out-dir
 
 
+# diffusers' examples/controlnet/train_controlnet*.py option names, accepted beside ours with the same meaning
+DIFFUSERS_ALIASES = {
+    "main": ("--pretrained_model_name_or_path",), "side": ("--controlnet_model_name_or_path",),
+    "out_dir": ("--output_dir",), "steps": ("--max_train_steps",), "batch_size": ("--train_batch_size",),
+    "grad_accum": ("--gradient_accumulation_steps",), "lr": ("--learning_rate",),
+    "lr_warmup_steps": ("--lr_warmup_steps",), "lr_schedule": ("--lr_scheduler",),
+    "weight_decay": ("--adam_weight_decay",), "max_grad_norm": ("--max_grad_norm",),
+    "mixed_precision": ("--mixed_precision",), "checkpoint_every": ("--checkpointing_steps",),
+    "keep_checkpoints": ("--checkpoints_total_limit",), "resume": ("--resume_from_checkpoint",),
+    "eval_every": ("--validation_steps",), "num_workers": ("--dataloader_num_workers",),
+    "gradient_checkpointing": ("--gradient_checkpointing",), "use_8bit_adam": ("--use_8bit_adam",),
+    "report_to": ("--report_to",), "proportion_empty_prompts": ("--proportion_empty_prompts",),
+    "data_root": ("--train_data_dir",), "image_column": ("--image_column",),
+    "conditioning_image_column": ("--conditioning_image_column",), "caption_column": ("--caption_column",),
+    "max_train_samples": ("--max_train_samples",), "cache_latents": ("--cache_latents",),
+    "random_flip": ("--random_flip",),
+}
+
+
 @dataclass
 class TrainConfig(LoopConfig, DataOptions, PromptDropout):
     """Side-net training settings. Defaults are the embedded demo (LISA on; ~4 minutes on 2 CPU cores once the main
     net exists)."""
 
+    option_aliases: ClassVar[dict[str, tuple[str, ...]]] = DIFFUSERS_ALIASES
+    alias_implies: ClassVar[dict[str, dict]] = {"--train_data_dir": {"dataset": "captioned"}}  # a datasets folder
     resumable_changes: ClassVar[tuple[str, ...]] = (*LoopConfig.resumable_changes, "probe_every", "probe_samples",
                                                     "probe_grad_split", "name", "out_dir")
 

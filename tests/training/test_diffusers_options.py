@@ -1,0 +1,53 @@
+"""diffusers' ControlNet trainer option names: accepted beside ours with the same meaning, listed in ``--help``;
+``--train_data_dir`` also selects the captioned dataset, as diffusers reads a datasets folder."""
+
+from dataclasses import asdict
+
+import pytest
+
+from lisa_probe.options import parse_config
+from lisa_probe.train import main
+from lisa_probe.training.config import DIFFUSERS_ALIASES, TrainConfig
+
+PROG = "python -m lisa_probe.train"
+
+
+def test_diffusers_names_parse_to_the_same_config_as_ours(sd_pipeline, captioned_data, tmp_path):
+    theirs = parse_config(TrainConfig, [
+        f"--pretrained_model_name_or_path={sd_pipeline}", f"--output_dir={tmp_path}", f"--train_data_dir={captioned_data}",
+        "--resolution=32", "--learning_rate=1e-5", "--train_batch_size=4", "--max_train_steps=7",
+        "--gradient_accumulation_steps=2", "--checkpointing_steps=5", "--checkpoints_total_limit=3",
+        "--validation_steps=5", "--lr_scheduler=cosine", "--lr_warmup_steps=2", "--adam_weight_decay=0.02",
+        "--mixed_precision=no", "--report_to=none", "--dataloader_num_workers=0", "--gradient_checkpointing",
+        "--image_column=image", "--caption_column=text", "--proportion_empty_prompts=0.1"], PROG, "")
+    ours = parse_config(TrainConfig, [
+        "--main", str(sd_pipeline), "--out-dir", str(tmp_path), "--dataset", "captioned", "--data-root",
+        str(captioned_data), "--resolution", "32", "--lr", "1e-5", "--batch-size", "4", "--steps", "7",
+        "--grad-accum", "2", "--checkpoint-every", "5", "--keep-checkpoints", "3", "--eval-every", "5",
+        "--lr-schedule", "cosine", "--lr-warmup-steps", "2", "--weight-decay", "0.02", "--mixed-precision", "no",
+        "--report-to", "none", "--num-workers", "0", "--gradient-checkpointing", "--image-column", "image",
+        "--caption-column", "text", "--proportion-empty-prompts", "0.1"], PROG, "")
+    assert asdict(theirs) == asdict(ours)
+
+
+def test_every_alias_is_in_help_beside_ours(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = capsys.readouterr().out
+    assert all(alias in text for aliases in DIFFUSERS_ALIASES.values() for alias in aliases)
+    assert "--train_data_dir STR  as --data-root, with --dataset captioned" in text
+
+
+def test_a_diffusers_style_command_trains(sd_pipeline, captioned_data, tmp_path):
+    assert main([f"--pretrained_model_name_or_path={sd_pipeline}", f"--output_dir={tmp_path}",
+                 f"--train_data_dir={captioned_data}", "--resolution=32", "--learning_rate=1e-5",
+                 "--train_batch_size=2", "--max_train_steps=2", "--checkpointing_steps=1", "--name=fill",
+                 "--eval-samples=0"]) == 0
+    assert (tmp_path / "fill" / "controlnet" / "config.json").exists()
+    assert sorted(path.name for path in (tmp_path / "fill").glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
+
+
+def test_a_diffusers_choice_we_do_not_have_is_refused_by_name(capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["--lr_scheduler=polynomial"])
+    assert stop.value.code == 2 and "invalid choice: 'polynomial'" in capsys.readouterr().err
