@@ -8,28 +8,18 @@ draws the top latents' most active rows. How: ``lisa_probe.causal.dictionary``.
 
 from __future__ import annotations
 
-import argparse
-import shlex
 import sys
 
 from lisa_probe.causal.config import DictionaryConfig
-from lisa_probe.options import add_dataclass_arguments, cli_errors, config_from_args
+from lisa_probe.options import cli_errors, parse_inputs
 
 PROG = "python -m lisa_probe.dictionary"
 
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; returns the exit status."""
-    cli = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0].split(": ", 1)[1])
-    cli.add_argument("store", help="a feature store (.h5) written by lisa_probe.extract")
-    add_dataclass_arguments(cli, DictionaryConfig)
-    args = cli.parse_args(argv)
-    store = args.__dict__.pop("store")
-    try:
-        config = config_from_args(DictionaryConfig, args)
-    except ValueError as error:
-        cli.error(str(error))
-    command = shlex.join(["python", "-m", "lisa_probe.dictionary", *(sys.argv[1:] if argv is None else argv)])
+    store, config, command = parse_inputs(PROG, __doc__, "store", "a feature store (.h5) written by "
+                                          "lisa_probe.extract", DictionaryConfig, argv)
     from lisa_probe.causal.dictionary_run import build_dictionary  # once the options parsed: --help stays quick
 
     with cli_errors(PROG):

@@ -11,28 +11,18 @@ same noise, with 95 % t-intervals across ``--samples``. Writes ``maps.csv``, ``m
 
 from __future__ import annotations
 
-import argparse
-import shlex
 import sys
 
 from lisa_probe.causal.config import InterveneConfig
-from lisa_probe.options import add_dataclass_arguments, cli_errors, config_from_args
+from lisa_probe.options import cli_errors, parse_inputs
 
 PROG = "python -m lisa_probe.intervene"
 
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; returns the exit status."""
-    cli = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0].split(": ", 1)[1])
-    cli.add_argument("source", help="a run, a checkpoint-N directory or a diffusers ControlNet directory")
-    add_dataclass_arguments(cli, InterveneConfig)
-    args = cli.parse_args(argv)
-    source = args.__dict__.pop("source")
-    try:
-        config = config_from_args(InterveneConfig, args)
-    except ValueError as error:
-        cli.error(str(error))
-    command = shlex.join(["python", "-m", "lisa_probe.intervene", *(sys.argv[1:] if argv is None else argv)])
+    source, config, command = parse_inputs(PROG, __doc__, "source", "a run, a checkpoint-N directory or a diffusers "
+                                           "ControlNet directory", InterveneConfig, argv)
     from lisa_probe.causal.run import intervene  # once the options parsed: --help stays quick
 
     with cli_errors(PROG):

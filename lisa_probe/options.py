@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import dataclasses
 import math
+import shlex
 import sys
 import types
 import typing
@@ -94,6 +95,24 @@ class ImpliedAlias(argparse.Action):
         setattr(namespace, self.dest, values)
         for key, value in self.implies.items():
             setattr(namespace, key, value)
+
+
+def parse_inputs(prog: str, doc: str, name: str, text: str, cls, argv: list[str] | None, nargs: str | None = None):
+    """A command line of input path(s) ``name`` (``nargs`` as argparse's) followed by ``cls``'s options; returns
+    ``(inputs, config, command)``, the command as typed (for the outputs' provenance). The description is the part
+    of ``doc``'s first line after its first ``: ``. A validation error exits with the usage and the message."""
+    parser = argparse.ArgumentParser(prog=prog, description=doc.splitlines()[0].split(": ", 1)[-1])
+    parser.add_argument(name, nargs=nargs, help=text)
+    add_dataclass_arguments(parser, cls)
+    args = parser.parse_args(argv)
+    inputs = args.__dict__.pop(name)
+    try:
+        config = config_from_args(cls, args)
+    except ValueError as error:
+        parser.error(str(error))
+    module = prog.rsplit(" ", 1)[-1]
+    command = " ".join(["python", "-m", module, *map(shlex.quote, sys.argv[1:] if argv is None else argv)])
+    return inputs, config, command
 
 
 def config_from_args(cls, namespace: argparse.Namespace):

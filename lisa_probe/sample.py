@@ -10,33 +10,18 @@ drawn: ``lisa_probe.generation.comparison``.
 
 from __future__ import annotations
 
-import argparse
-import shlex
 import sys
 
 from lisa_probe.generation.config import SampleConfig
-from lisa_probe.options import add_dataclass_arguments, cli_errors, config_from_args
+from lisa_probe.options import cli_errors, parse_inputs
 
 PROG = "python -m lisa_probe.sample"
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0].split(": ", 1)[1])
-    p.add_argument("sources", nargs="+", help="runs, checkpoint-N directories or diffusers ControlNet directories")
-    add_dataclass_arguments(p, SampleConfig)
-    return p
-
-
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; returns the exit status."""
-    cli = parser()
-    args = cli.parse_args(argv)
-    sources = args.__dict__.pop("sources")
-    try:
-        config = config_from_args(SampleConfig, args)
-    except ValueError as error:
-        cli.error(str(error))
-    command = shlex.join(["python", "-m", "lisa_probe.sample", *(sys.argv[1:] if argv is None else argv)])
+    sources, config, command = parse_inputs(PROG, __doc__, "sources", "runs, checkpoint-N directories or diffusers "
+                                            "ControlNet directories", SampleConfig, argv, nargs="+")
     from lisa_probe.generation.comparison import draw_comparison  # once the options parsed: --help stays quick
 
     with cli_errors(PROG):

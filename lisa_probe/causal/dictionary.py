@@ -152,9 +152,12 @@ def train_sae(rows: np.ndarray, config: SaeConfig, out: Path, resume: bool = Fal
 
 @torch.no_grad()
 def latent_maps(sae: TopKSae, features: np.ndarray) -> np.ndarray:
-    """(N, K, H, W) activation maps (tokens: (N, K, T, 1)) of each store row's positions."""
+    """(N, K, H, W) activation maps of each store row's positions; tokens (N, T, D) of a DiT as their patch grid
+    (√T, √T), row-major as the patches are, or (T, 1) when T is not a square."""
     features = np.asarray(features, dtype=np.float32)
-    grid = features.shape[2:] if features.ndim == 4 else (features.shape[1], 1)
+    side = int(round(np.sqrt(features.shape[1]))) if features.ndim == 3 else 0
+    grid = features.shape[2:] if features.ndim == 4 else (side, side) if side * side == features.shape[1] else \
+        (features.shape[1], 1)
     z = sae.encode_raw(torch.from_numpy(positions(features))).numpy()
     return z.reshape(len(features), *grid, -1).transpose(0, 3, 1, 2)
 

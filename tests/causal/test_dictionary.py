@@ -64,3 +64,8 @@ def test_maps_keep_each_rows_positions():
     expected = sae.encode_raw(torch.from_numpy(features[1, :, 1, 3][None])).detach().numpy()[0]
     np.testing.assert_allclose(maps[1, :, 1, 3], expected, rtol=1e-6)
     assert positions(features).shape == (20, 3)
+    tokens = np.random.default_rng(1).normal(size=(2, 16, 3)).astype(np.float32)  # a DiT's 4 x 4 patches
+    token_maps = latent_maps(sae, tokens)
+    assert token_maps.shape == (2, 4, 4, 4)
+    expected = sae.encode_raw(torch.from_numpy(tokens[0, 6][None])).detach().numpy()[0]  # patch (1, 2)
+    np.testing.assert_allclose(token_maps[0, :, 1, 2], expected, rtol=1e-6)
