@@ -19,6 +19,7 @@ COMMANDS = {
     "sample": ("lisa_probe.sample", "runs and ControlNets side by side from the same noise"),
     "intervene": ("lisa_probe.intervene", "where and when the side branch steers: maps, interventions, patching"),
     "dictionary": ("lisa_probe.dictionary", "a sparse autoencoder of one site's features, its latents ranked"),
+    "over-training": ("lisa_probe.over_training", "features over a run's checkpoints, with its onset of control"),
     "study": ("lisa_probe.study.cli", "run a study file (experiments/*.yaml): pretrain, train, extract, analyse"),
     "notebooks": ("lisa_probe.notebook_runs", "execute the notebooks on your stores"),
 }

@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 
 from lisa_probe.causal.config import DictionaryConfig
-from lisa_probe.options import cli_errors, parse_inputs
+from lisa_probe.options import parse_inputs, run_reporting
 
 PROG = "python -m lisa_probe.dictionary"
 
@@ -22,9 +22,7 @@ def main(argv: list[str] | None = None) -> int:
                                           "lisa_probe.extract", DictionaryConfig, argv)
     from lisa_probe.causal.dictionary_run import build_dictionary  # once the options parsed: --help stays quick
 
-    with cli_errors(PROG):
-        out, lines = build_dictionary(store, config, command)
-    print("\n".join(lines))
+    out = run_reporting(PROG, build_dictionary, store, config, command)
     print(f"dictionary written to {out}")
     return 0
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import sys
 
 from lisa_probe.causal.config import InterveneConfig
-from lisa_probe.options import cli_errors, parse_inputs
+from lisa_probe.options import parse_inputs, run_reporting
 
 PROG = "python -m lisa_probe.intervene"
 
@@ -25,9 +25,7 @@ def main(argv: list[str] | None = None) -> int:
                                            "ControlNet directory", InterveneConfig, argv)
     from lisa_probe.causal.run import intervene  # once the options parsed: --help stays quick
 
-    with cli_errors(PROG):
-        out, lines = intervene(source, config, command)
-    print("\n".join(lines))
+    out = run_reporting(PROG, intervene, source, config, command)
     print(f"results written to {out}")
     return 0
 

@@ -115,6 +115,14 @@ def parse_inputs(prog: str, doc: str, name: str, text: str, cls, argv: list[str]
     return inputs, config, command
 
 
+def run_reporting(prog: str, work, *args):
+    """``work(*args) -> (output, lines)`` under ``cli_errors(prog)``; prints the lines and returns the output."""
+    with cli_errors(prog):
+        out, lines = work(*args)
+    print("\n".join(lines))
+    return out
+
+
 def config_from_args(cls, namespace: argparse.Namespace):
     """Build dataclass ``cls`` from the parsed namespace (its ``__post_init__`` validates)."""
     return cls(**{f.name: getattr(namespace, f.name) for f in dataclasses.fields(cls)})
@@ -137,6 +145,18 @@ SEED_MAX = 2**32 - 1  # numpy's and torch's seeds both take [0, 2**32 - 1]; deri
 def flag(name: str) -> str:
     """The command-line option of config field ``name``: ``lisa_weight`` -> ``--lisa-weight``."""
     return f"--{name.replace('_', '-')}"
+
+
+def number_list(text: str, convert, option_name: str, example: str) -> tuple:
+    """A comma-separated option as numbers (``convert``: int or float); ValueError naming the option, the text and an
+    ``example`` when a part is not a number or there is none."""
+    try:
+        numbers = tuple(convert(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        numbers = ()
+    if not numbers:
+        raise ValueError(f"{option_name} {text!r}: expected numbers, e.g. {example}")
+    return numbers
 
 
 def check_choice(what: str, value, allowed) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import sys
 
 from lisa_probe.generation.config import SampleConfig
-from lisa_probe.options import cli_errors, parse_inputs
+from lisa_probe.options import parse_inputs, run_reporting
 
 PROG = "python -m lisa_probe.sample"
 
@@ -24,9 +24,7 @@ def main(argv: list[str] | None = None) -> int:
                                             "ControlNet directories", SampleConfig, argv, nargs="+")
     from lisa_probe.generation.comparison import draw_comparison  # once the options parsed: --help stays quick
 
-    with cli_errors(PROG):
-        out, lines = draw_comparison(sources, config, command)
-    print("\n".join(lines))
+    out = run_reporting(PROG, draw_comparison, sources, config, command)
     print(f"samples written to {out} (grid: {out / 'grid.png'})")
     return 0
 

@@ -61,7 +61,7 @@ def test_patching_and_steering_of_a_run(lisa_run, tmp_path):
     (["--windows", "0"], "--windows must be >= 1"),
     (["--analyses", "maps,nope"], "--analyses 'maps,nope': choose from maps, interventions, patching, steering"),
     (["--analyses", "patching", "--patch-factor", "nope"], "--patch-factor 'nope' is not a factor"),
-    (["--steer-alphas", "a"], "--steer-alphas 'a': expected numbers"),
+    (["--steer-alphas", "a"], "--steer-alphas 'a': expected numbers, e.g. '-2,2'"),
     (["--dataset", "shapes", "--condition", "nope"], "nope"),
 ])
 def test_bad_input_is_one_line_and_makes_nothing(lisa_run, tmp_path, capsys, argv, message):

@@ -11,7 +11,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "lisa_probe"
 # the command lines: they parse first and import the library after, inside main() (so --help is quick)
 CLI_MODULES = {"lisa_probe.train", "lisa_probe.pretrain", "lisa_probe.extract", "lisa_probe.analyze",
                "lisa_probe.add_factors", "lisa_probe.sample", "lisa_probe.intervene",
-               "lisa_probe.dictionary", "lisa_probe.__main__",
+               "lisa_probe.dictionary", "lisa_probe.over_training", "lisa_probe.__main__",
                "lisa_probe.study.cli", "lisa_probe.study.__main__", "lisa_probe.study.restate"}
 # stages that must not import one another: the analysis reads stores and loads runs, never trains
 FORBIDDEN = {"lisa_probe.analysis": ("lisa_probe.training.engine", "lisa_probe.training.side_net",
@@ -123,7 +123,7 @@ def test_every_command_line_answers_help_without_loading_the_library():
     """``--help`` of each command in a fresh process: exit 0, and well under the 1.5 s goal measured by
     bench/bench_help.py (this bound is generous for a busy CI machine)."""
     for command in ("train", "pretrain", "extract", "analyze", "study", "add_factors", "sample", "intervene",
-                    "dictionary"):
+                    "dictionary", "over_training"):
         started = time.perf_counter()
         result = subprocess.run([sys.executable, "-m", f"lisa_probe.{command}", "--help"], capture_output=True,
                                 text=True)

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lisa_probe.generation.config import DrawConfig
-from lisa_probe.options import option
+from lisa_probe.options import number_list, option
 
 ANALYSES = ("maps", "interventions", "patching", "steering")
 
@@ -41,12 +41,7 @@ class InterveneConfig(DrawConfig):
         unknown = [name for name in self.analysis_names if name not in ANALYSES]
         if unknown or not self.analysis_names:
             raise ValueError(f"--analyses {self.analyses!r}: choose from {', '.join(ANALYSES)}")
-        try:
-            alphas = [float(part) for part in self.steer_alphas.split(",") if part.strip()]
-        except ValueError:
-            alphas = []
-        if not alphas:
-            raise ValueError(f"--steer-alphas {self.steer_alphas!r}: expected numbers, e.g. '-2,2'")
+        number_list(self.steer_alphas, float, "--steer-alphas", "'-2,2'")
         if self.probe_samples < 4:
             raise ValueError(f"--probe-samples must be >= 4, got {self.probe_samples}")
         if self.map_figures < 0:
@@ -58,7 +53,7 @@ class InterveneConfig(DrawConfig):
 
     @property
     def alphas(self) -> tuple[float, ...]:
-        return tuple(float(part) for part in self.steer_alphas.split(",") if part.strip())
+        return number_list(self.steer_alphas, float, "--steer-alphas", "'-2,2'")
 
 
 @dataclass

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from lisa_probe.data import SPLITS
 from lisa_probe.data.options import PROMPT_MODES, DataOptions
-from lisa_probe.options import SEED_MAX, check_choice, check_number, option
+from lisa_probe.options import SEED_MAX, check_choice, check_number, number_list, option
 from lisa_probe.store.schema import COMPRESSIONS
 
 
@@ -30,6 +30,9 @@ class ExtractConfig(DataOptions):
     prompt: str = field(default="caption", metadata=option(
         "captioned data: each row's caption through the main net's text encoder, or the empty prompt for every row",
         choices=PROMPT_MODES))
+    checkpoints: str | None = field(default=None, metadata=option(
+        "--ckpt RUN: extract from several of its checkpoints into one store, 'all' or steps 'N,M,...' (rows per "
+        "checkpoint in a block, meta/step says which; the same noise in every block)"))
     sites: str = field(default="all", metadata=option("comma-separated site names, or 'all'"))
     timesteps: str = field(default="8", metadata=option("a number of evenly spaced timesteps, or a comma list of "
                                                       "timesteps as fed to the model ('500,' for one)"))
@@ -62,6 +65,10 @@ class ExtractConfig(DataOptions):
         if self.decoder is not None and self.ckpt is not None:
             raise ValueError(f"--decoder {self.decoder} applies to --controlnet; a --ckpt run's own LISA decoder is "
                              "used when it has one")
+        if self.checkpoints is not None and self.ckpt is None:
+            raise ValueError(f"--checkpoints {self.checkpoints} applies to --ckpt (a lisa_probe run)")
+        if self.checkpoints is not None and self.checkpoints != "all":
+            number_list(self.checkpoints, int, "--checkpoints", "'all' or steps such as '100,200'")
         if self.resolution is not None and self.resolution < 1:
             raise ValueError(f"--resolution must be >= 1, got {self.resolution}")
         for name in ("samples", "draws", "batch_size"):

@@ -15,6 +15,7 @@ the end. On CPU-only machines launch several processes with ``accelerate launch 
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 from collections.abc import Iterator
 from dataclasses import asdict, replace
@@ -38,6 +39,7 @@ from lisa_probe.rundir import DECODER_DIR, PATH_FIELDS, SIDE_DIR, cache_dir, run
 from lisa_probe.store import FeatureStoreWriter, make_layout, merge_shards, shard_path, shard_range
 from lisa_probe.store.writer import check_finished_store
 from lisa_probe.text.prompts import PromptEmbeddings, prompt_embeddings, text_layout
+from lisa_probe.training.checkpoints import CHECKPOINT_PATTERN, list_checkpoints
 from lisa_probe.training.engine import process_state
 from lisa_probe.training.lisa import LisaDecoder
 from lisa_probe.training.loading import build_dual_branch, load_run
@@ -145,7 +147,7 @@ class Extractor:
         """Rows of the whole extraction: samples x timesteps x draws."""
         return self.config.samples * self.per_sample
 
-    def layout(self, lisa_site: str | None) -> dict:
+    def layout(self, lisa_site: str | None, steps: bool = False) -> dict:
         """The store layout: meta, factors (with ``carried``), features of the chosen sites, scores and options."""
         specs = self.dataset.factor_specs
         size = self.model.main.config.sample_size
@@ -157,7 +159,7 @@ class Extractor:
                            if self.config.residuals else None,
                            decoded=lisa_site is not None,
                            decompose_sites=self.sites if self.config.decompose else (),
-                           feature_dtype=self.config.feature_dtype, prompts=self.has_captions)
+                           feature_dtype=self.config.feature_dtype, prompts=self.has_captions, steps=steps)
 
     def row_prompts(self, batch: dict) -> list[str]:
         """The prompt each row of a batch is conditioned on: its caption, or "" (``--prompt empty``)."""
@@ -369,6 +371,8 @@ def extract(config: ExtractConfig) -> Path:
                if config.prompt == "caption" else None)
     extractor = Extractor(model, decoder, dataset, parse_sites(config.sites, model),
                           parse_timesteps(config.timesteps, model), config, prompts, has_captions=owner.has_captions)
+    if config.checkpoints is not None:
+        return extract_checkpoints(config, extractor, model, owner, run_config, lisa_site, prompts, dataset)
     rows = shard_rows(extractor.n_rows, config.batch_size, state.process_index, state.num_processes)
     sharded = state.num_processes > 1
     target = shard_path(out, state.process_index, state.num_processes) if sharded else out
@@ -386,6 +390,58 @@ def extract(config: ExtractConfig) -> Path:
             write_rows(writer, extractor, rows, lisa_site, progress)
     if sharded:
         merge(out, state, overwrite=config.overwrite or config.resume)
+    return out
+
+
+def checkpoint_blocks(run: Path, chosen: str) -> list[tuple[int, Path]]:
+    """``[(step, checkpoint directory)]`` of a run, oldest first: every saved ``checkpoint-N`` (``"all"``) or those
+    of the given steps; ValueError naming the steps there are for a missing one."""
+    saved = {int(CHECKPOINT_PATTERN.match(path.name).group(1)): path for path in list_checkpoints(run)}
+    if not saved:
+        raise ValueError(f"{run} has no checkpoint-N directories to extract from (--checkpoint-every, "
+                         "--keep-checkpoints 0 keeps them all)")
+    steps = sorted(saved) if chosen == "all" else [int(part) for part in chosen.split(",") if part.strip()]
+    missing = [step for step in steps if step not in saved]
+    if missing:
+        raise ValueError(f"--checkpoints: no checkpoint-{missing[0]} in {run}; its checkpoints: "
+                         f"{', '.join(map(str, sorted(saved)))}")
+    return [(step, saved[step]) for step in steps]
+
+
+def extract_checkpoints(config: ExtractConfig, extractor: Extractor, model: DualBranch, owner, run_config: dict,
+                        lisa_site: str | None, prompts, dataset) -> Path:
+    """``--checkpoints``: one block of ``extractor.n_rows`` rows per checkpoint, in step order, each the same rows
+    (samples, timesteps, noise) through that checkpoint's side net (and LISA decoder), ``meta/step`` naming it.
+    Single process; ``--resume`` continues at the first unwritten row, in whichever block it lies."""
+    state = process_state()
+    if state.num_processes > 1:
+        raise ValueError("--checkpoints extracts in one process; run it without accelerate launch")
+    out, run = Path(config.out), run_dir_of(config.ckpt)
+    blocks = checkpoint_blocks(run, config.checkpoints)
+    per = extractor.n_rows
+    inputs = input_recipe(model, dataset, extractor.timesteps, config, captions=prompts is not None,
+                          text=text_layout(Path(owner.main)) if prompts is not None else None)
+    last = blocks[-1][1] / SIDE_DIR
+    attrs = store_attrs(config, model, run_config, last, lisa_site, inputs)
+    attrs["checkpoints"] = json.dumps([{"step": step, "checkpoint": stored_path(path / SIDE_DIR, out.parent),
+                                        "checkpoint_hash": file_digest(path / SIDE_DIR)} for step, path in blocks])
+    writer = FeatureStoreWriter(out, extractor.layout(lisa_site, steps=True), per * len(blocks), attrs,
+                                compression=config.compression, overwrite=config.overwrite, resume=config.resume)
+    with writer, tqdm(total=per * len(blocks), initial=writer.rows_done, unit="row", desc=out.name,
+                      disable=not state.is_local_main_process) as progress:
+        for index, (step, path) in enumerate(blocks):
+            done = writer.rows_done - index * per
+            if done >= per:
+                continue
+            _, block_model, decoder, _ = load_run(path)
+            extractor.model = block_model.to(extractor.device)
+            extractor.decoder = decoder.to(extractor.device).eval() if decoder is not None else None
+            for batch, skip in pending_batches(range(per), max(done, 0), config.batch_size):
+                rows = extractor.rows(batch, lisa_site)
+                rows["meta/step"] = np.full(len(batch), step, dtype=np.int64)
+                writer.write_rows(index * per + batch.start + skip, {name: values[skip:] for name, values in
+                                                                     rows.items()})
+                progress.update(len(batch) - skip)
     return out
 
 

@@ -7,18 +7,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lisa_probe.data import SPLITS
-from lisa_probe.data.options import PROMPT_MODES, DataOptions, names_list
-from lisa_probe.options import SEED_MAX, check_choice, check_number, option
+from lisa_probe.data.options import PROMPT_MODES, DataOptions
+from lisa_probe.options import SEED_MAX, check_choice, check_number, number_list, option
 
 
 def parse_scales(text: str) -> tuple[float, ...]:
     """``"1"`` or ``"0.5,1,1.5"`` -> the conditioning scales, each a finite number >= 0 (ValueError naming the text)."""
-    try:
-        scales = tuple(float(part) for part in names_list(text))
-    except ValueError:
-        scales = ()
-    if not scales or any(not 0 <= scale < float("inf") for scale in scales):
-        raise ValueError(f"--conditioning-scale {text!r}: expected finite numbers >= 0, e.g. '1' or '0.5,1,1.5'")
+    example = "finite numbers >= 0: '1' or '0.5,1,1.5'"
+    scales = number_list(text, float, "--conditioning-scale", example)
+    if any(not 0 <= scale < float("inf") for scale in scales):
+        raise ValueError(f"--conditioning-scale {text!r}: expected numbers, e.g. {example}")
     return scales
 
 

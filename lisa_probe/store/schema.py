@@ -11,6 +11,8 @@ meta/prompt            str            optional ``()``: the prompt the row's text
 meta/t                 float32        ``()`` timestep value as fed to the model
 meta/noise_level       float32        ``()`` sigma of the noise draw
 meta/draw              int32          ``()`` index of the noise draw
+meta/step              int64          optional ``()``: the training step of the checkpoint the row was extracted from
+                                            (``extract --checkpoints``: one block of rows per checkpoint)
 meta/factors/<name>    float32|int64  ``()``; attrs ``kind`` ("categorical"|"continuous"), ``carried`` (bool),
                                             ``period`` (float, circular continuous factors only: the value at
                                             which it wraps to 0, e.g. 1.0 for rotation and hue), ``levels``
@@ -52,12 +54,12 @@ REQUIRED_ATTRS = ("config", "checkpoint", "checkpoint_hash", "code_version", "pa
 JSON_ATTRS = ("config", "extract_args", "inputs")  # "inputs": how a row's model inputs are made (optional)
 SHARD_ATTRS = ("shard_rank", "shard_world_size")
 BOOKKEEPING_ATTRS = ("schema_version", "n_rows", "rows_done", "complete", "layout", *SHARD_ATTRS)
-META_COLUMNS = ("sample_id", "t", "noise_level", "draw", "prompt")
+META_COLUMNS = ("sample_id", "t", "noise_level", "draw", "prompt", "step")
 STRING_META = ("meta/sample_id", "meta/prompt")
 REQUIRED_FIELDS = ("meta/sample_id", "meta/t", "meta/noise_level", "meta/draw", "scores/target", "scores/main",
                    "scores/full")
 STRING = "str"
-_FIXED = {"meta/t": "float32", "meta/noise_level": "float32", "meta/draw": "int32", "scores/target": "float32",
+_FIXED = {"meta/t": "float32", "meta/noise_level": "float32", "meta/draw": "int32", "meta/step": "int64", "scores/target": "float32",
           "scores/main": "float32", "scores/full": "float32", "scores/decoded": "float32"}
 _GROUP_DTYPES = {"meta/factors": ("float32", "int64"), "features": ("float16", "float32"),
                  "residuals": ("float16", "float32"), "decompose": ("float32",)}
@@ -178,6 +180,7 @@ def make_layout(
     feature_dtype: str = "float16",
     sample_id_dtype: Any = STRING,
     prompts: bool = False,
+    steps: bool = False,
 ) -> dict[str, Field]:
     """Build a full schema layout.
 
@@ -185,12 +188,14 @@ def make_layout(
     ``factors``: ``{name: {"kind": "categorical"|"continuous", "carried": bool[, "period": float][, "levels":
     [str]]}}`` (categorical -> int64, continuous -> float32; ``period`` for a circular continuous factor; ``levels``:
     a categorical factor's class names); ``residual_shapes`` adds ``residuals/<site>``; ``decoded`` adds ``scores/decoded``;
-    ``decompose_sites`` adds ``decompose/<site>``; ``prompts`` adds ``meta/prompt``.
+    ``decompose_sites`` adds ``decompose/<site>``; ``prompts`` adds ``meta/prompt``; ``steps`` adds ``meta/step``.
     """
     layout = {"meta/sample_id": Field((), dtype_name(sample_id_dtype)), "meta/t": Field((), "float32"),
               "meta/noise_level": Field((), "float32"), "meta/draw": Field((), "int32")}
     if prompts:
         layout["meta/prompt"] = Field((), STRING)
+    if steps:
+        layout["meta/step"] = Field((), "int64")
     for name, spec in factors.items():
         dtype = "int64" if spec["kind"] == "categorical" else "float32"
         attrs = {"kind": spec["kind"], "carried": bool(spec["carried"])}

@@ -3,6 +3,7 @@ interrupted (in-process and SIGKILL) extractions resumed, two processes merged, 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import selectors
@@ -651,6 +652,58 @@ def test_a_foreign_controlnet_gets_a_lisa_decoder(nets, lisa_run, tmp_path, caps
         main(["--ckpt", str(lisa_run), "--out", str(tmp_path / "x.h5"), "--decoder", str(lisa_run)])
     assert stop.value.code == 2 and f"--decoder {lisa_run} applies to --controlnet" in capsys.readouterr().err
     assert not any((tmp_path / name).exists() for name in ("dit.h5", "32.h5", "none.h5", "x.h5"))
+
+
+@pytest.fixture(scope="module")
+def run_with_checkpoints(nets, tmp_path_factory) -> Path:
+    """A four-step LISA run keeping its checkpoints at steps 2 and 4."""
+    return train(TrainConfig(main=nets["unet"][0], out_dir=str(tmp_path_factory.mktemp("ckpt-runs")), steps=4,
+                             batch_size=4, eval_samples=0, checkpoint_every=2, keep_checkpoints=0))
+
+
+def test_checkpoints_land_in_one_store_block_by_block(run_with_checkpoints, tmp_path, monkeypatch):
+    """--checkpoints all: a block per checkpoint equal to extracting that checkpoint alone (same rows and noise),
+    meta/step naming it; an interrupted extraction resumes inside the second block to the same store; the analysis
+    reads the last block."""
+    common = {"samples": 4, "timesteps": "2", "batch_size": 3}
+    run = run_with_checkpoints
+    whole = FeatureStore(extract(ExtractConfig(out=str(tmp_path / "all.h5"), ckpt=str(run), checkpoints="all",
+                                               **common)))
+    assert whole.n_rows == 2 * 8 and list(np.unique(whole.read("meta/step"))) == [2, 4]
+    assert [item["step"] for item in json.loads(whole.attrs["checkpoints"])] == [2, 4]
+    for index, step in enumerate((2, 4)):
+        alone = FeatureStore(extract(ExtractConfig(out=str(tmp_path / f"{step}.h5"), ckpt=str(run / f"checkpoint-{step}"),
+                                                   **common)))
+        block = slice(index * 8, (index + 1) * 8)
+        for name in ("scores/full", "scores/decoded", "features/mid", "meta/t"):
+            np.testing.assert_array_equal(whole.read(name, block), alone.read(name), err_msg=f"{name} @ {step}")
+    original, calls = Extractor.rows, []
+
+    def spy_rows(self, rows, lisa_site):
+        calls.append(rows)
+        if len(calls) == 4 and fail:  # the first batch of the second block
+            raise Interrupted
+        return original(self, rows, lisa_site)
+
+    monkeypatch.setattr(Extractor, "rows", spy_rows)
+    fail, out = True, tmp_path / "resumed.h5"
+    with pytest.raises(Interrupted):
+        extract(ExtractConfig(out=str(out), ckpt=str(run), checkpoints="all", **common))
+    fail = False
+    extract(ExtractConfig(out=str(out), ckpt=str(run), checkpoints="all", resume=True, **common))
+    assert_stores_equal(out, tmp_path / "all.h5")
+    analysed = open_run(tmp_path / "all.h5", "all", AnalyzeOptions(n_splits=3))
+    assert analysed.stream_rows.tolist() == list(range(8, 16)) and "analysed at the last (step 4)" in analysed.notes[0]
+
+
+def test_checkpoints_that_are_not_there_are_named(run_with_checkpoints, nets, tmp_path):
+    with pytest.raises(ValueError, match="no checkpoint-3 in .*; its checkpoints: 2, 4"):
+        extract(ExtractConfig(out=str(tmp_path / "x.h5"), ckpt=str(run_with_checkpoints), checkpoints="2,3"))
+    with pytest.raises(ValueError, match="--checkpoints all applies to --ckpt"):
+        config_for(nets, "unet", tmp_path / "y.h5", checkpoints="all")
+    with pytest.raises(ValueError, match="'all' or steps such as"):
+        ExtractConfig(out=str(tmp_path / "z.h5"), ckpt=str(run_with_checkpoints), checkpoints="last")
+    assert not list(tmp_path.iterdir())
 
 
 def test_factor_periods_reach_the_store_and_the_analysis(stores):

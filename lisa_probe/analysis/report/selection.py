@@ -161,8 +161,11 @@ def open_run(path: str | Path, label: str, options: AnalyzeOptions) -> Run:
     if options.embedding_site not in (None, *sites):
         raise ValueError(f"--embedding-site {options.embedding_site!r} is not among the analysed sites of {path}: "
                          f"{', '.join(sites)}")
-    stream_rows = None if options.max_rows is None else \
-        select_rows(store.read("meta/sample_id"), options.max_rows, options.n_splits, options.seed)
+    candidates = last_checkpoint_rows(store)
+    sample_ids = store.read("meta/sample_id", candidates)
+    stream_rows = candidates if options.max_rows is None else \
+        (np.arange(len(sample_ids)) if candidates is None else candidates)[
+            select_rows(sample_ids, options.max_rows, options.n_splits, options.seed)]
     scan = scan_rows(store, stream_rows, options.summary_rows, options.seed)
     if scan.n_samples < options.n_splits:
         raise ValueError(f"{path} holds {scan.n_samples} sample(s); the analysis cross-validates over samples and "
@@ -178,7 +181,19 @@ def open_run(path: str | Path, label: str, options: AnalyzeOptions) -> Run:
               scan.n_samples)
     run.meta = meta.assign(t_bin=run.t_bins_of(meta["t"].to_numpy()),
                            fold=fold_ids(meta["sample_id"].to_numpy(), options.n_splits))
+    if candidates is not None:
+        run.notes.append(f"{Path(path).name} holds the rows of several checkpoints: analysed at the last (step "
+                         f"{int(store.read('meta/step', candidates[:1])[0])}); python -m lisa_probe.over_training "
+                         "draws them over training")
     return run
+
+
+def last_checkpoint_rows(store: FeatureStore) -> np.ndarray | None:
+    """The rows of the last checkpoint of a store extracted from several (``meta/step``), else None (all rows)."""
+    if "meta/step" not in store.layout:
+        return None
+    steps = store.read("meta/step")
+    return np.flatnonzero(steps == steps.max())
 
 
 def run_labels(stores: Sequence[str], labels: str | None, random_reference: str | None) -> list[tuple[str, str]]:
