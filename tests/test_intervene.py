@@ -71,3 +71,23 @@ def test_bad_input_is_one_line_and_makes_nothing(lisa_run, tmp_path, capsys, arg
     err = capsys.readouterr().err
     assert stop.value.code == 2 and re.search(message, err), err
     assert sorted(tmp_path.rglob("*")) == before
+
+
+@pytest.mark.parametrize("pipeline", ["sd_pipeline", "sdxl_pipeline", "sd3_pipeline"])
+def test_every_analysis_on_a_foreign_controlnet_of_each_pipeline_family(pipeline, request, captioned_data, tmp_path):
+    """Maps on the latent grid, interventions, patching with other samples and steering (no factors a measure reads:
+    the random direction alone) for a ControlNet lisa_probe did not train on a tiny SD / SDXL / SD3 pipeline."""
+    from tests.generation.test_comparison import perturbed_controlnet
+
+    pipeline = request.getfixturevalue(pipeline)
+    theirs = perturbed_controlnet(pipeline, tmp_path / "theirs")
+    out = tmp_path / "causal"
+    assert main([str(theirs), "--main", str(pipeline), "--dataset", "captioned", "--data-root", str(captioned_data),
+                 "--condition", "canny", "--split", "train", "--resolution", "32", "--samples", "2", "--steps", "2",
+                 "--windows", "2", "--map-timesteps", "1", "--map-figures", "1", "--probe-samples", "4",
+                 "--steer-alphas=1", "--analyses", "maps,interventions,patching,steering", "--out", str(out)]) == 0
+    maps = pd.read_csv(out / "maps.csv")
+    assert {"add_one_in", "full", "oracle", "support"} <= set(maps["method"]) and "decoder" not in set(maps["method"])
+    assert set(pd.read_csv(out / "steering.csv")["direction"]) == {"random"}
+    sites = maps.loc[maps["method"] == "add_one_in", "site"].nunique()
+    assert len(pd.read_csv(out / "patching.csv")) == (sites + 1) * 3  # each site and all, three measures

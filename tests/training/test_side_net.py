@@ -275,7 +275,7 @@ def test_two_processes_pretrain_then_train_a_dit_and_stop_together_on_nan(tmp_pa
 @pytest.mark.parametrize("argv,message", [
     (["--main", "{tmp}/missing"], "missing is not a diffusers main-net directory"),
     (["--lisa-site", "down.99"], "unknown site 'down.99'; valid sites"),
-    (["--steps", "two"], "argument --steps: invalid int value: 'two'"),
+    (["--steps", "two"], "argument --steps/--max_train_steps: invalid int value: 'two'"),
     (["--lisa-schedule", "sometimes"], "invalid choice: 'sometimes'"),
     (["--max-grad-norm", "-1"], "--max-grad-norm must be a finite number in (0, inf], got -1.0"),
     (["--lisa-weight", "nan"], "--lisa-weight must be a finite number in [0, inf], got nan"),
