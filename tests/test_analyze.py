@@ -152,3 +152,26 @@ def test_a_foreign_controlnets_store_and_a_factorless_captioned_store_are_analys
     assert "model-based decomposition skipped: the store is of a side net extracted with --controlnet" in report
     assert "no (varying) generating factors" in report
     assert set(tables["decomposition"]["source"]) == {"store"}
+
+
+@pytest.mark.slow
+def test_causal_analyses_of_a_run_and_a_foreign_controlnet(stores, foreign_stores, tmp_path):
+    """--causal draws each store's side net anew (a lisa_probe run, and a ControlNet with its main net from the
+    store's config): the tables as causal_<name>.csv with each run, the report's section with its figures."""
+    out = tmp_path / "report"
+    main([str(stores["lisa"]), str(foreign_stores["shapes"]), "--out", str(out), "--sites", "mid", "--t-bins", "1",
+          "--no-umap", "--dci-importance", "lasso", "--jobs", "1", "--causal", "maps,interventions,patching",
+          "--causal-samples", "2", "--causal-steps", "2"])
+    interventions = pd.read_csv(out / "causal_interventions.csv")
+    assert set(interventions["run"]) == {"lisa", "theirs-shapes"} and "full" in set(interventions["intervention"])
+    assert set(pd.read_csv(out / "causal_maps_summary.csv")["run"]) == {"lisa", "theirs-shapes"}
+    assert (out / "causal_patching.csv").exists()
+    report = (out / "report.md").read_text()
+    assert "## Causal analyses" in report and "### theirs-shapes" in report
+    assert "(figures/lisa_interventions.png)" in report and (out / "figures" / "lisa_interventions.png").exists()
+
+
+def test_an_unknown_causal_analysis_is_refused(synthetic, tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main([str(synthetic), "--out", str(tmp_path / "r"), "--causal", "maps,nope"])
+    assert stop.value.code == 2 and "--causal 'maps,nope': choose from maps, interventions" in capsys.readouterr().err

@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from lisa_probe.causal.config import ANALYSES
+from lisa_probe.data.options import names_list
 from lisa_probe.options import SEED_MAX, check_number, option
 
 IMPORTANCES = ("gbt", "lasso")  # DCI's importance models (analysis.disentanglement.IMPORTANCE_MODELS)
@@ -49,6 +51,12 @@ class AnalyzeOptions:
     ig_steps: int = field(default=32, metadata=option("integrated-gradients steps of the model-based decomposition"))
     shapley_samples: int = field(default=25, metadata=option("Shapley-sampling permutations of the model-based "
                                                              "decomposition"))
+    causal: str = field(default="", metadata=option(
+        "comma-separated causal analyses of each store's side net, drawn anew from its run or ControlNet: maps, "
+        "interventions, patching, steering (python -m lisa_probe.intervene; each prints its time estimate; default: "
+        "none)"))
+    causal_samples: int = field(default=8, metadata=option("conditions the causal analyses sample"))
+    causal_steps: int = field(default=20, metadata=option("sampler steps of the causal analyses"))
     dci_importance: str = field(default="gbt", metadata=option("DCI importance model", choices=IMPORTANCES))
     pca_components: int = field(default=10, metadata=option("PCA components before DCI/MIG/SAP"))
     n_splits: int = field(default=5, metadata=option("cross-validation folds"))
@@ -62,11 +70,15 @@ class AnalyzeOptions:
 
     def __post_init__(self) -> None:
         for name, low in (("max_rows", 1), ("summary_rows", 1), ("t_bins", 1), ("attribution_samples", 0), ("ig_steps", 1),
+                          ("causal_samples", 1), ("causal_steps", 1),
                           ("shapley_samples", 1), ("pca_components", 1), ("n_splits", 2), ("chunk_rows", 1),
                           ("jobs", 1)):
             value = getattr(self, name)
             if value is not None and value < low:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= {low}, got {value}")
         check_number("seed", self.seed, 0, SEED_MAX)
+        unknown = [name for name in names_list(self.causal) if name not in ANALYSES]
+        if unknown:
+            raise ValueError(f"--causal {self.causal!r}: choose from {', '.join(ANALYSES)}")
         if self.dci_importance not in IMPORTANCES:
             raise ValueError(f"--dci-importance must be one of {', '.join(IMPORTANCES)}, got {self.dci_importance!r}")

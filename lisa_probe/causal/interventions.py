@@ -90,13 +90,15 @@ def standard_interventions(sites: Sequence[str], windows: Sequence[tuple[float, 
 
 
 def intervention_table(model: DualBranch, drawing: Drawing, interventions: Sequence[Intervention], kind: str,
-                       metrics: Sequence[str], silhouettes: np.ndarray | None = None, progress=None) -> pd.DataFrame:
+                       metrics: Sequence[str], full_images: torch.Tensor, silhouettes: np.ndarray | None = None,
+                       progress=None) -> pd.DataFrame:
     """Long table ``[intervention, sites, inside, outside, window_low, window_high, metric, value, effect, half,
     n]``: per intervention and control ``metric``, the mean fidelity across samples (``value``), the mean paired
     difference from the full model on the same noise (``effect``) and its 95 % t-interval half-width (``half``);
-    a first row per metric for the full model itself (intervention ``full``, effect 0)."""
+    a first row per metric for the full model itself (intervention ``full``, effect 0; ``full_images``: its images
+    from the same noise, ``drawing.images(model, lambda t: None)``)."""
     cond = drawing.cond
-    full = fidelity_per_sample(drawing.images(model, lambda t: None, progress), cond, kind, silhouettes=silhouettes)
+    full = fidelity_per_sample(full_images, cond, kind, silhouettes=silhouettes)
     rows = [{"intervention": "full", "sites": "", "inside": 1.0, "outside": 1.0, "window_low": np.nan,
              "window_high": np.nan, "metric": metric, "value": float(np.nanmean(full[metric])), "effect": 0.0,
              "half": 0.0, "n": len(cond)} for metric in metrics]

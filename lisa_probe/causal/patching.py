@@ -92,10 +92,11 @@ def moved_fraction(patched: np.ndarray, recipient: np.ndarray, donor: np.ndarray
 
 
 def patch_table(model: DualBranch, drawing: Drawing, donor_cond: torch.Tensor, sites: Sequence[str],
-                progress=None) -> pd.DataFrame:
+                full_images: torch.Tensor, progress=None) -> pd.DataFrame:
     """Long table ``[patched, measure, value, half, n]``: per site (and ``all``) the mean fraction each measure
-    moved toward the donor's, with its 95 % t-interval over the samples whose ends differ (``moved_fraction``)."""
-    recipient = measure_images(drawing.images(model, lambda t: None, progress))
+    moved toward the donor's, with its 95 % t-interval over the samples whose ends differ (``moved_fraction``);
+    ``full_images``: the full model's images from the same noise (the recipients' end)."""
+    recipient = measure_images(full_images)
     donor = measure_images(patched_images(model, drawing, donor_cond, model.site_names, progress))
     rows = []
     for label, group in [(site, [site]) for site in sites] + [("all", list(model.site_names))]:
@@ -175,10 +176,11 @@ def steered(model: DualBranch, site: str, vector: torch.Tensor):
 
 
 def steer_table(model: DualBranch, drawing: Drawing, directions: dict, alphas: Sequence[float],
-                progress=None) -> pd.DataFrame:
+                full_images: torch.Tensor, progress=None) -> pd.DataFrame:
     """Long table ``[site, direction, alpha, measure, value, half, n]``: the mean change of each measure from the
-    full model (α = 0) when ``α · σ · w`` is added at the site, with its 95 % t-interval over the samples."""
-    base = measure_images(drawing.images(model, lambda t: None, progress))
+    full model's images ``full_images`` (α = 0) when ``α · σ · w`` is added at the site, with its 95 % t-interval
+    over the samples."""
+    base = measure_images(full_images)
     rows = []
     for site, by_direction in directions.items():
         for name, (unit, spread) in by_direction.items():

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
+import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -31,11 +33,11 @@ from lisa_probe.causal.patching import (
 from lisa_probe.data.condition_kinds import condition_kind
 from lisa_probe.diffusion.sampling import row_noise
 from lisa_probe.evaluation.grids import to_uint8
-from lisa_probe.extraction.extractor import load_decoder
 from lisa_probe.files import replace_dir
 from lisa_probe.generation.setup import Setup, prepare
 from lisa_probe.provenance import code_version, file_digest
 from lisa_probe.rundir import DECODER_DIR, stored_path
+from lisa_probe.training.loading import load_decoder
 
 RECORD_FILE = "intervene.json"
 
@@ -59,9 +61,10 @@ def source_decoder(setup: Setup, config: InterveneConfig):
     return load_decoder(path, model).to(setup.drawing.device).eval()
 
 
-def map_rows(setup: Setup, config: InterveneConfig, sites: list[str], decoder, out: Path) -> pd.DataFrame:
+def map_rows(setup: Setup, config: InterveneConfig, sites: list[str], decoder, figures: Path,
+             prefix: str = "") -> pd.DataFrame:
     """Site maps of every sample at ``config.map_timesteps`` timesteps (noise ``row_noise(seed, sample)``), their
-    support fractions as a long table, and the first ``config.map_figures`` samples' maps drawn to ``out``."""
+    support fractions as a long table, and the first ``config.map_figures`` samples' maps drawn to ``figures``."""
     model, batch, device = setup.models[0], setup.batch, setup.drawing.device
     images = batch["image"]
     x0 = model.encode_images(images.to(device))
@@ -80,7 +83,7 @@ def map_rows(setup: Setup, config: InterveneConfig, sites: list[str], decoder, o
         for index in range(min(config.map_figures, len(x0))):
             figure = plot_site_maps(maps, index, to_uint8(images[index:index + 1])[0], batch["cond"][index].numpy(),
                                     sites, float(t))
-            save_figure(figure, out / "figures" / f"maps-sample{index}-t{float(t):.0f}.png")
+            save_figure(figure, figures / f"{prefix}maps-sample{index}-t{float(t):.0f}.png")
     return pd.concat(tables, ignore_index=True)
 
 
@@ -100,14 +103,26 @@ def probe_rows(setup: Setup, config: InterveneConfig, sites: list[str]) -> tuple
     return probe_directions(features, factors, np.arange(count), config.seed)
 
 
-def intervene(source: str, config: InterveneConfig, command: str, progress: bool = True) -> tuple[Path, list[str]]:
-    """The analyses ``config.analyses`` of ``source`` (a run, a checkpoint or a ControlNet with ``--main``) written
-    to ``config.out``: ``maps.csv`` (per sample) and ``maps_summary.csv`` (mean and 95 % t-interval across samples),
-    ``interventions.csv``, ``patching.csv``, ``probes.csv`` and ``steering.csv``, ``figures/`` and
-    ``intervene.json``. Returns the directory and summary lines."""
-    out = Path(config.out)
+def passes(config: InterveneConfig, sites: list[str], directions: dict | None) -> int:
+    """Sampling passes of the chosen analyses (each draws every sample once): the full model, the interventions,
+    patches and steers."""
     chosen = config.analysis_names
-    setup = prepare([source], None, config, progress)
+    count = 1
+    if "interventions" in chosen:
+        count += (len(sites) + 1) * (config.windows + 1) + config.windows
+    if "patching" in chosen:
+        count += len(sites) + 2
+    if directions is not None:
+        count += sum(len(by_site) for by_site in directions.values()) * len(config.alphas)
+    return count
+
+
+def run_analyses(setup: Setup, config: InterveneConfig, figures: Path, label: str = "",
+                 progress: bool = True) -> tuple[dict[str, pd.DataFrame], list[str], dict]:
+    """Compute ``config.analyses`` of the setup's one source: ``({table name: long table}, summary lines, what the
+    record keeps)``; figures are saved in ``figures`` (names prefixed by ``label``). The full model is drawn once and
+    timed; the remaining passes are estimated from it before they run."""
+    chosen = config.analysis_names
     model = setup.models[0]
     sites = chosen_sites(config.sites, model)
     decoder = source_decoder(setup, config)
@@ -121,50 +136,59 @@ def intervene(source: str, config: InterveneConfig, command: str, progress: bool
     if "patching" in chosen:
         donors = (one_factor_donors(setup.dataset, setup.batch["factors"], config.patch_factor)
                   if config.patch_factor else setup.batch["cond"][donor_index(len(setup.batch["cond"]))])
+    directions, tables, lines = None, {}, []
+    if "steering" in chosen:
+        directions, tables["probes"] = probe_rows(setup, config, sites)
+    prefix = f"{label}_" if label else ""
+    if "maps" in chosen:
+        tables["maps"] = map_rows(setup, config, sites, decoder, figures, prefix)
+        tables["maps_summary"] = summarise(tables["maps"])
+        lines += map_lines(tables["maps_summary"])
+    started = time.perf_counter()
+    full = setup.drawing.images(model, lambda t: None)
+    seconds = time.perf_counter() - started
+    remaining = passes(config, sites, directions) - 1
+    print(f"{label or setup.sources[0].label}: one sampling pass takes {seconds:.1f} s; {remaining} more to go, "
+          f"about {remaining * seconds / 60:.1f} min", file=sys.stderr)
+    with tqdm(total=remaining * len(setup.drawing.batches()), desc="sampling passes", unit="batch",
+              disable=not progress) as bar:
+        if "interventions" in chosen:
+            table = intervention_table(model, setup.drawing, standard_interventions(sites, windows), kind, [metric],
+                                       full, setup.silhouettes(), bar)
+            tables["interventions"] = table
+            save_figure(plot_intervention_effects(table, metric), figures / f"{prefix}interventions.png")
+            lines = intervention_lines(table, metric) + lines
+        if "patching" in chosen:
+            tables["patching"] = patch_table(model, setup.drawing, donors, sites, full, bar)
+            lines += [f"patching {row.patched}: {row.measure} moved {row.value:.2f} ± {row.half:.2f} of the way to "
+                      f"the donor's (n {row.n})" for row in tables["patching"].itertuples() if row.n >= 2]
+        if directions is not None:
+            tables["steering"] = steer_table(model, setup.drawing, directions, config.alphas, full, bar)
+    record = {"sites": sites, "windows": windows, "condition": kind, "metric": metric, "decoder": decoder is not None,
+              "sample_ids": list(setup.batch["id"]), "prompts": setup.captions, "noise": setup.noise_recipe,
+              "map_noise": f"row_noise(shape, seed={config.seed}, rows=sample index)",
+              "donors": (f"each sample's scene with {config.patch_factor!r} from sample (i + N // 2) mod N"
+                         if config.patch_factor else "the condition of sample (i + N // 2) mod N")}
+    return tables, lines, record
+
+
+def intervene(source: str, config: InterveneConfig, command: str, progress: bool = True) -> tuple[Path, list[str]]:
+    """The analyses ``config.analyses`` of ``source`` (a run, a checkpoint or a ControlNet with ``--main``) written
+    to ``config.out``: ``maps.csv`` (per sample) and ``maps_summary.csv`` (mean and 95 % t-interval across samples),
+    ``interventions.csv``, ``patching.csv``, ``probes.csv`` and ``steering.csv``, ``figures/`` and
+    ``intervene.json``, published whole. Returns the directory and summary lines."""
+    out = Path(config.out)
+    setup = prepare([source], None, config, progress)
     staging = out.parent / f".{out.name}.{os.getpid()}.tmp"
     shutil.rmtree(staging, ignore_errors=True)
     (staging / "figures").mkdir(parents=True)
-    lines = []
     try:
-        if "maps" in chosen:
-            maps = map_rows(setup, config, sites, decoder, staging)
-            maps.to_csv(staging / "maps.csv", index=False)
-            summary = summarise(maps)
-            summary.to_csv(staging / "maps_summary.csv", index=False)
-            lines += map_lines(summary)
-        if "interventions" in chosen:
-            interventions = standard_interventions(sites, windows)
-            total = (len(interventions) + 1) * len(setup.drawing.batches())
-            with tqdm(total=total, desc="interventions", unit="batch", disable=not progress) as bar:
-                table = intervention_table(model, setup.drawing, interventions, kind, [metric], setup.silhouettes(),
-                                           bar)
-            table.to_csv(staging / "interventions.csv", index=False)
-            save_figure(plot_intervention_effects(table, metric), staging / "figures" / "interventions.png")
-            lines = intervention_lines(table, metric) + lines
-        if "patching" in chosen:
-            with tqdm(total=(len(sites) + 2) * len(setup.drawing.batches()), desc="patching", unit="batch",
-                      disable=not progress) as bar:
-                patched = patch_table(model, setup.drawing, donors, sites, bar)
-            patched.to_csv(staging / "patching.csv", index=False)
-            lines += [f"patching {row.patched}: {row.measure} moved {row.value:.2f} ± {row.half:.2f} of the way to "
-                      f"the donor's (n {row.n})" for row in patched.itertuples() if row.n >= 2]
-        if "steering" in chosen:
-            directions, probes = probe_rows(setup, config, sites)
-            probes.to_csv(staging / "probes.csv", index=False)
-            passes = 1 + sum(len(by_site) for by_site in directions.values()) * len(config.alphas)
-            with tqdm(total=passes * len(setup.drawing.batches()), desc="steering", unit="batch",
-                      disable=not progress) as bar:
-                steering = steer_table(model, setup.drawing, directions, config.alphas, bar)
-            steering.to_csv(staging / "steering.csv", index=False)
+        tables, lines, record = run_analyses(setup, config, staging / "figures", progress=progress)
+        for name, table in tables.items():
+            table.to_csv(staging / f"{name}.csv", index=False)
         record = {"code_version": code_version(), "command": command, "config": asdict(config),
                   "source": {"label": setup.sources[0].label, "path": stored_path(setup.sources[0].path, out),
-                             "side_sha256": file_digest(setup.sources[0].side_dir)},
-                  "sites": sites, "windows": windows, "condition": kind, "metric": metric,
-                  "sample_ids": list(setup.batch["id"]), "prompts": setup.captions, "noise": setup.noise_recipe,
-                  "map_noise": f"row_noise(shape, seed={config.seed}, rows=sample index)",
-                  "donors": (f"each sample's scene with {config.patch_factor!r} from sample (i + N // 2) mod N"
-                             if config.patch_factor else "the condition of sample (i + N // 2) mod N"),
-                  "decoder": decoder is not None}
+                             "side_sha256": file_digest(setup.sources[0].side_dir)}, **record}
         (staging / RECORD_FILE).write_text(json.dumps(record, indent=2, sort_keys=True))
         if out.is_dir() and not any(out.iterdir()):
             out.rmdir()

@@ -32,17 +32,15 @@ from lisa_probe.diffusion.parameterization import FLOW_TIMESTEP_SCALE
 from lisa_probe.diffusion.sampling import ROW_NOISE_CONVENTION, row_noise
 from lisa_probe.extraction.config import ExtractConfig, ForeignRun
 from lisa_probe.models import DualBranch
-from lisa_probe.models.build import load_safetensors_module
 from lisa_probe.models.hooks import capture
 from lisa_probe.provenance import code_version, file_digest
-from lisa_probe.rundir import DECODER_DIR, PATH_FIELDS, SIDE_DIR, cache_dir, run_dir_of, stored_path
+from lisa_probe.rundir import PATH_FIELDS, SIDE_DIR, cache_dir, run_dir_of, stored_path
 from lisa_probe.store import FeatureStoreWriter, make_layout, merge_shards, shard_path, shard_range
 from lisa_probe.store.writer import check_finished_store
 from lisa_probe.text.prompts import PromptEmbeddings, prompt_embeddings, text_layout
 from lisa_probe.training.checkpoints import CHECKPOINT_PATTERN, list_checkpoints
 from lisa_probe.training.engine import process_state
-from lisa_probe.training.lisa import LisaDecoder
-from lisa_probe.training.loading import build_dual_branch, load_run
+from lisa_probe.training.loading import build_dual_branch, load_decoder, load_run
 
 
 def load_model(config: ExtractConfig):
@@ -64,31 +62,6 @@ def load_model(config: ExtractConfig):
         decoder = load_decoder(Path(config.decoder), model)
         foreign = replace(foreign, lisa_site=decoder.config.site)
     return model.eval(), decoder, dataset_kwargs, foreign, Path(config.controlnet)
-
-
-def load_decoder(path: Path, model: DualBranch) -> LisaDecoder:
-    """The LISA decoder saved at ``path`` (a ``lisa_decoder/`` directory, or a run or checkpoint directory holding
-    one), with its site set (its own ``config.json``'s, else the side net's default LISA site, as train's) and checked
-    against the model: the site's feature map and the prediction's shape. ValueError naming what does not fit."""
-    if not (path / "config.json").exists() and (path / DECODER_DIR / "config.json").exists():
-        path = path / DECODER_DIR
-    if not (path / "config.json").exists():
-        raise ValueError(f"--decoder {path} holds no LISA decoder (config.json and its safetensors, as a run's "
-                         f"{DECODER_DIR}/)")
-    decoder = load_safetensors_module(LisaDecoder, path)
-    site = decoder.config.site or model.default_lisa_site()
-    if site not in model.site_names:
-        raise ValueError(f"--decoder {path} decodes site {site!r}, which this side net does not have (its sites: "
-                         f"{', '.join(model.site_names)})")
-    feature_map = model.site(site).map_shape
-    score = (model.main.config.out_channels, model.main.config.sample_size)
-    found = (decoder.config.in_channels, decoder.config.in_size, decoder.config.out_channels, decoder.config.out_size)
-    wanted = (feature_map[0], feature_map[-1], *score)
-    if found != wanted:
-        raise ValueError(f"--decoder {path} decodes (channels, size) {found[:2]} -> {found[2:]}, but site {site} of "
-                         f"this side net gives {wanted[:2]} and the prediction is {wanted[2:]}")
-    decoder.register_to_config(site=site)
-    return decoder
 
 
 def parse_timesteps(text: str, model: DualBranch) -> torch.Tensor:

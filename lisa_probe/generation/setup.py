@@ -15,6 +15,7 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
+from accelerate import PartialState
 from torch.utils.data import default_collate
 from tqdm.auto import tqdm
 
@@ -28,7 +29,6 @@ from lisa_probe.models import DualBranch
 from lisa_probe.rundir import cache_dir
 from lisa_probe.seeds import derive_seed
 from lisa_probe.text.prompts import batch_context, prompt_embeddings
-from lisa_probe.training.engine import process_state
 from lisa_probe.training.loading import load_main_net
 
 GateSchedule = Callable[[float], "torch.Tensor | None"]  # a sampler step's timestep -> the site gates (S,)
@@ -126,7 +126,7 @@ def prepare(paths: list[str], labels: list[str] | None, config: DrawConfig, prog
     batch = default_collate([dataset[index] for index in range(config.samples)])
     prompts = (prompt_embeddings(setting, [dataset], cache_dir(Path(config.out).parent), progress=progress)
                if config.prompt == "caption" else None)
-    device = process_state().device
+    device = PartialState().device  # accelerate's: the GPU this process is given, else the CPU
     for model in models:
         model.to(device)
     main = net.main.config

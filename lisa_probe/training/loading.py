@@ -74,3 +74,28 @@ def load_run(checkpoint: Path):
     if config.lisa_site is None:  # a run from before train saved the site it resolved: the same default, once
         config = replace(config, lisa_site=model.default_lisa_site())
     return config, model.eval(), decoder, dataset_kwargs
+
+
+def load_decoder(path: Path, model: DualBranch) -> LisaDecoder:
+    """The LISA decoder saved at ``path`` (a ``lisa_decoder/`` directory, or a run or checkpoint directory holding
+    one), with its site set (its own ``config.json``'s, else the side net's default LISA site, as train's) and checked
+    against the model: the site's feature map and the prediction's shape. ValueError naming what does not fit."""
+    if not (path / "config.json").exists() and (path / DECODER_DIR / "config.json").exists():
+        path = path / DECODER_DIR
+    if not (path / "config.json").exists():
+        raise ValueError(f"--decoder {path} holds no LISA decoder (config.json and its safetensors, as a run's "
+                         f"{DECODER_DIR}/)")
+    decoder = load_safetensors_module(LisaDecoder, path)
+    site = decoder.config.site or model.default_lisa_site()
+    if site not in model.site_names:
+        raise ValueError(f"--decoder {path} decodes site {site!r}, which this side net does not have (its sites: "
+                         f"{', '.join(model.site_names)})")
+    feature_map = model.site(site).map_shape
+    score = (model.main.config.out_channels, model.main.config.sample_size)
+    found = (decoder.config.in_channels, decoder.config.in_size, decoder.config.out_channels, decoder.config.out_size)
+    wanted = (feature_map[0], feature_map[-1], *score)
+    if found != wanted:
+        raise ValueError(f"--decoder {path} decodes (channels, size) {found[:2]} -> {found[2:]}, but site {site} of "
+                         f"this side net gives {wanted[:2]} and the prediction is {wanted[2:]}")
+    decoder.register_to_config(site=site)
+    return decoder

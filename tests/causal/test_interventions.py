@@ -67,8 +67,10 @@ def test_windows_partition_the_steps_and_the_design(drawn):
 def test_effects_are_paired_differences_from_the_full_model(drawn):
     model, drawing = drawn
     everything = tuple(model.site_names)
-    table = intervention_table(model, drawing, [Intervention("all off", everything)], "mask", ["mask_iou", "edge_f1"])
-    full = fidelity_per_sample(drawing.images(model, lambda t: None), drawing.cond, "mask")
+    full_images = drawing.images(model, lambda t: None)
+    table = intervention_table(model, drawing, [Intervention("all off", everything)], "mask", ["mask_iou", "edge_f1"],
+                               full_images)
+    full = fidelity_per_sample(full_images, drawing.cond, "mask")
     off = fidelity_per_sample(drawing.images(model, None), drawing.cond, "mask")
     row = table[(table["intervention"] == "all off") & (table["metric"] == "mask_iou")].iloc[0]
     assert row["effect"] == pytest.approx(np.mean(off["mask_iou"] - full["mask_iou"]))

@@ -228,10 +228,36 @@ def write_report(out: Path, runs: Sequence[Run], tables: Mapping[str, pd.DataFra
         "## Training\n\nLast evaluation and `summary.json`:\n\n"
         + headline(training_summary(training), ["metric"], labels),
         _figure_lines(figures, "training"),
+        causal_section(runs),
     ]
     path = out / "report.md"
     path.write_text("\n\n".join(section for section in sections if section) + "\n")
     return path
+
+
+def causal_section(runs: Sequence[Run]) -> str:
+    """``--causal``: each run's summary lines and figures (``causal_*.csv`` hold the tables; how to read them:
+    docs/commands.md, "Where and when the side branch steers")."""
+    parts = []
+    for run in runs:
+        if run.causal:
+            figures = "\n\n".join(f"![{name}](figures/{name})" for name in run.causal["figures"])
+            parts.append(f"### {run.label}\n\n" + "\n".join(f"- {line}" for line in run.causal["lines"])
+                         + "\n\n" + figures)
+    if not parts:
+        return ""
+    return ("## Causal analyses\n\nDrawn anew from each side net on the store's data (`--causal`): where each site "
+            "acts (share of its map inside the condition, beside the condition's share of the area), the effect on "
+            "control of gating sites off in noise windows (paired with the full model on the same noise, 95 % "
+            "t-intervals over the samples), how far patched features move the generated shape, and steering. Tables: "
+            "`causal_<name>.csv`.\n\n" + "\n\n".join(parts))
+
+
+def causal_tables(runs: Sequence[Run]) -> dict[str, pd.DataFrame]:
+    """``{name: the runs' causal table of that name, concatenated}``."""
+    names = dict.fromkeys(name for run in runs if run.causal for name in run.causal["tables"])
+    return {name: pd.concat([run.causal["tables"][name] for run in runs if name in run.causal.get("tables", {})],
+                            ignore_index=True) for name in names}
 
 
 def prepare_out(out: Path, overwrite: bool) -> Path:
@@ -256,6 +282,8 @@ def publish_out(staging: Path, out: Path) -> None:
     shutil.rmtree(out / "figures", ignore_errors=True)
     for name in (*(f"{table}.csv" for table in TABLES), "report.md", "report.html"):
         (out / name).unlink(missing_ok=True)
+    for path in out.glob("causal_*.csv"):
+        path.unlink()
     for item in staging.iterdir():
         item.rename(out / item.name)
     staging.rmdir()
@@ -276,6 +304,8 @@ def analyze(runs: Sequence[Run], out: Path, options: AnalyzeOptions, command: st
         with times.stage("figures"):
             for name in TABLES:
                 tables[name].to_csv(out / f"{name}.csv", index=False)
+            for name, table in causal_tables(runs).items():
+                table.to_csv(out / f"causal_{name}.csv", index=False)
             alignment_figures(figures, tables["alignment"])
             if len(tables["probes"]):
                 disentanglement_figures(figures, tables["probes"], tables["disentanglement"])

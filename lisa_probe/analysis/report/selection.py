@@ -46,6 +46,7 @@ class Run:
     stream_rows: np.ndarray | None = None  # (N,) the analysed store rows (None: all of them)
     n_samples: int = 0  # samples among the analysed rows
     notes: list[str] = field(default_factory=list)
+    causal: dict = field(default_factory=dict)  # --causal: {"tables": {name: table}, "lines": [...], "figures": [...]}
 
     @property
     def n_stream_rows(self) -> int:

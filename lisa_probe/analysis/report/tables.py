@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 import threading
 from collections.abc import Mapping, Sequence
+from dataclasses import fields
 from functools import cache
 from itertools import product
 from pathlib import Path
@@ -36,9 +37,13 @@ from lisa_probe.analysis.report.selection import Run, arm_names, checkpoint_dirs
 from lisa_probe.analysis.report.streaming import CONTROLS, ESTIMATES, Streamed, stream_run
 from lisa_probe.analysis.report.timing import StageTimes
 from lisa_probe.analysis.tables import long_table
+from lisa_probe.causal.config import InterveneConfig
+from lisa_probe.causal.run import run_analyses
+from lisa_probe.data.options import DataOptions
+from lisa_probe.generation.setup import prepare
 from lisa_probe.models.dual_branch import middle_site
 from lisa_probe.provenance import file_digest
-from lisa_probe.rundir import EVAL_FILE, read_eval, read_summary
+from lisa_probe.rundir import EVAL_FILE, read_eval, read_summary, resolved_path
 from lisa_probe.training.loading import load_run
 
 TABLES = ("alignment", "probes", "carried_summary", "disentanglement", "embedding", "decomposition", "training")
@@ -212,6 +217,35 @@ def model_decomposition(run: Run, options: AnalyzeOptions) -> pd.DataFrame | Non
     return table.assign(example=run.rows[index][table["example"]])
 
 
+def causal_analyses(run: Run, options: AnalyzeOptions, figures_dir: Path) -> None:
+    """``--causal``: the chosen analyses of ``lisa_probe.causal`` for the store's side net, drawn anew from its run
+    (or, for a store of ``extract --controlnet``, the ControlNet and its main net) with the store's data options and
+    split, into ``run.causal`` (tables with a ``run`` column, summary lines, figure names); a note when the side net
+    or its data are not here."""
+    attrs, base = run.store.attrs, run.store.paths[0].parent
+    stored = attrs["config"]
+    data = {f.name: stored[f.name] for f in fields(DataOptions) if f.name in stored}
+    if data.get("data_root"):
+        data["data_root"] = str(resolved_path(data["data_root"], base))
+    side = side_net_dir(run)
+    foreign = bool(attrs["extract_args"].get("controlnet"))
+    source = side if foreign else side.parent
+    try:
+        config = InterveneConfig(out=str(figures_dir.parent), overwrite=True, analyses=options.causal,
+                                 main=str(resolved_path(stored["main"], base)) if foreign else None,
+                                 resolution=stored.get("resolution") if foreign else None,
+                                 split=attrs["extract_args"]["split"], samples=options.causal_samples,
+                                 steps=options.causal_steps, windows=min(4, options.causal_steps), seed=options.seed,
+                                 map_figures=1, **data)
+        setup = prepare([str(source)], [run.label], config)
+        tables, lines, _ = run_analyses(setup, config, figures_dir, label=run.label)
+    except (ValueError, OSError) as error:
+        run.notes.append(f"causal analyses skipped: {error}")
+        return
+    run.causal = {"tables": {name: table.assign(run=run.label) for name, table in tables.items()}, "lines": lines,
+                  "figures": sorted(path.name for path in figures_dir.glob(f"{run.label}_*.png"))}
+
+
 def training_table(run: Run) -> pd.DataFrame | None:
     """``eval.csv`` of the run directory as ``[run, step, metric, value]`` plus ``summary.json``'s
     ``convergence_step`` and ``seconds_per_step`` (``step`` empty); None, with a note, when there is no
@@ -251,6 +285,9 @@ def analyze_run(run: Run, options: AnalyzeOptions, figures: Figures,
         with times.stage("model_decomposition"):
             decomposition.append(model_decomposition(run, options))
     decomposition = [table for table in decomposition if table is not None]
+    if options.causal:
+        with times.stage("causal"):
+            causal_analyses(run, options, figures.out / "figures")
     return {"alignment": alignment, "probes": probes, "disentanglement": codes,
             "embedding": embedding, "training": training_table(run),
             "decomposition": pd.concat(decomposition, ignore_index=True) if decomposition else None}
