@@ -50,7 +50,8 @@ def test_patching_and_steering_of_a_run(lisa_run, tmp_path):
     probes = pd.read_csv(out / "probes.csv")
     assert set(probes["factor"]) == {"x", "y", "size"} and set(probes["site"]) == {"mid"}
     steering = pd.read_csv(out / "steering.csv")
-    assert set(steering["direction"]) == {"x", "y", "size", "random"} and len(steering) == 4 * 2 * 3
+    assert set(steering["direction"]) == {"x", "y", "size", "random"}  # the LISA site is not among --sites
+    assert set(steering["measure"]) == {"centroid_x", "centroid_y", "size", "edge_f1"} and len(steering) == 4 * 2 * 4
     record = json.loads((out / "intervene.json").read_text())
     assert "with 'x' from sample" in record["donors"] and not (out / "maps.csv").exists()
 
@@ -91,3 +92,14 @@ def test_every_analysis_on_a_foreign_controlnet_of_each_pipeline_family(pipeline
     assert set(pd.read_csv(out / "steering.csv")["direction"]) == {"random"}
     sites = maps.loc[maps["method"] == "add_one_in", "site"].nunique()
     assert len(pd.read_csv(out / "patching.csv")) == (sites + 1) * 3  # each site and all, three measures
+
+
+def test_steering_at_the_lisa_site_adds_the_decoders_directions(lisa_run, tmp_path):
+    from lisa_probe.training.loading import load_run
+
+    site = load_run(lisa_run)[0].lisa_site
+    out = tmp_path / "steer"
+    assert main([str(lisa_run), "--out", str(out), "--samples", "2", "--steps", "2", "--analyses", "steering",
+                 "--sites", site, "--probe-samples", "8", "--steer-alphas=1"]) == 0
+    directions = set(pd.read_csv(out / "steering.csv")["direction"])
+    assert {"decoder_read", "decoder_complement", "random"} <= directions

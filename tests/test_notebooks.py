@@ -70,7 +70,7 @@ def test_notebooks_by_name_and_a_run_that_goes_past_a_failing_one(tmp_path, caps
 
 def test_notebooks_found():
     assert [path.name for path in NOTEBOOKS] == ["01_quickstart.ipynb", "02_disentanglement.ipynb",
-                                                 "03_decomposition.ipynb"]
+                                                 "03_decomposition.ipynb", "04_causal.ipynb"]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda path: path.stem)
@@ -112,7 +112,8 @@ def test_notebook_runs_on_foreign_and_factorless_stores(path, foreign_stores, tm
     assert "building tiny demo runs" not in text and not (tmp_path / "notebook_work" / "runs").exists()
     expected = {"01_quickstart": "no run directory here, so no training curves",
                 "02_disentanglement": "no generating factors in common",
-                "03_decomposition": "the model-based decomposition needs one"}[path.stem]
+                "03_decomposition": "the model-based decomposition needs one",
+                "04_causal": "a ControlNet lisa_probe did not train"}[path.stem]
     assert expected in text
 
 

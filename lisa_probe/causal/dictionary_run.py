@@ -27,6 +27,11 @@ def plot_top_latents(maps: np.ndarray, estimate_norm: np.ndarray, table: pd.Data
     """For the ``top`` latents by alignment: their ``columns`` most active rows, each the latent's activation map
     (row 1 of the pair) above the estimate's norm ‖pred_full − pred_main‖ (row 2), titled by sample id and t."""
     ranked = table.dropna(subset=["alignment"]).sort_values("alignment", ascending=False).head(top)
+    if ranked.empty:
+        fig, ax = plt.subplots(figsize=(4, 1))
+        ax.text(0.5, 0.5, "no latent's activation varies: nothing to rank", ha="center", va="center")
+        ax.set_axis_off()
+        return fig
     fig, axes = plt.subplots(2 * len(ranked), columns, figsize=(1.5 * columns, 3.0 * len(ranked)), squeeze=False)
     for r, latent in enumerate(ranked["latent"]):
         strongest = np.argsort(maps[:, latent].reshape(len(maps), -1).max(axis=1))[::-1][:columns]

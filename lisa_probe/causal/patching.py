@@ -10,8 +10,9 @@
   model from the same noise, is averaged over the samples where the two ends differ by more than ``MIN_GAP``.
 * **Steering.** ``α · σ · w`` is added to a site's feature (the input of its zero module) at every position and
   step, ``w`` a unit direction in feature space: a linear probe's weights for a factor (``probe_directions``: ridge
-  on mean-pooled features, ``σ`` the per-position features' standard deviation along ``w``) or a random direction
-  (the negative control). The change of each measure from α = 0 (which is the full model exactly) is reported per α.
+  on mean-pooled features, ``σ`` the per-position features' standard deviation along ``w``), the direction the LISA
+  decoder reads most at its site or its complement (``decoder_directions``), or a random direction (the negative
+  control). The change of each measure and of control fidelity is reported. The change of each measure from α = 0 (which is the full model exactly) is reported per α.
 
 Both are reported beside the probes' cross-validated R² for the same site and factor (``probe_directions``), so
 that "a probe can read it" and "the model uses it" can be told apart.
@@ -30,7 +31,7 @@ from sklearn.linear_model import Ridge
 from lisa_probe.analysis.alignment import ridge_readout
 from lisa_probe.analysis.intervals import t_interval
 from lisa_probe.diffusion.sampling import row_noise
-from lisa_probe.evaluation.fidelity import foreground_mask
+from lisa_probe.evaluation.fidelity import fidelity_per_sample, foreground_mask
 from lisa_probe.generation.setup import Drawing
 from lisa_probe.models import DualBranch
 from lisa_probe.models.hooks import capture
@@ -132,6 +133,15 @@ def pool(feature: torch.Tensor) -> torch.Tensor:
     return feature.mean(dim=(2, 3)) if feature.ndim == 4 else feature.mean(dim=1)
 
 
+def decoder_directions(decoder) -> dict[str, np.ndarray]:
+    """The feature-space directions a LISA decoder reads most and least: the first and last right singular vectors
+    of its first layer's weights summed over the kernel (C_out, C) (``decoder_read``; ``decoder_complement``, in its
+    null space where C_out < C)."""
+    weights = decoder.trunk[0].weight.detach().double().sum(dim=(2, 3)).cpu().numpy()
+    _, _, vt = np.linalg.svd(weights, full_matrices=True)
+    return {"decoder_read": vt[0], "decoder_complement": vt[-1]}
+
+
 def probe_directions(features: dict[str, tuple[np.ndarray, np.ndarray]], factors: dict[str, np.ndarray],
                      groups: np.ndarray, seed: int = 0) -> tuple[dict, pd.DataFrame]:
     """Per site (``{site: (pooled (N, C), positions (M, C))}``) and factor, the unit direction of a ridge probe on
@@ -176,18 +186,26 @@ def steered(model: DualBranch, site: str, vector: torch.Tensor):
 
 
 def steer_table(model: DualBranch, drawing: Drawing, directions: dict, alphas: Sequence[float],
-                full_images: torch.Tensor, progress=None) -> pd.DataFrame:
+                full_images: torch.Tensor, progress=None, control: tuple | None = None) -> pd.DataFrame:
     """Long table ``[site, direction, alpha, measure, value, half, n]``: the mean change of each measure from the
     full model's images ``full_images`` (α = 0) when ``α · σ · w`` is added at the site, with its 95 % t-interval
-    over the samples."""
-    base = measure_images(full_images)
+    over the samples; with ``control`` = (condition kind, metric, silhouettes or None) also the change of that
+    control-fidelity metric (measure named after it)."""
+    def measured(images: torch.Tensor) -> dict[str, np.ndarray]:
+        values = measure_images(images)
+        if control is not None:
+            kind, metric, silhouettes = control
+            values[metric] = fidelity_per_sample(images, drawing.cond, kind, silhouettes=silhouettes)[metric]
+        return values
+
+    base = measured(full_images)
     rows = []
     for site, by_direction in directions.items():
         for name, (unit, spread) in by_direction.items():
             for alpha in alphas:
                 with steered(model, site, torch.from_numpy(alpha * spread * unit).float()):
-                    found = measure_images(drawing.images(model, lambda t: None, progress))
-                for measure in MEASURES:
+                    found = measured(drawing.images(model, lambda t: None, progress))
+                for measure in base:
                     mean, half, n = t_interval(found[measure] - base[measure])
                     rows.append({"site": site, "direction": name, "alpha": alpha, "measure": measure, "value": mean,
                                  "half": half, "n": n})

@@ -8,7 +8,7 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -23,23 +23,47 @@ from lisa_probe.causal.interventions import intervention_table, noise_windows, s
 from lisa_probe.causal.maps import condition_support, site_maps, summarise, support_table
 from lisa_probe.causal.patching import (
     FACTOR_MEASURES,
+    decoder_directions,
     donor_index,
     one_factor_donors,
     patch_table,
     probe_directions,
     site_features,
     steer_table,
+    unit_with_spread,
 )
 from lisa_probe.data.condition_kinds import condition_kind
+from lisa_probe.data.options import DataOptions
 from lisa_probe.diffusion.sampling import row_noise
 from lisa_probe.evaluation.grids import to_uint8
 from lisa_probe.files import replace_dir
 from lisa_probe.generation.setup import Setup, prepare
 from lisa_probe.provenance import code_version, file_digest
-from lisa_probe.rundir import DECODER_DIR, stored_path
+from lisa_probe.rundir import DECODER_DIR, resolved_path, stored_path
+from lisa_probe.store import FeatureStore
 from lisa_probe.training.loading import load_decoder
 
 RECORD_FILE = "intervene.json"
+
+
+def store_source(store_path: str | Path, **options) -> tuple[Path, InterveneConfig]:
+    """What a store's side net is drawn from again: its run (or ``checkpoint-N``) directory, or for a store of
+    ``extract --controlnet`` the ControlNet with the main net its config names, and the ``InterveneConfig`` of the
+    store's data options and split with ``options`` (``out``, ``samples``, ``analyses`` ...). Paths in the store
+    are relative to its directory."""
+    with FeatureStore(store_path) as store:
+        attrs = store.attrs
+    base = Path(store_path).parent
+    stored = attrs["config"]
+    data = {f.name: stored[f.name] for f in fields(DataOptions) if f.name in stored}
+    if data.get("data_root"):
+        data["data_root"] = str(resolved_path(data["data_root"], base))
+    side = resolved_path(attrs["checkpoint"], base)
+    foreign = bool(attrs["extract_args"].get("controlnet"))
+    config = InterveneConfig(main=str(resolved_path(stored["main"], base)) if foreign else None,
+                             resolution=stored.get("resolution") if foreign else None,
+                             split=attrs["extract_args"]["split"], **{**data, **options})
+    return (side if foreign else side.parent), config
 
 
 def chosen_sites(text: str, model) -> list[str]:
@@ -87,10 +111,10 @@ def map_rows(setup: Setup, config: InterveneConfig, sites: list[str], decoder, f
     return pd.concat(tables, ignore_index=True)
 
 
-def probe_rows(setup: Setup, config: InterveneConfig, sites: list[str]) -> tuple[dict, pd.DataFrame]:
+def probe_rows(setup: Setup, config: InterveneConfig, sites: list[str], decoder=None) -> tuple[dict, pd.DataFrame]:
     """Probe directions of the continuous factors a measure reads (``FACTOR_MEASURES``) and a random one per site,
     fitted on the mean-pooled features of the first ``--probe-samples`` samples of the split at mid noise (with
-    the null text context)."""
+    the null text context); with a LISA ``decoder``, also the directions it reads most and least at its site."""
     model, dataset = setup.models[0], setup.dataset
     count = min(config.probe_samples, len(dataset))
     items = [dataset[index] for index in range(count)]
@@ -100,7 +124,12 @@ def probe_rows(setup: Setup, config: InterveneConfig, sites: list[str]) -> tuple
     t = model.parameterization.evenly_spaced_timesteps(1)
     features = site_features(model, torch.stack([item["image"] for item in items]).to(device),
                                torch.stack([item["cond"] for item in items]).to(device), t, sites, config.seed)
-    return probe_directions(features, factors, np.arange(count), config.seed)
+    directions, probes = probe_directions(features, factors, np.arange(count), config.seed)
+    if decoder is not None and decoder.config.site in sites:
+        positions = features[decoder.config.site][1]
+        directions[decoder.config.site].update({name: unit_with_spread(direction, positions)
+                                                for name, direction in decoder_directions(decoder).items()})
+    return directions, probes
 
 
 def passes(config: InterveneConfig, sites: list[str], directions: dict | None) -> int:
@@ -138,7 +167,7 @@ def run_analyses(setup: Setup, config: InterveneConfig, figures: Path, label: st
                   if config.patch_factor else setup.batch["cond"][donor_index(len(setup.batch["cond"]))])
     directions, tables, lines = None, {}, []
     if "steering" in chosen:
-        directions, tables["probes"] = probe_rows(setup, config, sites)
+        directions, tables["probes"] = probe_rows(setup, config, sites, decoder)
     prefix = f"{label}_" if label else ""
     if "maps" in chosen:
         tables["maps"] = map_rows(setup, config, sites, decoder, figures, prefix)
@@ -163,7 +192,8 @@ def run_analyses(setup: Setup, config: InterveneConfig, figures: Path, label: st
             lines += [f"patching {row.patched}: {row.measure} moved {row.value:.2f} ± {row.half:.2f} of the way to "
                       f"the donor's (n {row.n})" for row in tables["patching"].itertuples() if row.n >= 2]
         if directions is not None:
-            tables["steering"] = steer_table(model, setup.drawing, directions, config.alphas, full, bar)
+            control = None if metric is None else (kind, metric, setup.silhouettes())
+            tables["steering"] = steer_table(model, setup.drawing, directions, config.alphas, full, bar, control)
     record = {"sites": sites, "windows": windows, "condition": kind, "metric": metric, "decoder": decoder is not None,
               "sample_ids": list(setup.batch["id"]), "prompts": setup.captions, "noise": setup.noise_recipe,
               "map_noise": f"row_noise(shape, seed={config.seed}, rows=sample index)",

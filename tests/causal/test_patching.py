@@ -12,6 +12,7 @@ from torch.utils.data import default_collate
 
 from lisa_probe.causal.patching import (
     RANDOM,
+    decoder_directions,
     donor_index,
     measure_images,
     moved_fraction,
@@ -96,3 +97,15 @@ def test_moved_fraction_and_probe_directions_on_known_answers():
     unit, spread = directions["s"]["f"]
     assert abs(unit @ w / np.linalg.norm(w)) > 0.99 and spread == pytest.approx((positions @ unit).std())
     assert probes.loc[0, "value"] > 0.99 and np.linalg.norm(directions["s"][RANDOM][0]) == pytest.approx(1)
+
+
+def test_the_decoders_directions_are_its_first_layers_most_and_least_read():
+    from lisa_probe.training.lisa import LisaDecoder
+
+    decoder = LisaDecoder(16, 4, 3, 16, min_channels=8)
+    torch.nn.init.normal_(decoder.trunk[0].weight, generator=torch.Generator().manual_seed(0))
+    weights = decoder.trunk[0].weight.detach().double().sum(dim=(2, 3)).numpy()  # (8, 16): a null space of 8
+    found = decoder_directions(decoder)
+    singular = np.linalg.svd(weights, compute_uv=False)
+    assert np.linalg.norm(weights @ found["decoder_read"]) == pytest.approx(singular[0])
+    assert np.linalg.norm(weights @ found["decoder_complement"]) == pytest.approx(0, abs=1e-9)

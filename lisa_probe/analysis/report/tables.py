@@ -6,7 +6,6 @@ from __future__ import annotations
 import sys
 import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import fields
 from functools import cache
 from itertools import product
 from pathlib import Path
@@ -37,13 +36,11 @@ from lisa_probe.analysis.report.selection import Run, arm_names, checkpoint_dirs
 from lisa_probe.analysis.report.streaming import CONTROLS, ESTIMATES, Streamed, stream_run
 from lisa_probe.analysis.report.timing import StageTimes
 from lisa_probe.analysis.tables import long_table
-from lisa_probe.causal.config import InterveneConfig
-from lisa_probe.causal.run import run_analyses
-from lisa_probe.data.options import DataOptions
+from lisa_probe.causal.run import run_analyses, store_source
 from lisa_probe.generation.setup import prepare
 from lisa_probe.models.dual_branch import middle_site
 from lisa_probe.provenance import file_digest
-from lisa_probe.rundir import EVAL_FILE, read_eval, read_summary, resolved_path
+from lisa_probe.rundir import EVAL_FILE, read_eval, read_summary
 from lisa_probe.training.loading import load_run
 
 TABLES = ("alignment", "probes", "carried_summary", "disentanglement", "embedding", "decomposition", "training")
@@ -220,23 +217,13 @@ def model_decomposition(run: Run, options: AnalyzeOptions) -> pd.DataFrame | Non
 def causal_analyses(run: Run, options: AnalyzeOptions, figures_dir: Path) -> None:
     """``--causal``: the chosen analyses of ``lisa_probe.causal`` for the store's side net, drawn anew from its run
     (or, for a store of ``extract --controlnet``, the ControlNet and its main net) with the store's data options and
-    split, into ``run.causal`` (tables with a ``run`` column, summary lines, figure names); a note when the side net
-    or its data are not here."""
-    attrs, base = run.store.attrs, run.store.paths[0].parent
-    stored = attrs["config"]
-    data = {f.name: stored[f.name] for f in fields(DataOptions) if f.name in stored}
-    if data.get("data_root"):
-        data["data_root"] = str(resolved_path(data["data_root"], base))
-    side = side_net_dir(run)
-    foreign = bool(attrs["extract_args"].get("controlnet"))
-    source = side if foreign else side.parent
+    split (``causal.run.store_source``), into ``run.causal`` (tables with a ``run`` column, summary lines, figure
+    names); a note when the side net or its data are not here."""
     try:
-        config = InterveneConfig(out=str(figures_dir.parent), overwrite=True, analyses=options.causal,
-                                 main=str(resolved_path(stored["main"], base)) if foreign else None,
-                                 resolution=stored.get("resolution") if foreign else None,
-                                 split=attrs["extract_args"]["split"], samples=options.causal_samples,
-                                 steps=options.causal_steps, windows=min(4, options.causal_steps), seed=options.seed,
-                                 map_figures=1, **data)
+        source, config = store_source(run.store.paths[0], out=str(figures_dir.parent), overwrite=True,
+                                      analyses=options.causal, samples=options.causal_samples,
+                                      steps=options.causal_steps, windows=min(4, options.causal_steps),
+                                      seed=options.seed, map_figures=1)
         setup = prepare([str(source)], [run.label], config)
         tables, lines, _ = run_analyses(setup, config, figures_dir, label=run.label)
     except (ValueError, OSError) as error:
