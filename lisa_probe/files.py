@@ -105,3 +105,23 @@ class OutputLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def local_model(value: str | None, option_name: str) -> str | None:
+    """``value`` as a local directory: itself when it exists, else, for a model id (``owner/name``), its snapshot in
+    the local Hugging Face cache (``huggingface_hub.snapshot_download(local_files_only=True)``: offline, never a
+    download; ``HF_HUB_CACHE`` / ``HF_HOME`` say where the cache is), as diffusers' ``from_pretrained`` finds it.
+    ValueError in one line, naming how to fetch it, for anything else; None stays None."""
+    if value is None or Path(value).exists():
+        return value
+    if value.count("/") == 1 and not value.startswith((".", "/", "~")):
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.errors import LocalEntryNotFoundError
+
+        try:
+            return snapshot_download(repo_id=value, local_files_only=True)
+        except LocalEntryNotFoundError:
+            pass
+        raise ValueError(f"{option_name} {value} is neither a directory here nor a model id in the local Hugging Face "
+                         f"cache; fetch it first (huggingface-cli download {value}), or give its directory")
+    raise ValueError(f"{option_name} {value}: no such directory")

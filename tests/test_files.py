@@ -69,3 +69,34 @@ def test_a_waiting_lock_gets_the_output_once_the_holder_is_done(tmp_path):
     holder.release()
     thread.join(timeout=10)
     assert order == ["holder done", "waiter"] and not list(tmp_path.iterdir())
+
+
+def cache_model(hub: Path, repo_id: str, source: Path) -> Path:
+    """``source`` laid out as the Hugging Face cache keeps a downloaded model: refs/main naming a snapshot."""
+    import shutil
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    folder = hub / f"models--{repo_id.replace('/', '--')}"
+    (folder / "refs").mkdir(parents=True)
+    (folder / "refs" / "main").write_text(commit)
+    shutil.copytree(source, folder / "snapshots" / commit)
+    return folder / "snapshots" / commit
+
+
+def test_a_model_id_in_the_local_cache_resolves_offline_and_an_uncached_one_is_one_line(tmp_path, monkeypatch):
+    from lisa_probe.files import local_model
+
+    (tmp_path / "model" / "unet").mkdir(parents=True)
+    (tmp_path / "model" / "unet" / "config.json").write_text("{}")
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))  # HF_HUB_CACHE, read at import
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    snapshot = cache_model(tmp_path / "hub", "me/tiny-sd", tmp_path / "model")
+    assert Path(local_model("me/tiny-sd", "--main")) == snapshot
+    assert local_model(str(tmp_path / "model"), "--main") == str(tmp_path / "model") and local_model(None, "x") is None
+    with pytest.raises(ValueError, match=r"--main me/other is neither a directory here nor a model id in the local "
+                                         r"Hugging Face cache; fetch it first \(huggingface-cli download me/other\)"):
+        local_model("me/other", "--main")
+    with pytest.raises(ValueError, match="--main runs/a/b: no such directory"):
+        local_model("runs/a/b", "--main")

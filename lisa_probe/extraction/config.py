@@ -8,6 +8,7 @@ from pathlib import Path
 
 from lisa_probe.data import SPLITS
 from lisa_probe.data.options import PROMPT_MODES, DataOptions
+from lisa_probe.files import local_model
 from lisa_probe.options import SEED_MAX, check_choice, check_number, number_list, option
 from lisa_probe.store.schema import COMPRESSIONS
 
@@ -59,6 +60,7 @@ class ExtractConfig(DataOptions):
             raise ValueError("give either --ckpt (a lisa_probe run) or --controlnet with --main (a diffusers side net)")
         if self.controlnet is not None and self.main is None:
             raise ValueError("--controlnet needs --main (the main-net directory it was trained for)")
+        self.main, self.controlnet = local_model(self.main, "--main"), local_model(self.controlnet, "--controlnet")
         if self.resolution is not None and self.ckpt is not None:
             raise ValueError(f"--resolution {self.resolution} applies to --controlnet; a --ckpt run extracts at the "
                              "resolution it was trained at")

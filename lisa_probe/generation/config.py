@@ -8,6 +8,7 @@ from pathlib import Path
 
 from lisa_probe.data import SPLITS
 from lisa_probe.data.options import PROMPT_MODES, DataOptions
+from lisa_probe.files import local_model
 from lisa_probe.options import SEED_MAX, check_choice, check_number, number_list, option
 
 
@@ -53,6 +54,7 @@ class DrawConfig(DataOptions):
         if self.resolution is not None and self.resolution < 1:
             raise ValueError(f"--resolution must be >= 1, got {self.resolution}")
         check_number("seed", self.seed, 0, SEED_MAX)
+        self.main = local_model(self.main, "--main")
         out = Path(self.out)
         if out.exists() and not out.is_dir():
             raise ValueError(f"--out {self.out} is a file; give a directory")

@@ -9,6 +9,7 @@ from typing import NamedTuple
 
 from lisa_probe.data.options import DataOptions
 from lisa_probe.extraction.config import ForeignRun
+from lisa_probe.files import local_model
 from lisa_probe.models import DualBranch
 from lisa_probe.rundir import SIDE_DIR, is_run, read_run_config, run_dir_of
 from lisa_probe.training.config import TrainConfig
@@ -54,7 +55,8 @@ def default_label(path: Path) -> str:
 
 def read_sources(paths: list[str], labels: list[str] | None) -> list[Source]:
     """The sources in the order given, labelled; ValueError for a label count that differs or repeated labels."""
-    paths = [Path(path) for path in paths]
+    paths = [Path(local_model(str(path), "source") if not Path(path).exists() and str(path).count("/") == 1
+                  else path) for path in paths]  # a ControlNet's model id: its snapshot in the local cache
     labels = labels or [default_label(path) for path in paths]
     if len(labels) != len(paths):
         raise ValueError(f"--labels names {len(labels)} sources, {len(paths)} were given")

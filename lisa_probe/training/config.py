@@ -13,6 +13,7 @@ from typing import ClassVar
 
 from lisa_probe.data.options import PROMPT_MODES, DataOptions
 from lisa_probe.diffusion.weighting import PREDICTION_TYPES, TIMESTEP_SAMPLINGS, WEIGHTING_SCHEMES, WeightingScheme
+from lisa_probe.files import local_model
 from lisa_probe.models.presets import FAMILIES, MAIN_PASSES, PRESETS
 from lisa_probe.options import SEED_MAX, check_choice, check_number, flag, option
 from lisa_probe.training.lisa_schedule import DISTANCES, SCHEDULES, lisa_rows, lisa_weight
@@ -323,6 +324,7 @@ class TrainConfig(LoopConfig, DataOptions, PromptDropout):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        self.main, self.side = local_model(self.main, "--main"), local_model(self.side, "--side")
         check_number("lisa_weight", self.lisa_weight, 0)
         check_number("convergence_threshold", self.convergence_threshold, 0, 1)
         check_choice("timestep sampling", self.timestep_sampling, TIMESTEP_SAMPLINGS)

@@ -2,6 +2,7 @@
 ``--train_data_dir`` also selects the captioned dataset, as diffusers reads a datasets folder."""
 
 from dataclasses import asdict
+from pathlib import Path
 
 import pytest
 
@@ -51,3 +52,24 @@ def test_a_diffusers_choice_we_do_not_have_is_refused_by_name(capsys):
     with pytest.raises(SystemExit) as stop:
         main(["--lr_scheduler=polynomial"])
     assert stop.value.code == 2 and "invalid choice: 'polynomial'" in capsys.readouterr().err
+
+
+def test_a_cached_model_id_trains_like_its_directory(sd_pipeline, captioned_data, tmp_path, monkeypatch):
+    """--pretrained_model_name_or_path me/tiny-sd, found in the local Hugging Face cache (offline), is the same
+    main net as its directory; an id that is not cached is refused in one line before anything is made."""
+    import huggingface_hub.constants
+
+    from tests.test_files import cache_model
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))  # HF_HUB_CACHE, read at import
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    snapshot = cache_model(tmp_path / "hub", "me/tiny-sd", sd_pipeline)
+    config = parse_config(TrainConfig, ["--pretrained_model_name_or_path=me/tiny-sd", f"--output_dir={tmp_path}",
+                                        f"--train_data_dir={captioned_data}"], PROG, "")
+    assert Path(config.main) == snapshot
+    assert main(["--pretrained_model_name_or_path=me/tiny-sd", f"--output_dir={tmp_path / 'out'}",
+                 f"--train_data_dir={captioned_data}", "--resolution=32", "--max_train_steps=1", "--name=cached",
+                 "--eval-samples=0"]) == 0
+    with pytest.raises(SystemExit) as stop:
+        main(["--pretrained_model_name_or_path=me/uncached", f"--output_dir={tmp_path / 'x'}"])
+    assert stop.value.code == 2 and not (tmp_path / "x").exists()
