@@ -107,21 +107,33 @@ class OutputLock:
         self.release()
 
 
-def local_model(value: str | None, option_name: str) -> str | None:
-    """``value`` as a local directory: itself when it exists, else, for a model id (``owner/name``), its snapshot in
-    the local Hugging Face cache (``huggingface_hub.snapshot_download(local_files_only=True)``: offline, never a
-    download; ``HF_HUB_CACHE`` / ``HF_HOME`` say where the cache is), as diffusers' ``from_pretrained`` finds it.
-    ValueError in one line, naming how to fetch it, for anything else; None stays None."""
-    if value is None or Path(value).exists():
-        return value
-    if value.count("/") == 1 and not value.startswith((".", "/", "~")):
-        from huggingface_hub import snapshot_download
-        from huggingface_hub.errors import LocalEntryNotFoundError
+def looks_like_model_id(value: str) -> bool:
+    """Whether ``value`` reads as a Hugging Face model id (``owner/name``) rather than a path."""
+    return value.count("/") == 1 and not value.startswith((".", "/", "~"))
 
-        try:
-            return snapshot_download(repo_id=value, local_files_only=True)
-        except LocalEntryNotFoundError:
-            pass
-        raise ValueError(f"{option_name} {value} is neither a directory here nor a model id in the local Hugging Face "
-                         f"cache; fetch it first (huggingface-cli download {value}), or give its directory")
-    raise ValueError(f"{option_name} {value}: no such directory")
+
+def local_model(value: str | None) -> str | None:
+    """``value`` as a local directory where it can be: itself when it exists; for a model id (``owner/name``) found in
+    the local Hugging Face cache, its snapshot's directory (``huggingface_hub.snapshot_download(local_files_only=
+    True)``: offline, never a download; ``HF_HUB_CACHE`` / ``HF_HOME`` say where the cache is), as diffusers'
+    ``from_pretrained`` finds it; anything else unchanged (a directory a study makes later; the loaders name what
+    is missing, ``model_id_hint``)."""
+    if value is None or Path(value).exists() or not looks_like_model_id(value):
+        return value
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return snapshot_download(repo_id=value, local_files_only=True)
+    except LocalEntryNotFoundError:
+        return value
+
+
+def model_id_hint(value: str | Path) -> str:
+    """For a missing directory that reads as a model id: that it is not in the local Hugging Face cache either and how
+    to fetch it ("" otherwise)."""
+    value = str(value)
+    if Path(value).exists() or not looks_like_model_id(value):
+        return ""
+    return (f"; nor is {value} a model id in the local Hugging Face cache: fetch it first (huggingface-cli download "
+            f"{value}), or give its directory")

@@ -84,7 +84,7 @@ def cache_model(hub: Path, repo_id: str, source: Path) -> Path:
 
 
 def test_a_model_id_in_the_local_cache_resolves_offline_and_an_uncached_one_is_one_line(tmp_path, monkeypatch):
-    from lisa_probe.files import local_model
+    from lisa_probe.files import local_model, model_id_hint
 
     (tmp_path / "model" / "unet").mkdir(parents=True)
     (tmp_path / "model" / "unet" / "config.json").write_text("{}")
@@ -93,10 +93,9 @@ def test_a_model_id_in_the_local_cache_resolves_offline_and_an_uncached_one_is_o
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))  # HF_HUB_CACHE, read at import
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     snapshot = cache_model(tmp_path / "hub", "me/tiny-sd", tmp_path / "model")
-    assert Path(local_model("me/tiny-sd", "--main")) == snapshot
-    assert local_model(str(tmp_path / "model"), "--main") == str(tmp_path / "model") and local_model(None, "x") is None
-    with pytest.raises(ValueError, match=r"--main me/other is neither a directory here nor a model id in the local "
-                                         r"Hugging Face cache; fetch it first \(huggingface-cli download me/other\)"):
-        local_model("me/other", "--main")
-    with pytest.raises(ValueError, match="--main runs/a/b: no such directory"):
-        local_model("runs/a/b", "--main")
+    assert Path(local_model("me/tiny-sd")) == snapshot
+    assert local_model(str(tmp_path / "model")) == str(tmp_path / "model") and local_model(None) is None
+    assert local_model("me/other") == "me/other" and local_model("runs/a/b") == "runs/a/b"  # left to the loaders
+    assert "nor is me/other a model id in the local Hugging Face cache: fetch it first (huggingface-cli download " \
+           "me/other)" in model_id_hint("me/other")
+    assert model_id_hint("runs/a/b") == "" and model_id_hint(str(tmp_path)) == ""

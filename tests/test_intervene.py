@@ -27,8 +27,9 @@ def test_maps_and_interventions_of_a_run(lisa_run, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert printed.startswith("full model: edge_f1 ") and "of its add-one-in map inside the condition" in printed
     table = pd.read_csv(out / "interventions.csv")
-    assert len(table) == 1 + 3 * (1 + 3) + 3  # full; down.1, mid, all off (whole + 3 windows); all only x 3
-    assert set(table["metric"]) == {"edge_f1"} and (table["n"] == 3).all()
+    readback = {"readback/kind", "readback/x", "readback/y", "readback/size", "readback/rotation"}  # carried factors
+    assert set(table["metric"]) == {"edge_f1"} | readback and (table["n"] == 3).all()
+    assert len(table) == (1 + 3 * (1 + 3) + 3) * 6  # full; down.1, mid, all off (whole + 3 windows); all only x 3
     maps = pd.read_csv(out / "maps.csv")
     assert set(maps["method"]) == {"add_one_in", "leave_one_out", "residual", "full", "decoder", "oracle", "support"}
     assert set(maps.loc[maps["method"] == "add_one_in", "site"]) == {"down.1", "mid"}

@@ -91,22 +91,31 @@ def standard_interventions(sites: Sequence[str], windows: Sequence[tuple[float, 
 
 def intervention_table(model: DualBranch, drawing: Drawing, interventions: Sequence[Intervention], kind: str,
                        metrics: Sequence[str], full_images: torch.Tensor, silhouettes: np.ndarray | None = None,
-                       progress=None) -> pd.DataFrame:
+                       progress=None, readback=None) -> pd.DataFrame:
     """Long table ``[intervention, sites, inside, outside, window_low, window_high, metric, value, effect, half,
-    n]``: per intervention and control ``metric``, the mean fidelity across samples (``value``), the mean paired
-    difference from the full model on the same noise (``effect``) and its 95 % t-interval half-width (``half``);
+    n]``: per intervention and control ``metric`` (and, with ``readback``: images -> {factor: (N,) per-sample
+    read-back accuracy or absolute error}, each ``readback/<factor>``), the mean across samples (``value``), the mean
+    paired difference from the full model on the same noise (``effect``) and its 95 % t-interval half-width (``half``);
     a first row per metric for the full model itself (intervention ``full``, effect 0; ``full_images``: its images
     from the same noise, ``drawing.images(model, lambda t: None)``)."""
     cond = drawing.cond
-    full = fidelity_per_sample(full_images, cond, kind, silhouettes=silhouettes)
+
+    def scored(images: torch.Tensor) -> dict[str, np.ndarray]:
+        values = fidelity_per_sample(images, cond, kind, silhouettes=silhouettes)
+        values = {metric: values[metric] for metric in metrics}
+        if readback is not None:
+            values.update({f"readback/{name}": score for name, score in readback(images).items()})
+        return values
+
+    full = scored(full_images)
     rows = [{"intervention": "full", "sites": "", "inside": 1.0, "outside": 1.0, "window_low": np.nan,
              "window_high": np.nan, "metric": metric, "value": float(np.nanmean(full[metric])), "effect": 0.0,
-             "half": 0.0, "n": len(cond)} for metric in metrics]
+             "half": 0.0, "n": len(cond)} for metric in full]
     for intervention in interventions:
         images = drawing.images(model, intervention.schedule(model), progress)
-        scores = fidelity_per_sample(images, cond, kind, silhouettes=silhouettes)
+        scores = scored(images)
         low, high = intervention.window or (np.nan, np.nan)
-        for metric in metrics:
+        for metric in full:
             effect, half, n = t_interval(scores[metric] - full[metric])
             rows.append({"intervention": intervention.name, "sites": ",".join(intervention.sites),
                          "inside": intervention.inside, "outside": intervention.outside, "window_low": low,

@@ -36,10 +36,11 @@ from lisa_probe.data.condition_kinds import condition_kind
 from lisa_probe.data.options import DataOptions
 from lisa_probe.diffusion.sampling import row_noise
 from lisa_probe.evaluation.grids import to_uint8
+from lisa_probe.evaluation.readback import carried_heads, load_or_train_readback, readback_per_sample
 from lisa_probe.files import replace_dir
 from lisa_probe.generation.setup import Setup, prepare
 from lisa_probe.provenance import code_version, file_digest
-from lisa_probe.rundir import DECODER_DIR, resolved_path, stored_path
+from lisa_probe.rundir import DECODER_DIR, cache_dir, resolved_path, stored_path
 from lisa_probe.store import FeatureStore
 from lisa_probe.training.loading import load_decoder
 
@@ -132,6 +133,18 @@ def probe_rows(setup: Setup, config: InterveneConfig, sites: list[str], decoder=
     return directions, probes
 
 
+def factor_readback(setup: Setup, config: InterveneConfig):
+    """``images -> {factor: (N,) per-sample read-back score}`` of the samples' carried factors, from the dataset's
+    read-back net (trained once and cached beside the outputs, as the training's evaluation does); None for data
+    without carried factors."""
+    if not carried_heads(getattr(setup.dataset, "factor_specs", {})):
+        return None
+    net = load_or_train_readback(setup.dataset, cache_dir(Path(config.out).parent), progress=False,
+                                 dataset_kwargs=setup.dataset_kwargs).net
+    factors = setup.batch["factors"]
+    return lambda images: readback_per_sample(net, images, factors)
+
+
 def passes(config: InterveneConfig, sites: list[str], directions: dict | None) -> int:
     """Sampling passes of the chosen analyses (each draws every sample once): the full model, the interventions,
     patches and steers."""
@@ -183,7 +196,7 @@ def run_analyses(setup: Setup, config: InterveneConfig, figures: Path, label: st
               disable=not progress) as bar:
         if "interventions" in chosen:
             table = intervention_table(model, setup.drawing, standard_interventions(sites, windows), kind, [metric],
-                                       full, setup.silhouettes(), bar)
+                                       full, setup.silhouettes(), bar, factor_readback(setup, config))
             tables["interventions"] = table
             save_figure(plot_intervention_effects(table, metric), figures / f"{prefix}interventions.png")
             lines = intervention_lines(table, metric) + lines

@@ -231,12 +231,13 @@ def train_readback(images: torch.Tensor, factors: dict[str, torch.Tensor], heads
     return net.eval()
 
 
-def readback_scores(net: ReadbackNet, images: torch.Tensor, factors: dict[str, torch.Tensor]) -> dict[str, float]:
-    """Accuracy (categorical) or mean absolute error (continuous; circular factors: the distance around the
-    circle, at most 0.5) of the net's read-back vs requested factors.
+def readback_per_sample(net: ReadbackNet, images: torch.Tensor, factors: dict[str, torch.Tensor]) \
+        -> dict[str, np.ndarray]:
+    """Per image, whether the net reads back the requested class (1 or 0, categorical) or its absolute error
+    (continuous; circular factors: the distance around the circle, at most 0.5).
 
     images: (N, 3, H, W) in [-1, 1]; factors: {name: (N,)} holding at least every factor the net has a head for.
-    Returns {factor name: score}.
+    Returns {factor name: (N,) float64}.
     """
     missing = sorted(set(net.head_classes) - set(factors))
     if missing:
@@ -248,12 +249,19 @@ def readback_scores(net: ReadbackNet, images: torch.Tensor, factors: dict[str, t
         if target.shape != (len(images),):
             raise ValueError(f"factors[{name!r}] must have shape ({len(images)},), got {tuple(target.shape)}")
         if n_classes == CIRCULAR:
-            scores[name] = float(circular_distance(predictions[name], target.float()).mean())
+            score = circular_distance(predictions[name], target.float())
         elif n_classes:
-            scores[name] = float((predictions[name] == target.long()).float().mean())
+            score = (predictions[name] == target.long()).float()
         else:
-            scores[name] = float((predictions[name] - target.float()).abs().mean())
+            score = (predictions[name] - target.float()).abs()
+        scores[name] = score.double().cpu().numpy()
     return scores
+
+
+def readback_scores(net: ReadbackNet, images: torch.Tensor, factors: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Accuracy (categorical) or mean absolute error (continuous; circular factors: the distance around the
+    circle, at most 0.5) of the net's read-back vs requested factors: the means of ``readback_per_sample``."""
+    return {name: float(values.mean()) for name, values in readback_per_sample(net, images, factors).items()}
 
 
 def heldout_metrics(net: ReadbackNet, images: torch.Tensor, factors: dict[str, torch.Tensor]) -> dict[str, float]:

@@ -60,7 +60,7 @@ class ExtractConfig(DataOptions):
             raise ValueError("give either --ckpt (a lisa_probe run) or --controlnet with --main (a diffusers side net)")
         if self.controlnet is not None and self.main is None:
             raise ValueError("--controlnet needs --main (the main-net directory it was trained for)")
-        self.main, self.controlnet = local_model(self.main, "--main"), local_model(self.controlnet, "--controlnet")
+        self.main, self.controlnet = local_model(self.main), local_model(self.controlnet)
         if self.resolution is not None and self.ckpt is not None:
             raise ValueError(f"--resolution {self.resolution} applies to --controlnet; a --ckpt run extracts at the "
                              "resolution it was trained at")

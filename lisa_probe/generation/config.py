@@ -54,7 +54,7 @@ class DrawConfig(DataOptions):
         if self.resolution is not None and self.resolution < 1:
             raise ValueError(f"--resolution must be >= 1, got {self.resolution}")
         check_number("seed", self.seed, 0, SEED_MAX)
-        self.main = local_model(self.main, "--main")
+        self.main = local_model(self.main)
         out = Path(self.out)
         if out.exists() and not out.is_dir():
             raise ValueError(f"--out {self.out} is a file; give a directory")

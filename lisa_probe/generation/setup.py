@@ -90,7 +90,8 @@ def constant_gates(model: DualBranch, scale: float) -> GateSchedule:
 class Setup(NamedTuple):
     """Everything a sampling command draws from: ``sources`` and their ``models`` (one main net), the shared
     ``setting``, the ``dataset`` and the collated ``batch`` of its first samples, ``drawing``, the ``captions`` the
-    rows are conditioned on (None: the null context) and ``noise_recipe`` (how the starting noise is made)."""
+    rows are conditioned on (None: the null context), ``noise_recipe`` (how the starting noise is made) and the
+    ``dataset_kwargs`` the dataset was built with."""
 
     sources: list[Source]
     models: list[DualBranch]
@@ -100,6 +101,7 @@ class Setup(NamedTuple):
     drawing: Drawing
     captions: list[str] | None
     noise_recipe: str
+    dataset_kwargs: dict
 
     def silhouettes(self) -> np.ndarray | None:
         """(N, H, W) bool true silhouettes of the samples for a condition scored against them (shapes' pose),
@@ -135,4 +137,4 @@ def prepare(paths: list[str], labels: list[str] | None, config: DrawConfig, prog
     drawing = Drawing(config, batch["cond"], batch_context(prompts, batch), fixed_noise(shape, seed), device)
     captions = list(batch["text"]) if prompts is not None else None
     return Setup(chosen, models, setting, dataset, batch, drawing, captions,
-                 f"randn({shape}, Generator().manual_seed({seed})), CPU, float32")
+                 f"randn({shape}, Generator().manual_seed({seed})), CPU, float32", dataset_kwargs)

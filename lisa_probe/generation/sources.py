@@ -9,7 +9,7 @@ from typing import NamedTuple
 
 from lisa_probe.data.options import DataOptions
 from lisa_probe.extraction.config import ForeignRun
-from lisa_probe.files import local_model
+from lisa_probe.files import local_model, model_id_hint
 from lisa_probe.models import DualBranch
 from lisa_probe.rundir import SIDE_DIR, is_run, read_run_config, run_dir_of
 from lisa_probe.training.config import TrainConfig
@@ -31,7 +31,7 @@ def read_source(path: Path, label: str) -> Source:
     naming the path for anything else."""
     if not path.is_dir():
         raise ValueError(f"source {path} does not exist (give a run, a checkpoint-N directory or a ControlNet "
-                         "directory)")
+                         f"directory){model_id_hint(path)}")
     if is_run(path) or is_checkpoint(path):
         side_dir = path / SIDE_DIR
         if not (side_dir / "config.json").exists():
@@ -55,8 +55,7 @@ def default_label(path: Path) -> str:
 
 def read_sources(paths: list[str], labels: list[str] | None) -> list[Source]:
     """The sources in the order given, labelled; ValueError for a label count that differs or repeated labels."""
-    paths = [Path(local_model(str(path), "source") if not Path(path).exists() and str(path).count("/") == 1
-                  else path) for path in paths]  # a ControlNet's model id: its snapshot in the local cache
+    paths = [Path(local_model(str(path))) for path in paths]  # a ControlNet's model id: its cached snapshot
     labels = labels or [default_label(path) for path in paths]
     if len(labels) != len(paths):
         raise ValueError(f"--labels names {len(labels)} sources, {len(paths)} were given")

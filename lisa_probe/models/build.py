@@ -26,6 +26,7 @@ from safetensors.torch import load_file
 
 from lisa_probe.diffusion.parameterization import Parameterization
 from lisa_probe.diffusion.weighting import PREDICTION_TYPES
+from lisa_probe.files import model_id_hint
 from lisa_probe.models.dit import DiTDualBranch, dit_forward
 from lisa_probe.models.dual_branch import DualBranch, vae_scale
 from lisa_probe.models.presets import FAMILIES, PRESETS, dit_config, side_layers, unet_config
@@ -140,7 +141,7 @@ def detect_family(path: Path) -> str:
             return family
     raise ValueError(f"{path} is not a diffusers main-net directory: expected unet/config.json or "
                      f"transformer/config.json (a pipeline layout such as Stable Diffusion or SD3, or a "
-                     f"`python -m lisa_probe.pretrain` output)")
+                     f"`python -m lisa_probe.pretrain` output){model_id_hint(path)}")
 
 
 def load_main(path: Path, prediction_type: str | None = None):

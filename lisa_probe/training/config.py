@@ -324,7 +324,7 @@ class TrainConfig(LoopConfig, DataOptions, PromptDropout):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self.main, self.side = local_model(self.main, "--main"), local_model(self.side, "--side")
+        self.main, self.side = local_model(self.main), local_model(self.side)
         check_number("lisa_weight", self.lisa_weight, 0)
         check_number("convergence_threshold", self.convergence_threshold, 0, 1)
         check_choice("timestep sampling", self.timestep_sampling, TIMESTEP_SAMPLINGS)

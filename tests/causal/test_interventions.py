@@ -76,3 +76,8 @@ def test_effects_are_paired_differences_from_the_full_model(drawn):
     assert row["effect"] == pytest.approx(np.mean(off["mask_iou"] - full["mask_iou"]))
     assert row["value"] == pytest.approx(np.nanmean(off["mask_iou"])) and row["n"] == 3
     assert (table.loc[table["intervention"] == "full", "effect"] == 0).all()
+    readback = {"f": np.array([1.0, 0.0, 1.0])}
+    with_readback = intervention_table(model, drawing, [Intervention("all off", everything)], "mask", ["mask_iou"],
+                                       full_images, readback=lambda images: readback)
+    row = with_readback[(with_readback["intervention"] == "all off") & (with_readback["metric"] == "readback/f")]
+    assert row["effect"].iloc[0] == 0 and row["value"].iloc[0] == pytest.approx(2 / 3)
