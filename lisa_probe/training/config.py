@@ -37,7 +37,9 @@ REPORT_TO = {"tensorboard": ("tensorboard",), "wandb": ("wandb",), "all": ("tens
 TRACKER_MODULES = {"tensorboard": "tensorboard", "wandb": "wandb"}
 
 
-LR_SCHEDULES = ("constant", "cosine")
+# after the linear warm-up, as diffusers.optimization.get_scheduler's schedules of these names (training.engine)
+LR_SCHEDULES = ("constant", "constant_with_warmup", "cosine", "cosine_with_restarts", "linear", "polynomial")
+CONSTANT_SCHEDULES = ("constant", "constant_with_warmup")  # the others are laid out over --steps
 
 
 @functools.lru_cache(maxsize=8)
@@ -75,8 +77,16 @@ class LoopConfig:
     grad_accum: int = field(default=1, metadata=option("gradient accumulation micro-batches per step"))
     lr: float = field(default=1e-4, metadata=option("AdamW learning rate"))
     lr_warmup_steps: int = field(default=0, metadata=option("linear warm-up steps"))
-    lr_schedule: str = field(default="constant", metadata=option("learning rate after warm-up: constant, or cosine "
-                                                                 "decay towards 0 over the run", choices=LR_SCHEDULES))
+    lr_schedule: str = field(default="constant", metadata=option(
+        "learning rate after the warm-up, as diffusers' schedules: constant (constant_with_warmup: the same; both warm "
+        "up, where diffusers' constant ignores --lr-warmup-steps), cosine or linear decay to 0, cosine_with_restarts "
+        "(--lr-num-cycles), polynomial to 1e-7 (--lr-power)",
+        choices=LR_SCHEDULES))
+    lr_num_cycles: float = field(default=1.0, metadata=option("cosine_with_restarts: the number of cycles"))
+    lr_power: float = field(default=1.0, metadata=option("polynomial: the power of the decay"))
+    adam_beta1: float = field(default=0.9, metadata=option("AdamW's beta1"))
+    adam_beta2: float = field(default=0.999, metadata=option("AdamW's beta2"))
+    adam_epsilon: float = field(default=1e-8, metadata=option("AdamW's epsilon"))
     weight_decay: float = field(default=1e-2, metadata=option("AdamW weight decay"))
     max_grad_norm: float = field(default=1.0, metadata=option("gradient clipping norm"))
     mixed_precision: str = field(default="no", metadata=option(
@@ -130,6 +140,11 @@ class LoopConfig:
             eval_steps(self.eval_schedule, self.steps)
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"--lr-schedule {self.lr_schedule!r} is not one of: {', '.join(LR_SCHEDULES)}")
+        check_number("lr_num_cycles", self.lr_num_cycles, 0, low_open=True)
+        check_number("lr_power", self.lr_power, 0, low_open=True)
+        check_number("adam_beta1", self.adam_beta1, 0, 1, high_open=True)
+        check_number("adam_beta2", self.adam_beta2, 0, 1, high_open=True)
+        check_number("adam_epsilon", self.adam_epsilon, 0, low_open=True)
 
 
 # learning-rate factors of the side net's parameter groups (side_net.SideNetObjective.param_groups)
@@ -218,6 +233,8 @@ DIFFUSERS_ALIASES = {
     "out_dir": ("--output_dir",), "steps": ("--max_train_steps",), "batch_size": ("--train_batch_size",),
     "grad_accum": ("--gradient_accumulation_steps",), "lr": ("--learning_rate",),
     "lr_warmup_steps": ("--lr_warmup_steps",), "lr_schedule": ("--lr_scheduler",),
+    "lr_num_cycles": ("--lr_num_cycles",), "lr_power": ("--lr_power",), "adam_beta1": ("--adam_beta1",),
+    "adam_beta2": ("--adam_beta2",), "adam_epsilon": ("--adam_epsilon",),
     "weight_decay": ("--adam_weight_decay",), "max_grad_norm": ("--max_grad_norm",),
     "mixed_precision": ("--mixed_precision",), "checkpoint_every": ("--checkpointing_steps",),
     "keep_checkpoints": ("--checkpoints_total_limit",), "resume": ("--resume_from_checkpoint",),

@@ -35,7 +35,7 @@ from lisa_probe.training.checkpoints import (
     save_checkpoint,
     with_grad_scaler,
 )
-from lisa_probe.training.config import LoopConfig, eval_steps
+from lisa_probe.training.config import CONSTANT_SCHEDULES, LoopConfig, eval_steps
 from lisa_probe.training.metrics import MetricsLog, eval_log_rows
 
 WEIGHT_DTYPES = {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}  # frozen modules' dtype
@@ -76,13 +76,27 @@ def is_eval_step(step: int, config: LoopConfig) -> bool:
     return bool(config.eval_every) and step % config.eval_every == 0
 
 
+POLYNOMIAL_END = 1e-7  # diffusers' get_polynomial_decay_schedule_with_warmup's lr_end
+
+
 def learning_rate(step: int, config: LoopConfig) -> float:
-    """Learning rate of optimizer step ``step`` (0-based): linear warm-up, then constant or cosine decay to 0."""
-    warmup = min(1.0, (step + 1) / max(1, config.lr_warmup_steps))
-    if config.lr_schedule == "constant" or step < config.lr_warmup_steps:
-        return config.lr * warmup
+    """Learning rate of optimizer step ``step`` (0-based): a linear warm-up over ``lr_warmup_steps`` (reaching the full
+    rate at its last step: one step ahead of diffusers', whose first step has rate 0), then ``lr_schedule``'s factor,
+    the formulas of diffusers.optimization's schedules of the same names over ``progress`` = (step − warm-up) /
+    (steps − warm-up) (tested against diffusers' own)."""
+    if step < config.lr_warmup_steps or config.lr_schedule in CONSTANT_SCHEDULES:
+        return config.lr * min(1.0, (step + 1) / max(1, config.lr_warmup_steps))
     progress = (step - config.lr_warmup_steps) / max(1, config.steps - config.lr_warmup_steps)
-    return config.lr * 0.5 * (1 + math.cos(math.pi * progress))
+    if config.lr_schedule == "cosine":
+        factor = 0.5 * (1 + math.cos(math.pi * progress))
+    elif config.lr_schedule == "cosine_with_restarts":
+        factor = 0.0 if progress >= 1 else 0.5 * (1 + math.cos(math.pi * ((config.lr_num_cycles * progress) % 1.0)))
+    elif config.lr_schedule == "linear":
+        factor = max(0.0, 1 - progress)
+    else:  # polynomial
+        end = POLYNOMIAL_END / config.lr
+        factor = end if progress > 1 else (1 - end) * (1 - progress) ** config.lr_power + end
+    return config.lr * max(0.0, factor)
 
 
 class Objective(nn.Module):
@@ -143,9 +157,10 @@ def _check_resume_config(state: dict, config: dict, checkpoint: Path, defaults: 
     if differing:
         details = "; ".join(f"{k}: checkpoint {saved.get(k)!r} vs now {config.get(k)!r}" for k in differing)
         raise ValueError(f"cannot resume from {checkpoint}: it was made with another config ({details})")
-    if config.get("lr_schedule") == "cosine" and saved.get("steps") != config.get("steps"):
-        raise ValueError(f"cannot resume from {checkpoint} with steps={config.get('steps')}: its cosine learning-rate "
-                         f"decay is laid out over steps={saved.get('steps')} (a constant schedule may change steps)")
+    if config.get("lr_schedule", "constant") not in CONSTANT_SCHEDULES and saved.get("steps") != config.get("steps"):
+        raise ValueError(f"cannot resume from {checkpoint} with steps={config.get('steps')}: its "
+                         f"{config.get('lr_schedule')} learning-rate decay is laid out over steps={saved.get('steps')} "
+                         "(a constant schedule may change steps)")
 
 
 def fit(run_dir: Path, objective: Objective, dataset, config: LoopConfig,
@@ -170,8 +185,10 @@ def make_optimizer(groups: list[dict], config: LoopConfig) -> torch.optim.Optimi
     if config.use_8bit_adam:
         import bitsandbytes  # optional dependency, checked by LoopConfig
 
-        return bitsandbytes.optim.AdamW8bit(groups, lr=config.lr, weight_decay=config.weight_decay)
-    return torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
+        return bitsandbytes.optim.AdamW8bit(groups, lr=config.lr, weight_decay=config.weight_decay,
+                                            betas=(config.adam_beta1, config.adam_beta2), eps=config.adam_epsilon)
+    return torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay,
+                             betas=(config.adam_beta1, config.adam_beta2), eps=config.adam_epsilon)
 
 
 def _fit_loop(run_dir: Path, objective: Objective, dataset, config: LoopConfig,

@@ -50,8 +50,8 @@ def test_a_diffusers_style_command_trains(sd_pipeline, captioned_data, tmp_path)
 
 def test_a_diffusers_choice_we_do_not_have_is_refused_by_name(capsys):
     with pytest.raises(SystemExit) as stop:
-        main(["--lr_scheduler=polynomial"])
-    assert stop.value.code == 2 and "invalid choice: 'polynomial'" in capsys.readouterr().err
+        main(["--lr_scheduler=piecewise_constant"])
+    assert stop.value.code == 2 and "invalid choice: 'piecewise_constant'" in capsys.readouterr().err
 
 
 def test_a_cached_model_id_trains_like_its_directory(sd_pipeline, captioned_data, tmp_path, monkeypatch):
@@ -73,3 +73,25 @@ def test_a_cached_model_id_trains_like_its_directory(sd_pipeline, captioned_data
     with pytest.raises(SystemExit) as stop:
         main(["--pretrained_model_name_or_path=me/uncached", f"--output_dir={tmp_path / 'x'}"])
     assert stop.value.code == 2 and not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("schedule", ["constant", "constant_with_warmup", "cosine", "cosine_with_restarts", "linear",
+                                      "polynomial"])
+def test_the_learning_rate_schedules_are_diffusers_own(schedule):
+    """Each --lr_scheduler against diffusers.optimization.get_scheduler on a real optimizer: equal after the warm-up;
+    during it ours runs one step ahead (our step s takes diffusers' rate of step s + 1, so no step trains at rate 0).
+    Our constant warms up as diffusers' constant_with_warmup (diffusers' constant ignores the warm-up)."""
+    import torch
+    from diffusers.optimization import get_scheduler
+
+    from lisa_probe.training.engine import learning_rate
+
+    warmup, steps, lr = 4, 20, 1e-3
+    config = TrainConfig(main=None, lr=lr, lr_warmup_steps=warmup, steps=steps, lr_schedule=schedule,
+                         lr_num_cycles=2, lr_power=2.0)
+    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=lr)
+    theirs = get_scheduler("constant_with_warmup" if schedule == "constant" else schedule, optimizer, num_warmup_steps=warmup, num_training_steps=steps, num_cycles=2,
+                           power=2.0).lr_lambdas[0]
+    for step in range(steps + 2):
+        expected = lr * theirs(step + 1 if step < warmup else step)
+        assert learning_rate(step, config) == pytest.approx(expected, rel=1e-9, abs=1e-15), step
