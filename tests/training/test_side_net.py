@@ -548,7 +548,7 @@ def test_8bit_adam_uses_bitsandbytes_when_installed(tmp_path, monkeypatch):
     fake.optim = types.SimpleNamespace(AdamW8bit=FakeAdamW8bit)
     monkeypatch.setitem(sys.modules, "bitsandbytes", fake)
     run = train(tiny_config(tmp_path, use_8bit_adam=True, steps=2, lr=2e-3))
-    assert made == [{"lr": 2e-3, "weight_decay": 0.01}] and len(read_metrics(run)) == 2
+    assert made == [{"lr": 2e-3, "weight_decay": 0.01, "betas": (0.9, 0.999), "eps": 1e-8}] and len(read_metrics(run)) == 2
 
 
 def test_a_diffusers_trained_rgb_controlnet_is_fine_tuned_on_greyscale_conditions(tmp_path):
