@@ -3,6 +3,7 @@ one writer per output (``OutputLock``)."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import fcntl
 import io
@@ -23,6 +24,25 @@ def replace_dir(tmp: Path, final: Path) -> None:
         final.rename(old)
     tmp.rename(final)
     shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def published_dir(out: Path):
+    """Yield an empty staging directory beside ``out`` to fill; on success it replaces ``out`` whole (an empty ``out``
+    is removed first, a full one replaced by ``replace_dir``); on any error the staging directory is deleted and
+    ``out`` is left as it was."""
+    out = Path(out)
+    staging = out.parent / f".{out.name}.{os.getpid()}.tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        yield staging
+        if out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+        replace_dir(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
 
 
 def write_text_atomic(path: Path, text: str) -> None:

@@ -4,8 +4,6 @@ interventions during sampling, written to one directory (published whole)."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import sys
 import time
 from dataclasses import asdict, fields
@@ -37,7 +35,7 @@ from lisa_probe.data.options import DataOptions
 from lisa_probe.diffusion.sampling import row_noise
 from lisa_probe.evaluation.grids import to_uint8
 from lisa_probe.evaluation.readback import carried_heads, load_or_train_readback, readback_per_sample
-from lisa_probe.files import replace_dir
+from lisa_probe.files import published_dir
 from lisa_probe.generation.setup import Setup, prepare
 from lisa_probe.provenance import code_version, file_digest
 from lisa_probe.rundir import DECODER_DIR, cache_dir, resolved_path, stored_path
@@ -222,10 +220,8 @@ def intervene(source: str, config: InterveneConfig, command: str, progress: bool
     ``intervene.json``, published whole. Returns the directory and summary lines."""
     out = Path(config.out)
     setup = prepare([source], None, config, progress)
-    staging = out.parent / f".{out.name}.{os.getpid()}.tmp"
-    shutil.rmtree(staging, ignore_errors=True)
-    (staging / "figures").mkdir(parents=True)
-    try:
+    with published_dir(out) as staging:
+        (staging / "figures").mkdir()
         tables, lines, record = run_analyses(setup, config, staging / "figures", progress=progress)
         for name, table in tables.items():
             table.to_csv(staging / f"{name}.csv", index=False)
@@ -233,12 +229,6 @@ def intervene(source: str, config: InterveneConfig, command: str, progress: bool
                   "source": {"label": setup.sources[0].label, "path": stored_path(setup.sources[0].path, out),
                              "side_sha256": file_digest(setup.sources[0].side_dir)}, **record}
         (staging / RECORD_FILE).write_text(json.dumps(record, indent=2, sort_keys=True))
-        if out.is_dir() and not any(out.iterdir()):
-            out.rmdir()
-        replace_dir(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return out, lines
 
 

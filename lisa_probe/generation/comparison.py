@@ -12,9 +12,7 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 import re
-import shutil
 from dataclasses import asdict
 from pathlib import Path
 from typing import NamedTuple
@@ -29,7 +27,7 @@ from lisa_probe.data.condition_kinds import condition_kind
 from lisa_probe.data.options import names_list
 from lisa_probe.evaluation.fidelity import fidelity_per_sample
 from lisa_probe.evaluation.grids import save_grid, to_uint8
-from lisa_probe.files import replace_dir
+from lisa_probe.files import published_dir
 from lisa_probe.generation.config import SampleConfig
 from lisa_probe.generation.setup import constant_gates, prepare
 from lisa_probe.generation.sources import Source
@@ -103,10 +101,8 @@ def draw_comparison(sources: list[str], config: SampleConfig, command: str, prog
     reference = condition_kind(kind, dataset.cond_channels).reference
     silhouettes = setup.silhouettes()
     sample_ids, captions, size = list(batch["id"]), setup.captions, int(batch["cond"].shape[-1])
-    staging = out.parent / f".{out.name}.{os.getpid()}.tmp"
-    shutil.rmtree(staging, ignore_errors=True)
     grid_rows, table = [("condition", to_uint8(batch["cond"], (0.0, 1.0)))], []
-    try:
+    with published_dir(out) as staging:
         save_images(staging / IMAGES_DIR / "condition", grid_rows[0][1])
         with tqdm(total=len(rows) * len(drawing.batches()), desc="sampling", unit="batch",
                   disable=not progress) as bar:
@@ -139,10 +135,4 @@ def draw_comparison(sources: list[str], config: SampleConfig, command: str, prog
             "condition": kind,
         }
         (staging / RECORD_FILE).write_text(json.dumps(record, indent=2, sort_keys=True))
-        if out.is_dir() and not any(out.iterdir()):
-            out.rmdir()
-        replace_dir(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return out, summary_lines(table, condition_kind(kind, dataset.cond_channels).control_metric, kind)
