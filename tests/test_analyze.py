@@ -166,9 +166,33 @@ def test_causal_analyses_of_a_run_and_a_foreign_controlnet(stores, foreign_store
     assert set(interventions["run"]) == {"lisa", "theirs-shapes"} and "full" in set(interventions["intervention"])
     assert set(pd.read_csv(out / "causal_maps_summary.csv")["run"]) == {"lisa", "theirs-shapes"}
     assert (out / "causal_patching.csv").exists()
+    assert_maps_at_the_store_rows(pd.read_csv(out / "causal_maps.csv").query("run == 'lisa'"), stores["lisa"])
     report = (out / "report.md").read_text()
     assert "## Causal analyses" in report and "### theirs-shapes" in report
     assert "(figures/lisa_interventions.png)" in report and (out / "figures" / "lisa_interventions.png").exists()
+
+
+def assert_maps_at_the_store_rows(maps: pd.DataFrame, store_path) -> None:
+    """The causal maps were taken at the store's own rows: the ``full`` and ``oracle`` maps' shares inside the
+    condition equal those of the store's recorded ``scores/full − scores/main`` and ``scores/target −
+    scores/main`` at the same rows (float32 predictions recomputed in another batch: within 1e-4)."""
+    from lisa_probe.causal.maps import cell_fractions, condition_support, inside_fraction
+    from lisa_probe.data import build_dataset
+
+    store = FeatureStore(store_path)
+    rows = np.sort(maps["row"].unique())
+    assert len(rows) >= 2 and set(maps["t"].unique()) <= set(store.meta()["t"])
+    args = store.attrs["extract_args"]
+    dataset = build_dataset("shapes", split=args["split"], resolution=16)
+    samples = [dataset[int(row // (store.n_rows // args["samples"]))] for row in rows]  # as the extraction drew them
+    assert [sample["id"] for sample in samples] == list(store.meta()["sample_id"].to_numpy()[rows])
+    cond = np.stack([sample["cond"].numpy() for sample in samples])
+    main_scores = store.read("scores/main", rows)
+    for method, scores in (("full", store.read("scores/full", rows)), ("oracle", store.read("scores/target", rows))):
+        norms = np.linalg.norm(scores.astype(np.float64) - main_scores, axis=1)
+        expected = inside_fraction(norms, cell_fractions(condition_support(cond), norms.shape[-2:]))
+        found = maps.query("method == @method").set_index("row").loc[rows, "value"].to_numpy()
+        np.testing.assert_allclose(found, expected, atol=1e-4)
 
 
 def test_an_unknown_causal_analysis_is_refused(synthetic, tmp_path, capsys):

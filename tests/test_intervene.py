@@ -104,3 +104,37 @@ def test_steering_at_the_lisa_site_adds_the_decoders_directions(lisa_run, tmp_pa
                  "--sites", site, "--probe-samples", "8", "--steer-alphas=1"]) == 0
     directions = set(pd.read_csv(out / "steering.csv")["direction"])
     assert {"decoder_read", "decoder_complement", "random"} <= directions
+
+
+@pytest.fixture(scope="module")
+def trained_shapes_run(tmp_path_factory):
+    """A tiny DiT flow main net pretrained on the shapes (800 steps) and a side net trained on its masks (300 steps):
+    mask IoU ~0.37 against ~0.07 for the main net alone, so its trunk sites carry the shape's position (~50 s)."""
+    from lisa_probe.pretrain import main as pretrain
+    from lisa_probe.train import main as train_side
+
+    runs = tmp_path_factory.mktemp("controls") / "runs"
+    assert pretrain(["--backbone", "dit", "--preset", "tiny", "--prediction-type", "flow", "--resolution", "16",
+                     "--condition", "mask", "--steps", "800", "--lr", "2e-3", "--lr-warmup-steps", "20",
+                     "--eval-every", "0", "--name", "main", "--out-dir", str(runs)]) == 0
+    assert train_side(["--main", str(runs / "main"), "--steps", "300", "--lr", "2e-3", "--batch-size", "16",
+                       "--eval-samples", "0", "--checkpoint-every", "0", "--name", "side",
+                       "--out-dir", str(runs)]) == 0
+    return runs / "side"
+
+
+def test_positive_and_negative_controls_on_a_trained_shapes_run(trained_shapes_run, tmp_path):
+    """The closed causal controls on a side net that learned its masks: patching a trunk site's features from a scene
+    that differs only in x moves the generated x a clear part of the way to the donor's (measured here ~0.5 ± 0.17
+    for each of the two sites over 32 samples), patching every site moves it all the way; a steer along a random
+    direction at the same scale moves nothing (measured |Δ| ≤ 0.01 of the image)."""
+    out = tmp_path / "controls"
+    assert main([str(trained_shapes_run), "--out", str(out), "--analyses", "patching,steering", "--samples", "32",
+                 "--steps", "10", "--patch-factor", "x"]) == 0
+    moved = pd.read_csv(out / "patching.csv").query("measure == 'centroid_x'").set_index("patched")
+    assert moved.loc["all", "value"] == 1.0 and (moved["n"] >= 12).all()
+    trunk = moved.drop(index="all")
+    assert len(trunk) == 2 and (trunk["value"] > 0.2).all() and (trunk["value"] - trunk["half"] > 0).all(), trunk
+    steering = pd.read_csv(out / "steering.csv").query("direction == 'random' and measure == 'centroid_x'")
+    assert len(steering) == 2 * 2 and (steering["value"].abs() < 0.05).all(), steering
+    assert steering["value"].abs().max() < trunk["value"].min() / 5

@@ -108,22 +108,26 @@ def inside_fraction(maps: np.ndarray, cells: np.ndarray) -> np.ndarray:
 
 
 def support_table(maps: dict[str, torch.Tensor], support: np.ndarray, site_names: Sequence[str],
-                  timesteps: np.ndarray, sample_ids: Sequence[str], **ids) -> pd.DataFrame:
-    """Long table ``[*ids, sample_id, t, method, site, metric, value]``, metrics ``inside_fraction`` (per map) and,
-    once per row, ``area_fraction`` (site ``""``, method ``support``: the support's share of the grid)."""
-    rows = []
+                  timesteps: np.ndarray, sample_ids: Sequence[str], rows: Sequence[int] | None = None,
+                  **ids) -> pd.DataFrame:
+    """Long table ``[*ids, sample_id, (row,) t, method, site, metric, value]``, metrics ``inside_fraction`` (per
+    map) and, once per input, ``area_fraction`` (site ``""``, method ``support``: the support's share of the grid);
+    ``rows``: the store rows the inputs are, as a ``row`` column."""
+    records = []
     some = next(iter(maps.values()))
     cells = cell_fractions(support, tuple(some.shape[-2:]))
     area = cells.mean(axis=(1, 2))
+    keys = [{**ids, "sample_id": sample_id, **({"row": int(rows[i])} if rows is not None else {}), "t": float(t)}
+            for i, (sample_id, t) in enumerate(zip(sample_ids, timesteps))]
     for method, values in maps.items():
         fractions = inside_fraction(values.numpy(), cells)
-        for i, (sample_id, t) in enumerate(zip(sample_ids, timesteps)):
+        for i, key in enumerate(keys):
             per_site = zip(site_names, fractions[i]) if fractions.ndim == 2 else [("", fractions[i])]
-            rows += [{**ids, "sample_id": sample_id, "t": float(t), "method": method, "site": site,
-                      "metric": "inside_fraction", "value": float(value)} for site, value in per_site]
-    rows += [{**ids, "sample_id": sample_id, "t": float(t), "method": "support", "site": "",
-              "metric": "area_fraction", "value": float(a)} for sample_id, t, a in zip(sample_ids, timesteps, area)]
-    return pd.DataFrame(rows)
+            records += [{**key, "method": method, "site": site, "metric": "inside_fraction", "value": float(value)}
+                        for site, value in per_site]
+    records += [{**key, "method": "support", "site": "", "metric": "area_fraction", "value": float(a)}
+                for key, a in zip(keys, area)]
+    return pd.DataFrame(records)
 
 
 def summarise(table: pd.DataFrame, keys: Sequence[str] = ("method", "site", "t", "metric")) -> pd.DataFrame:

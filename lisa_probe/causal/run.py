@@ -15,6 +15,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from lisa_probe.analysis.report.inputs import RowInputs
 from lisa_probe.causal.config import InterveneConfig
 from lisa_probe.causal.figures import plot_intervention_effects, plot_site_maps
 from lisa_probe.causal.interventions import intervention_table, noise_windows, standard_interventions
@@ -84,29 +85,49 @@ def source_decoder(setup: Setup, config: InterveneConfig):
     return load_decoder(path, model).to(setup.drawing.device).eval()
 
 
-def map_rows(setup: Setup, config: InterveneConfig, sites: list[str], decoder, figures: Path,
-             prefix: str = "") -> pd.DataFrame:
-    """Site maps of every sample at ``config.map_timesteps`` timesteps (noise ``row_noise(seed, sample)``), their
-    support fractions as a long table, and the first ``config.map_figures`` samples' maps drawn to ``figures``."""
+def fresh_map_inputs(setup: Setup, config: InterveneConfig) -> list[RowInputs]:
+    """The inputs of the fresh maps: every sample of the setup at each of ``config.map_timesteps`` evenly spaced
+    timesteps, with noise ``row_noise(seed, sample index)``; one ``RowInputs`` per timestep."""
     model, batch, device = setup.models[0], setup.batch, setup.drawing.device
-    images = batch["image"]
-    x0 = model.encode_images(images.to(device))
+    parameterization = model.parameterization
+    x0 = model.encode_images(batch["image"].to(device))
     noise = row_noise(tuple(x0.shape[1:]), config.seed, range(len(x0))).to(device)
-    support = condition_support(batch["cond"].numpy())
-    keep = [model.site_names.index(name) for name in sites]
-    tables = []
-    for t in model.parameterization.evenly_spaced_timesteps(config.map_timesteps):
+    inputs = []
+    for t in parameterization.evenly_spaced_timesteps(config.map_timesteps):
         steps = t.repeat(len(x0)).to(device)
-        x_t = model.parameterization.add_noise(x0, noise, steps)
-        target = model.parameterization.target(x0, noise, steps)
-        maps = site_maps(model, x_t, steps, batch["cond"].to(device), setup.drawing.context_on(device), decoder,
-                         decoder.config.site if decoder is not None else None, target)
+        inputs.append(RowInputs(parameterization.add_noise(x0, noise, steps), steps, batch["cond"].to(device),
+                                setup.drawing.context_on(device), parameterization.target(x0, noise, steps),
+                                batch["image"]))
+    return inputs
+
+
+def map_rows(setup: Setup, config: InterveneConfig, sites: list[str], decoder, figures: Path, prefix: str = "",
+             store_rows: tuple[RowInputs, list[str], np.ndarray] | None = None) -> pd.DataFrame:
+    """Site maps and their support fractions as a long table, the first ``config.map_figures`` samples' maps of each
+    timestep drawn to ``figures``: of every sample at ``config.map_timesteps`` timesteps (``fresh_map_inputs``), or,
+    with ``store_rows`` (a store's rows rebuilt: their inputs, sample ids and row numbers), at exactly those rows (a
+    ``row`` column names them)."""
+    model, device = setup.models[0], setup.drawing.device
+    keep = [model.site_names.index(name) for name in sites]
+    if store_rows is None:
+        batches = [(inputs, list(setup.batch["id"]), None) for inputs in fresh_map_inputs(setup, config)]
+    else:
+        batches = [store_rows]
+    tables = []
+    for inputs, sample_ids, rows in batches:
+        context = None if inputs.context is None else {key: value.to(device) for key, value in inputs.context.items()}
+        maps = site_maps(model, inputs.x_t.to(device), inputs.timesteps.to(device), inputs.cond.to(device),
+                         context, decoder, decoder.config.site if decoder is not None else None,
+                         inputs.target.to(device))
         maps = {name: values[:, keep] if values.ndim == 4 else values for name, values in maps.items()}
-        tables.append(support_table(maps, support, sites, np.full(len(x0), float(t)), list(batch["id"])))
-        for index in range(min(config.map_figures, len(x0))):
-            figure = plot_site_maps(maps, index, to_uint8(images[index:index + 1])[0], batch["cond"][index].numpy(),
-                                    sites, float(t))
-            save_figure(figure, figures / f"{prefix}maps-sample{index}-t{float(t):.0f}.png")
+        t = inputs.timesteps.float().cpu().numpy()
+        tables.append(support_table(maps, condition_support(inputs.cond.cpu().numpy()), sites, t, sample_ids,
+                                    rows=rows))
+        for index in range(min(config.map_figures, len(t))):
+            figure = plot_site_maps(maps, index, to_uint8(inputs.images[index:index + 1])[0],
+                                    inputs.cond[index].cpu().numpy(), sites, float(t[index]))
+            name = f"row{rows[index]}" if rows is not None else f"sample{index}-t{t[index]:.0f}"
+            save_figure(figure, figures / f"{prefix}maps-{name}.png")
     return pd.concat(tables, ignore_index=True)
 
 
@@ -157,11 +178,13 @@ def passes(config: InterveneConfig, sites: list[str], directions: dict | None) -
     return count
 
 
-def run_analyses(setup: Setup, config: InterveneConfig, figures: Path, label: str = "",
-                 progress: bool = True) -> tuple[dict[str, pd.DataFrame], list[str], dict]:
+def run_analyses(setup: Setup, config: InterveneConfig, figures: Path, label: str = "", progress: bool = True,
+                 store_rows: tuple[RowInputs, list[str], np.ndarray] | None = None
+                 ) -> tuple[dict[str, pd.DataFrame], list[str], dict]:
     """Compute ``config.analyses`` of the setup's one source: ``({table name: long table}, summary lines, what the
-    record keeps)``; figures are saved in ``figures`` (names prefixed by ``label``). The full model is drawn once and
-    timed; the remaining passes are estimated from it before they run."""
+    record keeps)``; figures are saved in ``figures`` (names prefixed by ``label``). The maps are taken at fresh
+    inputs, or at ``store_rows`` (``map_rows``). The full model is drawn once and timed; the remaining passes are
+    estimated from it before they run."""
     chosen = config.analysis_names
     model = setup.models[0]
     sites = chosen_sites(config.sites, model)
@@ -181,7 +204,7 @@ def run_analyses(setup: Setup, config: InterveneConfig, figures: Path, label: st
         directions, tables["probes"] = probe_rows(setup, config, sites, decoder)
     prefix = f"{label}_" if label else ""
     if "maps" in chosen:
-        tables["maps"] = map_rows(setup, config, sites, decoder, figures, prefix)
+        tables["maps"] = map_rows(setup, config, sites, decoder, figures, prefix, store_rows)
         tables["maps_summary"] = summarise(tables["maps"])
         lines += map_lines(tables["maps_summary"])
     started = time.perf_counter()
@@ -207,7 +230,8 @@ def run_analyses(setup: Setup, config: InterveneConfig, figures: Path, label: st
             tables["steering"] = steer_table(model, setup.drawing, directions, config.alphas, full, bar, control)
     record = {"sites": sites, "windows": windows, "condition": kind, "metric": metric, "decoder": decoder is not None,
               "sample_ids": list(setup.batch["id"]), "prompts": setup.captions, "noise": setup.noise_recipe,
-              "map_noise": f"row_noise(shape, seed={config.seed}, rows=sample index)",
+              "map_noise": (f"row_noise(shape, seed={config.seed}, rows=sample index)" if store_rows is None else
+                            "the store rows' own inputs (its row_noise recipe)"),
               "donors": (f"each sample's scene with {config.patch_factor!r} from sample (i + N // 2) mod N"
                          if config.patch_factor else "the condition of sample (i + N // 2) mod N")}
     return tables, lines, record

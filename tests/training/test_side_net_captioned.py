@@ -195,7 +195,8 @@ def test_extraction_and_analysis_on_captions_for_our_run_and_a_diffusers_control
     assert np.abs(full - empty.read("scores/full")).max() > 1e-4  # the captions condition the rows
     config, model, _, dataset_kwargs = load_run(run)
     selected = open_run(stores["caption"], "caption", AnalyzeOptions(n_splits=2))
-    x_t, steps, cond, context = rebuild_inputs(selected, model, config, dataset_kwargs, np.arange(len(selected.rows)))
+    x_t, steps, cond, context, *_ = rebuild_inputs(selected, model, config, dataset_kwargs,
+                                                   np.arange(len(selected.rows)))
     with torch.no_grad():
         rebuilt = model(x_t, steps, cond, context=context).pred_full.numpy()
     np.testing.assert_allclose(rebuilt, full[selected.rows], rtol=1e-4, atol=1e-5)

@@ -89,7 +89,8 @@ def assert_rows_rebuild(run: Path, store_path: Path) -> None:
     predictions again (within float noise: the extraction ran other batches)."""
     config, model, _, dataset_kwargs = load_run(run)
     selected = open_run(store_path, "run", AnalyzeOptions(n_splits=2))
-    x_t, steps, cond, context = rebuild_inputs(selected, model, config, dataset_kwargs, np.arange(len(selected.rows)))
+    x_t, steps, cond, context, *_ = rebuild_inputs(selected, model, config, dataset_kwargs,
+                                                   np.arange(len(selected.rows)))
     assert set(context) == {"context", "pooled"}
     with torch.no_grad():
         rebuilt = model(x_t, steps, cond, context=context).pred_full.numpy()

@@ -197,7 +197,7 @@ def model_decomposition(run: Run, options: AnalyzeOptions) -> pd.DataFrame | Non
     index = np.flatnonzero(np.isin(run.groups, chosen))
     try:
         config, model, decoder, dataset_kwargs = load_run(checkpoint.parent)
-        x_t, steps, cond, context = rebuild_inputs(run, model, config, dataset_kwargs, index)
+        x_t, steps, cond, context, *_ = rebuild_inputs(run, model, config, dataset_kwargs, index)
     except (ValueError, OSError, TypeError) as error:
         run.notes.append(f"model-based decomposition skipped: cannot rebuild the model and inputs from {checkpoint} "
                          f"({error})")
@@ -214,18 +214,30 @@ def model_decomposition(run: Run, options: AnalyzeOptions) -> pd.DataFrame | Non
     return table.assign(example=run.rows[index][table["example"]])
 
 
+def map_store_rows(run: Run, setup, options: AnalyzeOptions) -> tuple:
+    """The store rows the causal maps are taken at: every selected row of the run's first ``--causal-samples``
+    samples (each at the store's timesteps, on the store's noise), rebuilt (``rebuild_inputs``), with their sample
+    ids and row numbers."""
+    samples = pd.unique(run.groups)[:options.causal_samples]
+    index = np.flatnonzero(np.isin(run.groups, samples))
+    inputs = rebuild_inputs(run, setup.models[0], setup.setting, setup.dataset_kwargs, index)
+    return inputs, list(run.meta["sample_id"].to_numpy()[index]), run.rows[index]
+
+
 def causal_analyses(run: Run, options: AnalyzeOptions, figures_dir: Path) -> None:
     """``--causal``: the chosen analyses of ``lisa_probe.causal`` for the store's side net, drawn anew from its run
     (or, for a store of ``extract --controlnet``, the ControlNet and its main net) with the store's data options and
-    split (``causal.run.store_source``), into ``run.causal`` (tables with a ``run`` column, summary lines, figure
-    names); a note when the side net or its data are not here."""
+    split (``causal.run.store_source``), the maps at the store's own rows (``map_store_rows``), into ``run.causal``
+    (tables with a ``run`` column, summary lines, figure names); a note when the side net or its data are not
+    here."""
     try:
         source, config = store_source(run.store.paths[0], out=str(figures_dir.parent), overwrite=True,
                                       analyses=options.causal, samples=options.causal_samples,
                                       steps=options.causal_steps, windows=min(4, options.causal_steps),
                                       seed=options.seed, map_figures=1)
         setup = prepare([str(source)], [run.label], config)
-        tables, lines, _ = run_analyses(setup, config, figures_dir, label=run.label)
+        store_rows = map_store_rows(run, setup, options) if "maps" in config.analysis_names else None
+        tables, lines, _ = run_analyses(setup, config, figures_dir, label=run.label, store_rows=store_rows)
     except (ValueError, OSError) as error:
         run.notes.append(f"causal analyses skipped: {error}")
         return
