@@ -46,7 +46,7 @@ def _parse_bool(text: str) -> bool:
 
 def add_dataclass_arguments(parser: argparse.ArgumentParser, cls) -> None:
     """Add one ``--field-name`` option per field of dataclass ``cls`` (help text from ``metadata['help']``; a
-    ``parse`` entry converts the text instead of the field's type; a bool field with ``off_flag`` gets that option,
+    ``parse`` entry converts the text instead of the field's type, a ``nargs`` entry takes a list; a bool field with ``off_flag`` gets that option,
     which sets it false, instead of ``--field-name [BOOL]``). ``cls.option_aliases`` (``{field: ("--other_name",
     ...)}``) adds other spellings of an option (diffusers' trainers' names), shown beside ours in ``--help``; an alias
     in ``cls.alias_implies`` (``{alias: {field: value}}``) also sets those fields (``ImpliedAlias``)."""
@@ -65,13 +65,15 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls) -> None:
 
         parse.__name__ = getattr(scalar, "__name__", "value")  # argparse names it in "invalid int value: 'abc'"
         bare = {"nargs": "?", "const": True} if scalar is bool else {}  # a bare --flag means true
+        if "nargs" in field.metadata:  # a list of values, each converted by ``parse``
+            bare = {"nargs": field.metadata["nargs"]}
         choices = field.metadata.get("choices")
         text = field.metadata.get("help", "")
         if "default" not in text and default != "":  # a help text that explains its own default keeps it
             text += f" (default: {default})"
         aliases = getattr(cls, "option_aliases", {}).get(field.name, ())
         plain = [alias for alias in aliases if alias not in getattr(cls, "alias_implies", {})]
-        common = dict(dest=field.name, type=parse, choices=choices, metavar=None if choices else parse.__name__.upper(),
+        common = dict(dest=field.name, type=parse, choices=choices, metavar=None if choices else field.metadata.get("metavar", parse.__name__.upper()),
                       **bare)
         parser.add_argument(flag(field.name), *plain, default=default, help=text, **common)
         for alias in aliases:
@@ -228,6 +230,11 @@ def config_from_dict(cls, values: dict, source: str):
         if item.name in values:
             scalar, optional = _field_type(item, hints)
             value = values[item.name]
+            if typing.get_origin(scalar) is list:  # a list of the element type (--validation-image)
+                element = typing.get_args(scalar)[0]
+                if not (isinstance(value, list) and all(isinstance(entry, element) for entry in value)):
+                    raise ValueError(f"{source}: {item.name} must be a list of {element.__name__}, got {value!r}")
+                continue
             allowed = (int, float) if scalar is float else (scalar,)
             if not ((value is None and optional) or (isinstance(value, allowed)
                                                      and not (isinstance(value, bool) and scalar is not bool))):

@@ -7,7 +7,8 @@ A side-net run (``train``) or main-net run (``pretrain``) directory holds::
     summary.json         written when the run finished    checkpoint-N/ resumable states
     controlnet/ lisa_decoder/     (side-net runs)         unet/ or transformer/, scheduler/ (main-net runs)
 
-**Paths inside ``config.yaml``** (``PATH_FIELDS``: the main net, an initial side net, a folder dataset's root) are
+**Paths inside ``config.yaml``** (``PATH_FIELDS``: the main net, an initial side net, a dataset's root, the
+``--validation-image`` files) are
 stored relative to the run directory, so a run works from any working directory and after the directory tree that
 holds it is moved; ``paths: relative-to-run`` says so. Files written before this (no ``paths`` key) hold paths as
 they were given, relative to the working directory of the run, and are read that way.
@@ -36,7 +37,7 @@ DECODER_DIR = "lisa_decoder"
 SAMPLES_DIR = "samples"
 SCHEDULER_DIR = "scheduler"
 SCHEDULER_CONFIG = Path(SCHEDULER_DIR) / "scheduler_config.json"
-PATH_FIELDS = ("main", "side", "data_root")
+PATH_FIELDS = ("main", "side", "data_root", "validation_image")  # a str, or a list of them
 RELATIVE_TO_RUN = "relative-to-run"
 
 
@@ -80,7 +81,9 @@ def write_run_config(run_dir: Path, config, kind: str) -> None:
     relative to ``run_dir``."""
     values = dataclasses.asdict(config)
     for name in PATH_FIELDS:
-        if values.get(name) is not None:
+        if isinstance(values.get(name), list):
+            values[name] = [stored_path(value, run_dir) for value in values[name]]
+        elif values.get(name) is not None:
             values[name] = stored_path(values[name], run_dir)
     payload = {"kind": kind, "code_version": code_version(), "paths": RELATIVE_TO_RUN, "config": values}
     write_text_atomic(Path(run_dir) / CONFIG_FILE, yaml.safe_dump(payload, sort_keys=False))
@@ -96,7 +99,9 @@ def read_run_config(run_dir: str | os.PathLike, cls, kind: str):
     values = dict(payload["config"])
     base = Path(run_dir) if payload.get("paths") == RELATIVE_TO_RUN else Path.cwd()
     for name in PATH_FIELDS:
-        if isinstance(values.get(name), str):
+        if isinstance(values.get(name), list):
+            values[name] = [str(resolved_path(value, base)) for value in values[name]]
+        elif isinstance(values.get(name), str):
             values[name] = str(resolved_path(values[name], base))
     return config_from_dict(cls, values, str(path))
 

@@ -17,6 +17,7 @@ purpose                formula            stream
 ``main_eval``          seed + 1           starting noise of a main net's evaluation samples
 ``probe``              seed + 4242        noise of the onset probe batch (``training.onset_probe``)
 ``side_eval``          seed + 12345       starting noise of a side net's evaluation samples
+``validation_pairs``   seed + 23456       starting noise of the ``--validation-image`` samples
 ====================== ================== =================================================================
 """
 
@@ -24,7 +25,8 @@ from __future__ import annotations
 
 PURPOSES = {"process": (1_000_003, 0), "zero_init": (1_000_003, 7), "cond_gate_init": (1_000_003, 11),
             "row_noise": (1_000_003, 0),
-            "data_order": (100_003, 0), "main_eval": (1, 1), "probe": (1, 4242), "side_eval": (1, 12345)}
+            "data_order": (100_003, 0), "main_eval": (1, 1), "probe": (1, 4242), "side_eval": (1, 12345),
+            "validation_pairs": (1, 23456)}
 
 
 def derive_seed(seed: int, purpose: str, index: int = 0) -> int:

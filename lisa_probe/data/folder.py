@@ -109,6 +109,18 @@ def load_image(path: Path, resolution: int, mode: str = "RGB", background: tuple
         return fit_image(image, resolution, mode, background, resample)
 
 
+def load_condition(path: Path, resolution: int, channels: int) -> torch.Tensor:
+    """A conditioning image file of your own (diffusers' ``--validation_image``) as the datasets read theirs: RGB
+    for 3 channels, L for 1, on black, the shorter side resized (bilinear) and centre-cropped; (C, H, W) float32 in
+    [0, 1]; ValueError naming a file that cannot be read."""
+    try:
+        array = load_image(Path(path), resolution, "L" if channels == 1 else "RGB", (0, 0, 0),
+                           Image.Resampling.BILINEAR)
+    except (OSError, ValueError, Image.DecompressionBombError) as error:
+        raise ValueError(f"--validation-image {str(path)!r}: {type(error).__name__}: {error}") from error
+    return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1), dtype=np.float32) / 255.0)
+
+
 def fit_image(image: Image.Image, resolution: int, mode: str = "RGB", background: tuple[int, int, int] = (255, 255, 255),
               resample: Image.Resampling = Image.Resampling.BICUBIC,
               centering: tuple[float, float] = (0.5, 0.5)) -> np.ndarray:

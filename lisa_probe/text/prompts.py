@@ -318,10 +318,11 @@ def drop_prompts(prompts: Sequence[str], proportion: float, generator: torch.Gen
 
 
 def prompt_embeddings(config, datasets: Sequence, cache: Path, progress: bool = True,
-                      pipeline: Path | None = None) -> PromptEmbeddings | None:
+                      pipeline: Path | None = None, extra: Sequence[str] = ()) -> PromptEmbeddings | None:
     """The cached embeddings (under ``cache/prompts``) of every caption of ``datasets`` (the splits a command uses,
-    built once by it: a captioned table's, a folder's captions file or shapes' label prompts) through the text
-    encoder of ``pipeline`` (default: the config's ``main``); None for data without captions. ``config``: a
+    built once by it: a captioned table's, a folder's captions file or shapes' label prompts) and the ``extra``
+    prompts (``--validation-prompt``) through the text encoder of ``pipeline`` (default: the config's ``main``); None
+    for data without captions. ``config``: a
     ``TrainConfig``, ``PretrainConfig`` or ``ForeignRun`` (``DataOptions``). ValueError when the captions have no
     text encoder."""
     if not config.has_captions:
@@ -332,7 +333,7 @@ def prompt_embeddings(config, datasets: Sequence, cache: Path, progress: bool = 
                   "train without them with --caption-column none")
         raise ValueError(f"the dataset has captions but the main net {pipeline} has no text_encoder/ and "
                          f"tokenizer/; {remedy}")
-    captions = [caption for dataset in datasets for caption in dataset.captions()]
+    captions = [caption for dataset in datasets for caption in dataset.captions()] + list(extra)
     return PromptEmbeddings(prompt_encoder(pipeline), captions, Path(cache) / "prompts", progress=progress)
 
 

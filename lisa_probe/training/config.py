@@ -69,10 +69,14 @@ class LoopConfig:
 
     # fields that may differ between an interrupted run and its resumption (the engine's resume check)
     resumable_changes: ClassVar[tuple[str, ...]] = (
-        "steps", "resume", "checkpoint_every", "keep_checkpoints", "eval_every", "eval_schedule", "log_every",
+        "steps", "num_train_epochs", "resume", "checkpoint_every", "keep_checkpoints", "eval_every", "eval_schedule", "log_every",
         "num_workers", "eval_samples", "overwrite", "report_to")
 
     steps: int = field(default=1000, metadata=option("optimizer steps"))
+    num_train_epochs: int | None = field(default=None, metadata=option(
+        "train this many passes over the training split instead of --steps: the fewest steps that show every sample "
+        "that often, ceil(epochs x N / (batch size x grad accum x processes)), saved as the run's --steps "
+        "(diffusers' --num_train_epochs; here it takes precedence over --steps)"))
     batch_size: int = field(default=16, metadata=option("micro-batch size per process"))
     grad_accum: int = field(default=1, metadata=option("gradient accumulation micro-batches per step"))
     lr: float = field(default=1e-4, metadata=option("AdamW learning rate"))
@@ -123,6 +127,8 @@ class LoopConfig:
         if self.use_8bit_adam and importlib.util.find_spec("bitsandbytes") is None:
             raise ValueError("--use-8bit-adam needs bitsandbytes, which is not installed: pip install "
                              "'lisa_probe[bnb]' (or pip install bitsandbytes)")
+        if self.num_train_epochs is not None and self.num_train_epochs < 1:
+            raise ValueError(f"--num-train-epochs must be >= 1, got {self.num_train_epochs}")
         for name in ("steps", "batch_size", "grad_accum", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{flag(name)} must be >= 1, got {getattr(self, name)}")
@@ -230,7 +236,8 @@ DEFAULT_MAIN_NAME = "main-unet-v-shapes32"  # PretrainConfig()'s name: the defau
 # diffusers' examples/controlnet/train_controlnet*.py option names, accepted beside ours with the same meaning
 DIFFUSERS_ALIASES = {
     "main": ("--pretrained_model_name_or_path",), "side": ("--controlnet_model_name_or_path",),
-    "out_dir": ("--output_dir",), "steps": ("--max_train_steps",), "batch_size": ("--train_batch_size",),
+    "out_dir": ("--output_dir",), "steps": ("--max_train_steps",), "num_train_epochs": ("--num_train_epochs",),
+    "batch_size": ("--train_batch_size",),
     "grad_accum": ("--gradient_accumulation_steps",), "lr": ("--learning_rate",),
     "lr_warmup_steps": ("--lr_warmup_steps",), "lr_schedule": ("--lr_scheduler",),
     "lr_num_cycles": ("--lr_num_cycles",), "lr_power": ("--lr_power",), "adam_beta1": ("--adam_beta1",),
@@ -241,10 +248,11 @@ DIFFUSERS_ALIASES = {
     "eval_every": ("--validation_steps",), "num_workers": ("--dataloader_num_workers",),
     "gradient_checkpointing": ("--gradient_checkpointing",), "use_8bit_adam": ("--use_8bit_adam",),
     "report_to": ("--report_to",), "proportion_empty_prompts": ("--proportion_empty_prompts",),
-    "data_root": ("--train_data_dir",), "image_column": ("--image_column",),
+    "data_root": ("--train_data_dir", "--dataset_name"), "image_column": ("--image_column",),
     "conditioning_image_column": ("--conditioning_image_column",), "caption_column": ("--caption_column",),
     "max_train_samples": ("--max_train_samples",), "cache_latents": ("--cache_latents",),
-    "random_flip": ("--random_flip",),
+    "random_flip": ("--random_flip",), "validation_image": ("--validation_image",),
+    "validation_prompt": ("--validation_prompt",),
 }
 
 
@@ -254,7 +262,8 @@ class TrainConfig(LoopConfig, DataOptions, PromptDropout):
     net exists)."""
 
     option_aliases: ClassVar[dict[str, tuple[str, ...]]] = DIFFUSERS_ALIASES
-    alias_implies: ClassVar[dict[str, dict]] = {"--train_data_dir": {"dataset": "captioned"}}  # a datasets folder
+    alias_implies: ClassVar[dict[str, dict]] = {  # a datasets folder, or a dataset's local directory or file
+        "--train_data_dir": {"dataset": "captioned"}, "--dataset_name": {"dataset": "captioned"}}
     resumable_changes: ClassVar[tuple[str, ...]] = (*LoopConfig.resumable_changes, "probe_every", "probe_samples",
                                                     "probe_grad_split", "name", "out_dir")
 
@@ -328,12 +337,44 @@ class TrainConfig(LoopConfig, DataOptions, PromptDropout):
     eval_samples: int = field(default=64, metadata=option("validation conditions sampled per evaluation (0: no "
                                                         "evaluation)"))
     sample_steps: int = field(default=20, metadata=option("sampler steps at evaluation"))
+    validation_image: list[str] = field(default_factory=list, metadata=option(
+        "conditioning images of your own, sampled at each evaluation beside the validation split's and drawn in its "
+        "grid (columns after the split's), their control fidelity logged as validation_pairs/<metric>; one image "
+        "for all prompts, one per prompt, or any number without prompts (default: none)", nargs="+", parse=str,
+        metavar="PATH"))
+    validation_prompt: list[str] = field(default_factory=list, metadata=option(
+        "the prompts of --validation-image (captioned data): one for all images or one per image (default: the "
+        "empty prompt)", nargs="+", parse=str, metavar="PROMPT"))
     convergence_threshold: float = field(default=0.5, metadata=option("control fidelity that counts as converged"))
     steps: int = field(default=600, metadata=option("optimizer steps"))
     lr: float = field(default=1e-3, metadata=option("AdamW learning rate (the reference uses 1e-5 for SD-scale "
                                                   "models; 1e-3 suits the small built-in presets)"))
     eval_every: int = field(default=100, metadata=option("steps between evaluations (0: only at the end)"))
     checkpoint_every: int = field(default=200, metadata=option("steps between checkpoints (0: only at the end)"))
+
+    def check_validation_pairs(self) -> None:
+        """ValueError for ``--validation-prompt`` without images or captions, counts that do not pair (diffusers'
+        rule: 1 and N, N and 1, or N and N), or pairs with evaluation off (the images are read, and a missing one
+        refused, when a run starts: ``ControlEvaluation``)."""
+        images, prompts = self.validation_image, self.validation_prompt
+        if prompts and not images:
+            raise ValueError("--validation-prompt needs --validation-image (the conditioning images it goes with)")
+        if prompts and not self.has_captions:
+            raise ValueError(f"--validation-prompt needs captioned data (a main net with a text encoder); --dataset "
+                             f"{self.dataset} has no captions here: give --validation-image alone")
+        if len(images) > 1 and len(prompts) > 1 and len(images) != len(prompts):
+            raise ValueError(f"{len(images)} --validation-image and {len(prompts)} --validation-prompt do not pair: "
+                             "give one of either, or as many of both")
+        if images and self.eval_samples == 0:
+            raise ValueError("--validation-image is sampled at each evaluation; --eval-samples 0 turns evaluation off")
+
+    @property
+    def validation_pairs(self) -> list[tuple[str, str]]:
+        """``[(conditioning image path, prompt)]`` of ``--validation-image`` / ``--validation-prompt`` (diffusers'
+        pairing: a single one of either goes with each of the other; no prompt: the empty prompt)."""
+        images, prompts = self.validation_image, self.validation_prompt or [""]
+        count = max(len(images), len(prompts)) if images else 0
+        return [(images[i % len(images)], prompts[i % len(prompts)]) for i in range(count)]
 
     def weighting(self) -> WeightingScheme:
         """The SD3 weighting scheme these options name."""
@@ -388,6 +429,7 @@ class TrainConfig(LoopConfig, DataOptions, PromptDropout):
         if self.sample_steps < 1:
             raise ValueError(f"--sample-steps must be >= 1, got {self.sample_steps}")
         lisa_rows(1, self.lisa_fraction)
+        self.check_validation_pairs()
         check_choice("LISA main pass", self.lisa_main_pass, MAIN_PASSES)
         lisa_weight(0, self.lisa_weight, self.lisa_schedule, self.lisa_end_step)
         if self.name is None:

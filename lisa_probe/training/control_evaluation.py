@@ -6,11 +6,13 @@ that evaluations at different steps and in different runs are comparable.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
 from torch.utils.data import default_collate
 
+from lisa_probe.data.folder import load_condition
 from lisa_probe.diffusion.sampling import fixed_noise, sample
 from lisa_probe.evaluation import Evaluator
 from lisa_probe.evaluation.grids import save_grid, to_uint8
@@ -26,7 +28,10 @@ GRID_COLUMNS = 8
 class ControlEvaluation:
     """``evaluate(step) -> metrics``: control fidelity, factor read-back and quality of controlled samples.
 
-    The main net alone is sampled once from the same noise (``main_alone/<metric>``) as the reference point.
+    The main net alone is sampled once from the same noise (``main_alone/<metric>``) as the reference point. The
+    user's own ``--validation-image`` / ``--validation-prompt`` pairs are sampled with them (their own fixed noise,
+    after the split's, which keeps its noise): their control fidelity is ``validation_pairs/<metric>`` and they are
+    the grid's last columns.
     """
 
     def __init__(self, model, config, val, train_set, dataset_kwargs: dict, run_dir: Path, prompts=None):
@@ -34,14 +39,23 @@ class ControlEvaluation:
         train split, centre-cropped (the read-back net trains on it, cached by ``dataset_kwargs``)."""
         self.model, self.config, self.run_dir = model, config, Path(run_dir)
         batch = default_collate([val[i] for i in range(min(config.eval_samples, len(val)))])
-        self.cond, self.factors = batch["cond"], batch["factors"]
-        self.captions = list(batch["text"]) if prompts is not None else None  # shown above the grid's columns
-        self.context = batch_context(prompts, batch)  # the captions' embeddings, or None: the null context
+        pairs = config.validation_pairs
+        self.n_val, self.factors = len(batch["cond"]), batch["factors"]
+        resolution = batch["cond"].shape[-1]
+        own = [load_condition(path, resolution, val.cond_channels) for path, _ in pairs]
+        self.cond = torch.cat([batch["cond"], *[cond[None] for cond in own]])
+        texts = list(batch["text"]) if prompts is not None else None
+        self.captions = None  # shown above the grid's columns: the split's captions, the pairs' prompts or files
+        if texts is not None or pairs:
+            shown = texts[:GRID_COLUMNS] if texts is not None else [""] * min(GRID_COLUMNS, self.n_val)
+            self.captions = shown + [prompt or Path(path).name for path, prompt in pairs]
+        self.context = batch_context(prompts, {"text": (texts or []) + [prompt for _, prompt in pairs]})
         self.evaluator = Evaluator.for_dataset(train_set, cache_dir=cache_dir(config.out_dir),
                                                dataset_kwargs=dataset_kwargs)
         image_shape = (self.model.main.config.in_channels, self.model.main.config.sample_size,
                        self.model.main.config.sample_size)
-        self.noise = fixed_noise((len(self.cond), *image_shape), derive_seed(config.seed, "side_eval"))
+        self.noise = torch.cat([fixed_noise((self.n_val, *image_shape), derive_seed(config.seed, "side_eval")),
+                                fixed_noise((len(pairs), *image_shape), derive_seed(config.seed, "validation_pairs"))])
         self.main_alone: torch.Tensor | None = None
 
     def _sample(self, predict) -> torch.Tensor:
@@ -54,23 +68,30 @@ class ControlEvaluation:
         """The first ``rows`` rows of the validation context on ``device`` (None: the null context)."""
         return None if self.context is None else {key: value[:rows].to(device) for key, value in self.context.items()}
 
+    def _grid_columns(self, images: torch.Tensor) -> torch.Tensor:
+        """The grid's columns of (N_val + N_pairs, ...) rows: the split's first ``GRID_COLUMNS``, then the pairs."""
+        return torch.cat([images[:min(GRID_COLUMNS, self.n_val)], images[self.n_val:]])
+
     def __call__(self, step: int) -> dict[str, float]:
         device = next(self.model.side.parameters()).device
-        cond = self.cond.to(device)
+        cond, n = self.cond.to(device), self.n_val
         results = {}
         if self.main_alone is None:
             self.main_alone = self._sample(lambda x, t: self.model.predict_main(x, t, self._context(len(x), device)))
             if not any(metric.startswith("main_alone/") for rows in read_eval(self.run_dir).values()
                        for metric in rows):  # logged once per run, not again after a resume
-                main_metrics = self.evaluator.evaluate(self.main_alone, self.cond, self.factors)
+                main_metrics = self.evaluator.evaluate(self.main_alone[:n], self.cond[:n], self.factors)
                 results.update({f"main_alone/{k}": v for k, v in main_metrics.items()})
         controlled = self._sample(lambda x, t: self.model(x, t, cond[: x.shape[0]],
                                                           context=self._context(len(x), device)).pred_full)
-        results.update(self.evaluator.evaluate(controlled, self.cond, self.factors))
-        n = GRID_COLUMNS
-        save_grid([("condition", to_uint8(self.cond[:n], (0.0, 1.0))), ("main alone", to_uint8(self.main_alone[:n])),
-                   ("controlled", to_uint8(controlled[:n]))], sample_grid_path(self.run_dir, step),
-                  captions=None if self.captions is None else self.captions[:n])
+        results.update(self.evaluator.evaluate(controlled[:n], self.cond[:n], self.factors))
+        if len(self.cond) > n:
+            pairs = self.evaluator.control_fidelity(controlled[n:], self.cond[n:])
+            results.update({f"validation_pairs/{k}": v for k, v in pairs.items() if math.isfinite(v)})
+        save_grid([("condition", to_uint8(self._grid_columns(self.cond), (0.0, 1.0))),
+                   ("main alone", to_uint8(self._grid_columns(self.main_alone))),
+                   ("controlled", to_uint8(self._grid_columns(controlled)))], sample_grid_path(self.run_dir, step),
+                  captions=self.captions)
         return results
 
 
@@ -122,4 +143,4 @@ def summary_lines(summary: dict) -> list[str]:
     return [f"steps: {summary.get('steps')} ({'?' if seconds is None else f'{seconds:.3g}'} s/step)",
             f"convergence ({convergence})",
             "final: " + (", ".join(f"{key} {value:.4g}" for key, value in final.items()) if final
-                         else "not evaluated (--eval-samples 0)")]
+                         else "no metrics (not evaluated: --eval-samples 0; or no control metric and no factors)")]

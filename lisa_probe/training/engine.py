@@ -79,6 +79,17 @@ def is_eval_step(step: int, config: LoopConfig) -> bool:
 POLYNOMIAL_END = 1e-7  # diffusers' get_polynomial_decay_schedule_with_warmup's lr_end
 
 
+def with_epoch_steps(config: LoopConfig, dataset_size: int) -> LoopConfig:
+    """``config`` with ``--steps`` derived from ``--num-train-epochs`` (unchanged without it): the fewest optimizer
+    steps whose samples, ``batch_size x grad_accum x processes`` each, cover ``num_train_epochs x dataset_size``
+    (the stream crosses epoch boundaries without dropping a batch: ``data.stream``). A resumed run derives the same
+    number: a resume keeps the number of processes."""
+    if config.num_train_epochs is None:
+        return config
+    per_step = config.batch_size * config.grad_accum * process_state().num_processes
+    return dataclasses.replace(config, steps=math.ceil(config.num_train_epochs * dataset_size / per_step))
+
+
 def learning_rate(step: int, config: LoopConfig) -> float:
     """Learning rate of optimizer step ``step`` (0-based): a linear warm-up over ``lr_warmup_steps`` (reaching the full
     rate at its last step: one step ahead of diffusers', whose first step has rate 0), then ``lr_schedule``'s factor,

@@ -24,7 +24,7 @@ from lisa_probe.text.labels import main_context_widths, write_label_encoder
 from lisa_probe.text.prompts import PromptEmbeddings, batch_context, drop_prompts, has_text_encoder, prompt_embeddings
 from lisa_probe.training.checkpoints import prepare_run_dir
 from lisa_probe.training.config import DEFAULT_MAIN_NAME, PretrainConfig
-from lisa_probe.training.engine import Objective, fit, is_main_process, process_state
+from lisa_probe.training.engine import Objective, fit, is_main_process, process_state, with_epoch_steps
 
 
 class MainNetObjective(Objective):
@@ -128,6 +128,7 @@ def pretrain(config: PretrainConfig) -> Path:
     used = ("train", "val") if config.has_captions else ("train",)  # val: the prompts of the evaluation samples
     splits = {split: build_dataset(config.dataset, split=split, **dataset_options(config)) for split in used}
     dataset = splits["train"]
+    config = with_epoch_steps(config, len(dataset))
     run_dir = config.run_dir  # created once the data is known to load
     prepare_run_dir(run_dir, config.resume, config.overwrite, is_main_process())
     process_state().wait_for_everyone()

@@ -21,7 +21,7 @@ from lisa_probe.text.prompts import PromptEmbeddings, drop_prompts, prompt_embed
 from lisa_probe.training.checkpoints import prepare_run_dir, resolve_resume
 from lisa_probe.training.config import TrainConfig
 from lisa_probe.training.control_evaluation import ControlEvaluation, write_summary
-from lisa_probe.training.engine import WEIGHT_DTYPES, Objective, fit, is_main_process, process_state
+from lisa_probe.training.engine import WEIGHT_DTYPES, Objective, fit, is_main_process, process_state, with_epoch_steps
 from lisa_probe.training.latent_cache import LatentCache
 from lisa_probe.training.lisa import LisaDecoder, lisa_distance, lisa_target
 from lisa_probe.training.lisa_schedule import lisa_rows, lisa_weight
@@ -207,6 +207,7 @@ def train(config: TrainConfig) -> Path:
         config = replace(config, main=str(ensure_default_main(Path(config.out_dir))))
     net, dataset_kwargs = load_main_net(config)
     splits = run_splits(config, dataset_kwargs)  # every split the run uses, built once and checked
+    config = with_epoch_steps(config, len(splits["train"]))
     model = attach_side(net, config, splits["train"].cond_channels)
     model.cast_frozen(WEIGHT_DTYPES[config.mixed_precision])
     model.parameterization.check_weighting(config.weighting())
@@ -221,7 +222,8 @@ def train(config: TrainConfig) -> Path:
                if config.random_crop else splits["train"])  # crops for training only; evaluation: centre
     model.check_condition(dataset.cond_channels)
     check_items(dataset, config.batch_size, "the first training batch")
-    prompts = prompt_embeddings(config, list(splits.values()), cache_dir(config.out_dir), progress=is_main_process())
+    prompts = prompt_embeddings(config, list(splits.values()), cache_dir(config.out_dir), progress=is_main_process(),
+                                extra=[prompt for _, prompt in config.validation_pairs])
     latents = (LatentCache(model, dataset, Path(config.main) / "vae", cache_dir(config.out_dir) / "latents",
                            dataset_kwargs, progress=is_main_process()) if config.cache_latents else None)
     evaluation = (ControlEvaluation(model, config, splits["val"], splits["train"], dataset_kwargs, run_dir, prompts)

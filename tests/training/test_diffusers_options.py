@@ -1,11 +1,14 @@
 """diffusers' ControlNet trainer option names: accepted beside ours with the same meaning, listed in ``--help``;
 ``--train_data_dir`` also selects the captioned dataset, as diffusers reads a datasets folder."""
 
+import math
+import shlex
 from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 
+from lisa_probe.data import build_dataset
 from lisa_probe.options import parse_config
 from lisa_probe.train import main
 from lisa_probe.training.config import DIFFUSERS_ALIASES, TrainConfig
@@ -39,13 +42,47 @@ def test_every_alias_is_in_help_beside_ours(capsys):
     assert "--train_data_dir STR  as --data-root, with --dataset captioned" in text
 
 
-def test_a_diffusers_style_command_trains(sd_pipeline, captioned_data, tmp_path):
-    assert main([f"--pretrained_model_name_or_path={sd_pipeline}", f"--output_dir={tmp_path}",
-                 f"--train_data_dir={captioned_data}", "--resolution=32", "--learning_rate=1e-5",
-                 "--train_batch_size=2", "--max_train_steps=2", "--checkpointing_steps=1", "--name=fill",
-                 "--eval-samples=0"]) == 0
-    assert (tmp_path / "fill" / "controlnet" / "config.json").exists()
-    assert sorted(path.name for path in (tmp_path / "fill").glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
+# examples/controlnet/README.md of diffusers, "Training" (accelerate launch train_controlnet.py \ ...), verbatim
+README_COMMAND = """
+ --pretrained_model_name_or_path=$MODEL_DIR \\
+ --output_dir=$OUTPUT_DIR \\
+ --dataset_name=fusing/fill50k \\
+ --resolution=512 \\
+ --learning_rate=1e-5 \\
+ --validation_image "./conditioning_image_1.png" "./conditioning_image_2.png" \\
+ --validation_prompt "red circle with blue background" "cyan circle with brown floral background" \\
+ --train_batch_size=4
+"""
+
+
+def test_diffusers_readme_command_trains(sd_pipeline, captioned_data, tmp_path, monkeypatch):
+    """diffusers' README command for train_controlnet.py through our CLI, with its paths ours (the tiny pipeline,
+    the local fill50k-like table, two conditioning images written here), --resolution 64 instead of 512 (CPU) and
+    diffusers' own default --num_train_epochs=1 made explicit (ours is --steps 600): it trains one epoch, evaluates
+    the validation split and the two pairs, and draws them in the grid."""
+    from PIL import Image
+
+    from lisa_probe.rundir import read_run_config
+
+    monkeypatch.chdir(tmp_path)
+    for i, colour in ((1, (255, 0, 0)), (2, (0, 255, 255))):
+        Image.new("RGB", (80, 64), colour).save(f"conditioning_image_{i}.png")
+    command = (README_COMMAND.replace("\\\n", " ").replace("$MODEL_DIR", str(sd_pipeline))
+               .replace("$OUTPUT_DIR", "out").replace("fusing/fill50k", str(captioned_data))
+               .replace("--resolution=512", "--resolution=64"))
+    assert main([*shlex.split(command), "--num_train_epochs=1", "--name=fill"]) == 0
+    run = tmp_path / "out" / "fill"
+    config = read_run_config(run, TrainConfig, "train")
+    train_rows = len(build_dataset("captioned", split="train", root=str(captioned_data), resolution=64))
+    assert config.steps == math.ceil(train_rows / 4) and config.num_train_epochs == 1
+    assert config.validation_pairs == [(str(tmp_path / "conditioning_image_1.png"), "red circle with blue background"),
+                                       (str(tmp_path / "conditioning_image_2.png"),
+                                        "cyan circle with brown floral background")]
+    assert (run / "controlnet" / "config.json").exists()
+    val_rows = len(build_dataset("captioned", split="val", root=str(captioned_data), resolution=64))
+    grid = Image.open(run / "samples" / f"step-{config.steps}.png")
+    columns = min(8, val_rows) + 2  # the split's first 8, then the two pairs
+    assert grid.width == 64 + columns * (64 * 2 + 2)
 
 
 def test_a_diffusers_choice_we_do_not_have_is_refused_by_name(capsys):

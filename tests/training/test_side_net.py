@@ -687,3 +687,26 @@ def test_the_condition_gate_opens_by_the_init_scale(tmp_path, family, kind):
     again, _ = build_dual_branch(config)
     init_condition_gate(again, 0.5, 0)
     assert torch.equal(condition_gate(again).weight, gate)  # seeded
+
+
+def test_epochs_set_the_steps_and_resume_exactly(tmp_path, capsys):
+    """--num-train-epochs 2 on 12 samples at batch 4 x grad-accum 1 is 6 steps, saved as the run's steps; one epoch
+    resumed to two continues to the same weights as two epochs straight."""
+    common = dict(train_size=12, checkpoint_every=3)
+    straight = train(tiny_config(tmp_path, name="straight", num_train_epochs=2, **common))
+    assert read_run_config(straight, TrainConfig, "train").steps == 6 and read_summary(straight)["steps"] == 6
+    resumed = train(tiny_config(tmp_path, name="resumed", num_train_epochs=1, **common))
+    assert read_summary(resumed)["steps"] == 3
+    capsys.readouterr()
+    train(tiny_config(tmp_path, name="resumed", num_train_epochs=2, resume="latest", **common))
+    assert "resuming from checkpoint-3 (step 3 of 6)" in capsys.readouterr().out
+    a, b = side_weights(straight / "controlnet"), side_weights(resumed / "controlnet")
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
+
+
+def test_a_validation_image_that_cannot_be_read_is_refused_before_the_run_exists(tmp_path):
+    config = tiny_config(tmp_path, name="pairs", eval_samples=2, validation_image=[str(tmp_path / "missing.png")])
+    with pytest.raises(ValueError, match="--validation-image '.*missing.png': FileNotFoundError"):
+        train(config)
+    assert not (tmp_path / "runs" / "pairs").exists()
