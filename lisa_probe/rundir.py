@@ -76,15 +76,20 @@ def run_dir_of(checkpoint: str | os.PathLike) -> Path:
     raise ValueError(f"{checkpoint} is not a lisa_probe run or checkpoint directory (no {CONFIG_FILE} beside it)")
 
 
+def stored_paths(values: dict, base: str | os.PathLike) -> dict:
+    """``values`` (a config as a dict) with its ``PATH_FIELDS`` (a path or a list of them; empty ones as they are)
+    as ``stored_path``s under ``base``."""
+    def stored(value):
+        if isinstance(value, list):
+            return [stored_path(entry, base) for entry in value]
+        return stored_path(value, base) if value else value
+    return {key: stored(value) if key in PATH_FIELDS else value for key, value in values.items()}
+
+
 def write_run_config(run_dir: Path, config, kind: str) -> None:
     """Write ``config.yaml``: ``kind``, ``code_version``, ``paths`` and every config field, the ``PATH_FIELDS``
     relative to ``run_dir``."""
-    values = dataclasses.asdict(config)
-    for name in PATH_FIELDS:
-        if isinstance(values.get(name), list):
-            values[name] = [stored_path(value, run_dir) for value in values[name]]
-        elif values.get(name) is not None:
-            values[name] = stored_path(values[name], run_dir)
+    values = stored_paths(dataclasses.asdict(config), run_dir)
     payload = {"kind": kind, "code_version": code_version(), "paths": RELATIVE_TO_RUN, "config": values}
     write_text_atomic(Path(run_dir) / CONFIG_FILE, yaml.safe_dump(payload, sort_keys=False))
 

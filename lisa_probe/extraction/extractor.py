@@ -34,7 +34,7 @@ from lisa_probe.extraction.config import ExtractConfig, ForeignRun
 from lisa_probe.models import DualBranch
 from lisa_probe.models.hooks import capture
 from lisa_probe.provenance import code_version, file_digest
-from lisa_probe.rundir import PATH_FIELDS, SIDE_DIR, cache_dir, run_dir_of, stored_path
+from lisa_probe.rundir import SIDE_DIR, cache_dir, run_dir_of, stored_path, stored_paths
 from lisa_probe.store import FeatureStoreWriter, make_layout, merge_shards, shard_path, shard_range
 from lisa_probe.store.writer import check_finished_store
 from lisa_probe.text.prompts import PromptEmbeddings, prompt_embeddings, text_layout
@@ -306,9 +306,7 @@ def store_attrs(config: ExtractConfig, model: DualBranch, run_config: dict, side
     are made (``inputs``: ``input_recipe``). Paths of the run config, ``checkpoint`` and ``run`` are relative to the
     store's directory (``rundir.stored_path``)."""
     base = Path(config.out).parent
-    stored_config = {key: stored_path(value, base) if key in PATH_FIELDS and value is not None else value
-                     for key, value in run_config.items()}
-    return {"config": stored_config, "checkpoint": stored_path(side_dir, base), "checkpoint_hash": file_digest(side_dir),
+    return {"config": stored_paths(run_config, base), "checkpoint": stored_path(side_dir, base), "checkpoint_hash": file_digest(side_dir),
             "run": stored_path(run_dir_of(config.ckpt), base) if config.ckpt is not None else "",
             "code_version": code_version(), "parameterization": model.parameterization.prediction_type,
             "extract_args": asdict(config) | {"resume": False, "overwrite": False}, "lisa_site": lisa_site or "",

@@ -32,7 +32,7 @@ from lisa_probe.generation.config import SampleConfig
 from lisa_probe.generation.setup import constant_gates, prepare
 from lisa_probe.generation.sources import Source
 from lisa_probe.provenance import code_version, file_digest
-from lisa_probe.rundir import PATH_FIELDS, stored_path
+from lisa_probe.rundir import stored_path, stored_paths
 
 GRID_FILE, FIDELITY_FILE, RECORD_FILE, IMAGES_DIR = "grid.png", "fidelity.csv", "sample.json", "images"
 
@@ -123,8 +123,7 @@ def draw_comparison(sources: list[str], config: SampleConfig, command: str, prog
                 writer.writerows(table)
         record = {
             "code_version": code_version(), "command": command, "config": asdict(config),
-            "setting": {key: stored_path(value, out) if key in PATH_FIELDS and value else value
-                        for key, value in asdict(setup.setting).items()},
+            "setting": stored_paths(asdict(setup.setting), out),
             "sources": [{"label": source.label, "path": stored_path(source.path, out),
                          "side_sha256": file_digest(source.side_dir), "run": source.run_config is not None}
                         for source in chosen],
