@@ -21,6 +21,7 @@ from lisa_probe.provenance import code_version
 from lisa_probe.rundir import SUMMARY_FILE, cache_dir, read_eval, read_metrics, sample_grid_path
 from lisa_probe.seeds import derive_seed
 from lisa_probe.text.prompts import batch_context
+from lisa_probe.training.engine import gather_rows
 
 GRID_COLUMNS = 8
 
@@ -56,34 +57,49 @@ class ControlEvaluation:
                        self.model.main.config.sample_size)
         self.noise = torch.cat([fixed_noise((self.n_val, *image_shape), derive_seed(config.seed, "side_eval")),
                                 fixed_noise((len(pairs), *image_shape), derive_seed(config.seed, "validation_pairs"))])
-        self.main_alone: torch.Tensor | None = None
+        self.main_alone: torch.Tensor | None = None  # on the main process, once drawn
+        self.main_alone_drawn = False
 
-    def _sample(self, predict) -> torch.Tensor:
+    def _sample(self, full: bool) -> torch.Tensor | None:
+        """(N, 3, H, W) samples of every validation row, the full model's or (``full`` false) the main net's alone,
+        each process drawing its share (``gather_rows``): on the main process; None on the others."""
         device = next(self.model.side.parameters()).device
-        samples = sample(predict, self.model.parameterization, self.noise.to(device), self.config.sample_steps,
-                         clip_sample=self.model.vae is None)
-        return self.model.decode_samples(samples).cpu()
 
-    def _context(self, rows: int, device) -> dict[str, torch.Tensor] | None:
-        """The first ``rows`` rows of the validation context on ``device`` (None: the null context)."""
-        return None if self.context is None else {key: value[:rows].to(device) for key, value in self.context.items()}
+        def draw(rows: range) -> torch.Tensor:
+            share = slice(rows.start, rows.stop)
+            cond = self.cond[share].to(device)
+            context = None if self.context is None else {key: value[share].to(device)
+                                                         for key, value in self.context.items()}
+            if full:
+                def predict(x, t):
+                    return self.model(x, t, cond, context=context).pred_full
+            else:
+                def predict(x, t):
+                    return self.model.predict_main(x, t, context)
+            samples = sample(predict, self.model.parameterization, self.noise[share].to(device),
+                             self.config.sample_steps, clip_sample=self.model.vae is None)
+            return self.model.decode_samples(samples).cpu()
+
+        return gather_rows(draw, len(self.noise))
 
     def _grid_columns(self, images: torch.Tensor) -> torch.Tensor:
         """The grid's columns of (N_val + N_pairs, ...) rows: the split's first ``GRID_COLUMNS``, then the pairs."""
         return torch.cat([images[:min(GRID_COLUMNS, self.n_val)], images[self.n_val:]])
 
     def __call__(self, step: int) -> dict[str, float]:
-        device = next(self.model.side.parameters()).device
-        cond, n = self.cond.to(device), self.n_val
-        results = {}
-        if self.main_alone is None:
-            self.main_alone = self._sample(lambda x, t: self.model.predict_main(x, t, self._context(len(x), device)))
-            if not any(metric.startswith("main_alone/") for rows in read_eval(self.run_dir).values()
-                       for metric in rows):  # logged once per run, not again after a resume
-                main_metrics = self.evaluator.evaluate(self.main_alone[:n], self.cond[:n], self.factors)
-                results.update({f"main_alone/{k}": v for k, v in main_metrics.items()})
-        controlled = self._sample(lambda x, t: self.model(x, t, cond[: x.shape[0]],
-                                                          context=self._context(len(x), device)).pred_full)
+        """Called on every process (each samples its share of the rows); the metrics and the grid on the main one,
+        {} on the others."""
+        n, results = self.n_val, {}
+        first = not self.main_alone_drawn  # the same on every process: each joins the same gathers
+        if first:
+            self.main_alone, self.main_alone_drawn = self._sample(full=False), True
+        controlled = self._sample(full=True)
+        if controlled is None:
+            return {}
+        if first and not any(metric.startswith("main_alone/") for rows in read_eval(self.run_dir).values()
+                             for metric in rows):  # logged once per run, not again after a resume
+            main_metrics = self.evaluator.evaluate(self.main_alone[:n], self.cond[:n], self.factors)
+            results.update({f"main_alone/{k}": v for k, v in main_metrics.items()})
         results.update(self.evaluator.evaluate(controlled[:n], self.cond[:n], self.factors))
         if len(self.cond) > n:
             pairs = self.evaluator.control_fidelity(controlled[n:], self.cond[n:])

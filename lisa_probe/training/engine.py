@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator, PartialState
 from accelerate.state import AcceleratorState, GradientState
-from accelerate.utils import parse_flag_from_env
+from accelerate.utils import gather, pad_across_processes, parse_flag_from_env
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -67,6 +67,32 @@ def is_main_process() -> bool:
     """True on the one process that writes run-level files (config, summary, scheduler): rank 0 under
     ``accelerate launch``, always True in a single process."""
     return process_state().is_main_process
+
+
+def process_share(n: int, rank: int, world: int) -> range:
+    """The contiguous rows of ``n`` that process ``rank`` of ``world`` computes: the first ``n % world`` processes
+    take one row more."""
+    base, extra = divmod(n, world)
+    start = rank * base + min(rank, extra)
+    return range(start, start + base + (rank < extra))
+
+
+def gather_rows(make: Callable[[range], torch.Tensor], n: int) -> torch.Tensor | None:
+    """Rows ``0 .. n-1`` of ``make(rows) -> (len(rows), ...)`` tensor, each process computing its ``process_share``:
+    the whole (n, ...) tensor (on the CPU) on the main process, None on the others. With fewer rows than processes
+    every process computes them all (nothing to share)."""
+    state = process_state()
+    world = state.num_processes
+    if world == 1 or n < world:
+        whole = make(range(n))
+        return whole if state.is_main_process else None
+    part = make(process_share(n, state.process_index, world)).contiguous()
+    padded = pad_across_processes(part.to(state.device), dim=0)  # the first shares are one row longer
+    gathered = gather(padded).cpu()
+    size = padded.shape[0]
+    if not state.is_main_process:
+        return None
+    return torch.cat([gathered[r * size:r * size + len(process_share(n, r, world))] for r in range(world)])
 
 
 def is_eval_step(step: int, config: LoopConfig) -> bool:
@@ -295,11 +321,11 @@ def _fit_loop(run_dir: Path, objective: Objective, dataset, config: LoopConfig,
             if accelerator.is_main_process:
                 prune_checkpoints(run_dir, config.keep_checkpoints)
         if evaluate is not None and (step == config.steps or is_eval_step(step, config)):
+            objective.eval()
+            with accelerator.autocast():
+                results = evaluate(step)  # every process samples its share; the main one gets the metrics
+            objective.train()
             if accelerator.is_main_process:
-                objective.eval()
-                with accelerator.autocast():
-                    results = evaluate(step)
-                objective.train()
                 eval_log_rows(run_dir, step, results, metrics)
             accelerator.wait_for_everyone()
     progress.close()

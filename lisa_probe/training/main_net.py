@@ -24,7 +24,14 @@ from lisa_probe.text.labels import main_context_widths, write_label_encoder
 from lisa_probe.text.prompts import PromptEmbeddings, batch_context, drop_prompts, has_text_encoder, prompt_embeddings
 from lisa_probe.training.checkpoints import prepare_run_dir
 from lisa_probe.training.config import DEFAULT_MAIN_NAME, PretrainConfig
-from lisa_probe.training.engine import Objective, fit, is_main_process, process_state, with_epoch_steps
+from lisa_probe.training.engine import (
+    Objective,
+    fit,
+    gather_rows,
+    is_main_process,
+    process_state,
+    with_epoch_steps,
+)
 
 
 class MainNetObjective(Objective):
@@ -110,11 +117,21 @@ def make_quality_evaluation(objective: MainNetObjective, config: PretrainConfig,
         shape, factors = (len(batch["text"]), *shape[1:]), batch["factors"]
         text, captions = batch_context(objective.prompts, batch), list(batch["text"][:16])
 
-    def evaluate(step: int) -> dict[str, float]:
+    noise = fixed_noise(shape, derive_seed(config.seed, "main_eval"))
+
+    def draw(rows: range) -> torch.Tensor:
+        """(len(rows), 3, H, W): the evaluation samples of ``rows``."""
         device = next(objective.main.parameters()).device
-        on_device = None if text is None else {name: value.to(device) for name, value in text.items()}
-        images = sample(lambda x, t: objective.predict(x, t, text=on_device), objective.parameterization,
-                        fixed_noise(shape, derive_seed(config.seed, "main_eval")).to(device), config.sample_steps).clamp(-1, 1).cpu()
+        share = slice(rows.start, rows.stop)
+        on_device = None if text is None else {name: value[share].to(device) for name, value in text.items()}
+        return sample(lambda x, t: objective.predict(x, t, text=on_device), objective.parameterization,
+                      noise[share].to(device), config.sample_steps).clamp(-1, 1).cpu()
+
+    def evaluate(step: int) -> dict[str, float]:
+        """Called on every process (each samples its share); the metrics on the main one, {} on the others."""
+        images = gather_rows(draw, len(noise))
+        if images is None:
+            return {}
         save_grid([("samples", to_uint8(images[:16]))], sample_grid_path(run_dir, step),
                   captions=captions)
         named = {} if factors is None else evaluator.factor_readback(images, factors)

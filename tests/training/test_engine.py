@@ -16,6 +16,7 @@ from lisa_probe.training.engine import (
     cpu_only,
     is_eval_step,
     learning_rate,
+    process_share,
     progress_postfix,
 )
 
@@ -109,3 +110,45 @@ def test_the_progress_bar_shows_the_diffusion_and_lisa_losses_apart():
     assert progress_postfix({"loss": 1.25, "diffusion_loss": 1.0, "lisa_loss": 1.25, "grad_norm": 3.0}) == {
         "loss": "1.2500", "diffusion": "1.0000", "lisa": "1.2500"}
     assert progress_postfix({"loss": 0.5, "diffusion_loss": 0.5}) == {"loss": "0.5000"}  # a baseline: one figure
+
+
+@pytest.mark.parametrize("n, world, shares", [(5, 2, [range(0, 3), range(3, 5)]), (4, 2, [range(0, 2), range(2, 4)]),
+                                              (7, 3, [range(0, 3), range(3, 5), range(5, 7)])])
+def test_process_shares_are_contiguous_and_cover_every_row_once(n, world, shares):
+    assert [process_share(n, rank, world) for rank in range(world)] == shares
+
+
+GATHER_SCRIPT = """
+import sys
+from pathlib import Path
+
+import torch
+
+from lisa_probe.training.engine import gather_rows, process_state
+
+out = Path(sys.argv[1])
+rank = process_state().process_index
+computed = []
+
+
+def make(rows):
+    computed.extend(rows)
+    return torch.arange(rows.start, rows.stop, dtype=torch.float32)[:, None].repeat(1, 2) * 10
+
+
+whole = gather_rows(make, 5)
+(out / f"rank-{rank}.txt").write_text(",".join(map(str, computed)) + ";" + ("none" if whole is None else
+                                      ",".join(str(int(v)) for v in whole[:, 0].tolist())))
+"""
+
+
+@pytest.mark.slow
+def test_two_processes_compute_their_own_rows_and_the_main_one_gathers_them_in_order(tmp_path):
+    from tests.conftest import launch_two_cpu_processes
+
+    script = tmp_path / "gather.py"
+    script.write_text(GATHER_SCRIPT)
+    result = launch_two_cpu_processes(str(script), [str(tmp_path)])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "rank-0.txt").read_text() == "0,1,2;0,10,20,30,40"
+    assert (tmp_path / "rank-1.txt").read_text() == "3,4;none"

@@ -212,6 +212,36 @@ def test_two_cpu_processes_with_accelerate(tmp_path):
     ControlNetModel.from_pretrained(out / "ddp" / "controlnet")
 
 
+@pytest.mark.slow
+def test_evaluation_on_two_processes_equals_one_process_evaluation(tmp_path, monkeypatch):
+    """Two gloo processes each sample their share of the 5 validation rows (3 and 2) and rank 0 scores the gathered
+    images: the metrics and grid equal those of the same side net evaluated in one process (float noise: the
+    batches differ in size, 1e-4 relative as for the validation pairs; the grid's pixels within 2 levels). Both use
+    the default read-back net (the launched run trains and caches it; this process reads it)."""
+    from lisa_probe.evaluation import readback as readback_module
+    from tests.conftest import SmallReadbackConfig
+
+    monkeypatch.setattr(readback_module, "ReadbackConfig", SmallReadbackConfig.__bases__[0])
+    main = make_main(tmp_path, "unet", "eps")
+    out = tmp_path / "runs"
+    result = launch_two_cpu_processes("lisa_probe.train", [
+        "--main", main, "--out-dir", str(out), "--name", "ddp", "--steps", "1", "--batch-size", "2",
+        "--eval-samples", "5", "--sample-steps", "3", "--checkpoint-every", "0"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = out / "ddp"
+    config, model, _, dataset_kwargs = load_run(run)
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    splits = run_splits(config, dataset_kwargs)
+    expected = ControlEvaluation(model, config, splits["val"], splits["train"], dataset_kwargs, alone)(1)
+    found = read_eval(run)[1]
+    assert found.keys() == expected.keys() and "main_alone/edge_f1" in found
+    for metric, value in expected.items():
+        assert abs(found[metric] - value) <= 1e-4 * max(1.0, abs(value)), metric
+    grids = [np.asarray(Image.open(path / "samples" / "step-1.png"), dtype=np.int16) for path in (run, alone)]
+    assert grids[0].shape == grids[1].shape and np.abs(grids[0] - grids[1]).max() <= 2
+
+
 def test_pretraining_then_bf16_training_in_one_process(tmp_path):
     """A second loop in the same process (the default main net's pretraining, then the side net) may change the
     mixed precision: accelerate's per-run state does not outlive ``fit``."""
