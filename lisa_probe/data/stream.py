@@ -1,8 +1,9 @@
 """A resumable, sharded stream of batch indices: batch k of the run is the same whatever was interrupted.
 
-Indices come from per-epoch permutations seeded by (seed, epoch); global micro-batch ``k`` covers positions
-``[k * B_global, (k + 1) * B_global)`` of that endless stream and process ``rank`` takes every ``world``-th index of
-it. Resuming at micro-batch ``k`` therefore skips exactly the batches already seen, without replaying them.
+Indices come from per-epoch permutations seeded by (seed, epoch); the global micro-batches cover consecutive
+positions of that endless stream, ``B_global = b * world`` each, and process ``rank`` takes every ``world``-th index
+of one. Resuming at stream position ``p`` (the samples already consumed) therefore skips exactly what was seen,
+without replaying it, whatever the number of processes before and after.
 """
 
 from __future__ import annotations
@@ -16,23 +17,23 @@ from lisa_probe.seeds import derive_seed
 
 
 class ResumableBatchSampler(Sampler[list[int]]):
-    """Yields this process's index lists for global micro-batches ``start, start + 1, ...`` (endless); with ``draws``,
-    each index i of epoch e as the draw number ``e * N + i``.
+    """Yields this process's index lists for the global micro-batches from stream ``position`` on (endless); with
+    ``draws``, each index i of epoch e as the draw number ``e * N + i``.
 
     Args:
         dataset_size: number of samples N.
         batch_size: per-process micro-batch size b (the global micro-batch is b * world_size).
         seed: seed of the per-epoch permutations.
         rank, world_size: this process and the number of processes.
-        start: first global micro-batch to yield (the number already consumed).
+        position: the stream position to start at (the samples already consumed, by any number of processes).
     """
 
     def __init__(self, dataset_size: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1,
-                 start: int = 0, draws: bool = False):
+                 position: int = 0, draws: bool = False):
         if dataset_size < 1 or batch_size < 1:
             raise ValueError(f"need a non-empty dataset and batch size, got {dataset_size} and {batch_size}")
         self.dataset_size, self.batch_size, self.seed = dataset_size, batch_size, seed
-        self.rank, self.world_size, self.start, self.draws = rank, world_size, start, draws
+        self.rank, self.world_size, self.position, self.draws = rank, world_size, position, draws
 
     def _permutation(self, epoch: int) -> torch.Tensor:
         generator = torch.Generator().manual_seed(derive_seed(self.seed, "data_order", epoch))
@@ -40,8 +41,7 @@ class ResumableBatchSampler(Sampler[list[int]]):
 
     def __iter__(self) -> Iterator[list[int]]:
         global_batch = self.batch_size * self.world_size
-        position = self.start * global_batch
-        epoch, offset = divmod(position, self.dataset_size)
+        epoch, offset = divmod(self.position, self.dataset_size)
         permutation = self._permutation(epoch)
         while True:
             indices = []
@@ -57,10 +57,10 @@ class ResumableBatchSampler(Sampler[list[int]]):
 
 
 def batch_loader(dataset: Dataset, batch_size: int, seed: int, rank: int = 0, world_size: int = 1,
-                 start: int = 0, num_workers: int = 0) -> DataLoader:
+                 position: int = 0, num_workers: int = 0) -> DataLoader:
     """An endless DataLoader over ``dataset`` following ``ResumableBatchSampler``; a dataset whose ``takes_draws`` is
     set (random crops) gets draw numbers ``epoch * N + index`` instead of indices."""
-    sampler = ResumableBatchSampler(len(dataset), batch_size, seed, rank, world_size, start,
+    sampler = ResumableBatchSampler(len(dataset), batch_size, seed, rank, world_size, position,
                                     draws=getattr(dataset, "takes_draws", False))
     return DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers, collate_fn=default_collate,
                       persistent_workers=num_workers > 0)

@@ -157,17 +157,23 @@ def save_checkpoint(accelerator: Accelerator, run_dir: Path, objective: torch.nn
     return final
 
 
-def load_checkpoint(checkpoint: Path, objective: torch.nn.Module, optimizer, generator, rank: int) -> dict:
-    """Restore modules, optimizer and this rank's RNG from ``checkpoint``; returns the trainer state."""
+def load_checkpoint(checkpoint: Path, objective: torch.nn.Module, optimizer, generator, rank: int,
+                    world_size: int) -> dict:
+    """Restore modules, optimizer and this rank's RNG from ``checkpoint``; returns the trainer state. The optimizer
+    state is whole on every process (DDP), so a checkpoint of N processes loads into M; a rank the checkpoint has no
+    RNG state for (M > N) keeps the fresh stream it was given, while under the same number of processes a missing
+    state is an error."""
     for name, module in objective.modules_to_save().items():
         module.load_state_dict(load_file(checkpoint / name / "diffusion_pytorch_model.safetensors"))
     optimizer_from_safe(optimizer, load_file(checkpoint / "optimizer.safetensors"),
                         json.loads((checkpoint / "optimizer.json").read_text()))
+    state = json.loads((checkpoint / "trainer_state.json").read_text())
     rng_file = checkpoint / f"rng-{rank}.safetensors"
-    if not rng_file.exists():
-        raise ValueError(f"{checkpoint} has no RNG state for process {rank}: resume with the same number of processes")
-    load_rng(rng_file, generator)
-    return json.loads((checkpoint / "trainer_state.json").read_text())
+    if rng_file.exists():
+        load_rng(rng_file, generator)
+    elif state["world_size"] == world_size:
+        raise ValueError(f"{checkpoint} has no RNG state for process {rank} of the {world_size} it was made with")
+    return state
 
 
 def export_modules(accelerator: Accelerator, run_dir: Path, objective: torch.nn.Module) -> None:

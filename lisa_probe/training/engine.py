@@ -108,8 +108,9 @@ POLYNOMIAL_END = 1e-7  # diffusers' get_polynomial_decay_schedule_with_warmup's 
 def with_epoch_steps(config: LoopConfig, dataset_size: int) -> LoopConfig:
     """``config`` with ``--steps`` derived from ``--num-train-epochs`` (unchanged without it): the fewest optimizer
     steps whose samples, ``batch_size x grad_accum x processes`` each, cover ``num_train_epochs x dataset_size``
-    (the stream crosses epoch boundaries without dropping a batch: ``data.stream``). A resumed run derives the same
-    number: a resume keeps the number of processes."""
+    (the stream crosses epoch boundaries without dropping a batch: ``data.stream``). A resume under the same number
+    of processes derives the same number; under another one it derives the total for the new step size (give
+    ``--steps`` there to set it yourself)."""
     if config.num_train_epochs is None:
         return config
     per_step = config.batch_size * config.grad_accum * process_state().num_processes
@@ -243,24 +244,28 @@ def _fit_loop(run_dir: Path, objective: Objective, dataset, config: LoopConfig,
     if config.gradient_checkpointing:
         objective.enable_gradient_checkpointing()
     generator = torch.Generator().manual_seed(derive_seed(config.seed, "process", accelerator.process_index))
-    state = {"step": 0, "micro_batches": 0, "train_seconds": 0.0, "config": config_dict,
-             "world_size": accelerator.num_processes}
+    world = accelerator.num_processes
+    state = {"step": 0, "micro_batches": 0, "samples": 0, "train_seconds": 0.0, "config": config_dict,
+             "world_size": world}  # samples: the position in the data stream (data.stream), across processes
     checkpoint = resolve_resume(run_dir, config.resume)
     if checkpoint is not None:
-        saved = load_checkpoint(checkpoint, objective, optimizer, generator, accelerator.process_index)
+        saved = load_checkpoint(checkpoint, objective, optimizer, generator, accelerator.process_index, world)
         _check_resume_config(saved, config_dict, checkpoint, config_defaults(type(config)),
                              type(config).resumable_changes)
-        if saved["world_size"] != accelerator.num_processes:
-            raise ValueError(f"{checkpoint} was made with {saved['world_size']} processes, now "
-                             f"{accelerator.num_processes}: resume with the same number")
-        state.update(step=saved["step"], micro_batches=saved["micro_batches"],
+        # the stream position; checkpoints before it was saved: micro-batches of the batch size they were made with
+        samples = saved.get("samples", saved["micro_batches"] * saved["config"]["batch_size"] * saved["world_size"])
+        state.update(step=saved["step"], micro_batches=saved["micro_batches"], samples=samples,
                      train_seconds=saved.get("train_seconds", 0.0))
         load_grad_scaler(accelerator, saved)
+        if saved["world_size"] != world and accelerator.is_main_process:
+            print(f"resuming a run of {saved['world_size']} processes with {world}: a step now takes "
+                  f"{config.batch_size * config.grad_accum * world} samples; the data go on at sample {samples} of "
+                  "the stream, none skipped or repeated; processes without a saved RNG state start their own stream")
     model, optimizer = accelerator.prepare(objective, optimizer)
     if probe is not None:
         probe.bind(objective, optimizer)
-    loader = batch_loader(dataset, config.batch_size, config.seed, accelerator.process_index,
-                          accelerator.num_processes, start=state["micro_batches"], num_workers=config.num_workers)
+    loader = batch_loader(dataset, config.batch_size, config.seed, accelerator.process_index, world,
+                          position=state["samples"], num_workers=config.num_workers)
     if checkpoint is not None and accelerator.is_main_process:
         print(f"resuming from {checkpoint.name} (step {state['step']} of {config.steps})")
     metrics = MetricsLog(run_dir, state["step"], accelerator.is_main_process, config.report_to, config_dict)
@@ -277,6 +282,7 @@ def _fit_loop(run_dir: Path, objective: Objective, dataset, config: LoopConfig,
             kept = stop_on_data_error(accelerator, run_dir, objective, optimizer, generator, state, config)
             raise DataError(f"{error}; {kept}") from error
         state["micro_batches"] += 1
+        state["samples"] += config.batch_size * world
         with accelerator.accumulate(model):
             inputs = objective.draw(batch, generator)
             outputs = model(**{k: v.to(accelerator.device) for k, v in inputs.items()}, step=state["step"])

@@ -242,6 +242,30 @@ def test_evaluation_on_two_processes_equals_one_process_evaluation(tmp_path, mon
     assert grids[0].shape == grids[1].shape and np.abs(grids[0] - grids[1]).max() <= 2
 
 
+@pytest.mark.slow
+def test_a_run_resumes_under_another_number_of_processes(tmp_path, capsys):
+    """1 process to step 2, then 2 gloo processes to step 4, then 1 process to step 6: each resume goes on at the
+    stream position the checkpoint saved (4, then 4 + 2 steps x 2 samples x 2 processes = 12, then 16: no sample
+    skipped or repeated, ``data.stream``), with the optimizer state and modules of the checkpoint."""
+    main = make_main(tmp_path, "unet", "eps")
+    out = tmp_path / "runs"
+    args = ["--main", main, "--out-dir", str(out), "--name", "nm", "--batch-size", "2", "--eval-samples", "0",
+            "--checkpoint-every", "2", "--keep-checkpoints", "0"]
+    assert train_main([*args, "--steps", "2"]) == 0
+    result = launch_two_cpu_processes("lisa_probe.train", [*args, "--steps", "4", "--resume", "latest"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "resuming a run of 1 processes with 2: a step now takes 4 samples; the data go on at sample 4" in \
+        result.stdout
+    capsys.readouterr()
+    assert train_main([*args, "--steps", "6", "--resume", "latest"]) == 0
+    assert "resuming a run of 2 processes with 1: a step now takes 2 samples; the data go on at sample 12" in \
+        capsys.readouterr().out
+    states = {step: json.loads((out / "nm" / f"checkpoint-{step}" / "trainer_state.json").read_text())
+              for step in (2, 4, 6)}
+    assert [(s["samples"], s["world_size"]) for s in states.values()] == [(4, 1), (12, 2), (16, 1)]
+    assert [int(r["step"]) for r in read_metrics(out / "nm")] == [2, 4, 6]  # logged at each run's last step
+
+
 def test_pretraining_then_bf16_training_in_one_process(tmp_path):
     """A second loop in the same process (the default main net's pretraining, then the side net) may change the
     mixed precision: accelerate's per-run state does not outlive ``fit``."""
