@@ -132,19 +132,19 @@ def looks_like_model_id(value: str) -> bool:
     return value.count("/") == 1 and not value.startswith((".", "/", "~"))
 
 
-def local_model(value: str | None) -> str | None:
+def local_model(value: str | None, revision: str | None = None) -> str | None:
     """``value`` as a local directory where it can be: itself when it exists; for a model id (``owner/name``) found in
-    the local Hugging Face cache, its snapshot's directory (``huggingface_hub.snapshot_download(local_files_only=
-    True)``: offline, never a download; ``HF_HUB_CACHE`` / ``HF_HOME`` say where the cache is), as diffusers'
-    ``from_pretrained`` finds it; anything else unchanged (a directory a study makes later; the loaders name what
-    is missing, ``model_id_hint``)."""
+    the local Hugging Face cache, its snapshot's directory at ``revision`` (a branch, tag or commit; default
+    ``main``) (``huggingface_hub.snapshot_download(local_files_only=True)``: offline, never a download;
+    ``HF_HUB_CACHE`` / ``HF_HOME`` say where the cache is), as diffusers' ``from_pretrained`` finds it; anything else
+    unchanged (a directory a study makes later; the loaders name what is missing, ``model_id_hint``)."""
     if value is None or Path(value).exists() or not looks_like_model_id(value):
         return value
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 
     try:
-        return snapshot_download(repo_id=value, local_files_only=True)
+        return snapshot_download(repo_id=value, revision=revision, local_files_only=True)
     except LocalEntryNotFoundError:
         return value
 

@@ -71,14 +71,14 @@ def test_a_waiting_lock_gets_the_output_once_the_holder_is_done(tmp_path):
     assert order == ["holder done", "waiter"] and not list(tmp_path.iterdir())
 
 
-def cache_model(hub: Path, repo_id: str, source: Path) -> Path:
-    """``source`` laid out as the Hugging Face cache keeps a downloaded model: refs/main naming a snapshot."""
+def cache_model(hub: Path, repo_id: str, source: Path, ref: str = "main",
+                commit: str = "0123456789abcdef0123456789abcdef01234567") -> Path:
+    """``source`` laid out as the Hugging Face cache keeps a downloaded model: refs/<ref> naming a snapshot."""
     import shutil
 
-    commit = "0123456789abcdef0123456789abcdef01234567"
     folder = hub / f"models--{repo_id.replace('/', '--')}"
-    (folder / "refs").mkdir(parents=True)
-    (folder / "refs" / "main").write_text(commit)
+    (folder / "refs").mkdir(parents=True, exist_ok=True)
+    (folder / "refs" / ref).write_text(commit)
     shutil.copytree(source, folder / "snapshots" / commit)
     return folder / "snapshots" / commit
 

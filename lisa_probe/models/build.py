@@ -76,7 +76,8 @@ def build_side(main: torch.nn.Module, family: str, cond_channels: int, latent: b
         copy.deepcopy(main), num_layers=side_layers(main.config.num_layers), num_extra_conditioning_channels=0)
 
 
-def null_context_for(main: torch.nn.Module, family: str, path: Path | None = None) -> dict[str, torch.Tensor]:
+def null_context_for(main: torch.nn.Module, family: str, path: Path | None = None,
+                     variant: str | None = None) -> dict[str, torch.Tensor]:
     """The fixed null context: loaded from ``path/null_context.safetensors`` if present; else, for a pipeline with
     ``text_encoder/`` and ``tokenizer/`` (Stable Diffusion 1.x / 2.x, or a main net pretrained with label prompts),
     the empty prompt's embedding (an SD3-style transformer needs an encoder with a projection, for ``pooled``);
@@ -84,7 +85,7 @@ def null_context_for(main: torch.nn.Module, family: str, path: Path | None = Non
     if path is not None and (path / NULL_CONTEXT_FILE).exists():
         return load_file(path / NULL_CONTEXT_FILE)
     if path is not None and has_text_encoder(path):
-        empty = prompt_encoder(path).empty()  # the same encoder the run's captions use (loaded once)
+        empty = prompt_encoder(path, variant).empty()  # the same encoder the run's captions use (loaded once)
         if family == "dit" and "pooled" not in empty:
             raise ValueError(f"{path / 'text_encoder'} has no projection (a CLIPTextModel): an SD3-style transformer "
                              "also reads a pooled projection (CLIPTextModelWithProjection)")
@@ -115,15 +116,18 @@ def make_dual_branch(family: str, main, side, parameterization: Parameterization
 
 
 # ----- main-net directories --------------------------------------------------------------------------------------
-def load_safetensors_module(cls, path: Path):
-    """``cls.from_pretrained(path)`` from safetensors weights only (never pickle: ``.bin`` files go through
-    ``torch.load``); a directory with only ``.bin`` weights is refused with how to convert it."""
+def load_safetensors_module(cls, path: Path, variant: str | None = None):
+    """``cls.from_pretrained(path, variant=variant)`` from safetensors weights only (never pickle: ``.bin`` files go
+    through ``torch.load``); a directory with only ``.bin`` weights is refused with how to convert it. ``variant``:
+    diffusers' weight-file variant (``fp16``: ``diffusion_pytorch_model.fp16.safetensors``)."""
     path = Path(path)
     if not any(path.glob("*.safetensors")) and any(path.glob("*.bin")):
         raise ValueError(f"{path} holds only pickle (.bin) weights, which lisa_probe does not load; convert them "
                          f"once with: python -c \"from diffusers import {cls.__name__} as M; "
                          f"M.from_pretrained('{path}').save_pretrained('{path}', safe_serialization=True)\"")
-    return cls.from_pretrained(path, use_safetensors=True)
+    if variant is not None and not any(path.glob(f"*.{variant}.safetensors")):
+        raise ValueError(f"{path} has no {variant!r} weight files (*.{variant}.safetensors) for --variant {variant}")
+    return cls.from_pretrained(path, use_safetensors=True, variant=variant)
 
 
 def save_main(path: Path, family: str, main, parameterization: Parameterization) -> None:
@@ -144,11 +148,12 @@ def detect_family(path: Path) -> str:
                      f"`python -m lisa_probe.pretrain` output){model_id_hint(path)}")
 
 
-def load_main(path: Path, prediction_type: str | None = None):
-    """Load (family, main net, parameterisation, null context, vae or None) from a main-net directory."""
+def load_main(path: Path, prediction_type: str | None = None, variant: str | None = None):
+    """Load (family, main net, parameterisation, null context, vae or None) from a main-net directory, its weight
+    files of ``variant`` (``fp16``) where given."""
     path = Path(path)
     family = detect_family(path)
-    main = load_safetensors_module(MAIN_CLASS[family], path / MAIN_SUBFOLDER[family])
+    main = load_safetensors_module(MAIN_CLASS[family], path / MAIN_SUBFOLDER[family], variant)
     scheduler_file = path / SCHEDULER_CONFIG
     if scheduler_file.exists():
         parameterization = Parameterization.from_scheduler_config(json.loads(scheduler_file.read_text()))
@@ -158,8 +163,9 @@ def load_main(path: Path, prediction_type: str | None = None):
         check_choice("prediction type", prediction_type, PREDICTION_TYPES)
         raise ValueError(f"main net at {path} was trained for {parameterization.prediction_type!r}, "
                          f"not {prediction_type!r}")
-    vae = load_safetensors_module(AutoencoderKL, path / "vae") if (path / "vae" / "config.json").exists() else None
-    return family, main, parameterization, null_context_for(main, family, path), vae
+    has_vae = (path / "vae" / "config.json").exists()
+    vae = load_safetensors_module(AutoencoderKL, path / "vae", variant) if has_vae else None
+    return family, main, parameterization, null_context_for(main, family, path, variant), vae
 
 
 def set_resolution(family: str, main, vae: AutoencoderKL | None, resolution: int) -> None:

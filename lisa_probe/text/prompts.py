@@ -71,9 +71,9 @@ def read_json_config(path: Path) -> dict:
     return config
 
 
-def _load_encoder(directory: Path, default_class):
-    """A transformers text encoder from ``directory`` (safetensors only), the class its config names among CLIP's
-    two and T5's encoder, else ``default_class``."""
+def _load_encoder(directory: Path, default_class, variant: str | None = None):
+    """A transformers text encoder from ``directory`` (safetensors only, its ``variant`` files where given), the class
+    its config names among CLIP's two and T5's encoder, else ``default_class``."""
     if not any(directory.glob("*.safetensors")):
         raise ValueError(f"{directory} holds no .safetensors weights (lisa_probe loads no pickle files); "
                          f"convert it once with transformers' save_pretrained(..., safe_serialization=True)")
@@ -81,7 +81,8 @@ def _load_encoder(directory: Path, default_class):
     known = {cls.__name__: cls for cls in (CLIPTextModel, CLIPTextModelWithProjection, T5EncoderModel)}
     model_class = next((known[name] for name in architectures if name in known), default_class)
     try:
-        return model_class.from_pretrained(directory, use_safetensors=True).requires_grad_(False).eval()
+        model = model_class.from_pretrained(directory, use_safetensors=True, variant=variant)
+        return model.requires_grad_(False).eval()
     except (OSError, ValueError, KeyError, TypeError, SafetensorError) as error:
         raise ValueError(f"cannot load the text encoder in {directory} ({type(error).__name__}: {error})") from error
 
@@ -119,9 +120,9 @@ class PromptEncoder:
         self.layout, self.t5_width = layout, t5_width
 
     @classmethod
-    def from_pipeline(cls, pipeline: Path) -> PromptEncoder:
-        """Load the tokenizers and text encoders (safetensors weights only) of a pipeline directory; a clear error
-        when they are missing."""
+    def from_pipeline(cls, pipeline: Path, variant: str | None = None) -> PromptEncoder:
+        """Load the tokenizers and text encoders (safetensors weights only; their ``variant`` files, e.g. ``fp16``,
+        where given) of a pipeline directory; a clear error when they are missing."""
         pipeline = Path(pipeline)
         if not has_text_encoder(pipeline):
             raise ValueError(f"{pipeline} has no {TEXT_ENCODER_DIR}/ and {TOKENIZER_DIR}/ to encode captions with "
@@ -137,13 +138,14 @@ class PromptEncoder:
                                      f"both: a {layout} pipeline needs each text encoder's tokenizer")
         defaults = {"": CLIPTextModelWithProjection if layout == "sd3" else CLIPTextModel,  # when configs say none
                     "_2": CLIPTextModelWithProjection, "_3": T5EncoderModel}
-        encoders = [_load_encoder(pipeline / f"text_encoder{suffix}", defaults[suffix]) for suffix in suffixes]
+        encoders = [_load_encoder(pipeline / f"text_encoder{suffix}", defaults[suffix], variant)
+                    for suffix in suffixes]
         tokenizers = [_load_tokenizer(pipeline / f"tokenizer{suffix}") for suffix in suffixes]
         t5_width = None
         if layout == "sd3":
             t5_width = read_json_config(pipeline / "transformer" / "config.json")["joint_attention_dim"]
         identity = files_identity([pipeline / f"{part}{suffix}" for suffix in suffixes
-                                   for part in ("text_encoder", "tokenizer")])
+                                   for part in ("text_encoder", "tokenizer")]) + (f"/{variant}" if variant else "")
         return cls(tokenizers, encoders, identity, layout, t5_width)
 
     def token_limits(self) -> list[int]:
@@ -198,20 +200,21 @@ class PromptEncoder:
         return self.encode([""])
 
 
-def prompt_encoder(pipeline: Path) -> PromptEncoder:
-    """The pipeline's ``PromptEncoder``, loaded once per process while its files stay the same (the null context and
-    a run's captions share it: the text encoders are loaded once per command, not once per use)."""
+def prompt_encoder(pipeline: Path, variant: str | None = None) -> PromptEncoder:
+    """The pipeline's ``PromptEncoder`` (its ``variant`` weight files where given), loaded once per process while its
+    files stay the same (the null context and a run's captions share it: the text encoders are loaded once per
+    command, not once per use)."""
     pipeline = Path(pipeline).resolve()
     parts = sorted(path for path in pipeline.iterdir()
                    if path.is_dir() and path.name.startswith(("text_encoder", "tokenizer")))
-    return _loaded_encoder(str(pipeline), files_identity(parts))
+    return _loaded_encoder(str(pipeline), files_identity(parts), variant)
 
 
 @functools.lru_cache(maxsize=1)
-def _loaded_encoder(pipeline: str, identity: str) -> PromptEncoder:
-    """``PromptEncoder.from_pipeline`` memoised on the pipeline and its text files' identity (one kept: the one in
-    use)."""
-    return PromptEncoder.from_pipeline(Path(pipeline))
+def _loaded_encoder(pipeline: str, identity: str, variant: str | None) -> PromptEncoder:
+    """``PromptEncoder.from_pipeline`` memoised on the pipeline, its text files' identity and the variant (one kept:
+    the one in use)."""
+    return PromptEncoder.from_pipeline(Path(pipeline), variant)
 
 
 def files_identity(directories: Sequence[Path]) -> str:
@@ -334,7 +337,8 @@ def prompt_embeddings(config, datasets: Sequence, cache: Path, progress: bool = 
         raise ValueError(f"the dataset has captions but the main net {pipeline} has no text_encoder/ and "
                          f"tokenizer/; {remedy}")
     captions = [caption for dataset in datasets for caption in dataset.captions()] + list(extra)
-    return PromptEmbeddings(prompt_encoder(pipeline), captions, Path(cache) / "prompts", progress=progress)
+    encoder = prompt_encoder(pipeline, getattr(config, "variant", None))  # a run's --variant (train configs)
+    return PromptEmbeddings(encoder, captions, Path(cache) / "prompts", progress=progress)
 
 
 __all__ = ["PromptEmbeddings", "PromptEncoder", "batch_context", "drop_prompts", "has_text_encoder",

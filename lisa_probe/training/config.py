@@ -271,6 +271,12 @@ class TrainConfig(LoopConfig, DataOptions, PromptDropout):
         f"main-net directory (diffusers layout); default: <out-dir>/{DEFAULT_MAIN_NAME}, pretrained if missing"))
     side: str | None = field(default=None, metadata=option("initialise the side net from this diffusers directory "
                                                          "instead of copying the main net"))
+    revision: str | None = field(default=None, metadata=option(
+        "the revision (branch, tag or commit) of a --main model id in the local Hugging Face cache, as diffusers' "
+        "--revision (default: main)"))
+    variant: str | None = field(default=None, metadata=option(
+        "the main net's weight-file variant, e.g. fp16 (diffusion_pytorch_model.fp16.safetensors and the text "
+        "encoders' model.fp16.safetensors), as diffusers' --variant; the trained side net is saved in float32"))
     resolution: int | None = field(default=None, metadata=option(
         "image size in pixels (diffusers' --resolution: images resized on their shorter side and centre-cropped); "
         "default: the main net's native size"))
@@ -382,7 +388,7 @@ class TrainConfig(LoopConfig, DataOptions, PromptDropout):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self.main, self.side = local_model(self.main), local_model(self.side)
+        self.main, self.side = local_model(self.main, self.revision), local_model(self.side)
         check_number("lisa_weight", self.lisa_weight, 0)
         check_number("convergence_threshold", self.convergence_threshold, 0, 1)
         check_choice("timestep sampling", self.timestep_sampling, TIMESTEP_SAMPLINGS)

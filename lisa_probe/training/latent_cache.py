@@ -42,11 +42,12 @@ class LatentCache:
     dataset) and read back by sample id (``lookup``)."""
 
     def __init__(self, model, dataset, vae_dir: Path, cache_dir: Path, dataset_kwargs: dict | None = None,
-                 progress: bool = True):
+                 progress: bool = True, variant: str | None = None):
         if model.vae is None:
             raise ValueError("--cache-latents needs a latent main net (a pipeline with vae/); this one works in pixels")
         identity = {"format": CACHE_FORMAT, "vae": files_identity([Path(vae_dir)]),
-                    "dataset": dataset_identity(dataset, dataset_kwargs), "size": len(dataset)}
+                    "dataset": dataset_identity(dataset, dataset_kwargs), "size": len(dataset),
+                    **({"variant": variant} if variant else {})}  # the VAE's weight files (--variant)
         key = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
         self.path = Path(cache_dir) / f"latents-{key[:24]}.safetensors"
         self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -225,7 +225,8 @@ def train(config: TrainConfig) -> Path:
     prompts = prompt_embeddings(config, list(splits.values()), cache_dir(config.out_dir), progress=is_main_process(),
                                 extra=[prompt for _, prompt in config.validation_pairs])
     latents = (LatentCache(model, dataset, Path(config.main) / "vae", cache_dir(config.out_dir) / "latents",
-                           dataset_kwargs, progress=is_main_process()) if config.cache_latents else None)
+                           dataset_kwargs, progress=is_main_process(), variant=config.variant)
+               if config.cache_latents else None)
     evaluation = (ControlEvaluation(model, config, splits["val"], splits["train"], dataset_kwargs, run_dir, prompts)
                   if config.eval_samples > 0 else None)
     probe = (OnsetProbe(model, config, splits["val"], config.probe_every, config.probe_samples, prompts,

@@ -112,6 +112,59 @@ def test_a_cached_model_id_trains_like_its_directory(sd_pipeline, captioned_data
     assert stop.value.code == 2 and not (tmp_path / "x").exists()
 
 
+def with_fp16_variant(pipeline: Path, out: Path) -> Path:
+    """A copy of ``pipeline`` whose unet/, vae/ and text_encoder/ also hold fp16 variant weight files
+    (``*.fp16.safetensors``, the weights rounded to float16), as diffusers' ``save_pretrained(variant="fp16")``
+    names them."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(pipeline, out)
+    for part, name in (("unet", "diffusion_pytorch_model"), ("vae", "diffusion_pytorch_model"),
+                       ("text_encoder", "model")):
+        weights = load_file(out / part / f"{name}.safetensors")
+        save_file({key: value.half() for key, value in weights.items()}, out / part / f"{name}.fp16.safetensors")
+    return out
+
+
+def test_revision_and_variant_pick_the_cached_snapshot_and_weight_files(sd_pipeline, captioned_data, tmp_path,
+                                                                        monkeypatch):
+    """--revision v2 resolves the id to the snapshot refs/v2 names (refs/main names another); --variant fp16 loads
+    its fp16 weight files (the unet's and the text encoder's weights are the float16-rounded ones) and trains; the
+    main snapshot has no fp16 files: refused in one line, nothing made."""
+    import huggingface_hub.constants
+    import torch
+
+    from lisa_probe.text.prompts import prompt_encoder
+    from lisa_probe.training.loading import load_main_net
+    from tests.test_files import cache_model
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    plain = cache_model(tmp_path / "hub", "me/tiny-sd", sd_pipeline)
+    v2 = cache_model(tmp_path / "hub", "me/tiny-sd", with_fp16_variant(sd_pipeline, tmp_path / "fp16"), ref="v2",
+                     commit="fedcba9876543210fedcba9876543210fedcba98")
+    common = ["--pretrained_model_name_or_path=me/tiny-sd", f"--train_data_dir={captioned_data}", "--resolution=32",
+              "--max_train_steps=1", "--eval-samples=0"]
+    assert Path(parse_config(TrainConfig, common, PROG, "").main) == plain
+    config = parse_config(TrainConfig, [*common, "--revision=v2", "--variant=fp16"], PROG, "")
+    assert Path(config.main) == v2
+    net, _ = load_main_net(config)
+    reference, _ = load_main_net(parse_config(TrainConfig, [*common, "--revision=v2"], PROG, ""))
+    for found, expected in zip(net.main.parameters(), reference.main.parameters()):
+        assert torch.equal(found, expected.half().float())
+    assert any(not torch.equal(p, p.half().float()) for p in reference.main.parameters())  # the variant is another
+    encoder = prompt_encoder(config.main, "fp16").text_encoders[0]
+    plain_encoder = prompt_encoder(config.main).text_encoders[0]
+    assert all(torch.equal(a, b.half().float()) for a, b in zip(encoder.parameters(), plain_encoder.parameters()))
+    assert main([*common, "--revision=v2", "--variant=fp16", f"--output_dir={tmp_path / 'out'}", "--name=v"]) == 0
+    assert (tmp_path / "out" / "v" / "controlnet" / "config.json").exists()
+    with pytest.raises(SystemExit) as stop:
+        main([*common, "--variant=fp16", f"--output_dir={tmp_path / 'x'}"])
+    assert stop.value.code == 2 and not (tmp_path / "x").exists()
+
+
 @pytest.mark.parametrize("schedule", ["constant", "constant_with_warmup", "cosine", "cosine_with_restarts", "linear",
                                       "polynomial"])
 def test_the_learning_rate_schedules_are_diffusers_own(schedule):

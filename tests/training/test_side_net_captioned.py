@@ -327,9 +327,9 @@ def test_a_run_builds_each_split_once_and_loads_the_text_encoder_once(tmp_path, 
         built.append(split)
         init(self, split, *args, **kwargs)
 
-    def counting_load(cls, pipeline):
+    def counting_load(cls, pipeline, variant=None):
         loaded.append(pipeline)
-        return from_pipeline(cls, pipeline)
+        return from_pipeline(cls, pipeline, variant)
 
     monkeypatch.setattr(CaptionedDataset, "__init__", counting_init)
     monkeypatch.setattr(PromptEncoder, "from_pipeline", classmethod(counting_load))
