@@ -70,7 +70,8 @@ class LoopConfig:
     # fields that may differ between an interrupted run and its resumption (the engine's resume check)
     resumable_changes: ClassVar[tuple[str, ...]] = (
         "steps", "num_train_epochs", "resume", "checkpoint_every", "keep_checkpoints", "eval_every", "eval_schedule", "log_every",
-        "num_workers", "eval_samples", "overwrite", "report_to")
+        "num_workers", "eval_samples", "overwrite", "report_to", "compile", "allow_tf32",
+        "enable_xformers_memory_efficient_attention")
 
     steps: int = field(default=1000, metadata=option("optimizer steps"))
     num_train_epochs: int | None = field(default=None, metadata=option(
@@ -111,6 +112,16 @@ class LoopConfig:
     gradient_checkpointing: bool = field(default=False, metadata=option(
         "recompute the trained net's activations in the backward pass instead of keeping them (less memory, more "
         "compute; diffusers' --gradient_checkpointing)"))
+    compile: bool = field(default=False, metadata=option(
+        "torch.compile the trained net and the frozen main net (nn.Module.compile: the saved weights are unchanged); "
+        "the first steps are slow while it compiles (on 2 CPU cores ~40 s for the tiny nets), the losses equal eager "
+        "ones within float noise"))
+    allow_tf32: bool = field(default=False, metadata=option(
+        "TF32 matmuls and convolutions on Ampere or newer GPUs, as diffusers' --allow_tf32 (faster, 10-bit "
+        "mantissa); no effect on a CPU"))
+    enable_xformers_memory_efficient_attention: bool = field(default=False, metadata=option(
+        "xformers' attention in the diffusers networks, as diffusers' flag (needs xformers and a GPU; without it "
+        "diffusers already uses torch's memory-efficient scaled_dot_product_attention)"))
     use_8bit_adam: bool = field(default=False, metadata=option(
         "bitsandbytes' 8-bit AdamW instead of torch's (optional dependency: pip install 'lisa_probe[bnb]')"))
     report_to: str = field(default="tensorboard", metadata=option(
@@ -124,6 +135,10 @@ class LoopConfig:
         if missing:
             raise ValueError(f"--report-to {self.report_to} needs {', '.join(missing)}, which is not installed: pip "
                              f"install 'lisa_probe[{missing[0]}]' (or pip install {' '.join(missing)})")
+        if self.enable_xformers_memory_efficient_attention and importlib.util.find_spec("xformers") is None:
+            raise ValueError("--enable-xformers-memory-efficient-attention needs xformers, which is not installed "
+                             "(pip install xformers, on a CUDA machine); without it diffusers' attention already "
+                             "runs through torch's scaled_dot_product_attention")
         if self.use_8bit_adam and importlib.util.find_spec("bitsandbytes") is None:
             raise ValueError("--use-8bit-adam needs bitsandbytes, which is not installed: pip install "
                              "'lisa_probe[bnb]' (or pip install bitsandbytes)")
@@ -247,6 +262,8 @@ DIFFUSERS_ALIASES = {
     "keep_checkpoints": ("--checkpoints_total_limit",), "resume": ("--resume_from_checkpoint",),
     "eval_every": ("--validation_steps",), "num_workers": ("--dataloader_num_workers",),
     "gradient_checkpointing": ("--gradient_checkpointing",), "use_8bit_adam": ("--use_8bit_adam",),
+    "allow_tf32": ("--allow_tf32",),
+    "enable_xformers_memory_efficient_attention": ("--enable_xformers_memory_efficient_attention",),
     "report_to": ("--report_to",), "proportion_empty_prompts": ("--proportion_empty_prompts",),
     "data_root": ("--train_data_dir", "--dataset_name"), "image_column": ("--image_column",),
     "conditioning_image_column": ("--conditioning_image_column",), "caption_column": ("--caption_column",),

@@ -161,6 +161,24 @@ class Objective(nn.Module):
                 enabled.append(name)
         return enabled
 
+    def networks(self) -> dict[str, nn.Module]:
+        """The diffusers networks the forward runs (what ``--compile`` and ``--enable-xformers`` act on): the saved
+        modules by default."""
+        return self.modules_to_save()
+
+    def speed_up(self, config: LoopConfig) -> list[str]:
+        """Apply ``--compile`` (``nn.Module.compile``: in place, state-dict keys unchanged) and
+        ``--enable-xformers-memory-efficient-attention`` to ``networks``; returns what was done, for the log."""
+        done = []
+        for name, module in self.networks().items():
+            if config.enable_xformers_memory_efficient_attention:
+                module.enable_xformers_memory_efficient_attention()
+                done.append(f"xformers attention in {name}")
+            if config.compile:
+                module.compile()
+                done.append(f"torch.compile of {name}")
+        return done
+
     def param_groups(self) -> list[dict]:
         """AdamW parameter groups ``{"params": [...], "lr_scale": factor}`` (the learning rate of a group is the
         schedule's times its factor): one group of every trainable parameter by default."""
@@ -243,6 +261,9 @@ def _fit_loop(run_dir: Path, objective: Objective, dataset, config: LoopConfig,
     optimizer = make_optimizer(groups, config)
     if config.gradient_checkpointing:
         objective.enable_gradient_checkpointing()
+    if config.allow_tf32:  # diffusers' --allow_tf32: TF32 matmuls and convolutions on Ampere+ GPUs; nothing on a CPU
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    objective.speed_up(config)
     generator = torch.Generator().manual_seed(derive_seed(config.seed, "process", accelerator.process_index))
     world = accelerator.num_processes
     state = {"step": 0, "micro_batches": 0, "samples": 0, "train_seconds": 0.0, "config": config_dict,

@@ -64,6 +64,10 @@ class MainNetObjective(Objective):
         name = MAIN_SUBFOLDER[self.family]
         return {name: self.ema, f"{name}_raw": self.main}
 
+    def networks(self) -> dict[str, torch.nn.Module]:
+        """The trained main net (the EMA copy only samples at evaluation)."""
+        return {MAIN_SUBFOLDER[self.family]: self.main}
+
     @torch.no_grad()
     def after_step(self, step: int) -> None:
         """EMA update with the usual warm-up: decay min(ema_decay, (1 + step) / (10 + step))."""

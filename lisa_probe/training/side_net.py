@@ -43,6 +43,10 @@ class SideNetObjective(Objective):
         self.model, self.decoder, self.config, self.site = model, decoder, config, site
         self.prompts, self.latents = prompts, latents
 
+    def networks(self) -> dict[str, torch.nn.Module]:
+        """The side net and the frozen main net (the LISA decoder is a few convolutions)."""
+        return {SIDE_DIR: self.model.side, "main": self.model.main}
+
     def modules_to_save(self) -> dict[str, torch.nn.Module]:
         modules = {SIDE_DIR: self.model.side}
         if self.decoder is not None:
