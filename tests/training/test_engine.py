@@ -124,7 +124,7 @@ from pathlib import Path
 
 import torch
 
-from lisa_probe.training.engine import gather_rows, process_state
+from lisa_probe.training.engine import end_processes, gather_rows, process_state
 
 out = Path(sys.argv[1])
 rank = process_state().process_index
@@ -139,6 +139,7 @@ def make(rows):
 whole = gather_rows(make, 5)
 (out / f"rank-{rank}.txt").write_text(",".join(map(str, computed)) + ";" + ("none" if whole is None else
                                       ",".join(str(int(v)) for v in whole[:, 0].tolist())))
+end_processes()  # take the process group down before exit, as the command lines do
 """
 
 
