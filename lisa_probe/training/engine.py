@@ -8,6 +8,7 @@ are skipped, RNG restored), ``metrics.csv`` + TensorBoard, a progress bar, and a
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import time
@@ -105,16 +106,22 @@ def is_eval_step(step: int, config: LoopConfig) -> bool:
 POLYNOMIAL_END = 1e-7  # diffusers' get_polynomial_decay_schedule_with_warmup's lr_end
 
 
-def with_epoch_steps(config: LoopConfig, dataset_size: int) -> LoopConfig:
+def with_epoch_steps(config: LoopConfig, dataset_size: int, run_dir: Path | None = None) -> LoopConfig:
     """``config`` with ``--steps`` derived from ``--num-train-epochs`` (unchanged without it): the fewest optimizer
     steps whose samples, ``batch_size x grad_accum x processes`` each, cover ``num_train_epochs x dataset_size``
-    (the stream crosses epoch boundaries without dropping a batch: ``data.stream``). A resume under the same number
-    of processes derives the same number; under another one it derives the total for the new step size (give
-    ``--steps`` there to set it yourself)."""
+    (the stream crosses epoch boundaries without dropping a batch: ``data.stream``). A run resumed from a checkpoint
+    of ``run_dir`` adds the steps still needed at today's step size to the checkpoint's (the same number as a fresh
+    derivation under the same number of processes; under another one, the samples seen count as they were)."""
     if config.num_train_epochs is None:
         return config
     per_step = config.batch_size * config.grad_accum * process_state().num_processes
-    return dataclasses.replace(config, steps=math.ceil(config.num_train_epochs * dataset_size / per_step))
+    wanted = config.num_train_epochs * dataset_size
+    checkpoint = resolve_resume(run_dir, config.resume) if run_dir is not None else None
+    if checkpoint is None:
+        return dataclasses.replace(config, steps=math.ceil(wanted / per_step))
+    saved = json.loads((checkpoint / "trainer_state.json").read_text())
+    seen = saved.get("samples", saved["micro_batches"] * saved["config"]["batch_size"] * saved["world_size"])
+    return dataclasses.replace(config, steps=saved["step"] + math.ceil(max(0, wanted - seen) / per_step))
 
 
 def learning_rate(step: int, config: LoopConfig) -> float:

@@ -149,7 +149,7 @@ def pretrain(config: PretrainConfig) -> Path:
     used = ("train", "val") if config.has_captions else ("train",)  # val: the prompts of the evaluation samples
     splits = {split: build_dataset(config.dataset, split=split, **dataset_options(config)) for split in used}
     dataset = splits["train"]
-    config = with_epoch_steps(config, len(dataset))
+    config = with_epoch_steps(config, len(dataset), config.run_dir)
     run_dir = config.run_dir  # created once the data is known to load
     prepare_run_dir(run_dir, config.resume, config.overwrite, is_main_process())
     process_state().wait_for_everyone()

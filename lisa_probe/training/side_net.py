@@ -211,7 +211,7 @@ def train(config: TrainConfig) -> Path:
         config = replace(config, main=str(ensure_default_main(Path(config.out_dir))))
     net, dataset_kwargs = load_main_net(config)
     splits = run_splits(config, dataset_kwargs)  # every split the run uses, built once and checked
-    config = with_epoch_steps(config, len(splits["train"]))
+    config = with_epoch_steps(config, len(splits["train"]), config.run_dir)
     model = attach_side(net, config, splits["train"].cond_channels)
     model.cast_frozen(WEIGHT_DTYPES[config.mixed_precision])
     model.parameterization.check_weighting(config.weighting())

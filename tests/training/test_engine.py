@@ -153,3 +153,18 @@ def test_two_processes_compute_their_own_rows_and_the_main_one_gathers_them_in_o
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "rank-0.txt").read_text() == "0,1,2;0,10,20,30,40"
     assert (tmp_path / "rank-1.txt").read_text() == "3,4;none"
+
+
+def test_epoch_steps_count_the_samples_a_checkpoint_has_seen(tmp_path):
+    """--num-train-epochs 2 over 20 samples at batch 4 in one process: 10 steps fresh; resumed from a checkpoint that
+    two processes wrote at step 2 (16 samples seen), the 24 left take 6 more steps: 8."""
+    from lisa_probe.training.engine import with_epoch_steps
+
+    config = LoopConfig(batch_size=4, num_train_epochs=2)
+    assert with_epoch_steps(config, 20).steps == 10 and with_epoch_steps(LoopConfig(), 20).steps == 1000
+    checkpoint = tmp_path / "checkpoint-2"
+    checkpoint.mkdir()
+    (checkpoint / "trainer_state.json").write_text(json.dumps(
+        {"step": 2, "micro_batches": 2, "samples": 16, "world_size": 2, "config": {"batch_size": 4}}))
+    resumed = LoopConfig(batch_size=4, num_train_epochs=2, resume=str(checkpoint))
+    assert with_epoch_steps(resumed, 20, tmp_path).steps == 8
