@@ -19,6 +19,8 @@ from pathlib import Path
 import yaml
 from safetensors import SafetensorError
 
+from lisa_probe.files import local_model
+
 
 def option(text: str, **extra) -> dict:
     """Dataclass field metadata: the ``--help`` text plus extras such as ``choices``."""
@@ -244,3 +246,20 @@ def config_from_dict(cls, values: dict, source: str):
         return cls(**values)
     except TypeError as error:  # a value of the wrong type met an arithmetic check
         raise ValueError(f"{source}: {error}") from error
+
+
+@dataclasses.dataclass
+class ModelFiles:
+    """Which files of a main net a command loads, as diffusers' ``--revision`` / ``--variant``: the snapshot a ref
+    names for a model id in the local Hugging Face cache, and the weight-file variant (``fp16``)."""
+
+    revision: str | None = dataclasses.field(default=None, metadata=option(
+        "the revision (branch, tag or commit) of a --main model id in the local Hugging Face cache, as diffusers' "
+        "--revision (default: main)"))
+    variant: str | None = dataclasses.field(default=None, metadata=option(
+        "the main net's weight-file variant, e.g. fp16 (diffusion_pytorch_model.fp16.safetensors and the text "
+        "encoders' model.fp16.safetensors), as diffusers' --variant, upcast to float32 as diffusers loads them"))
+
+    def main_files(self, main: str | None) -> str | None:
+        """``main`` as a local directory: a cached model id's snapshot at ``revision`` (``files.local_model``)."""
+        return local_model(main, self.revision)

@@ -62,6 +62,7 @@ def store_source(store_path: str | Path, **options) -> tuple[Path, InterveneConf
     foreign = bool(attrs["extract_args"].get("controlnet"))
     config = InterveneConfig(main=str(resolved_path(stored["main"], base)) if foreign else None,
                              resolution=stored.get("resolution") if foreign else None,
+                             variant=stored.get("variant") if foreign else None,
                              split=attrs["extract_args"]["split"], **{**data, **options})
     return (side if foreign else side.parent), config
 

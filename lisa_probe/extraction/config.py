@@ -9,12 +9,12 @@ from pathlib import Path
 from lisa_probe.data import SPLITS
 from lisa_probe.data.options import PROMPT_MODES, DataOptions
 from lisa_probe.files import local_model
-from lisa_probe.options import SEED_MAX, check_choice, check_number, number_list, option
+from lisa_probe.options import SEED_MAX, ModelFiles, check_choice, check_number, number_list, option
 from lisa_probe.store.schema import COMPRESSIONS
 
 
 @dataclass
-class ExtractConfig(DataOptions):
+class ExtractConfig(ModelFiles, DataOptions):
     """What to extract and where. The data options say which data: a ``--ckpt`` run brings its own and any given here
     (``data_overrides``: those not at their defaults) replace the run's; ``--controlnet`` has only these."""
 
@@ -60,7 +60,7 @@ class ExtractConfig(DataOptions):
             raise ValueError("give either --ckpt (a lisa_probe run) or --controlnet with --main (a diffusers side net)")
         if self.controlnet is not None and self.main is None:
             raise ValueError("--controlnet needs --main (the main-net directory it was trained for)")
-        self.main, self.controlnet = local_model(self.main), local_model(self.controlnet)
+        self.main, self.controlnet = self.main_files(self.main), local_model(self.controlnet)
         if self.resolution is not None and self.ckpt is not None:
             raise ValueError(f"--resolution {self.resolution} applies to --controlnet; a --ckpt run extracts at the "
                              "resolution it was trained at")
@@ -92,9 +92,11 @@ class ForeignRun(DataOptions):
     seed: int = 0
     resolution: int | None = None
     lisa_site: str | None = None  # the site of --decoder's LISA decoder
+    variant: str | None = None  # the main net's weight-file variant (--variant)
 
     @classmethod
     def of(cls, config: ExtractConfig) -> ForeignRun:
         """The stand-in for ``extract --controlnet … --main …`` with its data options."""
         data = {f.name: getattr(config, f.name) for f in fields(DataOptions)}
-        return cls(main=config.main, side=config.controlnet, resolution=config.resolution, **data)
+        return cls(main=config.main, side=config.controlnet, resolution=config.resolution, variant=config.variant,
+                   **data)

@@ -8,8 +8,7 @@ from pathlib import Path
 
 from lisa_probe.data import SPLITS
 from lisa_probe.data.options import PROMPT_MODES, DataOptions
-from lisa_probe.files import local_model
-from lisa_probe.options import SEED_MAX, check_choice, check_number, number_list, option
+from lisa_probe.options import SEED_MAX, ModelFiles, check_choice, check_number, number_list, option
 
 
 def parse_scales(text: str) -> tuple[float, ...]:
@@ -22,7 +21,7 @@ def parse_scales(text: str) -> tuple[float, ...]:
 
 
 @dataclass
-class DrawConfig(DataOptions):
+class DrawConfig(ModelFiles, DataOptions):
     """What every command that samples from side nets takes: the data options (which conditions and prompts: a
     run's own, with any given here, ``data_overrides``, replacing them; with ControlNets only, the options given),
     the main net, the samples and the sampler."""
@@ -54,7 +53,7 @@ class DrawConfig(DataOptions):
         if self.resolution is not None and self.resolution < 1:
             raise ValueError(f"--resolution must be >= 1, got {self.resolution}")
         check_number("seed", self.seed, 0, SEED_MAX)
-        self.main = local_model(self.main)
+        self.main = self.main_files(self.main)
         out = Path(self.out)
         if out.exists() and not out.is_dir():
             raise ValueError(f"--out {self.out} is a file; give a directory")

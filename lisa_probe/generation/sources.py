@@ -86,8 +86,13 @@ def shared_setting(config, sources: list[Source]) -> ForeignRun:
                          "resolution they were trained at")
     data = {f.name: getattr(runs[0].run_config, f.name) for f in fields(DataOptions)} if runs else {}
     data.update(config.data_overrides() if runs else {f.name: getattr(config, f.name) for f in fields(DataOptions)})
+    variants = {source.run_config.variant for source in runs} | ({config.variant} if config.variant else set())
+    if len(variants) > 1:
+        raise ValueError(f"the sources load different weight variants {sorted(map(str, variants))}; sample them "
+                         "apart")
     setting = ForeignRun(main=next(iter(mains)), seed=runs[0].run_config.seed if runs else 0,
-                         resolution=next(iter(resolutions)) if runs else config.resolution, **data)
+                         resolution=next(iter(resolutions)) if runs else config.resolution,
+                         variant=next(iter(variants), None), **data)
     setting.check_data_options()
     return setting
 

@@ -15,7 +15,7 @@ from lisa_probe.data.options import PROMPT_MODES, DataOptions
 from lisa_probe.diffusion.weighting import PREDICTION_TYPES, TIMESTEP_SAMPLINGS, WEIGHTING_SCHEMES, WeightingScheme
 from lisa_probe.files import local_model
 from lisa_probe.models.presets import FAMILIES, MAIN_PASSES, PRESETS
-from lisa_probe.options import SEED_MAX, check_choice, check_number, flag, option
+from lisa_probe.options import SEED_MAX, ModelFiles, check_choice, check_number, flag, option
 from lisa_probe.training.lisa_schedule import DISTANCES, SCHEDULES, lisa_rows, lisa_weight
 
 # v for the UNet: at the default 1200 steps v-prediction reached FD 17.5 where eps reached 38.2 (docs/CONTRACTS.md).
@@ -274,7 +274,7 @@ DIFFUSERS_ALIASES = {
 
 
 @dataclass
-class TrainConfig(LoopConfig, DataOptions, PromptDropout):
+class TrainConfig(ModelFiles, LoopConfig, DataOptions, PromptDropout):
     """Side-net training settings. Defaults are the embedded demo (LISA on; ~4 minutes on 2 CPU cores once the main
     net exists)."""
 
@@ -288,12 +288,6 @@ class TrainConfig(LoopConfig, DataOptions, PromptDropout):
         f"main-net directory (diffusers layout); default: <out-dir>/{DEFAULT_MAIN_NAME}, pretrained if missing"))
     side: str | None = field(default=None, metadata=option("initialise the side net from this diffusers directory "
                                                          "instead of copying the main net"))
-    revision: str | None = field(default=None, metadata=option(
-        "the revision (branch, tag or commit) of a --main model id in the local Hugging Face cache, as diffusers' "
-        "--revision (default: main)"))
-    variant: str | None = field(default=None, metadata=option(
-        "the main net's weight-file variant, e.g. fp16 (diffusion_pytorch_model.fp16.safetensors and the text "
-        "encoders' model.fp16.safetensors), as diffusers' --variant; the trained side net is saved in float32"))
     resolution: int | None = field(default=None, metadata=option(
         "image size in pixels (diffusers' --resolution: images resized on their shorter side and centre-cropped); "
         "default: the main net's native size"))
@@ -405,7 +399,7 @@ class TrainConfig(LoopConfig, DataOptions, PromptDropout):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self.main, self.side = local_model(self.main, self.revision), local_model(self.side)
+        self.main, self.side = self.main_files(self.main), local_model(self.side)
         check_number("lisa_weight", self.lisa_weight, 0)
         check_number("convergence_threshold", self.convergence_threshold, 0, 1)
         check_choice("timestep sampling", self.timestep_sampling, TIMESTEP_SAMPLINGS)

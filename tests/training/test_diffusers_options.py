@@ -163,6 +163,17 @@ def test_revision_and_variant_pick_the_cached_snapshot_and_weight_files(sd_pipel
     with pytest.raises(SystemExit) as stop:
         main([*common, "--variant=fp16", f"--output_dir={tmp_path / 'x'}"])
     assert stop.value.code == 2 and not (tmp_path / "x").exists()
+    # extraction of the trained ControlNet against the same id, revision and variant: the store records them
+    from lisa_probe.extract import main as extract_main
+    from lisa_probe.store import FeatureStore
+
+    store = tmp_path / "v.h5"
+    assert extract_main(["--controlnet", str(tmp_path / "out" / "v" / "controlnet"), "--main", "me/tiny-sd",
+                         "--revision", "v2", "--variant", "fp16", "--dataset", "captioned", "--data-root",
+                         str(captioned_data), "--resolution", "32", "--samples", "2", "--timesteps", "1",
+                         "--out", str(store)]) == 0
+    stored = FeatureStore(store).attrs["config"]
+    assert stored["variant"] == "fp16" and (store.parent / stored["main"]).resolve() == v2.resolve()
 
 
 @pytest.mark.parametrize("schedule", ["constant", "constant_with_warmup", "cosine", "cosine_with_restarts", "linear",
