@@ -23,6 +23,7 @@ factors CSV); ``carried_factors`` names those the condition carries.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import io
 import json
@@ -165,6 +166,18 @@ class CaptionedDataset(torch.utils.data.Dataset):
         self.condition, self._extract, self.cond_channels = condition_source(condition, cond_source == "column",
                                                                              cond_mode)
         self.factor_specs, self.factor_levels, self._factors = self._read_factors(factor_columns, carried_factors)
+        self.reads_images = True  # False: items carry an empty image (``without_images``)
+
+    def without_images(self) -> CaptionedDataset:
+        """This split with items whose ``"image"`` is empty ((3, 0, 0): not decoded) where the condition is a column
+        of its own: for a run that reads its images' latents from a cache, so a step decodes the conditions alone
+        (at 512 px the image's decode and resize are most of an item's cost). Itself when the condition is made
+        from the image."""
+        if self._extract is not None:
+            return self
+        view = copy.copy(self)
+        view.reads_images = False
+        return view
 
     def _check_columns(self, factor_columns, carried_factors) -> None:
         """ValueError naming a missing column and listing the columns there are."""
@@ -238,7 +251,10 @@ class CaptionedDataset(torch.utils.data.Dataset):
         index = check_index(index, len(self.rows))
         row_index = self.rows[index]
         row = self.table[row_index]
-        image = self._read_image(row, row_index, self.image_column, "RGB", (255, 255, 255), centering)
+        if self.reads_images:
+            image = self._read_image(row, row_index, self.image_column, "RGB", (255, 255, 255), centering)
+        else:
+            image = np.zeros((0, 0, 3), dtype=np.float32)
         if self._extract is not None:
             cond = self._extract(image)
         else:

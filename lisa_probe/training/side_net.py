@@ -231,6 +231,8 @@ def train(config: TrainConfig) -> Path:
     latents = (LatentCache(model, dataset, Path(config.main) / "vae", cache_dir(config.out_dir) / "latents",
                            dataset_kwargs, progress=is_main_process(), variant=config.variant)
                if config.cache_latents else None)
+    if latents is not None and hasattr(dataset, "without_images"):
+        dataset = dataset.without_images()  # a step reads the latents: decoding the images would be wasted
     evaluation = (ControlEvaluation(model, config, splits["val"], splits["train"], dataset_kwargs, run_dir, prompts)
                   if config.eval_samples > 0 else None)
     probe = (OnsetProbe(model, config, splits["val"], config.probe_every, config.probe_samples, prompts,

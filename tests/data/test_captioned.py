@@ -156,3 +156,18 @@ def test_random_crops_move_each_epoch_and_keep_image_and_condition_together(tmp_
     np.testing.assert_allclose(centred[1]["image"].permute(1, 2, 0).numpy(), middle, atol=1e-6)
     assert torch.equal(cropped[1]["image"], build(tmp_path / "wide.parquet", val_fraction=0.0,
                                                   random_crop=True)[1]["image"])  # deterministic
+
+
+def test_without_images_skips_the_image_and_keeps_everything_else(captioned_data):
+    """A run that reads cached latents decodes the conditions alone: the items' image is empty (3, 0, 0), the rest
+    equal the full items'; a condition made from the image keeps its images."""
+    full = CaptionedDataset("train", resolution=32, root=captioned_data)
+    view = full.without_images()
+    assert full.reads_images and not view.reads_images and len(view) == len(full)
+    for index in (0, 3):
+        a, b = full[index], view[index]
+        assert tuple(b["image"].shape) == (3, 0, 0) and torch.equal(a["cond"], b["cond"])
+        assert (a["id"], a["text"], a["factors"]) == (b["id"], b["text"], b["factors"])
+    extracted = CaptionedDataset("train", resolution=32, root=captioned_data, condition="canny",
+                                 cond_source="extractor")
+    assert extracted.without_images() is extracted
