@@ -48,8 +48,9 @@ def _parse_bool(text: str) -> bool:
 
 def add_dataclass_arguments(parser: argparse.ArgumentParser, cls) -> None:
     """Add one ``--field-name`` option per field of dataclass ``cls`` (help text from ``metadata['help']``; a
-    ``parse`` entry converts the text instead of the field's type, a ``nargs`` entry takes a list; a bool field with ``off_flag`` gets that option,
-    which sets it false, instead of ``--field-name [BOOL]``). ``cls.option_aliases`` (``{field: ("--other_name",
+    ``parse`` entry converts the text instead of the field's type, a ``nargs`` entry takes a list (and ``metavar``
+    names its values); a bool field with ``off_flag`` gets that option, which sets it false, instead of
+    ``--field-name [BOOL]``). ``cls.option_aliases`` (``{field: ("--other_name",
     ...)}``) adds other spellings of an option (diffusers' trainers' names), shown beside ours in ``--help``; an alias
     in ``cls.alias_implies`` (``{alias: {field: value}}``) also sets those fields (``ImpliedAlias``)."""
     hints = typing.get_type_hints(cls)
@@ -75,8 +76,8 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls) -> None:
             text += f" (default: {default})"
         aliases = getattr(cls, "option_aliases", {}).get(field.name, ())
         plain = [alias for alias in aliases if alias not in getattr(cls, "alias_implies", {})]
-        common = dict(dest=field.name, type=parse, choices=choices, metavar=None if choices else field.metadata.get("metavar", parse.__name__.upper()),
-                      **bare)
+        metavar = None if choices else field.metadata.get("metavar", parse.__name__.upper())
+        common = dict(dest=field.name, type=parse, choices=choices, metavar=metavar, **bare)
         parser.add_argument(flag(field.name), *plain, default=default, help=text, **common)
         for alias in aliases:
             if alias not in plain:

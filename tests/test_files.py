@@ -90,7 +90,8 @@ def test_a_model_id_in_the_local_cache_resolves_offline_and_an_uncached_one_is_o
     (tmp_path / "model" / "unet" / "config.json").write_text("{}")
     import huggingface_hub.constants
 
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))  # HF_HUB_CACHE, read at import
+    # the cache directory is read from HF_HUB_CACHE at import: patch the constant
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     snapshot = cache_model(tmp_path / "hub", "me/tiny-sd", tmp_path / "model")
     assert Path(local_model("me/tiny-sd")) == snapshot

@@ -13,7 +13,7 @@ def test_each_stream_keeps_its_original_formula(purpose, index, expected):
 
 
 def test_the_table_names_every_purpose_and_refuses_others():
-    assert set(PURPOSES) == {"process", "zero_init", "cond_gate_init", "row_noise", "data_order", "main_eval", "probe", "side_eval",
-                             "validation_pairs"}
+    assert set(PURPOSES) == {"process", "zero_init", "cond_gate_init", "row_noise", "data_order", "main_eval", "probe",
+                             "side_eval", "validation_pairs"}
     with pytest.raises(ValueError, match="unknown seed purpose 'noise'; known: process"):
         derive_seed(0, "noise")

@@ -12,7 +12,8 @@
   step, ``w`` a unit direction in feature space: a linear probe's weights for a factor (``probe_directions``: ridge
   on mean-pooled features, ``σ`` the per-position features' standard deviation along ``w``), the direction the LISA
   decoder reads most at its site or its complement (``decoder_directions``), or a random direction (the negative
-  control). The change of each measure and of control fidelity is reported. The change of each measure from α = 0 (which is the full model exactly) is reported per α.
+  control). The change of each measure and of control fidelity from α = 0 (the full model exactly) is reported
+  per α.
 
 Both are reported beside the probes' cross-validated R² for the same site and factor (``probe_directions``), so
 that "a probe can read it" and "the model uses it" can be told apart.

@@ -306,7 +306,8 @@ def store_attrs(config: ExtractConfig, model: DualBranch, run_config: dict, side
     are made (``inputs``: ``input_recipe``). Paths of the run config, ``checkpoint`` and ``run`` are relative to the
     store's directory (``rundir.stored_path``)."""
     base = Path(config.out).parent
-    return {"config": stored_paths(run_config, base), "checkpoint": stored_path(side_dir, base), "checkpoint_hash": file_digest(side_dir),
+    return {"config": stored_paths(run_config, base), "checkpoint": stored_path(side_dir, base),
+            "checkpoint_hash": file_digest(side_dir),
             "run": stored_path(run_dir_of(config.ckpt), base) if config.ckpt is not None else "",
             "code_version": code_version(), "parameterization": model.parameterization.prediction_type,
             "extract_args": asdict(config) | {"resume": False, "overwrite": False}, "lisa_site": lisa_site or "",

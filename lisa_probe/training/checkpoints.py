@@ -176,6 +176,12 @@ def load_checkpoint(checkpoint: Path, objective: torch.nn.Module, optimizer, gen
     return state
 
 
+def stream_position(state: dict) -> int:
+    """The data-stream position a trainer ``state`` saved (``samples``); checkpoints written before it was saved:
+    their micro-batches times the batch size and number of processes they were made with."""
+    return state.get("samples", state["micro_batches"] * state["config"]["batch_size"] * state["world_size"])
+
+
 def export_modules(accelerator: Accelerator, run_dir: Path, objective: torch.nn.Module) -> None:
     """Save the final modules at the top of the run directory (diffusers format, written then renamed)."""
     if not accelerator.is_main_process:

@@ -69,8 +69,8 @@ class LoopConfig:
 
     # fields that may differ between an interrupted run and its resumption (the engine's resume check)
     resumable_changes: ClassVar[tuple[str, ...]] = (
-        "steps", "num_train_epochs", "resume", "checkpoint_every", "keep_checkpoints", "eval_every", "eval_schedule", "log_every",
-        "num_workers", "eval_samples", "overwrite", "report_to", "compile", "allow_tf32",
+        "steps", "num_train_epochs", "resume", "checkpoint_every", "keep_checkpoints", "eval_every", "eval_schedule",
+        "log_every", "num_workers", "eval_samples", "overwrite", "report_to", "compile", "allow_tf32",
         "enable_xformers_memory_efficient_attention")
 
     steps: int = field(default=1000, metadata=option("optimizer steps"))
@@ -114,8 +114,8 @@ class LoopConfig:
         "compute; diffusers' --gradient_checkpointing)"))
     compile: bool = field(default=False, metadata=option(
         "torch.compile the trained net and the frozen main net (nn.Module.compile: the saved weights are unchanged); "
-        "the first steps are slow while it compiles (on 2 CPU cores ~40 s for the tiny nets), the losses equal eager "
-        "ones within float noise"))
+        "the first steps are slow while it compiles (20-40 s for the tiny test nets on 2 CPU cores), the losses equal "
+        "eager ones within float noise"))
     allow_tf32: bool = field(default=False, metadata=option(
         "TF32 matmuls and convolutions on Ampere or newer GPUs, as diffusers' --allow_tf32 (faster, 10-bit "
         "mantissa); no effect on a CPU"))

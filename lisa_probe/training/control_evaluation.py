@@ -49,7 +49,8 @@ class ControlEvaluation:
         self.captions = None  # shown above the grid's columns: the split's captions, the pairs' prompts or files
         if texts is not None or pairs:
             shown = texts[:GRID_COLUMNS] if texts is not None else [""] * min(GRID_COLUMNS, self.n_val)
-            self.captions = shown + [prompt or Path(path).name for path, prompt in pairs]
+            named = [f"{Path(path).name}: {prompt}" if prompt else Path(path).name for path, prompt in pairs]
+            self.captions = shown + named  # a pair's column: its file and prompt
         self.context = batch_context(prompts, {"text": (texts or []) + [prompt for _, prompt in pairs]})
         self.evaluator = Evaluator.for_dataset(train_set, cache_dir=cache_dir(config.out_dir),
                                                dataset_kwargs=dataset_kwargs)

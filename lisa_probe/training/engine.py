@@ -34,6 +34,7 @@ from lisa_probe.training.checkpoints import (
     prune_checkpoints,
     resolve_resume,
     save_checkpoint,
+    stream_position,
     with_grad_scaler,
 )
 from lisa_probe.training.config import CONSTANT_SCHEDULES, LoopConfig, eval_steps
@@ -120,8 +121,8 @@ def with_epoch_steps(config: LoopConfig, dataset_size: int, run_dir: Path | None
     if checkpoint is None:
         return dataclasses.replace(config, steps=math.ceil(wanted / per_step))
     saved = json.loads((checkpoint / "trainer_state.json").read_text())
-    seen = saved.get("samples", saved["micro_batches"] * saved["config"]["batch_size"] * saved["world_size"])
-    return dataclasses.replace(config, steps=saved["step"] + math.ceil(max(0, wanted - seen) / per_step))
+    remaining = max(0, wanted - stream_position(saved))
+    return dataclasses.replace(config, steps=saved["step"] + math.ceil(remaining / per_step))
 
 
 def learning_rate(step: int, config: LoopConfig) -> float:
@@ -173,18 +174,14 @@ class Objective(nn.Module):
         modules by default."""
         return self.modules_to_save()
 
-    def speed_up(self, config: LoopConfig) -> list[str]:
+    def speed_up(self, config: LoopConfig) -> None:
         """Apply ``--compile`` (``nn.Module.compile``: in place, state-dict keys unchanged) and
-        ``--enable-xformers-memory-efficient-attention`` to ``networks``; returns what was done, for the log."""
-        done = []
-        for name, module in self.networks().items():
+        ``--enable-xformers-memory-efficient-attention`` to ``networks``."""
+        for module in self.networks().values():
             if config.enable_xformers_memory_efficient_attention:
                 module.enable_xformers_memory_efficient_attention()
-                done.append(f"xformers attention in {name}")
             if config.compile:
                 module.compile()
-                done.append(f"torch.compile of {name}")
-        return done
 
     def param_groups(self) -> list[dict]:
         """AdamW parameter groups ``{"params": [...], "lr_scale": factor}`` (the learning rate of a group is the
@@ -282,8 +279,7 @@ def _fit_loop(run_dir: Path, objective: Objective, dataset, config: LoopConfig,
         saved = load_checkpoint(checkpoint, objective, optimizer, generator, accelerator.process_index, world)
         _check_resume_config(saved, config_dict, checkpoint, config_defaults(type(config)),
                              type(config).resumable_changes)
-        # the stream position; checkpoints before it was saved: micro-batches of the batch size they were made with
-        samples = saved.get("samples", saved["micro_batches"] * saved["config"]["batch_size"] * saved["world_size"])
+        samples = stream_position(saved)
         state.update(step=saved["step"], micro_batches=saved["micro_batches"], samples=samples,
                      train_seconds=saved.get("train_seconds", 0.0))
         load_grad_scaler(accelerator, saved)

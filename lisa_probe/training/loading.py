@@ -29,9 +29,9 @@ class MainNet(NamedTuple):
 
 
 def load_main_net(config) -> tuple[MainNet, dict]:
-    """The main net of a train config (or ``ForeignRun``) from ``config.main`` (a train config's ``--variant``
-    weight files where given), at ``config.resolution`` when it has one (the one place a run's resolution is decided), and the dataset keyword arguments matching it (resolution,
-    condition, seed, root and the data options)."""
+    """The main net of a train config (or ``ForeignRun``) from ``config.main`` (its ``--variant`` weight files where
+    given), at ``config.resolution`` when it has one (the one place a run's resolution is decided), and the dataset
+    keyword arguments matching it (resolution, condition, seed, root and the data options)."""
     family, main, parameterization, null_context, vae = load_main(Path(config.main),
                                                                   variant=getattr(config, "variant", None))
     if config.resolution is not None:

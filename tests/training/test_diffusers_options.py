@@ -98,7 +98,8 @@ def test_a_cached_model_id_trains_like_its_directory(sd_pipeline, captioned_data
 
     from tests.test_files import cache_model
 
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))  # HF_HUB_CACHE, read at import
+    # the cache directory is read from HF_HUB_CACHE at import: patch the constant
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     snapshot = cache_model(tmp_path / "hub", "me/tiny-sd", sd_pipeline)
     config = parse_config(TrainConfig, ["--pretrained_model_name_or_path=me/tiny-sd", f"--output_dir={tmp_path}",
@@ -191,8 +192,8 @@ def test_the_learning_rate_schedules_are_diffusers_own(schedule):
     config = TrainConfig(main=None, lr=lr, lr_warmup_steps=warmup, steps=steps, lr_schedule=schedule,
                          lr_num_cycles=2, lr_power=2.0)
     optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=lr)
-    theirs = get_scheduler("constant_with_warmup" if schedule == "constant" else schedule, optimizer, num_warmup_steps=warmup, num_training_steps=steps, num_cycles=2,
-                           power=2.0).lr_lambdas[0]
+    theirs = get_scheduler("constant_with_warmup" if schedule == "constant" else schedule, optimizer,
+                           num_warmup_steps=warmup, num_training_steps=steps, num_cycles=2, power=2.0).lr_lambdas[0]
     for step in range(steps + 2):
         expected = lr * theirs(step + 1 if step < warmup else step)
         assert learning_rate(step, config) == pytest.approx(expected, rel=1e-9, abs=1e-15), step
