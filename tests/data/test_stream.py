@@ -2,6 +2,8 @@
 
 import itertools
 
+import pytest
+
 from lisa_probe.data.stream import ResumableBatchSampler
 
 
@@ -62,3 +64,15 @@ def test_a_resume_under_another_number_of_processes_continues_the_stream_exactly
     two = stream([(3, 2)], 2, position=9)
     back = stream([(3, 1)], 1, position=21)
     assert one + two + back == whole
+
+
+@pytest.mark.parametrize("size, batch, before, after, seed", [(10, 3, 1, 2, 4), (7, 2, 3, 1, 0), (16, 4, 2, 3, 5),
+                                                               (5, 4, 2, 2, 9), (13, 1, 4, 2, 2)])
+def test_any_change_of_processes_continues_the_one_stream(size, batch, before, after, seed):
+    """Across dataset sizes, batch sizes, seeds and numbers of processes (more, fewer, the same), k micro-batches
+    under one and then m under the other are the stream's first positions in order."""
+    k, m = 3, 4
+    first = stream([(batch, before)], k, size=size, seed=seed)
+    then = stream([(batch, after)], m, position=k * batch * before, size=size, seed=seed)
+    whole = stream([(batch, 1)], (k * before + m * after), size=size, seed=seed)
+    assert first + then == whole
